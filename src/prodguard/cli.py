@@ -1,0 +1,225 @@
+"""The ``prodguard`` command line: thin commands over :mod:`prodguard.app`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prodguard import app as use_cases
+from prodguard.config import Settings, load_settings
+from prodguard.errors import InputError, ProdguardError
+from prodguard.ingestion.pipeline import BatchResult
+from prodguard.telemetry import disable_telemetry
+from prodguard.timewindows import parse_time
+
+QUARANTINED_EXIT = 3
+
+cli = typer.Typer(
+    name="prodguard",
+    help="Keeps a machine learning model honest in production.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    config: Path | None = None
+
+
+@cli.callback()
+def _root(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="prodguard.yaml to use (default: ./prodguard.yaml "
+                     "or $PRODGUARD_CONFIG)."),
+    ] = None,
+) -> None:
+    _State.config = config
+
+
+def _settings() -> Settings:
+    return load_settings(_State.config)
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    return None if value is None else parse_time(value, name)
+
+
+def _print_json(document: Any) -> None:
+    out.print_json(json.dumps(document, default=str))
+
+
+def _batch_line(result: BatchResult) -> None:
+    window = f"{result.start[:10]}..{result.end[:10]}" if result.start and result.end else "file"
+    if result.status == "written":
+        text = (f"[green]written[/] {result.source:<14} {window:<22} {result.rows:>7} rows "
+                f"(+{result.rows_added} new, {result.rows_replaced} replaced) "
+                f"validated in {result.validation_seconds * 1000:.0f} ms")
+    elif result.status == "quarantined":
+        text = (f"[red]quarantined[/] {result.source:<10} {window:<22} {result.rows:>7} rows: "
+                f"{'; '.join(result.failures[:3]) or result.schema_change}")
+    else:
+        text = f"[dim]empty[/] {result.source:<16} {window:<22} no rows"
+    err.print(text, highlight=False)
+
+
+@cli.command()
+def ingest(
+    start: Annotated[str | None, typer.Option(help="Window start (ISO date/time, UTC).")] = None,
+    end: Annotated[str | None, typer.Option(help="Window end, exclusive.")] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", "-s", help="Only these sources (repeatable).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Ingest one batch file (.parquet/.csv) for --source.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Validate raw batches and write the good ones to the offline store.
+
+    Each batch is checked against its source's recorded schema and expectation suite. A failing
+    batch is quarantined (with its validation result) and an alert is raised; it never reaches
+    the store. Exit code 3 means some batches were quarantined.
+    """
+    settings = _settings()
+    report = use_cases.ingest(
+        settings,
+        start=_time(start, "--start"),
+        end=_time(end, "--end"),
+        sources=source,
+        batch_file=file,
+        on_batch=None if as_json else _batch_line,
+    )
+    if as_json:
+        _print_json({
+            "batches": [b.to_json() for b in report.batches],
+            "rows_written": report.written,
+            "quarantined": len(report.quarantined),
+            "seconds": report.seconds,
+            "validation_seconds": report.validation_seconds,
+        })
+    else:
+        table = Table(title="ingest")
+        for column in ("source", "batches", "written rows", "quarantined", "new rows"):
+            table.add_column(column, justify="right" if column != "source" else "left")
+        for name in dict.fromkeys(b.source for b in report.batches):
+            mine = [b for b in report.batches if b.source == name]
+            table.add_row(
+                name,
+                str(len(mine)),
+                str(sum(b.rows for b in mine if b.status == "written")),
+                str(sum(1 for b in mine if b.status == "quarantined")),
+                str(sum(b.rows_added for b in mine)),
+            )
+        out.print(table)
+        out.print(f"{len(report.batches)} batches in {report.seconds:.1f} s "
+                  f"(validation {report.validation_seconds:.1f} s)")
+    if report.quarantined:
+        raise typer.Exit(QUARANTINED_EXIT)
+
+
+@cli.command()
+def materialize(
+    until: Annotated[str, typer.Option(help="Load feature values up to this time (UTC).")],
+    start: Annotated[
+        str | None, typer.Option(help="Reload from this time instead of incrementally.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Apply the Feast feature repo and load the online store up to --until."""
+    report = use_cases.materialize(
+        _settings(), until=parse_time(until, "--until"), start=_time(start, "--start")
+    )
+    if as_json:
+        _print_json({"views": report.views, "online_rows": report.online_rows,
+                     "until": report.until, "start": report.start, "seconds": report.seconds})
+        return
+    table = Table(title=f"materialized up to {report.until:%Y-%m-%d %H:%M} UTC")
+    for column in ("feature view", "version", "features", "ttl", "online entities"):
+        table.add_column(column)
+    for view in report.views:
+        table.add_row(view["name"], f"v{view['version']}", str(view["features"]),
+                      f"{view['ttl_seconds'] / 3600:g} h",
+                      str(report.online_rows.get(view["name"], "-")))
+    out.print(table)
+    out.print(f"done in {report.seconds:.1f} s")
+
+
+@cli.command()
+def lookup(
+    keys: Annotated[list[str], typer.Argument(help="Entity keys as KEY=VALUE, e.g. origin=JFK.")],
+) -> None:
+    """Read the online feature values of one entity row (as the service will)."""
+    entity = {}
+    for item in keys:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"entity key '{item[:40]}' must look like KEY=VALUE, e.g. origin=JFK")
+        entity[key] = value
+    _print_json(use_cases.lookup(_settings(), entity))
+
+
+@cli.command()
+def alerts(
+    kind: Annotated[str | None, typer.Option("--type", help="Only alerts of this type.")] = None,
+) -> None:
+    """List the alerts raised so far (newest last), as JSON lines."""
+    from prodguard.alerts import JsonlSink
+
+    for record in JsonlSink(_settings().paths.alerts_file).read():
+        if kind is None or record.get("type") == kind:
+            out.print_json(json.dumps(record))
+
+
+@cli.command()
+def quarantine() -> None:
+    """List quarantined batches with the reason each was held back."""
+    from prodguard.ingestion.quarantine import Quarantine
+
+    settings = _settings()
+    table = Table(title=f"quarantine ({settings.paths.quarantine_dir})")
+    for column in ("source", "batch", "rows", "quarantined at", "reasons"):
+        table.add_column(column)
+    for record in Quarantine(settings.paths.quarantine_dir).list():
+        table.add_row(record["source"], record["batch_id"], str(record["rows"]),
+                      record["quarantined_at"][:19], "; ".join(record["reasons"]))
+    out.print(table)
+
+
+@cli.command()
+def demo() -> None:
+    """Run the main job on embedded defaults: ingest Jan–Apr 2013, materialize, summarise."""
+    from prodguard.demo import run_demo
+
+    run_demo(_settings(), out)
+
+
+def main() -> None:
+    disable_telemetry()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    try:
+        code = cli(standalone_mode=False)
+    except ProdguardError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,201 @@
+"""One settings object: ``prodguard.yaml`` plus ``PRODGUARD_*`` environment overrides.
+
+Overrides use ``__`` to reach nested keys: ``PRODGUARD_PATHS__DATA_DIR=/srv/pg`` sets
+``paths.data_dir``. Values are parsed as YAML scalars/lists (``PRODGUARD_SOURCES__PLANES__KEYS=[tailnum]``).
+Relative paths are resolved against the folder holding the config file. Nothing is read at
+import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prodguard.errors import ConfigError
+
+ENV_PREFIX = "PRODGUARD_"
+CONFIG_ENV = "PRODGUARD_CONFIG"
+DEFAULT_CONFIG_NAME = "prodguard.yaml"
+_NOT_SETTINGS = {CONFIG_ENV}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSettings(_Strict):
+    name: str = Field(min_length=1)
+    loader: str = Field(
+        description="'module:Class' of the project's SourceLoader (reads its raw tables)."
+    )
+
+    @field_validator("loader")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        module, _, attr = value.partition(":")
+        if not module or not attr or not all(_IDENTIFIER.match(p) for p in module.split(".")):
+            raise ValueError("must look like 'package.module:ClassName'")
+        return value
+
+
+class PathSettings(_Strict):
+    data_dir: Path = Path(".prodguard")
+    feature_repo: Path = Path("feature_repo")
+    expectations: Path = Path("expectations")
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.data_dir / "offline"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def alerts_file(self) -> Path:
+        return self.data_dir / "alerts.jsonl"
+
+
+class FeatureStoreSettings(_Strict):
+    config: Path = Path("feature_repo/feature_store.yaml")
+    feature_service: str = Field(min_length=1)
+
+
+class IngestSettings(_Strict):
+    batch: Literal["month", "day", "window"] = "month"
+
+
+class DemoSettings(_Strict):
+    start: str = Field(description="ISO date: start of the window the demo ingests.")
+    end: str = Field(description="ISO date: end (exclusive) of that window; materialized up to it.")
+
+
+class SourceSettings(_Strict):
+    suite: Path
+    timestamp: str = "event_timestamp"
+    keys: list[str] = Field(min_length=1)
+    static: bool = Field(
+        default=False,
+        description="A reference table with no time axis (ingested whole, once per window).",
+    )
+
+
+class Settings(_Strict):
+    project: ProjectSettings
+    paths: PathSettings = PathSettings()
+    feature_store: FeatureStoreSettings
+    ingest: IngestSettings = IngestSettings()
+    sources: dict[str, SourceSettings] = Field(min_length=1)
+    demo: DemoSettings | None = None
+    config_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, value: dict[str, SourceSettings]) -> dict[str, SourceSettings]:
+        for name in value:
+            if not _IDENTIFIER.match(name):
+                raise ValueError(f"source name '{name}' must be an identifier (letters, digits, _)")
+        return value
+
+    def suite_path(self, source: str) -> Path:
+        return self.paths.expectations / self.sources[source].suite
+
+
+def _resolve(settings: Settings, base: Path) -> Settings:
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    paths = settings.paths.model_copy(
+        update={name: absolute(getattr(settings.paths, name)) for name in PathSettings.model_fields}
+    )
+    feature_store = settings.feature_store.model_copy(
+        update={"config": absolute(settings.feature_store.config)}
+    )
+    return settings.model_copy(update={"paths": paths, "feature_store": feature_store})
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            raise ConfigError(f"{key}: empty key segment; use PRODGUARD_SECTION__KEY=value")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: '{part}' is not a section; cannot set a key below it")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: value is not a valid YAML scalar or list") from None
+    return raw
+
+
+def _format_validation(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        hint = "unknown key; remove it or check its spelling"
+    elif kind == "missing":
+        hint = "required key is missing; add it"
+    else:
+        hint = first["msg"]
+    more = f" (and {len(error.errors()) - 1} more problem(s))" if len(error.errors()) > 1 else ""
+    return f"{origin}: {where}: {hint}{more}"
+
+
+def find_config(explicit: Path | None = None, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        candidate = explicit
+    elif env.get(CONFIG_ENV):
+        candidate = Path(env[CONFIG_ENV])
+    else:
+        candidate = Path.cwd() / DEFAULT_CONFIG_NAME
+    if not candidate.is_file():
+        raise ConfigError(
+            f"config file {candidate} not found; run from the project folder, pass --config, "
+            f"or set {CONFIG_ENV}"
+        )
+    return candidate.resolve()
+
+
+def load_settings(
+    path: Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read, override and validate the settings. Raises ConfigError naming the bad key."""
+    env = dict(os.environ if environ is None else environ)
+    config_path = find_config(path, env)
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{config_path.name}: not valid YAML{where}; fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path}: cannot be read ({type(exc).__name__})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path.name}: top level must be a mapping of sections")
+    raw = _apply_env(raw, env)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, config_path.name)) from None
+    settings = settings.model_copy(update={"config_path": config_path})
+    return _resolve(settings, config_path.parent)

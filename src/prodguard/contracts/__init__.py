@@ -1,0 +1,1 @@
+"""Data contracts: expectation suites (JSON), batch validation, schema fingerprints."""

@@ -1,0 +1,140 @@
+"""Great Expectations adapter: the only module that imports ``great_expectations``.
+
+Batch validation runs on an in-memory (ephemeral) context with analytics and progress bars off.
+It has a fixed cost of ~10-30 ms per call: right for ingestion batches, not for requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from prodguard.contracts.suites import Suite
+from prodguard.errors import ContractError
+from prodguard.telemetry import disable_telemetry
+
+_AGGREGATE_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent")
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    type: str
+    column: str | None
+    success: bool
+    observed: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def describe(self) -> str:
+        target = f"{self.type}({self.column})" if self.column else self.type
+        if self.error:
+            return f"{target}: could not be evaluated ({self.error})"
+        shown = ", ".join(f"{k}={v}" for k, v in self.observed.items())
+        return f"{target}: {shown}" if shown else target
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    suite: str
+    suite_digest: str
+    success: bool
+    evaluated: int
+    outcomes: tuple[ExpectationOutcome, ...]
+    raw: dict[str, Any]
+
+    @property
+    def failures(self) -> tuple[ExpectationOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.success)
+
+
+class GxValidator:
+    """Compiles suites once and validates DataFrames against them."""
+
+    def __init__(self) -> None:
+        disable_telemetry()
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+
+        self._gx = gx
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        )
+        self._context = gx.get_context(project_config=config, mode="ephemeral")
+        source = self._context.data_sources.add_pandas("prodguard")
+        asset = source.add_dataframe_asset("batch")
+        self._batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+        self._compiled: dict[str, Any] = {}
+
+    def compile(self, suite: Suite) -> Any:
+        """Build the GX suite; raises ContractError for unknown expectations or bad kwargs."""
+        if suite.digest in self._compiled:
+            return self._compiled[suite.digest]
+        from great_expectations.expectations.registry import get_expectation_impl
+
+        expectations = []
+        for index, spec in enumerate(suite.expectations):
+            where = f"suite file {suite.path.name}: expectations[{index}] '{spec['type']}'"
+            try:
+                impl = get_expectation_impl(spec["type"])
+            except Exception:  # noqa: BLE001 - GX raises several types here
+                raise ContractError(
+                    f"{where} is not a known Great Expectations expectation; check the name"
+                ) from None
+            try:
+                expectations.append(impl(**spec["kwargs"], meta=spec["meta"] or None))
+            except Exception as exc:  # noqa: BLE001 - pydantic v1/v2 and GX errors
+                raise ContractError(f"{where} has invalid kwargs: {_first_line(exc)}") from None
+        compiled = self._gx.ExpectationSuite(name=suite.name, expectations=expectations)
+        self._compiled[suite.digest] = compiled
+        return compiled
+
+    def validate(self, frame: pd.DataFrame, suite: Suite) -> ValidationReport:
+        compiled = self.compile(suite)
+        batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(compiled)
+        raw = json.loads(json.dumps(result.to_json_dict(), default=str))
+        outcomes = tuple(_outcome(item) for item in raw.get("results", []))
+        return ValidationReport(
+            suite=suite.name,
+            suite_digest=suite.digest,
+            success=bool(raw.get("success")),
+            evaluated=len(outcomes),
+            outcomes=outcomes,
+            raw=raw,
+        )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in text[:3]) if text else type(exc).__name__
+
+
+def _outcome(item: dict[str, Any]) -> ExpectationOutcome:
+    config = item.get("expectation_config", {})
+    kwargs = config.get("kwargs", {})
+    result = item.get("result") or {}
+    info = item.get("exception_info") or {}
+    error = None
+    if info.get("raised_exception"):
+        error = (info.get("exception_message") or "exception").splitlines()[0]
+    elif info and "raised_exception" not in info:
+        messages = [v.get("exception_message") for v in info.values() if isinstance(v, dict)]
+        error = (next((m for m in messages if m), "exception") or "exception").splitlines()[0]
+    observed = {k: result[k] for k in _AGGREGATE_KEYS if k in result}
+    return ExpectationOutcome(
+        type=config.get("type", "?"),
+        column=kwargs.get("column"),
+        success=bool(item.get("success")),
+        observed=observed,
+        error=error[:200] if error else None,
+    )

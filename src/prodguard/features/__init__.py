@@ -1,0 +1,1 @@
+"""Feature store: the Feast adapter (apply, materialize, online lookup, historical retrieval)."""

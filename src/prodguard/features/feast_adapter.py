@@ -1,0 +1,361 @@
+"""Feast adapter: the only module that imports ``feast``.
+
+- The store configuration is ``feature_repo/feature_store.yaml`` with ``${PRODGUARD_DATA_DIR}``
+  (and any other ``${VAR}`` from the environment) substituted.
+- Definitions are loaded from the ``*.py`` files of the feature repo by path (no dependence on
+  the working directory) and applied through the library; Feast records a new version of a
+  feature view each time its definition changes.
+- Relative ``FileSource`` paths resolve against the offline store folder.
+- Historical retrieval checks that no entity row was dropped by the point-in-time join.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from prodguard.config import Settings
+from prodguard.errors import FeatureStoreError
+from prodguard.telemetry import disable_telemetry
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class ViewVersion:
+    name: str
+    version: int | None
+    entities: tuple[str, ...]
+    ttl_seconds: float
+    features: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class MaterializeResult:
+    start: datetime | None
+    end: datetime
+    views: tuple[str, ...]
+    online_rows: dict[str, int]
+
+
+def render_store_config(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The feature_store.yaml of the settings, with variables substituted."""
+    path = settings.feature_store.config
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        raise FeatureStoreError(
+            f"feature store config {path} not found; fix feature_store.config in prodguard.yaml"
+        ) from None
+    values = dict(os.environ if environ is None else environ)
+    values["PRODGUARD_DATA_DIR"] = str(settings.paths.data_dir)
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise FeatureStoreError(f"{path.name} is not valid YAML; fix the syntax") from None
+    missing: set[str] = set()
+
+    def substitute(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: substitute(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [substitute(v) for v in node]
+        if isinstance(node, str):
+            missing.update(m for m in _VAR.findall(node) if m not in values)
+            return _VAR.sub(lambda m: values.get(m.group(1), ""), node)
+        return node
+
+    config = substitute(config)
+    if missing:
+        raise FeatureStoreError(
+            f"{path.name} uses unset environment variable(s) {sorted(missing)}; export them"
+        )
+    if not isinstance(config, dict):
+        raise FeatureStoreError(f"{path.name}: top level must be a mapping")
+    return config
+
+
+class FeastStore:
+    def __init__(self, settings: Settings) -> None:
+        disable_telemetry()
+        for name in ("feast", "feast.infra", "feast.feature_store"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        from feast import FeatureStore
+        from feast.repo_config import RepoConfig
+
+        self.settings = settings
+        self.offline_dir = settings.paths.offline_dir
+        self.offline_dir.mkdir(parents=True, exist_ok=True)
+        raw = render_store_config(settings)
+        for key in ("registry", "online_store"):
+            section = raw.get(key)
+            target = section.get("path") if isinstance(section, dict) else section
+            if isinstance(target, str) and "://" not in target:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            config = RepoConfig(repo_path=self.offline_dir, **raw)
+        except Exception as exc:  # noqa: BLE001 - pydantic / Feast config errors
+            raise FeatureStoreError(
+                f"{settings.feature_store.config.name} is invalid: {_first_line(exc)}"
+            ) from None
+        self._store = FeatureStore(config=config)
+
+    @property
+    def project(self) -> str:
+        return self._store.project
+
+    # ---- definitions -------------------------------------------------------------------
+
+    def load_definitions(self) -> Any:
+        """Import every ``*.py`` of the feature repo by path and collect Feast objects."""
+        from feast import Entity, FeatureService, FeatureView
+        from feast.data_source import DataSource
+        from feast.repo_contents import RepoContents
+
+        repo = self.settings.paths.feature_repo
+        files = sorted(p for p in repo.glob("*.py") if not p.name.startswith("_"))
+        if not files:
+            raise FeatureStoreError(f"no Feast definition files (*.py) in {repo}")
+        objects: dict[str, list[Any]] = {
+            "entities": [], "feature_views": [], "feature_services": [], "data_sources": []
+        }
+        kinds = (
+            (Entity, "entities"),
+            (FeatureView, "feature_views"),
+            (FeatureService, "feature_services"),
+            (DataSource, "data_sources"),
+        )
+        for path in files:
+            module = _import_path(path)
+            for value in vars(module).values():
+                for cls, key in kinds:
+                    if isinstance(value, cls) and not any(value is o for o in objects[key]):
+                        objects[key].append(value)
+        for view in objects["feature_views"]:
+            if view.batch_source is not None and not any(
+                view.batch_source is s for s in objects["data_sources"]
+            ):
+                objects["data_sources"].append(view.batch_source)
+        return RepoContents(
+            projects=[],
+            data_sources=objects["data_sources"],
+            feature_views=objects["feature_views"],
+            on_demand_feature_views=[],
+            stream_feature_views=[],
+            label_views=[],
+            entities=objects["entities"],
+            feature_services=objects["feature_services"],
+            permissions=[],
+        )
+
+    def apply(self) -> list[ViewVersion]:
+        """Apply the feature repo (idempotent); returns the versions now in use."""
+        from feast.repo_operations import extract_objects_for_apply_delete
+
+        contents = self.load_definitions()
+        names = {s.name for s in contents.feature_services}
+        wanted = self.settings.feature_store.feature_service
+        if wanted not in names:
+            raise FeatureStoreError(
+                f"feature service '{wanted}' is not defined in {self.settings.paths.feature_repo}; "
+                f"defined: {sorted(names)}"
+            )
+        try:
+            to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
+                self.project, self._store.registry, contents
+            )
+            self._store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+        except FeatureStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Feast raises many types
+            raise FeatureStoreError(f"feast apply failed: {_first_line(exc)}") from None
+        return self.versions()
+
+    def versions(self) -> list[ViewVersion]:
+        """Feature views of the feature service with the version Feast recorded for each."""
+        service = self._feature_service()
+        result = []
+        for projection in service.feature_view_projections:
+            view = self._store.get_feature_view(projection.name)
+            result.append(
+                ViewVersion(
+                    name=view.name,
+                    version=self._version_number(view.name),
+                    entities=tuple(view.entities),
+                    ttl_seconds=view.ttl.total_seconds() if view.ttl else 0.0,
+                    features=tuple((f.name, str(f.dtype)) for f in projection.features),
+                )
+            )
+        return result
+
+    def _version_number(self, view_name: str) -> int | None:
+        # Feast stores v0 as proto3's default 0, which reads back as None: use its records.
+        records = self._store.list_feature_view_versions(view_name)
+        return max((int(r["version_number"]) for r in records), default=None)
+
+    def feature_refs(self) -> list[str]:
+        """``view:feature`` references of the feature service (the model's input contract)."""
+        service = self._feature_service()
+        return [
+            f"{p.name_to_use()}:{f.name}"
+            for p in service.feature_view_projections
+            for f in p.features
+        ]
+
+    def _feature_service(self) -> Any:
+        name = self.settings.feature_store.feature_service
+        try:
+            return self._store.get_feature_service(name)
+        except Exception:  # noqa: BLE001 - FeatureServiceNotFoundException and registry errors
+            raise FeatureStoreError(
+                f"feature service '{name}' is not in the registry; run `prodguard materialize` "
+                "(it applies the feature repo) first"
+            ) from None
+
+    # ---- materialization -----------------------------------------------------------------
+
+    def materialize(self, until: datetime, start: datetime | None = None) -> MaterializeResult:
+        """Load the latest feature values up to ``until`` into the online store.
+
+        Without ``start`` it is incremental: each view continues from where the last run ended
+        (or ``until - ttl`` on its first run, which is all the online store needs). Feast's
+        progress output is swallowed; the result says what was loaded.
+        """
+        self.apply()
+        views = [v.name for v in self.versions()]
+        missing = [
+            v for v in views
+            if not self._source_path(v).exists()
+        ]
+        if missing:
+            raise FeatureStoreError(
+                f"no offline data for feature view(s) {missing}; run `prodguard ingest` first"
+            )
+        try:
+            for name in views:
+                begin = start if start is not None else self._resume_point(name, until)
+                if begin >= until:
+                    continue
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self._store.materialize(start_date=begin, end_date=until, feature_views=[name])
+        except Exception as exc:  # noqa: BLE001 - Feast raises many types
+            raise FeatureStoreError(f"feast materialize failed: {_first_line(exc)}") from None
+        return MaterializeResult(
+            start=start, end=until, views=tuple(views), online_rows=self.online_row_counts()
+        )
+
+    def _resume_point(self, view_name: str, until: datetime) -> datetime:
+        """Where incremental materialization of a view continues.
+
+        Feast's own ``materialize_incremental`` starts a first run at wall-clock now - ttl, which
+        breaks replays of historical data; prodguard uses the data's time (``until``) instead.
+        """
+        view = self._store.get_feature_view(view_name)
+        ends = [end for begin, end in view.materialization_intervals if begin < end <= until]
+        if ends:
+            return max(ends)
+        ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+        return until - ttl if ttl is not None else datetime(1970, 1, 1, tzinfo=UTC)
+
+    def _source_path(self, view_name: str) -> Path:
+        view = self._store.get_feature_view(view_name)
+        path = Path(view.batch_source.path)
+        return path if path.is_absolute() else self.offline_dir / path
+
+    def online_row_counts(self) -> dict[str, int]:
+        """Entities per view in the online store (SQLite only; empty for other stores)."""
+        online = self._store.config.online_store
+        if getattr(online, "type", "sqlite") != "sqlite":
+            return {}
+        import sqlite3
+
+        db = Path(online.path)
+        if not db.is_absolute():
+            db = self.offline_dir / db
+        if not db.exists():
+            return {}
+        counts = {}
+        with sqlite3.connect(db) as conn:
+            for view in self.versions():
+                table = f"{self.project}_{view.name}"
+                try:
+                    row = conn.execute(
+                        f'SELECT COUNT(DISTINCT entity_key) FROM "{table}"'  # noqa: S608
+                    ).fetchone()
+                except sqlite3.Error:
+                    continue
+                counts[view.name] = int(row[0])
+        return counts
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def online_features(self, entity_rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Feature-service values for each entity row, with each view's event timestamp."""
+        try:
+            response = self._store.get_online_features(
+                features=self._feature_service(), entity_rows=entity_rows
+            )
+        except FeatureStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Feast raises many types
+            raise FeatureStoreError(f"online lookup failed: {_first_line(exc)}") from None
+        return response.to_df(include_event_timestamps=True)
+
+    def historical_features(self, entity_df: pd.DataFrame) -> pd.DataFrame:
+        """Point-in-time-correct features for ``entity_df`` (needs ``event_timestamp``).
+
+        Raises FeatureStoreError if the join returned a different number of rows (the file
+        offline store can silently drop entity rows).
+        """
+        if "event_timestamp" not in entity_df.columns:
+            raise FeatureStoreError("entity frame needs an 'event_timestamp' column")
+        try:
+            job = self._store.get_historical_features(
+                entity_df=entity_df, features=self._feature_service()
+            )
+            frame = job.to_df()
+        except FeatureStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Feast raises many types
+            raise FeatureStoreError(f"historical retrieval failed: {_first_line(exc)}") from None
+        if len(frame) != len(entity_df):
+            raise FeatureStoreError(
+                f"point-in-time join returned {len(frame)} rows for {len(entity_df)} entity rows "
+                f"({len(entity_df) - len(frame)} dropped); check entity keys and timestamps"
+            )
+        return frame
+
+
+def _import_path(path: Path) -> Any:
+    name = f"_prodguard_feature_repo_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FeatureStoreError(f"cannot import Feast definitions from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - user code
+        sys.modules.pop(name, None)
+        raise FeatureStoreError(
+            f"Feast definitions {path.name} failed to load: {_first_line(exc)}"
+        ) from None
+    return module
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:300]

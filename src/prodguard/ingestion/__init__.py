@@ -1,0 +1,1 @@
+"""Ingestion: validate every raw batch before it reaches the offline store."""
