@@ -19,7 +19,7 @@ def parse_time(text: str, name: str = "time") -> datetime:
             "or 2013-05-01T12:00"
         ) from None
     if pd.isna(stamp):
-        raise InputError(f"{name} is empty; use e.g. 2013-05-01")
+        raise InputError(f"{name} is empty; give an ISO date, e.g. 2013-05-01")
     stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
     return stamp.to_pydatetime()
 

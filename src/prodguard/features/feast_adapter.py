@@ -5,7 +5,8 @@
 - Definitions are loaded from the ``*.py`` files of the feature repo by path (no dependence on
   the working directory) and applied through the library; Feast records a new version of a
   feature view each time its definition changes.
-- Relative ``FileSource`` paths resolve against the offline store folder.
+- Relative ``FileSource`` paths are made absolute under the offline store folder when the
+  definitions are loaded (Feast's offline stores disagree on what a relative path is relative to).
 - Historical retrieval checks that no entity row was dropped by the point-in-time join.
 """
 
@@ -105,7 +106,7 @@ class FeastStore:
             if isinstance(target, str) and "://" not in target:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
         try:
-            config = RepoConfig(repo_path=self.offline_dir, **raw)
+            config = RepoConfig(repo_path=settings.paths.feature_repo, **raw)
         except Exception as exc:  # noqa: BLE001 - pydantic / Feast config errors
             raise FeatureStoreError(
                 f"{settings.feature_store.config.name} is invalid: {_first_line(exc)}"
@@ -148,6 +149,8 @@ class FeastStore:
                 view.batch_source is s for s in objects["data_sources"]
             ):
                 objects["data_sources"].append(view.batch_source)
+        for source in objects["data_sources"]:
+            self._anchor(source)
         return RepoContents(
             projects=[],
             data_sources=objects["data_sources"],
@@ -159,6 +162,14 @@ class FeastStore:
             feature_services=objects["feature_services"],
             permissions=[],
         )
+
+    def _anchor(self, source: Any) -> None:
+        """Make a relative FileSource path absolute, under the offline store folder."""
+        from feast import FileSource
+
+        if isinstance(source, FileSource) and "://" not in source.path:
+            if not Path(source.path).is_absolute():
+                source.file_options.uri = str(self.offline_dir / source.path)
 
     def apply(self) -> list[ViewVersion]:
         """Apply the feature repo (idempotent); returns the versions now in use."""
@@ -271,8 +282,7 @@ class FeastStore:
 
     def _source_path(self, view_name: str) -> Path:
         view = self._store.get_feature_view(view_name)
-        path = Path(view.batch_source.path)
-        return path if path.is_absolute() else self.offline_dir / path
+        return Path(view.batch_source.path)
 
     def online_row_counts(self) -> dict[str, int]:
         """Entities per view in the online store (SQLite only; empty for other stores)."""

@@ -1,0 +1,74 @@
+"""Shared fixtures: a throw-away copy of the example project per test (or per session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from prodguard.telemetry import disable_telemetry
+
+ROOT = Path(__file__).resolve().parents[1]
+disable_telemetry()
+
+
+def utc(text: str) -> datetime:
+    return pd.Timestamp(text, tz="UTC").to_pydatetime()
+
+
+def make_project(target: Path) -> Path:
+    """Copy the example project's config, suites and feature repo into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "prodguard.yaml", target / "prodguard.yaml")
+    shutil.copytree(ROOT / "expectations", target / "expectations")
+    shutil.copytree(
+        ROOT / "feature_repo", target / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return target
+
+
+@pytest.fixture(autouse=True)
+def _no_prodguard_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("PRODGUARD_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def settings(project: Path):
+    from prodguard.config import load_settings
+
+    return load_settings(project / "prodguard.yaml", environ={})
+
+
+@pytest.fixture(scope="session")
+def flights_loader():
+    from prodguard_flights.loader import FlightsLoader
+
+    return FlightsLoader()
+
+
+@pytest.fixture(scope="session")
+def ingested(tmp_path_factory: pytest.TempPathFactory, flights_loader) -> Iterator[Path]:
+    """A project with Jan-Apr 2013 ingested and materialized up to May 1 (read-only use)."""
+    from prodguard.app import alerter_for
+    from prodguard.config import load_settings
+    from prodguard.features.feast_adapter import FeastStore
+    from prodguard.ingestion.pipeline import Ingestor
+
+    root = make_project(tmp_path_factory.mktemp("ingested") / "project")
+    settings = load_settings(root / "prodguard.yaml", environ={})
+    ingestor = Ingestor(settings, alerter_for(settings), loader=flights_loader)
+    ingestor.ingest_window(utc("2013-01-01"), utc("2013-05-01"))
+    FeastStore(settings).materialize(until=utc("2013-05-01"))
+    yield root

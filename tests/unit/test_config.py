@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from prodguard.config import load_settings
+from prodguard.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def test_loads_example_and_resolves_paths(project: Path) -> None:
+    settings = load_settings(project / "prodguard.yaml", environ={})
+    assert settings.project.name == "flights"
+    assert settings.paths.data_dir == (project / ".prodguard").resolve()
+    assert settings.feature_store.config == (project / "feature_repo/feature_store.yaml").resolve()
+    assert set(settings.sources) == {"weather", "planes", "carrier_stats", "flights"}
+    assert settings.sources["planes"].static is True
+    assert settings.suite_path("weather") == (project / "expectations/weather.json").resolve()
+
+
+def test_env_overrides_nested_keys(project: Path, tmp_path: Path) -> None:
+    env = {
+        "PRODGUARD_PATHS__DATA_DIR": str(tmp_path / "elsewhere"),
+        "PRODGUARD_INGEST__BATCH": "day",
+        "PRODGUARD_SOURCES__PLANES__KEYS": "[tailnum, event_timestamp]",
+    }
+    settings = load_settings(project / "prodguard.yaml", environ=env)
+    assert settings.paths.data_dir == tmp_path / "elsewhere"
+    assert settings.ingest.batch == "day"
+    assert settings.sources["planes"].keys == ["tailnum", "event_timestamp"]
+
+
+def test_config_env_var_names_the_file(project: Path) -> None:
+    settings = load_settings(None, environ={"PRODGUARD_CONFIG": str(project / "prodguard.yaml")})
+    assert settings.config_path == (project / "prodguard.yaml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("project: [unclosed\n", "not valid YAML at line"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("project:\n  name: x\n  loader: nope\n", "project.loader: Value error, must look like"),
+    ],
+)
+def test_malformed_files_give_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "prodguard.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_key_is_named(project: Path) -> None:
+    path = project / "prodguard.yaml"
+    path.write_text(path.read_text().replace("  batch: month", "  batch: month\n  bacth: day"))
+    with pytest.raises(ConfigError, match=r"ingest\.bacth: unknown key"):
+        load_settings(path, environ={})
+
+
+def test_missing_required_key_is_named(project: Path) -> None:
+    path = project / "prodguard.yaml"
+    path.write_text(path.read_text().replace("    keys: [tailnum]\n", ""))
+    with pytest.raises(ConfigError, match=r"sources\.planes\.keys: required key is missing"):
+        load_settings(path, environ={})
+
+
+def test_bad_env_value_is_named(project: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.batch"):
+        load_settings(project / "prodguard.yaml", environ={"PRODGUARD_INGEST__BATCH": "weekly"})
+    with pytest.raises(ConfigError, match="PRODGUARD_PATHS__DATA_DIR__X: 'data_dir' is not a"):
+        load_settings(project / "prodguard.yaml", environ={"PRODGUARD_PATHS__DATA_DIR__X": "1"})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found; run from the project folder"):
+        load_settings(tmp_path / "absent.yaml", environ={})
