@@ -24,8 +24,8 @@ class SchemaRegistry:
             return None
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-            return Schema.from_dict(document["columns"])
-        except (OSError, ValueError, KeyError) as exc:
+            return Schema(columns=tuple((str(c), str(t)) for c, t in document["columns"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StorageError(
                 f"recorded schema {path} is unreadable ({type(exc).__name__}); delete it to "
                 "re-record from the next batch"
@@ -36,7 +36,7 @@ class SchemaRegistry:
             {
                 "source": source,
                 "fingerprint": schema.fingerprint,
-                "columns": schema.as_dict(),
+                "columns": [list(pair) for pair in schema.columns],  # ordered: renames match by position
                 "recorded_at": when.isoformat(),
             },
             self._path(source),
