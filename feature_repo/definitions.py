@@ -11,24 +11,28 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.types import Float64, Int64, String
 
 airport = Entity(
-    name="airport", join_keys=["origin"], value_type=ValueType.STRING,
+    name="airport",
+    join_keys=["origin"],
+    value_type=ValueType.STRING,
     description="Origin airport (EWR, JFK, LGA)",
 )
 plane = Entity(
-    name="plane", join_keys=["tailnum"], value_type=ValueType.STRING,
+    name="plane",
+    join_keys=["tailnum"],
+    value_type=ValueType.STRING,
     description="Aircraft tail number",
 )
 carrier = Entity(
-    name="carrier", join_keys=["carrier"], value_type=ValueType.STRING,
+    name="carrier",
+    join_keys=["carrier"],
+    value_type=ValueType.STRING,
     description="Two-character airline code",
 )
 
 weather_source = FileSource(
     name="weather", path="weather.parquet", timestamp_field="event_timestamp"
 )
-planes_source = FileSource(
-    name="planes", path="planes.parquet", timestamp_field="event_timestamp"
-)
+planes_source = FileSource(name="planes", path="planes.parquet", timestamp_field="event_timestamp")
 carrier_stats_source = FileSource(
     name="carrier_stats", path="carrier_stats.parquet", timestamp_field="event_timestamp"
 )

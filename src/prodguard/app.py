@@ -92,8 +92,12 @@ def materialize(
     store = feature_store(settings)
     result = store.materialize(until=until, start=start)
     views = [
-        {"name": v.name, "version": v.version, "ttl_seconds": v.ttl_seconds,
-         "features": len(v.features)}
+        {
+            "name": v.name,
+            "version": v.version,
+            "ttl_seconds": v.ttl_seconds,
+            "features": len(v.features),
+        }
         for v in store.versions()
     ]
     return MaterializeReport(

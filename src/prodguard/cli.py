@@ -42,8 +42,11 @@ class _State:
 def _root(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="prodguard.yaml to use (default: ./prodguard.yaml "
-                     "or $PRODGUARD_CONFIG)."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="prodguard.yaml to use (default: ./prodguard.yaml or $PRODGUARD_CONFIG).",
+        ),
     ] = None,
 ) -> None:
     _State.config = config
@@ -64,14 +67,18 @@ def _print_json(document: Any) -> None:
 def _batch_line(result: BatchResult) -> None:
     window = f"{result.start[:10]}..{result.end[:10]}" if result.start and result.end else "file"
     if result.status == "written":
-        text = (f"[green]written[/] {result.source:<14} {window:<22} {result.rows:>7} rows "
-                f"(+{result.rows_added} new, {result.rows_replaced} replaced) "
-                f"validated in {result.validation_seconds * 1000:.0f} ms")
+        text = (
+            f"[green]written[/] {result.source:<14} {window:<22} {result.rows:>7} rows "
+            f"(+{result.rows_added} new, {result.rows_replaced} replaced) "
+            f"validated in {result.validation_seconds * 1000:.0f} ms"
+        )
     elif result.status == "quarantined":
-        text = (f"[red]quarantined[/] {result.source:<10} {window:<22} {result.rows:>7} rows: "
-                f"{'; '.join(result.failures[:3]) or result.schema_change}")
+        text = (
+            f"[red]quarantined[/] {result.source:<10} {window:<22} {result.rows:>7} rows: "
+            f"{'; '.join(result.failures[:3]) or result.schema_change}"
+        )
     else:
-        text = f"[dim]empty[/] {result.source:<16} {window:<22} no rows"
+        return  # empty batches are counted in the summary table
     err.print(text, highlight=False)
 
 
@@ -83,7 +90,8 @@ def ingest(
         list[str] | None, typer.Option("--source", "-s", help="Only these sources (repeatable).")
     ] = None,
     file: Annotated[
-        Path | None, typer.Option("--file", help="Ingest one batch file (.parquet/.csv) for --source.")
+        Path | None,
+        typer.Option("--file", help="Ingest one batch file (.parquet/.csv) for --source."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -103,13 +111,15 @@ def ingest(
         on_batch=None if as_json else _batch_line,
     )
     if as_json:
-        _print_json({
-            "batches": [b.to_json() for b in report.batches],
-            "rows_written": report.written,
-            "quarantined": len(report.quarantined),
-            "seconds": report.seconds,
-            "validation_seconds": report.validation_seconds,
-        })
+        _print_json(
+            {
+                "batches": [b.to_json() for b in report.batches],
+                "rows_written": report.written,
+                "quarantined": len(report.quarantined),
+                "seconds": report.seconds,
+                "validation_seconds": report.validation_seconds,
+            }
+        )
     else:
         table = Table(title="ingest")
         for column in ("source", "batches", "written rows", "quarantined", "new rows"):
@@ -124,8 +134,10 @@ def ingest(
                 str(sum(b.rows_added for b in mine)),
             )
         out.print(table)
-        out.print(f"{len(report.batches)} batches in {report.seconds:.1f} s "
-                  f"(validation {report.validation_seconds:.1f} s)")
+        out.print(
+            f"{len(report.batches)} batches in {report.seconds:.1f} s "
+            f"(validation {report.validation_seconds:.1f} s)"
+        )
     if report.quarantined:
         raise typer.Exit(QUARANTINED_EXIT)
 
@@ -143,16 +155,27 @@ def materialize(
         _settings(), until=parse_time(until, "--until"), start=_time(start, "--start")
     )
     if as_json:
-        _print_json({"views": report.views, "online_rows": report.online_rows,
-                     "until": report.until, "start": report.start, "seconds": report.seconds})
+        _print_json(
+            {
+                "views": report.views,
+                "online_rows": report.online_rows,
+                "until": report.until,
+                "start": report.start,
+                "seconds": report.seconds,
+            }
+        )
         return
     table = Table(title=f"materialized up to {report.until:%Y-%m-%d %H:%M} UTC")
     for column in ("feature view", "version", "features", "ttl", "online entities"):
         table.add_column(column)
     for view in report.views:
-        table.add_row(view["name"], f"v{view['version']}", str(view["features"]),
-                      f"{view['ttl_seconds'] / 3600:g} h",
-                      str(report.online_rows.get(view["name"], "-")))
+        table.add_row(
+            view["name"],
+            f"v{view['version']}",
+            str(view["features"]),
+            f"{view['ttl_seconds'] / 3600:g} h",
+            str(report.online_rows.get(view["name"], "-")),
+        )
     out.print(table)
     out.print(f"done in {report.seconds:.1f} s")
 
@@ -193,8 +216,13 @@ def quarantine() -> None:
     for column in ("source", "batch", "rows", "quarantined at", "reasons"):
         table.add_column(column)
     for record in Quarantine(settings.paths.quarantine_dir).list():
-        table.add_row(record["source"], record["batch_id"], str(record["rows"]),
-                      record["quarantined_at"][:19], "; ".join(record["reasons"]))
+        table.add_row(
+            record["source"],
+            record["batch_id"],
+            str(record["rows"]),
+            record["quarantined_at"][:19],
+            "; ".join(record["reasons"]),
+        )
     out.print(table)
 
 

@@ -1,7 +1,8 @@
 """One settings object: ``prodguard.yaml`` plus ``PRODGUARD_*`` environment overrides.
 
 Overrides use ``__`` to reach nested keys: ``PRODGUARD_PATHS__DATA_DIR=/srv/pg`` sets
-``paths.data_dir``. Values are parsed as YAML scalars/lists (``PRODGUARD_SOURCES__PLANES__KEYS=[tailnum]``).
+``paths.data_dir``. Values are parsed as YAML scalars or lists
+(``PRODGUARD_SOURCES__PLANES__KEYS=[tailnum]``).
 Relative paths are resolved against the folder holding the config file. Nothing is read at
 import time: call :func:`load_settings`.
 """
@@ -174,9 +175,7 @@ def find_config(explicit: Path | None = None, environ: dict[str, str] | None = N
     return candidate.resolve()
 
 
-def load_settings(
-    path: Path | None = None, environ: dict[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Read, override and validate the settings. Raises ConfigError naming the bad key."""
     env = dict(os.environ if environ is None else environ)
     config_path = find_config(path, env)

@@ -45,8 +45,12 @@ def run_demo(settings: Settings, console: Console) -> None:
     for column in ("view", "version", "features", "online entities"):
         views.add_column(column)
     for view in done.views:
-        views.add_row(view["name"], f"v{view['version']}", str(view["features"]),
-                      str(done.online_rows.get(view["name"], "-")))
+        views.add_row(
+            view["name"],
+            f"v{view['version']}",
+            str(view["features"]),
+            str(done.online_rows.get(view["name"], "-")),
+        )
     console.print(views)
     console.print(f"materialized in {done.seconds:.1f} s")
     console.rule("where things are")

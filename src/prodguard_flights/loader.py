@@ -35,8 +35,9 @@ class FlightsLoader:
 
     def table(self, source: str) -> pd.DataFrame:
         if source not in _BUILDERS:
-            raise InputError(f"the flights project has no source '{source}'; "
-                             f"it has {sorted(_BUILDERS)}")
+            raise InputError(
+                f"the flights project has no source '{source}'; it has {sorted(_BUILDERS)}"
+            )
         if source not in self._tables:
             raw_name, build = _BUILDERS[source]
             self._tables[source] = build(self.raw(raw_name))

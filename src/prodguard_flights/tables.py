@@ -28,7 +28,15 @@ PLANES_VALID_FROM = pd.Timestamp("2013-01-01", tz="UTC").as_unit("ns")
 POST_DEPARTURE_COLUMNS = ("dep_time", "dep_delay", "arr_time", "air_time")
 
 WEATHER_COLUMNS = [
-    "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure", "visib",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
 ]
 
 
@@ -78,9 +86,13 @@ def flights_table(raw: pd.DataFrame) -> pd.DataFrame:
     landed = status == "landed"
     flight_id = (
         sched.dt.strftime("%Y%m%dT%H%M")
-        + "-" + raw["carrier"].astype(str) + raw["flight"].astype(str)
-        + "-" + raw["origin"].astype(str)
-        + "-" + raw["dest"].astype(str)
+        + "-"
+        + raw["carrier"].astype(str)
+        + raw["flight"].astype(str)
+        + "-"
+        + raw["origin"].astype(str)
+        + "-"
+        + raw["dest"].astype(str)
     )
     frame = pd.DataFrame(
         {

@@ -69,9 +69,10 @@ def test_online_lookup_returns_latest_values_as_time_advances(settings, flights_
             assert row[column] == pytest.approx(expected[column], nan_ok=True)
         expected_stats = latest(stats, "carrier", "B6", until)
         assert row["ontime_rate_7d"] == pytest.approx(expected_stats["ontime_rate_7d"])
-        assert row["seats"] == flights_loader.table("planes").set_index("tailnum").loc[
-            "N579JB", "seats"
-        ]
+        assert (
+            row["seats"]
+            == flights_loader.table("planes").set_index("tailnum").loc["N579JB", "seats"]
+        )
 
 
 def test_unknown_entity_gets_nulls(store) -> None:
@@ -113,8 +114,10 @@ def test_dropped_entity_rows_fail_loudly(store, flights_loader, monkeypatch) -> 
     monkeypatch.setattr(
         store._store, "get_historical_features", lambda entity_df, features: _ShortJob(entity_df)
     )
-    with pytest.raises(FeatureStoreError, match=f"returned {len(entity) - 3} rows for "
-                       f"{len(entity)} entity rows \\(3 dropped\\)"):
+    with pytest.raises(
+        FeatureStoreError,
+        match=f"returned {len(entity) - 3} rows for {len(entity)} entity rows \\(3 dropped\\)",
+    ):
         store.historical_features(entity)
 
 
@@ -133,5 +136,7 @@ def test_bad_store_config(settings) -> None:
     with pytest.raises(FeatureStoreError, match="is not valid YAML"):
         FeastStore(settings)
     settings.feature_store.config.write_text("project: p\nregistry: ${NOPE_NOT_SET}/r.db\n")
-    with pytest.raises(FeatureStoreError, match=r"unset environment variable\(s\) \['NOPE_NOT_SET'\]"):
+    with pytest.raises(
+        FeatureStoreError, match=r"unset environment variable\(s\) \['NOPE_NOT_SET'\]"
+    ):
         FeastStore(settings)

@@ -60,8 +60,10 @@ def test_window_ingest_is_idempotent(ingestor, settings) -> None:
 
 @pytest.mark.parametrize(
     ("month", "expected"),
-    [("2013-01", "expect_column_mean_to_be_between(temp)"),
-     ("2013-07", "expect_column_max_to_be_between(temp)")],
+    [
+        ("2013-01", "expect_column_mean_to_be_between(temp)"),
+        ("2013-07", "expect_column_max_to_be_between(temp)"),
+    ],
 )
 def test_celsius_weather_is_quarantined_and_store_unchanged(
     ingestor, settings, flights_loader, month, expected
@@ -142,16 +144,39 @@ def test_unknown_source_and_reversed_window(ingestor) -> None:
 
 def test_unknown_expectation_and_bad_kwargs(tmp_path, validator) -> None:
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"name": "s", "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "a", "max_value": 1}},
-        {"type": "expect_column_to_be_fabulous", "kwargs": {"column": "a"}},
-    ]}))
-    with pytest.raises(ContractError, match=r"expectations\[1\] 'expect_column_to_be_fabulous' is "
-                       "not a known Great Expectations expectation"):
+    path.write_text(
+        json.dumps(
+            {
+                "name": "s",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_be_between",
+                        "kwargs": {"column": "a", "max_value": 1},
+                    },
+                    {"type": "expect_column_to_be_fabulous", "kwargs": {"column": "a"}},
+                ],
+            }
+        )
+    )
+    with pytest.raises(
+        ContractError,
+        match=r"expectations\[1\] 'expect_column_to_be_fabulous' is "
+        "not a known Great Expectations expectation",
+    ):
         validator.compile(read_suite(path))
-    path.write_text(json.dumps({"name": "s", "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"colum": "a", "max_value": 1}},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "name": "s",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_be_between",
+                        "kwargs": {"colum": "a", "max_value": 1},
+                    },
+                ],
+            }
+        )
+    )
     with pytest.raises(ContractError, match=r"expectations\[0\].*has invalid kwargs"):
         validator.compile(read_suite(path))
 
@@ -167,7 +192,9 @@ def test_broken_suite_fails_before_anything_is_written(project, flights_loader, 
 
 def test_timestamp_strings_are_parsed_and_garbage_rejected(ingestor, flights_loader) -> None:
     frame = flights_loader.load("weather", utc("2013-01-01"), utc("2013-02-01"))
-    as_text = frame.assign(event_timestamp=frame["event_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    as_text = frame.assign(
+        event_timestamp=frame["event_timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
     assert ingestor.ingest_frame("weather", as_text, label="text").status == "written"
     garbage = frame.assign(event_timestamp="soon")
     with pytest.raises(InputError, match="not ISO-8601 timestamps"):

@@ -20,7 +20,9 @@ def test_fingerprint_ignores_int_float_and_order_of_listing() -> None:
 def test_logical_types() -> None:
     schema = schema_of(
         frame(
-            t=pd.to_datetime(["2013-01-01"], utc=True), b=[True], s=pd.Series(["x"], dtype="string"),
+            t=pd.to_datetime(["2013-01-01"], utc=True),
+            b=[True],
+            s=pd.Series(["x"], dtype="string"),
             n=pd.Series([1], dtype="Int64"),
         )
     )

@@ -43,7 +43,10 @@ def test_digest_ignores_key_order(tmp_path: Path) -> None:
         ({"name": "s", "expectations": []}, "'expectations' must be a non-empty list"),
         ({"name": "s", "expectations": ["x"]}, "expectations[0] must be an object"),
         ({"name": "s", "expectations": [{"kwargs": {}}]}, "'type' must name an expectation"),
-        ({"name": "s", "expectations": [{"type": "e", "kwargs": []}]}, "'kwargs' must be an object"),
+        (
+            {"name": "s", "expectations": [{"type": "e", "kwargs": []}]},
+            "'kwargs' must be an object",
+        ),
         ({"name": "s", "expectations": [{"type": "e", "kwarg": {}}]}, "unknown field(s) ['kwarg']"),
     ],
 )

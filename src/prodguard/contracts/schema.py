@@ -84,11 +84,7 @@ def diff(recorded: Schema, current: Schema) -> SchemaDiff:
     renamed = []
     for gone in list(removed):
         match = next(
-            (
-                a
-                for a in added
-                if new[a] == old[gone] and new_positions[a] == old_positions[gone]
-            ),
+            (a for a in added if new[a] == old[gone] and new_positions[a] == old_positions[gone]),
             None,
         )
         if match is not None:

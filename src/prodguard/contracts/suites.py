@@ -39,7 +39,9 @@ def read_suite(path: Path) -> Suite:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ContractError(f"suite file {path} not found; create it or fix 'sources.*.suite'") from None
+        raise ContractError(
+            f"suite file {path} not found; create it or fix 'sources.*.suite'"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ContractError(f"suite file {path} cannot be read ({type(exc).__name__})") from None
     try:

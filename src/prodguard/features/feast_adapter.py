@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +53,9 @@ class MaterializeResult:
     online_rows: dict[str, int]
 
 
-def render_store_config(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, Any]:
+def render_store_config(
+    settings: Settings, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The feature_store.yaml of the settings, with variables substituted."""
     path = settings.feature_store.config
     try:
@@ -112,6 +116,8 @@ class FeastStore:
                 f"{settings.feature_store.config.name} is invalid: {_first_line(exc)}"
             ) from None
         self._store = FeatureStore(config=config)
+        if raw.get("offline_store", {}).get("type") == "duckdb":
+            _quiet_duckdb()
 
     @property
     def project(self) -> str:
@@ -130,7 +136,10 @@ class FeastStore:
         if not files:
             raise FeatureStoreError(f"no Feast definition files (*.py) in {repo}")
         objects: dict[str, list[Any]] = {
-            "entities": [], "feature_views": [], "feature_services": [], "data_sources": []
+            "entities": [],
+            "feature_views": [],
+            "feature_services": [],
+            "data_sources": [],
         }
         kinds = (
             (Entity, "entities"),
@@ -167,9 +176,9 @@ class FeastStore:
         """Make a relative FileSource path absolute, under the offline store folder."""
         from feast import FileSource
 
-        if isinstance(source, FileSource) and "://" not in source.path:
-            if not Path(source.path).is_absolute():
-                source.file_options.uri = str(self.offline_dir / source.path)
+        path = getattr(source, "path", "") if isinstance(source, FileSource) else ""
+        if path and "://" not in path and not Path(path).is_absolute():
+            source.file_options.uri = str(self.offline_dir / path)
 
     def apply(self) -> list[ViewVersion]:
         """Apply the feature repo (idempotent); returns the versions now in use."""
@@ -246,10 +255,7 @@ class FeastStore:
         """
         self.apply()
         views = [v.name for v in self.versions()]
-        missing = [
-            v for v in views
-            if not self._source_path(v).exists()
-        ]
+        missing = [v for v in views if not self._source_path(v).exists()]
         if missing:
             raise FeatureStoreError(
                 f"no offline data for feature view(s) {missing}; run `prodguard ingest` first"
@@ -259,7 +265,7 @@ class FeastStore:
                 begin = start if start is not None else self._resume_point(name, until)
                 if begin >= until:
                     continue
-                with contextlib.redirect_stdout(io.StringIO()):
+                with _quiet():
                     self._store.materialize(start_date=begin, end_date=until, feature_views=[name])
         except Exception as exc:  # noqa: BLE001 - Feast raises many types
             raise FeatureStoreError(f"feast materialize failed: {_first_line(exc)}") from None
@@ -332,10 +338,11 @@ class FeastStore:
         if "event_timestamp" not in entity_df.columns:
             raise FeatureStoreError("entity frame needs an 'event_timestamp' column")
         try:
-            job = self._store.get_historical_features(
-                entity_df=entity_df, features=self._feature_service()
-            )
-            frame = job.to_df()
+            with _quiet():
+                job = self._store.get_historical_features(
+                    entity_df=entity_df, features=self._feature_service()
+                )
+                frame = job.to_df()
         except FeatureStoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - Feast raises many types
@@ -346,6 +353,23 @@ class FeastStore:
                 f"({len(entity_df) - len(frame)} dropped); check entity keys and timestamps"
             )
         return frame
+
+
+def _quiet_duckdb() -> None:
+    """Feast's DuckDB offline store runs on ibis' default backend: turn its progress bar off."""
+    import ibis
+
+    backend = ibis.get_backend()
+    if getattr(backend, "name", "") == "duckdb":
+        backend.raw_sql("SET enable_progress_bar = false")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow Feast's progress prints and its engines' deprecation warnings."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def _import_path(path: Path) -> Any:

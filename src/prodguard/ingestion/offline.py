@@ -40,7 +40,9 @@ class OfflineStore:
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
             raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
 
-    def write(self, source: str, batch: pd.DataFrame, keys: list[str], timestamp: str) -> WriteResult:
+    def write(
+        self, source: str, batch: pd.DataFrame, keys: list[str], timestamp: str
+    ) -> WriteResult:
         with locked(self.root / f".{source}.lock"):
             existing = self.read(source)
             if existing is None or existing.empty:

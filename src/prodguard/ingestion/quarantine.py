@@ -73,4 +73,3 @@ class Quarantine:
                     continue
                 found.append(json.loads(reason.read_text(encoding="utf-8")))
         return found
-

@@ -36,7 +36,9 @@ class SchemaRegistry:
             {
                 "source": source,
                 "fingerprint": schema.fingerprint,
-                "columns": [list(pair) for pair in schema.columns],  # ordered: renames match by position
+                "columns": [
+                    list(pair) for pair in schema.columns
+                ],  # ordered: renames match by position
                 "recorded_at": when.isoformat(),
             },
             self._path(source),

@@ -1,0 +1,3 @@
+from prodguard.cli import main
+
+main()
