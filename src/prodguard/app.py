@@ -5,18 +5,25 @@ The CLI only parses arguments and renders results; everything it does is callabl
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from prodguard.alerts import Alerter, JsonlSink, LogSink
 from prodguard.config import Settings
-from prodguard.errors import InputError
+from prodguard.errors import ConfigError, InputError, PromotionRefused
 from prodguard.ingestion.pipeline import BatchResult, Ingestor
 from prodguard.project import load_loader
+from prodguard.registry.operations import RegistryOperations
+
+if TYPE_CHECKING:
+    from prodguard.training.trainer import TrainResult
 
 
 def alerter_for(settings: Settings) -> Alerter:
@@ -123,3 +130,140 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+# ---- registry and training ---------------------------------------------------------------
+
+
+def _model_name(settings: Settings) -> str:
+    if settings.model is None:
+        raise ConfigError("prodguard.yaml has no 'model' section; add one (see README)")
+    return settings.model.name
+
+
+def registry_operations(settings: Settings, with_checks: bool = False) -> RegistryOperations:
+    """Alias operations on the configured registry; ``with_checks`` adds promotion checks."""
+    from prodguard.registry.audit import AuditLog
+    from prodguard.registry.config import load_registry_config
+    from prodguard.registry.mlflow_adapter import MlflowRegistry
+
+    config = load_registry_config(settings)
+    registry = MlflowRegistry(config, _model_name(settings))
+    check = promotion_check(registry, feature_store(settings)) if with_checks else None
+    return RegistryOperations(registry, AuditLog(config.audit_uri), promotion_check=check)
+
+
+def promotion_check(registry: Any, store: Any) -> Callable[[int], None]:
+    """Refuse a version whose input contract differs from the feature service, or that does not
+    load and score one row."""
+
+    from prodguard.training.model import prepare
+
+    def check(version: int) -> None:
+        tags = registry.version(version).tags
+        recorded = tags.get("prodguard.store_features")
+        if recorded is None:
+            raise PromotionRefused(
+                f"v{version} has no prodguard lineage; register models through `prodguard train`"
+            )
+        current = [[f"{v.name}:{f}", t] for v in store.versions() for f, t in v.features]
+        problem = contract_difference(json.loads(recorded), current)
+        if problem:
+            raise PromotionRefused(
+                f"v{version}'s input contract does not match the feature service: {problem}"
+            )
+        try:
+            model = registry.load_model(version)
+            names = [name for name, _ in json.loads(tags["prodguard.input_contract"])]
+            fallback = json.loads(tags["prodguard.fallbacks"])
+            row = prepare(pd.DataFrame([{n: fallback.get(n) for n in names}]))
+            model.predict_proba(row)
+        except Exception as exc:  # noqa: BLE001 - any failure to load or score refuses
+            raise PromotionRefused(
+                f"v{version} fails to load or score one row ({type(exc).__name__}); "
+                "it cannot be promoted"
+            ) from None
+
+    return check
+
+
+def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> str:
+    """'' when equal, else what differs: missing, extra and retyped features."""
+    old, new = dict(map(tuple, recorded)), dict(map(tuple, current))
+    parts = [f"missing {k}" for k in new if k not in old]
+    parts += [f"no longer served {k}" for k in old if k not in new]
+    parts += [f"{k} is {new[k]}, was {old[k]}" for k in old if k in new and old[k] != new[k]]
+    return "; ".join(parts)
+
+
+def train(settings: Settings, start: datetime, end: datetime, actor: str) -> TrainResult:
+    """Train on ``[start, end)``, evaluate on the following days, register as candidate."""
+    from prodguard.contracts.suites import read_suite
+    from prodguard.training.trainer import train_and_register
+
+    digests = {name: read_suite(settings.suite_path(name)).digest for name in settings.sources}
+    return train_and_register(
+        settings,
+        feature_store(settings),
+        registry_operations(settings),
+        digests,
+        start,
+        end,
+        actor,
+    )
+
+
+LINEAGE_SUMMARY = (
+    "train_window",
+    "eval_window",
+    "rows_train",
+    "rows_eval",
+    "rows_unlabelled",
+    "dataset_digest",
+    "feature_service",
+    "feature_views",
+    "suite_digests",
+    "code_version",
+    "eval.auc",
+    "eval.log_loss",
+    "eval.precision",
+    "eval.recall",
+    "eval.ece",
+    "demoted_reason",
+)
+
+
+def version_summary(version: Any) -> dict[str, Any]:
+    tags = version.tags
+    summary: dict[str, Any] = {"version": version.version, "created": version.created.isoformat()}
+    for key in LINEAGE_SUMMARY:
+        value = tags.get(f"prodguard.{key}")
+        if value is not None and key in ("feature_views", "suite_digests"):
+            value = json.loads(value)
+        summary[key] = value
+    return summary
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    operations = registry_operations(settings)
+    state = operations.state()
+    versions = operations.registry.versions()
+    by_number = {v.version: v for v in versions}
+    config = operations.registry.config
+    return {
+        "model": operations.model,
+        "aliases": state.as_dict(),
+        "lineage": {
+            alias: version_summary(by_number[v]) if v in by_number else None
+            for alias, v in state.as_dict().items()
+        },
+        "versions": [version_summary(v) for v in versions],
+        "mlflow_ui": mlflow_ui_command(config),
+    }
+
+
+def mlflow_ui_command(config: Any) -> str:
+    return (
+        f".venv/bin/mlflow server --backend-store-uri {config.tracking_uri} "
+        f"--default-artifact-root {config.artifact_location} --host 127.0.0.1 --port 5000"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -227,6 +228,172 @@ def quarantine() -> None:
 
 
 @cli.command()
+def train(
+    start: Annotated[str, typer.Option(help="Training window start (ISO date, UTC).")],
+    end: Annotated[str, typer.Option(help="Training window end, exclusive.")],
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train on a window, evaluate on the following days, register the model as `candidate`.
+
+    Features come point-in-time from the Feast feature service; the version carries its lineage
+    (windows, row counts, dataset digest, feature view versions, suite digests, code version,
+    metrics, reference statistics).
+    """
+    from prodguard.registry.operations import default_actor
+
+    result = use_cases.train(
+        _settings(),
+        parse_time(start, "--start"),
+        parse_time(end, "--end"),
+        actor or default_actor(),
+    )
+    if as_json:
+        _print_json(
+            {
+                "version": result.version,
+                "metrics": result.metrics,
+                "rows_train": result.rows_train,
+                "rows_eval": result.rows_eval,
+                "seconds_train": result.seconds_train,
+                "seconds_register": result.seconds_register,
+            }
+        )
+        return
+    table = Table(title=f"registered v{result.version} as candidate")
+    table.add_column("metric (held-out days)")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+    out.print(
+        f"{result.rows_train} training rows, {result.rows_eval} evaluation rows; "
+        f"trained in {result.seconds_train:.1f} s, registered in "
+        f"{result.seconds_register:.1f} s"
+    )
+
+
+def _record_line(record: Any) -> None:
+    out.print(
+        f"{record.action}: {record.from_state} -> {record.to_state} "
+        f"(audit #{record.id}, by {record.actor})",
+        highlight=False,
+    )
+
+
+@cli.command()
+def register(
+    version: Annotated[int, typer.Option(help="Registered version to make the candidate.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "registered",
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+) -> None:
+    """Point the `candidate` alias at an existing version (audited)."""
+    from prodguard.registry.operations import default_actor
+
+    operations = use_cases.registry_operations(_settings())
+    _record_line(operations.set_candidate(version, actor or default_actor(), reason))
+
+
+@cli.command()
+def promote(
+    version: Annotated[
+        int | None, typer.Option(help="Promote this version instead of the candidate.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "promoted",
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+) -> None:
+    """Champion becomes standby; the candidate (or --version) becomes champion.
+
+    Refused when the version's input contract differs from the feature service or it does not
+    load. If someone else moves the aliases meanwhile, nothing changes and the exit code is 4.
+    """
+    from prodguard.registry.operations import default_actor
+
+    operations = use_cases.registry_operations(_settings(), with_checks=True)
+    expected = operations.state()
+    _record_line(
+        operations.promote(actor or default_actor(), reason, version=version, expected=expected)
+    )
+
+
+@cli.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log and on the version).")],
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+) -> None:
+    """The standby becomes champion again; the demoted version is tagged with the reason."""
+    from prodguard.registry.operations import default_actor
+
+    operations = use_cases.registry_operations(_settings())
+    expected = operations.state()
+    _record_line(operations.rollback(actor or default_actor(), reason, expected=expected))
+
+
+@cli.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Which version each alias points at, with its lineage, and how to open the MLflow UI."""
+    document = use_cases.status(_settings())
+    if as_json:
+        _print_json(document)
+        return
+    table = Table(title=f"model {document['model']}")
+    for column in ("alias", "version", "trained on", "rows", "AUC", "feature views", "code"):
+        table.add_column(column)
+    for alias, summary in document["lineage"].items():
+        if summary is None:
+            table.add_row(alias, "-", "", "", "", "", "")
+            continue
+        views = " ".join(f"v{v}" for v in (summary["feature_views"] or {}).values())
+        table.add_row(
+            alias,
+            f"v{summary['version']}",
+            (summary["train_window"] or "").replace("T00:00:00+00:00", ""),
+            summary["rows_train"] or "",
+            summary["eval.auc"] or "",
+            views,
+            (summary["code_version"] or "")[:12],
+        )
+    out.print(table)
+    out.print(
+        f"{len(document['versions'])} version(s) registered. MLflow UI: {document['mlflow_ui']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@cli.command()
+def audit(
+    limit: Annotated[int, typer.Option(help="Show the last N records.", min=1)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+) -> None:
+    """The append-only record of every alias move: time, actor, from, to, reason, evidence."""
+    records = use_cases.registry_operations(_settings()).history(limit)
+    if as_json:
+        _print_json([r.to_json() for r in records])
+        return
+    table = Table(title="alias moves")
+    for column in ("#", "time", "action", "actor", "from", "to", "reason"):
+        table.add_column(column)
+
+    def fmt(state: dict) -> str:
+        return " ".join(f"{k[:4]}=v{v}" for k, v in state.items() if v is not None) or "-"
+
+    for r in records:
+        table.add_row(
+            str(r.id),
+            r.time.isoformat()[:19],
+            r.action,
+            r.actor,
+            fmt(r.from_state),
+            fmt(r.to_state),
+            r.reason,
+        )
+    out.print(table)
+
+
+@cli.command()
 def demo() -> None:
     """Run the main job on embedded defaults: ingest Jan–Apr 2013, materialize, summarise."""
     from prodguard.demo import run_demo
@@ -237,6 +404,7 @@ def demo() -> None:
 def main() -> None:
     disable_telemetry()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # tools' own deprecations
     try:
         code = cli(standalone_mode=False)
     except ProdguardError as exc:

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prodguard.errors import ConfigError
 
@@ -76,6 +83,28 @@ class IngestSettings(_Strict):
     batch: Literal["month", "day", "window"] = "month"
 
 
+class ModelSettings(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str = Field(description="The source whose rows are the labelled examples.")
+    label: str
+    entity_keys: list[str] = Field(min_length=1, description="Join keys sent to the feature store.")
+    request_features: str = Field(
+        description="'module:function' deriving model features from request fields."
+    )
+    seed: int = 42
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    evaluation_days: int = Field(default=30, ge=1)
+
+    @field_validator("request_features")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        return ProjectSettings._dotted(value)
+
+
+class RegistrySettings(_Strict):
+    config: Path = Path("mlruns_config/local.yaml")
+
+
 class DemoSettings(_Strict):
     start: str = Field(description="ISO date: start of the window the demo ingests.")
     end: str = Field(description="ISO date: end (exclusive) of that window; materialized up to it.")
@@ -97,8 +126,16 @@ class Settings(_Strict):
     feature_store: FeatureStoreSettings
     ingest: IngestSettings = IngestSettings()
     sources: dict[str, SourceSettings] = Field(min_length=1)
+    model: ModelSettings | None = None
+    registry: RegistrySettings = RegistrySettings()
     demo: DemoSettings | None = None
     config_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _model_source(self) -> Settings:
+        if self.model is not None and self.model.source not in self.sources:
+            raise ValueError(f"model.source '{self.model.source}' is not one of the sources")
+        return self
 
     @field_validator("sources")
     @classmethod
@@ -122,7 +159,10 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     feature_store = settings.feature_store.model_copy(
         update={"config": absolute(settings.feature_store.config)}
     )
-    return settings.model_copy(update={"paths": paths, "feature_store": feature_store})
+    registry = settings.registry.model_copy(update={"config": absolute(settings.registry.config)})
+    return settings.model_copy(
+        update={"paths": paths, "feature_store": feature_store, "registry": registry}
+    )
 
 
 def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

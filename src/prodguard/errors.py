@@ -48,3 +48,21 @@ class FeatureStoreError(ProdguardError):
 
 class StorageError(ProdguardError):
     """A local store (offline parquet, quarantine, state files) could not be read or written."""
+
+
+class RegistryError(ProdguardError):
+    """The model registry (MLflow) or its audit log failed, or a version/alias is unknown."""
+
+
+class PromotionRefused(RegistryError):
+    """An alias move was refused (no candidate, no standby, contract mismatch, unloadable model)."""
+
+
+class ConcurrentUpdateError(RegistryError):
+    """Someone else moved the aliases between the read and the move; nothing was changed."""
+
+    exit_code = 4
+
+
+class TrainingError(ProdguardError):
+    """A model cannot be trained or evaluated on the requested window."""

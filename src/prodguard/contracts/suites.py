@@ -10,12 +10,12 @@ valid is checked by the Great Expectations adapter when the suite is compiled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prodguard.digests import document_digest
 from prodguard.errors import ContractError
 
 
@@ -28,10 +28,6 @@ class Suite:
 
     def columns(self) -> set[str]:
         return {e["kwargs"]["column"] for e in self.expectations if "column" in e["kwargs"]}
-
-
-def _canonical(document: dict[str, Any]) -> str:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def read_suite(path: Path) -> Suite:
@@ -74,7 +70,5 @@ def read_suite(path: Path) -> Suite:
         {"type": e["type"], "kwargs": dict(e.get("kwargs", {})), "meta": dict(e.get("meta", {}))}
         for e in expectations
     )
-    digest = hashlib.sha256(
-        _canonical({"name": name, "expectations": list(normalised)}).encode()
-    ).hexdigest()
+    digest = document_digest({"name": name, "expectations": list(normalised)})
     return Suite(name=name, path=path, expectations=normalised, digest=digest)

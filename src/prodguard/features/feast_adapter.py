@@ -16,8 +16,6 @@ import contextlib
 import importlib.util
 import io
 import logging
-import os
-import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -27,13 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from prodguard.config import Settings
 from prodguard.errors import FeatureStoreError
 from prodguard.telemetry import disable_telemetry
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+from prodguard.templates import load_yaml_template
 
 
 @dataclass(frozen=True)
@@ -53,43 +49,13 @@ class MaterializeResult:
     online_rows: dict[str, int]
 
 
-def render_store_config(
-    settings: Settings, environ: dict[str, str] | None = None
-) -> dict[str, Any]:
+def render_store_config(settings: Settings) -> dict[str, Any]:
     """The feature_store.yaml of the settings, with variables substituted."""
-    path = settings.feature_store.config
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        raise FeatureStoreError(
-            f"feature store config {path} not found; fix feature_store.config in prodguard.yaml"
-        ) from None
-    values = dict(os.environ if environ is None else environ)
-    values["PRODGUARD_DATA_DIR"] = str(settings.paths.data_dir)
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise FeatureStoreError(f"{path.name} is not valid YAML; fix the syntax") from None
-    missing: set[str] = set()
-
-    def substitute(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: substitute(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [substitute(v) for v in node]
-        if isinstance(node, str):
-            missing.update(m for m in _VAR.findall(node) if m not in values)
-            return _VAR.sub(lambda m: values.get(m.group(1), ""), node)
-        return node
-
-    config = substitute(config)
-    if missing:
-        raise FeatureStoreError(
-            f"{path.name} uses unset environment variable(s) {sorted(missing)}; export them"
-        )
-    if not isinstance(config, dict):
-        raise FeatureStoreError(f"{path.name}: top level must be a mapping")
-    return config
+    return load_yaml_template(
+        settings.feature_store.config,
+        {"PRODGUARD_DATA_DIR": str(settings.paths.data_dir)},
+        FeatureStoreError,
+    )
 
 
 class FeastStore:

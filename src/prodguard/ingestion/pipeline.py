@@ -7,7 +7,6 @@ is left untouched.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from prodguard.config import Settings
 from prodguard.contracts.gx_adapter import GxValidator, ValidationReport
 from prodguard.contracts.schema import SchemaDiff, diff, schema_of
 from prodguard.contracts.suites import Suite, read_suite
+from prodguard.digests import frame_digest
 from prodguard.durable import append_jsonl, read_jsonl
 from prodguard.errors import InputError, NoDataError
 from prodguard.ingestion.offline import OfflineStore
@@ -152,7 +152,7 @@ class Ingestor:
         }
         if label is None:
             label = f"{start:%Y%m%d}-{end:%Y%m%d}" if start and end else "batch"
-        batch_id = f"{label}-{content_digest(frame)[:10]}"
+        batch_id = f"{label}-{frame_digest(frame)[:10]}"
         if frame.empty:
             result = BatchResult(source, batch_id, "empty", 0, **window)
             self._log(result)
@@ -294,13 +294,6 @@ class Ingestor:
 
     def _log(self, result: BatchResult) -> None:
         append_jsonl({"logged_at": self.clock.now().isoformat(), **result.to_json()}, self.log_path)
-
-
-def content_digest(frame: pd.DataFrame) -> str:
-    hasher = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode())
-    if not frame.empty:
-        hasher.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return hasher.hexdigest()
 
 
 def read_batch_file(path: Path) -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""Model registry: MLflow adapter, the alias operations and their audit log."""

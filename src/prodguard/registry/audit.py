@@ -1,0 +1,142 @@
+"""The append-only audit log of alias moves, and the lock that serialises them.
+
+MLflow aliases are last-writer-wins. Every prodguard move runs inside :meth:`AuditLog.exclusive`,
+a database transaction that first bumps the model's row in ``alias_lock`` (a write lock on
+SQLite, a row lock on PostgreSQL), then re-reads the aliases, moves them and appends the audit
+record before committing. Two moves can therefore never interleave, and a move whose expected
+state is stale is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from prodguard.errors import RegistryError
+
+_metadata = sa.MetaData()
+_lock = sa.Table(
+    "alias_lock",
+    _metadata,
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+)
+_audit = sa.Table(
+    "alias_audit",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.String(40), nullable=False),
+    sa.Column("model", sa.String(255), nullable=False, index=True),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    time: datetime
+    model: str
+    action: str
+    actor: str
+    from_state: dict[str, int | None]
+    to_state: dict[str, int | None]
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["time"] = self.time.isoformat()
+        return record
+
+
+class AuditLog:
+    def __init__(self, uri: str) -> None:
+        connect_args = {"timeout": 60} if uri.startswith("sqlite") else {}
+        try:
+            self._engine = sa.create_engine(uri, connect_args=connect_args, future=True)
+            _metadata.create_all(self._engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"audit log store is not reachable: {_first(exc)}") from None
+
+    @contextmanager
+    def exclusive(self, model: str) -> Iterator[sa.Connection]:
+        """A transaction holding the model's alias lock; commits only if the block succeeds."""
+        self._ensure_lock_row(model)
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    _lock.update()
+                    .where(_lock.c.model == model)
+                    .values(generation=_lock.c.generation + 1)
+                )
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"audit log write failed: {_first(exc)}") from None
+
+    def _ensure_lock_row(self, model: str) -> None:
+        try:
+            with self._engine.begin() as conn:
+                exists = conn.execute(
+                    sa.select(_lock.c.model).where(_lock.c.model == model)
+                ).first()
+                if exists is None:
+                    conn.execute(_lock.insert().values(model=model, generation=0))
+        except sa.exc.IntegrityError:
+            pass  # another process created it first
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"audit log store is not reachable: {_first(exc)}") from None
+
+    def append(self, conn: sa.Connection, record: AuditRecord) -> int:
+        result = conn.execute(
+            _audit.insert().values(
+                time=record.time.isoformat(),
+                model=record.model,
+                action=record.action,
+                actor=record.actor,
+                from_state=json.dumps(record.from_state, sort_keys=True),
+                to_state=json.dumps(record.to_state, sort_keys=True),
+                reason=record.reason,
+                evidence=json.dumps(record.evidence, sort_keys=True, default=str),
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+    def records(self, model: str, limit: int | None = None) -> list[AuditRecord]:
+        query = _audit.select().where(_audit.c.model == model).order_by(_audit.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"audit log read failed: {_first(exc)}") from None
+        return [
+            AuditRecord(
+                id=row["id"],
+                time=datetime.fromisoformat(row["time"]),
+                model=row["model"],
+                action=row["action"],
+                actor=row["actor"],
+                from_state=json.loads(row["from_state"]),
+                to_state=json.loads(row["to_state"]),
+                reason=row["reason"],
+                evidence=json.loads(row["evidence"]),
+            )
+            for row in reversed(rows)
+        ]
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,197 @@
+"""Alias operations: the only way prodguard moves ``candidate``, ``champion`` and ``standby``.
+
+Each operation states the alias values it expects (by default, what it read when it started),
+takes the audit log's lock, re-reads the aliases from MLflow and refuses with
+:class:`ConcurrentUpdateError` if they moved; otherwise it moves them and appends one audit
+record in the same transaction. If MLflow fails halfway, the aliases already moved are put back.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prodguard.clock import Clock, SystemClock
+from prodguard.errors import ConcurrentUpdateError, PromotionRefused, RegistryError
+from prodguard.registry.audit import AuditLog, AuditRecord
+from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
+
+DEMOTED_TAG = "prodguard.demoted_reason"
+
+
+@dataclass(frozen=True)
+class AliasState:
+    champion: int | None = None
+    standby: int | None = None
+    candidate: int | None = None
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, int | None]) -> AliasState:
+        return cls(**{alias: mapping.get(alias) for alias in ALIASES})
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {alias: getattr(self, alias) for alias in ALIASES}
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{alias}={'v' + str(value) if value is not None else 'unset'}"
+            for alias, value in self.as_dict().items()
+        )
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+PromotionCheck = Callable[[int], None]
+
+
+class RegistryOperations:
+    def __init__(
+        self,
+        registry: MlflowRegistry,
+        audit: AuditLog,
+        clock: Clock | None = None,
+        promotion_check: PromotionCheck | None = None,
+    ) -> None:
+        self.registry = registry
+        self.audit = audit
+        self.clock = clock or SystemClock()
+        self.promotion_check = promotion_check
+
+    @property
+    def model(self) -> str:
+        return self.registry.model_name
+
+    def state(self) -> AliasState:
+        return AliasState.from_mapping(self.registry.aliases())
+
+    def history(self, limit: int | None = None) -> list[AuditRecord]:
+        return self.audit.records(self.model, limit)
+
+    # ---- operations ----------------------------------------------------------------------
+
+    def set_candidate(
+        self, version: int, actor: str, reason: str, expected: AliasState | None = None
+    ) -> AuditRecord:
+        self.registry.version(version)  # unknown version -> RegistryError
+
+        def plan(current: AliasState) -> AliasState:
+            if current.champion == version:
+                raise PromotionRefused(f"v{version} is already the champion")
+            return AliasState(current.champion, current.standby, version)
+
+        return self._move("set_candidate", plan, actor, reason, {}, expected)
+
+    def promote(
+        self,
+        actor: str,
+        reason: str,
+        version: int | None = None,
+        expected: AliasState | None = None,
+    ) -> AuditRecord:
+        """champion -> standby, candidate (or ``version``) -> champion."""
+        start = expected or self.state()
+        target = version if version is not None else start.candidate
+        if target is None:
+            raise PromotionRefused(
+                "no candidate to promote; train or register one, or pass --version N"
+            )
+        self.registry.version(target)
+        if start.champion == target:
+            raise PromotionRefused(f"v{target} is already the champion")
+        if self.promotion_check is not None:
+            self.promotion_check(target)
+
+        def plan(current: AliasState) -> AliasState:
+            candidate = None if current.candidate == target else current.candidate
+            return AliasState(champion=target, standby=current.champion, candidate=candidate)
+
+        return self._move("promote", plan, actor, reason, {"version": target}, start)
+
+    def rollback(
+        self,
+        actor: str,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+        expected: AliasState | None = None,
+    ) -> AuditRecord:
+        """standby -> champion; the demoted champion is tagged with the reason."""
+        start = expected or self.state()
+        if start.standby is None:
+            raise PromotionRefused("no standby to roll back to; promote a version first")
+
+        def plan(current: AliasState) -> AliasState:
+            return AliasState(champion=current.standby, standby=None, candidate=current.candidate)
+
+        record = self._move("rollback", plan, actor, reason, evidence or {}, start)
+        demoted = record.from_state["champion"]
+        if demoted is not None:
+            self.registry.set_version_tag(demoted, DEMOTED_TAG, reason)
+            self.registry.set_version_tag(demoted, "prodguard.demoted_at", record.time.isoformat())
+        return record
+
+    # ---- the one place aliases move ------------------------------------------------------
+
+    def _move(
+        self,
+        action: str,
+        plan: Callable[[AliasState], AliasState],
+        actor: str,
+        reason: str,
+        evidence: dict[str, Any],
+        expected: AliasState | None,
+    ) -> AuditRecord:
+        with self.audit.exclusive(self.model) as tx:
+            current = self.state()
+            if expected is not None and current != expected:
+                raise ConcurrentUpdateError(
+                    f"aliases moved since they were read (expected {expected.describe()}; "
+                    f"found {current.describe()}); nothing changed — check `prodguard status` "
+                    "and retry"
+                )
+            target = plan(current)
+            self._apply(current, target)
+            record = AuditRecord(
+                time=self.clock.now(),
+                model=self.model,
+                action=action,
+                actor=actor,
+                from_state=current.as_dict(),
+                to_state=target.as_dict(),
+                reason=reason,
+                evidence=evidence,
+            )
+            try:
+                record_id = self.audit.append(tx, record)
+            except Exception:
+                self._apply(target, current)
+                raise
+        return AuditRecord(**{**record.__dict__, "id": record_id})
+
+    def _apply(self, current: AliasState, target: AliasState) -> None:
+        done: list[tuple[str, int | None]] = []
+        try:
+            for alias in ALIASES:
+                before, after = getattr(current, alias), getattr(target, alias)
+                if before == after:
+                    continue
+                if after is None:
+                    self.registry.delete_alias(alias)
+                else:
+                    self.registry.set_alias(alias, after)
+                done.append((alias, before))
+        except RegistryError:
+            for alias, before in reversed(done):
+                if before is None:
+                    self.registry.delete_alias(alias)
+                else:
+                    self.registry.set_alias(alias, before)
+            raise

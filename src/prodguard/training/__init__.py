@@ -1,0 +1,1 @@
+"""Training: point-in-time training frames, the model pipeline, evaluation, reference stats."""

@@ -1,0 +1,125 @@
+"""Training frames: labelled rows of a window joined point-in-time with the feature service."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import pandas as pd
+
+from prodguard.config import ModelSettings, Settings
+from prodguard.errors import ConfigError, NoDataError, TrainingError
+from prodguard.ingestion.offline import OfflineStore
+
+RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
+ROW_ID = "__prodguard_row"
+
+
+class HistoricalFeatures(Protocol):
+    def historical_features(self, entity_df: pd.DataFrame) -> pd.DataFrame: ...
+
+    def feature_refs(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class TrainingFrame:
+    features: pd.DataFrame
+    label: pd.Series
+    entities: pd.DataFrame
+    start: datetime
+    end: datetime
+    unlabelled: int
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def load_request_features(model: ModelSettings) -> RequestFeatures:
+    module_name, _, name = model.request_features.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(
+            f"model.request_features: cannot import '{model.request_features}'"
+        ) from None
+    return function
+
+
+def store_feature_names(store: HistoricalFeatures) -> list[str]:
+    names = [ref.split(":", 1)[1] for ref in store.feature_refs()]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise TrainingError(f"feature service has duplicate feature names {duplicated}")
+    return names
+
+
+def build_frame(
+    settings: Settings,
+    store: HistoricalFeatures,
+    start: datetime,
+    end: datetime,
+    request_features: RequestFeatures | None = None,
+) -> TrainingFrame:
+    """Labelled rows of ``model.source`` in ``[start, end)`` with their features as of each row."""
+    model = _model(settings)
+    timestamp = settings.sources[model.source].timestamp
+    rows = OfflineStore(settings.paths.offline_dir).read(model.source)
+    if rows is None:
+        raise TrainingError(
+            f"no ingested '{model.source}' rows; run `prodguard ingest` for the window first"
+        )
+    window = rows[(rows[timestamp] >= start) & (rows[timestamp] < end)]
+    if window.empty:
+        raise NoDataError(
+            f"no '{model.source}' rows in [{start:%Y-%m-%d}, {end:%Y-%m-%d}); ingest that window "
+            "or choose another"
+        )
+    labelled = window[window[model.label].notna()].reset_index(drop=True)
+    if labelled.empty:
+        raise TrainingError(
+            f"the {len(window)} '{model.source}' rows in [{start:%Y-%m-%d}, {end:%Y-%m-%d}) "
+            f"have no '{model.label}' label yet; choose a window whose outcomes are known"
+        )
+    entities = labelled[[*model.entity_keys, timestamp]].rename(
+        columns={timestamp: "event_timestamp"}
+    )
+    entities[ROW_ID] = range(len(entities))
+    joined = store.historical_features(entities).sort_values(ROW_ID).reset_index(drop=True)
+    derive = request_features or load_request_features(model)
+    request = derive(labelled.rename(columns={timestamp: "event_timestamp"}))
+    store_features = joined[store_feature_names(store)]
+    overlap = sorted(set(request.columns) & set(store_features.columns))
+    if overlap:
+        raise TrainingError(f"request and store features share names {overlap}; rename one")
+    features = pd.concat(
+        [request.reset_index(drop=True), store_features.reset_index(drop=True)], axis=1
+    )
+    for column in features.columns:  # one numeric type: integers with gaps arrive as floats
+        if not is_categorical(features[column]):
+            features[column] = features[column].astype("float64")
+    return TrainingFrame(
+        features=features,
+        label=labelled[model.label].astype("int64"),
+        entities=entities.drop(columns=[ROW_ID]),
+        start=start,
+        end=end,
+        unlabelled=len(window) - len(labelled),
+    )
+
+
+def _model(settings: Settings) -> ModelSettings:
+    if settings.model is None:
+        raise ConfigError("prodguard.yaml has no 'model' section; add one (see README)")
+    return settings.model
+
+
+def describe_columns(frame: pd.DataFrame) -> list[list[Any]]:
+    """The model's input contract: ordered [name, kind] pairs (kind: numeric | categorical)."""
+    return [[c, "categorical" if is_categorical(frame[c]) else "numeric"] for c in frame.columns]
+
+
+def is_categorical(column: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)

@@ -1,0 +1,163 @@
+"""Train on a window, evaluate on the days after it, register with full lineage as candidate."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prodguard.config import Settings
+from prodguard.digests import document_digest, frame_digest
+from prodguard.errors import TrainingError
+from prodguard.registry.operations import RegistryOperations
+from prodguard.training.dataset import TrainingFrame, build_frame, describe_columns
+from prodguard.training.model import build_pipeline, evaluate, prepare
+from prodguard.training.reference import fallbacks, reference_stats
+
+PINNED = ("scikit-learn", "pandas", "numpy", "scipy")
+TAG = "prodguard."
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: int
+    metrics: dict[str, float]
+    rows_train: int
+    rows_eval: int
+    seconds_train: float
+    seconds_register: float
+    tags: dict[str, str]
+
+
+def code_version(root: Path) -> str:
+    """The git commit of the project when available, else the package version."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0 and commit.stdout.strip():
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            return commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "prodguard-" + importlib.metadata.version("prodguard")
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in PINNED]
+
+
+def train_and_register(
+    settings: Settings,
+    store: Any,
+    operations: RegistryOperations,
+    suite_digests: dict[str, str],
+    start: datetime,
+    end: datetime,
+    actor: str,
+) -> TrainResult:
+    """``store`` is the Feast adapter (historical features, feature refs, versions)."""
+    model = settings.model
+    if model is None:
+        raise TrainingError("prodguard.yaml has no 'model' section")
+    if end <= start:
+        raise TrainingError("--end must be after --start")
+    began = time.perf_counter()
+    train = build_frame(settings, store, start, end)
+    eval_end = end + timedelta(days=model.evaluation_days)
+    held_out = build_frame(settings, store, end, eval_end)
+    if train.label.nunique() < 2:
+        raise TrainingError("the training window has a single label value; widen the window")
+    pipeline = build_pipeline(train.features, model.seed)
+    pipeline.fit(prepare(train.features), train.label)
+    metrics, calibration = evaluate(pipeline, held_out.features, held_out.label, model.threshold)
+    seconds_train = time.perf_counter() - began
+
+    stats = reference_stats(train.features)
+    views = {v.name: v.version for v in store.versions()}
+    store_features = [
+        [f"{v.name}:{name}", dtype] for v in store.versions() for name, dtype in v.features
+    ]
+    lineage = _lineage(settings, train, held_out, views, store_features, suite_digests, stats)
+    tags = {TAG + key: value for key, value in lineage.items()}
+    tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
+
+    began = time.perf_counter()
+    version = operations.registry.log_version(
+        pipeline,
+        input_example=prepare(train.features.head(5)),
+        params={
+            "seed": model.seed,
+            "threshold": model.threshold,
+            "train_start": start.isoformat(),
+            "train_end": end.isoformat(),
+            **{
+                f"hgb_{k}": v
+                for k, v in pipeline.named_steps["model"].get_params().items()
+                if k in ("learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
+            },
+        },
+        metrics={f"eval_{k}": v for k, v in metrics.items()},
+        tags=tags,
+        artifacts={
+            "reference_stats.json": stats,
+            "calibration.json": calibration,
+            "lineage.json": {**lineage, "metrics": metrics},
+        },
+        pip_requirements=pip_requirements(),
+    )
+    operations.set_candidate(
+        version,
+        actor=actor,
+        reason=f"trained on {start:%Y-%m-%d}..{end:%Y-%m-%d}",
+    )
+    return TrainResult(
+        version=version,
+        metrics=metrics,
+        rows_train=len(train),
+        rows_eval=len(held_out),
+        seconds_train=seconds_train,
+        seconds_register=time.perf_counter() - began,
+        tags=tags,
+    )
+
+
+def _lineage(
+    settings: Settings,
+    train: TrainingFrame,
+    held_out: TrainingFrame,
+    views: dict[str, int | None],
+    store_features: list[list[str]],
+    suite_digests: dict[str, str],
+    stats: dict[str, Any],
+) -> dict[str, str]:
+    root = settings.config_path.parent if settings.config_path else Path.cwd()
+    data = train.features.assign(__label=train.label.to_numpy())
+    return {
+        "train_window": f"{train.start.isoformat()}/{train.end.isoformat()}",
+        "eval_window": f"{held_out.start.isoformat()}/{held_out.end.isoformat()}",
+        "rows_train": str(len(train)),
+        "rows_eval": str(len(held_out)),
+        "rows_unlabelled": str(train.unlabelled),
+        "dataset_digest": frame_digest(data),
+        "feature_service": settings.feature_store.feature_service,
+        "feature_views": json.dumps(views, sort_keys=True),
+        "store_features": json.dumps(store_features),
+        "input_contract": json.dumps(describe_columns(train.features)),
+        "suite_digests": json.dumps(suite_digests, sort_keys=True),
+        "code_version": code_version(root),
+        "seed": str(settings.model.seed if settings.model else ""),
+        "reference_stats_digest": document_digest(stats),
+        "fallbacks": json.dumps(fallbacks(stats), sort_keys=True),
+    }
