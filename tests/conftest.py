@@ -22,10 +22,11 @@ def utc(text: str) -> datetime:
 
 
 def make_project(target: Path) -> Path:
-    """Copy the example project's config, suites and feature repo into ``target``."""
+    """Copy the example project's config, suites, registry config and feature repo."""
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "prodguard.yaml", target / "prodguard.yaml")
     shutil.copytree(ROOT / "expectations", target / "expectations")
+    shutil.copytree(ROOT / "mlruns_config", target / "mlruns_config")
     shutil.copytree(
         ROOT / "feature_repo", target / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
     )

@@ -68,6 +68,8 @@ class MlflowRegistry:
             _make_sqlite_parent(uri)
         if "://" not in config.artifact_location:
             Path(config.artifact_location).mkdir(parents=True, exist_ok=True)
+        for uri in {config.tracking_uri, config.registry_uri}:
+            _preflight(uri)
         # the fluent API (log_model, load_model) reads the process-wide URIs
         mlflow.set_tracking_uri(config.tracking_uri)
         mlflow.set_registry_uri(config.registry_uri)
@@ -221,6 +223,27 @@ def _to_version(found: Any) -> ModelVersion:
         tags=dict(found.tags),
         aliases=tuple(getattr(found, "aliases", ()) or ()),
     )
+
+
+def _preflight(uri: str, timeout_seconds: int = 5) -> None:
+    """Fail fast on an unreachable database store (MLflow itself retries for ~100 s)."""
+    if "://" not in uri or uri.split("://", 1)[0].split("+")[0] not in ("postgresql", "mysql"):
+        return
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri, connect_args={"connect_timeout": timeout_seconds})
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+        raise RegistryError(
+            f"the MLflow store {_redact(uri)} is not reachable "
+            f"({(reason[0] if reason else type(exc).__name__)[:200]}); start it or fix "
+            "tracking_uri in the registry config"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _make_sqlite_parent(uri: str) -> None:

@@ -1,0 +1,145 @@
+"""A user trains v1 and v2, promotes, rolls back — via the CLI — and checks the MLflow UI's API."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "prodguard"]
+
+
+def run(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
+    done = subprocess.run(
+        [*CLI, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mlflow_ui(project: Path):
+    """The MLflow UI/server a user would open on the project's store (started on demand)."""
+    processes = []
+
+    def start(status: dict) -> str:
+        port = free_port()
+        command = status["mlflow_ui"].replace(".venv/bin/mlflow", str(Path(sys.executable).parent / "mlflow"))
+        command = command.replace("--port 5000", f"--port {port}")
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        process = subprocess.Popen(command.split(), cwd=project, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                return base
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError("mlflow server exited") from None
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start within 90 s")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:
+    run(project, "ingest", "--start", "2013-01-01", "--end", "2013-05-01", "--json")
+    run(project, "materialize", "--until", "2013-05-01")
+    v1 = json.loads(run(project, "train", "--start", "2013-01-01", "--end", "2013-03-01",
+                        "--json").stdout)
+    v2 = json.loads(run(project, "train", "--start", "2013-01-01", "--end", "2013-04-01",
+                        "--json").stdout)
+    assert (v1["version"], v2["version"]) == (1, 2)
+    assert v2["rows_eval"] > 20000 and 0.5 < v2["metrics"]["auc"] < 1
+
+    run(project, "promote", "--version", "1", "--reason", "first champion")
+    run(project, "promote", "--reason", "v2 is better")
+    status = json.loads(run(project, "status", "--json").stdout)
+    assert status["model"] == "flight-delay"
+    assert status["aliases"] == {"champion": 2, "standby": 1, "candidate": None}
+    assert status["lineage"]["champion"]["train_window"].startswith("2013-01-01")
+
+    run(project, "rollback", "--reason", "drill")
+    status = json.loads(run(project, "status", "--json").stdout)
+    assert status["aliases"] == {"champion": 1, "standby": None, "candidate": None}
+    assert status["versions"][1]["demoted_reason"] == "drill"
+
+    audit = json.loads(run(project, "audit", "--json").stdout)
+    assert [r["action"] for r in audit] == [
+        "set_candidate", "set_candidate", "promote", "promote", "rollback"
+    ]
+    assert audit[-1]["to_state"] == status["aliases"]
+    assert audit[2]["reason"] == "first champion"
+
+    # what a user sees in the MLflow UI (its REST API)
+    base = mlflow_ui(status)
+    model = get_json(f"{base}/api/2.0/mlflow/registered-models/get?name=flight-delay")
+    aliases = {a["alias"]: int(a["version"]) for a in model["registered_model"]["aliases"]}
+    assert aliases == {"champion": 1}
+    version = get_json(f"{base}/api/2.0/mlflow/model-versions/get?name=flight-delay&version=2")
+    tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}
+    assert tags["prodguard.demoted_reason"] == "drill"
+    assert tags["prodguard.feature_service"] == "flight_delay_features"
+    assert "prodguard.dataset_digest" in tags and "prodguard.eval.auc" in tags
+
+    # bad input: each one line, nothing moved
+    for args, message in [
+        (["rollback", "--reason", "again"], "no standby to roll back to"),
+        (["promote"], "no candidate to promote"),
+        (["promote", "--version", "9"], "has no version 9"),
+        (["register", "--version", "9"], "has no version 9"),
+        (["train", "--start", "2013-06-01", "--end", "2013-07-01"], "no 'flights' rows"),
+    ]:
+        done = run(project, *args, expect=1)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], done.stderr
+    assert json.loads(run(project, "status", "--json").stdout)["aliases"] == status["aliases"]
+
+    # a model whose artifacts are gone cannot be promoted
+    run(project, "register", "--version", "2", "--reason", "retry")
+    artifacts = project / ".prodguard" / "mlflow" / "artifacts"
+    model_dirs = [p for p in artifacts.rglob("MLmodel")]
+    assert model_dirs
+    version_2_run = tags["prodguard.run_id"]
+    for path in model_dirs:
+        text = path.read_text()
+        if version_2_run in text:
+            shutil.rmtree(path.parent)
+    done = run(project, "promote", expect=1)
+    assert "v2 fails to load or score one row" in done.stderr
+
+    # a feature service change makes the registered input contract stale
+    definitions = project / "feature_repo" / "definitions.py"
+    definitions.write_text(definitions.read_text().replace(
+        '        Field(name="visib", dtype=Float64, description="Visibility, miles"),\n', ""))
+    run(project, "materialize", "--until", "2013-05-01")
+    done = run(project, "promote", "--version", "1", expect=1)
+    assert "does not match the feature service: no longer served weather_hourly:visib" in done.stderr
+    final = json.loads(run(project, "status", "--json").stdout)["aliases"]
+    assert final == {"champion": 1, "standby": None, "candidate": 2}
