@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,6 @@ class IngestReport:
     batches: list[BatchResult]
     seconds: float
     validation_seconds: float
-    suite_digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -72,8 +71,21 @@ def ingest(
         batches=results,
         seconds=time.perf_counter() - began,
         validation_seconds=sum(r.validation_seconds for r in results),
-        suite_digests={name: s.digest for name, s in ingestor.check_suites().items()},
     )
+
+
+def alerts(settings: Settings, kind: str | None = None) -> list[dict[str, Any]]:
+    """Alerts raised so far, oldest first, optionally of one type."""
+    from prodguard.alerts import JsonlSink
+
+    records = JsonlSink(settings.paths.alerts_file).read()
+    return [r for r in records if kind is None or r.get("type") == kind]
+
+
+def quarantined(settings: Settings) -> list[dict[str, Any]]:
+    from prodguard.ingestion.quarantine import Quarantine
+
+    return Quarantine(settings.paths.quarantine_dir).list()
 
 
 def feature_store(settings: Settings) -> Any:
@@ -198,10 +210,10 @@ def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> 
 
 def train(settings: Settings, start: datetime, end: datetime, actor: str) -> TrainResult:
     """Train on ``[start, end)``, evaluate on the following days, register as candidate."""
-    from prodguard.contracts.suites import read_suite
+    from prodguard.ingestion.ledger import Ledger
     from prodguard.training.trainer import train_and_register
 
-    digests = {name: read_suite(settings.suite_path(name)).digest for name in settings.sources}
+    digests = Ledger(settings.paths.state_dir).suite_digests(start, end)
     return train_and_register(
         settings,
         feature_store(settings),
@@ -263,7 +275,10 @@ def status(settings: Settings) -> dict[str, Any]:
 
 
 def mlflow_ui_command(config: Any) -> str:
+    """The exact command that opens the MLflow UI on this store (credentials redacted)."""
+    from prodguard.registry.mlflow_adapter import redact
+
     return (
-        f".venv/bin/mlflow server --backend-store-uri {config.tracking_uri} "
+        f".venv/bin/mlflow server --backend-store-uri {redact(config.tracking_uri)} "
         f"--default-artifact-root {config.artifact_location} --host 127.0.0.1 --port 5000"
     )

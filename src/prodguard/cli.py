@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from datetime import datetime
@@ -13,11 +14,13 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from prodguard import app as use_cases
 from prodguard.config import Settings, load_settings
-from prodguard.errors import InputError, ProdguardError
+from prodguard.errors import InputError, ProdguardError, first_line
 from prodguard.ingestion.pipeline import BatchResult
 from prodguard.telemetry import disable_telemetry
 from prodguard.timewindows import parse_time
@@ -199,30 +202,25 @@ def lookup(
 def alerts(
     kind: Annotated[str | None, typer.Option("--type", help="Only alerts of this type.")] = None,
 ) -> None:
-    """List the alerts raised so far (newest last), as JSON lines."""
-    from prodguard.alerts import JsonlSink
-
-    for record in JsonlSink(_settings().paths.alerts_file).read():
-        if kind is None or record.get("type") == kind:
-            out.print_json(json.dumps(record))
+    """List the alerts raised so far (oldest first), one JSON object per line."""
+    for record in use_cases.alerts(_settings(), kind):
+        print(json.dumps(record, sort_keys=True))
 
 
 @cli.command()
 def quarantine() -> None:
     """List quarantined batches with the reason each was held back."""
-    from prodguard.ingestion.quarantine import Quarantine
-
     settings = _settings()
     table = Table(title=f"quarantine ({settings.paths.quarantine_dir})")
     for column in ("source", "batch", "rows", "quarantined at", "reasons"):
         table.add_column(column)
-    for record in Quarantine(settings.paths.quarantine_dir).list():
+    for record in use_cases.quarantined(settings):
         table.add_row(
             record["source"],
             record["batch_id"],
             str(record["rows"]),
             record["quarantined_at"][:19],
-            "; ".join(record["reasons"]),
+            escape("; ".join(record["reasons"])),
         )
     out.print(table)
 
@@ -310,10 +308,7 @@ def promote(
     from prodguard.registry.operations import default_actor
 
     operations = use_cases.registry_operations(_settings(), with_checks=True)
-    expected = operations.state()
-    _record_line(
-        operations.promote(actor or default_actor(), reason, version=version, expected=expected)
-    )
+    _record_line(operations.promote(actor or default_actor(), reason, version=version))
 
 
 @cli.command()
@@ -325,8 +320,7 @@ def rollback(
     from prodguard.registry.operations import default_actor
 
     operations = use_cases.registry_operations(_settings())
-    expected = operations.state()
-    _record_line(operations.rollback(actor or default_actor(), reason, expected=expected))
+    _record_line(operations.rollback(actor or default_actor(), reason))
 
 
 @cli.command()
@@ -395,7 +389,7 @@ def audit(
 
 @cli.command()
 def demo() -> None:
-    """Run the main job on embedded defaults: ingest Jan–Apr 2013, materialize, summarise."""
+    """Run the main job on embedded defaults: ingest Jan–Apr 2013, materialize, train, promote."""
     from prodguard.demo import run_demo
 
     run_demo(_settings(), out)
@@ -408,7 +402,7 @@ def main() -> None:
     try:
         code = cli(standalone_mode=False)
     except ProdguardError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -418,4 +412,17 @@ def main() -> None:
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if os.environ.get("PRODGUARD_DEBUG"):
+            raise
+        err.print(
+            Text.assemble(
+                ("error: ", "red"),
+                f"unexpected {type(exc).__name__}: {first_line(exc, 200)} (a bug: rerun with "
+                "PRODGUARD_DEBUG=1 for the traceback and report it)",
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

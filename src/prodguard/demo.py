@@ -1,11 +1,15 @@
-"""The main job on embedded defaults (``make demo``): ingest, materialize, summarise.
+"""The main job on embedded defaults (``make demo``): ingest, materialize, train, promote.
 
 It plays the window named in the ``demo`` section of prodguard.yaml and is re-runnable:
-ingestion is idempotent and materialization incremental.
+ingestion is idempotent, materialization recomputes the latest values, and a model is trained
+and promoted only while there is no champion.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -13,6 +17,28 @@ from prodguard import app
 from prodguard.config import Settings
 from prodguard.errors import ConfigError
 from prodguard.timewindows import parse_time
+
+
+def _train_and_promote(
+    settings: Settings, console: Console, start: datetime, end: datetime
+) -> None:
+    """Train on all but the last month of the window, evaluate on it, promote to champion —
+    once: a re-run finds the champion and only shows the status."""
+    operations = app.registry_operations(settings, with_checks=True)
+    if operations.state().champion is None:
+        train_end = (pd.Timestamp(end) - pd.DateOffset(months=1)).to_pydatetime()
+        console.rule(f"train {start:%Y-%m-%d} .. {train_end:%Y-%m-%d}, evaluate on the month after")
+        with console.status("building the point-in-time training frame and fitting..."):
+            result = app.train(settings, start, train_end, actor="make demo")
+        console.print(
+            f"v{result.version}: AUC {result.metrics['auc']:.3f}, log-loss "
+            f"{result.metrics['log_loss']:.3f}, ECE {result.metrics['ece']:.3f} on "
+            f"{result.rows_eval} held-out flights ({result.rows_train} training rows)"
+        )
+        operations.promote("make demo", "demo: first champion")
+    status = app.status(settings)
+    console.print(f"aliases: {status['aliases']}")
+    console.print(f"MLflow UI: {status['mlflow_ui']}", soft_wrap=True)
 
 
 def run_demo(settings: Settings, console: Console) -> None:
@@ -53,6 +79,9 @@ def run_demo(settings: Settings, console: Console) -> None:
         )
     console.print(views)
     console.print(f"materialized in {done.seconds:.1f} s")
+
+    if settings.model is not None:
+        _train_and_promote(settings, console, start, end)
     console.rule("where things are")
     paths = settings.paths
     console.print(f"offline store  {paths.offline_dir}")

@@ -71,10 +71,17 @@ def write_json_atomic(document: Any, path: Path) -> None:
 
 
 def append_jsonl(record: dict[str, Any], path: Path) -> None:
+    """Append one record and fsync it. A torn last line (a crash mid-write) is closed first so
+    the new record starts on a line of its own."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=str) + "\n"
     try:
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        with path.open("a+b") as handle:
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
@@ -82,7 +89,19 @@ def append_jsonl(record: dict[str, Any], path: Path) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete record; a line torn by a crash is skipped, not fatal."""
     if not path.exists():
         return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    records = []
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+    return records

@@ -38,10 +38,6 @@ class ContractError(ProdguardError):
     """An expectation suite file is invalid (not JSON, unknown expectation, bad arguments)."""
 
 
-class ValidationFailed(ProdguardError):
-    """A batch failed its expectation suite (it has been quarantined, not written)."""
-
-
 class FeatureStoreError(ProdguardError):
     """The Feast feature store failed or returned something inconsistent."""
 
@@ -66,3 +62,9 @@ class ConcurrentUpdateError(RegistryError):
 
 class TrainingError(ProdguardError):
     """A model cannot be trained or evaluated on the requested window."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line error messages."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]

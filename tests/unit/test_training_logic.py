@@ -31,7 +31,10 @@ def test_reference_stats_bins_and_fallbacks() -> None:
     assert sum(numeric["bin_fractions"]) == pytest.approx(1.0)
     assert max(numeric["bin_fractions"]) - min(numeric["bin_fractions"]) < 0.03  # deciles
     assert stats["c"] == {
-        "kind": "categorical", "null_rate": 0.0, "mode": "a", "categories": {"a": 0.7, "b": 0.3}
+        "kind": "categorical",
+        "null_rate": 0.0,
+        "mode": "a",
+        "categories": {"a": 0.7, "b": 0.3},
     }
     assert fallbacks(stats) == {"v": 51.0, "c": "a"}
 
@@ -59,7 +62,9 @@ def test_pipeline_learns_handles_unknown_categories_and_is_deterministic() -> No
 def test_input_contract_kinds() -> None:
     features, _ = frame()
     assert describe_columns(features) == [
-        ["colour", "categorical"], ["x", "numeric"], ["gappy", "numeric"]
+        ["colour", "categorical"],
+        ["x", "numeric"],
+        ["gappy", "numeric"],
     ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from prodguard.contracts.suites import Suite
-from prodguard.errors import ContractError
+from prodguard.errors import ContractError, first_line
 from prodguard.telemetry import disable_telemetry
 
 _AGGREGATE_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent")
@@ -93,16 +93,21 @@ class GxValidator:
             try:
                 expectations.append(impl(**spec["kwargs"], meta=spec["meta"] or None))
             except Exception as exc:  # noqa: BLE001 - pydantic v1/v2 and GX errors
-                raise ContractError(f"{where} has invalid kwargs: {_first_line(exc)}") from None
+                raise ContractError(f"{where} has invalid kwargs: {first_line(exc)}") from None
         compiled = self._gx.ExpectationSuite(name=suite.name, expectations=expectations)
         self._compiled[suite.digest] = compiled
         return compiled
 
     def validate(self, frame: pd.DataFrame, suite: Suite) -> ValidationReport:
         compiled = self.compile(suite)
-        batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(compiled)
-        raw = json.loads(json.dumps(result.to_json_dict(), default=str))
+        try:
+            batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
+            result = batch.validate(compiled)
+            raw = json.loads(json.dumps(result.to_json_dict(), default=str))
+        except Exception as exc:  # noqa: BLE001 - GX raises many types
+            raise ContractError(
+                f"validation against suite '{suite.name}' could not run: {first_line(exc)}"
+            ) from None
         outcomes = tuple(_outcome(item) for item in raw.get("results", []))
         return ValidationReport(
             suite=suite.name,
@@ -112,11 +117,6 @@ class GxValidator:
             outcomes=outcomes,
             raw=raw,
         )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return " ".join(line.strip() for line in text[:3]) if text else type(exc).__name__
 
 
 def _outcome(item: dict[str, Any]) -> ExpectationOutcome:

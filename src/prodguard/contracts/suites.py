@@ -26,9 +26,6 @@ class Suite:
     expectations: tuple[dict[str, Any], ...]
     digest: str
 
-    def columns(self) -> set[str]:
-        return {e["kwargs"]["column"] for e in self.expectations if "column" in e["kwargs"]}
-
 
 def read_suite(path: Path) -> Suite:
     """Read and structurally check one suite file. Raises ContractError naming the problem."""

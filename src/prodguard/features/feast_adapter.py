@@ -27,9 +27,11 @@ from typing import Any
 import pandas as pd
 
 from prodguard.config import Settings
-from prodguard.errors import FeatureStoreError
+from prodguard.errors import FeatureStoreError, ProdguardError, first_line
 from prodguard.telemetry import disable_telemetry
 from prodguard.templates import load_yaml_template
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,10 @@ class FeastStore:
             config = RepoConfig(repo_path=settings.paths.feature_repo, **raw)
         except Exception as exc:  # noqa: BLE001 - pydantic / Feast config errors
             raise FeatureStoreError(
-                f"{settings.feature_store.config.name} is invalid: {_first_line(exc)}"
+                f"{settings.feature_store.config.name} is invalid: {first_line(exc)}"
             ) from None
-        self._store = FeatureStore(config=config)
+        with _feast_errors("opening the Feast feature store"):
+            self._store = FeatureStore(config=config)
         if raw.get("offline_store", {}).get("type") == "duckdb":
             _quiet_duckdb()
 
@@ -158,15 +161,11 @@ class FeastStore:
                 f"feature service '{wanted}' is not defined in {self.settings.paths.feature_repo}; "
                 f"defined: {sorted(names)}"
             )
-        try:
+        with _feast_errors("feast apply"):
             to_apply, to_delete, _, _ = extract_objects_for_apply_delete(
                 self.project, self._store.registry, contents
             )
             self._store.apply(to_apply, objects_to_delete=to_delete, partial=False)
-        except FeatureStoreError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Feast raises many types
-            raise FeatureStoreError(f"feast apply failed: {_first_line(exc)}") from None
         return self.versions()
 
     def versions(self) -> list[ViewVersion]:
@@ -174,7 +173,8 @@ class FeastStore:
         service = self._feature_service()
         result = []
         for projection in service.feature_view_projections:
-            view = self._store.get_feature_view(projection.name)
+            with _feast_errors(f"reading feature view '{projection.name}'"):
+                view = self._store.get_feature_view(projection.name)
             result.append(
                 ViewVersion(
                     name=view.name,
@@ -188,7 +188,8 @@ class FeastStore:
 
     def _version_number(self, view_name: str) -> int | None:
         # Feast stores v0 as proto3's default 0, which reads back as None: use its records.
-        records = self._store.list_feature_view_versions(view_name)
+        with _feast_errors(f"reading the versions of '{view_name}'"):
+            records = self._store.list_feature_view_versions(view_name)
         return max((int(r["version_number"]) for r in records), default=None)
 
     def feature_refs(self) -> list[str]:
@@ -213,11 +214,13 @@ class FeastStore:
     # ---- materialization -----------------------------------------------------------------
 
     def materialize(self, until: datetime, start: datetime | None = None) -> MaterializeResult:
-        """Load the latest feature values up to ``until`` into the online store.
+        """Load the latest feature values as of ``until`` into the online store.
 
-        Without ``start`` it is incremental: each view continues from where the last run ended
-        (or ``until - ttl`` on its first run, which is all the online store needs). Feast's
-        progress output is swallowed; the result says what was loaded.
+        Each view is loaded from ``until - ttl`` (older rows are expired at ``until`` anyway),
+        so rows that arrived late — a quarantined batch fixed and re-ingested — are picked up;
+        ``start`` loads from an earlier time instead. ``until`` may not be earlier than a previous
+        run's: the online store would go back in time. (Feast's ``materialize_incremental`` is
+        not used: its first run starts at wall-clock now - ttl, which breaks replays.)
         """
         self.apply()
         views = [v.name for v in self.versions()]
@@ -226,34 +229,26 @@ class FeastStore:
             raise FeatureStoreError(
                 f"no offline data for feature view(s) {missing}; run `prodguard ingest` first"
             )
-        try:
+        with _feast_errors("feast materialize"):
             for name in views:
-                begin = start if start is not None else self._resume_point(name, until)
-                if begin >= until:
-                    continue
+                view = self._store.get_feature_view(name)
+                done = [end for begin, end in view.materialization_intervals if begin < end]
+                if done and until < max(done):
+                    raise FeatureStoreError(
+                        f"the online store already holds '{name}' as of {max(done):%Y-%m-%d %H:%M}"
+                        " UTC; --until may not be earlier (replay into a fresh data folder)"
+                    )
+                ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+                begin = start if start is not None else (until - ttl if ttl else EPOCH)
                 with _quiet():
                     self._store.materialize(start_date=begin, end_date=until, feature_views=[name])
-        except Exception as exc:  # noqa: BLE001 - Feast raises many types
-            raise FeatureStoreError(f"feast materialize failed: {_first_line(exc)}") from None
         return MaterializeResult(
             start=start, end=until, views=tuple(views), online_rows=self.online_row_counts()
         )
 
-    def _resume_point(self, view_name: str, until: datetime) -> datetime:
-        """Where incremental materialization of a view continues.
-
-        Feast's own ``materialize_incremental`` starts a first run at wall-clock now - ttl, which
-        breaks replays of historical data; prodguard uses the data's time (``until``) instead.
-        """
-        view = self._store.get_feature_view(view_name)
-        ends = [end for begin, end in view.materialization_intervals if begin < end <= until]
-        if ends:
-            return max(ends)
-        ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
-        return until - ttl if ttl is not None else datetime(1970, 1, 1, tzinfo=UTC)
-
     def _source_path(self, view_name: str) -> Path:
-        view = self._store.get_feature_view(view_name)
+        with _feast_errors(f"reading feature view '{view_name}'"):
+            view = self._store.get_feature_view(view_name)
         return Path(view.batch_source.path)
 
     def online_row_counts(self) -> dict[str, int]:
@@ -285,14 +280,9 @@ class FeastStore:
 
     def online_features(self, entity_rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Feature-service values for each entity row, with each view's event timestamp."""
-        try:
-            response = self._store.get_online_features(
-                features=self._feature_service(), entity_rows=entity_rows
-            )
-        except FeatureStoreError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Feast raises many types
-            raise FeatureStoreError(f"online lookup failed: {_first_line(exc)}") from None
+        service = self._feature_service()
+        with _feast_errors("online lookup"):
+            response = self._store.get_online_features(features=service, entity_rows=entity_rows)
         return response.to_df(include_event_timestamps=True)
 
     def historical_features(self, entity_df: pd.DataFrame) -> pd.DataFrame:
@@ -303,16 +293,11 @@ class FeastStore:
         """
         if "event_timestamp" not in entity_df.columns:
             raise FeatureStoreError("entity frame needs an 'event_timestamp' column")
-        try:
-            with _quiet():
-                job = self._store.get_historical_features(
-                    entity_df=entity_df, features=self._feature_service()
-                )
-                frame = job.to_df()
-        except FeatureStoreError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - Feast raises many types
-            raise FeatureStoreError(f"historical retrieval failed: {_first_line(exc)}") from None
+        service = self._feature_service()
+        with _feast_errors("historical retrieval"), _quiet():
+            frame = self._store.get_historical_features(
+                entity_df=entity_df, features=service
+            ).to_df()
         if len(frame) != len(entity_df):
             raise FeatureStoreError(
                 f"point-in-time join returned {len(frame)} rows for {len(entity_df)} entity rows "
@@ -328,6 +313,17 @@ def _quiet_duckdb() -> None:
     backend = ibis.get_backend()
     if getattr(backend, "name", "") == "duckdb":
         backend.raw_sql("SET enable_progress_bar = false")
+
+
+@contextlib.contextmanager
+def _feast_errors(action: str) -> Iterator[None]:
+    """Wrap Feast's exceptions into FeatureStoreError (prodguard's own pass through)."""
+    try:
+        yield
+    except ProdguardError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Feast raises many types
+        raise FeatureStoreError(f"{action} failed: {first_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -350,12 +346,6 @@ def _import_path(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - user code
         sys.modules.pop(name, None)
         raise FeatureStoreError(
-            f"Feast definitions {path.name} failed to load: {_first_line(exc)}"
+            f"Feast definitions {path.name} failed to load: {first_line(exc)}"
         ) from None
     return module
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first[:300]

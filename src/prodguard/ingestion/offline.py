@@ -49,6 +49,13 @@ class OfflineStore:
                 merged = batch.drop_duplicates(keys, keep="last")
                 added, replaced = len(merged), 0
             else:
+                if set(existing.columns) != set(batch.columns):
+                    raise StorageError(
+                        f"{source} batch columns differ from the stored ones (missing "
+                        f"{sorted(set(existing.columns) - set(batch.columns))}, new "
+                        f"{sorted(set(batch.columns) - set(existing.columns))}); the store "
+                        "keeps one schema per source"
+                    )
                 existing = existing[list(batch.columns)]
                 merged = pd.concat([existing, batch], ignore_index=True)
                 merged = merged.drop_duplicates(keys, keep="last")

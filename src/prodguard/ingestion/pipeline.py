@@ -23,8 +23,14 @@ from prodguard.contracts.gx_adapter import GxValidator, ValidationReport
 from prodguard.contracts.schema import SchemaDiff, diff, schema_of
 from prodguard.contracts.suites import Suite, read_suite
 from prodguard.digests import frame_digest
-from prodguard.durable import append_jsonl, read_jsonl
-from prodguard.errors import InputError, NoDataError
+from prodguard.errors import (
+    DataSourceError,
+    InputError,
+    NoDataError,
+    ProdguardError,
+    first_line,
+)
+from prodguard.ingestion.ledger import Ledger
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.ingestion.quarantine import Quarantine
 from prodguard.ingestion.schemas import SchemaRegistry
@@ -73,7 +79,7 @@ class Ingestor:
         self.store = OfflineStore(paths.offline_dir)
         self.quarantine = Quarantine(paths.quarantine_dir)
         self.schemas = SchemaRegistry(paths.state_dir / "schemas")
-        self.log_path = paths.state_dir / "ingest_log.jsonl"
+        self.ledger = Ledger(paths.state_dir)
         self._suites: dict[str, Suite] = {}
 
     def suite(self, source: str) -> Suite:
@@ -114,7 +120,7 @@ class Ingestor:
             else:
                 windows = split_window(start, end, self.settings.ingest.batch)
             for batch_start, batch_end in windows:
-                frame = self.loader.load(name, batch_start, batch_end)
+                frame = self._load(name, batch_start, batch_end)
                 result = self.ingest_frame(name, frame, batch_start, batch_end)
                 results.append(result)
                 if on_batch is not None:
@@ -125,6 +131,21 @@ class Ingestor:
                 "choose a window the source data covers"
             )
         return results
+
+    def _load(self, source: str, start: datetime, end: datetime) -> pd.DataFrame:
+        assert self.loader is not None
+        try:
+            frame = self.loader.load(source, start, end)
+        except ProdguardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a project's own code
+            raise DataSourceError(
+                f"the project loader failed on '{source}': {type(exc).__name__}: "
+                f"{first_line(exc, 200)}"
+            ) from None
+        if not isinstance(frame, pd.DataFrame):
+            raise DataSourceError(f"the project loader returned no DataFrame for '{source}'")
+        return frame
 
     def ingest_file(self, source: str, path: Path) -> BatchResult:
         """Ingest one batch file (parquet or CSV) for ``source``."""
@@ -152,7 +173,12 @@ class Ingestor:
         }
         if label is None:
             label = f"{start:%Y%m%d}-{end:%Y%m%d}" if start and end else "batch"
-        batch_id = f"{label}-{frame_digest(frame)[:10]}"
+        try:
+            batch_id = f"{label}-{frame_digest(frame)[:10]}"
+        except TypeError:
+            raise InputError(
+                f"{source} batch has a column of lists or objects; flatten it to scalars"
+            ) from None
         if frame.empty:
             result = BatchResult(source, batch_id, "empty", 0, **window)
             self._log(result)
@@ -201,13 +227,17 @@ class Ingestor:
                 schema_change=schema_note,
                 validation_seconds=validation_seconds,
                 seconds=time.perf_counter() - began,
-                details={"rows_total": written.rows_total, "suite_digest": suite.digest},
+                details={
+                    "rows_total": written.rows_total,
+                    "suite_digest": suite.digest,
+                    "static": config.static,
+                },
             )
         self._log(result)
         return result
 
     def history(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.log_path)
+        return self.ledger.records()
 
     def _quarantine(
         self,
@@ -293,7 +323,7 @@ class Ingestor:
         )
 
     def _log(self, result: BatchResult) -> None:
-        append_jsonl({"logged_at": self.clock.now().isoformat(), **result.to_json()}, self.log_path)
+        self.ledger.append({"logged_at": self.clock.now().isoformat(), **result.to_json()})
 
 
 def read_batch_file(path: Path) -> pd.DataFrame:

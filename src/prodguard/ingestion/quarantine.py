@@ -71,5 +71,11 @@ class Quarantine:
                 reason = batch / "reason.json"
                 if batch.name.startswith(".") or not reason.exists():
                     continue
-                found.append(json.loads(reason.read_text(encoding="utf-8")))
+                try:
+                    found.append(json.loads(reason.read_text(encoding="utf-8")))
+                except (OSError, ValueError) as exc:
+                    raise StorageError(
+                        f"quarantine record {reason} is unreadable ({type(exc).__name__}); "
+                        "the batch itself is in batch.parquet beside it"
+                    ) from None
         return found

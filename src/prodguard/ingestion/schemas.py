@@ -27,8 +27,8 @@ class SchemaRegistry:
             return Schema(columns=tuple((str(c), str(t)) for c, t in document["columns"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StorageError(
-                f"recorded schema {path} is unreadable ({type(exc).__name__}); delete it to "
-                "re-record from the next batch"
+                f"recorded schema {path} is unreadable ({type(exc).__name__}); restore it "
+                "from the offline store's columns or a backup"
             ) from None
 
     def record(self, source: str, schema: Schema, when: datetime) -> None:

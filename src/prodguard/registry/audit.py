@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from prodguard.errors import RegistryError
+from prodguard.errors import RegistryError, first_line
 
 _metadata = sa.MetaData()
 _lock = sa.Table(
@@ -67,7 +67,7 @@ class AuditLog:
             self._engine = sa.create_engine(uri, connect_args=connect_args, future=True)
             _metadata.create_all(self._engine)
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log store is not reachable: {_first(exc)}") from None
+            raise RegistryError(f"audit log store is not reachable: {first_line(exc)}") from None
 
     @contextmanager
     def exclusive(self, model: str) -> Iterator[sa.Connection]:
@@ -82,7 +82,7 @@ class AuditLog:
                 )
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log write failed: {_first(exc)}") from None
+            raise RegistryError(f"audit log write failed: {first_line(exc)}") from None
 
     def _ensure_lock_row(self, model: str) -> None:
         try:
@@ -95,7 +95,7 @@ class AuditLog:
         except sa.exc.IntegrityError:
             pass  # another process created it first
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log store is not reachable: {_first(exc)}") from None
+            raise RegistryError(f"audit log store is not reachable: {first_line(exc)}") from None
 
     def append(self, conn: sa.Connection, record: AuditRecord) -> int:
         result = conn.execute(
@@ -120,7 +120,7 @@ class AuditLog:
             with self._engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log read failed: {_first(exc)}") from None
+            raise RegistryError(f"audit log read failed: {first_line(exc)}") from None
         return [
             AuditRecord(
                 id=row["id"],
@@ -135,8 +135,3 @@ class AuditLog:
             )
             for row in reversed(rows)
         ]
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

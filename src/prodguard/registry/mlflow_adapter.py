@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from prodguard.errors import RegistryError
+from prodguard.errors import RegistryError, first_line
 from prodguard.registry.config import RegistryConfig
 from prodguard.telemetry import disable_telemetry
 
@@ -73,7 +73,7 @@ class MlflowRegistry:
         # the fluent API (log_model, load_model) reads the process-wide URIs
         mlflow.set_tracking_uri(config.tracking_uri)
         mlflow.set_registry_uri(config.registry_uri)
-        with _wrapped(f"connecting to the MLflow store {_redact(config.tracking_uri)}"):
+        with _wrapped(f"connecting to the MLflow store {redact(config.tracking_uri)}"):
             self._client = MlflowClient(
                 tracking_uri=config.tracking_uri, registry_uri=config.registry_uri
             )
@@ -98,9 +98,9 @@ class MlflowRegistry:
                     f"model '{self.model_name}' has no version {version}; "
                     "see `prodguard status` for the versions there are"
                 ) from None
-            raise RegistryError(f"reading version {version} failed: {_first(exc)}") from None
+            raise RegistryError(f"reading version {version} failed: {first_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - store unreachable etc.
-            raise RegistryError(f"reading version {version} failed: {_first(exc)}") from None
+            raise RegistryError(f"reading version {version} failed: {first_line(exc)}") from None
         return _to_version(found)
 
     def versions(self) -> list[ModelVersion]:
@@ -236,10 +236,9 @@ def _preflight(uri: str, timeout_seconds: int = 5) -> None:
         with engine.connect():
             pass
     except sa.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
         raise RegistryError(
-            f"the MLflow store {_redact(uri)} is not reachable "
-            f"({(reason[0] if reason else type(exc).__name__)[:200]}); start it or fix "
+            f"the MLflow store {redact(uri)} is not reachable "
+            f"({first_line(getattr(exc, 'orig', exc), 200)}); start it or fix "
             "tracking_uri in the registry config"
         ) from None
     finally:
@@ -251,14 +250,9 @@ def _make_sqlite_parent(uri: str) -> None:
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _redact(uri: str) -> str:
+def redact(uri: str) -> str:
     """Hide credentials in a URI before it goes into a message."""
     scheme, sep, rest = uri.partition("://")
     if sep and "@" in rest:
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return uri
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

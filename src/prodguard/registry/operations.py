@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prodguard.clock import Clock, SystemClock
@@ -131,12 +131,14 @@ class RegistryOperations:
         def plan(current: AliasState) -> AliasState:
             return AliasState(champion=current.standby, standby=None, candidate=current.candidate)
 
-        record = self._move("rollback", plan, actor, reason, evidence or {}, start)
-        demoted = record.from_state["champion"]
-        if demoted is not None:
-            self.registry.set_version_tag(demoted, DEMOTED_TAG, reason)
-            self.registry.set_version_tag(demoted, "prodguard.demoted_at", record.time.isoformat())
-        return record
+        def tag_demoted(current: AliasState, _: AliasState) -> None:
+            if current.champion is not None:
+                self.registry.set_version_tag(current.champion, DEMOTED_TAG, reason)
+                self.registry.set_version_tag(
+                    current.champion, "prodguard.demoted_at", self.clock.now().isoformat()
+                )
+
+        return self._move("rollback", plan, actor, reason, evidence or {}, start, after=tag_demoted)
 
     # ---- the one place aliases move ------------------------------------------------------
 
@@ -148,33 +150,42 @@ class RegistryOperations:
         reason: str,
         evidence: dict[str, Any],
         expected: AliasState | None,
+        after: Callable[[AliasState, AliasState], None] | None = None,
     ) -> AuditRecord:
-        with self.audit.exclusive(self.model) as tx:
-            current = self.state()
-            if expected is not None and current != expected:
-                raise ConcurrentUpdateError(
-                    f"aliases moved since they were read (expected {expected.describe()}; "
-                    f"found {current.describe()}); nothing changed — check `prodguard status` "
-                    "and retry"
+        """Move the aliases and append the audit record as one unit: if anything fails before
+        the audit transaction commits (tagging, the insert, the commit itself), the aliases are
+        put back and the error is raised."""
+        moved: tuple[AliasState, AliasState] | None = None
+        try:
+            with self.audit.exclusive(self.model) as tx:
+                current = self.state()
+                if expected is not None and current != expected:
+                    raise ConcurrentUpdateError(
+                        f"aliases moved since they were read (expected {expected.describe()}; "
+                        f"found {current.describe()}); nothing changed — check "
+                        "`prodguard status` and retry"
+                    )
+                target = plan(current)
+                self._apply(current, target)
+                moved = (current, target)
+                if after is not None:
+                    after(current, target)
+                record = AuditRecord(
+                    time=self.clock.now(),
+                    model=self.model,
+                    action=action,
+                    actor=actor,
+                    from_state=current.as_dict(),
+                    to_state=target.as_dict(),
+                    reason=reason,
+                    evidence=evidence,
                 )
-            target = plan(current)
-            self._apply(current, target)
-            record = AuditRecord(
-                time=self.clock.now(),
-                model=self.model,
-                action=action,
-                actor=actor,
-                from_state=current.as_dict(),
-                to_state=target.as_dict(),
-                reason=reason,
-                evidence=evidence,
-            )
-            try:
                 record_id = self.audit.append(tx, record)
-            except Exception:
-                self._apply(target, current)
-                raise
-        return AuditRecord(**{**record.__dict__, "id": record_id})
+        except BaseException:
+            if moved is not None:
+                self._apply(moved[1], moved[0])
+            raise
+        return replace(record, id=record_id)
 
     def _apply(self, current: AliasState, target: AliasState) -> None:
         done: list[tuple[str, int | None]] = []

@@ -87,7 +87,13 @@ def build_frame(
         columns={timestamp: "event_timestamp"}
     )
     entities[ROW_ID] = range(len(entities))
-    joined = store.historical_features(entities).sort_values(ROW_ID).reset_index(drop=True)
+    joined = store.historical_features(entities)
+    if sorted(joined[ROW_ID].tolist()) != list(range(len(entities))):
+        raise TrainingError(
+            "the point-in-time join returned duplicated or missing entity rows; "
+            "check the feature views' entity keys"
+        )
+    joined = joined.sort_values(ROW_ID).reset_index(drop=True)
     derive = request_features or load_request_features(model)
     request = derive(labelled.rename(columns={timestamp: "event_timestamp"}))
     store_features = joined[store_feature_names(store)]

@@ -62,12 +62,13 @@ def train_and_register(
     settings: Settings,
     store: Any,
     operations: RegistryOperations,
-    suite_digests: dict[str, str],
+    suite_digests: dict[str, list[str]],
     start: datetime,
     end: datetime,
     actor: str,
 ) -> TrainResult:
-    """``store`` is the Feast adapter (historical features, feature refs, versions)."""
+    """``store`` is the Feast adapter (historical features, feature refs, versions);
+    ``suite_digests`` names, per source, the suites that validated the training rows."""
     model = settings.model
     if model is None:
         raise TrainingError("prodguard.yaml has no 'model' section")
@@ -139,7 +140,7 @@ def _lineage(
     held_out: TrainingFrame,
     views: dict[str, int | None],
     store_features: list[list[str]],
-    suite_digests: dict[str, str],
+    suite_digests: dict[str, list[str]],
     stats: dict[str, Any],
 ) -> dict[str, str]:
     root = settings.config_path.parent if settings.config_path else Path.cwd()
