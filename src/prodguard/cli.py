@@ -22,6 +22,7 @@ from prodguard import app as use_cases
 from prodguard.config import Settings, load_settings
 from prodguard.errors import InputError, ProdguardError, first_line
 from prodguard.ingestion.pipeline import BatchResult
+from prodguard.render import ingest_table, views_table
 from prodguard.telemetry import disable_telemetry
 from prodguard.timewindows import parse_time
 
@@ -125,18 +126,7 @@ def ingest(
             }
         )
     else:
-        table = Table(title="ingest")
-        for column in ("source", "batches", "written rows", "quarantined", "new rows"):
-            table.add_column(column, justify="right" if column != "source" else "left")
-        for name in dict.fromkeys(b.source for b in report.batches):
-            mine = [b for b in report.batches if b.source == name]
-            table.add_row(
-                name,
-                str(len(mine)),
-                str(sum(b.rows for b in mine if b.status == "written")),
-                str(sum(1 for b in mine if b.status == "quarantined")),
-                str(sum(b.rows_added for b in mine)),
-            )
+        table = ingest_table(report.batches)
         out.print(table)
         out.print(
             f"{len(report.batches)} batches in {report.seconds:.1f} s "
@@ -169,17 +159,9 @@ def materialize(
             }
         )
         return
-    table = Table(title=f"materialized up to {report.until:%Y-%m-%d %H:%M} UTC")
-    for column in ("feature view", "version", "features", "ttl", "online entities"):
-        table.add_column(column)
-    for view in report.views:
-        table.add_row(
-            view["name"],
-            f"v{view['version']}",
-            str(view["features"]),
-            f"{view['ttl_seconds'] / 3600:g} h",
-            str(report.online_rows.get(view["name"], "-")),
-        )
+    table = views_table(
+        report.views, report.online_rows, f"materialized up to {report.until:%Y-%m-%d %H:%M} UTC"
+    )
     out.print(table)
     out.print(f"done in {report.seconds:.1f} s")
 

@@ -21,6 +21,17 @@ FILES = {
     "airlines": "data/airlines.csv",
     "airports": "data/airports.csv",
 }
+WEATHER_COLUMNS = [
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+]
 REQUIRED_COLUMNS = {
     "flights": [
         "year",
@@ -43,19 +54,7 @@ REQUIRED_COLUMNS = {
         "minute",
         "time_hour",
     ],
-    "weather": [
-        "origin",
-        "temp",
-        "dewp",
-        "humid",
-        "wind_dir",
-        "wind_speed",
-        "wind_gust",
-        "precip",
-        "pressure",
-        "visib",
-        "time_hour",
-    ],
+    "weather": ["origin", *WEATHER_COLUMNS, "time_hour"],
     "planes": ["tailnum", "year", "type", "manufacturer", "model", "engines", "seats", "engine"],
     "airlines": ["carrier", "name"],
     "airports": ["faa", "tzone"],

@@ -19,6 +19,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
+from prodguard_flights.raw import WEATHER_COLUMNS
+
 DELAY_THRESHOLD_MINUTES = 15
 STATS_WINDOW = timedelta(days=7)
 # Where a destination's time zone is unknown, landing is bounded by departure + air time + this.
@@ -33,18 +35,6 @@ EXTRA_ZONES = {
 NYC_ZONE = "America/New_York"
 PLANES_VALID_FROM = pd.Timestamp("2013-01-01", tz="UTC").as_unit("ns")
 POST_DEPARTURE_COLUMNS = ("dep_time", "dep_delay", "arr_time", "air_time")
-
-WEATHER_COLUMNS = [
-    "temp",
-    "dewp",
-    "humid",
-    "wind_dir",
-    "wind_speed",
-    "wind_gust",
-    "precip",
-    "pressure",
-    "visib",
-]
 
 
 def weather_table(raw: pd.DataFrame) -> pd.DataFrame:

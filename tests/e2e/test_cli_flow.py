@@ -1,7 +1,6 @@
 """End to end through the CLI, as a user runs it: ingest, bad batches, materialize, lookup."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,9 @@ from prodguard.config import load_settings
 from prodguard.features.feast_adapter import FeastStore
 from prodguard_flights.loader import FlightsLoader
 from tests.conftest import utc
+from tests.e2e.cli import CLI, run
 
 pytestmark = pytest.mark.e2e
-
-CLI = [sys.executable, "-m", "prodguard"]
-
-
-def run(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
-    done = subprocess.run(
-        [*CLI, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done
 
 
 def test_foundation_flow(project: Path, flights_loader: FlightsLoader, tmp_path: Path) -> None:
@@ -108,15 +97,8 @@ def test_foundation_flow(project: Path, flights_loader: FlightsLoader, tmp_path:
     ],
 )
 def test_bad_input_one_line_error(project: Path, args: list[str], message: str) -> None:
-    done = subprocess.run(
-        [*CLI, *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")},
-    )
-    assert done.returncode == 2 or done.returncode == 1
+    done = run(project, *args, expect=None, timeout=120)
+    assert done.returncode in (1, 2)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
     assert message in lines[0]

@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.cli import run
+
 pytestmark = pytest.mark.e2e
-
-CLI = [sys.executable, "-m", "prodguard"]
-
-
-def run(project: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
-    done = subprocess.run(
-        [*CLI, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done
 
 
 def free_port() -> int:
