@@ -98,6 +98,30 @@ class GxValidator:
         self._compiled[suite.digest] = compiled
         return compiled
 
+    def unexpected_rows(
+        self, frame: pd.DataFrame, suite: Suite, types: frozenset[str]
+    ) -> dict[int, set[int]]:
+        """For each expectation of ``types`` (by its index in the suite), the positions of the
+        rows it rejects, as Great Expectations sees them (``mostly`` ignored: per-row verdicts).
+        """
+        compiled, indices = _row_level_suite(self._gx, suite, types)
+        rejected: dict[int, set[int]] = {i: set() for i in indices}
+        frame = frame.reset_index(drop=True)
+        try:
+            batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
+            result = batch.validate(compiled, result_format={"result_format": "COMPLETE"})
+        except Exception as exc:  # noqa: BLE001 - GX raises many types
+            raise ContractError(f"row validation could not run: {first_line(exc)}") from None
+        for item in result.results:
+            index = int(item.expectation_config.meta["prodguard_index"])
+            if item.exception_info and item.exception_info.get("raised_exception"):
+                raise ContractError(
+                    f"expectations[{index}] raised: {item.exception_info['exception_message']}"
+                )
+            rows = (item.result or {}).get("unexpected_index_list") or []
+            rejected[index] = {int(r) for r in rows}
+        return rejected
+
     def validate(self, frame: pd.DataFrame, suite: Suite) -> ValidationReport:
         compiled = self.compile(suite)
         try:
@@ -117,6 +141,21 @@ class GxValidator:
             outcomes=outcomes,
             raw=raw,
         )
+
+
+def _row_level_suite(gx: Any, suite: Suite, types: frozenset[str]) -> tuple[Any, list[int]]:
+    kept = [(i, e) for i, e in enumerate(suite.expectations) if e["type"] in types]
+    expectations = [
+        {
+            "type": e["type"],
+            "kwargs": {k: v for k, v in e["kwargs"].items() if k != "mostly"},
+            "meta": {"prodguard_index": i},  # GX does not keep the suite's order in results
+        }
+        for i, e in kept
+    ]
+    return gx.ExpectationSuite(name=f"{suite.name}-rows", expectations=expectations), [
+        i for i, _ in kept
+    ]
 
 
 def _outcome(item: dict[str, Any]) -> ExpectationOutcome:
