@@ -13,11 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from prodguard.alerts import Alerter, JsonlSink, LogSink
 from prodguard.config import Settings
-from prodguard.errors import ConfigError, InputError, PromotionRefused
+from prodguard.errors import ConfigError, InputError
 from prodguard.ingestion.pipeline import BatchResult, Ingestor
 from prodguard.project import load_loader
 from prodguard.registry.operations import RegistryOperations
@@ -167,45 +165,18 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
 
 def promotion_check(registry: Any, store: Any) -> Callable[[int], None]:
     """Refuse a version whose input contract differs from the feature service, or that does not
-    load and score one row."""
-
-    from prodguard.training.model import prepare
+    load and score one row (the same verification serving applies before a swap)."""
+    from prodguard.serving.models import load_verified
 
     def check(version: int) -> None:
-        tags = registry.version(version).tags
-        recorded = tags.get("prodguard.store_features")
-        if recorded is None:
-            raise PromotionRefused(
-                f"v{version} has no prodguard lineage; register models through `prodguard train`"
-            )
-        current = [[f"{v.name}:{f}", t] for v in store.versions() for f, t in v.features]
-        problem = contract_difference(json.loads(recorded), current)
-        if problem:
-            raise PromotionRefused(
-                f"v{version}'s input contract does not match the feature service: {problem}"
-            )
-        try:
-            model = registry.load_model(version)
-            names = [name for name, _ in json.loads(tags["prodguard.input_contract"])]
-            fallback = json.loads(tags["prodguard.fallbacks"])
-            row = prepare(pd.DataFrame([{n: fallback.get(n) for n in names}]))
-            model.predict_proba(row)
-        except Exception as exc:  # noqa: BLE001 - any failure to load or score refuses
-            raise PromotionRefused(
-                f"v{version} fails to load or score one row ({type(exc).__name__}); "
-                "it cannot be promoted"
-            ) from None
+        load_verified(registry, store_feature_contract(store), version)
 
     return check
 
 
-def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> str:
-    """'' when equal, else what differs: missing, extra and retyped features."""
-    old, new = dict(map(tuple, recorded)), dict(map(tuple, current))
-    parts = [f"missing {k}" for k in new if k not in old]
-    parts += [f"no longer served {k}" for k in old if k not in new]
-    parts += [f"{k} is {new[k]}, was {old[k]}" for k in old if k in new and old[k] != new[k]]
-    return "; ".join(parts)
+def store_feature_contract(store: Any) -> list[list[str]]:
+    """The feature service as [["view:feature", "Type"], ...] (what versions record)."""
+    return [[f"{v.name}:{f}", t] for v in store.versions() for f, t in v.features]
 
 
 def train(settings: Settings, start: datetime, end: datetime, actor: str) -> TrainResult:
@@ -282,3 +253,116 @@ def mlflow_ui_command(config: Any) -> str:
         f".venv/bin/mlflow server --backend-store-uri {redact(config.tracking_uri)} "
         f"--default-artifact-root {config.artifact_location} --host 127.0.0.1 --port 5000"
     )
+
+
+# ---- serving -----------------------------------------------------------------------------
+
+
+@dataclass
+class Serving:
+    """Everything the service needs, built from the settings."""
+
+    settings: Settings
+    predictor: Any
+    follower: Any
+    log: Any
+    request_model: type
+
+    def ready(self) -> bool:
+        """Both models loaded (or no standby alias to load)."""
+        state = self.follower.state
+        return state.champion is not None and (
+            state.standby is not None or self.follower.standby_unset
+        )
+
+
+def import_object(dotted: str, setting: str) -> Any:
+    import importlib
+
+    module_name, _, name = dotted.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"{setting}: cannot import '{dotted}'") from None
+
+
+def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:
+    from prodguard.contracts.row_checks import RowContract
+    from prodguard.contracts.suites import read_suite
+    from prodguard.serving.engine import Predictor, StoreFeature
+    from prodguard.serving.models import ModelFollower, load_verified
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+    from prodguard.training.dataset import load_request_features
+
+    if settings.serving is None or settings.model is None:
+        raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to serve")
+    serving, model = settings.serving, settings.model
+    store = feature_store(settings)
+    registry = registry_operations(settings).registry
+    suites = {name: read_suite(settings.suite_path(name)) for name in settings.sources}
+    views = store.versions()
+    unknown_sources = sorted({v.source for v in views} - set(suites))
+    if unknown_sources:
+        raise ConfigError(
+            f"feature views read source(s) {unknown_sources} that prodguard.yaml does not declare"
+        )
+    features = [
+        StoreFeature(
+            name, v.name, v.ttl_seconds, v.join_keys, RowContract.from_suites([suites[v.source]])
+        )
+        for v in views
+        for name, _ in v.features
+    ]
+    unknown = sorted(set(serving.critical_features) - {f.name for f in features})
+    if unknown:
+        raise ConfigError(f"serving.critical_features: {unknown} are not store features")
+    follower = ModelFollower(
+        aliases=registry.aliases,
+        load=lambda version: load_verified(registry, store_feature_contract(store), version),
+        alerter=alerter_for(settings),
+        poll_seconds=serving.poll_seconds,
+        clock=clock,
+    )
+    log = SqlitePredictionLog(settings.paths.prediction_log, serving.log_sync)
+    predictor = Predictor(
+        model_name=model.name,
+        state=lambda: follower.state,
+        store=store,
+        store_features=features,
+        entity_keys=model.entity_keys,
+        request_checks=RowContract.from_suites([suites[model.source]]),
+        derive=load_request_features(model),
+        log=log,
+        threshold=model.threshold,
+        feature_timeout_s=serving.feature_timeout_ms / 1000,
+        fallback=serving.fallback,
+        critical=serving.critical_features,
+        shadow_sample=serving.shadow_sample,
+        clock=clock,
+        metrics=metrics,
+    )
+    request_model = import_object(serving.request_model, "serving.request_model")
+    return Serving(settings, predictor, follower, log, request_model)
+
+
+SERVICE = "prodguard.serving.bento_service:PredictionService"
+
+
+def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and environment that run the prediction service."""
+    import os
+    import sys
+    from pathlib import Path
+
+    if settings.serving is None:
+        raise ConfigError("prodguard.yaml has no 'serving' section; add one (see README)")
+    if not 0 < port < 65536:
+        raise InputError("--port must be between 1 and 65535")
+    bentoml = Path(sys.executable).with_name("bentoml")
+    env = {
+        **os.environ,
+        "PRODGUARD_CONFIG": str(settings.config_path),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    return [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], env

@@ -370,6 +370,20 @@ def audit(
 
 
 @cli.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """Start the BentoML prediction service (POST /predict, /predict_batch, /feedback).
+
+    It serves the `champion` with the `standby` warm, follows the MLflow aliases every
+    serving.poll_seconds, and exposes /metrics, /healthz, /readyz and the OpenAPI at /docs.json.
+    """
+    command, env = use_cases.serve_command(_settings(), host, port)
+    os.execvpe(command[0], command, env)
+
+
+@cli.command()
 def demo() -> None:
     """Run the main job on embedded defaults: ingest Jan–Apr 2013, materialize, train, promote."""
     from prodguard.demo import run_demo

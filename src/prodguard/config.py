@@ -70,6 +70,10 @@ class PathSettings(_Strict):
         return self.data_dir / "state"
 
     @property
+    def prediction_log(self) -> Path:
+        return self.data_dir / "predictions.db"
+
+    @property
     def alerts_file(self) -> Path:
         return self.data_dir / "alerts.jsonl"
 
@@ -96,6 +100,24 @@ class ModelSettings(_Strict):
     evaluation_days: int = Field(default=30, ge=1)
 
     @field_validator("request_features")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        return ProjectSettings._dotted(value)
+
+
+class ServingSettings(_Strict):
+    request_model: str = Field(
+        description="'module:Class' of the pydantic request model; it has to_row() -> dict."
+    )
+    poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    feature_timeout_ms: float = Field(default=100.0, gt=0, le=60000)
+    fallback: Literal["median", "last_good"] = "median"
+    critical_features: list[str] = Field(default_factory=list)
+    shadow_sample: float = Field(default=0.1, ge=0, le=1)
+    max_batch: int = Field(default=1000, ge=1, le=100000)
+    log_sync: Literal["FULL", "NORMAL"] = "FULL"
+
+    @field_validator("request_model")
     @classmethod
     def _dotted(cls, value: str) -> str:
         return ProjectSettings._dotted(value)
@@ -128,6 +150,7 @@ class Settings(_Strict):
     sources: dict[str, SourceSettings] = Field(min_length=1)
     model: ModelSettings | None = None
     registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings | None = None
     demo: DemoSettings | None = None
     config_path: Path | None = Field(default=None, exclude=True)
 

@@ -60,6 +60,33 @@ class ConcurrentUpdateError(RegistryError):
     exit_code = 4
 
 
+class RequestRejected(InputError):
+    """A prediction request cannot be answered as asked (invalid field, degraded critical feature).
+
+    ``problems`` lists (field, what is wrong) pairs without the offending values.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class UnknownRequest(InputError):
+    """Feedback for a request id that was never logged."""
+
+
+class DuplicateRequest(InputError):
+    """A prediction with this request id (and role) is already in the log."""
+
+
+class FeedbackConflict(InputError):
+    """A different outcome was already recorded for this request id."""
+
+
+class ServiceNotReady(ProdguardError):
+    """The service has no champion loaded yet."""
+
+
 class TrainingError(ProdguardError):
     """A model cannot be trained or evaluated on the requested window."""
 

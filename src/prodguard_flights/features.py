@@ -6,9 +6,15 @@ The feature store adds weather at the origin, plane specs and the carrier's rece
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pandas as pd
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 LOCAL_TZ = "America/New_York"
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 REQUEST_FEATURES = ["carrier", "origin", "dest", "distance", "dep_hour", "day_of_week"]
 
 
@@ -26,3 +32,40 @@ def request_features(frame: pd.DataFrame) -> pd.DataFrame:
         },
         index=frame.index,
     )
+
+
+class FlightRequest(BaseModel):
+    """What a caller knows before departure. Value rules (known airports, ranges) come from the
+    expectation suites and are checked by the service; this model fixes shapes and types."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    carrier: str = Field(min_length=1, max_length=8, examples=["UA"])
+    flight: int = Field(ge=1, le=99999, examples=[1545])
+    tailnum: str | None = Field(default=None, min_length=1, max_length=12, examples=["N14228"])
+    origin: str = Field(min_length=1, max_length=8, examples=["EWR"])
+    dest: str = Field(min_length=1, max_length=8, examples=["IAH"])
+    scheduled_departure: AwareDatetime = Field(examples=["2013-05-01T10:15:00Z"])
+    distance: float = Field(allow_inf_nan=False, examples=[1400.0])
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"
+    )
+
+    @field_validator("scheduled_departure")
+    @classmethod
+    def _plausible(cls, value: datetime) -> datetime:
+        if not EARLIEST <= value < LATEST:
+            raise ValueError("must be between 2000-01-01 and 2100-01-01 (UTC)")
+        return value
+
+    def to_row(self) -> dict[str, Any]:
+        """The request as a row of the flights source (``event_timestamp`` = departure)."""
+        return {
+            "carrier": self.carrier,
+            "flight": self.flight,
+            "tailnum": self.tailnum,
+            "origin": self.origin,
+            "dest": self.dest,
+            "distance": self.distance,
+            "event_timestamp": pd.Timestamp(self.scheduled_departure).tz_convert("UTC"),
+        }

@@ -100,3 +100,13 @@ def test_row_contract_reports_violations_per_column() -> None:
     assert contract.check_value("temp", 500.0) == ["expect_column_values_to_be_between(temp)"]
     assert contract.check_value("temp", None) == ["expect_column_values_to_not_be_null(temp)"]
     assert contract.violations({"origin": "EWR", "temp": 40.0}) == []
+
+
+def test_tolerated_nulls_pass_requests_but_strict_ones_do_not() -> None:
+    flights = RowContract.from_suites([read_suite(ROOT / "expectations" / "flights.json")])
+    row = {"tailnum": None, "carrier": None}
+    strict = {v.column for v in flights.violations(row)}
+    assert strict == {"tailnum", "carrier"}  # Great Expectations' verdict on one row
+    lenient = {v.column for v in flights.violations(row, nullable_when_tolerant=True)}
+    assert lenient == {"carrier"}  # tailnum: not-null with mostly=0.95
+    assert flights.nullable("tailnum") and not flights.nullable("carrier")

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prodguard.app import contract_difference
 from prodguard.registry.operations import AliasState
+from prodguard.serving.models import contract_difference
 from prodguard.training.dataset import describe_columns
 from prodguard.training.model import build_pipeline, evaluate, prepare
 from prodguard.training.reference import fallbacks, reference_stats
@@ -39,9 +39,9 @@ def test_reference_stats_bins_and_fallbacks() -> None:
     assert fallbacks(stats) == {"v": 51.0, "c": "a"}
 
 
-def test_rare_categories_fold_into_other() -> None:
+def test_rare_categories_are_kept() -> None:
     column = pd.DataFrame({"c": ["a"] * 9999 + ["rare"]})
-    assert reference_stats(column)["c"]["categories"] == {"a": 0.9999, "__other__": 0.0001}
+    assert reference_stats(column)["c"]["categories"] == {"a": 0.9999, "rare": 0.0001}
 
 
 def test_pipeline_learns_handles_unknown_categories_and_is_deterministic() -> None:

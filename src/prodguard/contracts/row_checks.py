@@ -110,6 +110,7 @@ class RowCheck:
     type: str
     column: str
     predicate: Predicate
+    tolerant: bool = False  # ``mostly`` < 1: the suite tolerates some rows breaking it
 
     def describe(self) -> str:
         return f"{self.type}({self.column})"
@@ -150,8 +151,9 @@ class RowContract:
                         f"suite {suite.name}: expectations[{index}] cannot be compiled for "
                         f"requests ({type(exc).__name__})"
                     ) from None
+                tolerant = float(kwargs.get("mostly", 1.0)) < 1.0
                 checks.append(
-                    RowCheck(suite.name, index, spec["type"], kwargs["column"], predicate)
+                    RowCheck(suite.name, index, spec["type"], kwargs["column"], predicate, tolerant)
                 )
         return cls(checks)
 
@@ -159,15 +161,32 @@ class RowContract:
     def columns(self) -> frozenset[str]:
         return frozenset(self._by_column)
 
+    def nullable(self, column: str) -> bool:
+        """No strict (``mostly`` = 1) not-null expectation on the column."""
+        return not any(
+            c.type == "expect_column_values_to_not_be_null" and not c.tolerant
+            for c in self._by_column.get(column, ())
+        )
+
     def check_value(self, column: str, value: Any) -> list[str]:
         """Expectations the value of one column breaks (empty when it is valid)."""
         return [c.describe() for c in self._by_column.get(column, ()) if not c.predicate(value)]
 
-    def violations(self, row: Mapping[str, Any]) -> list[Violation]:
+    def violations(
+        self, row: Mapping[str, Any], nullable_when_tolerant: bool = False
+    ) -> list[Violation]:
+        """Broken expectations of the row's columns. With ``nullable_when_tolerant``, a null is
+        accepted where the suite's not-null expectation has ``mostly`` < 1 (the suite tolerates
+        nulls there; a request is one row and cannot be judged by a batch's share)."""
         found = []
         for column, checks in self._by_column.items():
             if column not in row:
                 continue
             value = row[column]
-            found.extend(Violation(column, c.describe()) for c in checks if not c.predicate(value))
+            found.extend(
+                Violation(column, c.describe())
+                for c in checks
+                if not c.predicate(value)
+                and not (nullable_when_tolerant and c.tolerant and is_null(value))
+            )
         return found

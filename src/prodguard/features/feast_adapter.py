@@ -39,6 +39,8 @@ class ViewVersion:
     name: str
     version: int | None
     entities: tuple[str, ...]
+    join_keys: tuple[str, ...]
+    source: str
     ttl_seconds: float
     features: tuple[tuple[str, str], ...]
 
@@ -180,6 +182,8 @@ class FeastStore:
                     name=view.name,
                     version=self._version_number(view.name),
                     entities=tuple(view.entities),
+                    join_keys=tuple(c.name for c in view.entity_columns),
+                    source=view.batch_source.name,
                     ttl_seconds=view.ttl.total_seconds() if view.ttl else 0.0,
                     features=tuple((f.name, str(f.dtype)) for f in projection.features),
                 )

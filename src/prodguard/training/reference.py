@@ -4,7 +4,7 @@ Serving uses the medians/modes as fallbacks; monitoring uses the bins for PSI.
 Numeric features: median, null rate, interior quantile edges (deciles, de-duplicated) and the
 fraction of non-null training values in each of the ``len(edges) + 1`` bins
 ``(-inf, e1], (e1, e2], ..., (ek, +inf)``. Categorical features: mode, null rate and the
-fraction of each category (categories below 0.1 % are folded into ``__other__``).
+fraction of each category seen in training.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pandas as pd
 from prodguard.training.dataset import is_categorical
 
 QUANTILES = np.linspace(0.1, 0.9, 9)
-MIN_CATEGORY_SHARE = 0.001
 
 
 def reference_stats(features: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -28,10 +27,7 @@ def reference_stats(features: pd.DataFrame) -> dict[str, dict[str, Any]]:
         present = column.dropna()
         if is_categorical(column):
             shares = present.astype(str).value_counts(normalize=True)
-            kept = shares[shares >= MIN_CATEGORY_SHARE]
-            categories = {str(k): float(v) for k, v in kept.items()}
-            if len(kept) < len(shares):
-                categories["__other__"] = float(shares[shares < MIN_CATEGORY_SHARE].sum())
+            categories = {str(k): float(v) for k, v in shares.items()}
             stats[name] = {
                 "kind": "categorical",
                 "null_rate": null_rate,

@@ -1,0 +1,1 @@
+"""Serving: per-request feature assembly, the prediction log, model following, the service."""

@@ -1,0 +1,184 @@
+"""The BentoML service: ``prodguard serve`` runs ``bentoml serve`` on this module.
+
+This is an entry-point module: at import it reads the settings named by ``PRODGUARD_CONFIG``
+to learn the project's request model, because BentoML derives the HTTP schema (and OpenAPI) from
+the API signatures. Everything else is built when the service starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import BaseModel, Field, StringConstraints
+from starlette.responses import JSONResponse
+
+from prodguard import app
+from prodguard.config import load_settings
+from prodguard.errors import (
+    DuplicateRequest,
+    FeedbackConflict,
+    InputError,
+    ProdguardError,
+    RequestRejected,
+    ServiceNotReady,
+    UnknownRequest,
+)
+from prodguard.telemetry import disable_telemetry
+
+disable_telemetry()
+_settings = load_settings()
+if _settings.serving is None:
+    raise SystemExit("prodguard.yaml has no 'serving' section")
+RequestModel: Any = app.import_object(_settings.serving.request_model, "serving.request_model")
+MAX_BATCH = _settings.serving.max_batch
+RequestId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+_log = logging.getLogger("prodguard.serving")
+
+
+class PredictionOut(BaseModel):
+    request_id: str
+    probability: float
+    decision: bool
+    model: str
+    version: int
+    degraded: bool
+    flags: list[str]
+    replayed: bool = False
+
+
+class BatchOut(BaseModel):
+    predictions: list[PredictionOut]
+
+
+class FeedbackOut(BaseModel):
+    request_id: str
+    status: str
+
+
+Scalar = float | int | bool | str
+
+
+def _status(exc: ProdguardError) -> HTTPStatus:
+    if isinstance(exc, UnknownRequest):
+        return HTTPStatus.NOT_FOUND
+    if isinstance(exc, (DuplicateRequest, FeedbackConflict)):
+        return HTTPStatus.CONFLICT
+    if isinstance(exc, RequestRejected):
+        return HTTPStatus.UNPROCESSABLE_ENTITY
+    if isinstance(exc, InputError):
+        return HTTPStatus.BAD_REQUEST
+    if not isinstance(exc, ServiceNotReady):
+        _log.error("request failed: %s", exc)
+    return HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def error_response(exc: ProdguardError) -> JSONResponse:
+    """``{"error": message, "problems": [{"field", "problem"}]}`` — never the payload."""
+    problems = [{"field": f, "problem": p} for f, p in getattr(exc, "problems", [])]
+    return JSONResponse({"error": str(exc), "problems": problems}, status_code=_status(exc))
+
+
+class _Metrics:
+    """prodguard's Prometheus metrics, exported on the service's /metrics."""
+
+    def __init__(self) -> None:
+        buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+        self.stage = bentoml.metrics.Histogram(
+            name="prodguard_stage_seconds",
+            documentation="Latency of each request stage (checks, features, model, log, total)",
+            labelnames=["stage"],
+            buckets=buckets,
+        )
+        self.counters = {
+            "predictions": bentoml.metrics.Counter(
+                name="prodguard_predictions_total",
+                documentation="Predictions by model version and role",
+                labelnames=["version", "role"],
+            ),
+            "degradations": bentoml.metrics.Counter(
+                name="prodguard_degradations_total",
+                documentation="Degraded features by feature and reason",
+                labelnames=["feature", "reason"],
+            ),
+        }
+        self.swaps = bentoml.metrics.Counter(
+            name="prodguard_model_swaps_total", documentation="Hot swaps of served models"
+        )
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage=stage).observe(seconds)
+
+    def count(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
+        self.counters[name].labels(**labels).inc(amount)
+
+
+@bentoml.service(name="prodguard", traffic={"timeout": 30})
+class PredictionService:
+    def __init__(self) -> None:
+        self.metrics = _Metrics()
+        self.serving = app.build_serving(_settings, metrics=self.metrics)
+        follower = self.serving.follower
+        follower.start()
+        if follower.state.champion is not None:
+            self.serving.predictor.warm_up({})
+
+    def __is_ready__(self) -> bool:
+        return self.serving.ready()
+
+    def _answer(self, requests: list[Any]) -> list[PredictionOut]:
+        swaps = self.serving.follower.swaps
+        answers = self.serving.predictor.predict(
+            [r.to_row() for r in requests], [r.request_id for r in requests]
+        )
+        if swaps != self.serving.follower.swaps:
+            self.metrics.swaps.inc()
+        return [
+            PredictionOut(
+                request_id=a.request_id,
+                probability=a.probability,
+                decision=a.decision,
+                model=a.model,
+                version=a.version,
+                degraded=a.degraded,
+                flags=a.flags,
+                replayed=a.replayed,
+            )
+            for a in answers
+        ]
+
+    @bentoml.api(route="/predict", input_spec=RequestModel)
+    def predict(self, **fields: Any) -> PredictionOut:
+        """Predict one flight: features from the online store, checked, champion's answer."""
+        try:
+            return self._answer([RequestModel(**fields)])[0]
+        except ProdguardError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+
+    @bentoml.api(route="/predict_batch")
+    def predict_batch(
+        self, rows: Annotated[list[RequestModel], Field(min_length=1, max_length=MAX_BATCH)]
+    ) -> BatchOut:
+        """Predict many flights in one call (at most serving.max_batch rows)."""
+        try:
+            return BatchOut(predictions=self._answer(rows))
+        except ProdguardError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self,
+        request_id: RequestId,
+        outcome: Annotated[dict[str, Scalar], Field(min_length=1, max_length=20)],
+    ) -> FeedbackOut:
+        """Record the observed outcome of a logged prediction (idempotent; 404 if unknown)."""
+        try:
+            status = self.serving.log.record_feedback(request_id, outcome, datetime.now(UTC))
+        except ProdguardError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+        return FeedbackOut(request_id=request_id, status=status)

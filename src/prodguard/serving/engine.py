@@ -1,0 +1,389 @@
+"""The request path: validate, fetch features (with a deadline), degrade gracefully, predict,
+log durably, shadow-score — framework-free, so it is tested in-process and served by BentoML.
+
+Degradation, per store feature and row:
+- ``unavailable``: the online store failed or missed its deadline (every store feature);
+- ``missing``: the store has no value for this entity;
+- ``stale``: the value is older than its feature view's TTL at the request's time
+  (Feast does not enforce TTL on online reads);
+- ``invalid``: the value breaks a row-level expectation of the suites.
+A degraded feature gets its fallback (training median/mode, or the last good value for the same
+entity) and a flag ``feature:reason``; a degraded *critical* feature rejects the request (422).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import pandas as pd
+
+from prodguard.clock import Clock, SystemClock
+from prodguard.contracts.row_checks import RowContract, is_null
+from prodguard.errors import RequestRejected, ServiceNotReady
+from prodguard.serving.models import LoadedModel, ServingState
+from prodguard.serving.prediction_log import PredictionLog, PredictionRecord
+
+_log = logging.getLogger("prodguard.serving")
+
+
+class OnlineFeatures(Protocol):
+    def online_features(self, entity_rows: list[dict[str, Any]]) -> pd.DataFrame: ...
+
+
+class Metrics(Protocol):
+    def observe(self, stage: str, seconds: float) -> None: ...
+
+    def count(self, name: str, labels: dict[str, str], amount: int = 1) -> None: ...
+
+
+class NoMetrics:
+    def observe(self, stage: str, seconds: float) -> None:
+        pass
+
+    def count(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StoreFeature:
+    name: str
+    view: str
+    ttl_seconds: float
+    join_keys: tuple[str, ...]
+    checks: RowContract  # the row-level expectations of the feature's source suite
+
+
+@dataclass(frozen=True)
+class Prediction:
+    request_id: str
+    probability: float
+    decision: bool
+    model: str
+    version: int
+    flags: list[str] = field(default_factory=list)
+    replayed: bool = False
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.flags)
+
+
+class LastGood:
+    """Bounded memory of the last valid value per (feature, entity key)."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._values: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._capacity = capacity
+
+    def remember(self, feature: str, key: str, value: Any) -> None:
+        self._values[(feature, key)] = value
+        self._values.move_to_end((feature, key))
+        if len(self._values) > self._capacity:
+            self._values.popitem(last=False)
+
+    def get(self, feature: str, key: str) -> Any:
+        return self._values.get((feature, key))
+
+
+class Predictor:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        state: Callable[[], ServingState],
+        store: OnlineFeatures,
+        store_features: Sequence[StoreFeature],
+        entity_keys: Sequence[str],
+        request_checks: RowContract,
+        derive: Callable[[pd.DataFrame], pd.DataFrame],
+        log: PredictionLog,
+        threshold: float,
+        feature_timeout_s: float,
+        fallback: str = "median",
+        critical: Sequence[str] = (),
+        shadow_sample: float = 0.0,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self._state = state
+        self._store = store
+        self._features = tuple(store_features)
+        self._entity_keys = tuple(entity_keys)
+        self._checks = request_checks
+        self._derive = derive
+        self._log = log
+        self._threshold = threshold
+        self._timeout = feature_timeout_s
+        self._fallback = fallback
+        self._critical = frozenset(critical)
+        self._shadow_sample = shadow_sample
+        self._clock = clock or SystemClock()
+        self._metrics = metrics or NoMetrics()
+        self._last_good = LastGood()
+        self._lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prodguard-lookup")
+        self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
+
+    # ---- the request path ----------------------------------------------------------------
+
+    def predict(
+        self, rows: Sequence[dict[str, Any]], ids: Sequence[str | None]
+    ) -> list[Prediction]:
+        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``)."""
+        began = time.perf_counter()
+        state = self._state()  # one snapshot: a swap never mixes versions within a request
+        champion = state.champion
+        if champion is None:
+            raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
+        request_ids = [i or uuid.uuid4().hex for i in ids]
+        replayed = self._replayed(request_ids)
+        if replayed is not None:
+            return replayed
+
+        started = time.perf_counter()
+        self._check_request(rows, champion)
+        checks_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        fetched, unavailable = self._fetch(rows)
+        lookup_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        store_values, flags = self._assemble(rows, fetched, unavailable, champion)
+        request = self._derive(pd.DataFrame(list(rows)))
+        inputs = [{**request.iloc[i].to_dict(), **store_values[i]} for i in range(len(rows))]
+        checks_s += time.perf_counter() - started
+
+        started = time.perf_counter()
+        frame = champion.frame(inputs)
+        scores = champion.score(frame)
+        model_s = time.perf_counter() - started
+
+        now = self._clock.now()
+        latencies = {
+            "checks_ms": checks_s * 1000,
+            "features_ms": lookup_s * 1000,
+            "model_ms": model_s * 1000,
+        }
+        records = [
+            PredictionRecord(
+                request_id=request_ids[i],
+                time=now,
+                model=self.model_name,
+                version=champion.version,
+                role="champion",
+                probability=scores[i],
+                decision=scores[i] >= self._threshold,
+                features=inputs[i],
+                flags=flags[i],
+                latencies_ms=latencies,
+                request=_jsonable(rows[i]),
+            )
+            for i in range(len(rows))
+        ]
+        started = time.perf_counter()
+        self._log.write(records)
+        log_s = time.perf_counter() - started
+
+        for stage, seconds in (
+            ("checks", checks_s),
+            ("features", lookup_s),
+            ("model", model_s),
+            ("log", log_s),
+            ("total", time.perf_counter() - began),
+        ):
+            self._metrics.observe(stage, seconds)
+        self._metrics.count(
+            "predictions", {"version": str(champion.version), "role": "champion"}, len(rows)
+        )
+        for row_flags in flags:
+            for flag in row_flags:
+                feature, _, reason = flag.partition(":")
+                self._metrics.count("degradations", {"feature": feature, "reason": reason})
+        self._maybe_shadow(state.standby, frame, records)
+        return [
+            Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags)
+            for r in records
+        ]
+
+    def warm_up(self, entity: dict[str, Any]) -> None:
+        """One lookup without a deadline, so the first request does not pay Feast's cold start
+        (registry load, connections)."""
+        self._store.online_features([{k: _key(entity.get(k)) for k in self._entity_keys}])
+
+    def _replayed(self, request_ids: list[str]) -> list[Prediction] | None:
+        """A retried request (same id) gets the logged answer, not a second prediction."""
+        found = [self._log.get(i) for i in request_ids]
+        if all(r is None for r in found):
+            return None
+        if any(r is None for r in found):
+            raise RequestRejected(
+                "some request ids of this batch were already answered and some not; "
+                "retry with the same batch or new ids",
+                [("request_id", "partially replayed batch")],
+            )
+        return [
+            Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags, True)
+            for r in found
+            if r is not None
+        ]
+
+    def _check_request(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> None:
+        problems: list[tuple[str, str]] = []
+        for index, row in enumerate(rows):
+            where = f"rows[{index}]." if len(rows) > 1 else ""
+            for violation in self._checks.violations(row, nullable_when_tolerant=True):
+                problems.append((where + violation.column, violation.expectation))
+            for column, known in champion.categories.items():
+                value = row.get(column)
+                if column in row and not is_null(value) and str(value) not in known:
+                    problems.append(
+                        (where + column, f"not one of the {len(known)} values the model knows")
+                    )
+        if problems:
+            problems = list(dict.fromkeys(problems))  # suites may repeat a rule
+            shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
+            raise RequestRejected(f"invalid request fields: {shown}", problems)
+
+    def _fetch(self, rows: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame | None, str | None]:
+        entities = [{k: _key(row.get(k)) for k in self._entity_keys} for row in rows]
+        future = self._lookups.submit(self._store.online_features, entities)
+        try:
+            return future.result(timeout=self._timeout), None
+        except FutureTimeout:
+            future.cancel()
+            return None, "unavailable"
+        except Exception as exc:  # noqa: BLE001 - any store failure means fallbacks
+            _log.warning("online store lookup failed: %s", exc)
+            return None, "unavailable"
+
+    def _assemble(
+        self,
+        rows: Sequence[dict[str, Any]],
+        fetched: pd.DataFrame | None,
+        unavailable: str | None,
+        champion: LoadedModel,
+    ) -> tuple[list[dict[str, Any]], list[list[str]]]:
+        values: list[dict[str, Any]] = []
+        flags: list[list[str]] = []
+        problems: list[tuple[str, str]] = []
+        records = fetched.to_dict("records") if fetched is not None else [{}] * len(rows)
+        for index, row in enumerate(rows):
+            as_of = min(self._clock.now(), pd.Timestamp(row["event_timestamp"]).to_pydatetime())
+            row_values: dict[str, Any] = {}
+            row_flags: list[str] = []
+            for feature in self._features:
+                value = records[index].get(feature.name)
+                reason = unavailable or self._problem(feature, value, records[index], as_of)
+                key = self._entity_of(feature, row)
+                if reason is None:
+                    row_values[feature.name] = value
+                    self._last_good.remember(feature.name, key, value)
+                    continue
+                if feature.name in self._critical:
+                    problems.append((feature.name, f"{reason} and marked critical"))
+                    continue
+                fallback = champion.fallbacks.get(feature.name)
+                if self._fallback == "last_good":
+                    remembered = self._last_good.get(feature.name, key)
+                    fallback = remembered if remembered is not None else fallback
+                row_values[feature.name] = fallback
+                row_flags.append(f"{feature.name}:{reason}")
+            values.append(row_values)
+            flags.append(row_flags)
+        if problems:
+            shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
+            raise RequestRejected(f"critical features degraded: {shown}", problems)
+        return values, flags
+
+    def _problem(
+        self, feature: StoreFeature, value: Any, record: dict[str, Any], as_of: datetime
+    ) -> str | None:
+        stamp = record.get(f"{feature.name}__ts")
+        if stamp is None or is_null(stamp) or stamp == 0:
+            return "missing"
+        if feature.ttl_seconds > 0 and as_of.timestamp() - float(stamp) > feature.ttl_seconds:
+            return "stale"
+        broken = feature.checks.check_value(feature.name, value)
+        if broken and not (is_null(value) and feature.checks.nullable(feature.name)):
+            return "invalid"
+        return None
+
+    @staticmethod
+    def _entity_of(feature: StoreFeature, row: dict[str, Any]) -> str:
+        return "|".join(str(row.get(k)) for k in feature.join_keys)
+
+    # ---- shadow scoring, off the response path --------------------------------------------
+
+    def _maybe_shadow(
+        self, standby: LoadedModel | None, frame: pd.DataFrame, records: list[PredictionRecord]
+    ) -> None:
+        if standby is None or self._shadow_sample <= 0:
+            return
+        chosen = [i for i, r in enumerate(records) if _sampled(r.request_id, self._shadow_sample)]
+        if chosen:
+            self._shadow.submit(self._score_shadow, standby, frame.iloc[chosen], records, chosen)
+
+    def _score_shadow(
+        self,
+        standby: LoadedModel,
+        frame: pd.DataFrame,
+        records: list[PredictionRecord],
+        chosen: list[int],
+    ) -> None:
+        try:
+            scores = standby.score(frame[list(standby.columns)])
+            self._log.write(
+                [
+                    PredictionRecord(
+                        request_id=records[i].request_id,
+                        time=records[i].time,
+                        model=self.model_name,
+                        version=standby.version,
+                        role="shadow",
+                        probability=score,
+                        decision=score >= self._threshold,
+                        features=records[i].features,
+                        flags=records[i].flags,
+                        request=records[i].request,
+                    )
+                    for i, score in zip(chosen, scores, strict=True)
+                ]
+            )
+            self._metrics.count(
+                "predictions", {"version": str(standby.version), "role": "shadow"}, len(chosen)
+            )
+        except Exception as exc:  # noqa: BLE001 - shadow failures never reach callers
+            _log.warning("shadow scoring failed: %s", exc)
+
+    def drain(self) -> None:
+        """Wait for pending shadow work (tests, shutdown)."""
+        self._shadow.submit(lambda: None).result(timeout=30)
+
+    def close(self) -> None:
+        self._shadow.shutdown(wait=True)
+        self._lookups.shutdown(wait=False, cancel_futures=True)
+
+
+def _sampled(request_id: str, share: float) -> bool:
+    """Deterministic sampling by request id (the same request is always in or out)."""
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def _key(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}

@@ -1,0 +1,212 @@
+"""Loading a registered version for serving, verified, and following the aliases (hot swap).
+
+A version is served only if its recorded input contract equals the current feature service and
+it loads and scores a row built from its own fallbacks. The follower re-reads the aliases every
+``poll_seconds``; a version that fails verification is refused (an alert is sent) and the
+current one keeps serving. Requests take one immutable ``ServingState`` snapshot, so a swap
+never mixes versions within a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from prodguard.alerts import Alert, Alerter
+from prodguard.clock import Clock, SystemClock
+from prodguard.errors import ProdguardError, PromotionRefused
+from prodguard.training.model import prepare
+
+_log = logging.getLogger("prodguard.serving")
+PARALLEL_ROWS = 256
+
+
+@functools.cache
+def _threads() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    pipeline: Any
+    columns: tuple[str, ...]
+    categorical: frozenset[str]
+    fallbacks: dict[str, Any]
+    categories: dict[str, frozenset[str]]
+
+    def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Model input in contract order: categoricals as objects, numerics as floats."""
+        frame = pd.DataFrame(rows, columns=list(self.columns))
+        for column in self.columns:
+            if column not in self.categorical:
+                frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        return prepare(frame)
+
+    def score(self, frame: pd.DataFrame) -> list[float]:
+        """Probabilities of the positive class. Small batches run on one OpenMP thread: per-tree
+        parallel regions cost more than they save on a few rows (and wreck the p99)."""
+        if len(frame) >= PARALLEL_ROWS:
+            return [float(p) for p in self.pipeline.predict_proba(frame)[:, 1]]
+        with _threads().limit(limits=1, user_api="openmp"):
+            return [float(p) for p in self.pipeline.predict_proba(frame)[:, 1]]
+
+
+@dataclass(frozen=True)
+class ServingState:
+    champion: LoadedModel | None = None
+    standby: LoadedModel | None = None
+
+    def describe(self) -> dict[str, int | None]:
+        return {
+            "champion": self.champion.version if self.champion else None,
+            "standby": self.standby.version if self.standby else None,
+        }
+
+
+def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> str:
+    """'' when equal, else what differs: missing, extra and retyped features."""
+    old, new = dict(map(tuple, recorded)), dict(map(tuple, current))
+    parts = [f"missing {k}" for k in new if k not in old]
+    parts += [f"no longer served {k}" for k in old if k not in new]
+    parts += [f"{k} is {new[k]}, was {old[k]}" for k in old if k in new and old[k] != new[k]]
+    return "; ".join(parts)
+
+
+def load_verified(registry: Any, store_features: list[list[str]], version: int) -> LoadedModel:
+    """Load ``version`` if its contract matches ``store_features`` and it scores a row;
+    PromotionRefused otherwise."""
+    tags = registry.version(version).tags
+    recorded = tags.get("prodguard.store_features")
+    if recorded is None:
+        raise PromotionRefused(
+            f"v{version} has no prodguard lineage; register models through `prodguard train`"
+        )
+    problem = contract_difference(json.loads(recorded), store_features)
+    if problem:
+        raise PromotionRefused(
+            f"v{version}'s input contract does not match the feature service: {problem}"
+        )
+    try:
+        contract = json.loads(tags["prodguard.input_contract"])
+        fallbacks = json.loads(tags["prodguard.fallbacks"])
+        stats = registry.load_json_artifact(version, "reference_stats.json")
+        loaded = LoadedModel(
+            version=version,
+            pipeline=registry.load_model(version),
+            columns=tuple(name for name, _ in contract),
+            categorical=frozenset(name for name, kind in contract if kind == "categorical"),
+            fallbacks=fallbacks,
+            categories={
+                name: frozenset(s.get("categories", {}))
+                for name, s in stats.items()
+                if s.get("kind") == "categorical"
+            },
+        )
+        loaded.score(loaded.frame([fallbacks]))
+    except Exception as exc:  # noqa: BLE001 - any failure to load or score refuses
+        raise PromotionRefused(
+            f"v{version} fails to load or score one row ({type(exc).__name__}); "
+            "it cannot be served or promoted"
+        ) from None
+    return loaded
+
+
+class ModelFollower:
+    """Keeps a ServingState that follows the registry's champion and standby aliases."""
+
+    def __init__(
+        self,
+        aliases: Callable[[], dict[str, int | None]],
+        load: Callable[[int], LoadedModel],
+        alerter: Alerter,
+        poll_seconds: float,
+        clock: Clock | None = None,
+    ) -> None:
+        self._aliases = aliases
+        self._load = load
+        self._alerter = alerter
+        self._poll_seconds = poll_seconds
+        self._clock = clock or SystemClock()
+        self._state = ServingState()
+        self.standby_unset = False
+        self._refused: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.swaps = 0
+
+    @property
+    def state(self) -> ServingState:
+        return self._state
+
+    def refresh(self) -> bool:
+        """Re-read the aliases and swap what moved; True when the served state changed."""
+        wanted = self._aliases()
+        self.standby_unset = wanted.get("standby") is None
+        current = self._state
+        updated = {}
+        for role in ("champion", "standby"):
+            version = wanted.get(role)
+            loaded: LoadedModel | None = getattr(current, role)
+            if version is None:
+                updated[role] = None if role == "standby" else loaded
+                continue
+            if loaded is not None and loaded.version == version:
+                updated[role] = loaded
+                continue
+            reuse = next(
+                (m for m in (current.champion, current.standby) if m and m.version == version),
+                None,
+            )
+            updated[role] = reuse or self._try_load(role, version, loaded)
+        state = ServingState(**updated)
+        if state.describe() == current.describe():
+            return False
+        self._state = state
+        self.swaps += 1
+        _log.info("serving %s", state.describe())
+        return True
+
+    def _try_load(self, role: str, version: int, keep: LoadedModel | None) -> LoadedModel | None:
+        try:
+            return self._load(version)
+        except ProdguardError as exc:
+            if version not in self._refused:
+                self._refused.add(version)
+                self._alerter.send(
+                    Alert(
+                        type="model_refused",
+                        severity="critical",
+                        source="serving",
+                        message=f"{role} v{version} refused, still serving the previous one: {exc}",
+                        time=self._clock.now(),
+                        details={"role": role, "version": version},
+                    )
+                )
+            return keep
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="prodguard-follower", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep serving; the next poll retries
+                _log.warning("alias poll failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,218 @@
+"""The prediction log: the spine of monitoring. Serving writes, monitors read windows.
+
+Every acknowledged prediction is committed before the response leaves (SQLite in WAL mode by
+default; ``synchronous=FULL`` fsyncs each commit, ``NORMAL`` survives a crash of the process but
+not of the machine). Feedback (observed outcomes) is keyed by request id; repeating the same
+feedback is idempotent, a different outcome for the same request is a conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+
+from prodguard.errors import (
+    DuplicateRequest,
+    FeedbackConflict,
+    ProdguardError,
+    StorageError,
+    UnknownRequest,
+)
+
+Role = Literal["champion", "shadow", "canary"]
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    request_id: str
+    time: datetime
+    model: str
+    version: int
+    role: Role
+    probability: float
+    decision: bool
+    features: dict[str, Any]
+    flags: list[str] = field(default_factory=list)
+    latencies_ms: dict[str, float] = field(default_factory=dict)
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["time"] = self.time.isoformat()
+        return record
+
+
+class PredictionLog(Protocol):
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        """Commit all records or none; DuplicateRequest if an id+role is already logged."""
+        ...
+
+    def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None: ...
+
+    def record_feedback(
+        self, request_id: str, outcome: dict[str, Any], time: datetime
+    ) -> Literal["recorded", "duplicate"]: ...
+
+    def window(self, start: datetime, end: datetime) -> pd.DataFrame: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    time TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    decision INTEGER NOT NULL,
+    features TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    latencies_ms TEXT NOT NULL,
+    request TEXT NOT NULL,
+    PRIMARY KEY (request_id, role)
+);
+CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+"""
+
+
+class SqlitePredictionLog:
+    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.executescript(_SCHEMA)
+            self._conn.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
+        self._lock = threading.Lock()
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        rows = [
+            (
+                r.request_id,
+                r.role,
+                r.time.isoformat(),
+                r.model,
+                r.version,
+                r.probability,
+                int(r.decision),
+                _dumps(r.features),
+                _dumps(r.flags),
+                _dumps(r.latencies_ms),
+                _dumps(r.request),
+            )
+            for r in records
+        ]
+        with self._lock:
+            try:
+                with self._conn:
+                    self._conn.executemany(
+                        "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                    )
+            except sqlite3.IntegrityError:
+                raise DuplicateRequest(
+                    "a prediction was already logged for one of these request ids; use new ids"
+                ) from None
+            except sqlite3.Error as exc:
+                raise StorageError(f"prediction log write failed: {exc}") from None
+
+    def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM predictions WHERE request_id = ? AND role = ?", (request_id, role)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def record_feedback(
+        self, request_id: str, outcome: dict[str, Any], time: datetime
+    ) -> Literal["recorded", "duplicate"]:
+        text = _dumps(outcome)
+        with self._lock:
+            try:
+                with self._conn:
+                    known = self._conn.execute(
+                        "SELECT 1 FROM predictions WHERE request_id = ? LIMIT 1", (request_id,)
+                    ).fetchone()
+                    if known is None:
+                        raise UnknownRequest("no prediction was logged for this request id")
+                    stored = self._conn.execute(
+                        "SELECT outcome FROM feedback WHERE request_id = ?", (request_id,)
+                    ).fetchone()
+                    if stored is not None:
+                        if stored[0] == text:
+                            return "duplicate"
+                        raise FeedbackConflict(
+                            "a different outcome was already recorded for this request id"
+                        )
+                    self._conn.execute(
+                        "INSERT INTO feedback VALUES (?, ?, ?)",
+                        (request_id, time.isoformat(), text),
+                    )
+                    return "recorded"
+            except ProdguardError:
+                raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"feedback write failed: {exc}") from None
+
+    def window(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Predictions logged in ``[start, end)`` joined with their feedback (if any)."""
+        with self._lock:
+            frame = pd.read_sql_query(
+                "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
+                "LEFT JOIN feedback f ON f.request_id = p.request_id "
+                "WHERE p.time >= ? AND p.time < ? ORDER BY p.time",
+                self._conn,
+                params=(start.isoformat(), end.isoformat()),
+            )
+        for column in ("features", "flags", "latencies_ms", "request"):
+            frame[column] = frame[column].map(json.loads)
+        frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
+        return frame
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_plain, allow_nan=True)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _record(row: tuple) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=row[0],
+        role=row[1],
+        time=datetime.fromisoformat(row[2]),
+        model=row[3],
+        version=int(row[4]),
+        probability=float(row[5]),
+        decision=bool(row[6]),
+        features=json.loads(row[7]),
+        flags=json.loads(row[8]),
+        latencies_ms=json.loads(row[9]),
+        request=json.loads(row[10]),
+    )

@@ -1,0 +1,209 @@
+"""The request path in-process, on a real trained model, Feast store and prediction log."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from prodguard import app
+from prodguard.config import load_settings
+from prodguard.errors import (
+    DuplicateRequest,
+    FeedbackConflict,
+    RequestRejected,
+    UnknownRequest,
+)
+from prodguard.serving.models import ServingState
+from tests.conftest import make_project, utc
+
+pytestmark = pytest.mark.integration
+
+REQUEST = {
+    "carrier": "UA",
+    "flight": 1545,
+    "tailnum": "N14228",
+    "origin": "EWR",
+    "dest": "IAH",
+    "scheduled_departure": "2013-04-30T22:15:00Z",
+    "distance": 1400.0,
+}
+
+
+@pytest.fixture(scope="module")
+def served_project(ingested, tmp_path_factory) -> Path:
+    """A project with Jan-Apr ingested, materialized to May 1, v1 champion and v2 standby."""
+    root = tmp_path_factory.mktemp("served") / "project"
+    make_project(root)
+    shutil.copytree(ingested / ".prodguard", root / ".prodguard")
+    shutil.rmtree(root / ".prodguard" / "feast")  # re-apply with this project's paths
+    settings = load_settings(root / "prodguard.yaml", environ={})
+    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    app.train(settings, utc("2013-01-01"), utc("2013-03-01"), actor="tests")
+    app.train(settings, utc("2013-01-01"), utc("2013-04-01"), actor="tests")
+    operations = app.registry_operations(settings, with_checks=True)
+    operations.promote("tests", "setup", version=1)
+    operations.promote("tests", "setup", version=2)
+    return root
+
+
+@pytest.fixture
+def serving(served_project, tmp_path):
+    settings = load_settings(
+        served_project / "prodguard.yaml",
+        environ={"PRODGUARD_PATHS__DATA_DIR": str(served_project / ".prodguard")},
+    )
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"shadow_sample": 1.0})}
+    )
+    built = app.build_serving(settings)
+    # a private prediction log per test
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+
+    built.log = SqlitePredictionLog(tmp_path / "predictions.db")
+    built.predictor._log = built.log
+    built.follower.refresh()
+    built.predictor.warm_up(REQUEST)
+    yield built
+    built.predictor.close()
+
+
+def ask(serving, request_id=None, **changes):
+    model = serving.request_model(**{**REQUEST, **changes, "request_id": request_id})
+    return serving.predictor.predict([model.to_row()], [model.request_id])[0]
+
+
+def test_serves_champion_with_standby_warm_and_logs_durably(serving) -> None:
+    assert serving.follower.state.describe() == {"champion": 2, "standby": 1}
+    assert serving.ready()
+    answer = ask(serving, "req-1")
+    assert answer.version == 2 and answer.model == "flight-delay"
+    assert 0 < answer.probability < 1 and answer.decision == (answer.probability >= 0.5)
+    assert answer.flags == []
+    logged = serving.log.get("req-1")
+    assert logged.probability == answer.probability and logged.role == "champion"
+    assert logged.features["temp"] is not None and logged.request["origin"] == "EWR"
+    assert set(logged.latencies_ms) == {"checks_ms", "features_ms", "model_ms"}
+    serving.predictor.drain()
+    shadow = serving.log.get("req-1", role="shadow")
+    assert shadow.version == 1 and shadow.features == logged.features
+
+
+def test_same_request_id_is_replayed_not_predicted_twice(serving) -> None:
+    first = ask(serving, "req-2")
+    again = ask(serving, "req-2", distance=100.0)
+    assert again.replayed and again.probability == first.probability
+    with pytest.raises(DuplicateRequest):
+        serving.log.write([serving.log.get("req-2")])
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"origin": "BOS"}, "origin"),
+        ({"carrier": "ua"}, "carrier"),
+        ({"dest": "xyz"}, "dest"),
+        ({"distance": 9000.0}, "distance"),
+        ({"carrier": "ZZ"}, "carrier"),
+    ],
+)
+def test_invalid_fields_are_rejected_and_not_logged(serving, changes, field) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        ask(serving, "bad-1", **changes)
+    assert field in {f for f, _ in caught.value.problems}
+    assert str(next(iter(changes.values()))) not in str(caught.value)  # no payload echo
+    assert serving.log.get("bad-1") is None
+
+
+def test_missing_tailnum_is_allowed_and_flagged(serving) -> None:
+    answer = ask(serving, "no-tail", tailnum=None)
+    assert {f.split(":")[1] for f in answer.flags} == {"missing"}
+    assert "seats:missing" in answer.flags
+
+
+def test_stale_features_fall_back_to_training_medians(serving) -> None:
+    answer = ask(serving, "late-1", scheduled_departure="2013-06-15T12:00:00Z")
+    assert "temp:stale" in answer.flags and "ontime_rate_7d:stale" in answer.flags
+    assert "seats:stale" not in answer.flags  # plane specs have a ten-year TTL
+    logged = serving.log.get("late-1")
+    fallbacks = serving.follower.state.champion.fallbacks
+    assert logged.features["temp"] == fallbacks["temp"]
+
+
+class _DownStore:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def online_features(self, entity_rows):
+        if self.delay:
+            time.sleep(self.delay)
+            return pd.DataFrame()
+        raise ConnectionError("online store unreachable")
+
+
+@pytest.mark.parametrize("store", [_DownStore(), _DownStore(delay=1.0)])
+def test_store_outage_or_timeout_degrades_never_fails(serving, store) -> None:
+    serving.predictor._store = store
+    answer = ask(serving, f"outage-{store.delay}")
+    assert answer.flags and all(f.endswith(":unavailable") for f in answer.flags)
+    assert serving.log.get(f"outage-{store.delay}").flags == answer.flags
+
+
+def test_critical_feature_rejects_instead_of_falling_back(serving) -> None:
+    serving.predictor._critical = frozenset({"temp"})
+    with pytest.raises(RequestRejected, match="temp: stale and marked critical"):
+        ask(serving, "crit-1", scheduled_departure="2013-06-15T12:00:00Z")
+    assert serving.log.get("crit-1") is None
+
+
+def test_feedback_is_idempotent_and_checked(serving) -> None:
+    ask(serving, "fb-1")
+    now = pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime()
+    assert serving.log.record_feedback("fb-1", {"arr_delay": 12.0}, now) == "recorded"
+    assert serving.log.record_feedback("fb-1", {"arr_delay": 12.0}, now) == "duplicate"
+    with pytest.raises(FeedbackConflict):
+        serving.log.record_feedback("fb-1", {"arr_delay": 40.0}, now)
+    with pytest.raises(UnknownRequest):
+        serving.log.record_feedback("never-seen", {"arr_delay": 1.0}, now)
+    window = serving.log.window(now.replace(year=2000), now.replace(year=2100))
+    row = window[(window["request_id"] == "fb-1") & (window["role"] == "champion")].iloc[0]
+    assert row["outcome"] == {"arr_delay": 12.0}
+
+
+def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project, serving):
+    settings = serving.settings
+    operations = app.registry_operations(settings)
+    operations.rollback("tests", "swap test")  # champion v1, no standby
+    try:
+        assert serving.follower.refresh()
+        assert serving.follower.state.describe() == {"champion": 1, "standby": None}
+        assert ask(serving, "after-swap").version == 1
+        assert serving.ready()  # no standby alias: nothing more to load
+
+        def broken(version):
+            from prodguard.errors import PromotionRefused
+
+            raise PromotionRefused(f"v{version} fails to load")
+
+        serving.follower._load = broken
+        operations.promote("tests", "bad", version=2)
+        assert not serving.follower.refresh() or serving.follower.state.champion.version == 1
+        assert serving.follower.state.champion.version == 1  # kept serving
+        alerts = app.alerts(settings, "model_refused")
+        assert alerts and alerts[-1]["details"]["version"] == 2
+    finally:
+        state = operations.state()
+        if state.champion != 2:
+            operations.promote("tests", "restore", version=2)
+        if operations.state().standby != 1:
+            operations.registry.set_alias("standby", 1)
+
+
+def test_a_request_never_mixes_versions(serving) -> None:
+    state = serving.follower.state
+    seen = []
+    serving.predictor._state = lambda: (seen.append(1), state)[1]
+    ask(serving, "one-snapshot")
+    assert seen == [1]
+    assert isinstance(state, ServingState)
