@@ -73,3 +73,23 @@ def ingested(tmp_path_factory: pytest.TempPathFactory, flights_loader) -> Iterat
     ingestor.ingest_window(utc("2013-01-01"), utc("2013-05-01"))
     FeastStore(settings).materialize(until=utc("2013-05-01"))
     yield root
+
+
+@pytest.fixture(scope="session")
+def served_project(ingested, tmp_path_factory) -> Path:
+    """Jan-Apr ingested, materialized to May 1, v1 (Jan-Feb) and v2 (Jan-Mar) trained,
+    v2 champion and v1 standby. Copy it before moving aliases."""
+    from prodguard import app
+    from prodguard.config import load_settings
+
+    root = make_project(tmp_path_factory.mktemp("served") / "project")
+    shutil.copytree(ingested / ".prodguard", root / ".prodguard")
+    shutil.rmtree(root / ".prodguard" / "feast")  # re-applied below with this project's paths
+    settings = load_settings(root / "prodguard.yaml", environ={})
+    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    app.train(settings, utc("2013-01-01"), utc("2013-03-01"), actor="tests")
+    app.train(settings, utc("2013-01-01"), utc("2013-04-01"), actor="tests")
+    operations = app.registry_operations(settings, with_checks=True)
+    operations.promote("tests", "setup", version=1)
+    operations.promote("tests", "setup", version=2)
+    return root

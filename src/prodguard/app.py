@@ -322,6 +322,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         alerter=alerter_for(settings),
         poll_seconds=serving.poll_seconds,
         clock=clock,
+        on_swap=getattr(metrics, "swapped", None),
     )
     log = SqlitePredictionLog(settings.paths.prediction_log, serving.log_sync)
     predictor = Predictor(

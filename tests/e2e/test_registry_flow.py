@@ -1,69 +1,14 @@
 """A user trains v1 and v2, promotes, rolls back — via the CLI — and checks the MLflow UI's API."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import run
+from tests.e2e.cli import get_json, run
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-@pytest.fixture
-def mlflow_ui(project: Path):
-    """The MLflow UI/server a user would open on the project's store (started on demand)."""
-    processes = []
-
-    def start(status: dict) -> str:
-        port = free_port()
-        command = status["mlflow_ui"].replace(
-            ".venv/bin/mlflow", str(Path(sys.executable).parent / "mlflow")
-        )
-        command = command.replace("--port 5000", f"--port {port}")
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        process = subprocess.Popen(
-            command.split(),
-            cwd=project,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                return base
-            except OSError:
-                if process.poll() is not None:
-                    raise RuntimeError("mlflow server exited") from None
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start within 90 s")
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:

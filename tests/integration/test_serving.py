@@ -1,8 +1,6 @@
 """The request path in-process, on a real trained model, Feast store and prediction log."""
 
-import shutil
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +14,6 @@ from prodguard.errors import (
     UnknownRequest,
 )
 from prodguard.serving.models import ServingState
-from tests.conftest import make_project, utc
 
 pytestmark = pytest.mark.integration
 
@@ -29,23 +26,6 @@ REQUEST = {
     "scheduled_departure": "2013-04-30T22:15:00Z",
     "distance": 1400.0,
 }
-
-
-@pytest.fixture(scope="module")
-def served_project(ingested, tmp_path_factory) -> Path:
-    """A project with Jan-Apr ingested, materialized to May 1, v1 champion and v2 standby."""
-    root = tmp_path_factory.mktemp("served") / "project"
-    make_project(root)
-    shutil.copytree(ingested / ".prodguard", root / ".prodguard")
-    shutil.rmtree(root / ".prodguard" / "feast")  # re-apply with this project's paths
-    settings = load_settings(root / "prodguard.yaml", environ={})
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
-    app.train(settings, utc("2013-01-01"), utc("2013-03-01"), actor="tests")
-    app.train(settings, utc("2013-01-01"), utc("2013-04-01"), actor="tests")
-    operations = app.registry_operations(settings, with_checks=True)
-    operations.promote("tests", "setup", version=1)
-    operations.promote("tests", "setup", version=2)
-    return root
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ the API signatures. Everything else is built when the service starts.
 from __future__ import annotations
 
 import logging
+import warnings
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -30,6 +31,8 @@ from prodguard.errors import (
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
+# BentoML 1.4 reads `model_fields` on instances, which pydantic 2.11+ flags on every request
+warnings.filterwarnings("ignore", message=".*model_fields.*", category=DeprecationWarning)
 _settings = load_settings()
 if _settings.serving is None:
     raise SystemExit("prodguard.yaml has no 'serving' section")
@@ -117,6 +120,9 @@ class _Metrics:
     def count(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
         self.counters[name].labels(**labels).inc(amount)
 
+    def swapped(self, state: Any) -> None:
+        self.swaps.inc()
+
 
 @bentoml.service(name="prodguard", traffic={"timeout": 30})
 class PredictionService:
@@ -132,12 +138,9 @@ class PredictionService:
         return self.serving.ready()
 
     def _answer(self, requests: list[Any]) -> list[PredictionOut]:
-        swaps = self.serving.follower.swaps
         answers = self.serving.predictor.predict(
             [r.to_row() for r in requests], [r.request_id for r in requests]
         )
-        if swaps != self.serving.follower.swaps:
-            self.metrics.swaps.inc()
         return [
             PredictionOut(
                 request_id=a.request_id,

@@ -131,8 +131,10 @@ class ModelFollower:
         alerter: Alerter,
         poll_seconds: float,
         clock: Clock | None = None,
+        on_swap: Callable[[ServingState], None] | None = None,
     ) -> None:
         self._aliases = aliases
+        self._on_swap = on_swap
         self._load = load
         self._alerter = alerter
         self._poll_seconds = poll_seconds
@@ -174,6 +176,8 @@ class ModelFollower:
         self._state = state
         self.swaps += 1
         _log.info("serving %s", state.describe())
+        if self._on_swap is not None:
+            self._on_swap(state)
         return True
 
     def _try_load(self, role: str, version: int, keep: LoadedModel | None) -> LoadedModel | None:

@@ -1,0 +1,200 @@
+"""A real `prodguard serve` process over HTTP: predictions, bad input, feedback, hot swap."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_project
+from tests.e2e.cli import free_port, get_json, run
+
+pytestmark = pytest.mark.e2e
+
+REQUEST = {
+    "carrier": "UA",
+    "flight": 1545,
+    "tailnum": "N14228",
+    "origin": "EWR",
+    "dest": "IAH",
+    "scheduled_departure": "2013-04-30T22:15:00Z",
+    "distance": 1400.0,
+}
+MARKER = "PAYLOADMARKER"
+
+
+def post(base: str, path: str, body: bytes | str | dict) -> tuple[int, dict | list | None]:
+    data = (
+        body
+        if isinstance(body, bytes)
+        else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+    )
+    request = urllib.request.Request(
+        f"{base}{path}", data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        text = error.read()
+        try:
+            return error.code, json.loads(text)
+        except ValueError:
+            return error.code, {"raw": text.decode(errors="replace")}
+
+
+@pytest.fixture(scope="module")
+def project(served_project, tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("http") / "project")
+    shutil.copytree(served_project / ".prodguard", root / ".prodguard")
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(project: Path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
+    env["PRODGUARD_SERVING__POLL_SECONDS"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prodguard", "serve", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(project / "serve.log").open("w"),  # a pipe nobody reads would fill and block
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if process.poll() is not None:
+                log = (project / "serve.log").read_text()[-2000:]
+                raise RuntimeError(f"prodguard serve exited: {log}") from None
+        time.sleep(0.5)
+    else:
+        process.kill()
+        raise RuntimeError("prodguard serve not ready within 120 s")
+    yield base
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+def test_predictions_feedback_and_service_endpoints(service: str) -> None:
+    status, body = post(service, "/predict", {**REQUEST, "request_id": "http-1"})
+    assert status == 200, body
+    assert body["version"] == 2 and body["model"] == "flight-delay"
+    assert body["request_id"] == "http-1" and body["degraded"] is False
+
+    status, body = post(
+        service, "/predict_batch", {"rows": [REQUEST, {**REQUEST, "tailnum": None}]}
+    )
+    assert status == 200 and len(body["predictions"]) == 2
+    assert body["predictions"][1]["degraded"] and "seats:missing" in body["predictions"][1]["flags"]
+
+    assert post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 4}}) == (
+        200,
+        {"request_id": "http-1", "status": "recorded"},
+    )
+    assert (
+        post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 4}})[1][
+            "status"
+        ]
+        == "duplicate"
+    )
+    assert (
+        post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 9}})[0] == 409
+    )
+    assert post(service, "/feedback", {"request_id": "nobody", "outcome": {"x": 1}})[0] == 404
+
+    with urllib.request.urlopen(f"{service}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'prodguard_stage_seconds_bucket{le="0.005",stage="model"}' in metrics
+    assert 'prodguard_predictions_total{role="champion",version="2"}' in metrics
+    assert "prodguard_degradations_total" in metrics
+    paths = get_json(f"{service}/docs.json")["paths"]
+    assert {"/predict", "/predict_batch", "/feedback", "/readyz", "/metrics"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{not json",
+        "[]",
+        "null",
+        {"carrier": "UA"},
+        {**REQUEST, "extra_field": MARKER},
+        {**REQUEST, "distance": "NaN"},
+        {**REQUEST, "distance": MARKER},
+        {**REQUEST, "flight": f"{MARKER}"},
+        {**REQUEST, "origin": "BOS", "tailnum": MARKER[:10]},
+        {**REQUEST, "carrier": "QQ"},
+        {**REQUEST, "dest": MARKER[:8]},
+        {**REQUEST, "scheduled_departure": "1899-01-01T00:00:00Z"},
+        {**REQUEST, "scheduled_departure": "2013-04-30T22:15:00"},
+        {**REQUEST, "request_id": f"{MARKER} with spaces"},
+    ],
+)
+def test_bad_input_is_4xx_without_echo(service: str, body) -> None:
+    status, answer = post(service, "/predict", body)
+    assert 400 <= status < 500, (status, answer)
+    assert MARKER not in json.dumps(answer)
+
+
+def test_batch_limits(service: str) -> None:
+    assert post(service, "/predict_batch", {"rows": []})[0] == 400
+    assert post(service, "/predict_batch", {"rows": [REQUEST] * 1001})[0] == 400
+
+
+def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(
+    service: str, project: Path, mlflow_ui
+) -> None:
+    status = json.loads(run(project, "status", "--json").stdout)
+    assert status["aliases"]["champion"] == 2
+    results: list[tuple[float, int, int | None]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            code, body = post(service, "/predict", REQUEST)
+            results.append((time.monotonic(), code, body.get("version") if code == 200 else None))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        mlflow = mlflow_ui(status)
+        time.sleep(1)
+        moved_at = time.monotonic()
+        code, _ = post(
+            mlflow,
+            "/api/2.0/mlflow/registered-models/alias",
+            {"name": "flight-delay", "alias": "champion", "version": "1"},
+        )
+        assert code == 200
+        deadline = moved_at + 30
+        while time.monotonic() < deadline and not any(
+            v == 1 and t > moved_at for t, _, v in results
+        ):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert results and all(code == 200 for _, code, _ in results), [
+        c for _, c, _ in results if c != 200
+    ]
+    first_new = min(t for t, _, v in results if v == 1 and t > moved_at)
+    assert first_new - moved_at < 1 + 5  # one poll interval (1 s) + loading the model
+    after = [v for t, _, v in results if t > first_new]
+    assert after and set(after) == {1}  # no flapping back
