@@ -198,3 +198,10 @@ def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(
     assert first_new - moved_at < 1 + 5  # one poll interval (1 s) + loading the model
     after = [v for t, _, v in results if t > first_new]
     assert after and set(after) == {1}  # no flapping back
+    with urllib.request.urlopen(f"{service}/metrics", timeout=10) as response:
+        swaps = [
+            float(line.split()[-1])
+            for line in response.read().decode().splitlines()
+            if line.startswith("prodguard_model_swaps_total")
+        ]
+    assert swaps and swaps[0] >= 2  # the start-up load and the move
