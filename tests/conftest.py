@@ -14,6 +14,16 @@ import pytest
 from prodguard.telemetry import disable_telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
+# a flight a caller asks about (the request model of the example project)
+FLIGHT_REQUEST = {
+    "carrier": "UA",
+    "flight": 1545,
+    "tailnum": "N14228",
+    "origin": "EWR",
+    "dest": "IAH",
+    "scheduled_departure": "2013-04-30T22:15:00Z",
+    "distance": 1400.0,
+}
 disable_telemetry()
 
 

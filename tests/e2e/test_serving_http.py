@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_project
+from tests.conftest import FLIGHT_REQUEST, make_project
 from tests.e2e.cli import free_port, get_json, run
 
 pytestmark = pytest.mark.e2e
 
-REQUEST = {
-    "carrier": "UA",
-    "flight": 1545,
-    "tailnum": "N14228",
-    "origin": "EWR",
-    "dest": "IAH",
-    "scheduled_departure": "2013-04-30T22:15:00Z",
-    "distance": 1400.0,
-}
+REQUEST = FLIGHT_REQUEST
 MARKER = "PAYLOADMARKER"
 
 

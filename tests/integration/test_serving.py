@@ -14,18 +14,11 @@ from prodguard.errors import (
     UnknownRequest,
 )
 from prodguard.serving.models import ServingState
+from tests.conftest import FLIGHT_REQUEST
 
 pytestmark = pytest.mark.integration
 
-REQUEST = {
-    "carrier": "UA",
-    "flight": 1545,
-    "tailnum": "N14228",
-    "origin": "EWR",
-    "dest": "IAH",
-    "scheduled_departure": "2013-04-30T22:15:00Z",
-    "distance": 1400.0,
-}
+REQUEST = FLIGHT_REQUEST
 
 
 @pytest.fixture
