@@ -21,7 +21,7 @@ FLIGHT_REQUEST = {
     "tailnum": "N14228",
     "origin": "EWR",
     "dest": "IAH",
-    "scheduled_departure": "2013-04-30T22:15:00Z",
+    "scheduled_departure": "2013-05-01T00:30:00Z",
     "distance": 1400.0,
 }
 disable_telemetry()

@@ -269,10 +269,11 @@ class Serving:
     request_model: type
 
     def ready(self) -> bool:
-        """Both models loaded (or no standby alias to load)."""
+        """Both models loaded (or no standby alias, or a standby refused with an alert)."""
         state = self.follower.state
+        follower = self.follower
         return state.champion is not None and (
-            state.standby is not None or self.follower.standby_unset
+            state.standby is not None or follower.standby_unset or follower.standby_refused
         )
 
 
@@ -313,9 +314,14 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         for v in views
         for name, _ in v.features
     ]
-    unknown = sorted(set(serving.critical_features) - {f.name for f in features})
-    if unknown:
-        raise ConfigError(f"serving.critical_features: {unknown} are not store features")
+    names = {f.name for f in features}
+    for key, listed in (
+        ("critical_features", serving.critical_features),
+        ("fallback_overrides", list(serving.fallback_overrides)),
+    ):
+        unknown = sorted(set(listed) - names)
+        if unknown:
+            raise ConfigError(f"serving.{key}: {unknown} are not store features")
     follower = ModelFollower(
         aliases=registry.aliases,
         load=lambda version: load_verified(registry, store_feature_contract(store), version),
@@ -337,6 +343,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         threshold=model.threshold,
         feature_timeout_s=serving.feature_timeout_ms / 1000,
         fallback=serving.fallback,
+        fallback_overrides=serving.fallback_overrides,
         critical=serving.critical_features,
         shadow_sample=serving.shadow_sample,
         clock=clock,
@@ -364,6 +371,5 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
         **os.environ,
         "PRODGUARD_CONFIG": str(settings.config_path),
         "BENTOML_DO_NOT_TRACK": "true",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     return [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], env

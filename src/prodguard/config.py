@@ -112,6 +112,7 @@ class ServingSettings(_Strict):
     poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     feature_timeout_ms: float = Field(default=100.0, gt=0, le=60000)
     fallback: Literal["median", "last_good"] = "median"
+    fallback_overrides: dict[str, Literal["median", "last_good"]] = Field(default_factory=dict)
     critical_features: list[str] = Field(default_factory=list)
     shadow_sample: float = Field(default=0.1, ge=0, le=1)
     max_batch: int = Field(default=1000, ge=1, le=100000)

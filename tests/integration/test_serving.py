@@ -180,3 +180,55 @@ def test_a_request_never_mixes_versions(serving) -> None:
     ask(serving, "one-snapshot")
     assert seen == [1]
     assert isinstance(state, ServingState)
+
+
+class _HungStore:
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+
+    def online_features(self, entity_rows):
+        self.release.wait(30)
+        return pd.DataFrame()
+
+
+def test_a_hung_store_does_not_pile_up_requests(serving) -> None:
+    store = _HungStore()
+    serving.predictor._store = store
+    try:
+        took = []
+        for index in range(8):
+            started = time.perf_counter()
+            answer = ask(serving, f"hung-{index}")
+            took.append(time.perf_counter() - started)
+            assert answer.flags and all(f.endswith(":unavailable") for f in answer.flags)
+        # once every lookup worker is held by the hung store, requests stop waiting for it
+        assert max(took[-3:]) < serving.predictor._timeout
+    finally:
+        store.release.set()
+
+
+def test_values_observed_after_the_flight_are_not_used(serving) -> None:
+    answer = ask(serving, "early-1", scheduled_departure="2013-04-30T20:15:00Z")
+    assert "temp:future" in answer.flags  # the store holds weather up to 23:00
+    assert "seats:future" not in answer.flags
+
+
+def test_last_good_never_returns_null(serving) -> None:
+    from prodguard.serving.engine import LastGood
+
+    memory = LastGood(capacity=2)
+    memory.remember("temp", "JFK", float("nan"))
+    memory.remember("temp", "EWR", 50.0)
+    assert memory.get("temp", "JFK") is None and memory.get("temp", "EWR") == 50.0
+
+
+def test_per_feature_last_good_fallback(serving) -> None:
+    ask(serving, "lg-1")  # remembers EWR's weather
+    serving.predictor._fallback_overrides = {"temp": "last_good"}
+    remembered = serving.log.get("lg-1").features["temp"]
+    answer = ask(serving, "lg-2", scheduled_departure="2013-06-15T12:00:00Z")
+    logged = serving.log.get("lg-2").features
+    assert "temp:stale" in answer.flags and logged["temp"] == remembered
+    assert logged["dewp"] == serving.follower.state.champion.fallbacks["dewp"]

@@ -124,18 +124,23 @@ class _Metrics:
         self.swaps.inc()
 
 
-@bentoml.service(name="prodguard", traffic={"timeout": 30})
+@bentoml.service(name="prodguard", traffic={"timeout": 30}, threads=8)
 class PredictionService:
     def __init__(self) -> None:
         self.metrics = _Metrics()
         self.serving = app.build_serving(_settings, metrics=self.metrics)
         follower = self.serving.follower
         follower.start()
-        if follower.state.champion is not None:
-            self.serving.predictor.warm_up({})
+        self.serving.predictor.warm_up({})
 
     def __is_ready__(self) -> bool:
         return self.serving.ready()
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.serving.follower.stop()
+        self.serving.predictor.close()
+        self.serving.log.close()
 
     def _answer(self, requests: list[Any]) -> list[PredictionOut]:
         answers = self.serving.predictor.predict(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -29,11 +30,13 @@ import pandas as pd
 
 from prodguard.clock import Clock, SystemClock
 from prodguard.contracts.row_checks import RowContract, is_null
-from prodguard.errors import RequestRejected, ServiceNotReady
+from prodguard.errors import DuplicateRequest, RequestRejected, ServiceNotReady
 from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.prediction_log import PredictionLog, PredictionRecord
 
 _log = logging.getLogger("prodguard.serving")
+LOOKUP_WORKERS = 4
+SHADOW_BACKLOG = 64
 
 
 class OnlineFeatures(Protocol):
@@ -84,15 +87,20 @@ class LastGood:
     def __init__(self, capacity: int = 50_000) -> None:
         self._values: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._capacity = capacity
+        self._lock = threading.Lock()
 
     def remember(self, feature: str, key: str, value: Any) -> None:
-        self._values[(feature, key)] = value
-        self._values.move_to_end((feature, key))
-        if len(self._values) > self._capacity:
-            self._values.popitem(last=False)
+        if is_null(value):
+            return
+        with self._lock:
+            self._values[(feature, key)] = value
+            self._values.move_to_end((feature, key))
+            if len(self._values) > self._capacity:
+                self._values.popitem(last=False)
 
     def get(self, feature: str, key: str) -> Any:
-        return self._values.get((feature, key))
+        with self._lock:
+            return self._values.get((feature, key))
 
 
 class Predictor:
@@ -110,6 +118,7 @@ class Predictor:
         threshold: float,
         feature_timeout_s: float,
         fallback: str = "median",
+        fallback_overrides: dict[str, str] | None = None,
         critical: Sequence[str] = (),
         shadow_sample: float = 0.0,
         clock: Clock | None = None,
@@ -126,13 +135,19 @@ class Predictor:
         self._threshold = threshold
         self._timeout = feature_timeout_s
         self._fallback = fallback
+        self._fallback_overrides = dict(fallback_overrides or {})
         self._critical = frozenset(critical)
         self._shadow_sample = shadow_sample
         self._clock = clock or SystemClock()
         self._metrics = metrics or NoMetrics()
         self._last_good = LastGood()
-        self._lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prodguard-lookup")
+        self._lookups = ThreadPoolExecutor(
+            max_workers=LOOKUP_WORKERS, thread_name_prefix="prodguard-lookup"
+        )
+        # lookups still running (a hung store): when all workers are stuck, answer at once
+        self._lookup_slots = threading.BoundedSemaphore(LOOKUP_WORKERS)
         self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
+        self._shadow_slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
 
     # ---- the request path ----------------------------------------------------------------
 
@@ -146,6 +161,10 @@ class Predictor:
         if champion is None:
             raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
         request_ids = [i or uuid.uuid4().hex for i in ids]
+        if len(set(request_ids)) != len(request_ids):
+            raise RequestRejected(
+                "request ids must be unique within a batch", [("request_id", "repeated in batch")]
+            )
         replayed = self._replayed(request_ids)
         if replayed is not None:
             return replayed
@@ -192,7 +211,13 @@ class Predictor:
             for i in range(len(rows))
         ]
         started = time.perf_counter()
-        self._log.write(records)
+        try:
+            self._log.write(records)
+        except DuplicateRequest:  # the same ids answered concurrently: return that answer
+            replayed = self._replayed(request_ids)
+            if replayed is None:
+                raise
+            return replayed
         log_s = time.perf_counter() - started
 
         for stage, seconds in (
@@ -216,10 +241,18 @@ class Predictor:
             for r in records
         ]
 
-    def warm_up(self, entity: dict[str, Any]) -> None:
-        """One lookup without a deadline, so the first request does not pay Feast's cold start
-        (registry load, connections)."""
-        self._store.online_features([{k: _key(entity.get(k)) for k in self._entity_keys}])
+    def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
+        """One lookup with a generous deadline, so the first request does not pay Feast's cold
+        start (registry load, connections). False (and a warning) when the store is down."""
+        future = self._lookups.submit(
+            self._store.online_features, [{k: _key(entity.get(k)) for k in self._entity_keys}]
+        )
+        try:
+            future.result(timeout=timeout_s)
+            return True
+        except Exception as exc:  # noqa: BLE001 - serving starts anyway, degraded
+            _log.warning("online store warm-up failed (%s); serving with fallbacks", exc)
+            return False
 
     def _replayed(self, request_ids: list[str]) -> list[Prediction] | None:
         """A retried request (same id) gets the logged answer, not a second prediction."""
@@ -256,12 +289,21 @@ class Predictor:
             raise RequestRejected(f"invalid request fields: {shown}", problems)
 
     def _fetch(self, rows: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame | None, str | None]:
+        """Online lookup under a deadline. A lookup that overruns keeps its worker until the
+        store answers; when every worker is held by such lookups the store is treated as down
+        at once (no queueing behind a hung store)."""
+        if not self._lookup_slots.acquire(blocking=False):
+            return None, "unavailable"
         entities = [{k: _key(row.get(k)) for k in self._entity_keys} for row in rows]
-        future = self._lookups.submit(self._store.online_features, entities)
+        try:
+            future = self._lookups.submit(self._store.online_features, entities)
+        except RuntimeError:  # executor shut down
+            self._lookup_slots.release()
+            return None, "unavailable"
+        future.add_done_callback(lambda _: self._lookup_slots.release())
         try:
             return future.result(timeout=self._timeout), None
         except FutureTimeout:
-            future.cancel()
             return None, "unavailable"
         except Exception as exc:  # noqa: BLE001 - any store failure means fallbacks
             _log.warning("online store lookup failed: %s", exc)
@@ -294,7 +336,7 @@ class Predictor:
                     problems.append((feature.name, f"{reason} and marked critical"))
                     continue
                 fallback = champion.fallbacks.get(feature.name)
-                if self._fallback == "last_good":
+                if self._fallback_overrides.get(feature.name, self._fallback) == "last_good":
                     remembered = self._last_good.get(feature.name, key)
                     fallback = remembered if remembered is not None else fallback
                 row_values[feature.name] = fallback
@@ -312,7 +354,10 @@ class Predictor:
         stamp = record.get(f"{feature.name}__ts")
         if stamp is None or is_null(stamp) or stamp == 0:
             return "missing"
-        if feature.ttl_seconds > 0 and as_of.timestamp() - float(stamp) > feature.ttl_seconds:
+        age = as_of.timestamp() - float(stamp)
+        if age < 0:
+            return "future"  # observed after the flight's time: training never saw that
+        if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
             return "stale"
         broken = feature.checks.check_value(feature.name, value)
         if broken and not (is_null(value) and feature.checks.nullable(feature.name)):
@@ -331,8 +376,15 @@ class Predictor:
         if standby is None or self._shadow_sample <= 0:
             return
         chosen = [i for i, r in enumerate(records) if _sampled(r.request_id, self._shadow_sample)]
-        if chosen:
-            self._shadow.submit(self._score_shadow, standby, frame.iloc[chosen], records, chosen)
+        if not chosen:
+            return
+        if not self._shadow_slots.acquire(blocking=False):
+            self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
+            return
+        future = self._shadow.submit(
+            self._score_shadow, standby, frame.iloc[chosen], records, chosen
+        )
+        future.add_done_callback(lambda _: self._shadow_slots.release())
 
     def _score_shadow(
         self,

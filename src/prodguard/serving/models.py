@@ -21,7 +21,7 @@ import pandas as pd
 
 from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock, SystemClock
-from prodguard.errors import ProdguardError, PromotionRefused
+from prodguard.errors import ProdguardError, PromotionRefused, ServiceNotReady
 from prodguard.training.model import prepare
 
 _log = logging.getLogger("prodguard.serving")
@@ -46,6 +46,11 @@ class LoadedModel:
 
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Model input in contract order: categoricals as objects, numerics as floats."""
+        absent = [c for c in self.columns if rows and c not in rows[0]]
+        if absent:
+            raise ServiceNotReady(
+                f"v{self.version} needs features this service does not provide: {absent}"
+            )
         frame = pd.DataFrame(rows, columns=list(self.columns))
         for column in self.columns:
             if column not in self.categorical:
@@ -141,6 +146,7 @@ class ModelFollower:
         self._clock = clock or SystemClock()
         self._state = ServingState()
         self.standby_unset = False
+        self.standby_refused = False
         self._refused: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,6 +160,7 @@ class ModelFollower:
         """Re-read the aliases and swap what moved; True when the served state changed."""
         wanted = self._aliases()
         self.standby_unset = wanted.get("standby") is None
+        self.standby_refused = wanted.get("standby") in self._refused
         current = self._state
         updated = {}
         for role in ("champion", "standby"):
@@ -181,21 +188,27 @@ class ModelFollower:
         return True
 
     def _try_load(self, role: str, version: int, keep: LoadedModel | None) -> LoadedModel | None:
+        if version in self._refused:
+            return keep
         try:
             return self._load(version)
-        except ProdguardError as exc:
-            if version not in self._refused:
-                self._refused.add(version)
-                self._alerter.send(
-                    Alert(
-                        type="model_refused",
-                        severity="critical",
-                        source="serving",
-                        message=f"{role} v{version} refused, still serving the previous one: {exc}",
-                        time=self._clock.now(),
-                        details={"role": role, "version": version},
-                    )
+        except PromotionRefused as exc:
+            self._refused.add(version)
+            if role == "standby":
+                self.standby_refused = True
+            self._alerter.send(
+                Alert(
+                    type="model_refused",
+                    severity="critical",
+                    source="serving",
+                    message=f"{role} v{version} refused, still serving the previous one: {exc}",
+                    time=self._clock.now(),
+                    details={"role": role, "version": version},
                 )
+            )
+            return keep
+        except ProdguardError as exc:  # registry unreachable etc.: retry at the next poll
+            _log.warning("loading %s v%s failed, retrying: %s", role, version, exc)
             return keep
 
     def start(self) -> None:

@@ -134,9 +134,13 @@ class SqlitePredictionLog:
 
     def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
         with self._lock:
-            row = self._conn.execute(
-                "SELECT * FROM predictions WHERE request_id = ? AND role = ?", (request_id, role)
-            ).fetchone()
+            try:
+                row = self._conn.execute(
+                    "SELECT * FROM predictions WHERE request_id = ? AND role = ?",
+                    (request_id, role),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"prediction log read failed: {exc}") from None
         return None if row is None else _record(row)
 
     def record_feedback(
@@ -173,13 +177,16 @@ class SqlitePredictionLog:
     def window(self, start: datetime, end: datetime) -> pd.DataFrame:
         """Predictions logged in ``[start, end)`` joined with their feedback (if any)."""
         with self._lock:
-            frame = pd.read_sql_query(
-                "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
-                "LEFT JOIN feedback f ON f.request_id = p.request_id "
-                "WHERE p.time >= ? AND p.time < ? ORDER BY p.time",
-                self._conn,
-                params=(start.isoformat(), end.isoformat()),
-            )
+            try:
+                frame = pd.read_sql_query(
+                    "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
+                    "LEFT JOIN feedback f ON f.request_id = p.request_id "
+                    "WHERE p.time >= ? AND p.time < ? ORDER BY p.time",
+                    self._conn,
+                    params=(start.isoformat(), end.isoformat()),
+                )
+            except (sqlite3.Error, pd.errors.DatabaseError) as exc:
+                raise StorageError(f"prediction log read failed: {exc}") from None
         for column in ("features", "flags", "latencies_ms", "request"):
             frame[column] = frame[column].map(json.loads)
         frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
