@@ -115,6 +115,7 @@ def test_predictions_feedback_and_service_endpoints(service: str) -> None:
     assert 'prodguard_stage_seconds_bucket{le="0.005",stage="model"}' in metrics
     assert 'prodguard_predictions_total{role="champion",version="2"}' in metrics
     assert "prodguard_degradations_total" in metrics
+    assert "prodguard_shadow_dropped_total 0.0" in metrics
     paths = get_json(f"{service}/docs.json")["paths"]
     assert {"/predict", "/predict_batch", "/feedback", "/readyz", "/metrics"} <= set(paths)
 

@@ -109,6 +109,10 @@ class _Metrics:
                 documentation="Degraded features by feature and reason",
                 labelnames=["feature", "reason"],
             ),
+            "shadow_dropped": bentoml.metrics.Counter(
+                name="prodguard_shadow_dropped_total",
+                documentation="Shadow scorings shed because the shadow backlog was full",
+            ),
         }
         self.swaps = bentoml.metrics.Counter(
             name="prodguard_model_swaps_total", documentation="Hot swaps of served models"
@@ -118,7 +122,8 @@ class _Metrics:
         self.stage.labels(stage=stage).observe(seconds)
 
     def count(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
-        self.counters[name].labels(**labels).inc(amount)
+        counter = self.counters[name]
+        (counter.labels(**labels) if labels else counter).inc(amount)
 
     def swapped(self, state: Any) -> None:
         self.swaps.inc()
