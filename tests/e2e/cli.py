@@ -46,8 +46,13 @@ def mlflow_ui(project: Path):  # noqa: D103
         command = status["mlflow_ui"].replace(
             ".venv/bin/mlflow", str(Path(sys.executable).parent / "mlflow")
         )
-        command = command.replace("--port 5000", f"--port {port}")
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        command = command.replace("--port 5000", f"--port {port} --workers 1")
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            # the UI's background job runner (a dozen processes) is not needed to browse
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         process = subprocess.Popen(
             command.split(),
             cwd=project,
