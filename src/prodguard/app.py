@@ -17,7 +17,7 @@ from prodguard.alerts import Alerter, JsonlSink, LogSink
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError
 from prodguard.ingestion.pipeline import BatchResult, Ingestor
-from prodguard.project import load_loader
+from prodguard.project import import_object, load_loader
 from prodguard.registry.operations import RegistryOperations
 
 if TYPE_CHECKING:
@@ -275,16 +275,6 @@ class Serving:
         return state.champion is not None and (
             state.standby is not None or follower.standby_unset or follower.standby_refused
         )
-
-
-def import_object(dotted: str, setting: str) -> Any:
-    import importlib
-
-    module_name, _, name = dotted.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"{setting}: cannot import '{dotted}'") from None
 
 
 def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -27,18 +27,25 @@ class SourceLoader(Protocol):
         ...
 
 
-def load_loader(settings: Settings) -> SourceLoader:
-    module_name, _, class_name = settings.project.loader.partition(":")
+def import_object(dotted: str, setting: str) -> Any:
+    """The object named 'package.module:name' by a setting; ConfigError naming the setting."""
+    module_name, _, name = dotted.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"project.loader: cannot import module '{module_name}' ({exc.name} missing); "
+            f"{setting}: cannot import module '{module_name}' ({exc.name} missing); "
             "install the project package or fix the setting"
         ) from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ConfigError(f"project.loader: '{module_name}' has no '{class_name}'")
+    found = getattr(module, name, None)
+    if found is None:
+        raise ConfigError(f"{setting}: '{module_name}' has no '{name}'")
+    return found
+
+
+def load_loader(settings: Settings) -> SourceLoader:
+    cls = import_object(settings.project.loader, "project.loader")
+    class_name = settings.project.loader.partition(":")[2]
     loader = cls()
     if not isinstance(loader, SourceLoader):
         raise ConfigError(f"project.loader: {class_name} has no load(source, start, end) method")

@@ -28,6 +28,7 @@ from prodguard.errors import (
     ServiceNotReady,
     UnknownRequest,
 )
+from prodguard.project import import_object
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -36,7 +37,7 @@ warnings.filterwarnings("ignore", message=".*model_fields.*", category=Deprecati
 _settings = load_settings()
 if _settings.serving is None:
     raise SystemExit("prodguard.yaml has no 'serving' section")
-RequestModel: Any = app.import_object(_settings.serving.request_model, "serving.request_model")
+RequestModel: Any = import_object(_settings.serving.request_model, "serving.request_model")
 MAX_BATCH = _settings.serving.max_batch
 RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +12,7 @@ import pandas as pd
 from prodguard.config import ModelSettings, Settings
 from prodguard.errors import ConfigError, NoDataError, TrainingError
 from prodguard.ingestion.offline import OfflineStore
+from prodguard.project import import_object
 
 RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
 ROW_ID = "__prodguard_row"
@@ -38,14 +38,7 @@ class TrainingFrame:
 
 
 def load_request_features(model: ModelSettings) -> RequestFeatures:
-    module_name, _, name = model.request_features.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ConfigError(
-            f"model.request_features: cannot import '{model.request_features}'"
-        ) from None
-    return function
+    return import_object(model.request_features, "model.request_features")
 
 
 def store_feature_names(store: HistoricalFeatures) -> list[str]:
