@@ -1,0 +1,1 @@
+"""Monitoring: PSI core (``from prodguard.monitoring import psi``)."""
