@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 EMPTY_BIN_FLOOR = 1e-4
+COMPARE_EDGES = 64
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,15 @@ class NumericBins:
         return cls(np.unique(np.quantile(present, quantiles)))
 
     def counts(self, values: np.ndarray) -> np.ndarray:
-        present = np.asarray(values, dtype="float64")
-        present = present[~np.isnan(present)]
-        index = np.searchsorted(self.edges, present, side="left")
-        return np.bincount(index, minlength=len(self.edges) + 1)
+        """Rows per bin, nulls excluded. With few edges, one vectorised comparison per edge on
+        contiguous data beats a binary search per value by an order of magnitude."""
+        column = np.ascontiguousarray(values, dtype="float64")
+        present = column.size - int(np.count_nonzero(np.isnan(column)))
+        if len(self.edges) > COMPARE_EDGES:
+            index = np.searchsorted(self.edges, column[~np.isnan(column)], side="left")
+            return np.bincount(index, minlength=len(self.edges) + 1)
+        at_most = [int(np.count_nonzero(column <= edge)) for edge in self.edges]
+        return np.diff(np.array([0, *at_most, present], dtype="int64"))
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,11 @@ def psi_matrix(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> np
     current = np.asarray(current, dtype="float64")
     if reference.ndim != 2 or current.ndim != 2 or reference.shape[1] != current.shape[1]:
         raise ValueError("reference and current must be 2-D with the same number of columns")
-    values = np.empty(reference.shape[1])
-    for column in range(reference.shape[1]):
-        fitted = NumericBins.from_reference(reference[:, column], bins)
+    reference, current = np.ascontiguousarray(reference.T), np.ascontiguousarray(current.T)
+    values = np.empty(reference.shape[0])
+    for column in range(reference.shape[0]):
+        fitted = NumericBins.from_reference(reference[column], bins)
         values[column] = psi_from_counts(
-            fitted.counts(reference[:, column]), fitted.counts(current[:, column])
+            fitted.counts(reference[column]), fitted.counts(current[column])
         )
     return values
