@@ -115,7 +115,7 @@ def materialize(
             "ttl_seconds": v.ttl_seconds,
             "features": len(v.features),
         }
-        for v in store.versions()
+        for v in result.views
     ]
     return MaterializeReport(
         views=views,
@@ -166,17 +166,13 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
 def promotion_check(registry: Any, store: Any) -> Callable[[int], None]:
     """Refuse a version whose input contract differs from the feature service, or that does not
     load and score one row (the same verification serving applies before a swap)."""
+    from prodguard.features.feast_adapter import feature_contract
     from prodguard.serving.models import load_verified
 
     def check(version: int) -> None:
-        load_verified(registry, store_feature_contract(store), version)
+        load_verified(registry, feature_contract(store.versions()), version)
 
     return check
-
-
-def store_feature_contract(store: Any) -> list[list[str]]:
-    """The feature service as [["view:feature", "Type"], ...] (what versions record)."""
-    return [[f"{v.name}:{f}", t] for v in store.versions() for f, t in v.features]
 
 
 def train(settings: Settings, start: datetime, end: datetime, actor: str) -> TrainResult:
@@ -280,6 +276,7 @@ class Serving:
 def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:
     from prodguard.contracts.row_checks import RowContract
     from prodguard.contracts.suites import read_suite
+    from prodguard.features.feast_adapter import feature_contract
     from prodguard.serving.engine import Predictor, StoreFeature
     from prodguard.serving.models import ModelFollower, load_verified
     from prodguard.serving.prediction_log import SqlitePredictionLog
@@ -314,7 +311,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
             raise ConfigError(f"serving.{key}: {unknown} are not store features")
     follower = ModelFollower(
         aliases=registry.aliases,
-        load=lambda version: load_verified(registry, store_feature_contract(store), version),
+        load=lambda version: load_verified(registry, feature_contract(store.versions()), version),
         alerter=alerter_for(settings),
         poll_seconds=serving.poll_seconds,
         clock=clock,

@@ -45,11 +45,17 @@ class ViewVersion:
     features: tuple[tuple[str, str], ...]
 
 
+def feature_contract(views: list[ViewVersion]) -> list[list[str]]:
+    """The feature service as [["view:feature", "Type"], ...]: what model versions record and
+    what promotion and serving compare against."""
+    return [[f"{v.name}:{f}", t] for v in views for f, t in v.features]
+
+
 @dataclass(frozen=True)
 class MaterializeResult:
     start: datetime | None
     end: datetime
-    views: tuple[str, ...]
+    views: tuple[ViewVersion, ...]
     online_rows: dict[str, int]
 
 
@@ -226,8 +232,8 @@ class FeastStore:
         run's: the online store would go back in time. (Feast's ``materialize_incremental`` is
         not used: its first run starts at wall-clock now - ttl, which breaks replays.)
         """
-        self.apply()
-        views = [v.name for v in self.versions()]
+        versions = self.apply()
+        views = [v.name for v in versions]
         missing = [v for v in views if not self._source_path(v).exists()]
         if missing:
             raise FeatureStoreError(
@@ -247,7 +253,10 @@ class FeastStore:
                 with _quiet():
                     self._store.materialize(start_date=begin, end_date=until, feature_views=[name])
         return MaterializeResult(
-            start=start, end=until, views=tuple(views), online_rows=self.online_row_counts()
+            start=start,
+            end=until,
+            views=tuple(versions),
+            online_rows=self.online_row_counts(versions),
         )
 
     def _source_path(self, view_name: str) -> Path:
@@ -255,7 +264,7 @@ class FeastStore:
             view = self._store.get_feature_view(view_name)
         return Path(view.batch_source.path)
 
-    def online_row_counts(self) -> dict[str, int]:
+    def online_row_counts(self, views: list[ViewVersion]) -> dict[str, int]:
         """Entities per view in the online store (SQLite only; empty for other stores)."""
         online = self._store.config.online_store
         if getattr(online, "type", "sqlite") != "sqlite":
@@ -269,7 +278,7 @@ class FeastStore:
             return {}
         counts = {}
         with sqlite3.connect(db) as conn:
-            for view in self.versions():
+            for view in views:
                 table = f"{self.project}_{view.name}"
                 try:
                     row = conn.execute(

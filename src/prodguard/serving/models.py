@@ -145,8 +145,7 @@ class ModelFollower:
         self._poll_seconds = poll_seconds
         self._clock = clock or SystemClock()
         self._state = ServingState()
-        self.standby_unset = False
-        self.standby_refused = False
+        self._wanted: dict[str, int | None] = {}
         self._refused: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,11 +155,18 @@ class ModelFollower:
     def state(self) -> ServingState:
         return self._state
 
+    @property
+    def standby_unset(self) -> bool:
+        return self._wanted.get("standby") is None
+
+    @property
+    def standby_refused(self) -> bool:
+        return self._wanted.get("standby") in self._refused
+
     def refresh(self) -> bool:
         """Re-read the aliases and swap what moved; True when the served state changed."""
         wanted = self._aliases()
-        self.standby_unset = wanted.get("standby") is None
-        self.standby_refused = wanted.get("standby") in self._refused
+        self._wanted = wanted
         current = self._state
         updated = {}
         for role in ("champion", "standby"):
@@ -194,8 +200,6 @@ class ModelFollower:
             return self._load(version)
         except PromotionRefused as exc:
             self._refused.add(version)
-            if role == "standby":
-                self.standby_refused = True
             self._alerter.send(
                 Alert(
                     type="model_refused",

@@ -14,6 +14,7 @@ from typing import Any
 from prodguard.config import Settings
 from prodguard.digests import document_digest, frame_digest
 from prodguard.errors import TrainingError
+from prodguard.features.feast_adapter import feature_contract
 from prodguard.registry.operations import RegistryOperations
 from prodguard.training.dataset import TrainingFrame, build_frame, describe_columns
 from prodguard.training.model import build_pipeline, evaluate, prepare
@@ -86,10 +87,9 @@ def train_and_register(
     seconds_train = time.perf_counter() - began
 
     stats = reference_stats(train.features)
-    views = {v.name: v.version for v in store.versions()}
-    store_features = [
-        [f"{v.name}:{name}", dtype] for v in store.versions() for name, dtype in v.features
-    ]
+    versions = store.versions()
+    views = {v.name: v.version for v in versions}
+    store_features = feature_contract(versions)
     lineage = _lineage(settings, train, held_out, views, store_features, suite_digests, stats)
     tags = {TAG + key: value for key, value in lineage.items()}
     tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
