@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodguard.alerts import Alerter, JsonlSink, LogSink
+from prodguard.alerts import Alerter, JsonlSink, LogSink, PrometheusSink, WebhookSink
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError
 from prodguard.ingestion.pipeline import BatchResult, Ingestor
@@ -24,8 +24,15 @@ if TYPE_CHECKING:
     from prodguard.training.trainer import TrainResult
 
 
-def alerter_for(settings: Settings) -> Alerter:
-    return Alerter([LogSink(), JsonlSink(settings.paths.alerts_file)])
+def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
+    """Every alert of prodguard goes to the log, the durable alert file, the webhook (when
+    ``alerts.webhook_url`` is set) and, given a Prometheus registry, its alert counter."""
+    sinks: list[Any] = [LogSink(), JsonlSink(settings.paths.alerts_file)]
+    if settings.alerts.webhook_url:
+        sinks.append(WebhookSink(settings.alerts.webhook_url, settings.alerts.webhook_timeout_s))
+    if metrics_registry is not None:
+        sinks.append(PrometheusSink(metrics_registry))
+    return Alerter(sinks)
 
 
 @dataclass(frozen=True)
@@ -274,21 +281,64 @@ class Serving:
 
 
 def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:
-    from prodguard.contracts.row_checks import RowContract
-    from prodguard.contracts.suites import read_suite
     from prodguard.features.feast_adapter import feature_contract
-    from prodguard.serving.engine import Predictor, StoreFeature
     from prodguard.serving.models import ModelFollower, load_verified
     from prodguard.serving.prediction_log import SqlitePredictionLog
-    from prodguard.training.dataset import load_request_features
 
-    if settings.serving is None or settings.model is None:
-        raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to serve")
-    serving, model = settings.serving, settings.model
+    serving = _serving_settings(settings)
     store = feature_store(settings)
     registry = registry_operations(settings).registry
+    follower = ModelFollower(
+        aliases=registry.aliases,
+        load=lambda version: load_verified(registry, feature_contract(store.versions()), version),
+        alerter=alerter_for(settings),
+        poll_seconds=serving.poll_seconds,
+        clock=clock,
+        on_swap=getattr(metrics, "swapped", None),
+    )
+    log = SqlitePredictionLog(settings.paths.prediction_log, serving.log_sync)
+    predictor = build_predictor(
+        settings,
+        store,
+        lambda: follower.state,
+        log,
+        views=store.versions(),
+        clock=clock,
+        metrics=metrics,
+    )
+    request_model = import_object(serving.request_model, "serving.request_model")
+    return Serving(settings, predictor, follower, log, request_model)
+
+
+def _serving_settings(settings: Settings) -> Any:
+    if settings.serving is None or settings.model is None:
+        raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to serve")
+    return settings.serving
+
+
+def build_predictor(
+    settings: Settings,
+    store: Any,
+    state: Callable[[], Any],
+    log: Any,
+    *,
+    views: list[Any] | None = None,
+    clock: Any = None,
+    metrics: Any = None,
+    shadow_sample: float | None = None,
+) -> Any:
+    """The request path of the settings over ``store`` (Feast, or a replay's as-of store);
+    ``views`` default to the feature store's current versions."""
+    from prodguard.contracts.row_checks import RowContract
+    from prodguard.contracts.suites import read_suite
+    from prodguard.serving.engine import Predictor, StoreFeature
+    from prodguard.training.dataset import load_request_features
+
+    serving = _serving_settings(settings)
+    model = settings.model
+    assert model is not None
     suites = {name: read_suite(settings.suite_path(name)) for name in settings.sources}
-    views = store.versions()
+    views = feature_store(settings).versions() if views is None else views
     unknown_sources = sorted({v.source for v in views} - set(suites))
     if unknown_sources:
         raise ConfigError(
@@ -309,18 +359,9 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         unknown = sorted(set(listed) - names)
         if unknown:
             raise ConfigError(f"serving.{key}: {unknown} are not store features")
-    follower = ModelFollower(
-        aliases=registry.aliases,
-        load=lambda version: load_verified(registry, feature_contract(store.versions()), version),
-        alerter=alerter_for(settings),
-        poll_seconds=serving.poll_seconds,
-        clock=clock,
-        on_swap=getattr(metrics, "swapped", None),
-    )
-    log = SqlitePredictionLog(settings.paths.prediction_log, serving.log_sync)
-    predictor = Predictor(
+    return Predictor(
         model_name=model.name,
-        state=lambda: follower.state,
+        state=state,
         store=store,
         store_features=features,
         entity_keys=model.entity_keys,
@@ -332,12 +373,10 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         fallback=serving.fallback,
         fallback_overrides=serving.fallback_overrides,
         critical=serving.critical_features,
-        shadow_sample=serving.shadow_sample,
+        shadow_sample=serving.shadow_sample if shadow_sample is None else shadow_sample,
         clock=clock,
         metrics=metrics,
     )
-    request_model = import_object(serving.request_model, "serving.request_model")
-    return Serving(settings, predictor, follower, log, request_model)
 
 
 SERVICE = "prodguard.serving.bento_service:PredictionService"

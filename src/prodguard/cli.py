@@ -370,6 +370,134 @@ def audit(
 
 
 @cli.command()
+def baseline(
+    start: Annotated[str, typer.Option(help="Staging period start (ISO date, UTC).")],
+    end: Annotated[str, typer.Option(help="Staging period end, exclusive.")],
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: candidate, else champion).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the baseline as JSON.")] = False,
+) -> None:
+    """Take a staging baseline: replay a period through the serving path and record each metric's
+    mean and spread across monitoring windows with the model version.
+
+    The period's ingested rows become requests hour by hour (checks, feature lookups as of each
+    hour, model, log) and their known outcomes feedback; the staging log is kept under
+    <data_dir>/staging. Alerts then fire at 1.5x (warning) and 2x (critical) the spread.
+    """
+    from prodguard.monitoring.jobs import record_baseline
+
+    result = record_baseline(
+        _settings(), parse_time(start, "--start"), parse_time(end, "--end"), version
+    )
+    b = result.baseline
+    if as_json:
+        _print_json({**b.to_json(), "replay": result.replay.__dict__, "log": str(result.log_path)})
+        return
+    table = Table(title=f"baseline of v{b.model_version}: {b.details['windows']} windows")
+    for column in ("metric", "mean", "sd", "warning above", "critical above"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    monitoring = _settings().monitoring
+    for name, m in sorted(b.metrics.items()):
+        width = m.spread(name)
+        table.add_row(
+            name,
+            f"{m.mean:.4g}",
+            f"{m.sd:.4g}",
+            f"{m.mean + monitoring.spread.warning * width:.4g}",
+            f"{m.mean + monitoring.spread.critical * width:.4g}",
+        )
+    out.print(table)
+    r = result.replay
+    out.print(
+        f"replayed {r.requests} requests ({r.predicted} predicted, {r.rejected} rejected, "
+        f"{r.feedback} outcomes) in {r.seconds:.1f} s; staging log {result.log_path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@cli.command()
+def monitor(
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit (default).")] = False,
+    every: Annotated[
+        float | None, typer.Option(help="Run every N seconds until interrupted.")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Judge every closed window from here (with --end).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="End of that range, exclusive.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus gauges on this port (with --every).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each pass as JSON.")] = False,
+) -> None:
+    """Run the monitors over the prediction log: feature PSI against the training reference;
+    score distribution, business KPI (matured feedback only), latency, degradation and error
+    rates against the staging baseline.
+
+    Without --start/--end it judges the window ending now. Alerts are de-duplicated: a condition
+    alerts when it opens or escalates and once more when it clears.
+    """
+    from prodguard.monitoring.jobs import watch
+    from prodguard.render import monitor_table
+
+    if once and every is not None:
+        raise InputError("give --once or --every, not both")
+
+    def show(run: Any) -> None:
+        if as_json:
+            _print_json(
+                {
+                    "reports": [r.to_json() for r in run.reports],
+                    "alerts_sent": [a.to_json() for a in run.sent],
+                    "seconds": run.seconds,
+                }
+            )
+            return
+        out.print(monitor_table(run.reports, title=f"monitor ({run.seconds:.1f} s)"))
+        for alert in run.sent:
+            out.print(escape(alert.summary()), highlight=False, soft_wrap=True)
+
+    watch(
+        _settings(),
+        show,
+        every=every,
+        start=_time(start, "--start"),
+        end=_time(end, "--end"),
+        metrics_port=metrics_port,
+    )
+
+
+@cli.command()
+def report(
+    start: Annotated[str, typer.Option(help="Served window start (ISO date, UTC).")],
+    end: Annotated[str, typer.Option(help="Served window end, exclusive.")],
+    version: Annotated[int | None, typer.Option(help="Model version (default: champion).")] = None,
+) -> None:
+    """Write an Evidently drift report (PSI per feature and on the predictions) of a served window
+    against the version's training window, and update the reports index page.
+
+    Large windows are sampled (monitoring.reports_max_rows per side); the report states it.
+    """
+    from prodguard.monitoring.jobs import drift_report
+
+    settings = _settings()
+    entry = drift_report(settings, parse_time(start, "--start"), parse_time(end, "--end"), version)
+    out.print(
+        f"{len(entry.drifted)} of {entry.columns} columns drifted "
+        f"({', '.join(entry.drifted) or 'none'}); reference {entry.reference_rows} of "
+        f"{entry.reference_total} rows, current {entry.current_rows} of {entry.current_total}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(f"report: {settings.paths.reports_dir / entry.file}", highlight=False, soft_wrap=True)
+    out.print(
+        f"index:  {settings.paths.reports_dir / 'index.html'}", highlight=False, soft_wrap=True
+    )
+
+
+@cli.command()
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

@@ -74,6 +74,14 @@ class PathSettings(_Strict):
         return self.data_dir / "predictions.db"
 
     @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    @property
     def alerts_file(self) -> Path:
         return self.data_dir / "alerts.jsonl"
 
@@ -107,7 +115,8 @@ class ModelSettings(_Strict):
 
 class ServingSettings(_Strict):
     request_model: str = Field(
-        description="'module:Class' of the pydantic request model; it has to_row() -> dict."
+        description="'module:Class' of the pydantic request model: to_row() -> dict gives the "
+        "source-shaped row, from_row(dict) builds the request a source row stands for (replays)."
     )
     poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     feature_timeout_ms: float = Field(default=100.0, gt=0, le=60000)
@@ -133,6 +142,79 @@ class DemoSettings(_Strict):
     end: str = Field(description="ISO date: end (exclusive) of that window; materialized up to it.")
 
 
+class WindowSettings(_Strict):
+    """Monitoring windows: by time (``minutes``, a new window every ``step_minutes``), by count
+    (``rows``), or both — a window then closes at whichever bound comes first."""
+
+    minutes: float | None = Field(default=10080, gt=0)
+    step_minutes: float | None = Field(
+        default=1440, gt=0, description="Time windows start this often (hopping windows)."
+    )
+    rows: int | None = Field(default=None, ge=1)
+    min_rows: int = Field(default=200, ge=1, description="Fewer rows: 'insufficient data'.")
+    max_rows: int = Field(
+        default=200_000, ge=1000, description="Larger windows are sampled (bounded memory)."
+    )
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> WindowSettings:
+        if self.minutes is None and self.rows is None:
+            raise ValueError("give minutes, rows or both")
+        return self
+
+
+class KpiSettings(_Strict):
+    """The business KPI: mean cost per labelled prediction (lower is better), from feedback."""
+
+    name: str = "delay_cost"
+    outcome: str = Field(default="delayed", description="Feedback key holding the true label.")
+    cost_missed: float = Field(default=1.0, ge=0, description="Cost of a missed positive.")
+    cost_false_alert: float = Field(default=0.25, ge=0, description="Cost of a false alert.")
+    maturity_hours: float = Field(
+        default=24, ge=0, description="A window's KPI is computed only this long after it ends."
+    )
+    min_labelled: int = Field(default=100, ge=1)
+
+
+class BandSettings(_Strict):
+    warning: float = Field(gt=0)
+    critical: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BandSettings:
+        if self.critical < self.warning:
+            raise ValueError("critical must be at least warning")
+        return self
+
+
+class MonitoringSettings(_Strict):
+    window: WindowSettings = WindowSettings()
+    bins: int = Field(default=10, ge=2, le=100, description="Quantile bins of the score PSI.")
+    psi: BandSettings = BandSettings(warning=0.1, critical=0.25)
+    spread: BandSettings = Field(
+        default=BandSettings(warning=1.5, critical=2.0),
+        description="Deviation from the baseline mean, in baseline standard deviations.",
+    )
+    kpi: KpiSettings = KpiSettings()
+    reports_max_rows: int = Field(default=20_000, ge=100)
+
+
+class AlertSettings(_Strict):
+    webhook_url: str | None = Field(
+        default=None,
+        description="Slack-compatible JSON webhook; set it from the environment "
+        "(PRODGUARD_ALERTS__WEBHOOK_URL), not in the file.",
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class SourceSettings(_Strict):
     suite: Path
     timestamp: str = "event_timestamp"
@@ -152,6 +234,8 @@ class Settings(_Strict):
     model: ModelSettings | None = None
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings | None = None
+    monitoring: MonitoringSettings = MonitoringSettings()
+    alerts: AlertSettings = AlertSettings()
     demo: DemoSettings | None = None
     config_path: Path | None = Field(default=None, exclude=True)
 

@@ -58,6 +58,19 @@ class FlightRequest(BaseModel):
             raise ValueError("must be between 2000-01-01 and 2100-01-01 (UTC)")
         return value
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> FlightRequest:
+        """The request a caller would have sent for a row of the flights source (replays)."""
+        return cls(
+            carrier=row["carrier"],
+            flight=row["flight"],
+            tailnum=row.get("tailnum"),
+            origin=row["origin"],
+            dest=row["dest"],
+            scheduled_departure=pd.Timestamp(row["event_timestamp"]).to_pydatetime(),
+            distance=row["distance"],
+        )
+
     def to_row(self) -> dict[str, Any]:
         """The request as a row of the flights source (``event_timestamp`` = departure)."""
         return {

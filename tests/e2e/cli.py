@@ -14,11 +14,22 @@ import pytest
 CLI = [sys.executable, "-m", "prodguard"]
 
 
-def run(project: Path, *args: str, expect: int | None = 0, timeout: int = 600):
-    """Run ``prodguard ARGS`` with no PRODGUARD_* variables; check the exit code if given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
+def run(
+    project: Path,
+    *args: str,
+    expect: int | None = 0,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+):
+    """Run ``prodguard ARGS`` with only the given PRODGUARD_* variables; check the exit code."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
     done = subprocess.run(
-        [*CLI, *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout
+        [*CLI, *args],
+        cwd=project,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if expect is not None:
         assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"

@@ -1,6 +1,7 @@
 """The request path in-process, on a real trained model, Feast store and prediction log."""
 
 import time
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -57,7 +58,8 @@ def test_serves_champion_with_standby_warm_and_logs_durably(serving) -> None:
     logged = serving.log.get("req-1")
     assert logged.probability == answer.probability and logged.role == "champion"
     assert logged.features["temp"] is not None and logged.request["origin"] == "EWR"
-    assert set(logged.latencies_ms) == {"checks_ms", "features_ms", "model_ms"}
+    assert set(logged.latencies_ms) == {"checks_ms", "features_ms", "model_ms", "batch_rows"}
+    assert logged.latencies_ms["batch_rows"] == 1
     serving.predictor.drain()
     shadow = serving.log.get("req-1", role="shadow")
     assert shadow.version == 1 and shadow.features == logged.features
@@ -87,6 +89,9 @@ def test_invalid_fields_are_rejected_and_not_logged(serving, changes, field) -> 
     assert field in {f for f, _ in caught.value.problems}
     assert str(next(iter(changes.values()))) not in str(caught.value)  # no payload echo
     assert serving.log.get("bad-1") is None
+    # counted for the monitors' rejection rate, with the version that refused it
+    everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert serving.log.errors(*everything) == {"rejected": 1, "failed": 0}
 
 
 def test_missing_tailnum_is_allowed_and_flagged(serving) -> None:

@@ -183,6 +183,12 @@ class MlflowRegistry:
         with _wrapped(f"removing alias {alias}"):
             self._client.delete_registered_model_alias(self.model_name, alias)
 
+    def log_json_artifact(self, version: int, name: str, document: Any) -> None:
+        """Store ``document`` as artifact ``name`` of the version's run (replacing it)."""
+        info = self.version(version)
+        with _wrapped(f"writing artifact {name} of version {version}"):
+            self._client.log_dict(info.run_id, document, name)
+
     def set_version_tag(self, version: int, key: str, value: str) -> None:
         with _wrapped(f"tagging version {version}"):
             self._client.set_model_version_tag(self.model_name, str(version), key, value)

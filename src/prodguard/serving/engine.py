@@ -30,7 +30,13 @@ import pandas as pd
 
 from prodguard.clock import Clock, SystemClock
 from prodguard.contracts.row_checks import RowContract, is_null
-from prodguard.errors import DuplicateRequest, RequestRejected, ServiceNotReady
+from prodguard.errors import (
+    DuplicateRequest,
+    InputError,
+    ProdguardError,
+    RequestRejected,
+    ServiceNotReady,
+)
 from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.prediction_log import PredictionLog, PredictionRecord
 
@@ -154,9 +160,24 @@ class Predictor:
     def predict(
         self, rows: Sequence[dict[str, Any]], ids: Sequence[str | None]
     ) -> list[Prediction]:
-        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``)."""
-        began = time.perf_counter()
+        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``). A request that
+        gets no prediction is counted in the log as rejected (caller's fault) or failed."""
         state = self._state()  # one snapshot: a swap never mixes versions within a request
+        try:
+            return self._predict(rows, ids, state)
+        except ProdguardError as exc:
+            kind = "rejected" if isinstance(exc, InputError) else "failed"
+            version = state.champion.version if state.champion else None
+            try:
+                self._log.record_error(self._clock.now(), kind, version)
+            except ProdguardError as logged:
+                _log.warning("request error not counted: %s", logged)
+            raise
+
+    def _predict(
+        self, rows: Sequence[dict[str, Any]], ids: Sequence[str | None], state: ServingState
+    ) -> list[Prediction]:
+        began = time.perf_counter()
         champion = state.champion
         if champion is None:
             raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
@@ -193,6 +214,7 @@ class Predictor:
             "checks_ms": checks_s * 1000,
             "features_ms": lookup_s * 1000,
             "model_ms": model_s * 1000,
+            "batch_rows": len(rows),  # the stages timed the whole call
         }
         records = [
             PredictionRecord(
@@ -270,6 +292,17 @@ class Predictor:
             for r in found
             if r is not None
         ]
+
+    def refuses(self, row: dict[str, Any]) -> bool:
+        """Would the request checks reject this row for the current champion?"""
+        champion = self._state().champion
+        if champion is None:
+            return False
+        try:
+            self._check_request([row], champion)
+        except RequestRejected:
+            return True
+        return False
 
     def _check_request(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> None:
         problems: list[tuple[str, str]] = []

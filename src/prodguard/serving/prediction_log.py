@@ -28,6 +28,7 @@ from prodguard.errors import (
 )
 
 Role = Literal["champion", "shadow", "canary"]
+ErrorKind = Literal["rejected", "failed"]  # 4xx the caller can fix | 5xx the service owes
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,17 @@ class PredictionLog(Protocol):
         self, request_id: str, outcome: dict[str, Any], time: datetime
     ) -> Literal["recorded", "duplicate"]: ...
 
-    def window(self, start: datetime, end: datetime) -> pd.DataFrame: ...
+    def record_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None: ...
+
+    def window(
+        self, start: datetime, end: datetime, role: Role | None = None, every: int = 1
+    ) -> pd.DataFrame: ...
+
+    def tail(self, rows: int, before: datetime, role: Role = "champion") -> pd.DataFrame: ...
+
+    def count(self, start: datetime, end: datetime, role: Role | None = None) -> int: ...
+
+    def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]: ...
 
 
 _SCHEMA = """
@@ -80,6 +91,12 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (request_id, role)
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+CREATE TABLE IF NOT EXISTS request_errors (
+    time TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    version INTEGER
+);
+CREATE INDEX IF NOT EXISTS request_errors_time ON request_errors (time);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY,
     time TEXT NOT NULL,
@@ -174,17 +191,73 @@ class SqlitePredictionLog:
             except sqlite3.Error as exc:
                 raise StorageError(f"feedback write failed: {exc}") from None
 
-    def window(self, start: datetime, end: datetime) -> pd.DataFrame:
-        """Predictions logged in ``[start, end)`` joined with their feedback (if any)."""
+    def record_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
+        """Count a request that got no prediction (monitors derive error rates from these)."""
         with self._lock:
             try:
-                frame = pd.read_sql_query(
-                    "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
-                    "LEFT JOIN feedback f ON f.request_id = p.request_id "
-                    "WHERE p.time >= ? AND p.time < ? ORDER BY p.time",
-                    self._conn,
-                    params=(start.isoformat(), end.isoformat()),
-                )
+                with self._conn:
+                    self._conn.execute(
+                        "INSERT INTO request_errors VALUES (?, ?, ?)",
+                        (time.isoformat(), kind, version),
+                    )
+            except sqlite3.Error as exc:
+                raise StorageError(f"prediction log write failed: {exc}") from None
+
+    def window(
+        self, start: datetime, end: datetime, role: Role | None = None, every: int = 1
+    ) -> pd.DataFrame:
+        """Predictions logged in ``[start, end)`` (of one role, or all) joined with their
+        feedback; ``every=k`` keeps one row in k (a deterministic sample of large windows)."""
+        where, params = _where(start, end, role)
+        if every > 1:
+            where += " AND p.rowid % ? = 0"
+            params = (*params, every)
+        return self._frame(
+            "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
+            f"LEFT JOIN feedback f ON f.request_id = p.request_id WHERE {where} ORDER BY p.time",
+            params,
+        )
+
+    def tail(self, rows: int, before: datetime, role: Role = "champion") -> pd.DataFrame:
+        """The last ``rows`` predictions of ``role`` logged before ``before``, oldest first."""
+        frame = self._frame(
+            "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
+            "LEFT JOIN feedback f ON f.request_id = p.request_id "
+            "WHERE p.role = ? AND p.time < ? ORDER BY p.time DESC LIMIT ?",
+            (role, before.isoformat(), rows),
+        )
+        return frame.iloc[::-1].reset_index(drop=True)
+
+    def count(self, start: datetime, end: datetime, role: Role | None = None) -> int:
+        where, params = _where(start, end, role)
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    f"SELECT COUNT(*) FROM predictions p WHERE {where}",
+                    params,  # noqa: S608
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"prediction log read failed: {exc}") from None
+        return int(row[0])
+
+    def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]:
+        with self._lock:
+            try:
+                found = self._conn.execute(
+                    "SELECT kind, COUNT(*) FROM request_errors WHERE time >= ? AND time < ? "
+                    "GROUP BY kind",
+                    (start.isoformat(), end.isoformat()),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"prediction log read failed: {exc}") from None
+        counts: dict[ErrorKind, int] = {"rejected": 0, "failed": 0}
+        counts.update({kind: int(n) for kind, n in found})
+        return counts
+
+    def _frame(self, query: str, params: tuple[Any, ...]) -> pd.DataFrame:
+        with self._lock:
+            try:
+                frame = pd.read_sql_query(query, self._conn, params=params)
             except (sqlite3.Error, pd.errors.DatabaseError) as exc:
                 raise StorageError(f"prediction log read failed: {exc}") from None
         for column in ("features", "flags", "latencies_ms", "request"):
@@ -195,6 +268,15 @@ class SqlitePredictionLog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _where(start: datetime, end: datetime, role: Role | None) -> tuple[str, tuple[Any, ...]]:
+    where = "p.time >= ? AND p.time < ?"
+    params: tuple[Any, ...] = (start.isoformat(), end.isoformat())
+    if role is not None:
+        where += " AND p.role = ?"
+        params = (*params, role)
+    return where, params
 
 
 def _dumps(value: Any) -> str:

@@ -1,0 +1,210 @@
+"""Baselines taken in staging, and the thresholds they imply.
+
+A baseline holds, per metric, its mean, standard deviation and **spread** across the staging
+windows (same window size as production monitoring). The spread is the largest deviation from
+the mean that staging showed, so "1.5x the spread" means half as far again as anything seen in
+staging: a threshold of ``mean + 1.5 sd`` would, by construction, be crossed by about 7% of
+in-distribution windows. It also holds the staging distribution of the scores (``score.psi``)
+and of every feature (``shift.*``). Thresholds, per metric:
+
+- features, ``psi.*`` (against training) and ``shift.*`` (against staging): warning when the
+  PSI exceeds both the absolute band (0.1) and ``mean + 1.5 x spread`` of its staging values;
+  critical above both 0.25 and ``mean + 2 x spread``. A feature that already moved between
+  training and staging alerts only when it moves further; without a baseline the absolute
+  bands alone apply (and only ``psi.*`` exists);
+- every other baselined metric: warning beyond ``mean + 1.5 x spread``, critical beyond
+  ``mean + 2 x spread``, in the direction that is worse (higher cost, latency, rates, score PSI;
+  either way for the mean score). The spread is never below a floor per metric family (a
+  staging period with zero errors must not make one error critical).
+
+``score.shift_sd`` reports the mean score's deviation in baseline standard deviations (the
+rollback trigger's "prediction shift > 3 sd").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from prodguard.config import BandSettings
+from prodguard.errors import RegistryError
+from prodguard.monitoring.measures import FeatureReference, Measure, feature_references
+from prodguard.monitoring.psi import NumericBins
+
+Status = Literal["ok", "warning", "critical", "insufficient_data", "inconclusive", "no_baseline"]
+UNMONITORED = frozenset({"rows"})
+# the smallest spread a metric family is compared with (absolute units of the metric)
+SPREAD_FLOOR = {
+    "psi": 0.01,
+    "shift": 0.01,
+    "score": 0.005,
+    "kpi": 0.005,
+    "rate": 0.002,
+}
+LATENCY_RELATIVE_FLOOR = 0.1  # latency spread is at least 10% of its mean
+
+
+@dataclass(frozen=True)
+class MetricBaseline:
+    mean: float
+    sd: float
+    windows: int
+    max_deviation: float  # the largest |value - mean| over the staging windows
+
+    def spread(self, metric: str) -> float:
+        family = metric.split(".", 1)[0]
+        if family == "latency":
+            return max(self.max_deviation, LATENCY_RELATIVE_FLOOR * abs(self.mean), 0.01)
+        return max(self.max_deviation, SPREAD_FLOOR.get(family, 0.0))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    model_version: int
+    start: str
+    end: str
+    window: dict[str, Any]
+    metrics: dict[str, MetricBaseline]
+    score_edges: list[float]
+    score_fractions: list[float]
+    rows: int
+    created: str
+    feature_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # staging features
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def score_reference(self) -> FeatureReference:
+        return FeatureReference(
+            NumericBins(np.asarray(self.score_edges)), np.asarray(self.score_fractions)
+        )
+
+    def feature_references(self) -> dict[str, FeatureReference]:
+        return feature_references(self.feature_stats)
+
+    def to_json(self) -> dict[str, Any]:
+        document = {k: v for k, v in self.__dict__.items() if k != "metrics"}
+        document["metrics"] = {name: m.__dict__ for name, m in self.metrics.items()}
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Baseline:
+        """Raises RegistryError for a document this version of prodguard cannot read."""
+        try:
+            metrics = {name: MetricBaseline(**m) for name, m in document["metrics"].items()}
+            return cls(**{**document, "metrics": metrics})
+        except (KeyError, TypeError, AttributeError):
+            raise RegistryError(
+                "the stored baseline has another format; re-run `prodguard baseline` for this "
+                "version"
+            ) from None
+
+
+def summarise(windows: Sequence[Sequence[Measure]]) -> dict[str, MetricBaseline]:
+    """Mean, sample standard deviation and largest deviation of each metric over the windows
+    that measured it."""
+    values: dict[str, list[float]] = {}
+    for measures in windows:
+        for m in measures:
+            if m.value is not None and m.metric not in UNMONITORED:
+                values.setdefault(m.metric, []).append(m.value)
+    summary = {}
+    for name, found in values.items():
+        array = np.asarray(found, dtype="float64")
+        mean = float(array.mean())
+        summary[name] = MetricBaseline(
+            mean=mean,
+            sd=float(array.std(ddof=1)) if array.size > 1 else 0.0,
+            windows=int(array.size),
+            max_deviation=float(np.abs(array - mean).max()),
+        )
+    return summary
+
+
+@dataclass(frozen=True)
+class Finding:
+    metric: str
+    value: float | None
+    status: Status
+    warning: float | None = None  # thresholds on the metric's own scale
+    critical: float | None = None
+    baseline_mean: float | None = None
+    baseline_sd: float | None = None
+    reason: str = ""
+
+    @property
+    def alerting(self) -> bool:
+        return self.status in ("warning", "critical")
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def evaluate(
+    measures: Sequence[Measure],
+    baseline: Baseline | None,
+    psi_bands: BandSettings,
+    spread: BandSettings,
+) -> list[Finding]:
+    findings = []
+    for m in measures:
+        if m.metric in UNMONITORED:
+            findings.append(Finding(m.metric, m.value, "ok"))
+            continue
+        if m.value is None:
+            status: Status = (
+                "insufficient_data" if m.reason.startswith("insufficient") else "inconclusive"
+            )
+            if m.reason.startswith("not matured"):
+                status = "insufficient_data"
+            findings.append(Finding(m.metric, None, status, reason=m.reason))
+            continue
+        known = baseline.metrics.get(m.metric) if baseline is not None else None
+        findings.append(_judge(m, known, psi_bands, spread))
+        if m.metric == "score.mean" and known is not None:
+            shift = (m.value - known.mean) / max(known.sd, SPREAD_FLOOR["score"] / 10)
+            findings.append(
+                Finding("score.shift_sd", shift, "ok", baseline_mean=0.0, baseline_sd=1.0)
+            )
+    return findings
+
+
+def _judge(
+    m: Measure, known: MetricBaseline | None, psi_bands: BandSettings, spread: BandSettings
+) -> Finding:
+    value = float(m.value)  # type: ignore[arg-type]
+    feature = m.metric.startswith(("psi.", "shift."))
+    if known is None:
+        if not feature:
+            return Finding(m.metric, value, "no_baseline", reason="no staging baseline")
+        warning, critical = psi_bands.warning, psi_bands.critical
+        mean = sd = None
+    else:
+        width = known.spread(m.metric)
+        mean, sd = known.mean, known.sd
+        warning = mean + spread.warning * width
+        critical = mean + spread.critical * width
+        if feature:
+            warning, critical = max(warning, psi_bands.warning), max(critical, psi_bands.critical)
+        if m.metric == "score.mean":  # either direction is a shift
+            value_for_test = mean + abs(value - mean)
+            status = _band(value_for_test, warning, critical)
+            return Finding(m.metric, value, status, warning, critical, mean, sd)
+    return Finding(m.metric, value, _band(value, warning, critical), warning, critical, mean, sd)
+
+
+def _band(value: float, warning: float, critical: float) -> Status:
+    if value > critical:
+        return "critical"
+    if value > warning:
+        return "warning"
+    return "ok"
+
+
+def worst(findings: Sequence[Finding]) -> Status:
+    """The window's status: its worst finding. A metric short of data (a KPI not matured yet)
+    does not make the whole window insufficient; too few rows does (the monitor decides)."""
+    order = ["ok", "no_baseline", "insufficient_data", "inconclusive", "warning", "critical"]
+    found = [f.status for f in findings if f.status not in ("insufficient_data", "no_baseline")]
+    return max(found, key=order.index, default="ok")

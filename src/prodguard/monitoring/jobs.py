@@ -1,0 +1,394 @@
+"""Monitoring use cases: record a staging baseline, run the monitors, write drift reports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from prodguard import app
+from prodguard.alerts import Alert, AlertGate
+from prodguard.clock import Clock, SystemClock
+from prodguard.config import Settings
+from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
+from prodguard.monitoring.alerting import MonitorGauges, alerts_of
+from prodguard.monitoring.baseline import Baseline, summarise
+from prodguard.monitoring.measures import feature_references, measure, score_reference
+from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
+from prodguard.monitoring.psi import CategoricalBins
+from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
+from prodguard.monitoring.windows import WindowSpec, tile
+from prodguard.serving.prediction_log import PredictionLog, SqlitePredictionLog
+from prodguard.training.reference import reference_stats
+
+_log = logging.getLogger("prodguard.monitoring")
+BASELINE_ARTIFACT = "baseline.json"
+BASELINE_TAG = "prodguard.baseline"
+REFERENCE_ARTIFACT = "reference_stats.json"
+
+
+def version_reference(registry: Any, version: int) -> VersionReference:
+    """A version's training feature bins and (if recorded) its staging baseline."""
+    stats = registry.load_json_artifact(version, REFERENCE_ARTIFACT)
+    baseline = None
+    if BASELINE_TAG in registry.version(version).tags:
+        baseline = Baseline.from_json(registry.load_json_artifact(version, BASELINE_ARTIFACT))
+    return VersionReference(feature_references(stats), baseline)
+
+
+def _default_version(operations: Any, version: int | None, prefer: tuple[str, ...]) -> int:
+    if version is not None:
+        return version
+    aliases = operations.state().as_dict()
+    for alias in prefer:
+        if aliases.get(alias) is not None:
+            return int(aliases[alias])
+    raise InputError(f"no {' or '.join(prefer)} version is set; pass --version")
+
+
+# ---- baselines -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    baseline: Baseline
+    replay: ReplayResult
+    log_path: Path
+    seconds: float
+
+
+def staging_log_path(settings: Settings, version: int) -> Path:
+    return settings.paths.staging_dir / f"baseline-v{version}.db"
+
+
+def record_baseline(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    version: int | None = None,
+    *,
+    keep: Callable[[str], bool] | None = None,
+    store_baseline: bool = True,
+) -> BaselineResult:
+    """Replay ``[start, end)`` through the serving path with ``version`` (default: candidate,
+    else champion) into a fresh staging log, and record each metric's spread across windows
+    with the version in the registry."""
+    began = time.perf_counter()
+    if end <= start:
+        raise InputError("--end must be after --start")
+    operations = app.registry_operations(settings)
+    version = _default_version(operations, version, ("candidate", "champion"))
+    path = staging_log_path(settings, version)
+    _remove_log(path)
+    log = SqlitePredictionLog(path, "NORMAL")
+    try:
+        replayed = replay_version(
+            settings, operations.registry, version, start, end, log, keep=keep
+        )
+        reference = version_reference(operations.registry, version)
+        baseline = baseline_from_log(settings, log, version, start, end, reference)
+    finally:
+        log.close()
+    if store_baseline:
+        operations.registry.log_json_artifact(version, BASELINE_ARTIFACT, baseline.to_json())
+        operations.registry.set_version_tag(
+            version, BASELINE_TAG, f"{start.isoformat()}/{end.isoformat()}"
+        )
+    return BaselineResult(baseline, replayed, path, time.perf_counter() - began)
+
+
+def replay_version(
+    settings: Settings,
+    registry: Any,
+    version: int,
+    start: datetime,
+    end: datetime,
+    log: PredictionLog,
+    *,
+    keep: Callable[[str], bool] | None = None,
+    wrap_store: Callable[[Any, Clock], Any] | None = None,
+    single_share: float | None = None,
+) -> ReplayResult:
+    """Serve ``[start, end)`` with ``version`` into ``log`` over the as-of feature store
+    (``wrap_store`` may inject faults into it)."""
+    from prodguard.features.as_of import AsOfFeatures
+    from prodguard.features.feast_adapter import feature_contract
+    from prodguard.ingestion.offline import OfflineStore
+    from prodguard.serving.models import load_verified
+
+    views = app.feature_store(settings).versions()
+    model = load_verified(registry, feature_contract(views), version)
+    offline = OfflineStore(settings.paths.offline_dir)
+    timestamps = {name: s.timestamp for name, s in settings.sources.items()}
+
+    def predictor_for(state: Callable[[], Any], clock: Clock) -> Any:
+        store: Any = AsOfFeatures(offline, views, clock, timestamps)
+        if wrap_store is not None:
+            store = wrap_store(store, clock)
+        return app.build_predictor(
+            settings, store, state, log, views=views, clock=clock, shadow_sample=0.0
+        )
+
+    return replay(
+        settings,
+        model,
+        predictor_for,
+        log,
+        start,
+        end,
+        prefix=f"v{version}-",
+        keep=keep,
+        single_share=SINGLE_SHARE if single_share is None else single_share,
+    )
+
+
+def _remove_log(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def baseline_from_log(
+    settings: Settings,
+    log: PredictionLog,
+    version: int,
+    start: datetime,
+    end: datetime,
+    reference: VersionReference,
+) -> Baseline:
+    spec = WindowSpec.from_settings(settings.monitoring.window)
+    frame = log.window(start, end, role="champion")
+    frame = frame[frame["version"] == version]
+    if len(frame) < spec.min_rows:
+        raise NoDataError(
+            f"the staging replay logged {len(frame)} predictions of v{version}; a baseline needs "
+            f"at least one window of {spec.min_rows}; choose a longer period"
+        )
+    scores = score_reference(frame["probability"].to_numpy("float64"), settings.monitoring.bins)
+    staging_stats = reference_stats(_served_features(frame, reference))
+    staging = feature_references(staging_stats)
+    windows = [
+        measure(
+            w.frame,
+            features=reference.features,
+            scores=scores,
+            staging=staging,
+            kpi=settings.monitoring.kpi,
+            matured=True,
+            errors=log.errors(w.start, w.end),
+            min_rows=spec.min_rows,
+        )
+        for w in tile(spec, frame, start, end)
+    ]
+    judged = [w for w in windows if w[0].value is not None and w[0].value >= spec.min_rows]
+    if len(judged) < 2:
+        raise NoDataError(
+            f"the staging period gives {len(judged)} full window(s) of {spec.describe()}; a spread "
+            "needs at least 2 (ideally 20+): choose a longer period or smaller windows"
+        )
+    return Baseline(
+        model_version=version,
+        start=start.isoformat(),
+        end=end.isoformat(),
+        window=spec.to_json(),
+        metrics=summarise(judged),
+        score_edges=[float(e) for e in scores.bins.edges],  # type: ignore[union-attr]
+        score_fractions=[float(f) for f in scores.fractions],
+        rows=len(frame),
+        created=datetime.now(UTC).isoformat(),
+        feature_stats=staging_stats,
+        details={"windows": len(judged), "windows_short": len(windows) - len(judged)},
+    )
+
+
+def _served_features(frame: pd.DataFrame, reference: VersionReference) -> pd.DataFrame:
+    """The logged model inputs as columns, typed as in training (categories stay text)."""
+    served = pd.DataFrame(frame["features"].tolist())
+    for column in served.columns:
+        known = reference.features.get(column)
+        if known is not None and isinstance(known.bins, CategoricalBins):
+            served[column] = served[column].astype(object)
+        else:
+            served[column] = pd.to_numeric(served[column], errors="coerce").astype("float64")
+    return served
+
+
+# ---- monitors ------------------------------------------------------------------------------
+
+
+@dataclass
+class MonitorRun:
+    reports: list[WindowReport]
+    sent: list[Alert] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_monitor(
+    settings: Settings, clock: Clock | None = None, log: PredictionLog | None = None
+) -> Monitor:
+    registry = app.registry_operations(settings).registry
+    return Monitor(
+        log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL"),
+        lambda version: version_reference(registry, version),
+        settings.monitoring,
+        clock or SystemClock(),
+    )
+
+
+def alert_gate(settings: Settings, metrics_registry: Any = None) -> AlertGate:
+    """The gate monitors send through (open conditions in the state folder)."""
+    return AlertGate(
+        settings.paths.state_dir / "open_alerts.json", app.alerter_for(settings, metrics_registry)
+    )
+
+
+def run_monitor(
+    monitor: Monitor,
+    gate: AlertGate | None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    gauges: MonitorGauges | None = None,
+    now: datetime | None = None,
+) -> MonitorRun:
+    """One monitoring pass: the latest window, or every closed window of ``[start, end)``;
+    alerts go through ``gate`` (de-duplicated; windows judged before alert nothing again),
+    values to ``gauges``."""
+    began = time.perf_counter()
+    if (start is None) != (end is None):
+        raise InputError("give both --start and --end, or neither (the latest window)")
+    reports = (
+        monitor.over(start, end) if start is not None and end is not None else monitor.latest()
+    )
+    run = MonitorRun(reports)
+    if gauges is not None:
+        gauges.publish(reports)
+    if gate is not None and reports:
+        stamp = now or datetime.now(UTC)
+        judged = gate.judged_through()
+        fresh = [r for r in reports if judged is None or r.end > judged]
+        raised, cleared = alerts_of(fresh, stamp)
+        run.sent = gate.update(raised, cleared, through=max(r.end for r in reports))
+    run.seconds = time.perf_counter() - began
+    return run
+
+
+def watch(
+    settings: Settings,
+    on_run: Callable[[MonitorRun], None],
+    *,
+    every: float | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    runs: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Run the monitors once (``every`` None) or every ``every`` seconds (``runs`` times, or
+    until interrupted), serving Prometheus gauges on ``metrics_port`` when given. A failing run
+    (e.g. the log unreadable) is reported as inconclusive and the loop goes on."""
+    if every is not None and every <= 0:
+        raise InputError("--every must be a positive number of seconds")
+    if every is not None and start is not None:
+        raise InputError("--every watches the latest window; drop --start/--end")
+    if metrics_port is not None and not 0 < metrics_port < 65536:
+        raise InputError("--metrics-port must be between 1 and 65535")
+    registry = gauges = None
+    if metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        gauges = MonitorGauges(registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+    monitor = build_monitor(settings)
+    gate = alert_gate(settings, registry)
+    done = 0
+    while True:
+        try:
+            run = run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
+        except (StorageError, RegistryError) as exc:
+            if every is None:
+                raise
+            now = datetime.now(UTC)
+            failed = WindowReport(
+                now, now, None, 0, "inconclusive", reason=f"monitor failed: {exc}"
+            )
+            run = MonitorRun([failed])
+        on_run(run)
+        done += 1
+        if every is None or (runs is not None and done >= runs):
+            return
+        sleep(every)
+
+
+# ---- Evidently reports ---------------------------------------------------------------------
+
+
+def drift_report(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    version: int | None = None,
+    log: PredictionLog | None = None,
+    now: datetime | None = None,
+) -> Any:
+    """An Evidently drift report of the served window ``[start, end)`` against the version's
+    training window (features as the model saw them, and its scores), into the reports folder."""
+    from prodguard.monitoring.evidently_report import write_drift_report
+    from prodguard.training.dataset import build_frame, is_categorical
+    from prodguard.training.model import prepare
+
+    if end <= start:
+        raise InputError("--end must be after --start")
+    operations = app.registry_operations(settings)
+    registry = operations.registry
+    version = _default_version(operations, version, ("champion",))
+    log = log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+    served = log.window(start, end, role="champion")
+    served = served[served["version"] == version]
+    if served.empty:
+        raise NoDataError(
+            f"no predictions of v{version} were logged in [{start:%Y-%m-%d}, {end:%Y-%m-%d}); "
+            "choose a window with traffic (see `prodguard monitor`)"
+        )
+    window = registry.version(version).tags.get("prodguard.train_window")
+    if not window:
+        raise RegistryError(f"v{version} has no recorded training window; train it with prodguard")
+    train_start, train_end = (pd.Timestamp(t).to_pydatetime() for t in window.split("/"))
+    training = build_frame(settings, app.feature_store(settings), train_start, train_end)
+    limit = settings.monitoring.reports_max_rows
+    model = registry.load_model(version)
+    reference = training.features.assign(
+        prediction=model.predict_proba(prepare(training.features))[:, 1]
+    )
+    current = pd.DataFrame(served["features"].tolist())[list(training.features.columns)]
+    current["prediction"] = served["probability"].to_numpy("float64")
+    categorical = [c for c in training.features.columns if is_categorical(training.features[c])]
+    numeric = [c for c in training.features.columns if c not in categorical]
+    for column in numeric:
+        current[column] = pd.to_numeric(current[column], errors="coerce")
+    return write_drift_report(
+        reference,
+        current,
+        numeric=numeric,
+        categorical=categorical,
+        prediction="prediction",
+        reports_dir=settings.paths.reports_dir,
+        name=f"drift_v{version}_{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}",
+        title=f"v{version} served {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} vs training "
+        f"{train_start:%Y-%m-%d} .. {train_end:%Y-%m-%d}",
+        now=now or datetime.now(UTC),
+        max_rows=limit,
+        psi_threshold=settings.monitoring.psi.warning,
+        details={
+            "model_version": version,
+            "window": f"{start.isoformat()}/{end.isoformat()}",
+            "training_window": window,
+        },
+    )

@@ -1,0 +1,176 @@
+"""What one window of champion predictions measures: input drift, prediction distribution,
+business KPI, latency, degradation and error rates.
+
+Metric names:
+
+- ``psi.<feature>``: PSI of the served feature values against the version's training
+  reference (decile bins for numeric features, category shares plus an unseen bin);
+- ``shift.<feature>``: the same against the staging period of the baseline (when there is one);
+- ``score.psi`` (against the staging scores of the baseline), ``score.mean``;
+- ``kpi.<name>``: mean cost per labelled prediction, ``cost_missed`` per missed positive and
+  ``cost_false_alert`` per false alert; only for matured windows with enough labels;
+- ``latency.<stage>.p50|p95|p99`` in ms, over single-row requests (batch calls share one timing);
+- ``rate.degraded`` (rows with any degraded feature), ``rate.failed`` and ``rate.rejected``
+  (requests that got no prediction, from the log's error counts).
+
+A value of ``None`` carries a reason (too few rows, not matured, no reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prodguard.config import KpiSettings
+from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
+
+LATENCY_STAGES = ("checks", "features", "model")
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True)
+class Measure:
+    metric: str
+    value: float | None
+    reason: str = ""  # why value is None
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    bins: NumericBins | CategoricalBins
+    fractions: np.ndarray
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any]) -> FeatureReference | None:
+        """From one feature's entry of ``reference_stats.json`` (None: nothing to compare)."""
+        if stats["kind"] == "categorical":
+            categories = tuple(sorted(stats["categories"]))
+            if not categories:
+                return None
+            shares = [stats["categories"][c] for c in categories]
+            return cls(CategoricalBins(categories), np.array([*shares, 0.0]))
+        if not stats.get("bin_fractions"):
+            return None
+        return cls(
+            NumericBins(np.asarray(stats["bin_edges"], dtype="float64")),
+            np.asarray(stats["bin_fractions"], dtype="float64"),
+        )
+
+    def psi(self, values: pd.Series) -> float | None:
+        if isinstance(self.bins, CategoricalBins):
+            counts = self.bins.counts(values.tolist())
+        else:
+            counts = self.bins.counts(pd.to_numeric(values, errors="coerce").to_numpy("float64"))
+        total = counts.sum()
+        if total == 0:
+            return None
+        return psi_from_fractions(self.fractions, counts / total)
+
+
+def feature_references(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, FeatureReference]:
+    found = {name: FeatureReference.from_stats(s) for name, s in stats.items()}
+    return {name: ref for name, ref in found.items() if ref is not None}
+
+
+def score_reference(scores: np.ndarray, bins: int) -> FeatureReference:
+    fitted = NumericBins.from_reference(scores, bins)
+    counts = fitted.counts(scores)
+    return FeatureReference(fitted, counts / counts.sum())
+
+
+def measure(
+    frame: pd.DataFrame,
+    *,
+    features: Mapping[str, FeatureReference],
+    scores: FeatureReference | None,
+    staging: Mapping[str, FeatureReference] | None = None,
+    kpi: KpiSettings,
+    matured: bool,
+    errors: Mapping[str, int],
+    min_rows: int,
+) -> list[Measure]:
+    """Every metric of one window (``frame``: champion rows of one model version)."""
+    rows = len(frame)
+    measures = [Measure("rows", float(rows))]
+    attempts = rows + sum(errors.values())
+    for kind in ("failed", "rejected"):
+        value = errors.get(kind, 0) / attempts if attempts else None
+        measures.append(Measure(f"rate.{kind}", value, "" if attempts else "no requests"))
+    if rows < min_rows:
+        short = f"insufficient data: {rows} rows, {min_rows} needed"
+        names = [f"psi.{n}" for n in features] + [f"shift.{n}" for n in staging or {}]
+        names += ["score.psi", "score.mean", "rate.degraded"]
+        names += [f"kpi.{kpi.name}"] + _latency_names()
+        return measures + [Measure(n, None, short) for n in names]
+
+    served = pd.DataFrame(frame["features"].tolist())
+    for prefix, references in (("psi", features), ("shift", staging or {})):
+        for name, reference in references.items():
+            metric = f"{prefix}.{name}"
+            if name not in served.columns:
+                measures.append(Measure(metric, None, "feature not in the logged inputs"))
+                continue
+            value = reference.psi(served[name])
+            measures.append(Measure(metric, value, "" if value is not None else "all null"))
+
+    probability = frame["probability"].to_numpy("float64")
+    if scores is None:
+        measures.append(Measure("score.psi", None, "no staging score reference (no baseline)"))
+    else:
+        measures.append(Measure("score.psi", scores.psi(pd.Series(probability))))
+    measures.append(Measure("score.mean", float(probability.mean())))
+    measures.append(Measure("rate.degraded", float(frame["flags"].map(bool).mean())))
+    measures.append(_kpi(frame, kpi, matured))
+    measures.extend(_latency(frame, min_rows))
+    return measures
+
+
+def _kpi(frame: pd.DataFrame, kpi: KpiSettings, matured: bool) -> Measure:
+    metric = f"kpi.{kpi.name}"
+    if not matured:
+        return Measure(metric, None, f"not matured ({kpi.maturity_hours:g} h after window end)")
+    outcomes = frame["outcome"].map(lambda o: o.get(kpi.outcome) if isinstance(o, dict) else None)
+    labelled = outcomes.notna()
+    if int(labelled.sum()) < kpi.min_labelled:
+        return Measure(
+            metric,
+            None,
+            f"insufficient data: {int(labelled.sum())} labelled, {kpi.min_labelled} needed",
+        )
+    truth = outcomes[labelled].map(_truthy).to_numpy(bool)
+    flagged = frame.loc[labelled, "decision"].to_numpy(bool)
+    missed = np.count_nonzero(truth & ~flagged)
+    false_alerts = np.count_nonzero(~truth & flagged)
+    cost = kpi.cost_missed * missed + kpi.cost_false_alert * false_alerts
+    return Measure(metric, float(cost / truth.size))
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y")
+    return bool(value)
+
+
+def _latency_names() -> list[str]:
+    return [f"latency.{s}.p{p}" for s in LATENCY_STAGES for p in PERCENTILES]
+
+
+def _latency(frame: pd.DataFrame, min_rows: int) -> list[Measure]:
+    timings = pd.DataFrame(frame["latencies_ms"].tolist())
+    if "batch_rows" in timings.columns:
+        timings = timings[timings["batch_rows"] == 1]
+    measures = []
+    for stage in LATENCY_STAGES:
+        column = f"{stage}_ms"
+        values = timings[column].dropna().to_numpy("float64") if column in timings else np.array([])
+        for p in PERCENTILES:
+            name = f"latency.{stage}.p{p}"
+            if values.size < max(20, min_rows // 10):
+                measures.append(Measure(name, None, f"insufficient data: {values.size} requests"))
+            else:
+                measures.append(Measure(name, float(np.percentile(values, p))))
+    return measures

@@ -1,0 +1,271 @@
+"""Windowed monitors over the shared prediction log (every replica's traffic, seen as one).
+
+Each window is split by model version (a promotion mid-window gives two reports) and compared
+with that version's references: its training feature bins and its staging baseline. A window
+too small to judge reports ``insufficient_data``; a version whose references cannot be read, or
+a monitor that fails, reports ``inconclusive`` with the reason — never "no drift".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from prodguard.clock import Clock
+from prodguard.config import MonitoringSettings
+from prodguard.errors import ProdguardError
+from prodguard.monitoring.baseline import Baseline, Finding, Status, evaluate, worst
+from prodguard.monitoring.measures import FeatureReference, Measure, measure
+from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
+from prodguard.serving.prediction_log import PredictionLog
+
+_log = logging.getLogger("prodguard.monitoring")
+
+
+@dataclass(frozen=True)
+class VersionReference:
+    features: dict[str, FeatureReference]
+    baseline: Baseline | None
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    start: datetime
+    end: datetime
+    model_version: int | None
+    rows: int
+    status: Status
+    findings: list[Finding] = field(default_factory=list)
+    reason: str = ""
+    sampled_every: int = 1
+
+    @property
+    def window(self) -> str:
+        return f"{self.start.isoformat()}..{self.end.isoformat()}"
+
+    def finding(self, metric: str) -> Finding | None:
+        return next((f for f in self.findings if f.metric == metric), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "model_version": self.model_version,
+            "rows": self.rows,
+            "status": self.status,
+            "reason": self.reason,
+            "sampled_every": self.sampled_every,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+class Monitor:
+    def __init__(
+        self,
+        log: PredictionLog,
+        references: Callable[[int], VersionReference],
+        settings: MonitoringSettings,
+        clock: Clock,
+    ) -> None:
+        self._log = log
+        self._references = references
+        self._settings = settings
+        self._spec = WindowSpec.from_settings(settings.window)
+        self._clock = clock
+        self._cache: dict[int, VersionReference] = {}
+
+    @property
+    def spec(self) -> WindowSpec:
+        return self._spec
+
+    def latest(self) -> list[WindowReport]:
+        """The window ending now; its KPI from the window that matured most recently."""
+        now = self._clock.now()
+        maturity = timedelta(hours=self._settings.kpi.maturity_hours)
+        current, every = self._read_latest(now)
+        reports = self._judge(current, every, matured=maturity.total_seconds() == 0)
+        if maturity.total_seconds() > 0:
+            matured, matured_every = self._read_latest(now - maturity)
+            kpi = f"kpi.{self._settings.kpi.name}"
+            by_version = {
+                r.model_version: r.finding(kpi)
+                for r in self._judge(matured, matured_every, matured=True)
+            }
+            reports = [_with_kpi(r, by_version.get(r.model_version), kpi, matured) for r in reports]
+        return reports
+
+    def over(self, start: datetime, end: datetime) -> list[WindowReport]:
+        """Consecutive closed windows of ``[start, end)`` (a backfill, or a replay's study)."""
+        if end <= start:
+            raise ProdguardError("the monitoring range is empty; --end must be after --start")
+        count = self._log.count(start, end, role="champion")
+        share = 1.0
+        if self._spec.minutes is not None and self._spec.rows is None:
+            share = min(1.0, self._spec.minutes * 60 / (end - start).total_seconds())
+        every = max(1, math.ceil(count * share / self._spec.max_rows))
+        frame = self._log.window(start, end, role="champion", every=every)
+        maturity = timedelta(hours=self._settings.kpi.maturity_hours)
+        now = self._clock.now()
+        reports: list[WindowReport] = []
+        for window in tile(self._spec, frame, start, end):
+            reports.extend(self._judge(window, every, matured=window.end + maturity <= now))
+        return reports
+
+    def _read_latest(self, now: datetime) -> tuple[Window, int]:
+        spec = self._spec
+        if spec.minutes is None:
+            frame = self._log.tail(spec.rows or 0, before=now)
+            return latest_window(spec, frame, now), 1
+        start = now - timedelta(minutes=spec.minutes)
+        count = self._log.count(start, now, role="champion")
+        every = max(1, math.ceil(count / spec.max_rows)) if spec.rows is None else 1
+        frame = self._log.window(start, now, role="champion", every=every)
+        return latest_window(spec, frame, now), every
+
+    def _judge(self, window: Window, every: int, matured: bool) -> list[WindowReport]:
+        try:
+            return self._judge_versions(window, every, matured)
+        except Exception as exc:  # noqa: BLE001 - a failing monitor is inconclusive, not quiet
+            _log.exception("monitor failed on window %s", window.label)
+            reason = f"monitor failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return [
+                WindowReport(
+                    window.start,
+                    window.end,
+                    None,
+                    len(window.frame),
+                    "inconclusive",
+                    reason=reason,
+                    sampled_every=every,
+                )
+            ]
+
+    def _judge_versions(self, window: Window, every: int, matured: bool) -> list[WindowReport]:
+        frame = window.frame
+        errors = self._log.errors(window.start, window.end)
+        if frame.empty:
+            return [
+                WindowReport(
+                    window.start,
+                    window.end,
+                    None,
+                    0,
+                    "insufficient_data",
+                    reason="no predictions in the window",
+                    sampled_every=every,
+                )
+            ]
+        reports = []
+        for version, rows in frame.groupby("version", sort=True):
+            version = int(version)
+            try:
+                reference = self._reference(version)
+            except ProdguardError as exc:
+                reports.append(
+                    WindowReport(
+                        window.start,
+                        window.end,
+                        version,
+                        len(rows),
+                        "inconclusive",
+                        reason=f"references of v{version} unreadable: {exc}",
+                        sampled_every=every,
+                    )
+                )
+                continue
+            findings = self._findings(rows, reference, errors, matured, every)
+            counted = len(rows) * every
+            short = counted < self._spec.min_rows
+            reports.append(
+                WindowReport(
+                    window.start,
+                    window.end,
+                    version,
+                    counted,
+                    "insufficient_data" if short else worst(findings),
+                    findings,
+                    f"{counted} predictions, {self._spec.min_rows} needed" if short else "",
+                    sampled_every=every,
+                )
+            )
+        return reports
+
+    def _findings(
+        self,
+        rows: pd.DataFrame,
+        reference: VersionReference,
+        errors: dict[str, int],
+        matured: bool,
+        every: int,
+    ) -> list[Finding]:
+        baseline = reference.baseline
+        reason = ""
+        if baseline is not None and not self._spec.same_size(baseline.window):
+            reason = (
+                f"baseline windows ({baseline.window}) differ from the monitor's "
+                f"({self._spec.describe()}); re-run `prodguard baseline`"
+            )
+            baseline = None
+        measures: Sequence[Measure] = measure(
+            rows,
+            features=reference.features,
+            scores=baseline.score_reference() if baseline is not None else None,
+            staging=baseline.feature_references() if baseline is not None else None,
+            kpi=self._settings.kpi,
+            matured=matured,
+            errors={k: v // every for k, v in errors.items()},
+            min_rows=max(1, self._spec.min_rows // every),
+        )
+        findings = evaluate(measures, baseline, self._settings.psi, self._settings.spread)
+        if reason:
+            findings = [
+                f
+                if f.status != "no_baseline"
+                else Finding(f.metric, f.value, "no_baseline", reason=reason)
+                for f in findings
+            ]
+        return findings
+
+    def _reference(self, version: int) -> VersionReference:
+        if version not in self._cache:
+            self._cache[version] = self._references(version)
+        return self._cache[version]
+
+    def forget(self, version: int) -> None:
+        """Drop a cached reference (a new baseline was recorded for the version)."""
+        self._cache.pop(version, None)
+
+
+def _with_kpi(
+    report: WindowReport, kpi: Finding | None, metric: str, matured: Window
+) -> WindowReport:
+    if kpi is None:
+        kpi = Finding(
+            metric,
+            None,
+            "insufficient_data",
+            reason=f"no matured predictions of this version in {matured.label}",
+        )
+    else:
+        kpi = Finding(
+            **{**kpi.to_json(), "reason": (kpi.reason + f" (window {matured.label})").strip()}
+        )
+    findings = [kpi if f.metric == metric else f for f in report.findings]
+    judged = report.status in ("insufficient_data", "inconclusive") and not report.findings
+    short = report.status == "insufficient_data" and bool(report.reason)
+    return WindowReport(
+        report.start,
+        report.end,
+        report.model_version,
+        report.rows,
+        report.status if judged or short else worst(findings),
+        findings,
+        report.reason,
+        report.sampled_every,
+    )

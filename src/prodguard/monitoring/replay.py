@@ -1,0 +1,143 @@
+"""Replaying a past period through the serving path (staging baselines, drift studies).
+
+The labelled source's rows of ``[start, end)`` become requests (through the project's request
+model, as a caller would send them), hour by hour in time order. A clock set to each hour drives
+the real ``Predictor`` — request checks, feature lookups with TTL and degradation, model, durable
+log — over ``AsOfFeatures``: the online store as it stood at that hour. Known outcomes are fed
+back as the flights land. A deterministic share of requests is sent one by one, so the log holds
+per-request latencies as ``/predict`` would see them; the rest go in hourly batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from prodguard.clock import FixedClock
+from prodguard.config import Settings
+from prodguard.errors import NoDataError, RequestRejected, TrainingError
+from prodguard.ingestion.offline import OfflineStore
+from prodguard.serving.models import LoadedModel, ServingState
+from prodguard.serving.prediction_log import PredictionLog
+
+SINGLE_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    start: datetime
+    end: datetime
+    requests: int
+    predicted: int
+    rejected: int
+    feedback: int
+    seconds: float
+
+
+def request_rows(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:
+    """The labelled source's ingested rows in ``[start, end)``, in time order."""
+    model = settings.model
+    if model is None:
+        raise TrainingError("prodguard.yaml has no 'model' section")
+    timestamp = settings.sources[model.source].timestamp
+    rows = OfflineStore(settings.paths.offline_dir).read(model.source)
+    if rows is None:
+        raise NoDataError(f"no ingested '{model.source}' rows; run `prodguard ingest` first")
+    window = rows[(rows[timestamp] >= start) & (rows[timestamp] < end)]
+    if window.empty:
+        raise NoDataError(
+            f"no '{model.source}' rows in [{start:%Y-%m-%d}, {end:%Y-%m-%d}); ingest that window"
+        )
+    return window.rename(columns={timestamp: "event_timestamp"}).sort_values("event_timestamp")
+
+
+def request_id(settings: Settings, row: dict[str, Any], prefix: str) -> str:
+    model = settings.model
+    assert model is not None
+    keys = [k for k in settings.sources[model.source].keys if k != "event_timestamp"]
+    return prefix + "-".join(str(row[k]) for k in keys)
+
+
+def single(request: str, share: float = SINGLE_SHARE) -> bool:
+    digest = hashlib.blake2b(request.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def replay(
+    settings: Settings,
+    model: LoadedModel,
+    predictor_for: Callable[[Callable[[], ServingState], FixedClock], Any],
+    log: PredictionLog,
+    start: datetime,
+    end: datetime,
+    *,
+    prefix: str = "replay-",
+    keep: Callable[[str], bool] | None = None,
+    single_share: float = SINGLE_SHARE,
+) -> ReplayResult:
+    """Serve ``[start, end)`` with ``model`` as champion. ``predictor_for(state, clock)`` builds
+    the request path; ``keep`` selects request ids (e.g. a held-out part)."""
+    began = time.perf_counter()
+    assert settings.model is not None and settings.serving is not None
+    from prodguard.project import import_object
+
+    request_model = import_object(settings.serving.request_model, "serving.request_model")
+    rows = request_rows(settings, start, end)
+    label, outcome_key = settings.model.label, settings.monitoring.kpi.outcome
+    clock = FixedClock(start)
+    state = ServingState(champion=model)
+    predictor = predictor_for(lambda: state, clock)
+    requests = predicted = rejected = feedback = 0
+    try:
+        hours = rows["event_timestamp"].dt.floor("h")
+        for hour, group in rows.groupby(hours, sort=True):
+            clock.set(pd.Timestamp(hour).to_pydatetime())
+            batch: list[tuple[str, dict[str, Any], Any]] = []
+            for row in group.to_dict("records"):
+                rid = request_id(settings, row, prefix)
+                if keep is not None and not keep(rid):
+                    continue
+                requests += 1
+                try:
+                    request = request_model.from_row(row).to_row()
+                except ValidationError:
+                    rejected += 1  # the HTTP boundary would have answered 400
+                    continue
+                batch.append((rid, request, row.get(label)))
+            for call in _calls(predictor, batch, single_share):
+                try:
+                    predictor.predict([c[1] for c in call], [c[0] for c in call])
+                except RequestRejected:
+                    rejected += len(call)  # a single row the checks refuse (counted in the log)
+                    continue
+                predicted += len(call)
+                for rid, _, outcome in call:
+                    if outcome is not None and outcome == outcome:
+                        log.record_feedback(rid, {outcome_key: int(outcome)}, clock.now())
+                        feedback += 1
+    finally:
+        predictor.close()
+    return ReplayResult(
+        start, end, requests, predicted, rejected, feedback, time.perf_counter() - began
+    )
+
+
+def _calls(
+    predictor: Any, batch: list[tuple[str, dict[str, Any], Any]], share: float
+) -> list[list[Any]]:
+    """One call per sampled or refused request, one batch for the rest (a refused row would
+    reject the whole batch)."""
+    alone, together = [], []
+    for item in batch:
+        if single(item[0], share) or predictor.refuses(item[1]):
+            alone.append([item])
+        else:
+            together.append(item)
+    return alone + ([together] if together else [])

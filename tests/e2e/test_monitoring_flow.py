@@ -1,0 +1,145 @@
+"""Monitoring as a user drives it: `prodguard baseline`, `monitor` (alerts to a webhook),
+`report` (Evidently HTML with an index page)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_project, utc
+from tests.e2e.cli import run
+from tests.unit.test_alerts import Receiver
+
+pytestmark = pytest.mark.e2e
+DAILY = {
+    "PRODGUARD_MONITORING__WINDOW__MINUTES": "1440",
+    "PRODGUARD_MONITORING__WINDOW__STEP_MINUTES": "1440",
+    "PRODGUARD_MONITORING__WINDOW__MIN_ROWS": "200",
+    "PRODGUARD_MONITORING__KPI__MIN_LABELLED": "100",
+}
+
+
+class Celsius:
+    """A feature source that serves temperature and dew point in degrees Celsius."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def online_features(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        frame = self.store.online_features(rows)
+        for column in ("temp", "dewp"):
+            frame[column] = [None if v is None else (v - 32) * 5 / 9 for v in frame[column]]
+        return frame
+
+
+@pytest.fixture
+def monitored(served_project: Path, tmp_path: Path) -> Path:
+    root = make_project(tmp_path / "project")
+    shutil.copytree(served_project / ".prodguard", root / ".prodguard")
+    shutil.rmtree(root / ".prodguard" / "feast")
+    return root
+
+
+def test_baseline_monitor_alert_and_report(monitored: Path) -> None:
+    from prodguard import app
+    from prodguard.config import load_settings
+    from prodguard.monitoring.jobs import replay_version
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+
+    run(monitored, "materialize", "--until", "2013-05-01", env=DAILY)
+    baseline = run(
+        monitored, "baseline", "--start", "2013-04-01", "--end", "2013-04-08", "--json", env=DAILY
+    )
+    document = json.loads(baseline.stdout)
+    assert document["model_version"] == 2  # the champion (no candidate is set)
+    assert document["details"]["windows"] == 7
+    assert document["replay"]["predicted"] > 5000
+    assert {"psi.temp", "shift.temp", "score.mean", "kpi.delay_cost"} <= set(document["metrics"])
+
+    # production traffic of the following week, with temperatures arriving in degrees Celsius
+    settings = load_settings(monitored / "prodguard.yaml", environ=DAILY)
+    log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+    registry = app.registry_operations(settings).registry
+    replay_version(
+        settings,
+        registry,
+        2,
+        utc("2013-04-08"),
+        utc("2013-04-15"),
+        log,
+        wrap_store=lambda store, clock: Celsius(store),
+    )
+    log.close()
+
+    receiver = Receiver()
+    try:
+        env = {**DAILY, "PRODGUARD_ALERTS__WEBHOOK_URL": receiver.url}
+        args = ["monitor", "--start", "2013-04-08", "--end", "2013-04-15", "--json"]
+        first = json.loads(run(monitored, *args, env=env).stdout)
+        again = json.loads(run(monitored, *args, env=env).stdout)
+    finally:
+        receiver.close()
+    reports = first["reports"]
+    assert len(reports) == 7 and all(r["model_version"] == 2 for r in reports)
+    dewp_alerts = 0
+    for report in reports:
+        statuses = {f["metric"]: f["status"] for f in report["findings"]}
+        values = {f["metric"]: f["value"] for f in report["findings"]}
+        # against staging, degrees Celsius fall below every April decile: far beyond its spread
+        assert statuses["shift.temp"] == "critical", values
+        # against training (Jan-Mar, already far from April) PSI saturates: a warning at least
+        assert statuses["psi.temp"] in ("warning", "critical"), values
+        dewp_alerts += statuses["shift.dewp"] in ("warning", "critical")
+    assert dewp_alerts >= 4  # daily dew points overlap more between °C and a cold April week
+    sent = {(a["type"], a.get("metric")) for a in first["alerts_sent"]}
+    assert ("drift_alert", "shift.temp") in sent
+    # a condition that holds over seven windows alerts once, and not again on the next run
+    assert sum(1 for a in first["alerts_sent"] if a.get("metric") == "shift.temp") == 1
+    assert again["alerts_sent"] == []
+    received = [b["prodguard"] for b in receiver.bodies]
+    assert received == first["alerts_sent"]
+    assert all(b["text"] for b in receiver.bodies)
+    stored = run(monitored, "alerts", "--type", "drift_alert").stdout.splitlines()
+    assert len(stored) == len([a for a in first["alerts_sent"] if a["type"] == "drift_alert"])
+
+    table = run(monitored, "monitor", "--start", "2013-04-08", "--end", "2013-04-10", env=DAILY)
+    assert "critical" in table.stdout and "shift.temp" in table.stdout
+
+    report = run(monitored, "report", "--start", "2013-04-08", "--end", "2013-04-15", env=DAILY)
+    assert "temp" in report.stdout
+    reports_dir = monitored / ".prodguard" / "reports"
+    index = (reports_dir / "index.html").read_text()
+    (entry,) = json.loads((reports_dir / "index.json").read_text())
+    assert entry["file"] in index and (reports_dir / entry["file"]).stat().st_size > 100_000
+    assert {"temp", "dewp"} <= set(entry["drifted"])
+    assert entry["current_total"] > 5000 and entry["reference_rows"] <= 20_000
+
+
+def test_monitor_on_an_empty_log_is_insufficient_not_quiet(monitored: Path) -> None:
+    done = run(monitored, "monitor", "--once", "--json", env=DAILY)
+    (report,) = json.loads(done.stdout)["reports"]
+    assert report["status"] == "insufficient_data"
+    assert report["reason"] == "no predictions in the window"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["monitor", "--once", "--every", "5"], "--once or --every"),
+        (["monitor", "--start", "2013-04-01"], "both --start and --end"),
+        (["monitor", "--every", "0"], "--every must be a positive"),
+        (["baseline", "--start", "soon", "--end", "2013-05-01"], "--start 'soon' is not"),
+        (["baseline", "--start", "2013-05-01", "--end", "2013-04-01"], "--end must be after"),
+        (["report", "--start", "2013-04-01", "--end", "2013-04-02"], "no predictions of v2"),
+    ],
+)
+def test_bad_monitoring_input_one_line_error(monitored: Path, args: list[str], message: str):
+    done = run(monitored, *args, expect=None, env=DAILY)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
