@@ -216,6 +216,7 @@ LINEAGE_SUMMARY = (
     "eval.recall",
     "eval.ece",
     "demoted_reason",
+    "baseline",
 )
 
 

@@ -315,11 +315,12 @@ def status(
         _print_json(document)
         return
     table = Table(title=f"model {document['model']}")
-    for column in ("alias", "version", "trained on", "rows", "AUC", "feature views", "code"):
+    columns = ("alias", "version", "trained on", "rows", "AUC", "feature views", "baseline", "code")
+    for column in columns:
         table.add_column(column)
     for alias, summary in document["lineage"].items():
         if summary is None:
-            table.add_row(alias, "-", "", "", "", "", "")
+            table.add_row(alias, "-", *[""] * (len(columns) - 2))
             continue
         views = " ".join(f"v{v}" for v in (summary["feature_views"] or {}).values())
         table.add_row(
@@ -329,6 +330,7 @@ def status(
             summary["rows_train"] or "",
             summary["eval.auc"] or "",
             views,
+            (summary["baseline"] or "-").replace("T00:00:00+00:00", ""),
             (summary["code_version"] or "")[:12],
         )
     out.print(table)

@@ -62,6 +62,10 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 def write_json_atomic(document: Any, path: Path) -> None:
     text = json.dumps(document, indent=2, sort_keys=True, default=str)
+    write_text_atomic(text, path)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
     _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

@@ -12,6 +12,7 @@ from prodguard.features.feast_adapter import FeastStore
 from prodguard_flights.loader import FlightsLoader
 from tests.conftest import utc
 from tests.e2e.cli import CLI, run
+from tests.unit.test_alerts import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -25,27 +26,36 @@ def test_foundation_flow(project: Path, flights_loader: FlightsLoader, tmp_path:
     weather_file = data / "offline" / "weather.parquet"
     before = weather_file.read_bytes()
 
-    # an upstream unit change: weather in °C
+    # an upstream unit change: weather in °C (alerts also go to the team's webhook)
+    receiver = Receiver()
+    hook = {"PRODGUARD_ALERTS__WEBHOOK_URL": receiver.url}
     celsius = flights_loader.load("weather", utc("2013-05-01"), utc("2013-06-01"))
     celsius[["temp", "dewp"]] = (celsius[["temp", "dewp"]] - 32) * 5 / 9
     celsius.to_parquet(tmp_path / "weather_may_celsius.parquet")
-    done = run(
-        project,
-        "ingest",
-        "--source",
-        "weather",
-        "--file",
-        str(tmp_path / "weather_may_celsius.parquet"),
-        expect=3,
-    )
-    assert "quarantined" in done.stderr
-    assert weather_file.read_bytes() == before
+    try:
+        done = run(
+            project,
+            "ingest",
+            "--source",
+            "weather",
+            "--file",
+            str(tmp_path / "weather_may_celsius.parquet"),
+            expect=3,
+            env=hook,
+        )
+        assert "quarantined" in done.stderr
+        assert weather_file.read_bytes() == before
 
-    # a renamed column arrives as CSV
-    renamed = flights_loader.load("weather", utc("2013-05-01"), utc("2013-06-01"))
-    renamed.rename(columns={"humid": "humidity"}).to_csv(tmp_path / "weather.csv", index=False)
-    run(project, "ingest", "--source", "weather", "--file", str(tmp_path / "weather.csv"), expect=3)
-    assert weather_file.read_bytes() == before
+        # a renamed column arrives as CSV
+        renamed = flights_loader.load("weather", utc("2013-05-01"), utc("2013-06-01"))
+        renamed.rename(columns={"humid": "humidity"}).to_csv(tmp_path / "weather.csv", index=False)
+        csv = str(tmp_path / "weather.csv")
+        run(project, "ingest", "--source", "weather", "--file", csv, expect=3, env=hook)
+        assert weather_file.read_bytes() == before
+    finally:
+        receiver.close()
+    hooked = [body["prodguard"]["type"] for body in receiver.bodies]
+    assert hooked == ["quarantine", "schema_change", "quarantine"]
 
     alerts = [json.loads(line) for line in (data / "alerts.jsonl").read_text().splitlines()]
     assert [a["type"] for a in alerts] == ["quarantine", "schema_change", "quarantine"]

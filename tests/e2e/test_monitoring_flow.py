@@ -60,6 +60,9 @@ def test_baseline_monitor_alert_and_report(monitored: Path) -> None:
     assert document["details"]["windows"] == 7
     assert document["replay"]["predicted"] > 5000
     assert {"psi.temp", "shift.temp", "score.mean", "kpi.delay_cost"} <= set(document["metrics"])
+    status = json.loads(run(monitored, "status", "--json").stdout)
+    assert status["lineage"]["champion"]["baseline"].startswith("2013-04-01")
+    assert "baseline" in run(monitored, "status").stdout
 
     # production traffic of the following week, with temperatures arriving in degrees Celsius
     settings = load_settings(monitored / "prodguard.yaml", environ=DAILY)
@@ -143,3 +146,54 @@ def test_bad_monitoring_input_one_line_error(monitored: Path, args: list[str], m
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_monitor_loop_serves_prometheus_gauges(monitored: Path) -> None:
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.e2e.cli import CLI, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
+    process = subprocess.Popen(
+        [*CLI, "monitor", "--every", "0.5", "--metrics-port", str(port), "--json"],
+        cwd=monitored,
+        env={**env, **DAILY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline and "prodguard_monitor_window_status{" not in text:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                assert process.poll() is None, "the monitor loop exited"
+                time.sleep(0.3)
+        # nothing logged in the last 24 h: the window is insufficient (-1), never "ok" (0)
+        assert sample(text, "prodguard_monitor_window_status") == -1.0
+        first = sample(text, "prodguard_monitor_last_run_timestamp_seconds")
+        assert first > 0
+        time.sleep(1.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            later = r.read().decode()
+        # the loop keeps running
+        assert sample(later, "prodguard_monitor_last_run_timestamp_seconds") > first
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def sample(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name:
+                return found.value
+    raise AssertionError(f"{name} not exported")

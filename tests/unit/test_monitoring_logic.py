@@ -234,12 +234,16 @@ def _baseline(**metrics: MetricBaseline) -> Baseline:
 
 
 def test_feature_thresholds_are_the_wider_of_band_and_spread() -> None:
-    drifted = _baseline(**{"psi.temp": MetricBaseline(3.0, 0.5, 20, 0.5)})
+    drifted = _baseline(**{"psi.temp": MetricBaseline(3.0, 0.5, 20, 1.0)})
     steady = _baseline(**{"psi.temp": MetricBaseline(0.02, 0.01, 20, 0.01)})
-    (f,) = evaluate([Measure("psi.temp", 3.6)], drifted, PSI, SPREAD)
-    assert (f.status, f.warning, f.critical) == ("ok", 3.75, 4.0)
-    (f,) = evaluate([Measure("psi.temp", 4.2)], drifted, PSI, SPREAD)
+    (f,) = evaluate([Measure("psi.temp", 4.4)], drifted, PSI, SPREAD)
+    assert (f.status, f.warning, f.critical) == ("ok", 4.5, 5.0)
+    (f,) = evaluate([Measure("psi.temp", 5.2)], drifted, PSI, SPREAD)
     assert f.status == "critical"
+    # a PSI's spread is at least 20% of its mean (its sampling noise grows with it)
+    noisy = _baseline(**{"shift.seats": MetricBaseline(0.5, 0.01, 20, 0.02)})
+    (f,) = evaluate([Measure("shift.seats", 0.6)], noisy, PSI, SPREAD)
+    assert (f.status, f.warning) == ("ok", pytest.approx(0.65))
     (f,) = evaluate([Measure("psi.temp", 0.12)], steady, PSI, SPREAD)
     assert (f.status, f.warning, f.critical) == ("warning", 0.1, 0.25)
     (f,) = evaluate([Measure("psi.temp", 0.3)], None, PSI, SPREAD)

@@ -124,10 +124,30 @@ class MonitorGauges:
             [*labels, "level"],
             registry=registry,
         )
+        self.window = Gauge(
+            "prodguard_monitor_window_status",
+            "Status of the latest window (codes as prodguard_monitor_status)",
+            ["model_version"],
+            registry=registry,
+        )
+        self.rows = Gauge(
+            "prodguard_monitor_window_rows",
+            "Predictions in the latest window",
+            ["model_version"],
+            registry=registry,
+        )
+        self.last_run = Gauge(
+            "prodguard_monitor_last_run_timestamp_seconds",
+            "When the monitors last ran (Unix time)",
+            registry=registry,
+        )
 
-    def publish(self, reports: Sequence[WindowReport]) -> None:
+    def publish(self, reports: Sequence[WindowReport], now: datetime) -> None:
+        self.last_run.set(now.timestamp())
         for report in reports:
             version = str(report.model_version)
+            self.window.labels(version).set(STATUS_CODES[report.status])
+            self.rows.labels(version).set(report.rows)
             for f in report.findings:
                 self.status.labels(f.metric, version).set(STATUS_CODES[f.status])
                 if f.value is not None:

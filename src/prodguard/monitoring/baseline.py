@@ -15,7 +15,8 @@ and of every feature (``shift.*``). Thresholds, per metric:
 - every other baselined metric: warning beyond ``mean + 1.5 x spread``, critical beyond
   ``mean + 2 x spread``, in the direction that is worse (higher cost, latency, rates, score PSI;
   either way for the mean score). The spread is never below a floor per metric family (a
-  staging period with zero errors must not make one error critical).
+  staging period with zero errors must not make one error critical), nor below 20% of the mean
+  for PSI values (their sampling noise grows with them) and 10% for latencies, rates and KPIs.
 
 ``score.shift_sd`` reports the mean score's deviation in baseline standard deviations (the
 rollback trigger's "prediction shift > 3 sd").
@@ -44,7 +45,15 @@ SPREAD_FLOOR = {
     "kpi": 0.005,
     "rate": 0.002,
 }
-LATENCY_RELATIVE_FLOOR = 0.1  # latency spread is at least 10% of its mean
+# relative floors: latency jitters with load; a PSI's sampling noise grows with its value
+RELATIVE_FLOOR = {
+    "latency": 0.1,
+    "rate": 0.1,
+    "kpi": 0.1,
+    "psi": 0.2,
+    "shift": 0.2,
+    "score.psi": 0.2,
+}
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,9 @@ class MetricBaseline:
 
     def spread(self, metric: str) -> float:
         family = metric.split(".", 1)[0]
-        if family == "latency":
-            return max(self.max_deviation, LATENCY_RELATIVE_FLOOR * abs(self.mean), 0.01)
-        return max(self.max_deviation, SPREAD_FLOOR.get(family, 0.0))
+        relative = RELATIVE_FLOOR.get(metric, RELATIVE_FLOOR.get(family, 0.0))
+        absolute = SPREAD_FLOOR.get(family, 0.01 if family == "latency" else 0.0)
+        return max(self.max_deviation, relative * abs(self.mean), absolute)
 
 
 @dataclass(frozen=True)

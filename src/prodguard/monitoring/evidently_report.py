@@ -27,7 +27,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from prodguard.durable import _replace_atomically, locked, write_json_atomic
+from prodguard.durable import locked, write_json_atomic, write_text_atomic
 from prodguard.errors import InputError, ProdguardError, StorageError
 from prodguard.telemetry import disable_telemetry
 
@@ -120,7 +120,7 @@ def write_drift_report(
 
     reports_dir = Path(reports_dir)
     file = f"{stem}.html"
-    _replace_atomically(reports_dir / file, lambda tmp: tmp.write_text(html_text, "utf-8"))
+    write_text_atomic(html_text, reports_dir / file)
     entry = ReportEntry(
         file=file,
         title=title,
@@ -513,5 +513,5 @@ def _render_index(reports_dir: Path, entries: list[dict[str, Any]]) -> Path:
     summary = f"{len(entries)} report(s), newest first." if entries else "No reports yet."
     page = _INDEX_PAGE.format(summary=summary, rows=rows)
     path = reports_dir / INDEX_HTML
-    _replace_atomically(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    write_text_atomic(page, path)
     return path

@@ -266,10 +266,10 @@ def run_monitor(
         monitor.over(start, end) if start is not None and end is not None else monitor.latest()
     )
     run = MonitorRun(reports)
+    stamp = now or datetime.now(UTC)
     if gauges is not None:
-        gauges.publish(reports)
+        gauges.publish(reports, stamp)
     if gate is not None and reports:
-        stamp = now or datetime.now(UTC)
         judged = gate.judged_through()
         fresh = [r for r in reports if judged is None or r.end > judged]
         raised, cleared = alerts_of(fresh, stamp)
