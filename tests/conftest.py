@@ -103,3 +103,31 @@ def served_project(ingested, tmp_path_factory) -> Path:
     operations.promote("tests", "setup", version=1)
     operations.promote("tests", "setup", version=2)
     return root
+
+
+DAILY_WINDOWS = {
+    "PRODGUARD_MONITORING__WINDOW__MINUTES": "1440",
+    "PRODGUARD_MONITORING__WINDOW__STEP_MINUTES": "1440",
+    "PRODGUARD_MONITORING__WINDOW__MIN_ROWS": "200",
+}
+
+
+@pytest.fixture(scope="session")
+def drilled(served_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v2 champion with a staging baseline (April 1-4), v1 standby; v3 = v2 with scores
+    shifted by +0.4, registered (no alias). Copy it before moving aliases."""
+    from prodguard import app
+    from prodguard.config import load_settings
+    from prodguard.monitoring.jobs import record_baseline
+    from prodguard.rollout.faults import register_faulty
+    from prodguard.training.trainer import pip_requirements
+
+    root = make_project(tmp_path_factory.mktemp("drilled") / "project")
+    shutil.copytree(served_project / ".prodguard", root / ".prodguard")
+    shutil.rmtree(root / ".prodguard" / "feast")
+    settings = load_settings(root / "prodguard.yaml", environ=DAILY_WINDOWS)
+    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    record_baseline(settings, utc("2013-04-01"), utc("2013-04-04"), version=2)
+    operations = app.registry_operations(settings)
+    assert register_faulty(operations, 2, 0.4, "tests", pip_requirements()) == 3
+    return root

@@ -167,7 +167,12 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
     config = load_registry_config(settings)
     registry = MlflowRegistry(config, _model_name(settings))
     check = promotion_check(registry, feature_store(settings)) if with_checks else None
-    return RegistryOperations(registry, AuditLog(config.audit_uri), promotion_check=check)
+    return RegistryOperations(
+        registry,
+        AuditLog(config.audit_uri),
+        promotion_check=check,
+        standby_hours=settings.rollout.standby_hours,
+    )
 
 
 def promotion_check(registry: Any, store: Any) -> Callable[[int], None]:
@@ -232,6 +237,9 @@ def version_summary(version: Any) -> dict[str, Any]:
 
 
 def status(settings: Settings) -> dict[str, Any]:
+    """Aliases with lineage, the standby's age and retention, the declared rollback triggers."""
+    from prodguard.rollout.triggers import describe as describe_triggers
+
     operations = registry_operations(settings)
     state = operations.state()
     versions = operations.registry.versions()
@@ -246,7 +254,14 @@ def status(settings: Settings) -> dict[str, Any]:
         },
         "versions": [version_summary(v) for v in versions],
         "mlflow_ui": mlflow_ui_command(config),
+        "standby_since": _iso(operations.standby_since(state.standby)) if state.standby else None,
+        "standby_hours": settings.rollout.standby_hours,
+        "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
     }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def mlflow_ui_command(config: Any) -> str:

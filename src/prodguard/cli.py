@@ -281,16 +281,32 @@ def promote(
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "promoted",
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+    override_standby_retention: Annotated[
+        str | None,
+        typer.Option(
+            help="Drop a standby younger than rollout.standby_hours anyway; give the reason "
+            "(kept in the audit record)."
+        ),
+    ] = None,
 ) -> None:
     """Champion becomes standby; the candidate (or --version) becomes champion.
 
     Refused when the version's input contract differs from the feature service or it does not
-    load. If someone else moves the aliases meanwhile, nothing changes and the exit code is 4.
+    load, and when it would drop a standby younger than rollout.standby_hours (72 h by default;
+    the time left is given). If someone else moves the aliases meanwhile, nothing changes and
+    the exit code is 4.
     """
     from prodguard.registry.operations import default_actor
 
     operations = use_cases.registry_operations(_settings(), with_checks=True)
-    _record_line(operations.promote(actor or default_actor(), reason, version=version))
+    _record_line(
+        operations.promote(
+            actor or default_actor(),
+            reason,
+            version=version,
+            override_retention=override_standby_retention,
+        )
+    )
 
 
 @cli.command()
@@ -334,6 +350,15 @@ def status(
             (summary["code_version"] or "")[:12],
         )
     out.print(table)
+    if document["standby_since"]:
+        out.print(
+            f"standby since {document['standby_since'][:19]} (kept at least "
+            f"{document['standby_hours']:g} h after a promotion)",
+            highlight=False,
+        )
+    out.print("rollback triggers (prodguard guard):", highlight=False)
+    for line in document["triggers"]:
+        out.print(f"  - {escape(line)}", highlight=False)
     out.print(
         f"{len(document['versions'])} version(s) registered. MLflow UI: {document['mlflow_ui']}",
         highlight=False,
@@ -469,6 +494,44 @@ def monitor(
         end=_time(end, "--end"),
         metrics_port=metrics_port,
     )
+
+
+@cli.command()
+def guard(
+    once: Annotated[bool, typer.Option("--once", help="One check, then exit (default).")] = False,
+    every: Annotated[
+        float | None, typer.Option(help="Check every N seconds until interrupted.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each decision as JSON.")] = False,
+) -> None:
+    """Judge the champion's live traffic against the rollback triggers (rollout.triggers) and,
+    when one fires, roll back to the standby: audited with the trigger and its evidence, alerted,
+    followed by every replica within its poll interval.
+
+    Safe to run twice: of two guards, one moves the aliases and the other sees them moved.
+    """
+    from prodguard.rollout.jobs import guard_loop
+
+    if once and every is not None:
+        raise InputError("give --once or --every, not both")
+
+    def show(decision: Any) -> None:
+        if as_json:
+            _print_json(decision.to_json())
+            return
+        table = Table(
+            title=f"guard: v{decision.version} {decision.action} ({decision.rows} requests)"
+        )
+        for column in ("trigger", "status", "value", "threshold", "note"):
+            table.add_column(column)
+        for t in decision.triggers:
+            value = "-" if t.value is None else f"{t.value:.4g}"
+            table.add_row(t.name, t.status, value, f"{t.threshold:.4g}", escape(t.reason))
+        out.print(table)
+        if decision.reason:
+            out.print(escape(decision.reason), highlight=False, soft_wrap=True)
+
+    guard_loop(_settings(), show, every=every)
 
 
 @cli.command()

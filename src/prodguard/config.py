@@ -199,6 +199,40 @@ class MonitoringSettings(_Strict):
     reports_max_rows: int = Field(default=20_000, ge=100)
 
 
+class TriggerSettings(_Strict):
+    """Rollback triggers, evaluated on live traffic of the champion (and of a canary)."""
+
+    prediction_shift_sd: float = Field(
+        default=3.0, gt=0, description="|mean score - baseline mean| in baseline sd."
+    )
+    kpi_worse_pct: float = Field(
+        default=5.0, gt=0, description="KPI worse than its baseline mean by this many percent."
+    )
+    error_rate: float = Field(default=0.01, gt=0, le=1, description="Budget of rate.failed.")
+    p99_latency_ms: float = Field(
+        default=250.0, gt=0, description="Budget of the request path's p99 (latency.total.p99)."
+    )
+    critical_psi_features: list[str] = Field(
+        default_factory=list, description="Features whose critical PSI (or shift) rolls back."
+    )
+    min_requests: int = Field(
+        default=200, ge=1, description="Fewer requests of a version: inconclusive, no action."
+    )
+
+
+class RolloutSettings(_Strict):
+    standby_hours: float = Field(
+        default=72,
+        ge=72,
+        description="A standby stays at least this long after a promotion; a promotion that "
+        "would drop a younger one is refused (lower only with the audited override flag).",
+    )
+    guard_minutes: float = Field(
+        default=1440, gt=0, description="How far back the guard looks at a version's traffic."
+    )
+    triggers: TriggerSettings = TriggerSettings()
+
+
 class AlertSettings(_Strict):
     webhook_url: str | None = Field(
         default=None,
@@ -235,6 +269,7 @@ class Settings(_Strict):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings | None = None
     monitoring: MonitoringSettings = MonitoringSettings()
+    rollout: RolloutSettings = RolloutSettings()
     alerts: AlertSettings = AlertSettings()
     demo: DemoSettings | None = None
     config_path: Path | None = Field(default=None, exclude=True)

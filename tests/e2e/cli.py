@@ -1,5 +1,6 @@
 """Running the prodguard CLI as a user does: a separate process in the project folder."""
 
+import contextlib
 import json
 import os
 import socket
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,39 @@ def mlflow_ui(project: Path):  # noqa: D103
     for process in processes:
         process.terminate()
         process.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def serving(project: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `prodguard serve` process on a free port; yields its base URL once ready."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port)],
+        cwd=project,
+        env={**clean, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=(project / "serve.log").open("w"),  # a pipe nobody reads would fill and block
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None:
+                    log = (project / "serve.log").read_text()[-2000:]
+                    raise RuntimeError(f"prodguard serve exited: {log}") from None
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("prodguard serve not ready within 120 s")
+        yield base
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
+        process.wait(timeout=30)

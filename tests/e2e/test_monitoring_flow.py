@@ -11,17 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import make_project, utc
+from tests.conftest import DAILY_WINDOWS, make_project, utc
 from tests.e2e.cli import run
 from tests.unit.test_alerts import Receiver
 
 pytestmark = pytest.mark.e2e
-DAILY = {
-    "PRODGUARD_MONITORING__WINDOW__MINUTES": "1440",
-    "PRODGUARD_MONITORING__WINDOW__STEP_MINUTES": "1440",
-    "PRODGUARD_MONITORING__WINDOW__MIN_ROWS": "200",
-    "PRODGUARD_MONITORING__KPI__MIN_LABELLED": "100",
-}
+DAILY = {**DAILY_WINDOWS, "PRODGUARD_MONITORING__KPI__MIN_LABELLED": "100"}
 
 
 class Celsius:

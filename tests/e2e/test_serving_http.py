@@ -1,10 +1,7 @@
 """A real `prodguard serve` process over HTTP: predictions, bad input, feedback, hot swap."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -14,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FLIGHT_REQUEST, make_project
-from tests.e2e.cli import free_port, get_json, run
+from tests.e2e.cli import get_json, run, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -51,36 +48,8 @@ def project(served_project, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(project: Path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
-    env["PRODGUARD_SERVING__POLL_SECONDS"] = "1"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prodguard", "serve", "--port", str(port)],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(project / "serve.log").open("w"),  # a pipe nobody reads would fill and block
-        text=True,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if process.poll() is not None:
-                log = (project / "serve.log").read_text()[-2000:]
-                raise RuntimeError(f"prodguard serve exited: {log}") from None
-        time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError("prodguard serve not ready within 120 s")
-    yield base
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
+    with serving(project, {"PRODGUARD_SERVING__POLL_SECONDS": "1"}) as base:
+        yield base
 
 
 def test_predictions_feedback_and_service_endpoints(service: str) -> None:

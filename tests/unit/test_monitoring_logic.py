@@ -164,6 +164,7 @@ def test_measures_of_a_window() -> None:
     assert got["score.mean"].value == pytest.approx(0.5)
     assert got["latency.model.p50"].value == pytest.approx(5.0)
     assert got["latency.checks.p99"].value == pytest.approx(1.0)
+    assert got["latency.total.p50"].value == pytest.approx(8.0)  # 1 + 2 + median model 5
     assert got["psi.x"].value is not None and got["psi.c"].value == pytest.approx(0.0, abs=1e-9)
 
 

@@ -9,7 +9,8 @@ Metric names:
 - ``score.psi`` (against the staging scores of the baseline), ``score.mean``;
 - ``kpi.<name>``: mean cost per labelled prediction, ``cost_missed`` per missed positive and
   ``cost_false_alert`` per false alert; only for matured windows with enough labels;
-- ``latency.<stage>.p50|p95|p99`` in ms, over single-row requests (batch calls share one timing);
+- ``latency.<stage>.p50|p95|p99`` in ms (checks, features, model, and their total per request),
+  over single-row requests (batch calls share one timing);
 - ``rate.degraded`` (rows with any degraded feature), ``rate.failed`` and ``rate.rejected``
   (requests that got no prediction, from the log's error counts).
 
@@ -28,7 +29,7 @@ import pandas as pd
 from prodguard.config import KpiSettings
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
 
-LATENCY_STAGES = ("checks", "features", "model")
+LATENCY_STAGES = ("checks", "features", "model", "total")  # total: the three, per request
 PERCENTILES = (50, 95, 99)
 
 
@@ -163,6 +164,9 @@ def _latency(frame: pd.DataFrame, min_rows: int) -> list[Measure]:
     timings = pd.DataFrame(frame["latencies_ms"].tolist())
     if "batch_rows" in timings.columns:
         timings = timings[timings["batch_rows"] == 1]
+    stages = [f"{s}_ms" for s in LATENCY_STAGES if s != "total"]
+    if set(stages) <= set(timings.columns):
+        timings = timings.assign(total_ms=timings[stages].sum(axis=1, min_count=len(stages)))
     measures = []
     for stage in LATENCY_STAGES:
         column = f"{stage}_ms"

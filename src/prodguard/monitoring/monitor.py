@@ -128,9 +128,22 @@ class Monitor:
         frame = self._log.window(start, now, role="champion", every=every)
         return latest_window(spec, frame, now), every
 
-    def _judge(self, window: Window, every: int, matured: bool) -> list[WindowReport]:
+    def judge(
+        self, start: datetime, end: datetime, version: int, matured: bool, min_rows: int
+    ) -> WindowReport:
+        """One version's predictions in ``[start, end)`` judged as one window (the guard: a
+        version's traffic since it went live), with its own minimum of rows."""
+        frame = self._log.window(start, end, role="champion")
+        frame = frame[frame["version"] == version]
+        reports = self._judge(Window(start, end, frame), 1, matured, min_rows)
+        found = [r for r in reports if r.model_version in (version, None)]
+        return found[0]
+
+    def _judge(
+        self, window: Window, every: int, matured: bool, min_rows: int | None = None
+    ) -> list[WindowReport]:
         try:
-            return self._judge_versions(window, every, matured)
+            return self._judge_versions(window, every, matured, min_rows)
         except Exception as exc:  # noqa: BLE001 - a failing monitor is inconclusive, not quiet
             _log.exception("monitor failed on window %s", window.label)
             reason = f"monitor failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -146,7 +159,12 @@ class Monitor:
                 )
             ]
 
-    def _judge_versions(self, window: Window, every: int, matured: bool) -> list[WindowReport]:
+    def _judge_versions(
+        self, window: Window, every: int, matured: bool, min_rows: int | None
+    ) -> list[WindowReport]:
+        """``min_rows`` given: a version's live traffic of any length (the guard), judged with
+        that minimum and the baseline whatever its window size."""
+        needed = min_rows or self._spec.min_rows
         frame = window.frame
         errors = self._log.errors(window.start, window.end)
         if frame.empty:
@@ -165,7 +183,7 @@ class Monitor:
         for version, rows in frame.groupby("version", sort=True):
             version = int(version)
             try:
-                reference = self._reference(version)
+                reference = self.reference(version)
             except ProdguardError as exc:
                 reports.append(
                     WindowReport(
@@ -179,9 +197,11 @@ class Monitor:
                     )
                 )
                 continue
-            findings = self._findings(rows, reference, errors, matured, every)
+            findings = self._findings(
+                rows, reference, errors, matured, every, needed, any_size=min_rows is not None
+            )
             counted = len(rows) * every
-            short = counted < self._spec.min_rows
+            short = counted < needed
             reports.append(
                 WindowReport(
                     window.start,
@@ -190,7 +210,7 @@ class Monitor:
                     counted,
                     "insufficient_data" if short else worst(findings),
                     findings,
-                    f"{counted} predictions, {self._spec.min_rows} needed" if short else "",
+                    f"{counted} predictions, {needed} needed" if short else "",
                     sampled_every=every,
                 )
             )
@@ -203,10 +223,12 @@ class Monitor:
         errors: dict[str, int],
         matured: bool,
         every: int,
+        min_rows: int,
+        any_size: bool,
     ) -> list[Finding]:
         baseline = reference.baseline
         reason = ""
-        if baseline is not None and not self._spec.same_size(baseline.window):
+        if baseline is not None and not any_size and not self._spec.same_size(baseline.window):
             reason = (
                 f"baseline windows ({baseline.window}) differ from the monitor's "
                 f"({self._spec.describe()}); re-run `prodguard baseline`"
@@ -220,7 +242,7 @@ class Monitor:
             kpi=self._settings.kpi,
             matured=matured,
             errors={k: v // every for k, v in errors.items()},
-            min_rows=max(1, self._spec.min_rows // every),
+            min_rows=max(1, min_rows // every),
         )
         findings = evaluate(measures, baseline, self._settings.psi, self._settings.spread)
         if reason:
@@ -232,7 +254,7 @@ class Monitor:
             ]
         return findings
 
-    def _reference(self, version: int) -> VersionReference:
+    def reference(self, version: int) -> VersionReference:
         if version not in self._cache:
             self._cache[version] = self._references(version)
         return self._cache[version]

@@ -12,6 +12,7 @@ import getpass
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from prodguard.clock import Clock, SystemClock
@@ -20,6 +21,7 @@ from prodguard.registry.audit import AuditLog, AuditRecord
 from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
 
 DEMOTED_TAG = "prodguard.demoted_reason"
+HISTORY_SCAN = 500  # audit records searched for when a version took an alias
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,15 @@ class RegistryOperations:
         audit: AuditLog,
         clock: Clock | None = None,
         promotion_check: PromotionCheck | None = None,
+        standby_hours: float | None = None,
     ) -> None:
+        """``standby_hours``: a promotion that would drop a standby younger than this is
+        refused (unless overridden, which is audited)."""
         self.registry = registry
         self.audit = audit
         self.clock = clock or SystemClock()
         self.promotion_check = promotion_check
+        self.standby_hours = standby_hours
 
     @property
     def model(self) -> str:
@@ -74,7 +80,45 @@ class RegistryOperations:
         return AliasState.from_mapping(self.registry.aliases())
 
     def history(self, limit: int | None = None) -> list[AuditRecord]:
+        """The last ``limit`` records, oldest first."""
         return self.audit.records(self.model, limit)
+
+    def live_since(self, version: int) -> datetime | None:
+        """When ``version`` last became champion (from the audit log)."""
+        return self._since("champion", version)
+
+    def standby_since(self, version: int) -> datetime | None:
+        return self._since("standby", version)
+
+    def _since(self, alias: str, version: int) -> datetime | None:
+        for record in reversed(self.history(HISTORY_SCAN)):  # newest first
+            if record.to_state.get(alias) == version and record.from_state.get(alias) != version:
+                return record.time
+        return None
+
+    def _check_retention(self, current: AliasState, override: str | None) -> dict[str, Any]:
+        """Refuse to drop a standby younger than the retention period, unless overridden."""
+        if self.standby_hours is None or current.standby is None:
+            return {}
+        since = self.standby_since(current.standby)
+        if since is None:
+            return {}
+        age = self.clock.now() - since
+        keep = timedelta(hours=self.standby_hours)
+        if age >= keep:
+            return {}
+        if override:
+            return {
+                "standby_retention_override": override,
+                "dropped_standby": current.standby,
+                "standby_age_hours": round(age.total_seconds() / 3600, 2),
+            }
+        left = (keep - age).total_seconds() / 3600
+        raise PromotionRefused(
+            f"standby v{current.standby} has been standby for "
+            f"{age.total_seconds() / 3600:.1f} h; it must stay {self.standby_hours:g} h "
+            f"({left:.1f} h left). Wait, or pass --override-standby-retention REASON (audited)"
+        )
 
     # ---- operations ----------------------------------------------------------------------
 
@@ -96,9 +140,11 @@ class RegistryOperations:
         reason: str,
         version: int | None = None,
         expected: AliasState | None = None,
+        override_retention: str | None = None,
     ) -> AuditRecord:
         """champion -> standby, candidate (or ``version``) -> champion."""
         start = expected or self.state()
+        override = self._check_retention(start, override_retention)
         target = version if version is not None else start.candidate
         if target is None:
             raise PromotionRefused(
@@ -114,7 +160,8 @@ class RegistryOperations:
             candidate = None if current.candidate == target else current.candidate
             return AliasState(champion=target, standby=current.champion, candidate=candidate)
 
-        return self._move("promote", plan, actor, reason, {"version": target}, start)
+        evidence = {"version": target, **override}
+        return self._move("promote", plan, actor, reason, evidence, start)
 
     def rollback(
         self,

@@ -1,0 +1,1 @@
+"""Guarded rollout: rollback triggers, the guard that acts on them, standby retention."""

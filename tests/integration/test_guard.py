@@ -1,0 +1,130 @@
+"""The guard on real stores: a faulty champion (scores shifted) is rolled back to the standby
+with an audit record holding the trigger and its evidence; standby retention on promotion."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from prodguard.clock import FixedClock
+from prodguard.errors import PromotionRefused
+from tests.conftest import DAILY_WINDOWS, make_project, utc
+
+pytestmark = pytest.mark.integration
+ENV = {**DAILY_WINDOWS, "PRODGUARD_ROLLOUT__TRIGGERS__MIN_REQUESTS": "200"}
+
+
+@pytest.fixture
+def project(drilled: Path, tmp_path: Path) -> Path:
+    root = make_project(tmp_path / "project")
+    shutil.copytree(drilled / ".prodguard", root / ".prodguard")
+    shutil.rmtree(root / ".prodguard" / "feast")
+    return root
+
+
+def setup(project: Path, promote_faulty: bool):
+    from prodguard import app
+    from prodguard.config import load_settings
+    from prodguard.monitoring.jobs import replay_version
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+
+    settings = load_settings(project / "prodguard.yaml", environ=ENV)
+    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    clock = FixedClock(utc("2013-04-08"))
+    operations = app.registry_operations(settings)
+    operations.clock = clock
+    served = 2
+    if promote_faulty:
+        operations.promote("tests", "drill", version=3, override_retention="guard test")
+        served = 3
+    log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+    registry = operations.registry
+    replay_version(settings, registry, served, utc("2013-04-08"), utc("2013-04-09"), log)
+    clock.set(utc("2013-04-09"))
+    return settings, operations, clock, log
+
+
+def test_faulty_champion_is_rolled_back_with_trigger_and_evidence(project: Path) -> None:
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock, log = setup(project, promote_faulty=True)
+    assert operations.state().as_dict() == {"champion": 3, "standby": 2, "candidate": None}
+    guard = build_guard(settings, clock, log)
+    decision = guard.check()
+    assert decision.action == "rolled_back" and decision.version == 3
+    fired = {t.name: t for t in decision.fired}
+    assert fired["prediction_shift"].value > 3
+    assert operations.state().as_dict() == {"champion": 2, "standby": None, "candidate": None}
+    record = operations.history(1)[0]
+    assert (record.action, record.actor, record.id) == (
+        "rollback",
+        "prodguard-guard",
+        decision.audit_id,
+    )
+    assert record.from_state["champion"] == 3 and record.to_state["champion"] == 2
+    assert "prediction_shift" in record.reason
+    evidence = {t["name"]: t for t in record.evidence["triggers"]}
+    assert evidence["prediction_shift"]["status"] == "fired"
+    assert record.evidence["rows"] == decision.rows > 500
+    assert "prodguard.demoted_reason" in operations.registry.version(3).tags
+    from prodguard import app
+
+    (alert,) = app.alerts(settings, "rollback")
+    assert alert["severity"] == "critical" and alert["model_version"] == 3
+
+    # the restored champion has no traffic of its own yet: nothing to judge, nothing moves
+    moves = len(operations.history())
+    again = guard.check()
+    assert again.action == "hold" and again.version == 2
+    assert len(operations.history()) == moves
+
+
+def test_healthy_champion_is_left_alone(project: Path) -> None:
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock, log = setup(project, promote_faulty=False)
+    decision = build_guard(settings, clock, log).check()
+    assert decision.action in ("none", "hold") and decision.fired == []
+    assert {t.name: t.status for t in decision.triggers}["prediction_shift"] == "clean"
+    assert operations.state().champion == 2
+
+
+def test_two_guards_move_once(project: Path) -> None:
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock, log = setup(project, promote_faulty=True)
+    first, second = build_guard(settings, clock, log), build_guard(settings, clock, log)
+    operations_of_second = second._operations
+    before = operations_of_second.state()
+    reads = iter([before])
+    real_state = operations_of_second.state
+    # the second guard read the aliases just before the first one moved them (injected race);
+    # its rollback re-reads them under the lock, for real
+    operations_of_second.state = lambda: next(reads, None) or real_state()  # type: ignore[method-assign]
+    assert first.check().action == "rolled_back"
+    late = second.check()
+    assert late.action == "moved_elsewhere" and "aliases moved" in late.reason
+    rollbacks = [r for r in operations.history() if r.action == "rollback"]
+    assert len(rollbacks) == 1
+    assert operations.state().champion == 2
+
+
+def test_promotion_keeps_a_young_standby_unless_overridden(project: Path) -> None:
+    from prodguard import app
+    from prodguard.config import load_settings
+
+    settings = load_settings(project / "prodguard.yaml", environ=ENV)
+    operations = app.registry_operations(settings)
+    since = operations.standby_since(1)
+    assert since is not None
+    operations.clock = FixedClock(since + timedelta(hours=70))
+    with pytest.raises(PromotionRefused, match=r"standby v1 .*\(2\.0 h left\)"):
+        operations.promote("tests", "too early", version=3)
+    record = operations.promote("tests", "hotfix", version=3, override_retention="incident 42")
+    assert record.evidence["standby_retention_override"] == "incident 42"
+    assert record.evidence["dropped_standby"] == 1
+    operations.clock = FixedClock(since + timedelta(hours=200))
+    operations.promote("tests", "later", version=1)  # v2 has been standby 130 h: allowed

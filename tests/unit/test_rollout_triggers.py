@@ -1,0 +1,99 @@
+"""Rollback triggers: fired, clean or inconclusive, from a version's findings."""
+
+from __future__ import annotations
+
+import pytest
+
+from prodguard.config import KpiSettings, TriggerSettings
+from prodguard.monitoring.baseline import Baseline, Finding, MetricBaseline
+from prodguard.rollout.triggers import describe, evaluate_triggers
+
+pytestmark = pytest.mark.unit
+TRIGGERS = TriggerSettings(
+    prediction_shift_sd=3.0,
+    kpi_worse_pct=5.0,
+    error_rate=0.01,
+    p99_latency_ms=100.0,
+    critical_psi_features=["temp"],
+    min_requests=100,
+)
+BASELINE = Baseline(
+    model_version=1,
+    start="s",
+    end="e",
+    window={"minutes": 60, "rows": None},
+    metrics={"kpi.delay_cost": MetricBaseline(0.25, 0.01, 20, 0.02)},
+    score_edges=[0.5],
+    score_fractions=[0.5, 0.5],
+    rows=1000,
+    created="c",
+)
+
+
+def findings(**values: float | None) -> list[Finding]:
+    found = []
+    for metric, value in values.items():
+        name = metric.replace("__", ".")
+        status = "critical" if name.startswith(("psi.", "shift.")) and (value or 0) > 1 else "ok"
+        found.append(Finding(name, value, status, critical=1.0))
+    return found
+
+
+def by_name(results):
+    return {r.name: r for r in results}
+
+
+def healthy() -> dict[str, float]:
+    return {
+        "score__shift_sd": 0.5,
+        "kpi__delay_cost": 0.255,
+        "rate__failed": 0.0,
+        "latency__total__p99": 40.0,
+        "psi__temp": 0.05,
+        "shift__temp": 0.1,
+    }
+
+
+def test_a_healthy_version_is_clean() -> None:
+    results = evaluate_triggers(findings(**healthy()), 500, BASELINE, TRIGGERS, "delay_cost")
+    assert {r.status for r in results} == {"clean"}
+    assert by_name(results)["kpi"].value == pytest.approx(2.0)  # 2% worse than baseline
+
+
+@pytest.mark.parametrize(
+    ("change", "trigger"),
+    [
+        ({"score__shift_sd": -3.5}, "prediction_shift"),
+        ({"kpi__delay_cost": 0.27}, "kpi"),
+        ({"rate__failed": 0.02}, "error_rate"),
+        ({"latency__total__p99": 180.0}, "latency_p99"),
+        ({"shift__temp": 4.0}, "psi:temp"),
+    ],
+)
+def test_each_trigger_fires_alone(change: dict[str, float], trigger: str) -> None:
+    results = evaluate_triggers(
+        findings(**{**healthy(), **change}), 500, BASELINE, TRIGGERS, "delay_cost"
+    )
+    assert [r.name for r in results if r.status == "fired"] == [trigger]
+
+
+def test_too_little_traffic_is_inconclusive_never_clean() -> None:
+    results = evaluate_triggers(findings(**healthy()), 50, BASELINE, TRIGGERS, "delay_cost")
+    assert {r.status for r in results} == {"inconclusive"}
+    assert results[0].reason == "50 requests, 100 needed"
+
+
+def test_missing_baseline_or_unmatured_kpi_is_inconclusive() -> None:
+    values = {**healthy(), "kpi__delay_cost": None}
+    del values["score__shift_sd"]
+    results = by_name(evaluate_triggers(findings(**values), 500, None, TRIGGERS, "delay_cost"))
+    assert results["prediction_shift"].status == "inconclusive"
+    assert results["kpi"].status == "inconclusive" and results["kpi"].reason == "no KPI baseline"
+    assert results["error_rate"].status == "clean"
+
+
+def test_triggers_read_as_a_reviewable_list() -> None:
+    lines = describe(TRIGGERS, KpiSettings())
+    assert lines[0] == "prediction shift: |mean score - baseline| > 3 baseline sd"
+    assert any("worse than baseline by > 5%" in line for line in lines)
+    assert "critical PSI on temp" in lines
