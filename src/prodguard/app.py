@@ -242,6 +242,7 @@ def status(settings: Settings) -> dict[str, Any]:
 
     operations = registry_operations(settings)
     state = operations.state()
+    traffic = operations.traffic()
     versions = operations.registry.versions()
     by_number = {v.version: v for v in versions}
     config = operations.registry.config
@@ -256,6 +257,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "mlflow_ui": mlflow_ui_command(config),
         "standby_since": _iso(operations.standby_since(state.standby)) if state.standby else None,
         "standby_hours": settings.rollout.standby_hours,
+        "traffic": traffic.to_json() | {"describe": traffic.describe()},
         "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
     }
 
@@ -298,6 +300,7 @@ class Serving:
 
 def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:
     from prodguard.features.feast_adapter import feature_contract
+    from prodguard.rollout.policy import read_targets
     from prodguard.serving.models import ModelFollower, load_verified
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
@@ -305,7 +308,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
     store = feature_store(settings)
     registry = registry_operations(settings).registry
     follower = ModelFollower(
-        aliases=registry.aliases,
+        targets=lambda: read_targets(registry),
         load=lambda version: load_verified(registry, feature_contract(store.versions()), version),
         alerter=alerter_for(settings),
         poll_seconds=serving.poll_seconds,
@@ -392,6 +395,7 @@ def build_predictor(
         shadow_sample=serving.shadow_sample if shadow_sample is None else shadow_sample,
         clock=clock,
         metrics=metrics,
+        sticky_fields=settings.rollout.sticky_fields or model.entity_keys,
     )
 
 

@@ -356,6 +356,7 @@ def status(
             f"{document['standby_hours']:g} h after a promotion)",
             highlight=False,
         )
+    out.print(f"traffic: {document['traffic']['describe']}", highlight=False)
     out.print("rollback triggers (prodguard guard):", highlight=False)
     for line in document["triggers"]:
         out.print(f"  - {escape(line)}", highlight=False)
@@ -496,6 +497,54 @@ def monitor(
     )
 
 
+rollout_cli = typer.Typer(
+    help="Canary and shadow rollouts of the candidate (baked and promoted by `prodguard guard`).",
+    no_args_is_help=True,
+)
+cli.add_typer(rollout_cli, name="rollout")
+
+
+@rollout_cli.command("start")
+def rollout_start(
+    mode: Annotated[str, typer.Option(help="canary (a share of traffic) or shadow (mirrored).")],
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Canary shares in percent, e.g. 5,25,100 (default: rollout.canary_steps)."
+        ),
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version to roll out (default: candidate).")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+) -> None:
+    """Put the candidate into canary or shadow traffic; every replica follows within its poll.
+
+    Canary: the candidate answers the first step's share of requests (sticky per request key),
+    its answers logged as role `canary`. Shadow: it scores every request off the response path,
+    logged as `shadow`, never returned. The guard bakes each step (rollout.bake_minutes and
+    bake_min_requests, all triggers clean) before the next, and promotes after the last.
+    """
+    from prodguard.registry.operations import default_actor
+    from prodguard.rollout.jobs import start_rollout
+
+    record = start_rollout(_settings(), mode, actor or default_actor(), steps, version)
+    out.print(f"{record.reason} (audit #{record.id})", highlight=False)
+
+
+@rollout_cli.command("abort")
+def rollout_abort(
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+) -> None:
+    """Take the rollout version out of traffic: all traffic to the champion again."""
+    from prodguard.registry.operations import default_actor
+    from prodguard.rollout.jobs import abort_rollout
+
+    record = abort_rollout(_settings(), actor or default_actor(), reason)
+    out.print(f"rollout aborted (audit #{record.id})", highlight=False)
+
+
 @cli.command()
 def guard(
     once: Annotated[bool, typer.Option("--once", help="One check, then exit (default).")] = False,
@@ -506,7 +555,8 @@ def guard(
 ) -> None:
     """Judge the champion's live traffic against the rollback triggers (rollout.triggers) and,
     when one fires, roll back to the standby: audited with the trigger and its evidence, alerted,
-    followed by every replica within its poll interval.
+    followed by every replica within its poll interval. Also bakes a rollout in progress: abort
+    on a fired trigger, hold while inconclusive or baking, next step or promotion when clean.
 
     Safe to run twice: of two guards, one moves the aliases and the other sees them moved.
     """
@@ -515,21 +565,22 @@ def guard(
     if once and every is not None:
         raise InputError("give --once or --every, not both")
 
-    def show(decision: Any) -> None:
+    def show(decisions: list[Any]) -> None:
         if as_json:
-            _print_json(decision.to_json())
+            _print_json([d.to_json() for d in decisions])
             return
-        table = Table(
-            title=f"guard: v{decision.version} {decision.action} ({decision.rows} requests)"
-        )
-        for column in ("trigger", "status", "value", "threshold", "note"):
-            table.add_column(column)
-        for t in decision.triggers:
-            value = "-" if t.value is None else f"{t.value:.4g}"
-            table.add_row(t.name, t.status, value, f"{t.threshold:.4g}", escape(t.reason))
-        out.print(table)
-        if decision.reason:
-            out.print(escape(decision.reason), highlight=False, soft_wrap=True)
+        for decision in decisions:
+            table = Table(
+                title=f"guard: v{decision.version} {decision.action} ({decision.rows} requests)"
+            )
+            for column in ("trigger", "status", "value", "threshold", "note"):
+                table.add_column(column)
+            for t in decision.triggers:
+                value = "-" if t.value is None else f"{t.value:.4g}"
+                table.add_row(t.name, t.status, value, f"{t.threshold:.4g}", escape(t.reason))
+            out.print(table)
+            if decision.reason:
+                out.print(escape(decision.reason), highlight=False, soft_wrap=True)
 
     guard_loop(_settings(), show, every=every)
 

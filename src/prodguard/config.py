@@ -230,6 +230,19 @@ class RolloutSettings(_Strict):
     guard_minutes: float = Field(
         default=1440, gt=0, description="How far back the guard looks at a version's traffic."
     )
+    canary_steps: list[float] = Field(
+        default_factory=lambda: [5.0, 25.0, 100.0],
+        description="Canary shares in percent; each step bakes before the next.",
+    )
+    bake_minutes: float = Field(default=60, ge=0, description="Each step lasts at least this.")
+    bake_min_requests: int = Field(
+        default=500, ge=1, description="...and sees at least this many requests of the candidate."
+    )
+    sticky_fields: list[str] = Field(
+        default_factory=list,
+        description="Request fields that keep a caller on one side of a canary "
+        "(default: the model's entity keys).",
+    )
     triggers: TriggerSettings = TriggerSettings()
 
 

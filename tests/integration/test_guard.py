@@ -53,7 +53,7 @@ def test_faulty_champion_is_rolled_back_with_trigger_and_evidence(project: Path)
     settings, operations, clock, log = setup(project, promote_faulty=True)
     assert operations.state().as_dict() == {"champion": 3, "standby": 2, "candidate": None}
     guard = build_guard(settings, clock, log)
-    decision = guard.check()
+    decision = guard.check()[0]
     assert decision.action == "rolled_back" and decision.version == 3
     fired = {t.name: t for t in decision.fired}
     assert fired["prediction_shift"].value > 3
@@ -77,7 +77,7 @@ def test_faulty_champion_is_rolled_back_with_trigger_and_evidence(project: Path)
 
     # the restored champion has no traffic of its own yet: nothing to judge, nothing moves
     moves = len(operations.history())
-    again = guard.check()
+    again = guard.check()[0]
     assert again.action == "hold" and again.version == 2
     assert len(operations.history()) == moves
 
@@ -86,7 +86,7 @@ def test_healthy_champion_is_left_alone(project: Path) -> None:
     from prodguard.rollout.jobs import build_guard
 
     settings, operations, clock, log = setup(project, promote_faulty=False)
-    decision = build_guard(settings, clock, log).check()
+    decision = build_guard(settings, clock, log).check()[0]
     assert decision.action in ("none", "hold") and decision.fired == []
     assert {t.name: t.status for t in decision.triggers}["prediction_shift"] == "clean"
     assert operations.state().champion == 2
@@ -104,8 +104,8 @@ def test_two_guards_move_once(project: Path) -> None:
     # the second guard read the aliases just before the first one moved them (injected race);
     # its rollback re-reads them under the lock, for real
     operations_of_second.state = lambda: next(reads, None) or real_state()  # type: ignore[method-assign]
-    assert first.check().action == "rolled_back"
-    late = second.check()
+    assert first.check()[0].action == "rolled_back"
+    late = second.check()[0]
     assert late.action == "moved_elsewhere" and "aliases moved" in late.reason
     rollbacks = [r for r in operations.history() if r.action == "rollback"]
     assert len(rollbacks) == 1

@@ -24,7 +24,9 @@ from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
 from prodguard.monitoring.windows import WindowSpec, tile
-from prodguard.serving.prediction_log import PredictionLog, SqlitePredictionLog
+from prodguard.rollout.policy import TrafficPolicy
+from prodguard.serving.models import ServingState
+from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
 from prodguard.training.reference import reference_stats
 
 _log = logging.getLogger("prodguard.monitoring")
@@ -114,16 +116,22 @@ def replay_version(
     keep: Callable[[str], bool] | None = None,
     wrap_store: Callable[[Any, Clock], Any] | None = None,
     single_share: float | None = None,
+    rollout: TrafficPolicy | None = None,
 ) -> ReplayResult:
-    """Serve ``[start, end)`` with ``version`` into ``log`` over the as-of feature store
-    (``wrap_store`` may inject faults into it)."""
+    """Serve ``[start, end)`` with ``version`` as champion (and ``rollout``'s version in canary
+    or shadow traffic) into ``log`` over the as-of feature store (``wrap_store`` may inject
+    faults into it)."""
     from prodguard.features.as_of import AsOfFeatures
     from prodguard.features.feast_adapter import feature_contract
     from prodguard.ingestion.offline import OfflineStore
     from prodguard.serving.models import load_verified
 
     views = app.feature_store(settings).versions()
-    model = load_verified(registry, feature_contract(views), version)
+    contract = feature_contract(views)
+    state = ServingState(champion=load_verified(registry, contract, version))
+    if rollout is not None and rollout.version is not None:
+        rolled = load_verified(registry, contract, rollout.version)
+        state = ServingState(champion=state.champion, rollout=rolled, policy=rollout)
     offline = OfflineStore(settings.paths.offline_dir)
     timestamps = {name: s.timestamp for name, s in settings.sources.items()}
 
@@ -137,7 +145,7 @@ def replay_version(
 
     return replay(
         settings,
-        model,
+        state,
         predictor_for,
         log,
         start,
@@ -350,7 +358,7 @@ def drift_report(
     registry = operations.registry
     version = _default_version(operations, version, ("champion",))
     log = log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
-    served = log.window(start, end, role="champion")
+    served = log.window(start, end, role=ANSWERS)
     served = served[served["version"] == version]
     if served.empty:
         raise NoDataError(

@@ -23,7 +23,7 @@ from prodguard.errors import ProdguardError
 from prodguard.monitoring.baseline import Baseline, Finding, Status, evaluate, worst
 from prodguard.monitoring.measures import FeatureReference, Measure, measure
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
-from prodguard.serving.prediction_log import PredictionLog
+from prodguard.serving.prediction_log import ANSWERS, PredictionLog, Roles
 
 _log = logging.getLogger("prodguard.monitoring")
 
@@ -104,12 +104,12 @@ class Monitor:
         """Consecutive closed windows of ``[start, end)`` (a backfill, or a replay's study)."""
         if end <= start:
             raise ProdguardError("the monitoring range is empty; --end must be after --start")
-        count = self._log.count(start, end, role="champion")
+        count = self._log.count(start, end, role=ANSWERS)
         share = 1.0
         if self._spec.minutes is not None and self._spec.rows is None:
             share = min(1.0, self._spec.minutes * 60 / (end - start).total_seconds())
         every = max(1, math.ceil(count * share / self._spec.max_rows))
-        frame = self._log.window(start, end, role="champion", every=every)
+        frame = self._log.window(start, end, role=ANSWERS, every=every)
         maturity = timedelta(hours=self._settings.kpi.maturity_hours)
         now = self._clock.now()
         reports: list[WindowReport] = []
@@ -120,20 +120,27 @@ class Monitor:
     def _read_latest(self, now: datetime) -> tuple[Window, int]:
         spec = self._spec
         if spec.minutes is None:
-            frame = self._log.tail(spec.rows or 0, before=now)
+            frame = self._log.tail(spec.rows or 0, before=now, role=ANSWERS)
             return latest_window(spec, frame, now), 1
         start = now - timedelta(minutes=spec.minutes)
-        count = self._log.count(start, now, role="champion")
+        count = self._log.count(start, now, role=ANSWERS)
         every = max(1, math.ceil(count / spec.max_rows)) if spec.rows is None else 1
-        frame = self._log.window(start, now, role="champion", every=every)
+        frame = self._log.window(start, now, role=ANSWERS, every=every)
         return latest_window(spec, frame, now), every
 
     def judge(
-        self, start: datetime, end: datetime, version: int, matured: bool, min_rows: int
+        self,
+        start: datetime,
+        end: datetime,
+        version: int,
+        matured: bool,
+        min_rows: int,
+        roles: Roles = ANSWERS,
     ) -> WindowReport:
         """One version's predictions in ``[start, end)`` judged as one window (the guard: a
-        version's traffic since it went live), with its own minimum of rows."""
-        frame = self._log.window(start, end, role="champion")
+        version's traffic since it went live; ``roles`` ``shadow`` for a shadow rollout), with
+        its own minimum of rows."""
+        frame = self._log.window(start, end, role=roles)
         frame = frame[frame["version"] == version]
         reports = self._judge(Window(start, end, frame), 1, matured, min_rows)
         found = [r for r in reports if r.model_version in (version, None)]

@@ -24,7 +24,7 @@ from prodguard.clock import FixedClock
 from prodguard.config import Settings
 from prodguard.errors import NoDataError, RequestRejected, TrainingError
 from prodguard.ingestion.offline import OfflineStore
-from prodguard.serving.models import LoadedModel, ServingState
+from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import PredictionLog
 
 SINGLE_SHARE = 0.02
@@ -72,7 +72,7 @@ def single(request: str, share: float = SINGLE_SHARE) -> bool:
 
 def replay(
     settings: Settings,
-    model: LoadedModel,
+    state: ServingState,
     predictor_for: Callable[[Callable[[], ServingState], FixedClock], Any],
     log: PredictionLog,
     start: datetime,
@@ -82,8 +82,8 @@ def replay(
     keep: Callable[[str], bool] | None = None,
     single_share: float = SINGLE_SHARE,
 ) -> ReplayResult:
-    """Serve ``[start, end)`` with ``model`` as champion. ``predictor_for(state, clock)`` builds
-    the request path; ``keep`` selects request ids (e.g. a held-out part)."""
+    """Serve ``[start, end)`` with ``state`` (champion, and any rollout). ``predictor_for(state,
+    clock)`` builds the request path; ``keep`` selects request ids (e.g. a held-out part)."""
     began = time.perf_counter()
     assert settings.model is not None and settings.serving is not None
     from prodguard.project import import_object
@@ -92,7 +92,6 @@ def replay(
     rows = request_rows(settings, start, end)
     label, outcome_key = settings.model.label, settings.monitoring.kpi.outcome
     clock = FixedClock(start)
-    state = ServingState(champion=model)
     predictor = predictor_for(lambda: state, clock)
     requests = predicted = rejected = feedback = 0
     try:

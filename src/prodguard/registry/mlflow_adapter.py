@@ -82,10 +82,27 @@ class MlflowRegistry:
 
     def aliases(self) -> dict[str, int | None]:
         """Current value of each prodguard alias (None where unset or no model yet)."""
+        return self._aliases_and_tags()[0]
+
+    def model_tag(self, key: str) -> str | None:
+        """A tag of the registered model (None where unset or no model yet)."""
+        return self._aliases_and_tags()[1].get(key)
+
+    def aliases_and_tag(self, key: str) -> tuple[dict[str, int | None], str | None]:
+        """The aliases and one model tag from a single read (what every replica polls)."""
+        aliases, tags = self._aliases_and_tags()
+        return aliases, tags.get(key)
+
+    def _aliases_and_tags(self) -> tuple[dict[str, int | None], dict[str, str]]:
         with _wrapped("reading aliases"):
             model = self._registered_model()
             found = dict(model.aliases) if model is not None else {}
-        return {alias: int(found[alias]) if alias in found else None for alias in ALIASES}
+            tags = dict(model.tags) if model is not None else {}
+        return {alias: int(found[alias]) if alias in found else None for alias in ALIASES}, tags
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        with _wrapped(f"setting model tag {key}"):
+            self._client.set_registered_model_tag(self.model_name, key, value)
 
     def version(self, version: int) -> ModelVersion:
         from mlflow.exceptions import MlflowException

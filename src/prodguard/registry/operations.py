@@ -9,6 +9,7 @@ record in the same transaction. If MLflow fails halfway, the aliases already mov
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,9 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prodguard.clock import Clock, SystemClock
-from prodguard.errors import ConcurrentUpdateError, PromotionRefused, RegistryError
+from prodguard.errors import ConcurrentUpdateError, InputError, PromotionRefused, RegistryError
 from prodguard.registry.audit import AuditLog, AuditRecord
 from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
+from prodguard.rollout.policy import TRAFFIC_TAG, Mode, TrafficPolicy
 
 DEMOTED_TAG = "prodguard.demoted_reason"
 HISTORY_SCAN = 500  # audit records searched for when a version took an alias
@@ -186,6 +188,82 @@ class RegistryOperations:
                 )
 
         return self._move("rollback", plan, actor, reason, evidence or {}, start, after=tag_demoted)
+
+    # ---- traffic policy (stored as a tag of the registered model) ------------------------
+
+    def traffic(self) -> TrafficPolicy:
+        return TrafficPolicy.from_json(self.registry.model_tag(TRAFFIC_TAG))
+
+    def set_traffic(
+        self,
+        policy: TrafficPolicy,
+        actor: str,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+        expected: TrafficPolicy | None = None,
+    ) -> AuditRecord:
+        """Replace the traffic policy under the audit lock, with an audit record (action
+        ``traffic``); refused with ConcurrentUpdateError if it changed since ``expected``."""
+        written: TrafficPolicy | None = None
+        try:
+            with self.audit.exclusive(self.model) as tx:
+                current = self.traffic()
+                if expected is not None and current != expected:
+                    raise ConcurrentUpdateError(
+                        f"the traffic policy changed since it was read (now: "
+                        f"{current.describe()}); nothing changed — check `prodguard status`"
+                    )
+                aliases = self.state().as_dict()
+                self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(policy.to_json()))
+                written = current
+                record = AuditRecord(
+                    time=self.clock.now(),
+                    model=self.model,
+                    action="traffic",
+                    actor=actor,
+                    from_state=aliases,
+                    to_state=aliases,
+                    reason=reason,
+                    evidence={
+                        "from": current.to_json(),
+                        "to": policy.to_json(),
+                        **(evidence or {}),
+                    },
+                )
+                record_id = self.audit.append(tx, record)
+        except BaseException:
+            if written is not None:
+                self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(written.to_json()))
+            raise
+        return replace(record, id=record_id)
+
+    def start_rollout(
+        self,
+        mode: Mode,
+        actor: str,
+        steps: tuple[float, ...] = (),
+        version: int | None = None,
+    ) -> AuditRecord:
+        """Put ``version`` (default: the candidate) in canary or shadow traffic."""
+        state = self.state()
+        target = version if version is not None else state.candidate
+        if target is None:
+            raise PromotionRefused("no candidate to roll out; train one or pass --version N")
+        self.registry.version(target)
+        if target == state.champion:
+            raise PromotionRefused(f"v{target} is already the champion")
+        if mode == "canary" and not steps:
+            raise InputError("a canary needs steps, e.g. --steps 5,25,100")
+        if self.promotion_check is not None:
+            self.promotion_check(target)
+        policy = TrafficPolicy(
+            mode=mode,
+            version=target,
+            steps=steps if mode == "canary" else (),
+            step=0,
+            step_started=self.clock.now().isoformat(),
+        )
+        return self.set_traffic(policy, actor, f"{mode} rollout of v{target}")
 
     # ---- the one place aliases move ------------------------------------------------------
 

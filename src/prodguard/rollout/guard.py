@@ -1,6 +1,8 @@
 """The guard: judges the champion's live traffic against its rollback triggers and, when one
 fires, moves ``champion`` back to the standby (audited, with the trigger and its evidence) and
-alerts. Every replica follows the aliases within its poll interval.
+alerts. Every replica follows the aliases within its poll interval. It also bakes a rollout in
+progress (canary or shadow): a fired trigger aborts it, a clean step that baked long enough and
+saw enough requests moves on (or promotes after the last one), anything inconclusive holds.
 
 Safe to run twice: the rollback states the aliases it read, so of two guards one moves and the
 other finds them moved (``moved_elsewhere``), never a double move.
@@ -8,21 +10,35 @@ other finds them moved (``moved_elsewhere``), never a double move.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock
 from prodguard.config import Settings
-from prodguard.errors import ConcurrentUpdateError
+from prodguard.errors import ConcurrentUpdateError, PromotionRefused
 from prodguard.monitoring.baseline import Finding
 from prodguard.monitoring.monitor import Monitor, WindowReport
 from prodguard.registry.operations import AliasState, RegistryOperations
+from prodguard.rollout.policy import TrafficPolicy
 from prodguard.rollout.triggers import TriggerResult, evaluate_triggers
+from prodguard.serving.prediction_log import ANSWERS, Roles
 
 GUARD_ACTOR = "prodguard-guard"
-Action = Literal["none", "hold", "rolled_back", "no_standby", "moved_elsewhere", "no_champion"]
+Action = Literal[
+    "none",
+    "hold",
+    "rolled_back",
+    "no_standby",
+    "moved_elsewhere",
+    "no_champion",
+    "aborted",
+    "advanced",
+    "promoted",
+    "restarted",
+    "ended",
+]
 
 
 @dataclass(frozen=True)
@@ -70,54 +86,146 @@ class Guard:
         self._clock = clock
         self._actor = actor
 
-    def check(self) -> GuardDecision:
+    def check(self) -> list[GuardDecision]:
+        """Judge the champion (rolling back on a fired trigger), then a rollout in progress
+        (abort, hold, next step or promotion)."""
         now = self._clock.now()
         state = self._operations.state()
         champion = state.champion
         if champion is None:
-            return GuardDecision("no_champion", now, None, reason="no champion is set")
-        report = self._judge(champion, now)
-        baseline = self._monitor.reference(champion).baseline
+            return [GuardDecision("no_champion", now, None, reason="no champion is set")]
+        decision = self._evaluate(champion, self._live_start(champion, now), now, ANSWERS)
+        fired = decision.fired
+        if fired:
+            summary = "; ".join(t.summary() for t in fired)
+            if state.standby is None:
+                self._alert(champion, f"rollback trigger fired but no standby: {summary}", decision)
+                decision = _replace(
+                    decision, action="no_standby", reason="no standby to roll back to"
+                )
+            else:
+                decision = self._roll_back(state, decision, summary)
+        decisions = [decision]
+        policy = self._operations.traffic()
+        if policy.active and decision.action != "rolled_back":
+            decisions.append(self._bake(self._operations.state(), policy, now))
+        return decisions
+
+    def _evaluate(
+        self, version: int, start: datetime, now: datetime, roles: Roles
+    ) -> GuardDecision:
+        report = self._judge(version, start, now, roles)
         triggers = evaluate_triggers(
             report.findings,
             report.rows,
-            baseline,
+            self._monitor.reference(version).baseline,
             self._settings.rollout.triggers,
             self._settings.monitoring.kpi.name,
         )
-        decision = GuardDecision(
-            "none", now, champion, triggers, report.window, report.rows, report.reason
+        held = any(t.status == "inconclusive" for t in triggers)
+        return GuardDecision(
+            "hold" if held else "none",
+            now,
+            version,
+            triggers,
+            report.window,
+            report.rows,
+            report.reason,
         )
-        fired = decision.fired
-        if not fired:
-            held = any(t.status == "inconclusive" for t in triggers)
-            return _replace(decision, action="hold" if held else "none")
-        summary = "; ".join(t.summary() for t in fired)
-        if state.standby is None:
-            self._alert(champion, f"rollback trigger fired but no standby: {summary}", decision)
-            return _replace(decision, action="no_standby", reason="no standby to roll back to")
-        return self._roll_back(state, decision, summary)
 
-    def _judge(self, version: int, now: datetime) -> WindowReport:
-        """The version's traffic since it became champion (at most ``guard_minutes`` back); its
-        KPI from the part old enough for feedback to have matured."""
-        rollout = self._settings.rollout
-        earliest = now - timedelta(minutes=rollout.guard_minutes)
+    def _live_start(self, version: int, now: datetime) -> datetime:
+        """Since the version became champion, at most ``guard_minutes`` back."""
+        earliest = now - timedelta(minutes=self._settings.rollout.guard_minutes)
         since = self._operations.live_since(version)
         # unknown, or later than now (another host's clock): the whole guard window
-        start = since if since is not None and earliest < since <= now else earliest
-        minimum = rollout.triggers.min_requests
-        report = self._monitor.judge(start, now, version, matured=False, min_rows=minimum)
+        return since if since is not None and earliest < since <= now else earliest
+
+    def _judge(self, version: int, start: datetime, now: datetime, roles: Roles) -> WindowReport:
+        """The version's traffic in ``[start, now)``; its KPI from the part old enough for
+        feedback to have matured."""
+        minimum = self._settings.rollout.triggers.min_requests
         maturity = timedelta(hours=self._settings.monitoring.kpi.maturity_hours)
+        report = self._monitor.judge(
+            start, now, version, maturity.total_seconds() == 0, minimum, roles
+        )
         kpi = f"kpi.{self._settings.monitoring.kpi.name}"
         if maturity.total_seconds() > 0 and now - maturity > start:
-            matured = self._monitor.judge(start, now - maturity, version, True, 1).findings
+            matured = self._monitor.judge(start, now - maturity, version, True, 1, roles).findings
             found = next((f for f in matured if f.metric == kpi), None)
             if found is not None:
                 report = _with_finding(report, found)
-        elif maturity.total_seconds() == 0:
-            report = self._monitor.judge(start, now, version, matured=True, min_rows=minimum)
         return report
+
+    # ---- baking a rollout ------------------------------------------------------------------
+
+    def _bake(self, state: AliasState, policy: TrafficPolicy, now: datetime) -> GuardDecision:
+        """pass -> next step or promote; fail -> abort (out of traffic, alert); inconclusive or
+        still baking -> hold. A new candidate restarts the analysis."""
+        version = policy.version
+        assert version is not None
+        if version == state.champion:
+            self._set_traffic(TrafficPolicy(), policy, f"v{version} is champion: rollout ended")
+            return GuardDecision("ended", now, version, reason="the rollout version is champion")
+        if state.candidate is not None and state.candidate != version:
+            restarted = replace(
+                policy, version=state.candidate, step=0, step_started=now.isoformat()
+            )
+            self._set_traffic(
+                restarted, policy, f"new candidate v{state.candidate}: analysis restarted"
+            )
+            return GuardDecision("restarted", now, state.candidate, reason=restarted.describe())
+        started = policy.started() or now
+        roles: Roles = ("shadow",) if policy.mode == "shadow" else ("canary",)
+        decision = self._evaluate(version, started, now, roles)
+        fired = decision.fired
+        if fired:
+            summary = "; ".join(t.summary() for t in fired)
+            evidence = {"triggers": [t.to_json() for t in decision.triggers], "rows": decision.rows}
+            record = self._set_traffic(
+                TrafficPolicy(), policy, f"rollout of v{version} aborted: {summary}", evidence
+            )
+            self._alert(
+                version, f"rollout of v{version} aborted: {summary}", decision, "rollout_aborted"
+            )
+            return _replace(decision, action="aborted", reason=summary, audit_id=record.id)
+        rollout = self._settings.rollout
+        waiting = []
+        if now - started < timedelta(minutes=rollout.bake_minutes):
+            left = timedelta(minutes=rollout.bake_minutes) - (now - started)
+            waiting.append(f"baking {left.total_seconds() / 60:.0f} min more")
+        if decision.rows < rollout.bake_min_requests:
+            waiting.append(f"{decision.rows} of {rollout.bake_min_requests} requests")
+        waiting += [t.summary() for t in decision.triggers if t.status == "inconclusive"]
+        if waiting:
+            return _replace(decision, action="hold", reason="; ".join(waiting))
+        if not policy.last_step:
+            advanced = replace(policy, step=policy.step + 1, step_started=now.isoformat())
+            record = self._set_traffic(
+                advanced, policy, f"step {policy.step + 1} passed: {advanced.describe()}"
+            )
+            return _replace(
+                decision, action="advanced", reason=advanced.describe(), audit_id=record.id
+            )
+        try:
+            record = self._operations.promote(
+                self._actor,
+                f"baked through {policy.describe()}: all triggers clean",
+                version=version,
+                expected=state,
+            )
+        except (PromotionRefused, ConcurrentUpdateError) as exc:
+            return _replace(decision, action="hold", reason=f"promotion refused: {exc}")
+        self._set_traffic(TrafficPolicy(), policy, f"v{version} promoted after baking")
+        return _replace(decision, action="promoted", reason=policy.describe(), audit_id=record.id)
+
+    def _set_traffic(
+        self,
+        policy: TrafficPolicy,
+        expected: TrafficPolicy,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+    ) -> Any:
+        return self._operations.set_traffic(policy, self._actor, reason, evidence, expected)
 
     def _roll_back(self, state: AliasState, decision: GuardDecision, summary: str) -> GuardDecision:
         evidence = {

@@ -1,4 +1,4 @@
-"""Guard use cases: build the guard from the settings, run it once or in a loop."""
+"""Rollout use cases: start or abort a rollout; build the guard and run it once or in a loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from prodguard.clock import Clock, SystemClock
 from prodguard.config import Settings
 from prodguard.errors import InputError, RegistryError, StorageError
 from prodguard.monitoring.jobs import build_monitor
+from prodguard.registry.audit import AuditRecord
 from prodguard.rollout.guard import Guard, GuardDecision
+from prodguard.rollout.policy import TrafficPolicy, canary_steps
 from prodguard.serving.prediction_log import PredictionLog
 
 _log = logging.getLogger("prodguard.rollout")
@@ -22,7 +24,7 @@ def build_guard(
     settings: Settings, clock: Clock | None = None, log: PredictionLog | None = None
 ) -> Guard:
     clock = clock or SystemClock()
-    operations = app.registry_operations(settings)
+    operations = app.registry_operations(settings, with_checks=True)
     operations.clock = clock
     return Guard(
         operations,
@@ -35,7 +37,7 @@ def build_guard(
 
 def guard_loop(
     settings: Settings,
-    on_decision: Callable[[GuardDecision], None],
+    on_decision: Callable[[list[GuardDecision]], None],
     *,
     every: float | None = None,
     runs: int | None = None,
@@ -49,14 +51,39 @@ def guard_loop(
     done = 0
     while True:
         try:
-            decision = guard.check()
+            decisions = guard.check()
         except (RegistryError, StorageError) as exc:
             if every is None:
                 raise
             _log.error("guard check failed: %s", exc)
-            decision = GuardDecision("hold", datetime.now(UTC), None, reason=f"check failed: {exc}")
-        on_decision(decision)
+            failed = GuardDecision("hold", datetime.now(UTC), None, reason=f"check failed: {exc}")
+            decisions = [failed]
+        on_decision(decisions)
         done += 1
         if every is None or (runs is not None and done >= runs):
             return
         sleep(every)
+
+
+def start_rollout(
+    settings: Settings,
+    mode: str,
+    actor: str,
+    steps: str | None = None,
+    version: int | None = None,
+) -> AuditRecord:
+    """Put the candidate (or ``version``) into canary or shadow traffic (audited)."""
+    if mode not in ("canary", "shadow"):
+        raise InputError("--mode must be canary or shadow")
+    parsed = canary_steps(steps if steps is not None else settings.rollout.canary_steps)
+    operations = app.registry_operations(settings, with_checks=True)
+    return operations.start_rollout(mode, actor, parsed, version)  # type: ignore[arg-type]
+
+
+def abort_rollout(settings: Settings, actor: str, reason: str) -> AuditRecord:
+    """Take the rollout version out of traffic (blue/green again), audited."""
+    operations = app.registry_operations(settings)
+    current = operations.traffic()
+    if not current.active:
+        raise InputError("no rollout is in progress (see `prodguard status`)")
+    return operations.set_traffic(TrafficPolicy(), actor, reason, expected=current)

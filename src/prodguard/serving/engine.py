@@ -37,6 +37,7 @@ from prodguard.errors import (
     RequestRejected,
     ServiceNotReady,
 )
+from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.prediction_log import PredictionLog, PredictionRecord
 
@@ -129,7 +130,10 @@ class Predictor:
         shadow_sample: float = 0.0,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        sticky_fields: Sequence[str] = (),
     ) -> None:
+        """``sticky_fields``: request fields whose values pick a row's side in a canary (the
+        same values always go the same way); none: the request id."""
         self.model_name = model_name
         self._state = state
         self._store = store
@@ -144,6 +148,7 @@ class Predictor:
         self._fallback_overrides = dict(fallback_overrides or {})
         self._critical = frozenset(critical)
         self._shadow_sample = shadow_sample
+        self._sticky_fields = tuple(sticky_fields)
         self._clock = clock or SystemClock()
         self._metrics = metrics or NoMetrics()
         self._last_good = LastGood()
@@ -206,8 +211,18 @@ class Predictor:
 
         started = time.perf_counter()
         frame = champion.frame(inputs)
-        scores = champion.score(frame)
+        answering = self._answering(state, rows, request_ids)
+        scores = [0.0] * len(rows)
+        for model, chosen in answering:
+            part = (
+                frame.iloc[chosen]
+                if model is champion
+                else model.frame([inputs[i] for i in chosen])
+            )
+            for i, score in zip(chosen, model.score(part), strict=True):
+                scores[i] = score
         model_s = time.perf_counter() - started
+        version_of = {i: model.version for model, chosen in answering for i in chosen}
 
         now = self._clock.now()
         latencies = {
@@ -221,8 +236,8 @@ class Predictor:
                 request_id=request_ids[i],
                 time=now,
                 model=self.model_name,
-                version=champion.version,
-                role="champion",
+                version=version_of[i],
+                role="champion" if version_of[i] == champion.version else "canary",
                 probability=scores[i],
                 decision=scores[i] >= self._threshold,
                 features=inputs[i],
@@ -250,14 +265,18 @@ class Predictor:
             ("total", time.perf_counter() - began),
         ):
             self._metrics.observe(stage, seconds)
-        self._metrics.count(
-            "predictions", {"version": str(champion.version), "role": "champion"}, len(rows)
-        )
+        for record in records:
+            self._metrics.count(
+                "predictions", {"version": str(record.version), "role": record.role}
+            )
         for row_flags in flags:
             for flag in row_flags:
                 feature, _, reason = flag.partition(":")
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
-        self._maybe_shadow(state.standby, frame, records)
+        if state.rollout is not None and state.policy.mode == "shadow":
+            self._maybe_shadow(state.rollout, frame, records, share=1.0)
+        else:
+            self._maybe_shadow(state.standby, frame, records, self._shadow_sample)
         return [
             Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags)
             for r in records
@@ -278,7 +297,7 @@ class Predictor:
 
     def _replayed(self, request_ids: list[str]) -> list[Prediction] | None:
         """A retried request (same id) gets the logged answer, not a second prediction."""
-        found = [self._log.get(i) for i in request_ids]
+        found = [self._log.answer(i) for i in request_ids]
         if all(r is None for r in found):
             return None
         if any(r is None for r in found):
@@ -403,20 +422,45 @@ class Predictor:
 
     # ---- shadow scoring, off the response path --------------------------------------------
 
+    def _answering(
+        self, state: ServingState, rows: Sequence[dict[str, Any]], ids: list[str]
+    ) -> list[tuple[LoadedModel, list[int]]]:
+        """Which model answers which rows: the champion, or in a canary the rollout version for
+        the rows whose sticky key falls in its share."""
+        champion, rollout, policy = state.champion, state.rollout, state.policy
+        assert champion is not None
+        everyone = list(range(len(rows)))
+        if rollout is None or policy.mode != "canary":
+            return [(champion, everyone)]
+        canary = [i for i in everyone if in_canary(self._sticky(rows[i], ids[i]), policy.percent)]
+        rest = [i for i in everyone if i not in set(canary)]
+        return [(m, chosen) for m, chosen in ((champion, rest), (rollout, canary)) if chosen]
+
+    def _sticky(self, row: dict[str, Any], request_id: str) -> str:
+        if not self._sticky_fields:
+            return request_id
+        return "|".join(str(row.get(f)) for f in self._sticky_fields)
+
     def _maybe_shadow(
-        self, standby: LoadedModel | None, frame: pd.DataFrame, records: list[PredictionRecord]
+        self,
+        model: LoadedModel | None,
+        frame: pd.DataFrame,
+        records: list[PredictionRecord],
+        share: float,
     ) -> None:
-        if standby is None or self._shadow_sample <= 0:
+        if model is None or share <= 0:
             return
-        chosen = [i for i, r in enumerate(records) if _sampled(r.request_id, self._shadow_sample)]
+        chosen = [
+            i
+            for i, r in enumerate(records)
+            if r.version != model.version and _sampled(r.request_id, share)  # never itself
+        ]
         if not chosen:
             return
         if not self._shadow_slots.acquire(blocking=False):
             self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
             return
-        future = self._shadow.submit(
-            self._score_shadow, standby, frame.iloc[chosen], records, chosen
-        )
+        future = self._shadow.submit(self._score_shadow, model, frame.iloc[chosen], records, chosen)
         future.add_done_callback(lambda _: self._shadow_slots.release())
 
     def _score_shadow(

@@ -22,6 +22,7 @@ import pandas as pd
 from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock, SystemClock
 from prodguard.errors import ProdguardError, PromotionRefused, ServiceNotReady
+from prodguard.rollout.policy import TrafficPolicy
 from prodguard.training.model import prepare
 
 _log = logging.getLogger("prodguard.serving")
@@ -70,12 +71,18 @@ class LoadedModel:
 class ServingState:
     champion: LoadedModel | None = None
     standby: LoadedModel | None = None
+    rollout: LoadedModel | None = None  # the version in canary or shadow traffic
+    policy: TrafficPolicy = TrafficPolicy()
 
-    def describe(self) -> dict[str, int | None]:
-        return {
+    def describe(self) -> dict[str, Any]:
+        served: dict[str, Any] = {
             "champion": self.champion.version if self.champion else None,
             "standby": self.standby.version if self.standby else None,
         }
+        if self.rollout is not None:
+            served["rollout"] = self.rollout.version
+            served["traffic"] = self.policy.describe()
+        return served
 
 
 def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> str:
@@ -127,18 +134,19 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
 
 
 class ModelFollower:
-    """Keeps a ServingState that follows the registry's champion and standby aliases."""
+    """Keeps a ServingState that follows the registry's champion and standby aliases and the
+    traffic policy's rollout version."""
 
     def __init__(
         self,
-        aliases: Callable[[], dict[str, int | None]],
+        targets: Callable[[], tuple[dict[str, int | None], TrafficPolicy]],
         load: Callable[[int], LoadedModel],
         alerter: Alerter,
         poll_seconds: float,
         clock: Clock | None = None,
         on_swap: Callable[[ServingState], None] | None = None,
     ) -> None:
-        self._aliases = aliases
+        self._targets = targets
         self._on_swap = on_swap
         self._load = load
         self._alerter = alerter
@@ -164,26 +172,34 @@ class ModelFollower:
         return self._wanted.get("standby") in self._refused
 
     def refresh(self) -> bool:
-        """Re-read the aliases and swap what moved; True when the served state changed."""
-        wanted = self._aliases()
+        """Re-read the aliases and the traffic policy and swap what moved; True when the served
+        state changed."""
+        aliases, policy = self._targets()
+        wanted = {**aliases, "rollout": policy.version if policy.active else None}
         self._wanted = wanted
         current = self._state
-        updated = {}
-        for role in ("champion", "standby"):
+        loaded_now = (current.champion, current.standby, current.rollout)
+        updated: dict[str, LoadedModel | None] = {}
+        for role in ("champion", "standby", "rollout"):
             version = wanted.get(role)
             loaded: LoadedModel | None = getattr(current, role)
             if version is None:
-                updated[role] = None if role == "standby" else loaded
+                updated[role] = loaded if role == "champion" else None
                 continue
             if loaded is not None and loaded.version == version:
                 updated[role] = loaded
                 continue
-            reuse = next(
-                (m for m in (current.champion, current.standby) if m and m.version == version),
-                None,
-            )
+            reuse = next((m for m in loaded_now if m and m.version == version), None)
             updated[role] = reuse or self._try_load(role, version, loaded)
-        state = ServingState(**updated)
+        rollout = updated["rollout"]
+        if rollout is not None and rollout.version != wanted["rollout"]:
+            rollout = None  # a refused rollout version is not replaced by the previous one
+        state = ServingState(
+            champion=updated["champion"],
+            standby=updated["standby"],
+            rollout=rollout,
+            policy=policy if rollout is not None else TrafficPolicy(),
+        )
         if state.describe() == current.describe():
             return False
         self._state = state

@@ -28,6 +28,8 @@ from prodguard.errors import (
 )
 
 Role = Literal["champion", "shadow", "canary"]
+Roles = Role | tuple[Role, ...] | None  # one role, several, or all
+ANSWERS: tuple[Role, ...] = ("champion", "canary")  # what callers got back
 ErrorKind = Literal["rejected", "failed"]  # 4xx the caller can fix | 5xx the service owes
 
 
@@ -58,6 +60,10 @@ class PredictionLog(Protocol):
 
     def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None: ...
 
+    def answer(self, request_id: str) -> PredictionRecord | None:
+        """The answer the caller got (the champion's, or a canary's)."""
+        ...
+
     def record_feedback(
         self, request_id: str, outcome: dict[str, Any], time: datetime
     ) -> Literal["recorded", "duplicate"]: ...
@@ -65,12 +71,12 @@ class PredictionLog(Protocol):
     def record_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None: ...
 
     def window(
-        self, start: datetime, end: datetime, role: Role | None = None, every: int = 1
+        self, start: datetime, end: datetime, role: Roles = None, every: int = 1
     ) -> pd.DataFrame: ...
 
-    def tail(self, rows: int, before: datetime, role: Role = "champion") -> pd.DataFrame: ...
+    def tail(self, rows: int, before: datetime, role: Roles = ANSWERS) -> pd.DataFrame: ...
 
-    def count(self, start: datetime, end: datetime, role: Role | None = None) -> int: ...
+    def count(self, start: datetime, end: datetime, role: Roles = None) -> int: ...
 
     def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]: ...
 
@@ -160,6 +166,18 @@ class SqlitePredictionLog:
                 raise StorageError(f"prediction log read failed: {exc}") from None
         return None if row is None else _record(row)
 
+    def answer(self, request_id: str) -> PredictionRecord | None:
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT * FROM predictions WHERE request_id = ? "
+                    "AND role IN ('champion', 'canary') LIMIT 1",
+                    (request_id,),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StorageError(f"prediction log read failed: {exc}") from None
+        return None if row is None else _record(row)
+
     def record_feedback(
         self, request_id: str, outcome: dict[str, Any], time: datetime
     ) -> Literal["recorded", "duplicate"]:
@@ -204,7 +222,7 @@ class SqlitePredictionLog:
                 raise StorageError(f"prediction log write failed: {exc}") from None
 
     def window(
-        self, start: datetime, end: datetime, role: Role | None = None, every: int = 1
+        self, start: datetime, end: datetime, role: Roles = None, every: int = 1
     ) -> pd.DataFrame:
         """Predictions logged in ``[start, end)`` (of one role, or all) joined with their
         feedback; ``every=k`` keeps one row in k (a deterministic sample of large windows)."""
@@ -218,17 +236,18 @@ class SqlitePredictionLog:
             params,
         )
 
-    def tail(self, rows: int, before: datetime, role: Role = "champion") -> pd.DataFrame:
+    def tail(self, rows: int, before: datetime, role: Roles = ANSWERS) -> pd.DataFrame:
         """The last ``rows`` predictions of ``role`` logged before ``before``, oldest first."""
+        where, params = _where(datetime.min.replace(tzinfo=before.tzinfo), before, role)
         frame = self._frame(
             "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
-            "LEFT JOIN feedback f ON f.request_id = p.request_id "
-            "WHERE p.role = ? AND p.time < ? ORDER BY p.time DESC LIMIT ?",
-            (role, before.isoformat(), rows),
+            f"LEFT JOIN feedback f ON f.request_id = p.request_id WHERE {where} "
+            "ORDER BY p.time DESC LIMIT ?",
+            (*params, rows),
         )
         return frame.iloc[::-1].reset_index(drop=True)
 
-    def count(self, start: datetime, end: datetime, role: Role | None = None) -> int:
+    def count(self, start: datetime, end: datetime, role: Roles = None) -> int:
         where, params = _where(start, end, role)
         with self._lock:
             try:
@@ -270,12 +289,13 @@ class SqlitePredictionLog:
             self._conn.close()
 
 
-def _where(start: datetime, end: datetime, role: Role | None) -> tuple[str, tuple[Any, ...]]:
+def _where(start: datetime, end: datetime, role: Roles) -> tuple[str, tuple[Any, ...]]:
     where = "p.time >= ? AND p.time < ?"
     params: tuple[Any, ...] = (start.isoformat(), end.isoformat())
-    if role is not None:
-        where += " AND p.role = ?"
-        params = (*params, role)
+    roles = (role,) if isinstance(role, str) else role
+    if roles:
+        where += f" AND p.role IN ({', '.join('?' * len(roles))})"
+        params = (*params, *roles)
     return where, params
 
 

@@ -1,0 +1,104 @@
+"""The traffic policy: which share of traffic a candidate in rollout gets, stored with the
+registry state (a tag of the registered model) so that every replica serves the same.
+
+- ``blue_green``: all traffic to the champion, the standby warm (no rollout);
+- ``canary``: the rollout version answers ``percent`` of requests, chosen by a hash of the
+  request's sticky key (the same key always goes the same way), in steps such as 5 -> 25 -> 100;
+- ``shadow``: the rollout version scores mirrored traffic off the response path; its answers are
+  logged (role ``shadow``), never returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from prodguard.errors import InputError, RegistryError
+
+Mode = Literal["blue_green", "canary", "shadow"]
+TRAFFIC_TAG = "prodguard.traffic"
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    mode: Mode = "blue_green"
+    version: int | None = None  # the version in rollout
+    steps: tuple[float, ...] = ()  # canary percentages
+    step: int = 0
+    step_started: str | None = None  # ISO time the current step (or shadow) began
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "blue_green" and self.version is not None
+
+    @property
+    def percent(self) -> float:
+        return self.steps[self.step] if self.mode == "canary" and self.steps else 0.0
+
+    @property
+    def last_step(self) -> bool:
+        return self.mode != "canary" or self.step >= len(self.steps) - 1
+
+    def started(self) -> datetime | None:
+        return datetime.fromisoformat(self.step_started) if self.step_started else None
+
+    def describe(self) -> str:
+        if not self.active:
+            return "blue/green: all traffic to the champion, standby warm"
+        if self.mode == "shadow":
+            return f"shadow: v{self.version} scores mirrored traffic (logged, never returned)"
+        steps = " -> ".join(f"{s:g}%" for s in self.steps)
+        return f"canary: v{self.version} answers {self.percent:g}% (step {self.step + 1}: {steps})"
+
+    def to_json(self) -> dict[str, Any]:
+        document = dict(self.__dict__)
+        document["steps"] = list(self.steps)
+        return document
+
+    @classmethod
+    def from_json(cls, text: str | None) -> TrafficPolicy:
+        if not text:
+            return cls()
+        try:
+            document = json.loads(text)
+            document["steps"] = tuple(float(s) for s in document.get("steps", ()))
+            return cls(**document)
+        except (ValueError, TypeError) as exc:
+            raise RegistryError(
+                f"the stored traffic policy is unreadable ({type(exc).__name__}); reset it with "
+                "`prodguard rollout abort`"
+            ) from None
+
+
+def canary_steps(text: str | Sequence[float]) -> tuple[float, ...]:
+    """Parse '5,25,100': increasing percentages in (0, 100], the last one 100."""
+    try:
+        values = (
+            tuple(float(s) for s in text.split(",") if s.strip())
+            if isinstance(text, str)
+            else tuple(float(s) for s in text)
+        )
+    except ValueError:
+        raise InputError("--steps must be percentages separated by commas, e.g. 5,25,100") from None
+    if not values or any(not 0 < v <= 100 for v in values):
+        raise InputError("--steps must be percentages in (0, 100], e.g. 5,25,100")
+    if list(values) != sorted(set(values)) or values[-1] != 100:
+        raise InputError("--steps must increase and end at 100, e.g. 5,25,100")
+    return values
+
+
+def in_canary(key: str, percent: float) -> bool:
+    """Sticky assignment: the same key is always in or out for a given percentage, and a key in
+    at p% stays in at any larger percentage."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"prodguard-canary").digest()
+    return int.from_bytes(digest, "big") / 2**64 * 100 < percent
+
+
+def read_targets(registry: Any) -> tuple[dict[str, int | None], TrafficPolicy]:
+    """What every replica polls: the aliases and the traffic policy, in one registry read."""
+    aliases, text = registry.aliases_and_tag(TRAFFIC_TAG)
+    return aliases, TrafficPolicy.from_json(text)
