@@ -68,9 +68,9 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
         )
         try:
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                recent = answers[-10:]
-                if len(recent) == 10 and all(v == 2 for _, _, v in recent):
+            while time.monotonic() < deadline:  # the faulty champion served, then rolled back
+                seen = [v for _, _, v in answers]
+                if 3 in seen and seen[-10:] == [2] * 10 and seen.index(3) < len(seen) - 10:
                     break
                 time.sleep(0.2)
         finally:
