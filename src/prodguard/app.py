@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +166,7 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
 
     config = load_registry_config(settings)
     registry = MlflowRegistry(config, _model_name(settings))
-    check = promotion_check(registry, feature_store(settings)) if with_checks else None
+    check = promotion_check(registry, feature_store(settings), settings) if with_checks else None
     return RegistryOperations(
         registry,
         AuditLog(config.audit_uri),
@@ -175,13 +175,19 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
     )
 
 
-def promotion_check(registry: Any, store: Any) -> Callable[[int], None]:
+def promotion_check(
+    registry: Any, store: Any, settings: Settings | None = None
+) -> Callable[[int], None]:
     """Refuse a version whose input contract differs from the feature service, or that does not
-    load and score one row (the same verification serving applies before a swap)."""
+    load and score one row (the same verification serving applies before a swap), or — with
+    ``rollout.require_drill`` — that has no passed rollback drill recent enough."""
     from prodguard.features.feast_adapter import feature_contract
+    from prodguard.rollout.drill import drill_gate
     from prodguard.serving.models import load_verified
 
     def check(version: int) -> None:
+        if settings is not None and settings.rollout.require_drill:
+            drill_gate(registry, version, settings.rollout.drill_max_age_hours, datetime.now(UTC))
         load_verified(registry, feature_contract(store.versions()), version)
 
     return check

@@ -586,6 +586,50 @@ def guard(
 
 
 @cli.command()
+def drill(
+    version: Annotated[
+        int | None, typer.Option(help="Version to rehearse (default: candidate, else champion).")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Staging period start (default: the baseline's).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Staging period end, exclusive.")] = None,
+    shift: Annotated[float, typer.Option(help="Score shift of the faulty copy.")] = 0.4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Rehearse a rollback in staging: promote a faulty copy of the version (scores shifted) over
+    it, replay the staging period through the request path with the guard running, check the
+    trigger fires and the version answers again; measure the request path's latency.
+
+    Production aliases never move; the result (time to detect, time to recover, p50/p99) is
+    recorded on the version. With rollout.require_drill, promotion needs a passed drill.
+    """
+    from prodguard.rollout.drill import run_drill
+
+    result = run_drill(_settings(), version, _time(start, "--start"), _time(end, "--end"), shift)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        verdict = "[green]passed[/]" if result.passed else "[bold red]failed[/]"
+        out.print(f"drill of v{result.version}: {verdict} — {escape(result.reason)}")
+        if result.detect_minutes is not None:
+            out.print(
+                f"detected after {result.detect_minutes:.0f} simulated minutes "
+                f"({result.detect_requests} faulty answers judged); standby serving "
+                f"{(result.recover_seconds or 0) * 1000:.0f} ms after the trigger; "
+                f"{result.standby_answers} answers from it in the next hour",
+                highlight=False,
+            )
+        out.print(
+            f"latency (real online store, {result.latency_requests:.0f} requests): "
+            f"p50 {result.latency_p50_ms:.1f} ms, p99 {result.latency_p99_ms:.1f} ms",
+            highlight=False,
+        )
+    if not result.passed:
+        raise typer.Exit(5)
+
+
+@cli.command()
 def report(
     start: Annotated[str, typer.Option(help="Served window start (ISO date, UTC).")],
     end: Annotated[str, typer.Option(help="Served window end, exclusive.")],

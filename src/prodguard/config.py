@@ -243,6 +243,12 @@ class RolloutSettings(_Strict):
         description="Request fields that keep a caller on one side of a canary "
         "(default: the model's entity keys).",
     )
+    require_drill: bool = Field(
+        default=False,
+        description="Promotion needs a passed `prodguard drill` (rollback rehearsal and latency "
+        "within triggers.p99_latency_ms) younger than drill_max_age_hours.",
+    )
+    drill_max_age_hours: float = Field(default=168, gt=0)
     triggers: TriggerSettings = TriggerSettings()
 
 

@@ -128,3 +128,33 @@ def test_promotion_keeps_a_young_standby_unless_overridden(project: Path) -> Non
     assert record.evidence["dropped_standby"] == 1
     operations.clock = FixedClock(since + timedelta(hours=200))
     operations.promote("tests", "later", version=1)  # v2 has been standby 130 h: allowed
+
+
+def test_drill_rehearses_a_rollback_in_staging_and_gates_promotion(project: Path) -> None:
+    from prodguard import app
+    from prodguard.config import load_settings
+    from prodguard.errors import PromotionRefused
+    from prodguard.rollout.drill import DRILL_TAG, run_drill
+
+    settings = load_settings(project / "prodguard.yaml", environ=ENV)
+    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    operations = app.registry_operations(settings)
+    before = operations.state()
+    audit_before = len(operations.history())
+    result = run_drill(settings, version=2)
+    assert result.passed, result.reason
+    assert result.detect_requests >= 200 and 0 < result.detect_minutes <= 24 * 60
+    assert result.standby_answers > 0 and result.recover_seconds < 5
+    assert 0 < result.latency_p50_ms <= result.latency_p99_ms
+    # production never moved and nothing was registered
+    assert operations.state() == before and len(operations.history()) == audit_before
+    assert [v.version for v in operations.registry.versions()] == [1, 2, 3]
+    assert '"passed": true' in operations.registry.version(2).tags[DRILL_TAG]
+
+    gated = load_settings(
+        project / "prodguard.yaml", environ={**ENV, "PRODGUARD_ROLLOUT__REQUIRE_DRILL": "true"}
+    )
+    check = app.registry_operations(gated, with_checks=True).promotion_check
+    check(2)  # a passed, fresh drill
+    with pytest.raises(PromotionRefused, match="v1 has no rollback drill"):
+        check(1)

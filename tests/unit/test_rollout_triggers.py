@@ -97,3 +97,31 @@ def test_triggers_read_as_a_reviewable_list() -> None:
     assert lines[0] == "prediction shift: |mean score - baseline| > 3 baseline sd"
     assert any("worse than baseline by > 5%" in line for line in lines)
     assert "critical PSI on temp" in lines
+
+
+def test_drill_gate_needs_a_passed_recent_drill() -> None:
+    import json
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from prodguard.errors import PromotionRefused
+    from prodguard.rollout.drill import DRILL_TAG, drill_gate
+
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+
+    class Tags:
+        def __init__(self, **drill: object) -> None:
+            self.tags = {DRILL_TAG: json.dumps(drill)} if drill else {}
+
+        def version(self, version: int) -> SimpleNamespace:
+            return SimpleNamespace(tags=self.tags)
+
+    fresh = (now - timedelta(hours=2)).isoformat()
+    drill_gate(Tags(passed=True, at=fresh), 4, 168, now)
+    with pytest.raises(PromotionRefused, match="v4 has no rollback drill"):
+        drill_gate(Tags(), 4, 168, now)
+    with pytest.raises(PromotionRefused, match=r"last drill failed \(latency p99"):
+        drill_gate(Tags(passed=False, at=fresh, reason="latency p99 300 ms"), 4, 168, now)
+    old = (now - timedelta(hours=200)).isoformat()
+    with pytest.raises(PromotionRefused, match="drill is 200 h old"):
+        drill_gate(Tags(passed=True, at=old), 4, 168, now)

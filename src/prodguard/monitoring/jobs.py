@@ -105,6 +105,30 @@ def record_baseline(
     return BaselineResult(baseline, replayed, path, time.perf_counter() - began)
 
 
+def replay_predictor(
+    settings: Settings,
+    views: list[Any],
+    log: PredictionLog,
+    wrap_store: Callable[[Any, Clock], Any] | None = None,
+) -> Callable[[Callable[[], Any], Clock], Any]:
+    """Builds the real request path over the as-of feature store for a replay's clock."""
+    from prodguard.features.as_of import AsOfFeatures
+    from prodguard.ingestion.offline import OfflineStore
+
+    offline = OfflineStore(settings.paths.offline_dir)
+    timestamps = {name: s.timestamp for name, s in settings.sources.items()}
+
+    def predictor_for(state: Callable[[], Any], clock: Clock) -> Any:
+        store: Any = AsOfFeatures(offline, views, clock, timestamps)
+        if wrap_store is not None:
+            store = wrap_store(store, clock)
+        return app.build_predictor(
+            settings, store, state, log, views=views, clock=clock, shadow_sample=0.0
+        )
+
+    return predictor_for
+
+
 def replay_version(
     settings: Settings,
     registry: Any,
@@ -121,9 +145,7 @@ def replay_version(
     """Serve ``[start, end)`` with ``version`` as champion (and ``rollout``'s version in canary
     or shadow traffic) into ``log`` over the as-of feature store (``wrap_store`` may inject
     faults into it)."""
-    from prodguard.features.as_of import AsOfFeatures
     from prodguard.features.feast_adapter import feature_contract
-    from prodguard.ingestion.offline import OfflineStore
     from prodguard.serving.models import load_verified
 
     views = app.feature_store(settings).versions()
@@ -132,17 +154,7 @@ def replay_version(
     if rollout is not None and rollout.version is not None:
         rolled = load_verified(registry, contract, rollout.version)
         state = ServingState(champion=state.champion, rollout=rolled, policy=rollout)
-    offline = OfflineStore(settings.paths.offline_dir)
-    timestamps = {name: s.timestamp for name, s in settings.sources.items()}
-
-    def predictor_for(state: Callable[[], Any], clock: Clock) -> Any:
-        store: Any = AsOfFeatures(offline, views, clock, timestamps)
-        if wrap_store is not None:
-            store = wrap_store(store, clock)
-        return app.build_predictor(
-            settings, store, state, log, views=views, clock=clock, shadow_sample=0.0
-        )
-
+    predictor_for = replay_predictor(settings, views, log, wrap_store)
     return replay(
         settings,
         state,

@@ -72,7 +72,7 @@ def single(request: str, share: float = SINGLE_SHARE) -> bool:
 
 def replay(
     settings: Settings,
-    state: ServingState,
+    state: ServingState | Callable[[], ServingState],
     predictor_for: Callable[[Callable[[], ServingState], FixedClock], Any],
     log: PredictionLog,
     start: datetime,
@@ -81,9 +81,12 @@ def replay(
     prefix: str = "replay-",
     keep: Callable[[str], bool] | None = None,
     single_share: float = SINGLE_SHARE,
+    after_hour: Callable[[FixedClock], bool] | None = None,
 ) -> ReplayResult:
-    """Serve ``[start, end)`` with ``state`` (champion, and any rollout). ``predictor_for(state,
-    clock)`` builds the request path; ``keep`` selects request ids (e.g. a held-out part)."""
+    """Serve ``[start, end)`` with ``state`` (fixed, or read at each request: champion and any
+    rollout). ``predictor_for(state, clock)`` builds the request path; ``keep`` selects request
+    ids (e.g. a held-out part); ``after_hour(clock)`` runs after each hour and stops the replay
+    by returning False."""
     began = time.perf_counter()
     assert settings.model is not None and settings.serving is not None
     from prodguard.project import import_object
@@ -92,7 +95,8 @@ def replay(
     rows = request_rows(settings, start, end)
     label, outcome_key = settings.model.label, settings.monitoring.kpi.outcome
     clock = FixedClock(start)
-    predictor = predictor_for(lambda: state, clock)
+    current = state if callable(state) else (lambda: state)
+    predictor = predictor_for(current, clock)
     requests = predicted = rejected = feedback = 0
     try:
         hours = rows["event_timestamp"].dt.floor("h")
@@ -121,6 +125,8 @@ def replay(
                     if outcome is not None and outcome == outcome:
                         log.record_feedback(rid, {outcome_key: int(outcome)}, clock.now())
                         feedback += 1
+            if after_hour is not None and not after_hour(clock):
+                break
     finally:
         predictor.close()
     return ReplayResult(
