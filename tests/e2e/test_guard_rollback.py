@@ -103,3 +103,40 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
         f"(poll 1 s); {len(answers)} requests, all 200"
     )
     assert recovery < 10
+
+
+def test_rollout_and_drill_commands(drilled: Path, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    shutil.copytree(drilled / ".prodguard", project / ".prodguard")
+    shutil.rmtree(project / ".prodguard" / "feast")
+    run(project, "materialize", "--until", "2013-05-01", env=ENV)
+
+    run(project, "rollout", "start", "--mode", "canary", "--steps", "10,100", "--version", "3")
+    status = json.loads(run(project, "status", "--json").stdout)
+    assert status["traffic"]["mode"] == "canary" and status["traffic"]["version"] == 3
+    assert any("3 baseline sd" in line for line in status["triggers"])
+    text = run(project, "status").stdout
+    assert "canary: v3 answers 10%" in text and "rollback triggers" in text
+    run(project, "rollout", "abort", "--reason", "changed my mind")
+    status = json.loads(run(project, "status", "--json").stdout)
+    assert status["traffic"]["mode"] == "blue_green"
+
+    for args, message in (
+        (["rollout", "start", "--mode", "canary", "--steps", "5,200"], "percentages in (0, 100]"),
+        (["rollout", "start", "--mode", "blue"], "--mode must be canary or shadow"),
+        (["rollout", "abort", "--reason", "again"], "no rollout is in progress"),
+        (["drill", "--version", "1"], "v1 has no staging baseline"),
+    ):
+        done = run(project, *args, expect=None)
+        assert done.returncode != 0 and message in done.stderr, done.stderr
+
+    drill = json.loads(run(project, "drill", "--version", "2", "--json", env=ENV).stdout)
+    assert drill["passed"] and drill["detect_requests"] >= 40  # triggers.min_requests here
+    print(
+        f"\ndrill of v2: detected after {drill['detect_minutes']:.0f} simulated minutes "
+        f"({drill['detect_requests']} faulty answers), standby serving "
+        f"{drill['recover_seconds'] * 1000:.0f} ms after the trigger; latency p50 "
+        f"{drill['latency_p50_ms']:.1f} ms, p99 {drill['latency_p99_ms']:.1f} ms"
+    )
+    audit = json.loads(run(project, "audit", "--json").stdout)
+    assert [r["action"] for r in audit[-2:]] == ["traffic", "traffic"]  # the drill moved nothing

@@ -102,7 +102,8 @@ class DrillResult:
     staging: str
     detect_minutes: float | None  # simulated time from promoting the fault to the rollback
     detect_requests: int | None  # faulty answers the guard judged when it fired
-    recover_seconds: float | None  # wall time from the trigger to the standby serving
+    recover_seconds: float | None  # wall time of the guard's check (judge, fire, move, audit)
+    # plus the swap to the standby
     standby_answers: int  # requests answered by the restored version afterwards
     latency_p50_ms: float
     latency_p99_ms: float
@@ -176,14 +177,14 @@ def run_drill(
         now = hour_clock.now() + timedelta(hours=1)  # the hour's requests are all in
         clock.set(now)
         if "fired" not in seen:
+            judging = time.perf_counter()
             decision = guard.check()[0]
-            if decision.action == "rolled_back":
-                fired_wall = time.perf_counter()
+            if decision.action == "rolled_back":  # judged, fired, moved and audited
                 follower.refresh()
                 seen.update(
                     fired=now,
                     rows=decision.rows,
-                    recover=time.perf_counter() - fired_wall,
+                    recover=time.perf_counter() - judging,
                     swapped=follower.state.champion is not None
                     and follower.state.champion.version == version,
                 )
