@@ -243,6 +243,12 @@ class RolloutSettings(_Strict):
         description="Request fields that keep a caller on one side of a canary "
         "(default: the model's entity keys).",
     )
+    guard_in_service_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Run the guard inside every `prodguard serve` replica this often (seconds); "
+        "replicas are safe together: one moves the aliases, the others see them moved.",
+    )
     require_drill: bool = Field(
         default=False,
         description="Promotion needs a passed `prodguard drill` (rollback rehearsal and latency "

@@ -26,7 +26,10 @@ ENV = {
 }
 
 
-def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["process", "service"])
+def test_guard_rolls_back_a_faulty_champion_under_load(
+    drilled: Path, tmp_path: Path, where: str
+) -> None:
     project = make_project(tmp_path / "project")
     shutil.copytree(drilled / ".prodguard", project / ".prodguard")
     shutil.rmtree(project / ".prodguard" / "feast")
@@ -43,7 +46,10 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
             answers.append((time.time(), status, version))
             time.sleep(0.02)
 
-    with serving(project, ENV) as base:
+    in_service = (
+        {"PRODGUARD_ROLLOUT__GUARD_IN_SERVICE_SECONDS": "0.5"} if where == "service" else {}
+    )
+    with serving(project, {**ENV, **in_service}) as base:
         loader = threading.Thread(target=client, args=(base,), daemon=True)
         loader.start()
         # a user promotes the faulty v3 (its standby v1 is young: the override is audited)
@@ -58,14 +64,16 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
             "rollback drill",
             env=ENV,
         )
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
-        guard = subprocess.Popen(
-            [*CLI, "guard", "--every", "0.5", "--json"],
-            cwd=project,
-            env={**clean, **ENV},
-            stdout=(project / "guard.jsonl").open("w"),
-            stderr=(project / "guard.log").open("w"),
-        )
+        guard = None
+        if where == "process":
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
+            guard = subprocess.Popen(
+                [*CLI, "guard", "--every", "0.5", "--json"],
+                cwd=project,
+                env={**clean, **ENV},
+                stdout=(project / "guard.jsonl").open("w"),
+                stderr=(project / "guard.log").open("w"),
+            )
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # the faulty champion served, then rolled back
@@ -74,8 +82,9 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
                     break
                 time.sleep(0.2)
         finally:
-            guard.terminate()
-            guard.wait(timeout=30)
+            if guard is not None:
+                guard.terminate()
+                guard.wait(timeout=30)
             stop.set()
             loader.join(timeout=30)
 
@@ -86,6 +95,7 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
     audit = json.loads(run(project, "audit", "--json", env=ENV).stdout)  # oldest first
     rollback = audit[-1]
     assert rollback["action"] == "rollback" and rollback["actor"] == "prodguard-guard"
+    assert len([r for r in audit if r["action"] == "rollback"]) == 1
     assert rollback["from_state"]["champion"] == 3 and rollback["to_state"]["champion"] == 2
     fired = [t for t in rollback["evidence"]["triggers"] if t["status"] == "fired"]
     assert fired and fired[0]["name"] == "prediction_shift" and fired[0]["value"] > 3
@@ -98,7 +108,8 @@ def test_guard_rolls_back_a_faulty_champion_under_load(drilled: Path, tmp_path: 
     recovery = last_faulty - fired_at
     detect = fired_at - datetime.fromisoformat(promote["time"]).timestamp()
     print(
-        f"\npromotion -> trigger fired and rolled back: {detect:.2f} s (40 requests needed, "
+        f"\n[guard in {where}] promotion -> trigger fired and rolled back: {detect:.2f} s (40 "
+        "requests needed, "
         f"guard every 0.5 s); rollback -> all traffic on the standby: {recovery:.2f} s "
         f"(poll 1 s); {len(answers)} requests, all 200"
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from prodguard import app
 from prodguard.clock import Clock, SystemClock
@@ -41,15 +43,16 @@ def guard_loop(
     *,
     every: float | None = None,
     runs: int | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], Any] = time.sleep,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Check once (``every`` None) or every ``every`` seconds; a failed check (registry or log
-    unreachable) is reported as ``hold`` and the loop goes on."""
+    """Check once (``every`` None) or every ``every`` seconds until ``stop`` is set; a failed
+    check (registry or log unreachable) is reported as ``hold`` and the loop goes on."""
     if every is not None and every <= 0:
         raise InputError("--every must be a positive number of seconds")
     guard = build_guard(settings)
     done = 0
-    while True:
+    while stop is None or not stop.is_set():
         try:
             decisions = guard.check()
         except (RegistryError, StorageError) as exc:

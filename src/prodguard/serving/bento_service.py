@@ -8,6 +8,7 @@ the API signatures. Everything else is built when the service starts.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -88,6 +89,33 @@ def error_response(exc: ProdguardError) -> JSONResponse:
     return JSONResponse({"error": str(exc), "problems": problems}, status_code=_status(exc))
 
 
+def _start_guard(settings: Any) -> threading.Event | None:
+    """With rollout.guard_in_service_seconds, the guard runs in a daemon thread of the service;
+    returns the event that stops it."""
+    every = settings.rollout.guard_in_service_seconds
+    if every is None:
+        return None
+    from prodguard.rollout.jobs import guard_loop
+
+    stop = threading.Event()
+
+    def report(decisions: list[Any]) -> None:
+        for decision in decisions:
+            if decision.action not in ("none", "hold"):
+                _log.warning(
+                    "guard: v%s %s: %s", decision.version, decision.action, decision.reason
+                )
+
+    def run() -> None:
+        try:
+            guard_loop(settings, report, every=every, sleep=lambda s: stop.wait(s), stop=stop)
+        except Exception:  # noqa: BLE001 - the service keeps serving; the log says why
+            _log.exception("the in-service guard stopped")
+
+    threading.Thread(target=run, name="prodguard-guard", daemon=True).start()
+    return stop
+
+
 class _Metrics:
     """prodguard's Prometheus metrics, exported on the service's /metrics."""
 
@@ -138,12 +166,15 @@ class PredictionService:
         follower = self.serving.follower
         follower.start()
         self.serving.predictor.warm_up({})
+        self._guard = _start_guard(_settings)
 
     def __is_ready__(self) -> bool:
         return self.serving.ready()
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
+        if self._guard is not None:
+            self._guard.set()
         self.serving.follower.stop()
         self.serving.predictor.close()
         self.serving.log.close()
