@@ -325,7 +325,8 @@ def rollback(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Which version each alias points at, with its lineage, and how to open the MLflow UI."""
+    """Which version each alias points at (with lineage and baseline), the traffic policy, the
+    standby's age, the rollback triggers, and how to open the MLflow UI."""
     document = use_cases.status(_settings())
     if as_json:
         _print_json(document)
