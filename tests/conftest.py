@@ -43,6 +43,15 @@ def make_project(target: Path) -> Path:
     return target
 
 
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a prepared project (its stores included) to change freely; Feast's registry is
+    left out (it records absolute paths): materialize the copy before reading features."""
+    root = make_project(target)
+    shutil.copytree(source / ".prodguard", root / ".prodguard")
+    shutil.rmtree(root / ".prodguard" / "feast", ignore_errors=True)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _no_prodguard_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
@@ -122,9 +131,7 @@ def drilled(served_project: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from prodguard.rollout.faults import register_faulty
     from prodguard.training.trainer import pip_requirements
 
-    root = make_project(tmp_path_factory.mktemp("drilled") / "project")
-    shutil.copytree(served_project / ".prodguard", root / ".prodguard")
-    shutil.rmtree(root / ".prodguard" / "feast")
+    root = copy_project(served_project, tmp_path_factory.mktemp("drilled") / "project")
     settings = load_settings(root / "prodguard.yaml", environ=DAILY_WINDOWS)
     app.feature_store(settings).materialize(until=utc("2013-05-01"))
     record_baseline(settings, utc("2013-04-01"), utc("2013-04-04"), version=2)

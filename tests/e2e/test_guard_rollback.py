@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DAILY_WINDOWS, FLIGHT_REQUEST, make_project
+from tests.conftest import DAILY_WINDOWS, FLIGHT_REQUEST, copy_project
 from tests.e2e.cli import CLI, run, serving
 from tests.e2e.test_serving_http import post
 
@@ -30,9 +29,7 @@ ENV = {
 def test_guard_rolls_back_a_faulty_champion_under_load(
     drilled: Path, tmp_path: Path, where: str
 ) -> None:
-    project = make_project(tmp_path / "project")
-    shutil.copytree(drilled / ".prodguard", project / ".prodguard")
-    shutil.rmtree(project / ".prodguard" / "feast")
+    project = copy_project(drilled, tmp_path / "project")
     run(project, "materialize", "--until", "2013-05-01", env=ENV)
     answers: list[tuple[float, int, int | None]] = []  # (time, status, version)
     stop = threading.Event()
@@ -117,9 +114,7 @@ def test_guard_rolls_back_a_faulty_champion_under_load(
 
 
 def test_rollout_and_drill_commands(drilled: Path, tmp_path: Path) -> None:
-    project = make_project(tmp_path / "project")
-    shutil.copytree(drilled / ".prodguard", project / ".prodguard")
-    shutil.rmtree(project / ".prodguard" / "feast")
+    project = copy_project(drilled, tmp_path / "project")
     run(project, "materialize", "--until", "2013-05-01", env=ENV)
 
     run(project, "rollout", "start", "--mode", "canary", "--steps", "10,100", "--version", "3")

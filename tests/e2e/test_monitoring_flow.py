@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from tests.conftest import DAILY_WINDOWS, make_project, utc
+from tests.conftest import DAILY_WINDOWS, copy_project, utc
 from tests.e2e.cli import run
 from tests.unit.test_alerts import Receiver
 
@@ -34,10 +33,7 @@ class Celsius:
 
 @pytest.fixture
 def monitored(served_project: Path, tmp_path: Path) -> Path:
-    root = make_project(tmp_path / "project")
-    shutil.copytree(served_project / ".prodguard", root / ".prodguard")
-    shutil.rmtree(root / ".prodguard" / "feast")
-    return root
+    return copy_project(served_project, tmp_path / "project")
 
 
 def test_baseline_monitor_alert_and_report(monitored: Path) -> None:

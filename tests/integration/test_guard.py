@@ -3,7 +3,6 @@ with an audit record holding the trigger and its evidence; standby retention on 
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from prodguard.clock import FixedClock
 from prodguard.errors import PromotionRefused
-from tests.conftest import DAILY_WINDOWS, make_project, utc
+from tests.conftest import DAILY_WINDOWS, copy_project, utc
 
 pytestmark = pytest.mark.integration
 ENV = {**DAILY_WINDOWS, "PRODGUARD_ROLLOUT__TRIGGERS__MIN_REQUESTS": "200"}
@@ -19,10 +18,7 @@ ENV = {**DAILY_WINDOWS, "PRODGUARD_ROLLOUT__TRIGGERS__MIN_REQUESTS": "200"}
 
 @pytest.fixture
 def project(drilled: Path, tmp_path: Path) -> Path:
-    root = make_project(tmp_path / "project")
-    shutil.copytree(drilled / ".prodguard", root / ".prodguard")
-    shutil.rmtree(root / ".prodguard" / "feast")
-    return root
+    return copy_project(drilled, tmp_path / "project")
 
 
 def setup(project: Path, promote_faulty: bool):

@@ -3,7 +3,6 @@ ingested flights data; baselines stored with the model version in MLflow."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from prodguard.monitoring.baseline import Baseline, MetricBaseline
 from prodguard.monitoring.measures import feature_references
 from prodguard.monitoring.monitor import Monitor, VersionReference
 from prodguard.serving.prediction_log import PredictionRecord, SqlitePredictionLog
-from tests.conftest import DAILY_WINDOWS, make_project, utc
+from tests.conftest import DAILY_WINDOWS, copy_project, utc
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2013, 6, 1, tzinfo=UTC)
@@ -225,8 +224,7 @@ def test_baseline_replays_staging_and_is_stored_with_the_version(
         version_reference,
     )
 
-    root = make_project(tmp_path / "project")
-    shutil.copytree(served_project / ".prodguard", root / ".prodguard")
+    root = copy_project(served_project, tmp_path / "project")
     settings = load_settings(root / "prodguard.yaml", environ=DAILY_WINDOWS)
     app.feature_store(settings).materialize(until=utc("2013-05-01"))
     result = record_baseline(settings, utc("2013-04-01"), utc("2013-04-08"), version=2)

@@ -3,7 +3,6 @@ injected clock: a faulty canary is aborted, a healthy one steps up and is promot
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from prodguard.clock import FixedClock
 from prodguard.errors import InputError
 from prodguard.rollout.policy import TrafficPolicy, canary_steps, in_canary
-from tests.conftest import DAILY_WINDOWS, make_project, utc
+from tests.conftest import DAILY_WINDOWS, copy_project, utc
 
 pytestmark = pytest.mark.integration
 ENV = {
@@ -36,9 +35,7 @@ def project(drilled: Path, tmp_path: Path):
     from prodguard.rollout.faults import register_faulty
     from prodguard.training.trainer import pip_requirements
 
-    root = make_project(tmp_path / "project")
-    shutil.copytree(drilled / ".prodguard", root / ".prodguard")
-    shutil.rmtree(root / ".prodguard" / "feast")
+    root = copy_project(drilled, tmp_path / "project")
     settings = load_settings(root / "prodguard.yaml", environ=ENV)
     app.feature_store(settings).materialize(until=utc("2013-05-01"))
     operations = app.registry_operations(settings, with_checks=True)

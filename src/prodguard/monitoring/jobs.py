@@ -17,6 +17,7 @@ from prodguard.alerts import Alert, AlertGate
 from prodguard.clock import Clock, SystemClock
 from prodguard.config import Settings
 from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
+from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of
 from prodguard.monitoring.baseline import Baseline, summarise
 from prodguard.monitoring.measures import feature_references, measure, score_reference
@@ -313,8 +314,6 @@ def watch(
     """Run the monitors once (``every`` None) or every ``every`` seconds (``runs`` times, or
     until interrupted), serving Prometheus gauges on ``metrics_port`` when given. A failing run
     (e.g. the log unreadable) is reported as inconclusive and the loop goes on."""
-    if every is not None and every <= 0:
-        raise InputError("--every must be a positive number of seconds")
     if every is not None and start is not None:
         raise InputError("--every watches the latest window; drop --start/--end")
     if metrics_port is not None and not 0 < metrics_port < 65536:
@@ -328,23 +327,21 @@ def watch(
         start_http_server(metrics_port, addr=metrics_host, registry=registry)
     monitor = build_monitor(settings)
     gate = alert_gate(settings, registry)
-    done = 0
-    while True:
+
+    def monitors() -> MonitorRun:
+        return run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
+
+    def failed(error: Exception) -> MonitorRun:
+        now = datetime.now(UTC)
+        report = WindowReport(now, now, None, 0, "inconclusive", reason=f"monitor failed: {error}")
+        run = MonitorRun([report])
         try:
-            run = run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
-        except (StorageError, RegistryError) as exc:
-            if every is None:
-                raise
-            now = datetime.now(UTC)
-            failed = WindowReport(
-                now, now, None, 0, "inconclusive", reason=f"monitor failed: {exc}"
-            )
-            run = MonitorRun([failed])
-        on_run(run)
-        done += 1
-        if every is None or (runs is not None and done >= runs):
-            return
-        sleep(every)
+            run.sent = gate.update(*alerts_of(run.reports, now))
+        except StorageError as undelivered:
+            _log.error("monitor failure not alerted: %s", undelivered)
+        return run
+
+    repeat(monitors, on_run, every=every, failed=failed, runs=runs, sleep=sleep)
 
 
 # ---- Evidently reports ---------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,14 +11,13 @@ from typing import Any
 from prodguard import app
 from prodguard.clock import Clock, SystemClock
 from prodguard.config import Settings
-from prodguard.errors import InputError, RegistryError, StorageError
+from prodguard.errors import InputError
+from prodguard.loops import repeat
 from prodguard.monitoring.jobs import build_monitor
 from prodguard.registry.audit import AuditRecord
 from prodguard.rollout.guard import Guard, GuardDecision
 from prodguard.rollout.policy import TrafficPolicy, canary_steps
 from prodguard.serving.prediction_log import PredictionLog
-
-_log = logging.getLogger("prodguard.rollout")
 
 
 def build_guard(
@@ -48,24 +46,12 @@ def guard_loop(
 ) -> None:
     """Check once (``every`` None) or every ``every`` seconds until ``stop`` is set; a failed
     check (registry or log unreachable) is reported as ``hold`` and the loop goes on."""
-    if every is not None and every <= 0:
-        raise InputError("--every must be a positive number of seconds")
     guard = build_guard(settings)
-    done = 0
-    while stop is None or not stop.is_set():
-        try:
-            decisions = guard.check()
-        except (RegistryError, StorageError) as exc:
-            if every is None:
-                raise
-            _log.error("guard check failed: %s", exc)
-            failed = GuardDecision("hold", datetime.now(UTC), None, reason=f"check failed: {exc}")
-            decisions = [failed]
-        on_decision(decisions)
-        done += 1
-        if every is None or (runs is not None and done >= runs):
-            return
-        sleep(every)
+
+    def failed(error: Exception) -> list[GuardDecision]:
+        return [GuardDecision("hold", datetime.now(UTC), None, reason=f"check failed: {error}")]
+
+    repeat(guard.check, on_decision, every=every, failed=failed, runs=runs, sleep=sleep, stop=stop)
 
 
 def start_rollout(
