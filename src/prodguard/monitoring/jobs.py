@@ -45,8 +45,10 @@ def version_reference(registry: Any, version: int) -> VersionReference:
     return VersionReference(feature_references(stats), baseline)
 
 
-def _default_version(operations: Any, version: int | None, prefer: tuple[str, ...]) -> int:
+def resolve_version(operations: Any, version: int | None, prefer: tuple[str, ...]) -> int:
+    """``version`` if given (and registered), else the first of the ``prefer`` aliases set."""
     if version is not None:
+        operations.registry.version(version)  # unknown: RegistryError naming it
         return version
     aliases = operations.state().as_dict()
     for alias in prefer:
@@ -86,7 +88,7 @@ def record_baseline(
     if end <= start:
         raise InputError("--end must be after --start")
     operations = app.registry_operations(settings)
-    version = _default_version(operations, version, ("candidate", "champion"))
+    version = resolve_version(operations, version, ("candidate", "champion"))
     path = staging_log_path(settings, version)
     _remove_log(path)
     log = SqlitePredictionLog(path, "NORMAL")
@@ -365,7 +367,7 @@ def drift_report(
         raise InputError("--end must be after --start")
     operations = app.registry_operations(settings)
     registry = operations.registry
-    version = _default_version(operations, version, ("champion",))
+    version = resolve_version(operations, version, ("champion",))
     log = log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
     served = log.window(start, end, role=ANSWERS)
     served = served[served["version"] == version]

@@ -125,7 +125,7 @@ def run_drill(
     """Rehearse a rollback for ``version`` (default: candidate, else champion) over the staging
     period (default: the version's baseline period), record the result on the version."""
     from prodguard.features.feast_adapter import feature_contract
-    from prodguard.monitoring.jobs import replay_predictor, version_reference
+    from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
     from prodguard.monitoring.monitor import Monitor
     from prodguard.monitoring.replay import replay
     from prodguard.rollout.guard import Guard
@@ -136,7 +136,7 @@ def run_drill(
     if not 0 < abs(shift) < 1:
         raise InputError("--shift must be between -1 and 1 (a share of probability), not 0")
     production = app.registry_operations(settings)
-    version = _target(production, version)
+    version = resolve_version(production, version, ("candidate", "champion"))
     start, end = _period(production, version, start, end)
     latency = _latency(settings, production.registry, version)
 
@@ -230,17 +230,6 @@ def run_drill(
     )
     production.registry.set_version_tag(version, DRILL_TAG, json.dumps(result.to_json()))
     return result
-
-
-def _target(operations: RegistryOperations, version: int | None) -> int:
-    if version is not None:
-        operations.registry.version(version)
-        return version
-    state = operations.state()
-    found = state.candidate if state.candidate is not None else state.champion
-    if found is None:
-        raise InputError("no candidate or champion to drill; pass --version N")
-    return found
 
 
 def _period(

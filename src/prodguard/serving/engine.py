@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -265,10 +265,8 @@ class Predictor:
             ("total", time.perf_counter() - began),
         ):
             self._metrics.observe(stage, seconds)
-        for record in records:
-            self._metrics.count(
-                "predictions", {"version": str(record.version), "role": record.role}
-            )
+        for (version, role), count in Counter((r.version, r.role) for r in records).items():
+            self._metrics.count("predictions", {"version": str(version), "role": role}, count)
         for row_flags in flags:
             for flag in row_flags:
                 feature, _, reason = flag.partition(":")
@@ -432,8 +430,9 @@ class Predictor:
         everyone = list(range(len(rows)))
         if rollout is None or policy.mode != "canary":
             return [(champion, everyone)]
-        canary = [i for i in everyone if in_canary(self._sticky(rows[i], ids[i]), policy.percent)]
-        rest = [i for i in everyone if i not in set(canary)]
+        chosen = [in_canary(self._sticky(rows[i], ids[i]), policy.percent) for i in everyone]
+        canary = [i for i in everyone if chosen[i]]
+        rest = [i for i in everyone if not chosen[i]]
         return [(m, chosen) for m, chosen in ((champion, rest), (rollout, canary)) if chosen]
 
     def _sticky(self, row: dict[str, Any], request_id: str) -> str:
