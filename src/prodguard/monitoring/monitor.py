@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, Roles
 
 _log = logging.getLogger("prodguard.monitoring")
+REFERENCE_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Monitor:
         self._settings = settings
         self._spec = WindowSpec.from_settings(settings.window)
         self._clock = clock
-        self._cache: dict[int, VersionReference] = {}
+        self._cache: dict[int, tuple[float, VersionReference]] = {}
 
     @property
     def spec(self) -> WindowSpec:
@@ -262,13 +264,13 @@ class Monitor:
         return findings
 
     def reference(self, version: int) -> VersionReference:
-        if version not in self._cache:
-            self._cache[version] = self._references(version)
-        return self._cache[version]
-
-    def forget(self, version: int) -> None:
-        """Drop a cached reference (a new baseline was recorded for the version)."""
-        self._cache.pop(version, None)
+        """The version's references, re-read after ``REFERENCE_TTL_S`` (a long-running monitor
+        or guard picks up a baseline recorded meanwhile)."""
+        found = self._cache.get(version)
+        if found is None or time.monotonic() - found[0] > REFERENCE_TTL_S:
+            found = (time.monotonic(), self._references(version))
+            self._cache[version] = found
+        return found[1]
 
 
 def _with_kpi(
