@@ -85,6 +85,7 @@ class Guard:
         self._alerter = alerter
         self._clock = clock
         self._actor = actor
+        self._stranded: set[int] = set()  # champions alerted as fired without a standby
 
     def check(self) -> list[GuardDecision]:
         """Judge the champion (rolling back on a fired trigger), then a rollout in progress
@@ -99,7 +100,10 @@ class Guard:
         if fired:
             summary = "; ".join(t.summary() for t in fired)
             if state.standby is None:
-                self._alert(champion, f"rollback trigger fired but no standby: {summary}", decision)
+                if champion not in self._stranded:  # alert once per version, not every check
+                    self._stranded.add(champion)
+                    message = f"rollback trigger fired but no standby: {summary}"
+                    self._alert(champion, message, decision)
                 decision = _replace(
                     decision, action="no_standby", reason="no standby to roll back to"
                 )
