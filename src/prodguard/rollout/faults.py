@@ -17,6 +17,9 @@ from prodguard.registry.operations import RegistryOperations
 
 FAULT_TAG = "prodguard.fault"
 COPIED_ARTIFACTS = ("reference_stats.json", "lineage.json", "baseline.json")
+NOT_COPIED = frozenset(
+    {"prodguard.run_id", "prodguard.drill", "prodguard.demoted_reason", "prodguard.demoted_at"}
+)
 
 
 class ShiftedScores:
@@ -52,8 +55,8 @@ def register_faulty(
             artifacts[name] = registry.load_json_artifact(base, name)
         except RegistryError:  # a version may have no baseline yet
             continue
-    tags = {
-        k: v for k, v in info.tags.items() if k.startswith("prodguard.") and k != "prodguard.run_id"
+    tags = {  # lineage, contract and baseline; never the base's run, drill or demotion
+        k: v for k, v in info.tags.items() if k.startswith("prodguard.") and k not in NOT_COPIED
     }
     tags[FAULT_TAG] = f"v{base} with scores shifted by {shift:+g} (drill by {actor})"
     return registry.log_version(
