@@ -193,7 +193,8 @@ class MonitoringSettings(_Strict):
     psi: BandSettings = BandSettings(warning=0.1, critical=0.25)
     spread: BandSettings = Field(
         default=BandSettings(warning=1.5, critical=2.0),
-        description="Deviation from the baseline mean, in baseline standard deviations.",
+        description="Warning/critical beyond the baseline mean plus this many times the metric's "
+        "spread (the largest deviation staging showed).",
     )
     kpi: KpiSettings = KpiSettings()
     reports_max_rows: int = Field(default=20_000, ge=100)
@@ -234,6 +235,14 @@ class RolloutSettings(_Strict):
         default_factory=lambda: [5.0, 25.0, 100.0],
         description="Canary shares in percent; each step bakes before the next.",
     )
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, value: list[float]) -> list[float]:
+        if not value or value != sorted(set(value)) or value[0] <= 0 or value[-1] != 100:
+            raise ValueError("must be increasing percentages ending at 100, e.g. [5, 25, 100]")
+        return value
+
     bake_minutes: float = Field(default=60, ge=0, description="Each step lasts at least this.")
     bake_min_requests: int = Field(
         default=500, ge=1, description="...and sees at least this many requests of the candidate."

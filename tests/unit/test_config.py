@@ -76,3 +76,20 @@ def test_bad_env_value_is_named(project: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found; run from the project folder"):
         load_settings(tmp_path / "absent.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("PRODGUARD_ROLLOUT__CANARY_STEPS", "[25, 5, 100]", "rollout.canary_steps: Value error"),
+        ("PRODGUARD_ROLLOUT__STANDBY_HOURS", "24", "rollout.standby_hours"),
+        ("PRODGUARD_MONITORING__PSI__CRITICAL", "0.05", "critical must be at least warning"),
+        ("PRODGUARD_MONITORING__WINDOW__MINUTES", "null", "give minutes, rows or both"),
+        ("PRODGUARD_ALERTS__WEBHOOK_URL", "ftp://x", "must be an http:// or https:// URL"),
+    ],
+)
+def test_monitoring_and_rollout_settings_are_checked(
+    project: Path, key: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_settings(project / "prodguard.yaml", environ={key: value})
