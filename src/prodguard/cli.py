@@ -414,6 +414,7 @@ def baseline(
     hour, model, log) and their known outcomes feedback; the staging log is kept under
     <data_dir>/staging. Alerts then fire at 1.5x (warning) and 2x (critical) the spread.
     """
+    from prodguard.monitoring.baseline import thresholds
     from prodguard.monitoring.jobs import record_baseline
 
     result = record_baseline(
@@ -428,14 +429,10 @@ def baseline(
         table.add_column(column, justify="left" if column == "metric" else "right")
     monitoring = _settings().monitoring
     for name, m in sorted(b.metrics.items()):
-        width = m.spread(name)
-        table.add_row(
-            name,
-            f"{m.mean:.4g}",
-            f"{m.sd:.4g}",
-            f"{m.mean + monitoring.spread.warning * width:.4g}",
-            f"{m.mean + monitoring.spread.critical * width:.4g}",
-        )
+        bounds = thresholds(name, m, monitoring.psi, monitoring.spread)
+        assert bounds is not None  # a metric with a baseline always has thresholds
+        warning, critical = bounds
+        table.add_row(name, f"{m.mean:.4g}", f"{m.sd:.4g}", f"{warning:.4g}", f"{critical:.4g}")
     out.print(table)
     r = result.replay
     out.print(

@@ -179,28 +179,34 @@ def evaluate(
     return findings
 
 
+def thresholds(
+    metric: str, known: MetricBaseline | None, psi_bands: BandSettings, spread: BandSettings
+) -> tuple[float, float] | None:
+    """(warning, critical) on the metric's own scale; None for a non-feature without baseline."""
+    feature = metric.startswith(("psi.", "shift."))
+    if known is None:
+        return (psi_bands.warning, psi_bands.critical) if feature else None
+    width = known.spread(metric)
+    warning = known.mean + spread.warning * width
+    critical = known.mean + spread.critical * width
+    if feature:
+        return max(warning, psi_bands.warning), max(critical, psi_bands.critical)
+    return warning, critical
+
+
 def _judge(
     m: Measure, known: MetricBaseline | None, psi_bands: BandSettings, spread: BandSettings
 ) -> Finding:
     value = float(m.value)  # type: ignore[arg-type]
-    feature = m.metric.startswith(("psi.", "shift."))
-    if known is None:
-        if not feature:
-            return Finding(m.metric, value, "no_baseline", reason="no staging baseline")
-        warning, critical = psi_bands.warning, psi_bands.critical
-        mean = sd = None
-    else:
-        width = known.spread(m.metric)
-        mean, sd = known.mean, known.sd
-        warning = mean + spread.warning * width
-        critical = mean + spread.critical * width
-        if feature:
-            warning, critical = max(warning, psi_bands.warning), max(critical, psi_bands.critical)
-        if m.metric == "score.mean":  # either direction is a shift
-            value_for_test = mean + abs(value - mean)
-            status = _band(value_for_test, warning, critical)
-            return Finding(m.metric, value, status, warning, critical, mean, sd)
-    return Finding(m.metric, value, _band(value, warning, critical), warning, critical, mean, sd)
+    bounds = thresholds(m.metric, known, psi_bands, spread)
+    if bounds is None:
+        return Finding(m.metric, value, "no_baseline", reason="no staging baseline")
+    warning, critical = bounds
+    mean, sd = (known.mean, known.sd) if known is not None else (None, None)
+    tested = value
+    if known is not None and m.metric == "score.mean":  # either direction is a shift
+        tested = known.mean + abs(value - known.mean)
+    return Finding(m.metric, value, _band(tested, warning, critical), warning, critical, mean, sd)
 
 
 def _band(value: float, warning: float, critical: float) -> Status:
