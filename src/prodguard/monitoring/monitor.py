@@ -276,6 +276,7 @@ class Monitor:
 def _with_kpi(
     report: WindowReport, kpi: Finding | None, metric: str, matured: Window
 ) -> WindowReport:
+    """The report with its KPI taken from the matured window (or why there is none)."""
     if kpi is None:
         kpi = Finding(
             metric,
@@ -287,7 +288,13 @@ def _with_kpi(
         kpi = Finding(
             **{**kpi.to_json(), "reason": (kpi.reason + f" (window {matured.label})").strip()}
         )
-    findings = [kpi if f.metric == metric else f for f in report.findings]
+    return replace_finding(report, kpi)
+
+
+def replace_finding(report: WindowReport, finding: Finding) -> WindowReport:
+    """``report`` with the finding of the same metric replaced (e.g. a KPI judged on an older,
+    matured window), its status recomputed unless the window itself could not be judged."""
+    findings = [finding if f.metric == finding.metric else f for f in report.findings]
     judged = report.status in ("insufficient_data", "inconclusive") and not report.findings
     short = report.status == "insufficient_data" and bool(report.reason)
     return WindowReport(

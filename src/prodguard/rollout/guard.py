@@ -18,8 +18,7 @@ from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import ConcurrentUpdateError, PromotionRefused
-from prodguard.monitoring.baseline import Finding
-from prodguard.monitoring.monitor import Monitor, WindowReport
+from prodguard.monitoring.monitor import Monitor, WindowReport, replace_finding
 from prodguard.registry.operations import AliasState, RegistryOperations
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.rollout.triggers import TriggerResult, evaluate_triggers
@@ -157,7 +156,7 @@ class Guard:
             matured = self._monitor.judge(start, now - maturity, version, True, 1, roles).findings
             found = next((f for f in matured if f.metric == kpi), None)
             if found is not None:
-                report = _with_finding(report, found)
+                report = replace_finding(report, found)
         return report
 
     # ---- baking a rollout ------------------------------------------------------------------
@@ -274,17 +273,3 @@ class Guard:
 
 def _replace(decision: GuardDecision, **changes: Any) -> GuardDecision:
     return GuardDecision(**{**decision.__dict__, **changes})
-
-
-def _with_finding(report: WindowReport, finding: Finding) -> WindowReport:
-    findings = [finding if f.metric == finding.metric else f for f in report.findings]
-    return WindowReport(
-        report.start,
-        report.end,
-        report.model_version,
-        report.rows,
-        report.status,
-        findings,
-        report.reason,
-        report.sampled_every,
-    )
