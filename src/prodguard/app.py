@@ -247,8 +247,7 @@ def status(settings: Settings) -> dict[str, Any]:
     from prodguard.rollout.triggers import describe as describe_triggers
 
     operations = registry_operations(settings)
-    state = operations.state()
-    traffic = operations.traffic()
+    state, traffic = operations.targets()
     versions = operations.registry.versions()
     by_number = {v.version: v for v in versions}
     config = operations.registry.config

@@ -94,12 +94,12 @@ def test_two_guards_move_once(project: Path) -> None:
     settings, operations, clock, log = setup(project, promote_faulty=True)
     first, second = build_guard(settings, clock, log), build_guard(settings, clock, log)
     operations_of_second = second._operations
-    before = operations_of_second.state()
+    before = operations_of_second.targets()
     reads = iter([before])
-    real_state = operations_of_second.state
+    real_targets = operations_of_second.targets
     # the second guard read the aliases just before the first one moved them (injected race);
     # its rollback re-reads them under the lock, for real
-    operations_of_second.state = lambda: next(reads, None) or real_state()  # type: ignore[method-assign]
+    operations_of_second.targets = lambda: next(reads, None) or real_targets()  # type: ignore[method-assign]
     assert first.check()[0].action == "rolled_back"
     late = second.check()[0]
     assert late.action == "moved_elsewhere" and "aliases moved" in late.reason

@@ -20,7 +20,7 @@ from prodguard.clock import Clock, SystemClock
 from prodguard.errors import ConcurrentUpdateError, InputError, PromotionRefused, RegistryError
 from prodguard.registry.audit import AuditLog, AuditRecord
 from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
-from prodguard.rollout.policy import TRAFFIC_TAG, Mode, TrafficPolicy
+from prodguard.rollout.policy import TRAFFIC_TAG, Mode, TrafficPolicy, read_targets
 
 DEMOTED_TAG = "prodguard.demoted_reason"
 HISTORY_SCAN = 500  # audit records searched for when a version took an alias
@@ -193,6 +193,11 @@ class RegistryOperations:
 
     def traffic(self) -> TrafficPolicy:
         return TrafficPolicy.from_json(self.registry.model_tag(TRAFFIC_TAG))
+
+    def targets(self) -> tuple[AliasState, TrafficPolicy]:
+        """The aliases and the traffic policy from one registry read."""
+        aliases, policy = read_targets(self.registry)
+        return AliasState.from_mapping(aliases), policy
 
     def set_traffic(
         self,

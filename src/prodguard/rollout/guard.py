@@ -90,7 +90,7 @@ class Guard:
         """Judge the champion (rolling back on a fired trigger), then a rollout in progress
         (abort, hold, next step or promotion)."""
         now = self._clock.now()
-        state = self._operations.state()
+        state, policy = self._operations.targets()  # one read for both
         champion = state.champion
         if champion is None:
             return [GuardDecision("no_champion", now, None, reason="no champion is set")]
@@ -109,9 +109,8 @@ class Guard:
             else:
                 decision = self._roll_back(state, decision, summary)
         decisions = [decision]
-        policy = self._operations.traffic()
-        if policy.active and decision.action != "rolled_back":
-            decisions.append(self._bake(self._operations.state(), policy, now))
+        if policy.active and decision.action != "rolled_back":  # nothing moved since the read
+            decisions.append(self._bake(state, policy, now))
         return decisions
 
     def _evaluate(
