@@ -138,7 +138,9 @@ def run_drill(
     production = app.registry_operations(settings)
     version = resolve_version(production, version, ("candidate", "champion"))
     start, end = _period(production, version, start, end)
-    latency = _latency(settings, production.registry, version)
+    store = app.feature_store(settings)
+    views = store.versions()
+    latency = _latency(settings, production.registry, version, store, views)
 
     faulty = version + FAULTY_OFFSET
     staging = StagingRegistry(production.registry, {faulty: (version, shift)})
@@ -154,7 +156,6 @@ def run_drill(
         clock=clock,  # type: ignore[arg-type]
     )
     alerter = Alerter([JsonlSink(folder / f"drill-v{version}.alerts.jsonl")])
-    views = app.feature_store(settings).versions()
     contract = feature_contract(views)
     follower = ModelFollower(
         targets=lambda: read_targets(staging),
@@ -251,7 +252,9 @@ def _period(
     return datetime.fromisoformat(first), datetime.fromisoformat(last)
 
 
-def _latency(settings: Settings, registry: Any, version: int) -> dict[str, float]:
+def _latency(
+    settings: Settings, registry: Any, version: int, store: Any, views: list[Any]
+) -> dict[str, float]:
     """p50/p99 of single requests on the real request path with the real online store."""
     from prodguard.features.feast_adapter import feature_contract
     from prodguard.monitoring.replay import request_rows
@@ -259,8 +262,6 @@ def _latency(settings: Settings, registry: Any, version: int) -> dict[str, float
     from prodguard.serving.prediction_log import SqlitePredictionLog
     from prodguard.timewindows import parse_time
 
-    store = app.feature_store(settings)
-    views = store.versions()
     state = ServingState(champion=load_verified(registry, feature_contract(views), version))
     path = settings.paths.staging_dir / f"latency-v{version}.db"
     _remove(path)
