@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prodguard.alerts import Alerter, JsonlSink, LogSink, PrometheusSink, WebhookSink
+from prodguard.clock import Clock, FileClock, SystemClock
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError
 from prodguard.ingestion.pipeline import BatchResult, Ingestor
@@ -22,6 +23,13 @@ from prodguard.registry.operations import RegistryOperations
 
 if TYPE_CHECKING:
     from prodguard.training.trainer import TrainResult
+
+
+def clock_for(settings: Settings) -> Clock:
+    """The system clock, or the simulated time of ``clock.file`` (shared by every process)."""
+    if settings.clock.file is not None:
+        return FileClock(settings.clock.file)
+    return SystemClock()
 
 
 def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
@@ -170,6 +178,7 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
     return RegistryOperations(
         registry,
         AuditLog(config.audit_uri),
+        clock=clock_for(settings),
         promotion_check=check,
         standby_hours=settings.rollout.standby_hours,
     )
@@ -293,6 +302,7 @@ class Serving:
     follower: Any
     log: Any
     request_model: type
+    clock: Clock
 
     def ready(self) -> bool:
         """Both models loaded (or no standby alias, or a standby refused with an alert)."""
@@ -310,6 +320,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
     serving = _serving_settings(settings)
+    clock = clock or clock_for(settings)
     store = feature_store(settings)
     registry = registry_operations(settings).registry
     follower = ModelFollower(
@@ -331,7 +342,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         metrics=metrics,
     )
     request_model = import_object(serving.request_model, "serving.request_model")
-    return Serving(settings, predictor, follower, log, request_model)
+    return Serving(settings, predictor, follower, log, request_model, clock)
 
 
 def _serving_settings(settings: Settings) -> Any:

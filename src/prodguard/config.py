@@ -142,6 +142,14 @@ class DemoSettings(_Strict):
     end: str = Field(description="ISO date: end (exclusive) of that window; materialized up to it.")
 
 
+class ClockSettings(_Strict):
+    file: Path | None = Field(
+        default=None,
+        description="Simulated time: read 'now' from this file (an ISO 8601 instant) instead of "
+        "the system clock, in every process given the same file (replays, the demo).",
+    )
+
+
 class WindowSettings(_Strict):
     """Monitoring windows: by time (``minutes``, a new window every ``step_minutes``), by count
     (``rows``), or both — a window then closes at whichever bound comes first."""
@@ -306,6 +314,7 @@ class Settings(_Strict):
     rollout: RolloutSettings = RolloutSettings()
     alerts: AlertSettings = AlertSettings()
     demo: DemoSettings | None = None
+    clock: ClockSettings = ClockSettings()
     config_path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -337,8 +346,16 @@ def _resolve(settings: Settings, base: Path) -> Settings:
         update={"config": absolute(settings.feature_store.config)}
     )
     registry = settings.registry.model_copy(update={"config": absolute(settings.registry.config)})
+    clock = settings.clock.model_copy(
+        update={"file": absolute(settings.clock.file) if settings.clock.file else None}
+    )
     return settings.model_copy(
-        update={"paths": paths, "feature_store": feature_store, "registry": registry}
+        update={
+            "paths": paths,
+            "feature_store": feature_store,
+            "registry": registry,
+            "clock": clock,
+        }
     )
 
 

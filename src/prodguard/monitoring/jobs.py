@@ -14,7 +14,7 @@ import pandas as pd
 
 from prodguard import app
 from prodguard.alerts import Alert, AlertGate
-from prodguard.clock import Clock, SystemClock
+from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
 from prodguard.loops import repeat
@@ -259,7 +259,7 @@ def build_monitor(
         log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL"),
         lambda version: version_reference(registry, version),
         settings.monitoring,
-        clock or SystemClock(),
+        clock or app.clock_for(settings),
     )
 
 
@@ -289,7 +289,7 @@ def run_monitor(
         monitor.over(start, end) if start is not None and end is not None else monitor.latest()
     )
     run = MonitorRun(reports)
-    stamp = now or datetime.now(UTC)
+    stamp = now or monitor.now()
     if gauges is not None:
         gauges.publish(reports, stamp)
     if gate is not None and reports:
@@ -334,7 +334,7 @@ def watch(
         return run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
 
     def failed(error: Exception) -> MonitorRun:
-        now = datetime.now(UTC)
+        now = monitor.now()
         report = WindowReport(now, now, None, 0, "inconclusive", reason=f"monitor failed: {error}")
         run = MonitorRun([report])
         try:

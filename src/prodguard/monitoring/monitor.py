@@ -86,6 +86,9 @@ class Monitor:
     def spec(self) -> WindowSpec:
         return self._spec
 
+    def now(self) -> datetime:
+        return self._clock.now()
+
     def latest(self) -> list[WindowReport]:
         """The window ending now; its KPI from the window that matured most recently."""
         now = self._clock.now()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prodguard import app
-from prodguard.clock import Clock, SystemClock
+from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError
 from prodguard.loops import repeat
@@ -23,7 +23,7 @@ from prodguard.serving.prediction_log import PredictionLog
 def build_guard(
     settings: Settings, clock: Clock | None = None, log: PredictionLog | None = None
 ) -> Guard:
-    clock = clock or SystemClock()
+    clock = clock or app.clock_for(settings)
     operations = app.registry_operations(settings, with_checks=True)
     operations.clock = clock
     return Guard(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -223,7 +222,7 @@ class PredictionService:
     ) -> FeedbackOut:
         """Record the observed outcome of a logged prediction (idempotent; 404 if unknown)."""
         try:
-            status = self.serving.log.record_feedback(request_id, outcome, datetime.now(UTC))
+            status = self.serving.log.record_feedback(request_id, outcome, self.serving.clock.now())
         except ProdguardError as exc:
             return error_response(exc)  # type: ignore[return-value]
         return FeedbackOut(request_id=request_id, status=status)
