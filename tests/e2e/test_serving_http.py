@@ -78,6 +78,20 @@ def test_predictions_feedback_and_service_endpoints(service: str) -> None:
         post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 9}})[0] == 409
     )
     assert post(service, "/feedback", {"request_id": "nobody", "outcome": {"x": 1}})[0] == 404
+    status, body = post(
+        service,
+        "/feedback_batch",
+        {
+            "items": [
+                {"request_id": "http-1", "outcome": {"arr_delay": 4}},
+                {"request_id": "http-1", "outcome": {"arr_delay": 5}},
+                {"request_id": "nobody", "outcome": {"arr_delay": 4}},
+            ]
+        },
+    )
+    assert status == 200, body
+    assert [r["status"] for r in body["results"]] == ["duplicate", "conflict", "unknown"]
+    assert post(service, "/feedback_batch", {"items": []})[0] == 400
 
     with urllib.request.urlopen(f"{service}/metrics", timeout=10) as response:
         metrics = response.read().decode()
@@ -86,7 +100,7 @@ def test_predictions_feedback_and_service_endpoints(service: str) -> None:
     assert "prodguard_degradations_total" in metrics
     assert "prodguard_shadow_dropped_total 0.0" in metrics
     paths = get_json(f"{service}/docs.json")["paths"]
-    assert {"/predict", "/predict_batch", "/feedback", "/readyz", "/metrics"} <= set(paths)
+    assert {"/predict", "/predict_batch", "/feedback", "/feedback_batch", "/metrics"} <= set(paths)
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,16 @@ class FeedbackOut(BaseModel):
 
 
 Scalar = float | int | bool | str
+Outcome = Annotated[dict[str, Scalar], Field(min_length=1, max_length=20)]
+
+
+class FeedbackItem(BaseModel):
+    request_id: RequestId
+    outcome: Outcome
+
+
+class FeedbackBatchOut(BaseModel):
+    results: list[FeedbackOut]
 
 
 def _status(exc: ProdguardError) -> HTTPStatus:
@@ -215,14 +225,32 @@ class PredictionService:
             return error_response(exc)  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
-    def feedback(
-        self,
-        request_id: RequestId,
-        outcome: Annotated[dict[str, Scalar], Field(min_length=1, max_length=20)],
-    ) -> FeedbackOut:
+    def feedback(self, request_id: RequestId, outcome: Outcome) -> FeedbackOut:
         """Record the observed outcome of a logged prediction (idempotent; 404 if unknown)."""
         try:
             status = self.serving.log.record_feedback(request_id, outcome, self.serving.clock.now())
         except ProdguardError as exc:
             return error_response(exc)  # type: ignore[return-value]
         return FeedbackOut(request_id=request_id, status=status)
+
+    @bentoml.api(route="/feedback_batch")
+    def feedback_batch(
+        self, items: Annotated[list[FeedbackItem], Field(min_length=1, max_length=MAX_BATCH)]
+    ) -> FeedbackBatchOut:
+        """Record many outcomes (a label backfill): each item is recorded on its own, so a retry
+        after a failure is safe; per item ``recorded``, ``duplicate``, ``unknown`` (no such
+        prediction) or ``conflict`` (a different outcome was recorded)."""
+        results = []
+        now = self.serving.clock.now()
+        try:
+            for item in items:
+                try:
+                    status = self.serving.log.record_feedback(item.request_id, item.outcome, now)
+                except UnknownRequest:
+                    status = "unknown"
+                except FeedbackConflict:
+                    status = "conflict"
+                results.append(FeedbackOut(request_id=item.request_id, status=status))
+        except ProdguardError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+        return FeedbackBatchOut(results=results)
