@@ -71,14 +71,16 @@ def ingest(
     if batch_file is not None:
         if not sources or len(sources) != 1:
             raise InputError("--file needs exactly one --source naming the table it belongs to")
-        ingestor = Ingestor(settings, alerter_for(settings))
+        ingestor = Ingestor(settings, alerter_for(settings), clock=clock_for(settings))
         results = [ingestor.ingest_file(sources[0], batch_file)]
         if on_batch is not None:
             on_batch(results[0])
     else:
         if start is None or end is None:
             raise InputError("give --start and --end (or --file with --source)")
-        ingestor = Ingestor(settings, alerter_for(settings), loader=load_loader(settings))
+        ingestor = Ingestor(
+            settings, alerter_for(settings), loader=load_loader(settings), clock=clock_for(settings)
+        )
         results = ingestor.ingest_window(start, end, sources, on_batch=on_batch)
     return IngestReport(
         batches=results,

@@ -670,11 +670,20 @@ def serve(
 
 
 @cli.command()
-def demo() -> None:
-    """Run the main job on embedded defaults: ingest Jan–Apr 2013, materialize, train, promote."""
-    from prodguard.demo import run_demo
+def demo(
+    short: Annotated[
+        bool, typer.Option(help="Play every chapter on fewer simulated days (about 2 min).")
+    ] = False,
+) -> None:
+    """Play the project's demo story (make demo): a year of traffic on simulated time through
+    the real service, registry, monitors and guard, from a clean data folder.
 
-    run_demo(_settings(), out)
+    It writes <data_dir>/demo/events.json (every event), summary.html (plots, timeline, links
+    to the Evidently reports) and keeps every store to explore afterwards.
+    """
+    from prodguard.demo.runner import run_demo
+
+    run_demo(_settings(), out, short=short)
 
 
 def main() -> None:

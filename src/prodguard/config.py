@@ -29,7 +29,7 @@ from prodguard.errors import ConfigError
 ENV_PREFIX = "PRODGUARD_"
 CONFIG_ENV = "PRODGUARD_CONFIG"
 DEFAULT_CONFIG_NAME = "prodguard.yaml"
-_NOT_SETTINGS = {CONFIG_ENV}
+_NOT_SETTINGS = {CONFIG_ENV, "PRODGUARD_DEBUG"}  # PRODGUARD_DEBUG: tracebacks from the CLI
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -138,8 +138,9 @@ class RegistrySettings(_Strict):
 
 
 class DemoSettings(_Strict):
-    start: str = Field(description="ISO date: start of the window the demo ingests.")
-    end: str = Field(description="ISO date: end (exclusive) of that window; materialized up to it.")
+    story: str = Field(
+        description="module:attribute of the project's demo story (what `prodguard demo` plays)."
+    )
 
 
 class ClockSettings(_Strict):

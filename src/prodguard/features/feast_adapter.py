@@ -259,6 +259,15 @@ class FeastStore:
             online_rows=self.online_row_counts(versions),
         )
 
+    def push(self, view_name: str, rows: pd.DataFrame) -> None:
+        """Write rows of a view's source (join keys, ``event_timestamp``, features) to the online
+        store as they are observed — a streaming pipeline's write, used by replays to keep the
+        online store as of their clock; later rows of an entity replace earlier ones."""
+        if rows.empty:
+            return
+        with _feast_errors(f"writing '{view_name}' to the online store"), _quiet():
+            self._store.write_to_online_store(view_name, rows)
+
     def _source_path(self, view_name: str) -> Path:
         with _feast_errors(f"reading feature view '{view_name}'"):
             view = self._store.get_feature_view(view_name)

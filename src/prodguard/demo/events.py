@@ -1,0 +1,101 @@
+"""The demo's record of what happened: ``events.json``, one object per event.
+
+Alias moves come from the audit log and alerts from the alert log (the records themselves, read
+after each step); the demo adds its own milestones (training, baselines, drills, reports). Each
+event has ``type``, ``time`` (simulated), ``model_version``, ``details`` and ``source``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prodguard.alerts import JsonlSink
+from prodguard.registry.operations import RegistryOperations
+
+# audit actions -> event types (a rollout's traffic moves keep their own words)
+AUDIT_TYPES = {"promote": "promotion", "rollback": "rollback", "traffic": "traffic"}
+
+
+class EventLog:
+    def __init__(self, path: Path, alerts_file: Path, operations: RegistryOperations) -> None:
+        self.path = path
+        self.events: list[dict[str, Any]] = []
+        self._alerts = JsonlSink(alerts_file)
+        self._operations = operations
+        self._audit_seen = 0
+        self._alerts_seen = 0
+
+    def add(
+        self,
+        type: str,
+        time: datetime,
+        model_version: int | None = None,
+        source: str = "demo",
+        **details: Any,
+    ) -> dict[str, Any]:
+        event = {
+            "type": type,
+            "time": time.isoformat(),
+            "model_version": model_version,
+            "source": source,
+            "details": details,
+        }
+        self.events.append(event)
+        self._write()
+        return event
+
+    def collect(self, now: datetime) -> list[dict[str, Any]]:
+        """Turn the audit and alert records written since the last call into events."""
+        new: list[dict[str, Any]] = []
+        for record in self._operations.history()[self._audit_seen :]:
+            self._audit_seen += 1
+            kind = AUDIT_TYPES.get(record.action, record.action)
+            moved = record.to_state.get("champion")
+            if kind == "traffic":
+                moved = (record.evidence or {}).get("version", moved)
+            new.append(
+                {
+                    "type": kind,
+                    "time": record.time.isoformat(),
+                    "model_version": moved,
+                    "source": "audit",
+                    "details": {
+                        "audit_id": record.id,
+                        "actor": record.actor,
+                        "reason": record.reason,
+                        "from": record.from_state,
+                        "to": record.to_state,
+                    },
+                }
+            )
+        for alert in self._alerts.read()[self._alerts_seen :]:
+            self._alerts_seen += 1
+            new.append(
+                {
+                    "type": alert["type"],
+                    "time": alert.get("time", now.isoformat()),
+                    "model_version": alert.get("model_version"),
+                    "source": "alerts",
+                    "details": {
+                        k: alert[k]
+                        for k in ("severity", "source", "message", "metric", "value", "window")
+                        if k in alert
+                    },
+                }
+            )
+        if new:
+            self.events.extend(new)
+            self._write()
+        return new
+
+    def of_type(self, *types: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] in types]
+
+    def _write(self) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.events, indent=1, default=str), encoding="utf-8")
+        os.replace(partial, self.path)

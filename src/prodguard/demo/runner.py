@@ -1,0 +1,400 @@
+"""What a demo story does, step by step, on simulated time; every step leaves records.
+
+A story (the project's ``demo.story``) calls these steps in order. The run starts from an empty
+data folder, shares its clock (``clock.file``) with every process it starts, serves traffic
+through the real HTTP service, runs the guard and the monitors on the simulated clock, and
+records events (``events.json``) and a summary page in ``<data_dir>/demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from prodguard import app
+from prodguard.clock import FileClock
+from prodguard.config import Settings, load_settings
+from prodguard.demo.events import EventLog
+from prodguard.demo.service import ServiceProcess
+from prodguard.demo.traffic import HttpTraffic, OnlineFeed, TrafficResult
+from prodguard.errors import ConfigError, InputError
+
+MARKER = "events.json"
+GUARD_MOVES = ("rolled_back", "advanced", "promoted", "aborted", "ended", "restarted")
+
+
+class Story(Protocol):
+    """A project's demo: settings it plays under (``PRODGUARD_*`` overrides), and the play."""
+
+    environment: dict[str, str]
+    outcome_hours: float  # how long after a request its outcome is fed back
+    single_share: float  # share of requests sent one by one (per-request latency)
+
+    def play(self, run: DemoRun, short: bool) -> None: ...
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Start clean: remove a previous demo's folder; refuse to touch state the demo did not
+    make."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / "demo" / MARKER).exists():
+            raise InputError(
+                f"{data_dir} holds state that `prodguard demo` did not create; move it away, "
+                "run `make clean`, or point PRODGUARD_PATHS__DATA_DIR at an empty folder"
+            )
+        shutil.rmtree(data_dir)
+
+
+class DemoRun:
+    def __init__(self, config_path: Path, story: Story, console: Console) -> None:
+        base = load_settings(config_path)
+        self.output = base.paths.data_dir / "demo"
+        prepare_data_dir(base.paths.data_dir)
+        self.output.mkdir(parents=True)
+        clock_file = self.output / "clock"
+        self.environment = {
+            **story.environment,
+            "PRODGUARD_CONFIG": str(base.config_path),
+            "PRODGUARD_CLOCK__FILE": str(clock_file),
+        }
+        self.settings: Settings = load_settings(config_path, {**os.environ, **self.environment})
+        self.clock = FileClock(clock_file)
+        self.console = console
+        self.story = story
+        self.began = time.perf_counter()
+        self.service: ServiceProcess | None = None
+        self.monitor_reports: list[dict[str, Any]] = []
+        self.traffic: list[TrafficResult] = []
+        self.reports: list[dict[str, Any]] = []
+        self.figures: dict[str, Any] = {}
+        self._operations = app.registry_operations(self.settings, with_checks=True)
+        self.events = EventLog(
+            self.output / MARKER, self.settings.paths.alerts_file, self._operations
+        )
+        self._guard: Any = None
+        self._monitor: Any = None
+        self._gate: Any = None
+        self._feed: OnlineFeed | None = None
+
+    # ---- time and records --------------------------------------------------------------
+
+    def at(self, when: datetime) -> None:
+        self.clock.set(when)
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    @contextmanager
+    def chapter(self, title: str) -> Iterator[None]:
+        self.console.rule(f"[bold]{title}[/bold]  [dim]{self.now:%Y-%m-%d %H:%M} (simulated)")
+        began = time.perf_counter()
+        yield
+        self.collect()
+        self.console.print(f"[dim]{time.perf_counter() - began:.1f} s[/dim]")
+
+    def collect(self) -> list[dict[str, Any]]:
+        new = self.events.collect(self.now)
+        for event in new:
+            self.console.print(f"  [yellow]event[/yellow] {describe(event)}", soft_wrap=True)
+        return new
+
+    def progress(self) -> Progress:
+        return Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+
+    # ---- data and models ---------------------------------------------------------------
+
+    def ingest(
+        self, start: datetime, end: datetime, sources: list[str] | None = None
+    ) -> app.IngestReport:
+        with self.progress() as bars:
+            task = bars.add_task("ingesting batches", total=None)
+            report = app.ingest(
+                self.settings, start, end, sources, on_batch=lambda _: bars.advance(task)
+            )
+        self._reload_feed()
+        written = report.written
+        self.console.print(
+            f"  ingested {written:,} rows in {len(report.batches)} batches "
+            f"({len(report.quarantined)} quarantined) in {report.seconds:.1f} s"
+        )
+        return report
+
+    def ingest_file(self, source: str, path: Path) -> app.IngestReport:
+        report = app.ingest(self.settings, sources=[source], batch_file=path)
+        self._reload_feed()
+        return report
+
+    def materialize(self, until: datetime) -> None:
+        done = app.materialize(self.settings, until=until)
+        self.console.print(
+            f"  online store as of {until:%Y-%m-%d %H:%M}: "
+            + ", ".join(f"{k} {v:,}" for k, v in done.online_rows.items())
+        )
+
+    def train(self, start: datetime, end: datetime) -> int:
+        with self.console.status("  point-in-time training frame, fit, evaluate, register..."):
+            result = app.train(self.settings, start, end, actor="demo")
+        metrics = {k: round(v, 4) for k, v in result.metrics.items()}
+        self.console.print(
+            f"  v{result.version}: AUC {metrics['auc']:.3f}, ECE {metrics['ece']:.3f} on "
+            f"{result.rows_eval:,} held-out flights ({result.rows_train:,} training rows)"
+        )
+        self.events.add(
+            "training",
+            self.now,
+            result.version,
+            train_window=f"{start.isoformat()}/{end.isoformat()}",
+            metrics=metrics,
+        )
+        return result.version
+
+    def baseline(self, start: datetime, end: datetime, version: int) -> None:
+        from prodguard.monitoring.jobs import record_baseline
+
+        with self.console.status(f"  staging replay of v{version} for its baseline..."):
+            done = record_baseline(self.settings, start, end, version=version)
+        base = done.baseline
+        self.console.print(
+            f"  v{version} baseline: {base.details['windows']} windows of "
+            f"{done.replay.predicted:,} staged predictions in {done.seconds:.1f} s"
+        )
+        self.events.add(
+            "baseline",
+            self.now,
+            version,
+            period=f"{start.isoformat()}/{end.isoformat()}",
+            windows=base.details["windows"],
+            score_mean=base.metrics["score.mean"].mean,
+        )
+
+    def drill(self, version: int) -> None:
+        from prodguard.rollout.drill import run_drill
+
+        with self.console.status(f"  rollback drill of v{version} on a staging overlay..."):
+            result = run_drill(self.settings, version)
+        self.console.print(f"  drill: {result.reason}", soft_wrap=True)
+        self.events.add("drill", self.now, version, **result.to_json())
+        if not result.passed:
+            raise InputError(f"the rollback drill of v{version} failed: {result.reason}")
+
+    def promote(self, version: int, reason: str) -> None:
+        with self.following():
+            self._operations.promote("demo", reason, version=version)
+
+    def promote_as_user(self, version: int, reason: str) -> float:
+        """``prodguard promote`` as a user types it (same settings and clock); returns its
+        wall seconds."""
+        command = [
+            str(Path(sys.executable).with_name("prodguard")),
+            "promote",
+            "--version",
+            str(version),
+            "--reason",
+            reason,
+        ]
+        began = time.perf_counter()
+        with self.following():
+            done = subprocess.run(
+                command,
+                env={**os.environ, **self.environment},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                stdin=subprocess.DEVNULL,
+            )
+            if done.returncode != 0:
+                raise InputError(f"`prodguard promote` failed: {done.stderr.strip()[-300:]}")
+        return time.perf_counter() - began
+
+    def register_faulty(self, base: int, shift: float) -> int:
+        from prodguard.rollout.faults import register_faulty
+        from prodguard.training.trainer import pip_requirements
+
+        version = register_faulty(self._operations, base, shift, "demo", pip_requirements())
+        self.events.add("faulty_version", self.now, version, base=base, shift=shift)
+        return version
+
+    def start_rollout(self, mode: str, steps: list[float]) -> None:
+        from prodguard.rollout.jobs import start_rollout
+
+        with self.following():
+            start_rollout(self.settings, mode, "demo", ",".join(f"{s:g}" for s in steps))
+
+    # ---- serving -----------------------------------------------------------------------
+
+    def start_service(self, features_since: datetime) -> None:
+        self.service = ServiceProcess(self.settings, self.environment, self.output / "service.log")
+        seconds = self.service.wait_ready()
+        self.figures["service_ready_seconds"] = round(seconds, 1)
+        self.console.print(f"  prediction service ready on {self.service.url} in {seconds:.1f} s")
+        self._feed = OnlineFeed(self.settings, app.feature_store(self.settings), features_since)
+        from prodguard.monitoring.jobs import alert_gate, build_monitor
+        from prodguard.rollout.jobs import build_guard
+
+        self._guard = build_guard(self.settings)
+        self._monitor = build_monitor(self.settings)
+        self._gate = alert_gate(self.settings)
+
+    @contextmanager
+    def following(self) -> Iterator[None]:
+        """Around a registry move: wait until the service has followed it (its poll), and
+        record how long that took."""
+        before = self.service.swaps() if self.service is not None else None
+        yield
+        if self.service is not None and before is not None:
+            seconds = self.service.wait_swap(before)
+            self.figures.setdefault("follow_seconds", []).append(round(seconds, 2))
+
+    def serve(
+        self, start: datetime, end: datetime, label: str, guard_every_hours: int = 3
+    ) -> TrafficResult:
+        """Serve ``[start, end)`` over HTTP; the guard checks every ``guard_every_hours`` and
+        the monitors judge every closed day."""
+        assert self.service is not None and self._feed is not None, "start_service first"
+        traffic = HttpTraffic(
+            self.settings,
+            self.service,
+            self.clock,
+            self._feed,
+            outcome_after=timedelta(hours=self.story.outcome_hours),
+            single_share=self.story.single_share,
+        )
+        hours = int((end - start).total_seconds() // 3600)
+        with self.progress() as bars:
+            task = bars.add_task(f"serving {label}", total=hours)
+            result = traffic.play(
+                start,
+                end,
+                after_hour=lambda hour: self._after_hour(hour, guard_every_hours),
+                on_hour=lambda _: bars.advance(task),
+            )
+        self.traffic.append(result)
+        versions = ", ".join(f"v{v}: {n:,}" for v, n in sorted(result.by_version.items()))
+        self.console.print(
+            f"  {result.answered:,} answered ({versions}), {result.degraded:,} degraded, "
+            f"{result.rejected:,} refused, {result.failed:,} failed, {result.feedback:,} "
+            f"outcomes fed back, in {result.seconds:.1f} s"
+        )
+        self.collect()
+        return result
+
+    def _after_hour(self, hour: datetime, guard_every: int) -> None:
+        self.clock.set(hour)
+        if hour.hour % guard_every == 0:
+            self.guard_check()
+        if hour.hour == 0:
+            self.monitor()
+        self.collect()
+
+    def guard_check(self) -> list[Any]:
+        before = self.service.swaps() if self.service is not None else 0.0
+        began = time.perf_counter()
+        decisions = self._guard.check()
+        moved = [d for d in decisions if d.action in GUARD_MOVES]
+        if moved and self.service is not None:
+            self.service.wait_swap(before)
+            self.figures.setdefault("guard_move_to_followed_seconds", []).append(
+                round(time.perf_counter() - began, 2)
+            )
+        for decision in decisions:
+            if decision.action in GUARD_MOVES:
+                self.console.print(
+                    f"  [cyan]guard[/cyan] v{decision.version} {decision.action}: "
+                    f"{decision.reason}",
+                    soft_wrap=True,
+                )
+        return decisions
+
+    def monitor(self) -> None:
+        from prodguard.monitoring.jobs import run_monitor
+
+        done = run_monitor(self._monitor, self._gate, now=self.now)
+        self.monitor_reports.extend(r.to_json() for r in done.reports)
+
+    def drift_report(self, start: datetime, end: datetime, version: int) -> dict[str, Any]:
+        from prodguard.monitoring.jobs import drift_report
+
+        with self.console.status("  Evidently drift report..."):
+            entry = drift_report(self.settings, start, end, version, now=self.now).to_json()
+        path = self.settings.paths.reports_dir / entry["file"]
+        self.reports.append({**entry, "path": str(path)})
+        self.events.add(
+            "drift_report",
+            self.now,
+            version,
+            file=str(path),
+            drifted=entry["drifted"],
+            window=f"{start.isoformat()}/{end.isoformat()}",
+        )
+        self.console.print(f"  report: {path} (drifted: {', '.join(entry['drifted']) or 'none'})")
+        return entry
+
+    def stop_service(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    def _reload_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.reload()
+
+    def save(self) -> None:
+        (self.output / "monitor.json").write_text(json.dumps(self.monitor_reports, default=str))
+        (self.output / "traffic.json").write_text(
+            json.dumps([t.to_json() for t in self.traffic], default=str)
+        )
+
+
+def describe(event: dict[str, Any]) -> str:
+    details = event["details"]
+    text = details.get("message") or details.get("reason") or ""
+    version = f" v{event['model_version']}" if event.get("model_version") is not None else ""
+    return f"{event['time'][:16]} {event['type']}{version} {text}".strip()
+
+
+def load_story(settings: Settings) -> Story:
+    from prodguard.project import import_object
+
+    if settings.demo is None:
+        raise ConfigError("prodguard.yaml has no 'demo' section (story: module:attribute)")
+    return import_object(settings.demo.story, "demo.story")  # type: ignore[no-any-return]
+
+
+def run_demo(settings: Settings, console: Console, short: bool = False) -> DemoRun:
+    """Play the project's story from a clean data folder; the service is stopped whatever
+    happens, and the records written so far are kept."""
+    from prodguard.demo.summary import print_summary, write_summary
+
+    story = load_story(settings)
+    assert settings.config_path is not None
+    run = DemoRun(settings.config_path, story, console)
+    try:
+        story.play(run, short)
+    finally:
+        run.stop_service()
+        run.collect()
+        run.save()
+    run.figures["seconds"] = round(time.perf_counter() - run.began, 1)
+    page = write_summary(run)
+    print_summary(run, page)
+    return run
