@@ -54,9 +54,10 @@ class EventLog:
         for record in self._operations.history()[self._audit_seen :]:
             self._audit_seen += 1
             kind = AUDIT_TYPES.get(record.action, record.action)
-            moved = record.to_state.get("champion")
+            moved = record.to_state.get("candidate" if kind == "set_candidate" else "champion")
             if kind == "traffic":
-                moved = (record.evidence or {}).get("version", moved)
+                policies = [record.evidence.get(k) or {} for k in ("to", "from")]
+                moved = next((p["version"] for p in policies if p.get("version")), None)
             new.append(
                 {
                     "type": kind,

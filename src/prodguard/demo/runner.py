@@ -226,6 +226,12 @@ class DemoRun:
                 raise InputError(f"`prodguard promote` failed: {done.stderr.strip()[-300:]}")
         return time.perf_counter() - began
 
+    def champion(self) -> int:
+        champion = self._operations.state().champion
+        if champion is None:
+            raise InputError("the story needs a champion here; promote one first")
+        return champion
+
     def register_faulty(self, base: int, shift: float) -> int:
         from prodguard.rollout.faults import register_faulty
         from prodguard.training.trainer import pip_requirements
@@ -266,7 +272,7 @@ class DemoRun:
             self.figures.setdefault("follow_seconds", []).append(round(seconds, 2))
 
     def serve(
-        self, start: datetime, end: datetime, label: str, guard_every_hours: int = 3
+        self, start: datetime, end: datetime, label: str, guard_every_hours: int = 6
     ) -> TrafficResult:
         """Serve ``[start, end)`` over HTTP; the guard checks every ``guard_every_hours`` and
         the monitors judge every closed day."""
@@ -300,11 +306,13 @@ class DemoRun:
 
     def _after_hour(self, hour: datetime, guard_every: int) -> None:
         self.clock.set(hour)
-        if hour.hour % guard_every == 0:
+        checked = hour.hour % guard_every == 0
+        if checked:
             self.guard_check()
         if hour.hour == 0:
             self.monitor()
-        self.collect()
+        if checked or hour.hour == 0:
+            self.collect()
 
     def guard_check(self) -> list[Any]:
         before = self.service.swaps() if self.service is not None else 0.0
@@ -331,7 +339,10 @@ class DemoRun:
         done = run_monitor(self._monitor, self._gate, now=self.now)
         self.monitor_reports.extend(r.to_json() for r in done.reports)
 
-    def drift_report(self, start: datetime, end: datetime, version: int) -> dict[str, Any]:
+    def drift_report(
+        self, start: datetime, end: datetime, version: int | None = None
+    ) -> dict[str, Any]:
+        """An Evidently report of ``[start, end)`` for ``version`` (default: the champion)."""
         from prodguard.monitoring.jobs import drift_report
 
         with self.console.status("  Evidently drift report..."):
@@ -341,7 +352,7 @@ class DemoRun:
         self.events.add(
             "drift_report",
             self.now,
-            version,
+            entry["details"]["model_version"],
             file=str(path),
             drifted=entry["drifted"],
             window=f"{start.isoformat()}/{end.isoformat()}",
