@@ -77,6 +77,9 @@ class FlightsStory:
         # a day of ~900 labelled flights moves the delay cost by +-30 %: a 5 % trigger would
         # fire on noise at this traffic (production windows hold far more outcomes)
         "PRODGUARD_ROLLOUT__TRIGGERS__KPI_WORSE_PCT": "60",
+        # two cores are shared by the service, the replay driver and the guard: a p99 over the
+        # few single requests a canary step sees is its slowest one
+        "PRODGUARD_ROLLOUT__TRIGGERS__P99_LATENCY_MS": "1000",
     }
     outcome_hours = 6.0  # every flight has landed six hours after its departure
     single_share = 0.01
