@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from tests.conftest import DAILY_WINDOWS, copy_project, utc
@@ -24,11 +23,13 @@ class Celsius:
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    def online_features(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        frame = self.store.online_features(rows)
-        for column in ("temp", "dewp"):
-            frame[column] = [None if v is None else (v - 32) * 5 / 9 for v in frame[column]]
-        return frame
+    def online_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        records = self.store.online_records(rows)
+        for record in records:
+            for column in ("temp", "dewp"):
+                value = record[column]
+                record[column] = None if value is None else (value - 32) * 5 / 9
+        return records
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ def test_as_of_store_matches_feasts_point_in_time_join(ingested: Path) -> None:
         stamp = pd.Timestamp(row["event_timestamp"])
         clock.set(stamp.to_pydatetime())
         entity = {k: row[k] for k in ("origin", "carrier", "tailnum")}
-        got = as_of.online_features([entity]).iloc[0]
+        got = as_of.online_records([entity])[0]
         for name, limit in ttl.items():
             age = stamp.timestamp() - got[f"{name}__ts"]
             ours = got[name] if got[f"{name}__ts"] and (limit == 0 or age <= limit) else None

@@ -113,10 +113,10 @@ class _DownStore:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
 
-    def online_features(self, entity_rows):
+    def online_records(self, entity_rows):
         if self.delay:
             time.sleep(self.delay)
-            return pd.DataFrame()
+            return []
         raise ConnectionError("online store unreachable")
 
 
@@ -193,9 +193,9 @@ class _HungStore:
 
         self.release = threading.Event()
 
-    def online_features(self, entity_rows):
+    def online_records(self, entity_rows):
         self.release.wait(30)
-        return pd.DataFrame()
+        return []
 
 
 def test_a_hung_store_does_not_pile_up_requests(serving) -> None:

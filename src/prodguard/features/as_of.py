@@ -84,25 +84,22 @@ class AsOfFeatures:
             nanos / 1e9,
         )
 
-    def online_features(self, entity_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    def online_records(self, entity_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One dict per entity row: each feature's value and ``<feature>__ts`` (0: no row)."""
         now = pd.Timestamp(self._clock.now()).value
-        out: dict[str, list[Any]] = {}
+        records: list[dict[str, Any]] = [{} for _ in entity_rows]
         for index in self._views:
-            values = [[None] * len(entity_rows) for _ in index.names]
-            stamps: list[float] = [0.0] * len(entity_rows)
-            for i, entity in enumerate(entity_rows):
+            for entity, record in zip(entity_rows, records, strict=True):
                 key = tuple(str(entity.get(k)) for k in index.view.join_keys)
                 found = index.rows.get(key)
-                if found is None:
-                    continue
-                at = int(np.searchsorted(found[0], now, side="right")) - 1
-                if at < 0:
+                at = -1 if found is None else int(np.searchsorted(found[0], now, "right")) - 1
+                if found is None or at < 0:
+                    record.update({n: None for n in index.names})
+                    record.update({f"{n}__ts": 0.0 for n in index.names})
                     continue
                 row = found[1][at]
-                stamps[i] = float(index.seconds[row])
-                for j in range(len(index.names)):
-                    values[j][i] = index.values[row, j]
-            for j, name in enumerate(index.names):
-                out[name] = values[j]
-                out[f"{name}__ts"] = stamps
-        return pd.DataFrame(out)
+                stamp = float(index.seconds[row])
+                for j, name in enumerate(index.names):
+                    record[name] = index.values[row, j]
+                    record[f"{name}__ts"] = stamp
+        return records

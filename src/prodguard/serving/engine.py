@@ -47,7 +47,10 @@ SHADOW_BACKLOG = 64
 
 
 class OnlineFeatures(Protocol):
-    def online_features(self, entity_rows: list[dict[str, Any]]) -> pd.DataFrame: ...
+    def online_records(self, entity_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per entity row: every feature's value and ``<feature>__ts`` (Unix seconds of its
+        event time; 0 or None when the store has no row for the entity)."""
+        ...
 
 
 class Metrics(Protocol):
@@ -163,13 +166,18 @@ class Predictor:
     # ---- the request path ----------------------------------------------------------------
 
     def predict(
-        self, rows: Sequence[dict[str, Any]], ids: Sequence[str | None]
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        stages: dict[str, float] | None = None,
     ) -> list[Prediction]:
         """Answer ``rows`` (source-shaped request rows with ``event_timestamp``). A request that
-        gets no prediction is counted in the log as rejected (caller's fault) or failed."""
+        gets no prediction is counted in the log as rejected (caller's fault) or failed.
+        ``stages``, when given, receives the seconds of each stage of an answered call
+        (checks, features, model, log, total)."""
         state = self._state()  # one snapshot: a swap never mixes versions within a request
         try:
-            return self._predict(rows, ids, state)
+            return self._predict(rows, ids, state, stages)
         except ProdguardError as exc:
             kind = "rejected" if isinstance(exc, InputError) else "failed"
             version = state.champion.version if state.champion else None
@@ -180,7 +188,11 @@ class Predictor:
             raise
 
     def _predict(
-        self, rows: Sequence[dict[str, Any]], ids: Sequence[str | None], state: ServingState
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        state: ServingState,
+        stages: dict[str, float] | None,
     ) -> list[Prediction]:
         began = time.perf_counter()
         champion = state.champion
@@ -257,14 +269,17 @@ class Predictor:
             return replayed
         log_s = time.perf_counter() - started
 
-        for stage, seconds in (
-            ("checks", checks_s),
-            ("features", lookup_s),
-            ("model", model_s),
-            ("log", log_s),
-            ("total", time.perf_counter() - began),
-        ):
+        timed = {
+            "checks": checks_s,
+            "features": lookup_s,
+            "model": model_s,
+            "log": log_s,
+            "total": time.perf_counter() - began,
+        }
+        for stage, seconds in timed.items():
             self._metrics.observe(stage, seconds)
+        if stages is not None:
+            stages.update(timed)
         for (version, role), count in Counter((r.version, r.role) for r in records).items():
             self._metrics.count("predictions", {"version": str(version), "role": role}, count)
         for row_flags in flags:
@@ -284,7 +299,7 @@ class Predictor:
         """One lookup with a generous deadline, so the first request does not pay Feast's cold
         start (registry load, connections). False (and a warning) when the store is down."""
         future = self._lookups.submit(
-            self._store.online_features, [{k: _key(entity.get(k)) for k in self._entity_keys}]
+            self._store.online_records, [{k: _key(entity.get(k)) for k in self._entity_keys}]
         )
         try:
             future.result(timeout=timeout_s)
@@ -338,7 +353,9 @@ class Predictor:
             shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
             raise RequestRejected(f"invalid request fields: {shown}", problems)
 
-    def _fetch(self, rows: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame | None, str | None]:
+    def _fetch(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]] | None, str | None]:
         """Online lookup under a deadline. A lookup that overruns keeps its worker until the
         store answers; when every worker is held by such lookups the store is treated as down
         at once (no queueing behind a hung store)."""
@@ -346,7 +363,7 @@ class Predictor:
             return None, "unavailable"
         entities = [{k: _key(row.get(k)) for k in self._entity_keys} for row in rows]
         try:
-            future = self._lookups.submit(self._store.online_features, entities)
+            future = self._lookups.submit(self._store.online_records, entities)
         except RuntimeError:  # executor shut down
             self._lookup_slots.release()
             return None, "unavailable"
@@ -362,16 +379,17 @@ class Predictor:
     def _assemble(
         self,
         rows: Sequence[dict[str, Any]],
-        fetched: pd.DataFrame | None,
+        fetched: list[dict[str, Any]] | None,
         unavailable: str | None,
         champion: LoadedModel,
     ) -> tuple[list[dict[str, Any]], list[list[str]]]:
         values: list[dict[str, Any]] = []
         flags: list[list[str]] = []
         problems: list[tuple[str, str]] = []
-        records = fetched.to_dict("records") if fetched is not None else [{}] * len(rows)
+        records = fetched if fetched is not None else [{}] * len(rows)
+        now = self._clock.now()
         for index, row in enumerate(rows):
-            as_of = min(self._clock.now(), pd.Timestamp(row["event_timestamp"]).to_pydatetime())
+            as_of = min(now, pd.Timestamp(row["event_timestamp"]).to_pydatetime())
             row_values: dict[str, Any] = {}
             row_flags: list[str] = []
             for feature in self._features:

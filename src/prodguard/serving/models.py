@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock, SystemClock
+from prodguard.contracts.row_checks import is_null
 from prodguard.errors import ProdguardError, PromotionRefused, ServiceNotReady
 from prodguard.rollout.policy import TrafficPolicy
-from prodguard.training.model import prepare
 
 _log = logging.getLogger("prodguard.serving")
 PARALLEL_ROWS = 256
@@ -46,17 +47,22 @@ class LoadedModel:
     categories: dict[str, frozenset[str]]
 
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """Model input in contract order: categoricals as objects, numerics as floats."""
+        """Model input in contract order: categoricals as objects (None when missing, as the
+        encoder was fitted: ``training.model.prepare``), numerics as floats (NaN when missing or
+        not a number). Built column by column: a DataFrame of dicts costs milliseconds."""
         absent = [c for c in self.columns if rows and c not in rows[0]]
         if absent:
             raise ServiceNotReady(
                 f"v{self.version} needs features this service does not provide: {absent}"
             )
-        frame = pd.DataFrame(rows, columns=list(self.columns))
+        data: dict[str, np.ndarray] = {}
         for column in self.columns:
-            if column not in self.categorical:
-                frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-        return prepare(frame)
+            values = [row.get(column) for row in rows]
+            if column in self.categorical:
+                data[column] = np.array([None if is_null(v) else v for v in values], dtype=object)
+            else:
+                data[column] = np.array([_number(v) for v in values], dtype="float64")
+        return pd.DataFrame(data, columns=list(self.columns))
 
     def score(self, frame: pd.DataFrame) -> list[float]:
         """Probabilities of the positive class. Small batches run on one OpenMP thread: per-tree
@@ -65,6 +71,13 @@ class LoadedModel:
             return [float(p) for p in self.pipeline.predict_proba(frame)[:, 1]]
         with _threads().limit(limits=1, user_api="openmp"):
             return [float(p) for p in self.pipeline.predict_proba(frame)[:, 1]]
+
+
+def _number(value: Any) -> float:
+    """``pd.to_numeric(errors="coerce")`` of one value as a float, fast for plain numbers."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, np.datetime64):
+        return float(value)
+    return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0])
 
 
 @dataclass(frozen=True)

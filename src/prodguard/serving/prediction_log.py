@@ -1,13 +1,16 @@
 """The prediction log: the spine of monitoring. Serving writes, monitors read windows.
 
 Every acknowledged prediction is committed before the response leaves (SQLite in WAL mode by
-default; ``synchronous=FULL`` fsyncs each commit, ``NORMAL`` survives a crash of the process but
-not of the machine). Feedback (observed outcomes) is keyed by request id; repeating the same
-feedback is idempotent, a different outcome for the same request is a conflict.
+default; ``synchronous=FULL`` fsyncs each commit and survives a power loss, ``NORMAL`` does not
+fsync commits and survives a crash or kill -9 of the process but not of the machine).
+Concurrent writes share one commit (group commit), each still all-or-nothing.
+Feedback (observed outcomes) is keyed by request id; repeating the same feedback is idempotent,
+a different outcome for the same request is a conflict.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -111,6 +114,13 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 
+@dataclass
+class _Write:
+    rows: list[tuple[Any, ...]]
+    done: bool = False
+    error: ProdguardError | None = None
+
+
 class SqlitePredictionLog:
     def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
         self.path = path
@@ -123,7 +133,9 @@ class SqlitePredictionLog:
             self._conn.commit()
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Write] = []  # writes waiting for the next group commit
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         rows = [
@@ -142,18 +154,45 @@ class SqlitePredictionLog:
             )
             for r in records
         ]
+        pending = _Write(rows)
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._lock:
-            try:
-                with self._conn:
-                    self._conn.executemany(
-                        "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+            if not pending.done:  # else an earlier writer committed it with its own
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+
+    def _commit(self, batch: list[_Write]) -> None:
+        """Group commit: the writers queued meanwhile share one transaction (one fsync with
+        ``synchronous=FULL``), each in a savepoint of its own so that a duplicate refuses only
+        its own records. Every writer returns after the commit that holds its records."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                conn.execute("SAVEPOINT write")
+                try:
+                    conn.executemany(
+                        "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", write.rows
                     )
-            except sqlite3.IntegrityError:
-                raise DuplicateRequest(
-                    "a prediction was already logged for one of these request ids; use new ids"
-                ) from None
-            except sqlite3.Error as exc:
-                raise StorageError(f"prediction log write failed: {exc}") from None
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO write")
+                    write.error = DuplicateRequest(
+                        "a prediction was already logged for one of these request ids; "
+                        "use new ids"
+                    )
+                conn.execute("RELEASE write")
+            conn.commit()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            for write in batch:
+                write.error = StorageError(f"prediction log write failed: {exc}")
+        for write in batch:
+            write.done = True
 
     def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
         with self._lock:

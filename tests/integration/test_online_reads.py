@@ -1,0 +1,138 @@
+"""Direct reads of Feast's SQLite online store (the request path's lookups) against Feast's own
+``get_online_features``: same values and timestamps, same degradation (missing, stale)."""
+
+import math
+import shutil
+
+import pytest
+
+from prodguard import app
+from prodguard.config import load_settings
+from prodguard.errors import FeatureStoreError
+from prodguard.features.feast_adapter import FeastStore
+from prodguard.ingestion.offline import OfflineStore
+from prodguard.serving.prediction_log import SqlitePredictionLog
+from prodguard_flights.features import FlightRequest
+from tests.conftest import FLIGHT_REQUEST, make_project
+
+pytestmark = pytest.mark.integration
+
+
+class FeastPath:
+    """The same store read through Feast's get_online_features only."""
+
+    def __init__(self, store: FeastStore) -> None:
+        self.store = store
+
+    def online_records(self, entity_rows):
+        return self.store.online_features(entity_rows).to_dict("records")
+
+
+def same(a, b) -> bool:
+    def null(v):
+        return v is None or (isinstance(v, float) and math.isnan(v))
+
+    return (null(a) and null(b)) or a == b
+
+
+@pytest.fixture(scope="module")
+def store(ingested) -> FeastStore:
+    return FeastStore(load_settings(ingested / "prodguard.yaml", environ={}))
+
+
+def entities(ingested, count: int = 150) -> list[dict]:
+    flights = OfflineStore(ingested / ".prodguard" / "offline").read("flights")
+    keys = flights[["origin", "carrier", "tailnum"]].fillna("").drop_duplicates()
+    rows = keys.sample(count, random_state=11).to_dict("records")
+    return rows + [
+        {"origin": "XXX", "carrier": "ZZ", "tailnum": "N0"},  # no entity anywhere
+        {"origin": "JFK", "carrier": "B6", "tailnum": "NOPLANE"},  # one view misses
+        {"origin": "EWR", "carrier": "UA", "tailnum": ""},  # no tail number
+    ]
+
+
+def test_direct_reads_equal_feasts_own_row_by_row(store, ingested) -> None:
+    rows = entities(ingested)
+    assert store._direct_reader() is not False  # the embedded store is read directly
+    batched = store.online_records(rows)
+    theirs = store.online_features(rows).to_dict("records")
+    compared = 0
+    for row, ours, feast in zip(rows, batched, theirs, strict=True):
+        assert store.online_records([row]) == [ours]  # one by one as in a batch
+        for name, value in ours.items():
+            assert same(value, feast[name]), (row, name, value, feast[name])
+            compared += 1
+    names = {n for r in theirs for n in r} - {"origin", "carrier", "tailnum"}
+    names -= {f"{k}__ts" for k in ("origin", "carrier", "tailnum")}
+    assert set(batched[0]) == names  # every feature and its timestamp, nothing else
+    missing = batched[len(rows) - 3]
+    assert missing["temp"] is None and missing["temp__ts"] == 0
+    assert batched[len(rows) - 2]["seats"] is None and batched[len(rows) - 2]["temp"] is not None
+    assert compared > 150 * 30
+
+
+@pytest.fixture
+def predictors(served_project, tmp_path):
+    """Two request paths over the same champion and store: direct reads, Feast's reads."""
+    settings = load_settings(
+        served_project / "prodguard.yaml",
+        environ={"PRODGUARD_PATHS__DATA_DIR": str(served_project / ".prodguard")},
+    )
+    built = app.build_serving(settings)
+    built.follower.refresh()
+    store = app.feature_store(settings)
+    made = []
+    for name, source in (("direct", store), ("feast", FeastPath(store))):
+        log = SqlitePredictionLog(tmp_path / f"{name}.db")
+        made.append(
+            (
+                app.build_predictor(
+                    settings, source, lambda: built.follower.state, log, shadow_sample=0.0
+                ),
+                log,
+            )
+        )
+    yield made
+    for predictor, _ in made:
+        predictor.close()
+    built.predictor.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({}, None),  # fresh values
+        ({"scheduled_departure": "2013-05-01T05:00:00Z"}, "temp:stale"),  # weather TTL is 3 h
+        ({"scheduled_departure": "2013-06-15T12:00:00Z"}, "ontime_rate_7d:stale"),
+        ({"tailnum": None}, "seats:missing"),  # no plane given
+        ({"tailnum": "N0NE"}, "seats:missing"),  # a plane the store does not know
+        ({"scheduled_departure": "2013-04-30T12:00:00Z"}, "temp:future"),  # observed after
+    ],
+)
+def test_direct_reads_degrade_exactly_like_feasts(predictors, changes, reason) -> None:
+    answers = []
+    for i, (predictor, log) in enumerate(predictors):
+        row = FlightRequest(**{**FLIGHT_REQUEST, **changes}).to_row()
+        answer = predictor.predict([row], [f"parity-{i}"])[0]
+        answers.append((answer.flags, answer.probability, log.get(f"parity-{i}").features))
+    assert answers[0] == answers[1]
+    assert (reason in answers[0][0]) if reason else answers[0][0] == []
+
+
+def test_other_online_stores_are_read_through_feast(ingested, tmp_path) -> None:
+    root = make_project(tmp_path / "project")
+    shutil.copytree(ingested / ".prodguard" / "offline", root / ".prodguard" / "offline")
+    config = root / "feature_repo" / "feature_store.yaml"
+    text = config.read_text()
+    start = text.index("online_store:")
+    end = text.index("offline_store:")
+    config.write_text(
+        text[:start]
+        + "online_store:\n  type: redis\n  connection_string: 127.0.0.1:9,socket_timeout=0.2\n"
+        + text[end:]
+    )
+    store = FeastStore(load_settings(root / "prodguard.yaml", environ={}))
+    store.apply()
+    with pytest.raises(FeatureStoreError, match="online lookup"):
+        store.online_records([{"origin": "JFK", "carrier": "B6", "tailnum": "N1"}])
+    assert store._direct is False  # Feast's own path, never a SQLite file
