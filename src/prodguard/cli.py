@@ -656,6 +656,43 @@ def report(
 
 
 @cli.command()
+def bench(
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 500,
+    concurrency: Annotated[
+        str, typer.Option(help="Concurrency levels, comma-separated.")
+    ] = "1,4,16",
+    warmup: Annotated[int, typer.Option(help="Warm-up requests per service.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Measure end-to-end latency (p50/p95/p99), throughput and every stage of the guarded
+    service against a bare BentoML endpoint scoring the same champion on the same features;
+    print the ratios guarded/bare and the goals. Needs a champion (e.g. after `make demo`).
+
+    Both services are started here on free loopback ports and stopped afterwards; bench
+    traffic goes to a prediction log of its own. The other benchmarks are in benchmarks/.
+    """
+    from prodguard.bench.benchmark import run_bench
+
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise InputError("--concurrency takes integers, e.g. 1,4,16") from None
+    report = run_bench(_settings(), requests, levels, warmup, progress=lambda line: err.print(line))
+    if as_json:
+        _print_json(report.to_json())
+        return
+    from prodguard.bench.render import goals_table, latency_table, stage_table
+
+    for table in (latency_table(report), stage_table(report), goals_table(report)):
+        out.print(table)
+    out.print(
+        f"guarded cold start {report.guarded.cold_start_s:.1f} s, bare "
+        f"{report.bare.cold_start_s:.1f} s; setup {report.setup}",
+        highlight=False,
+    )
+
+
+@cli.command()
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

@@ -98,6 +98,11 @@ def error_response(exc: ProdguardError) -> JSONResponse:
     return JSONResponse({"error": str(exc), "problems": problems}, status_code=_status(exc))
 
 
+def server_timing(stages: dict[str, float]) -> str:
+    """The stages of an answer as a ``Server-Timing`` header (milliseconds)."""
+    return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in stages.items())
+
+
 def _start_guard(settings: Any) -> threading.Event | None:
     """With rollout.guard_in_service_seconds, the guard runs in a daemon thread of the service;
     returns the event that stops it."""
@@ -188,10 +193,13 @@ class PredictionService:
         self.serving.predictor.close()
         self.serving.log.close()
 
-    def _answer(self, requests: list[Any]) -> list[PredictionOut]:
+    def _answer(self, requests: list[Any], ctx: bentoml.Context) -> list[PredictionOut]:
+        stages: dict[str, float] = {}
         answers = self.serving.predictor.predict(
-            [r.to_row() for r in requests], [r.request_id for r in requests]
+            [r.to_row() for r in requests], [r.request_id for r in requests], stages
         )
+        if stages:  # not for a replayed answer
+            ctx.response.headers["Server-Timing"] = server_timing(stages)
         return [
             PredictionOut(
                 request_id=a.request_id,
@@ -207,20 +215,22 @@ class PredictionService:
         ]
 
     @bentoml.api(route="/predict", input_spec=RequestModel)
-    def predict(self, **fields: Any) -> PredictionOut:
+    def predict(self, ctx: bentoml.Context, **fields: Any) -> PredictionOut:
         """Predict one flight: features from the online store, checked, champion's answer."""
         try:
-            return self._answer([RequestModel(**fields)])[0]
+            return self._answer([RequestModel(**fields)], ctx)[0]
         except ProdguardError as exc:
             return error_response(exc)  # type: ignore[return-value]
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(
-        self, rows: Annotated[list[RequestModel], Field(min_length=1, max_length=MAX_BATCH)]
+        self,
+        rows: Annotated[list[RequestModel], Field(min_length=1, max_length=MAX_BATCH)],
+        ctx: bentoml.Context,
     ) -> BatchOut:
         """Predict many flights in one call (at most serving.max_batch rows)."""
         try:
-            return BatchOut(predictions=self._answer(rows))
+            return BatchOut(predictions=self._answer(rows, ctx))
         except ProdguardError as exc:
             return error_response(exc)  # type: ignore[return-value]
 

@@ -1,0 +1,1 @@
+"""End-to-end latency benchmark: the guarded service against a bare model endpoint."""

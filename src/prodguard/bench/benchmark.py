@@ -1,0 +1,281 @@
+"""``prodguard bench``: the guarded service and a bare model endpoint, measured in one run.
+
+Both are started here, on free loopback ports, one after the other (never together: they would
+share the two cores), with the same BentoML settings. The guarded service is ``prodguard
+serve`` on the project's registry, feature store and models, but with a prediction log (and
+alert file) of its own in a temporary data folder — bench traffic never reaches the monitors —
+and without the in-service guard. Each answers warm-up requests, then the same number of
+requests at every concurrency level. The bare endpoint scores exactly the model features the
+guarded service used for the same requests (read back from its prediction log).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prodguard.bench import workload
+from prodguard.bench.load import LevelResult, drive
+from prodguard.bench.services import free_port, start_service
+from prodguard.bench.stats import ratio
+from prodguard.config import Settings
+from prodguard.errors import ConfigError, InputError
+
+LEVELS = (1, 4, 16)
+REQUESTS = 500  # per level
+WARMUP = 100
+BARE_SERVICE = "prodguard.bench.bare_service:BareService"
+SHARED_STATE = ("feast", "mlflow", "offline")  # what the guarded service reads from the project
+SETUP_HINT = (
+    "run `make demo`, or `prodguard ingest`, `prodguard materialize`, `prodguard train` and "
+    "`prodguard promote` (see README)"
+)
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    value: float
+    limit: float
+    at_most: bool  # value must be <= limit (else >=)
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def to_json(self) -> dict[str, Any]:
+        bound = "<=" if self.at_most else ">="
+        return {"value": self.value, "goal": f"{bound} {self.limit:g}", "met": self.met}
+
+
+@dataclass(frozen=True)
+class ServiceRun:
+    cold_start_s: float
+    levels: list[LevelResult]
+
+    def level(self, concurrency: int) -> LevelResult:
+        return next(r for r in self.levels if r.concurrency == concurrency)
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.levels[0]
+        return {
+            "cold_start_s": round(self.cold_start_s, 3),
+            # the headline figures: latency one request at a time
+            "p50": first.latency.p50,
+            "p95": first.latency.p95,
+            "p99": first.latency.p99,
+            "levels": {str(r.concurrency): r.to_json() for r in self.levels},
+        }
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    setup: dict[str, Any]
+    guarded: ServiceRun
+    bare: ServiceRun
+    concurrencies: tuple[int, ...] = field(default=LEVELS)
+
+    def ratios(self) -> dict[str, Any]:
+        """guarded / bare: p50 and p99 one request at a time, throughput at the highest
+        concurrency (``throughput_c16`` with the default levels), and every level's."""
+        low, high = self.concurrencies[0], self.concurrencies[-1]
+        g, b = self.guarded, self.bare
+        by_level = {
+            str(c): {
+                "p50": ratio(g.level(c).latency.p50, b.level(c).latency.p50),
+                "p99": ratio(g.level(c).latency.p99, b.level(c).latency.p99),
+                "throughput": ratio(g.level(c).throughput, b.level(c).throughput),
+            }
+            for c in self.concurrencies
+        }
+        return {
+            "p50": by_level[str(low)]["p50"],
+            "p99": by_level[str(low)]["p99"],
+            f"throughput_c{high}": by_level[str(high)]["throughput"],
+            "levels": by_level,
+        }
+
+    def goals(self) -> list[Goal]:
+        ratios = self.ratios()
+        high = self.concurrencies[-1]
+        stages = self.guarded.levels[0].stages
+        goals = [
+            Goal("p50 ratio", ratios["p50"], 1.5, True),
+            Goal("p99 ratio", ratios["p99"], 2.0, True),
+            Goal(f"throughput ratio c={high}", ratios[f"throughput_c{high}"], 0.7, False),
+            Goal("guarded cold start s", round(self.guarded.cold_start_s, 3), 8.0, True),
+        ]
+        if "features" in stages:
+            goals.append(Goal("feature retrieval p99 ms", stages["features"].p99, 1.0, True))
+        if "log" in stages:
+            goals.append(Goal("prediction log write p99 ms", stages["log"].p99, 0.2, True))
+        return goals
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "setup": self.setup,
+            "guarded": self.guarded.to_json(),
+            "bare": self.bare.to_json(),
+            "ratios": self.ratios(),
+            "goals": {g.name: g.to_json() for g in self.goals()},
+        }
+
+
+def _levels(levels: Sequence[int]) -> tuple[int, ...]:
+    chosen = tuple(sorted(set(levels)))
+    if not chosen or chosen[0] < 1 or chosen[-1] > 256:
+        raise InputError("--concurrency levels must be between 1 and 256")
+    return chosen
+
+
+def run_bench(
+    settings: Settings,
+    requests: int = REQUESTS,
+    levels: Sequence[int] = LEVELS,
+    warmup: int = WARMUP,
+    progress: Callable[[str], None] = lambda _: None,
+) -> BenchReport:
+    """Measure the guarded service and the bare endpoint on this machine (see module doc)."""
+    from prodguard import app
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+
+    concurrencies = _levels(levels)
+    if requests < 1 or warmup < 0:
+        raise InputError("--requests must be at least 1 and --warmup at least 0")
+    if settings.serving is None or settings.model is None or settings.config_path is None:
+        raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to benchmark")
+    registry = app.registry_operations(settings).registry
+    aliases = registry.aliases()
+    champion = aliases.get("champion")
+    if champion is None:
+        raise InputError(f"there is no champion to benchmark; {SETUP_HINT}")
+    at = app.feature_store(settings).materialized_until()
+    if at is None:
+        raise InputError(f"the online store was never materialized; {SETUP_HINT}")
+    stats = registry.load_json_artifact(champion, "reference_stats.json")
+    categories = {
+        name: frozenset(s.get("categories", {}))
+        for name, s in stats.items()
+        if s.get("kind") == "categorical"
+    }
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    total = warmup + requests * len(concurrencies)
+    guarded_bodies = workload.guarded_bodies(settings, at, total, categories, f"bench-{run_id}-")
+    setup = {
+        "model": settings.model.name,
+        "champion": champion,
+        "standby": aliases.get("standby"),
+        "shadow_sample": settings.serving.shadow_sample,
+        "log_sync": settings.serving.log_sync,
+        "requests_per_level": requests,
+        "warmup": warmup,
+        "levels": list(concurrencies),
+        "asked_at": at.isoformat(),
+        "cpus": os.cpu_count(),
+    }
+    root = Path(tempfile.mkdtemp(prefix="prodguard-bench-"))
+    try:
+        data = _overlay(settings, root)
+        env = _environment(settings, data)
+        cwd = settings.config_path.parent
+        port = free_port()
+        progress(f"starting the guarded service (prodguard serve) on port {port}")
+        guarded = _measure(
+            [sys.executable, "-m", "prodguard", "serve", "--port", str(port)],
+            env,
+            cwd,
+            port,
+            root / "guarded.log",
+            "/predict",
+            workload.encode(guarded_bodies),
+            warmup,
+            requests,
+            concurrencies,
+            progress,
+        )
+        with_features = [b["request_id"] for b in guarded_bodies]
+        bare_bodies = workload.bare_bodies(
+            SqlitePredictionLog(data / "predictions.db"), with_features
+        )
+        port = free_port()
+        progress(f"starting the bare endpoint on port {port}")
+        bentoml = str(Path(sys.executable).with_name("bentoml"))
+        bare = _measure(
+            [bentoml, "serve", BARE_SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            cwd,
+            port,
+            root / "bare.log",
+            "/predict",
+            workload.encode(bare_bodies),
+            warmup,
+            requests,
+            concurrencies,
+            progress,
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return BenchReport(setup, guarded, bare, concurrencies)
+
+
+def _overlay(settings: Settings, root: Path) -> Path:
+    """A data folder whose feature store, registry and offline store are the project's
+    (symlinks) and whose prediction log, alerts and state are its own."""
+    data = root / "data"
+    data.mkdir()
+    for name in SHARED_STATE:
+        shared = settings.paths.data_dir.resolve() / name
+        if shared.exists():
+            (data / name).symlink_to(shared, target_is_directory=True)
+    return data
+
+
+def _environment(settings: Settings, data: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PRODGUARD_CONFIG": str(settings.config_path),
+        "PRODGUARD_PATHS__DATA_DIR": str(data),
+        "PRODGUARD_ROLLOUT__GUARD_IN_SERVICE_SECONDS": "null",  # no rollback on bench traffic
+        "BENTOML_DO_NOT_TRACK": "true",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+def _measure(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    port: int,
+    log_path: Path,
+    path: str,
+    bodies: list[bytes],
+    warmup: int,
+    requests: int,
+    concurrencies: tuple[int, ...],
+    progress: Callable[[str], None],
+) -> ServiceRun:
+    service = start_service(command, env, cwd, port, log_path)
+    try:
+        progress(f"ready after {service.cold_start_s:.1f} s")
+        if warmup:
+            drive(service.base_url, path, bodies[:warmup], min(4, concurrencies[-1]))
+        levels = []
+        for i, concurrency in enumerate(concurrencies):
+            chunk = bodies[warmup + i * requests : warmup + (i + 1) * requests]
+            result = drive(service.base_url, path, chunk, concurrency)
+            progress(
+                f"c={concurrency}: p50 {result.latency.p50:.2f} ms, p99 "
+                f"{result.latency.p99:.2f} ms, {result.throughput:.0f} req/s"
+            )
+            levels.append(result)
+    finally:
+        service.stop()
+    return ServiceRun(service.cold_start_s, levels)

@@ -1,0 +1,54 @@
+"""The benchmark's figures as rich tables (the CLI prints them; ``--json`` prints the report)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from prodguard.bench.benchmark import BenchReport
+
+STAGES = ("features", "checks", "model", "log", "http", "total")
+
+
+def latency_table(report: BenchReport) -> Table:
+    table = Table(title="end-to-end latency at the client (ms) and throughput")
+    for column in ("service", "concurrency", "p50", "p95", "p99", "req/s", "errors"):
+        table.add_column(column, justify="left" if column == "service" else "right")
+    for name, run in (("guarded", report.guarded), ("bare", report.bare)):
+        for level in run.levels:
+            table.add_row(
+                name,
+                str(level.concurrency),
+                f"{level.latency.p50:.2f}",
+                f"{level.latency.p95:.2f}",
+                f"{level.latency.p99:.2f}",
+                f"{level.throughput:.1f}",
+                str(level.errors),
+            )
+    return table
+
+
+def stage_table(report: BenchReport) -> Table:
+    table = Table(title="stages, server side (ms; http = client latency - server total)")
+    table.add_column("service")
+    table.add_column("concurrency", justify="right")
+    for stage in STAGES:
+        table.add_column(f"{stage} p50/p99", justify="right")
+    for name, run in (("guarded", report.guarded), ("bare", report.bare)):
+        for level in run.levels:
+            cells = [
+                f"{level.stages[s].p50:.2f}/{level.stages[s].p99:.2f}" if s in level.stages else ""
+                for s in STAGES
+            ]
+            table.add_row(name, str(level.concurrency), *cells)
+    return table
+
+
+def goals_table(report: BenchReport) -> Table:
+    table = Table(title="goals (ratios: guarded / bare)")
+    for column in ("measure", "value", "goal", "met"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for goal in report.goals():
+        shown = goal.to_json()
+        verdict = "[green]yes[/]" if goal.met else "[red]no[/]"
+        table.add_row(goal.name, f"{goal.value:g}", shown["goal"], verdict)
+    return table

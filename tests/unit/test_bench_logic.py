@@ -1,0 +1,68 @@
+"""Pure logic of the benchmark: percentiles, summaries, ratios, Server-Timing, goals."""
+
+import math
+
+import numpy as np
+import pytest
+
+from prodguard.bench.benchmark import BenchReport, ServiceRun
+from prodguard.bench.load import LevelResult, server_timing
+from prodguard.bench.stats import percentile, ratio, summarize
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 95, 99, 100])
+def test_percentile_equals_numpys_linear_method(q) -> None:
+    values = list(np.random.default_rng(3).lognormal(size=257))
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert percentile([4.0], q) == 4.0
+
+
+def test_percentile_refuses_empty_series_and_bad_q() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_summary_is_ordered_and_counts_every_value() -> None:
+    summary = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert summary.count == 5 and summary.mean == 3.0 and summary.max == 5.0
+    assert summary.p50 == 3.0 and summary.p50 <= summary.p95 <= summary.p99 <= summary.max
+
+
+def test_ratio_is_rounded_and_guards_zero() -> None:
+    assert ratio(3.0, 2.0) == 1.5 and ratio(1.0, 3.0) == 0.333
+    assert math.isinf(ratio(1.0, 0.0))
+
+
+def test_server_timing_header_parses_stages_in_ms() -> None:
+    header = "checks;dur=0.012, features;dur=0.2,model;desc=x;dur=5.5, log;dur=oops, total"
+    assert server_timing(header) == {"checks": 0.012, "features": 0.2, "model": 5.5}
+    assert server_timing(None) == {}
+
+
+def level(concurrency: int, p50: float, p99: float, seconds: float, **stages) -> LevelResult:
+    latency = summarize([p50] * 98 + [p99] * 2)
+    return LevelResult(
+        concurrency, 100, 0, seconds, latency, {k: summarize([v]) for k, v in stages.items()}
+    )
+
+
+def test_ratios_and_goals_come_from_the_printed_figures() -> None:
+    guarded = ServiceRun(
+        6.5, [level(1, 12.0, 20.0, 2.0, features=0.3, log=0.5), level(16, 90.0, 200.0, 1.25)]
+    )
+    bare = ServiceRun(5.0, [level(1, 10.0, 16.0, 1.0), level(16, 80.0, 150.0, 1.0)])
+    report = BenchReport({}, guarded, bare, (1, 16))
+    document = report.to_json()
+    ratios = document["ratios"]
+    assert ratios["p50"] == round(document["guarded"]["p50"] / document["bare"]["p50"], 3)
+    assert ratios["p99"] == round(document["guarded"]["p99"] / document["bare"]["p99"], 3)
+    assert ratios["throughput_c16"] == 0.8  # 80 req/s against 100
+    goals = document["goals"]
+    assert goals["p50 ratio"]["met"] and goals["throughput ratio c=16"]["met"]
+    assert goals["feature retrieval p99 ms"]["met"]
+    assert not goals["prediction log write p99 ms"]["met"]  # 0.5 ms > 0.2 ms
+    assert goals["guarded cold start s"] == {"value": 6.5, "goal": "<= 8", "met": True}
