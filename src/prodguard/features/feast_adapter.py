@@ -446,9 +446,14 @@ def _quiet_duckdb() -> None:
     """Feast's DuckDB offline store runs on ibis' default backend: turn its progress bar off."""
     import ibis
 
+    import duckdb
+
     backend = ibis.get_backend()
     if getattr(backend, "name", "") == "duckdb":
-        backend.raw_sql("SET enable_progress_bar = false")
+        try:
+            backend.raw_sql("SET enable_progress_bar = false")
+        except duckdb.InvalidInputException:
+            pass  # in a notebook without ipywidgets DuckDB draws no bar and refuses the setting
 
 
 @contextlib.contextmanager
