@@ -19,16 +19,21 @@ REQUEST_FEATURES = ["carrier", "origin", "dest", "distance", "dep_hour", "day_of
 
 
 def request_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Model features computed from request fields (``event_timestamp`` = scheduled departure)."""
-    local = pd.to_datetime(frame["event_timestamp"], utc=True).dt.tz_convert(LOCAL_TZ)
+    """Model features computed from request fields (``event_timestamp`` = scheduled departure).
+
+    Built from arrays (one DatetimeIndex for the local time): on the request path a call is a
+    one-row frame, where each pandas Series step costs tens of microseconds."""
+    local = pd.DatetimeIndex(pd.to_datetime(frame["event_timestamp"], utc=True)).tz_convert(
+        LOCAL_TZ
+    )
     return pd.DataFrame(
         {
-            "carrier": frame["carrier"].astype(str),
-            "origin": frame["origin"].astype(str),
-            "dest": frame["dest"].astype(str),
-            "distance": frame["distance"].astype("float64"),
-            "dep_hour": local.dt.hour.astype("float64"),
-            "day_of_week": local.dt.dayofweek.astype("float64"),
+            "carrier": frame["carrier"].astype(str).to_numpy(),
+            "origin": frame["origin"].astype(str).to_numpy(),
+            "dest": frame["dest"].astype(str).to_numpy(),
+            "distance": frame["distance"].astype("float64").to_numpy(),
+            "dep_hour": local.hour.to_numpy(dtype="float64"),
+            "day_of_week": local.dayofweek.to_numpy(dtype="float64"),
         },
         index=frame.index,
     )
