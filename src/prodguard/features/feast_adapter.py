@@ -444,16 +444,14 @@ class _SqliteReads:
 
 def _quiet_duckdb() -> None:
     """Feast's DuckDB offline store runs on ibis' default backend: turn its progress bar off."""
-    import ibis
-
     import duckdb
+    import ibis
 
     backend = ibis.get_backend()
     if getattr(backend, "name", "") == "duckdb":
-        try:
+        # in a notebook without ipywidgets DuckDB draws no bar and refuses the setting
+        with contextlib.suppress(duckdb.InvalidInputException):
             backend.raw_sql("SET enable_progress_bar = false")
-        except duckdb.InvalidInputException:
-            pass  # in a notebook without ipywidgets DuckDB draws no bar and refuses the setting
 
 
 @contextlib.contextmanager
