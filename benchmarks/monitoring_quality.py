@@ -39,12 +39,14 @@ class Celsius:
     def __init__(self, store: Any, clock_now: Any, since: pd.Timestamp) -> None:
         self.store, self.now, self.since = store, clock_now, since
 
-    def online_features(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        frame = self.store.online_features(rows)
+    def online_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        records = self.store.online_records(rows)
         if pd.Timestamp(self.now()) >= self.since:
-            for column in ("temp", "dewp"):
-                frame[column] = [None if v is None else (v - 32) * 5 / 9 for v in frame[column]]
-        return frame
+            for record in records:
+                for column in ("temp", "dewp"):
+                    value = record[column]
+                    record[column] = None if value is None else (value - 32) * 5 / 9
+        return records
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
