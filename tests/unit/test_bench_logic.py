@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prodguard.bench.benchmark import BenchReport, ServiceRun
-from prodguard.bench.load import LevelResult, server_timing
+from prodguard.bench.load import LevelResult, Samples, merge, server_timing
 from prodguard.bench.stats import percentile, ratio, summarize
 
 pytestmark = pytest.mark.unit
@@ -66,3 +66,13 @@ def test_ratios_and_goals_come_from_the_printed_figures() -> None:
     assert goals["feature retrieval p99 ms"]["met"]
     assert not goals["prediction log write p99 ms"]["met"]  # 0.5 ms > 0.2 ms
     assert goals["guarded cold start s"] == {"value": 6.5, "goal": "<= 8", "met": True}
+
+
+def test_rounds_merge_into_one_level() -> None:
+    first = Samples([1.0, 2.0], {"model": [0.5, 0.6], "total": [0.7, 0.8]}, {"200": 2}, 0, 2, 1.0)
+    second = Samples([3.0], {"model": [0.7], "total": [0.9]}, {"200": 1, "503": 1}, 1, 2, 1.0)
+    level = merge(4, [first, second])
+    assert (level.requests, level.errors, level.seconds) == (4, 1, 2.0)
+    assert level.latency.count == 3 and level.latency.p50 == 2.0
+    assert level.stages["model"].count == 3 and level.statuses == {"200": 3, "503": 1}
+    assert level.throughput == 1.5  # answered per second

@@ -1,12 +1,13 @@
 """``prodguard bench``: the guarded service and a bare model endpoint, measured in one run.
 
-Both are started here, on free loopback ports, one after the other (never together: they would
-share the two cores), with the same BentoML settings. The guarded service is ``prodguard
-serve`` on the project's registry, feature store and models, but with a prediction log (and
-alert file) of its own in a temporary data folder — bench traffic never reaches the monitors —
-and without the in-service guard. Each answers warm-up requests, then the same number of
-requests at every concurrency level. The bare endpoint scores exactly the model features the
-guarded service used for the same requests (read back from its prediction log).
+Both are started here on free loopback ports (one after the other: each cold start is measured
+alone), with the same BentoML settings, and stopped at the end. The guarded service is
+``prodguard serve`` on the project's registry, feature store and models, but with a prediction
+log (and alert file) of its own in a temporary data folder — bench traffic never reaches the
+monitors — and without the in-service guard. Load goes to one service at a time, in alternating
+rounds (guarded, then bare with the model features the guarded service used for the same
+requests, read back from its prediction log), so that whatever else runs on the machine weighs
+on both alike.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from prodguard.bench import workload
-from prodguard.bench.load import LevelResult, drive
+from prodguard.bench.load import LevelResult, Samples, drive, merge
 from prodguard.bench.services import free_port, start_service
 from prodguard.bench.stats import ratio
 from prodguard.config import Settings
-from prodguard.errors import ConfigError, InputError
+from prodguard.errors import ConfigError, InputError, ServiceNotReady
 
 LEVELS = (1, 4, 16)
 REQUESTS = 500  # per level
 WARMUP = 100
+ROUNDS = 5  # each level alternates between the services this many times
 BARE_SERVICE = "prodguard.bench.bare_service:BareService"
 SHARED_STATE = ("feast", "mlflow", "offline")  # what the guarded service reads from the project
 SETUP_HINT = (
@@ -144,7 +146,6 @@ def run_bench(
 ) -> BenchReport:
     """Measure the guarded service and the bare endpoint on this machine (see module doc)."""
     from prodguard import app
-    from prodguard.serving.prediction_log import SqlitePredictionLog
 
     concurrencies = _levels(levels)
     if requests < 1 or warmup < 0:
@@ -185,44 +186,89 @@ def run_bench(
         data = _overlay(settings, root)
         env = _environment(settings, data)
         cwd = settings.config_path.parent
+        log_path = data / "predictions.db"
         port = free_port()
         progress(f"starting the guarded service (prodguard serve) on port {port}")
-        guarded = _measure(
+        guarded = start_service(
             [sys.executable, "-m", "prodguard", "serve", "--port", str(port)],
             env,
             cwd,
             port,
             root / "guarded.log",
-            "/predict",
-            workload.encode(guarded_bodies),
-            warmup,
-            requests,
-            concurrencies,
-            progress,
         )
-        with_features = [b["request_id"] for b in guarded_bodies]
-        bare_bodies = workload.bare_bodies(
-            SqlitePredictionLog(data / "predictions.db"), with_features
-        )
-        port = free_port()
-        progress(f"starting the bare endpoint on port {port}")
-        bentoml = str(Path(sys.executable).with_name("bentoml"))
-        bare = _measure(
-            [bentoml, "serve", BARE_SERVICE, "--host", "127.0.0.1", "--port", str(port)],
-            env,
-            cwd,
-            port,
-            root / "bare.log",
-            "/predict",
-            workload.encode(bare_bodies),
-            warmup,
-            requests,
-            concurrencies,
-            progress,
-        )
+        try:
+            progress(f"ready after {guarded.cold_start_s:.1f} s")
+            port = free_port()
+            progress(f"starting the bare endpoint on port {port}")
+            bentoml = str(Path(sys.executable).with_name("bentoml"))
+            bare = start_service(
+                [bentoml, "serve", BARE_SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+                env,
+                cwd,
+                port,
+                root / "bare.log",
+            )
+            try:
+                progress(f"ready after {bare.cold_start_s:.1f} s")
+                pair = _Pair(guarded.base_url, bare.base_url, log_path)
+                if warmup:
+                    pair.round(guarded_bodies[:warmup], min(4, concurrencies[-1]))
+                levels: dict[int, tuple[LevelResult, LevelResult]] = {}
+                for i, concurrency in enumerate(concurrencies):
+                    chunk = guarded_bodies[warmup + i * requests : warmup + (i + 1) * requests]
+                    levels[concurrency] = pair.level(chunk, concurrency)
+                    g, b = levels[concurrency]
+                    progress(
+                        f"c={concurrency}: guarded p50 {g.latency.p50:.2f} ms, p99 "
+                        f"{g.latency.p99:.2f} ms, {g.throughput:.0f} req/s | bare p50 "
+                        f"{b.latency.p50:.2f} ms, p99 {b.latency.p99:.2f} ms, "
+                        f"{b.throughput:.0f} req/s"
+                    )
+                pair.close()
+            finally:
+                bare.stop()
+        finally:
+            guarded.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return BenchReport(setup, guarded, bare, concurrencies)
+    return BenchReport(
+        setup,
+        ServiceRun(guarded.cold_start_s, [levels[c][0] for c in concurrencies]),
+        ServiceRun(bare.cold_start_s, [levels[c][1] for c in concurrencies]),
+        concurrencies,
+    )
+
+
+class _Pair:
+    """Both services, measured in alternating rounds — guarded, then bare on the features the
+    guarded service used — so that load from elsewhere on the machine affects both alike."""
+
+    def __init__(self, guarded_url: str, bare_url: str, log_path: Path) -> None:
+        from prodguard.serving.prediction_log import SqlitePredictionLog
+
+        self.guarded_url, self.bare_url = guarded_url, bare_url
+        self.log = SqlitePredictionLog(log_path)
+
+    def round(self, bodies: list[dict[str, Any]], concurrency: int) -> tuple[Samples, Samples]:
+        guarded = drive(self.guarded_url, "/predict", workload.encode(bodies), concurrency)
+        bare_bodies = workload.bare_bodies(self.log, [b["request_id"] for b in bodies])
+        if not bare_bodies:
+            raise ServiceNotReady(f"the guarded service answered none of: {guarded.statuses}")
+        bare = drive(self.bare_url, "/predict", workload.encode(bare_bodies), concurrency)
+        return guarded, bare
+
+    def close(self) -> None:
+        self.log.close()
+
+    def level(
+        self, bodies: list[dict[str, Any]], concurrency: int
+    ) -> tuple[LevelResult, LevelResult]:
+        size = max(len(bodies) // ROUNDS, concurrency)
+        runs = [self.round(bodies[i : i + size], concurrency) for i in range(0, len(bodies), size)]
+        return (
+            merge(concurrency, [g for g, _ in runs]),
+            merge(concurrency, [b for _, b in runs]),
+        )
 
 
 def _overlay(settings: Settings, root: Path) -> Path:
@@ -247,35 +293,3 @@ def _environment(settings: Settings, data: Path) -> dict[str, str]:
         "DO_NOT_TRACK": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-
-
-def _measure(
-    command: list[str],
-    env: dict[str, str],
-    cwd: Path,
-    port: int,
-    log_path: Path,
-    path: str,
-    bodies: list[bytes],
-    warmup: int,
-    requests: int,
-    concurrencies: tuple[int, ...],
-    progress: Callable[[str], None],
-) -> ServiceRun:
-    service = start_service(command, env, cwd, port, log_path)
-    try:
-        progress(f"ready after {service.cold_start_s:.1f} s")
-        if warmup:
-            drive(service.base_url, path, bodies[:warmup], min(4, concurrencies[-1]))
-        levels = []
-        for i, concurrency in enumerate(concurrencies):
-            chunk = bodies[warmup + i * requests : warmup + (i + 1) * requests]
-            result = drive(service.base_url, path, chunk, concurrency)
-            progress(
-                f"c={concurrency}: p50 {result.latency.p50:.2f} ms, p99 "
-                f"{result.latency.p99:.2f} ms, {result.throughput:.0f} req/s"
-            )
-            levels.append(result)
-    finally:
-        service.stop()
-    return ServiceRun(service.cold_start_s, levels)

@@ -68,21 +68,50 @@ def server_timing(header: str | None) -> dict[str, float]:
 
 
 @dataclass
-class _Tally:
+class Samples:
+    """What one closed-loop run saw: client latencies and server stages (ms) of the answered
+    requests, status counts, and how long it took."""
+
     latencies: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    sent: int = 0
+    seconds: float = 0.0
 
 
-def drive(base_url: str, path: str, bodies: list[bytes], concurrency: int) -> LevelResult:
-    """Send every body once, ``concurrency`` at a time; LevelResult of the answers."""
+def merge(concurrency: int, runs: list[Samples]) -> LevelResult:
+    """One level's result from the runs (rounds) it was measured in."""
+    latencies = [v for r in runs for v in r.latencies]
+    if not latencies:
+        statuses = [r.statuses for r in runs]
+        raise ServiceNotReady(f"no request was answered at concurrency {concurrency}: {statuses}")
+    stages: dict[str, list[float]] = {}
+    statuses: dict[str, int] = {}
+    for run in runs:
+        for name, values in run.stages.items():
+            stages.setdefault(name, []).extend(values)
+        for status, count in run.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    return LevelResult(
+        concurrency=concurrency,
+        requests=sum(r.sent for r in runs),
+        errors=sum(r.errors for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        latency=summarize(latencies),
+        stages={name: summarize(values) for name, values in sorted(stages.items())},
+        statuses=dict(sorted(statuses.items())),
+    )
+
+
+def drive(base_url: str, path: str, bodies: list[bytes], concurrency: int) -> Samples:
+    """Send every body once, ``concurrency`` at a time."""
     if concurrency < 1 or not bodies:
         raise ValueError("need at least one client and one request")
     target = urlsplit(base_url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
     queue = itertools.count()
-    tally = _Tally()
+    tally = Samples(sent=len(bodies))
     lock = threading.Lock()
     start = threading.Barrier(concurrency + 1)
 
@@ -127,15 +156,5 @@ def drive(base_url: str, path: str, bodies: list[bytes], concurrency: int) -> Le
     began = time.perf_counter()
     for thread in threads:
         thread.join()
-    seconds = time.perf_counter() - began
-    if not tally.latencies:
-        raise ServiceNotReady(f"no request to {base_url}{path} was answered: {tally.statuses}")
-    return LevelResult(
-        concurrency=concurrency,
-        requests=len(bodies),
-        errors=tally.errors,
-        seconds=seconds,
-        latency=summarize(tally.latencies),
-        stages={name: summarize(values) for name, values in sorted(tally.stages.items())},
-        statuses=dict(sorted(tally.statuses.items())),
-    )
+    tally.seconds = time.perf_counter() - began
+    return tally
