@@ -319,7 +319,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
     from prodguard.features.feast_adapter import feature_contract
     from prodguard.rollout.policy import read_targets
     from prodguard.serving.models import ModelFollower, load_verified
-    from prodguard.serving.prediction_log import SqlitePredictionLog
+    from prodguard.serving.prediction_log import SERVING_CHECKPOINT_S, SqlitePredictionLog
 
     serving = _serving_settings(settings)
     clock = clock or clock_for(settings)
@@ -333,7 +333,9 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         clock=clock,
         on_swap=getattr(metrics, "swapped", None),
     )
-    log = SqlitePredictionLog(settings.paths.prediction_log, serving.log_sync)
+    log = SqlitePredictionLog(
+        settings.paths.prediction_log, serving.log_sync, checkpoint_every_s=SERVING_CHECKPOINT_S
+    )
     predictor = build_predictor(
         settings,
         store,

@@ -22,7 +22,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from prodguard.serving.prediction_log import PredictionRecord, SqlitePredictionLog
-log = SqlitePredictionLog(Path(sys.argv[1]), sys.argv[2])
+log = SqlitePredictionLog(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]) or None)
 for i in range(100000):
     log.write([PredictionRecord(f"k-{i}", datetime.now(UTC), "m", 1, "champion", 0.5, True,
                                 {"temp": 1.0})])
@@ -68,12 +68,16 @@ def test_concurrent_writes_all_land_and_a_duplicate_refuses_only_its_own(tmp_pat
     log.close()
 
 
-@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
-def test_acknowledged_writes_survive_kill_9(tmp_path, synchronous) -> None:
+@pytest.mark.parametrize(
+    ("synchronous", "checkpoints"), [("FULL", 0.0), ("NORMAL", 0.0), ("NORMAL", 0.05)]
+)
+def test_acknowledged_writes_survive_kill_9(tmp_path, synchronous, checkpoints) -> None:
     path = tmp_path / "predictions.db"
     out = (tmp_path / "acked.txt").open("w")
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), synchronous], stdout=out, stderr=out
+        [sys.executable, "-c", WRITER, str(path), synchronous, str(checkpoints)],
+        stdout=out,
+        stderr=out,
     )
     try:
         deadline = time.monotonic() + 60
@@ -88,3 +92,18 @@ def test_acknowledged_writes_survive_kill_9(tmp_path, synchronous) -> None:
     acked = {line for line in (tmp_path / "acked.txt").read_text().split() if line.startswith("k-")}
     assert len(acked) > 200
     assert acked <= stored(path)
+
+
+def test_background_checkpoints_keep_the_wal_copied_and_stop_at_close(tmp_path) -> None:
+    path = tmp_path / "predictions.db"
+    log = SqlitePredictionLog(path, "NORMAL", checkpoint_every_s=0.05)
+    log.write([record(f"c-{i}") for i in range(2000)])
+    time.sleep(0.5)
+    with sqlite3.connect(path) as conn:
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames == copied  # nothing left for a request to copy
+    assert any(t.name == "prodguard-log-checkpoint" for t in threading.enumerate())
+    log.close()
+    time.sleep(0.2)
+    assert not any(t.name == "prodguard-log-checkpoint" for t in threading.enumerate())
+    assert len(stored(path)) == 2000

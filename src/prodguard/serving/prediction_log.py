@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from prodguard.errors import (
     UnknownRequest,
 )
 
+_log = logging.getLogger("prodguard.serving")
+SERVING_CHECKPOINT_S = 1.0  # the serving process checkpoints the WAL this often, off requests
 Role = Literal["champion", "shadow", "canary"]
 Roles = Role | tuple[Role, ...] | None  # one role, several, or all
 ANSWERS: tuple[Role, ...] = ("champion", "canary")  # what callers got back
@@ -122,17 +125,36 @@ class _Write:
 
 
 class SqlitePredictionLog:
-    def __init__(self, path: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        checkpoint_every_s: float | None = None,
+    ) -> None:
+        """``checkpoint_every_s``: copy the WAL into the database from a background thread at
+        this interval instead of in the commit that fills the WAL (SQLite's auto-checkpoint,
+        every 1000 pages: a few milliseconds, with an fsync of the database, on the request
+        that happens to commit then). For the serving process."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            if checkpoint_every_s is not None:
+                self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.executescript(_SCHEMA)
             self._conn.commit()
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
+        self._stop = threading.Event()
+        if checkpoint_every_s is not None:
+            threading.Thread(
+                target=_checkpoints,
+                args=(path, checkpoint_every_s, self._stop),
+                name="prodguard-log-checkpoint",
+                daemon=True,
+            ).start()
         self._lock = threading.Lock()  # the connection
         self._queue_lock = threading.Lock()
         self._queue: list[_Write] = []  # writes waiting for the next group commit
@@ -181,8 +203,7 @@ class SqlitePredictionLog:
                 except sqlite3.IntegrityError:
                     conn.execute("ROLLBACK TO write")
                     write.error = DuplicateRequest(
-                        "a prediction was already logged for one of these request ids; "
-                        "use new ids"
+                        "a prediction was already logged for one of these request ids; use new ids"
                     )
                 conn.execute("RELEASE write")
             conn.commit()
@@ -324,8 +345,26 @@ class SqlitePredictionLog:
         return frame
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._conn.close()
+
+
+def _checkpoints(path: Path, every_s: float, stop: threading.Event) -> None:
+    """PASSIVE checkpoints on a connection of their own: writers are never blocked by them."""
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+    except sqlite3.Error as exc:
+        _log.warning("prediction log checkpoints not running: %s", exc)
+        return
+    try:
+        while not stop.wait(every_s):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # busy or gone: the next round retries
+                _log.warning("prediction log checkpoint failed: %s", exc)
+    finally:
+        conn.close()
 
 
 def _where(start: datetime, end: datetime, role: Roles) -> tuple[str, tuple[Any, ...]]:
