@@ -133,6 +133,13 @@ def test_batch_limits(service: str) -> None:
     assert post(service, "/predict_batch", {"rows": [REQUEST] * 1001})[0] == 400
 
 
+def test_a_refused_request_is_422_on_both_routes(service: str) -> None:
+    refused = {**REQUEST, "carrier": "QQ"}  # well-formed, but the checks refuse it
+    assert post(service, "/predict", refused)[0] == 422
+    status, answer = post(service, "/predict_batch", {"rows": [REQUEST, refused]})
+    assert status == 422 and answer["problems"][0]["field"].startswith("rows[1]")
+
+
 def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(
     service: str, project: Path, mlflow_ui
 ) -> None:

@@ -92,10 +92,14 @@ def _status(exc: ProdguardError) -> HTTPStatus:
     return HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def error_response(exc: ProdguardError) -> JSONResponse:
-    """``{"error": message, "problems": [{"field", "problem"}]}`` — never the payload."""
+def error_response(exc: ProdguardError, ctx: bentoml.Context | None = None) -> JSONResponse:
+    """``{"error": message, "problems": [{"field", "problem"}]}`` — never the payload. An API
+    that takes the context must pass it: BentoML gives its responses the context's status."""
     problems = [{"field": f, "problem": p} for f, p in getattr(exc, "problems", [])]
-    return JSONResponse({"error": str(exc), "problems": problems}, status_code=_status(exc))
+    status = _status(exc)
+    if ctx is not None:
+        ctx.response.status_code = status
+    return JSONResponse({"error": str(exc), "problems": problems}, status_code=status)
 
 
 def server_timing(stages: dict[str, float]) -> str:
@@ -220,7 +224,7 @@ class PredictionService:
         try:
             return self._answer([RequestModel(**fields)], ctx)[0]
         except ProdguardError as exc:
-            return error_response(exc)  # type: ignore[return-value]
+            return error_response(exc, ctx)  # type: ignore[return-value]
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(
@@ -232,7 +236,7 @@ class PredictionService:
         try:
             return BatchOut(predictions=self._answer(rows, ctx))
         except ProdguardError as exc:
-            return error_response(exc)  # type: ignore[return-value]
+            return error_response(exc, ctx)  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
     def feedback(self, request_id: RequestId, outcome: Outcome) -> FeedbackOut:
