@@ -316,14 +316,14 @@ class Serving:
 
 
 def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:
-    from prodguard.features.feast_adapter import feature_contract
+    from prodguard.features.feast_adapter import FeastStore, feature_contract
     from prodguard.rollout.policy import read_targets
     from prodguard.serving.models import ModelFollower, load_verified
     from prodguard.serving.prediction_log import SERVING_CHECKPOINT_S, SqlitePredictionLog
 
     serving = _serving_settings(settings)
     clock = clock or clock_for(settings)
-    store = feature_store(settings)
+    store = FeastStore(settings, serving=True)
     registry = registry_operations(settings).registry
     follower = ModelFollower(
         targets=lambda: read_targets(registry),

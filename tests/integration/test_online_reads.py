@@ -3,6 +3,8 @@
 
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -136,3 +138,25 @@ def test_other_online_stores_are_read_through_feast(ingested, tmp_path) -> None:
     with pytest.raises(FeatureStoreError, match="online lookup"):
         store.online_records([{"origin": "JFK", "carrier": "B6", "tailnum": "N1"}])
     assert store._direct is False  # Feast's own path, never a SQLite file
+
+
+UNCHECKED = """
+import time
+import typeguard
+from prodguard.features import feast_adapter
+checked = typeguard.typechecked
+began = time.perf_counter()
+feast_adapter._import_feast_unchecked()
+took = time.perf_counter() - began
+import feast.feature_view
+assert typeguard.typechecked is checked  # left as it was
+assert "TypeCheckMemo" not in feast.feature_view.FeatureView.__init__.__code__.co_names
+print(round(took, 2))
+"""
+
+
+def test_serving_imports_feast_without_run_time_type_checks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", UNCHECKED], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
