@@ -93,3 +93,16 @@ def test_monitoring_and_rollout_settings_are_checked(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_settings(project / "prodguard.yaml", environ={key: value})
+
+
+def test_each_service_gets_its_own_bentoml_home(settings) -> None:
+    """BentoML wipes its Prometheus multiprocess folder at start: replicas must not share it."""
+    from prodguard import app
+
+    homes = {app.serve_command(settings, "127.0.0.1", port)[1]["BENTOML_HOME"] for port in (1, 2)}
+    assert len(homes) == 2
+    assert all(Path(h).is_relative_to(settings.paths.data_dir) for h in homes)
+
+
+def test_debug_switch_is_not_a_setting(project: Path) -> None:
+    assert load_settings(project / "prodguard.yaml", environ={"PRODGUARD_DEBUG": "1"})
