@@ -87,6 +87,7 @@ class DemoRun:
         self._monitor: Any = None
         self._gate: Any = None
         self._feed: OnlineFeed | None = None
+        self._promoted_by_user: float | None = None
 
     # ---- time and records --------------------------------------------------------------
 
@@ -224,7 +225,8 @@ class DemoRun:
             )
             if done.returncode != 0:
                 raise InputError(f"`prodguard promote` failed: {done.stderr.strip()[-300:]}")
-        return time.perf_counter() - began
+        self._promoted_by_user = time.perf_counter()
+        return self._promoted_by_user - began
 
     def champion(self) -> int:
         champion = self._operations.state().champion
@@ -324,6 +326,12 @@ class DemoRun:
             self.figures.setdefault("guard_move_to_followed_seconds", []).append(
                 round(time.perf_counter() - began, 2)
             )
+            rolled_back = any(d.action == "rolled_back" for d in moved)
+            if rolled_back and self._promoted_by_user is not None:
+                self.figures["cli_promotion_to_rollback_followed_seconds"] = round(
+                    time.perf_counter() - self._promoted_by_user, 2
+                )
+                self._promoted_by_user = None
         for decision in decisions:
             if decision.action in GUARD_MOVES:
                 self.console.print(

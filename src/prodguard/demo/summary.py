@@ -92,6 +92,8 @@ def _lines(
             ax.plot(points["end"], points["value"], ".-", label=f"{label} v{version}", lw=1)
     for band in bands:
         ax.axhline(band, color="grey", ls="--", lw=0.8)
+    if bands:
+        ax.set_yscale("symlog", linthresh=min(bands))  # the bands stay visible beside large values
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     if ax.has_data():
