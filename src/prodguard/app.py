@@ -65,8 +65,10 @@ def ingest(
     sources: list[str] | None = None,
     batch_file: Path | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
+    loader: Any = None,
 ) -> IngestReport:
-    """Ingest a time window of the project's sources, or one batch file for one source."""
+    """Ingest a time window of the project's sources, or one batch file for one source;
+    ``loader`` reuses a project loader that has read its raw files already."""
     began = time.perf_counter()
     if batch_file is not None:
         if not sources or len(sources) != 1:
@@ -79,7 +81,10 @@ def ingest(
         if start is None or end is None:
             raise InputError("give --start and --end (or --file with --source)")
         ingestor = Ingestor(
-            settings, alerter_for(settings), loader=load_loader(settings), clock=clock_for(settings)
+            settings,
+            alerter_for(settings),
+            loader=loader or load_loader(settings),
+            clock=clock_for(settings),
         )
         results = ingestor.ingest_window(start, end, sources, on_batch=on_batch)
     return IngestReport(

@@ -30,6 +30,7 @@ from prodguard.demo.events import EventLog
 from prodguard.demo.service import ServiceProcess
 from prodguard.demo.traffic import HttpTraffic, OnlineFeed, TrafficResult
 from prodguard.errors import ConfigError, InputError
+from prodguard.project import load_loader
 
 MARKER = "events.json"
 GUARD_MOVES = ("rolled_back", "advanced", "promoted", "aborted", "ended", "restarted")
@@ -88,6 +89,7 @@ class DemoRun:
         self._gate: Any = None
         self._feed: OnlineFeed | None = None
         self._promoted_by_user: float | None = None
+        self._loader = load_loader(self.settings)  # reads the raw files once, on first use
 
     # ---- time and records --------------------------------------------------------------
 
@@ -130,7 +132,12 @@ class DemoRun:
         with self.progress() as bars:
             task = bars.add_task("ingesting batches", total=None)
             report = app.ingest(
-                self.settings, start, end, sources, on_batch=lambda _: bars.advance(task)
+                self.settings,
+                start,
+                end,
+                sources,
+                on_batch=lambda _: bars.advance(task),
+                loader=self._loader,
             )
         self._reload_feed()
         written = report.written
