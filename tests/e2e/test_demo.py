@@ -67,7 +67,7 @@ def test_every_story_event_is_on_record(demo: Path) -> None:
 
     with sqlite3.connect(settings.paths.prediction_log) as conn:
         logged = conn.execute(
-            "SELECT COUNT(*) FROM predictions WHERE request_id LIKE 'http-%' "
+            "SELECT COUNT(DISTINCT request_id) FROM predictions WHERE request_id LIKE 'http-%' "
             "AND role IN ('champion', 'canary')"
         ).fetchone()[0]
     assert logged == answered
