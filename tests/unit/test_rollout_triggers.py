@@ -125,3 +125,16 @@ def test_drill_gate_needs_a_passed_recent_drill() -> None:
     old = (now - timedelta(hours=200)).isoformat()
     with pytest.raises(PromotionRefused, match="drill is 200 h old"):
         drill_gate(Tags(passed=True, at=old), 4, 168, now)
+
+
+def test_prediction_shift_is_judged_net_of_the_reference() -> None:
+    from prodguard.rollout.triggers import TriggerResult, net_shift
+
+    raw = TriggerResult("prediction_shift", "fired", 3.6, 3.0)
+    world = net_shift(raw, 3.1, "v1 (900 shadow)")  # the standby moved alike: the weather
+    assert world.status == "clean" and world.value == pytest.approx(0.5)
+    assert "+3.60 sd net of +3.10 sd of v1 (900 shadow)" in world.reason
+    fault = net_shift(TriggerResult("prediction_shift", "clean", 2.0, 3.0), -1.5, "v2")
+    assert fault.status == "fired" and fault.value == pytest.approx(3.5)  # opposite ways
+    unknown = TriggerResult("prediction_shift", "inconclusive", None, 3.0, "no baseline")
+    assert net_shift(unknown, 1.0, "v1") is unknown

@@ -4,6 +4,11 @@ alerts. Every replica follows the aliases within its poll interval. It also bake
 progress (canary or shadow): a fired trigger aborts it, a clean step that baked long enough and
 saw enough requests moves on (or promotes after the last one), anything inconclusive holds.
 
+The prediction shift is judged net of a reference model on the same traffic when one is
+measured: the champion against the standby's shadow scores, a canary against the champion. The
+weather moves every model's scores alike; only a shift the reference does not share is the
+model's own (a world that changed is the monitors' drift alert, and a rollback would not help).
+
 Safe to run twice: the rollback states the aliases it read, so of two guards one moves and the
 other finds them moved (``moved_elsewhere``), never a double move.
 """
@@ -21,10 +26,11 @@ from prodguard.errors import ConcurrentUpdateError, PromotionRefused
 from prodguard.monitoring.monitor import Monitor, WindowReport, replace_finding
 from prodguard.registry.operations import AliasState, RegistryOperations
 from prodguard.rollout.policy import TrafficPolicy
-from prodguard.rollout.triggers import TriggerResult, evaluate_triggers
+from prodguard.rollout.triggers import TriggerResult, evaluate_triggers, net_shift
 from prodguard.serving.prediction_log import ANSWERS, Roles
 
 GUARD_ACTOR = "prodguard-guard"
+REFERENCE_MIN_ROWS = 50  # a reference's mean score over fewer answers is too noisy to net
 Action = Literal[
     "none",
     "hold",
@@ -94,7 +100,10 @@ class Guard:
         champion = state.champion
         if champion is None:
             return [GuardDecision("no_champion", now, None, reason="no champion is set")]
-        decision = self._evaluate(champion, self._live_start(champion, now), now, ANSWERS)
+        live = self._live_start(champion, now)
+        decision = self._evaluate(champion, live, now, ANSWERS)
+        if state.standby is not None:
+            decision = self._net_shift(decision, state.standby, live, now, ("shadow",))
         fired = decision.fired
         if fired:
             summary = "; ".join(t.summary() for t in fired)
@@ -134,6 +143,29 @@ class Guard:
             report.rows,
             report.reason,
         )
+
+    def _net_shift(
+        self,
+        decision: GuardDecision,
+        reference: int,
+        start: datetime,
+        now: datetime,
+        roles: Roles,
+    ) -> GuardDecision:
+        """The prediction shift minus the reference's own shift over the same window (each
+        against its own staging baseline); unchanged when the reference is not measured."""
+        shift = next((t for t in decision.triggers if t.name == "prediction_shift"), None)
+        if shift is None or shift.value is None or reference == decision.version:
+            return decision
+        if self._monitor.reference(reference).baseline is None:
+            return decision
+        report = self._monitor.judge(start, now, reference, True, REFERENCE_MIN_ROWS, roles)
+        found = report.finding("score.shift_sd")
+        if found is None or found.value is None:
+            return decision
+        netted = net_shift(shift, found.value, f"v{reference} ({report.rows} {'/'.join(roles)})")
+        triggers = [netted if t is shift else t for t in decision.triggers]
+        return replace(decision, triggers=triggers)
 
     def _live_start(self, version: int, now: datetime) -> datetime:
         """Since the version became champion, at most ``guard_minutes`` back."""
@@ -179,6 +211,8 @@ class Guard:
         started = policy.started() or now
         roles: Roles = ("shadow",) if policy.mode == "shadow" else ("canary",)
         decision = self._evaluate(version, started, now, roles)
+        if state.champion is not None:
+            decision = self._net_shift(decision, state.champion, started, now, ("champion",))
         fired = decision.fired
         if fired:
             summary = "; ".join(t.summary() for t in fired)

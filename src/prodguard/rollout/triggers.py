@@ -88,6 +88,22 @@ def evaluate_triggers(
     return results
 
 
+def net_shift(shift: TriggerResult, reference_shift: float, reference: str) -> TriggerResult:
+    """A prediction shift minus a reference model's shift on the same traffic (each in its own
+    baseline's sd): what the model moved beyond what the world moved."""
+    if shift.value is None:
+        return shift
+    net = shift.value - reference_shift
+    return TriggerResult(
+        shift.name,
+        "fired" if abs(net) > shift.threshold else "clean",
+        net,
+        shift.threshold,
+        f"{shift.value:+.2f} sd net of {reference_shift:+.2f} sd of {reference} answers on the "
+        "same traffic",
+    )
+
+
 def _shift(finding: Finding | None, limit: float) -> TriggerResult:
     if finding is None or finding.value is None:
         return TriggerResult("prediction_shift", "inconclusive", None, limit, "no staging baseline")
