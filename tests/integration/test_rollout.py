@@ -85,6 +85,12 @@ def test_replicas_serve_the_canary_share_sticky_per_key(project) -> None:
     assert serving.log.get(canary.request_id, "canary").version == 3
     retried = serving.predictor.predict([requests[first.index(canary)]], [canary.request_id])
     assert retried[0].replayed and retried[0].version == 3  # a retry gets the same answer
+    # the champion shadows a sample of the canary's rows (the guard's paired reference)
+    serving.predictor.drain()
+    shadows = [serving.log.get(p.request_id, "shadow") for p in first]
+    shadowed = [p for p, s in zip(first, shadows, strict=True) if s is not None]
+    assert shadowed and all(p.version == 3 for p in shadowed)
+    assert {s.version for s in shadows if s is not None} == {2}
     serving.predictor.close()
 
 

@@ -5,7 +5,8 @@ progress (canary or shadow): a fired trigger aborts it, a clean step that baked 
 saw enough requests moves on (or promotes after the last one), anything inconclusive holds.
 
 The prediction shift is judged net of a reference model on the same traffic when one is
-measured: the champion against the standby's shadow scores, a canary against the champion. The
+measured: the champion against the standby's shadow scores, a canary against the champion (its
+answers beside the canary and its shadow scores of the canary's rows). The
 weather moves every model's scores alike; only a shift the reference does not share is the
 model's own (a world that changed is the monitors' drift alert, and a rollback would not help).
 
@@ -211,8 +212,10 @@ class Guard:
         started = policy.started() or now
         roles: Roles = ("shadow",) if policy.mode == "shadow" else ("canary",)
         decision = self._evaluate(version, started, now, roles)
-        if state.champion is not None:
-            decision = self._net_shift(decision, state.champion, started, now, ("champion",))
+        if state.champion is not None and policy.mode == "canary":
+            # the champion's answers beside the canary, and its shadow scores of canary rows
+            reference_roles: Roles = ("champion", "shadow")
+            decision = self._net_shift(decision, state.champion, started, now, reference_roles)
         fired = decision.fired
         if fired:
             summary = "; ".join(t.summary() for t in fired)

@@ -288,6 +288,9 @@ class Predictor:
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
         if state.rollout is not None and state.policy.mode == "shadow":
             self._maybe_shadow(state.rollout, frame, records, share=1.0)
+        elif state.rollout is not None and state.policy.mode == "canary":
+            # the champion shadows a sample of the canary's rows: the guard's paired reference
+            self._maybe_shadow(state.champion, frame, records, self._shadow_sample)
         else:
             self._maybe_shadow(state.standby, frame, records, self._shadow_sample)
         return [
