@@ -96,14 +96,16 @@ def test_acknowledged_writes_survive_kill_9(tmp_path, synchronous, checkpoints) 
 
 def test_background_checkpoints_keep_the_wal_copied_and_stop_at_close(tmp_path) -> None:
     path = tmp_path / "predictions.db"
+    before = set(threading.enumerate())
     log = SqlitePredictionLog(path, "NORMAL", checkpoint_every_s=0.05)
+    ours = [t for t in set(threading.enumerate()) - before if t.name == "prodguard-log-checkpoint"]
+    assert len(ours) == 1
     log.write([record(f"c-{i}") for i in range(2000)])
     time.sleep(0.5)
     with sqlite3.connect(path) as conn:
         busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0 and frames == copied  # nothing left for a request to copy
-    assert any(t.name == "prodguard-log-checkpoint" for t in threading.enumerate())
     log.close()
-    time.sleep(0.2)
-    assert not any(t.name == "prodguard-log-checkpoint" for t in threading.enumerate())
+    ours[0].join(timeout=5)
+    assert not ours[0].is_alive()
     assert len(stored(path)) == 2000
