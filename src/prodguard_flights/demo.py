@@ -32,7 +32,7 @@ def day(text: str) -> datetime:
 @dataclass(frozen=True)
 class Calendar:
     served_v1: tuple[str, str]  # v1 alone
-    v2_trained: tuple[str, str]  # training window of v2; the week after it is its staging
+    v2_trained: tuple[str, str]  # training window of v2; the fortnight after it, its staging
     canary: tuple[str, str]  # v2 rolled out as a canary, baked, promoted
     celsius: tuple[str, str, str]  # start, corrected batch arrives, end
     autumn: tuple[str, str]
@@ -43,7 +43,7 @@ DAILY = 24
 
 FULL = Calendar(
     served_v1=("2013-05-01", "2013-06-01"),
-    v2_trained=("2013-01-01", "2013-05-25"),
+    v2_trained=("2013-01-01", "2013-05-18"),
     canary=("2013-06-01", "2013-06-12"),
     celsius=("2013-07-01", "2013-07-03", "2013-07-05"),
     autumn=("2013-10-01", "2013-10-11"),
@@ -51,7 +51,7 @@ FULL = Calendar(
 )
 SHORT = Calendar(
     served_v1=("2013-05-01", "2013-05-06"),
-    v2_trained=("2013-01-01", "2013-04-29"),
+    v2_trained=("2013-01-01", "2013-04-22"),
     canary=("2013-05-06", "2013-05-10"),
     celsius=("2013-07-01", "2013-07-02", "2013-07-03"),
     autumn=("2013-10-01", "2013-10-04"),
@@ -112,7 +112,7 @@ class FlightsStory:
         trained = [day(d) for d in dates.v2_trained]
         with run.chapter("3. v2 trained on January–May, canary with baking, promoted by the guard"):
             v2 = run.train(*trained)
-            run.baseline(trained[1], trained[1] + pd.Timedelta(days=7), v2)  # its held-out week
+            run.baseline(trained[1], trained[1] + pd.Timedelta(days=14), v2)  # held-out fortnight
             run.start_rollout("canary", [25, 50, 100])
             run.serve(start, end, "canary of v2", guard_every_hours=DAILY)
 
