@@ -9,6 +9,7 @@ known are sent to ``/feedback_batch``. A hook runs after each hour (guard, monit
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from prodguard.errors import ServiceNotReady
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.monitoring.replay import request_id, request_rows, single
 from prodguard.project import import_object
+
+ROW_FIELD = re.compile(r"^rows\[(\d+)\]")
 
 
 @dataclass
@@ -170,8 +173,13 @@ class HttpTraffic:
         answers: list[dict[str, Any]] = []
         for chunk in _chunks(together, self._max_batch):
             status, body = self._service.post("/predict_batch", {"rows": chunk})
-            if status == 422:  # a row the checks refuse rejects its batch: send them one by one
-                alone.extend(chunk)
+            if status == 422:  # refused rows reject their batch: they go alone, the rest again
+                refused = _refused_rows(body, len(chunk))
+                alone.extend(chunk[i] for i in sorted(refused))
+                rest = [r for i, r in enumerate(chunk) if i not in refused]
+                if rest:
+                    status, body = self._service.post("/predict_batch", {"rows": rest})
+                    answers.extend(self._answered(status, body, len(rest), result))
             else:
                 answers.extend(self._answered(status, body, len(chunk), result))
         for request in alone:
@@ -211,6 +219,16 @@ class HttpTraffic:
                 raise ServiceNotReady(f"/feedback_batch answered {status}: {body.get('error')}")
             taken = ("recorded", "duplicate")
             result.feedback += sum(r["status"] in taken for r in body["results"])
+
+
+def _refused_rows(body: Any, rows: int) -> set[int]:
+    """The rows a 422 names (``rows[i].field``); all of them when it names none."""
+    named = {
+        int(match.group(1))
+        for problem in body.get("problems", [])
+        if (match := ROW_FIELD.match(str(problem.get("field", ""))))
+    }
+    return {i for i in named if i < rows} or set(range(rows))
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
