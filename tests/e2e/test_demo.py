@@ -40,7 +40,7 @@ def test_every_story_event_is_on_record(demo: Path) -> None:
 
     settings = load_settings(demo / "prodguard.yaml", environ={})
     audit = AuditLog(load_registry_config(settings).audit_uri).records("flight-delay")
-    audit.reverse()  # oldest first
+    audit.sort(key=lambda r: r.id)  # oldest first
     promotions = [r for r in audit if r.action == "promote"]
     assert promotions[0].to_state["champion"] == 1  # the first champion, after its drill
     # the canary baked step by step (traffic moves by the guard) ...
