@@ -709,7 +709,7 @@ def serve(
 @cli.command()
 def demo(
     short: Annotated[
-        bool, typer.Option(help="Play every chapter on fewer simulated days (about 2 min).")
+        bool, typer.Option(help="Play every chapter on fewer simulated days (about 2.5 min).")
     ] = False,
 ) -> None:
     """Play the project's demo story (make demo): a year of traffic on simulated time through

@@ -43,3 +43,15 @@ def test_a_refused_batch_names_its_rows() -> None:
     assert _refused_rows(body, 50) == {3, 24}
     assert _refused_rows({"problems": [{"field": "dest"}]}, 4) == {0, 1, 2, 3}  # none named
     assert _refused_rows({"problems": [{"field": "rows[99].dest"}]}, 4) == {0, 1, 2, 3}
+
+
+def test_the_event_log_marks_the_folder_before_the_first_event(tmp_path: Path) -> None:
+    """A demo that fails early leaves a folder the next run may clear."""
+    from prodguard.demo.events import EventLog
+
+    data = tmp_path / ".prodguard"
+    (data / "demo").mkdir(parents=True)
+    EventLog(data / "demo" / "events.json", data / "alerts.jsonl", operations=None)  # type: ignore[arg-type]
+    (data / "predictions.db").write_text("half a run")
+    prepare_data_dir(data)
+    assert not data.exists()

@@ -28,6 +28,7 @@ class EventLog:
         self._operations = operations
         self._audit_seen = 0
         self._alerts_seen = 0
+        self._write()  # at once: it also marks the folder as the demo's (a rerun may clear it)
 
     def add(
         self,
