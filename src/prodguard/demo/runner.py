@@ -88,6 +88,7 @@ class DemoRun:
         self._monitor: Any = None
         self._gate: Any = None
         self._feed: OnlineFeed | None = None
+        self._traffic: HttpTraffic | None = None
         self._promoted_by_user: float | None = None
         self._loader = load_loader(self.settings)  # reads the raw files once, on first use
 
@@ -262,7 +263,16 @@ class DemoRun:
         seconds = self.service.wait_ready()
         self.figures["service_ready_seconds"] = round(seconds, 1)
         self.console.print(f"  prediction service ready on {self.service.url} in {seconds:.1f} s")
-        self._feed = OnlineFeed(self.settings, app.feature_store(self.settings), features_since)
+        feed = OnlineFeed(self.settings, app.feature_store(self.settings), features_since)
+        self._feed = feed
+        self._traffic = HttpTraffic(  # one for the run: outcomes still due carry over
+            self.settings,
+            self.service,
+            self.clock,
+            feed,
+            outcome_after=timedelta(hours=self.story.outcome_hours),
+            single_share=self.story.single_share,
+        )
         from prodguard.monitoring.jobs import alert_gate, build_monitor
         from prodguard.rollout.jobs import build_guard
 
@@ -285,19 +295,11 @@ class DemoRun:
     ) -> TrafficResult:
         """Serve ``[start, end)`` over HTTP; the guard checks every ``guard_every_hours`` and
         the monitors judge every closed day."""
-        assert self.service is not None and self._feed is not None, "start_service first"
-        traffic = HttpTraffic(
-            self.settings,
-            self.service,
-            self.clock,
-            self._feed,
-            outcome_after=timedelta(hours=self.story.outcome_hours),
-            single_share=self.story.single_share,
-        )
+        assert self._traffic is not None, "start_service first"
         hours = int((end - start).total_seconds() // 3600)
         with self.progress() as bars:
             task = bars.add_task(f"serving {label}", total=hours)
-            result = traffic.play(
+            result = self._traffic.play(
                 start,
                 end,
                 after_hour=lambda hour: self._after_hour(hour, guard_every_hours),
