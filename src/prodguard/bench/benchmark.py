@@ -24,10 +24,10 @@ from typing import Any
 
 from prodguard.bench import workload
 from prodguard.bench.load import LevelResult, Samples, drive, merge
-from prodguard.bench.services import free_port, start_service
 from prodguard.bench.stats import ratio
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError, ServiceNotReady
+from prodguard.service_process import free_port, start_service
 
 LEVELS = (1, 4, 16)
 REQUESTS = 500  # per level

@@ -1,4 +1,5 @@
-"""Service processes the benchmark starts on free loopback ports, and stops itself."""
+"""Service processes started on free loopback ports and stopped by their starter (the benchmark,
+the demo)."""
 
 from __future__ import annotations
 
