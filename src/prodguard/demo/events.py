@@ -7,13 +7,12 @@ event has ``type``, ``time`` (simulated), ``model_version``, ``details`` and ``s
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from prodguard.alerts import JsonlSink
+from prodguard.durable import write_json_atomic
 from prodguard.registry.operations import RegistryOperations
 
 # audit actions -> event types (a rollout's traffic moves keep their own words)
@@ -98,6 +97,4 @@ class EventLog:
         return [e for e in self.events if e["type"] in types]
 
     def _write(self) -> None:
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(self.events, indent=1, default=str), encoding="utf-8")
-        os.replace(partial, self.path)
+        write_json_atomic(self.events, self.path)

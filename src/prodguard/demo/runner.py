@@ -8,7 +8,6 @@ records events (``events.json``) and a summary page in ``<data_dir>/demo``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from prodguard.config import Settings, load_settings
 from prodguard.demo.events import EventLog
 from prodguard.demo.service import ServiceProcess
 from prodguard.demo.traffic import HttpTraffic, OnlineFeed, TrafficResult
+from prodguard.durable import write_json_atomic
 from prodguard.errors import ConfigError, InputError
 from prodguard.project import load_loader
 
@@ -260,7 +260,7 @@ class DemoRun:
 
     def start_service(self, features_since: datetime) -> None:
         self.service = ServiceProcess(self.settings, self.environment, self.output / "service.log")
-        seconds = self.service.wait_ready()
+        seconds = self.service.cold_start_s
         self.figures["service_ready_seconds"] = round(seconds, 1)
         self.console.print(f"  prediction service ready on {self.service.url} in {seconds:.1f} s")
         feed = OnlineFeed(self.settings, app.feature_store(self.settings), features_since)
@@ -387,10 +387,8 @@ class DemoRun:
             self._feed.reload()
 
     def save(self) -> None:
-        (self.output / "monitor.json").write_text(json.dumps(self.monitor_reports, default=str))
-        (self.output / "traffic.json").write_text(
-            json.dumps([t.to_json() for t in self.traffic], default=str)
-        )
+        write_json_atomic(self.monitor_reports, self.output / "monitor.json")
+        write_json_atomic([t.to_json() for t in self.traffic], self.output / "traffic.json")
 
 
 def describe(event: dict[str, Any]) -> str:
