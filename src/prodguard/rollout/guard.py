@@ -113,7 +113,7 @@ class Guard:
                     self._stranded.add(champion)
                     message = f"rollback trigger fired but no standby: {summary}"
                     self._alert(champion, message, decision)
-                decision = _replace(
+                decision = replace(
                     decision, action="no_standby", reason="no standby to roll back to"
                 )
             else:
@@ -226,7 +226,7 @@ class Guard:
             self._alert(
                 version, f"rollout of v{version} aborted: {summary}", decision, "rollout_aborted"
             )
-            return _replace(decision, action="aborted", reason=summary, audit_id=record.id)
+            return replace(decision, action="aborted", reason=summary, audit_id=record.id)
         rollout = self._settings.rollout
         waiting = []
         if now - started < timedelta(minutes=rollout.bake_minutes):
@@ -236,13 +236,13 @@ class Guard:
             waiting.append(f"{decision.rows} of {rollout.bake_min_requests} requests")
         waiting += [t.summary() for t in decision.triggers if t.status == "inconclusive"]
         if waiting:
-            return _replace(decision, action="hold", reason="; ".join(waiting))
+            return replace(decision, action="hold", reason="; ".join(waiting))
         if not policy.last_step:
             advanced = replace(policy, step=policy.step + 1, step_started=now.isoformat())
             record = self._set_traffic(
                 advanced, policy, f"step {policy.step + 1} passed: {advanced.describe()}"
             )
-            return _replace(
+            return replace(
                 decision, action="advanced", reason=advanced.describe(), audit_id=record.id
             )
         try:
@@ -253,9 +253,9 @@ class Guard:
                 expected=state,
             )
         except (PromotionRefused, ConcurrentUpdateError) as exc:
-            return _replace(decision, action="hold", reason=f"promotion refused: {exc}")
+            return replace(decision, action="hold", reason=f"promotion refused: {exc}")
         self._set_traffic(TrafficPolicy(), policy, f"v{version} promoted after baking")
-        return _replace(decision, action="promoted", reason=policy.describe(), audit_id=record.id)
+        return replace(decision, action="promoted", reason=policy.describe(), audit_id=record.id)
 
     def _set_traffic(
         self,
@@ -277,14 +277,14 @@ class Guard:
                 self._actor, f"rollback trigger fired: {summary}", evidence, expected=state
             )
         except ConcurrentUpdateError as exc:
-            return _replace(decision, action="moved_elsewhere", reason=str(exc))
+            return replace(decision, action="moved_elsewhere", reason=str(exc))
         self._alert(
             decision.version,
             f"rolled back v{decision.version} -> v{state.standby}: {summary}",
             decision,
             kind="rollback",
         )
-        return _replace(decision, action="rolled_back", reason=summary, audit_id=record.id)
+        return replace(decision, action="rolled_back", reason=summary, audit_id=record.id)
 
     def _alert(
         self, version: int | None, message: str, decision: GuardDecision, kind: str = "trigger"
@@ -305,7 +305,3 @@ class Guard:
                 details={"triggers": [t.to_json() for t in decision.fired]},
             )
         )
-
-
-def _replace(decision: GuardDecision, **changes: Any) -> GuardDecision:
-    return GuardDecision(**{**decision.__dict__, **changes})
