@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -138,3 +139,53 @@ def drilled(served_project: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     operations = app.registry_operations(settings)
     assert register_faulty(operations, 2, 0.4, "tests", pip_requirements()) == 3
     return root
+
+
+# ---- the production backends of this machine (PostgreSQL, Redis) ----------------------------
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_ADDRESS = "127.0.0.1:6379"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[Callable[[str], str]]:
+    """Creates databases of its own on the real PostgreSQL server (dropped after the test):
+    ``pg_database("store")`` -> a SQLAlchemy URL ``postgresql+psycopg://...`` of a fresh,
+    uniquely named database, so tests run repeatedly and in parallel."""
+    import psycopg
+
+    created: list[str] = []
+
+    def create(purpose: str) -> str:
+        name = f"pgt_{purpose}_{uuid.uuid4().hex[:12]}"
+        try:
+            with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.OperationalError as exc:
+            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc}); start it")
+        created.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    yield create
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    """A unique name for the test's keys on the real Redis server (the Feast project name, or a
+    key prefix); every key containing it is deleted after the test."""
+    import redis
+
+    name = f"pgt_{uuid.uuid4().hex[:12]}"
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis on {REDIS_ADDRESS} is not reachable ({exc}); start it")
+    yield name
+    keys = list(client.scan_iter(match=f"*{name}*".encode(), count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -1,8 +1,9 @@
 """YAML files with ``${VAR}`` placeholders (tool configs such as feature_store.yaml).
 
 Placeholders are filled in string values only (comments are never touched): from the given
-variables first (``PRODGUARD_DATA_DIR``), then from the environment. An unset variable is an
-error naming it, so credentials stay in the environment and out of files.
+variables first (``PRODGUARD_DATA_DIR``), then from the environment; ``${VAR:-default}`` falls
+back to the default when the variable is unset or empty. An unset variable without a default is
+an error naming it, so credentials stay in the environment and out of files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import yaml
 
 from prodguard.errors import ProdguardError
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_yaml_template(
@@ -37,8 +38,26 @@ def load_yaml_template(
         raise error(f"{path.name} is not valid YAML; fix the syntax") from None
     if not isinstance(document, dict):
         raise error(f"{path.name}: top level must be a mapping")
-    values = {**(os.environ if environ is None else environ), **variables}
+    return fill_placeholders(
+        document, {**(os.environ if environ is None else environ), **variables}, path.name, error
+    )
+
+
+def fill_placeholders(
+    document: dict[str, Any], values: dict[str, str], origin: str, error: type[ProdguardError]
+) -> dict[str, Any]:
+    """``document`` with every ``${VAR}`` / ``${VAR:-default}`` in its strings filled in."""
     missing: set[str] = set()
+
+    def fill(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if values.get(name):
+            return values[name]
+        if default is not None:
+            return default
+        if name not in values:
+            missing.add(name)
+        return ""
 
     def substitute(node: Any) -> Any:
         if isinstance(node, dict):
@@ -46,13 +65,10 @@ def load_yaml_template(
         if isinstance(node, list):
             return [substitute(value) for value in node]
         if isinstance(node, str):
-            missing.update(name for name in _VAR.findall(node) if name not in values)
-            return _VAR.sub(lambda m: values.get(m.group(1), ""), node)
+            return _VAR.sub(fill, node)
         return node
 
     rendered = substitute(document)
     if missing:
-        raise error(
-            f"{path.name} uses unset environment variable(s) {sorted(missing)}; export them"
-        )
+        raise error(f"{origin} uses unset environment variable(s) {sorted(missing)}; export them")
     return rendered
