@@ -5,6 +5,11 @@ Overrides use ``__`` to reach nested keys: ``PRODGUARD_PATHS__DATA_DIR=/srv/pg``
 (``PRODGUARD_SOURCES__PLANES__KEYS=[tailnum]``).
 Relative paths are resolved against the folder holding the config file. Nothing is read at
 import time: call :func:`load_settings`.
+
+``PRODGUARD_ENV=<name>`` selects an environment: the ``environments.<name>`` section of the file
+is merged over the rest (``production`` points the same code at PostgreSQL and Redis). Within
+that section ``${VAR}`` / ``${VAR:-default}`` are filled from the environment, so credentials stay
+out of files; a credential written into the file itself is refused.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from pydantic import (
 )
 
 from prodguard.errors import ConfigError
+from prodguard.templates import fill_placeholders, refuse_credentials
 
 ENV_PREFIX = "PRODGUARD_"
 CONFIG_ENV = "PRODGUARD_CONFIG"
+ENVIRONMENT_ENV = "PRODGUARD_ENV"
 DEFAULT_CONFIG_NAME = "prodguard.yaml"
-_NOT_SETTINGS = {CONFIG_ENV, "PRODGUARD_DEBUG"}  # PRODGUARD_DEBUG: tracebacks from the CLI
+_NOT_SETTINGS = {CONFIG_ENV, ENVIRONMENT_ENV, "PRODGUARD_DEBUG"}  # DEBUG: CLI tracebacks
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -141,6 +148,23 @@ class DemoSettings(_Strict):
     story: str = Field(
         description="module:attribute of the project's demo story (what `prodguard demo` plays)."
     )
+
+
+class StorageSettings(_Strict):
+    url: str | None = Field(
+        default=None,
+        description="Database of prodguard's own records (prediction log, feedback, request "
+        "errors, alerts and their de-duplication state): a SQLAlchemy URL "
+        "postgresql+psycopg://user:password@host:5432/db, from the environment. Unset: SQLite "
+        "and files in the data folder (one host).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must be a postgresql:// or postgresql+psycopg:// URL")
+        return value
 
 
 class ClockSettings(_Strict):
@@ -316,6 +340,8 @@ class Settings(_Strict):
     alerts: AlertSettings = AlertSettings()
     demo: DemoSettings | None = None
     clock: ClockSettings = ClockSettings()
+    storage: StorageSettings = StorageSettings()
+    environment: str = Field(default="local", exclude=True)
     config_path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -364,6 +390,8 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     for key, value in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
+        if "__" not in key and key[len(ENV_PREFIX) :].lower() not in Settings.model_fields:
+            continue  # PRODGUARD_DATABASE_URL & co: ${VARIABLES} of the files, not settings
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         if not all(parts):
             raise ConfigError(f"{key}: empty key segment; use PRODGUARD_SECTION__KEY=value")
@@ -426,10 +454,45 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path.name}: top level must be a mapping of sections")
+    refuse_credentials(raw, config_path.name, ConfigError)
+    environment = env.get(ENVIRONMENT_ENV) or "local"
+    raw = _select_environment(raw, environment, env, config_path.name)
     raw = _apply_env(raw, env)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, config_path.name)) from None
-    settings = settings.model_copy(update={"config_path": config_path})
+    settings = settings.model_copy(update={"config_path": config_path, "environment": environment})
     return _resolve(settings, config_path.parent)
+
+
+def _select_environment(
+    raw: dict[str, Any], name: str, environ: dict[str, str], origin: str
+) -> dict[str, Any]:
+    """The file's settings with ``environments.<name>`` merged over them (``local``: none)."""
+    environments = raw.pop("environments", None) or {}
+    if not isinstance(environments, dict):
+        raise ConfigError(f"{origin}: environments must be a mapping of environment names")
+    if name == "local" and name not in environments:
+        return raw
+    if name not in environments:
+        known = ", ".join(sorted(environments)) or "none"
+        raise ConfigError(
+            f"{ENVIRONMENT_ENV}={name}: {origin} has no environments.{name} section "
+            f"(environments: {known}); unset {ENVIRONMENT_ENV} or add the section"
+        )
+    overlay = environments[name]
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{origin}: environments.{name} must be a mapping of sections")
+    overlay = fill_placeholders(overlay, environ, f"{origin} (environments.{name})", ConfigError)
+    return _merged(raw, overlay)
+
+
+def _merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

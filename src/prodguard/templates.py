@@ -38,6 +38,7 @@ def load_yaml_template(
         raise error(f"{path.name} is not valid YAML; fix the syntax") from None
     if not isinstance(document, dict):
         raise error(f"{path.name}: top level must be a mapping")
+    refuse_credentials(document, path.name, error)
     return fill_placeholders(
         document, {**(os.environ if environ is None else environ), **variables}, path.name, error
     )
@@ -72,3 +73,23 @@ def fill_placeholders(
     if missing:
         raise error(f"{origin} uses unset environment variable(s) {sorted(missing)}; export them")
     return rendered
+
+
+_CREDENTIAL = re.compile(r"://[^/@\s:]+:[^/@\s$]+@")  # user:password@ written out, not ${VAR}
+
+
+def refuse_credentials(
+    node: Any, origin: str, error: type[ProdguardError], where: str = ""
+) -> None:
+    """Raise if a string of ``node`` (a parsed YAML document) carries a password in a URL."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            refuse_credentials(value, origin, error, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for value in node:
+            refuse_credentials(value, origin, error, where)
+    elif isinstance(node, str) and _CREDENTIAL.search(node):
+        raise error(
+            f"{origin}: {where} holds a password; put the URL in an environment variable "
+            "(e.g. PRODGUARD_DATABASE_URL) and write ${PRODGUARD_DATABASE_URL} in the file"
+        )

@@ -106,3 +106,65 @@ def test_each_service_gets_its_own_bentoml_home(settings) -> None:
 
 def test_debug_switch_is_not_a_setting(project: Path) -> None:
     assert load_settings(project / "prodguard.yaml", environ={"PRODGUARD_DEBUG": "1"})
+
+
+PRODUCTION = {
+    "PRODGUARD_ENV": "production",
+    "PRODGUARD_DATABASE_URL": "postgresql+psycopg://prodguard@db.internal:5432/prodguard",
+}
+
+
+def test_production_environment_is_one_switch(project: Path) -> None:
+    local = load_settings(project / "prodguard.yaml", environ={})
+    assert local.environment == "local" and local.storage.url is None
+    assert local.registry.config.name == "local.yaml" and not local.rollout.require_drill
+
+    settings = load_settings(project / "prodguard.yaml", environ=PRODUCTION)
+    assert settings.environment == "production"
+    assert settings.storage.url == PRODUCTION["PRODGUARD_DATABASE_URL"]
+    assert settings.registry.config == project / "mlruns_config" / "production.yaml"
+    assert settings.feature_store.config == (
+        project / "feature_repo" / "feature_store.production.yaml"
+    )
+    assert settings.rollout.require_drill
+    # merged, not replaced: the rest of each section stays
+    assert settings.rollout.canary_steps == local.rollout.canary_steps
+    # PRODGUARD_<SECTION>__<KEY> still wins over the environment's section
+    later = load_settings(
+        project / "prodguard.yaml", environ={**PRODUCTION, "PRODGUARD_ROLLOUT__REQUIRE_DRILL": "0"}
+    )
+    assert not later.rollout.require_drill
+
+
+def test_production_needs_its_variables(project: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unset environment variable\(s\) \['PRODGUARD_DATA"):
+        load_settings(project / "prodguard.yaml", environ={"PRODGUARD_ENV": "production"})
+
+
+def test_unknown_environment_names_the_known_ones(project: Path) -> None:
+    with pytest.raises(ConfigError, match=r"PRODGUARD_ENV=staging: .*\(environments: production\)"):
+        load_settings(project / "prodguard.yaml", environ={"PRODGUARD_ENV": "staging"})
+
+
+def test_storage_url_must_be_postgresql(project: Path) -> None:
+    with pytest.raises(ConfigError, match=r"storage\.url: .*postgresql://"):
+        load_settings(
+            project / "prodguard.yaml", environ={"PRODGUARD_STORAGE__URL": "mysql://u@h/db"}
+        )
+
+
+def test_a_password_written_into_the_file_is_refused(project: Path) -> None:
+    path = project / "prodguard.yaml"
+    secret = "postgresql://prodguard:hunter2@db:5432/prodguard"
+    path.write_text(path.read_text() + f"\n  url2: {secret}\n".replace("  url2", "x_url"))
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    assert "holds a password" in str(error.value) and "hunter2" not in str(error.value)
+
+
+def test_template_variables_are_not_settings(project: Path) -> None:
+    """PRODGUARD_DATABASE_URL & co are filled into files; they are not unknown settings."""
+    settings = load_settings(
+        project / "prodguard.yaml", environ={"PRODGUARD_REDIS": "127.0.0.1:6379"}
+    )
+    assert settings.environment == "local"
