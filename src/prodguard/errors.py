@@ -7,6 +7,8 @@ wire (Feast, Great Expectations, MLflow, ...) are wrapped into a subclass by the
 
 from __future__ import annotations
 
+import re
+
 
 class ProdguardError(Exception):
     """Base of every error prodguard raises on purpose."""
@@ -95,3 +97,14 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type), for one-line error messages."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+_URI_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*(?:@[^/\s@]*)*@")
+_PASSWORD_PARAMETER = re.compile(r"\b(password|passwd|pwd)=[^,;&\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide credentials before a URI, connection string or error message goes into a message:
+    the user info of every ``scheme://user:pass@host`` and every ``password=...`` parameter."""
+    text = _URI_CREDENTIALS.sub(r"\1***@", text)
+    return _PASSWORD_PARAMETER.sub(r"\1=***", text)

@@ -1,5 +1,6 @@
-"""Direct reads of Feast's SQLite online store (the request path's lookups) against Feast's own
-``get_online_features``: same values and timestamps, same degradation (missing, stale)."""
+"""Direct reads of Feast's online store (the request path's lookups; SQLite embedded, Redis in
+production) against Feast's own ``get_online_features``: same values and timestamps, same
+degradation (missing, stale)."""
 
 import math
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from redis import Redis
 
 from prodguard import app
 from prodguard.config import load_settings
@@ -15,7 +17,7 @@ from prodguard.features.feast_adapter import FeastStore
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.serving.prediction_log import SqlitePredictionLog
 from prodguard_flights.features import FlightRequest
-from tests.conftest import FLIGHT_REQUEST, make_project
+from tests.conftest import FLIGHT_REQUEST, make_project, utc
 
 pytestmark = pytest.mark.integration
 
@@ -76,13 +78,21 @@ def test_direct_reads_equal_feasts_own_row_by_row(store, ingested) -> None:
 @pytest.fixture
 def predictors(served_project, tmp_path):
     """Two request paths over the same champion and store: direct reads, Feast's reads."""
+    yield from build_predictors(served_project, tmp_path, {})
+
+
+def build_predictors(served_project, tmp_path, environ):
+    """(predictor, log) of the direct reads and of Feast's reads, over the champion of
+    ``served_project`` and the feature store its settings name (``environ`` overrides)."""
     settings = load_settings(
         served_project / "prodguard.yaml",
-        environ={"PRODGUARD_PATHS__DATA_DIR": str(served_project / ".prodguard")},
+        environ={"PRODGUARD_PATHS__DATA_DIR": str(served_project / ".prodguard"), **environ},
     )
+    store = app.feature_store(settings)
+    if environ:  # a store of its own: load it as the served project's store is
+        store.materialize(until=utc("2013-05-01"))
     built = app.build_serving(settings)
     built.follower.refresh()
-    store = app.feature_store(settings)
     made = []
     for name, source in (("direct", store), ("feast", FeastPath(store))):
         log = SqlitePredictionLog(tmp_path / f"{name}.db")
@@ -100,28 +110,64 @@ def predictors(served_project, tmp_path):
     built.predictor.close()
 
 
-@pytest.mark.parametrize(
-    ("changes", "reason"),
-    [
-        ({}, None),  # fresh values
-        ({"scheduled_departure": "2013-05-01T05:00:00Z"}, "temp:stale"),  # weather TTL is 3 h
-        ({"scheduled_departure": "2013-06-15T12:00:00Z"}, "ontime_rate_7d:stale"),
-        ({"tailnum": None}, "seats:missing"),  # no plane given
-        ({"tailnum": "N0NE"}, "seats:missing"),  # a plane the store does not know
-        ({"scheduled_departure": "2013-04-30T12:00:00Z"}, "temp:future"),  # observed after
-    ],
-)
-def test_direct_reads_degrade_exactly_like_feasts(predictors, changes, reason) -> None:
+DEGRADATIONS = [
+    ({}, None),  # fresh values
+    ({"scheduled_departure": "2013-05-01T05:00:00Z"}, "temp:stale"),  # weather TTL is 3 h
+    ({"scheduled_departure": "2013-06-15T12:00:00Z"}, "ontime_rate_7d:stale"),
+    ({"tailnum": None}, "seats:missing"),  # no plane given
+    ({"tailnum": "N0NE"}, "seats:missing"),  # a plane the store does not know
+    ({"scheduled_departure": "2013-04-30T12:00:00Z"}, "temp:future"),  # observed after
+]
+
+
+def answers_of(predictors, changes, tag: str) -> list[tuple]:
+    """(flags, probability, logged features) of one request through each predictor."""
     answers = []
     for i, (predictor, log) in enumerate(predictors):
         row = FlightRequest(**{**FLIGHT_REQUEST, **changes}).to_row()
-        answer = predictor.predict([row], [f"parity-{i}"])[0]
-        answers.append((answer.flags, answer.probability, log.get(f"parity-{i}").features))
+        answer = predictor.predict([row], [f"{tag}-{i}"])[0]
+        answers.append((answer.flags, answer.probability, log.get(f"{tag}-{i}").features))
+    return answers
+
+
+@pytest.mark.parametrize(("changes", "reason"), DEGRADATIONS)
+def test_direct_reads_degrade_exactly_like_feasts(predictors, changes, reason) -> None:
+    answers = answers_of(predictors, changes, "parity")
     assert answers[0] == answers[1]
     assert (reason in answers[0][0]) if reason else answers[0][0] == []
 
 
-def test_other_online_stores_are_read_through_feast(ingested, tmp_path) -> None:
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_redis_reads_degrade_exactly_like_sqlite_reads(
+    served_project, predictors, tmp_path, pg_database, redis_namespace
+) -> None:
+    """The production store (PostgreSQL registry, Redis online store) loaded from the same
+    offline data: its direct reads and Feast's own give the same answers, flags and logged
+    features as the embedded store's, case by case."""
+    config = served_project / "feature_repo" / "feature_store.production.yaml"
+    environ = {
+        "PRODGUARD_FEATURE_STORE__CONFIG": str(config),
+        "PRODGUARD_DATABASE_URL": pg_database("reads"),
+        "PRODGUARD_REDIS": "127.0.0.1:6379",
+        "PRODGUARD_FEAST_PROJECT": redis_namespace,
+    }
+    made = build_predictors(served_project, tmp_path / "redis", environ)
+    on_redis = next(made)
+    try:
+        for n, (changes, reason) in enumerate(DEGRADATIONS):
+            embedded = answers_of(predictors[:1], changes, f"sqlite{n}")
+            redis = answers_of(on_redis, changes, f"redis{n}")
+            assert redis[0] == redis[1] == embedded[0], changes
+            assert (reason in redis[0][0]) if reason else redis[0][0] == []
+    finally:
+        next(made, None)
+    client = Redis(host="127.0.0.1", port=6379)
+    assert any(client.scan_iter(match=f"*{redis_namespace}".encode(), count=1000))
+    client.close()
+
+
+def test_unreachable_redis_fails_the_direct_lookup(ingested, tmp_path) -> None:
     root = make_project(tmp_path / "project")
     shutil.copytree(ingested / ".prodguard" / "offline", root / ".prodguard" / "offline")
     config = root / "feature_repo" / "feature_store.yaml"
@@ -130,14 +176,16 @@ def test_other_online_stores_are_read_through_feast(ingested, tmp_path) -> None:
     end = text.index("offline_store:")
     config.write_text(
         text[:start]
-        + "online_store:\n  type: redis\n  connection_string: 127.0.0.1:9,socket_timeout=0.2\n"
+        + "online_store:\n  type: redis\n"
+        + "  connection_string: 127.0.0.1:9,socket_timeout=0.2,retry=null\n"
         + text[end:]
     )
     store = FeastStore(load_settings(root / "prodguard.yaml", environ={}))
     store.apply()
     with pytest.raises(FeatureStoreError, match="online lookup"):
         store.online_records([{"origin": "JFK", "carrier": "B6", "tailnum": "N1"}])
-    assert store._direct is False  # Feast's own path, never a SQLite file
+    assert type(store._direct).__name__ == "_DirectReads"  # Redis' own read, no SQLite file
+    assert not (root / ".prodguard" / "feast" / "online_store.db").exists()
 
 
 UNCHECKED = """

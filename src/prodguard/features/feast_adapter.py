@@ -9,9 +9,12 @@
   definitions are loaded (Feast's offline stores disagree on what a relative path is relative to).
 - Historical retrieval checks that no entity row was dropped by the point-in-time join.
 - Online reads on the request path (``online_records``) go straight to the views' rows when the
-  online store is Feast's SQLite store, through Feast's own ``SqliteOnlineStore.online_read``
+  online store is Feast's SQLite or Redis store, through the store's own ``online_read``
   (``get_online_features`` resolves the feature service in the registry at every call: ~7 ms);
-  other online stores (Redis, ...) are read through ``get_online_features``.
+  other online stores are read through ``get_online_features``.
+- The production configuration (``feature_store.production.yaml``) keeps the registry in
+  PostgreSQL (Feast's SQL registry) and the online store in Redis; errors from either never
+  echo credentials.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 import pandas as pd
 
 from prodguard.config import Settings
-from prodguard.errors import FeatureStoreError, ProdguardError, first_line
+from prodguard.errors import FeatureStoreError, ProdguardError, first_line, redact
 from prodguard.telemetry import disable_telemetry
 from prodguard.templates import load_yaml_template
 
@@ -99,11 +102,11 @@ class FeastStore:
             config = RepoConfig(repo_path=settings.paths.feature_repo, **raw)
         except Exception as exc:  # noqa: BLE001 - pydantic / Feast config errors
             raise FeatureStoreError(
-                f"{settings.feature_store.config.name} is invalid: {first_line(exc)}"
+                f"{settings.feature_store.config.name} is invalid: {redact(first_line(exc))}"
             ) from None
         with _feast_errors("opening the Feast feature store"):
             self._store = FeatureStore(config=config)
-        self._direct: _SqliteReads | bool | None = None  # built at the first online read
+        self._direct: _DirectReads | bool | None = None  # built at the first online read
         self._direct_lock = threading.Lock()
         # DuckDB's progress bar is turned off before the first offline read (importing ibis
         # here would cost a serving process ~0.3 s of cold start for nothing)
@@ -225,13 +228,19 @@ class FeastStore:
         ]
 
     def _feature_service(self) -> Any:
+        from feast.errors import FeatureServiceNotFoundException
+
         name = self.settings.feature_store.feature_service
         try:
             return self._store.get_feature_service(name)
-        except Exception:  # noqa: BLE001 - FeatureServiceNotFoundException and registry errors
+        except FeatureServiceNotFoundException:
             raise FeatureStoreError(
                 f"feature service '{name}' is not in the registry; run `prodguard materialize` "
                 "(it applies the feature repo) first"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the registry's store (PostgreSQL, file) failed
+            raise FeatureStoreError(
+                f"reading the Feast registry failed: {redact(first_line(exc))}"
             ) from None
 
     # ---- materialization -----------------------------------------------------------------
@@ -306,13 +315,16 @@ class FeastStore:
         return Path(view.batch_source.path)
 
     def online_row_counts(self, views: list[ViewVersion]) -> dict[str, int]:
-        """Entities per view in the online store (SQLite only; empty for other stores)."""
-        online = self._store.config.online_store
-        if getattr(online, "type", "sqlite") != "sqlite":
+        """Entities per view in the online store (SQLite and Redis; empty for other stores)."""
+        kind = getattr(self._store.config.online_store, "type", "sqlite")
+        if kind == "redis":
+            with _feast_errors("counting the online store's rows"):
+                return self._redis_row_counts(views)
+        if kind != "sqlite":
             return {}
         import sqlite3
 
-        db = Path(online.path)
+        db = Path(self._store.config.online_store.path)
         if not db.is_absolute():
             db = self.offline_dir / db
         if not db.exists():
@@ -330,6 +342,34 @@ class FeastStore:
                 counts[view.name] = int(row[0])
         return counts
 
+    def _redis_row_counts(self, views: list[ViewVersion]) -> dict[str, int]:
+        """Feast's Redis layout: one hash per entity key (``<serialized key><project>``), with a
+        ``_ts:<view>`` field for each view written there. Counted by SCAN over the keys of the
+        views' join keys in this project: it walks the whole Redis database, so it costs about a
+        second per million keys (run after a materialization, never on the request path)."""
+        from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+
+        config = self._store.config
+        if config.entity_key_serialization_version < 3:
+            return {}  # the layout read below is version 3's
+        client = self._store._get_provider().online_store._get_client(config.online_store)
+        project = config.project.encode()
+        counts = {}
+        for view in views:
+            prefix = serialize_entity_key_prefix(list(view.join_keys), 3)
+            field = f"_ts:{view.name}".encode()
+            count, batch = 0, []
+            pattern = _glob_escape(prefix) + b"*" + _glob_escape(project)
+            for key in client.scan_iter(match=pattern, count=1000):
+                if not _in_project(key, len(prefix), len(view.join_keys), project):
+                    continue  # another project whose name ends with this one's
+                batch.append(key)
+                if len(batch) == 1000:
+                    count += _count_fields(client, batch, field)
+                    batch = []
+            counts[view.name] = count + _count_fields(client, batch, field)
+        return counts
+
     # ---- reads -------------------------------------------------------------------------------
 
     def online_features(self, entity_rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -343,8 +383,8 @@ class FeastStore:
 
     def online_records(self, entity_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``online_features`` as one dict per entity row (feature values and ``__ts``), the
-        request path's read: straight from the SQLite online store's rows when the store is
-        Feast's SQLite store, else through ``get_online_features``."""
+        request path's read: straight from the online store's rows when the store is Feast's
+        SQLite or Redis store, else through ``get_online_features``."""
         if self._direct is None:
             with self._direct_lock:
                 if self._direct is None:
@@ -354,15 +394,21 @@ class FeastStore:
                 return self._direct.read(entity_rows)
         return self.online_features(entity_rows).to_dict("records")
 
-    def _direct_reader(self) -> _SqliteReads | bool:
-        online = self._store.config.online_store
-        if getattr(online, "type", None) != "sqlite":
-            return False
+    def _direct_reader(self) -> _DirectReads | bool:
+        kind = getattr(self._store.config.online_store, "type", None)
+        if kind not in ("sqlite", "redis"):
+            return False  # stores whose reads are not tested against Feast's: Feast's path
         service = self._feature_service()
         if any(p.join_key_map for p in service.feature_view_projections):
             return False  # renamed join keys: leave them to Feast
+        if kind == "sqlite":
+            from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+            online = SqliteOnlineStore()
+        else:  # the provider's store: its client (and connection pool) is shared with Feast's
+            online = self._store._get_provider().online_store
         ttl = getattr(self._store.config.registry, "cache_ttl_seconds", 60) or 60
-        return _SqliteReads(self._store, self.settings.feature_store.feature_service, ttl)
+        return _DirectReads(self._store, online, self.settings.feature_store.feature_service, ttl)
 
     def historical_features(self, entity_df: pd.DataFrame) -> pd.DataFrame:
         """Point-in-time-correct features for ``entity_df`` (needs ``event_timestamp``).
@@ -386,20 +432,19 @@ class FeastStore:
         return frame
 
 
-class _SqliteReads:
-    """Online reads of a feature service from Feast's SQLite online store, one
-    ``SqliteOnlineStore.online_read`` per view (Feast's own read of its tables: entity keys
-    serialized by Feast, values decoded by Feast). The views are resolved in the registry once
-    per ``refresh_s`` (Feast's registry cache TTL), not at every call; the output equals
-    ``get_online_features(...).to_df(include_event_timestamps=True)`` row by row."""
+class _DirectReads:
+    """Online reads of a feature service from Feast's online store, one ``online_read`` of the
+    store per view (Feast's own read: entity keys serialized by Feast, values decoded by Feast;
+    on Redis one pipelined HMGET per view). The views are resolved in the registry once per
+    ``refresh_s`` (Feast's registry cache TTL), not at every call; the output equals
+    ``get_online_features(...).to_df(include_event_timestamps=True)`` row by row, without the
+    entity columns."""
 
-    def __init__(self, store: Any, service: str, refresh_s: float) -> None:
-        from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
+    def __init__(self, store: Any, online: Any, service: str, refresh_s: float) -> None:
         self._store = store
         self._service = service
         self._refresh_s = refresh_s
-        self._online = SqliteOnlineStore()
+        self._online = online
         self._views: list[tuple[Any, tuple[str, ...], tuple[tuple[str, Any], ...]]] = []
         self._resolved_at = -float("inf")
         self._lock = threading.Lock()
@@ -446,6 +491,33 @@ class _SqliteReads:
         return records
 
 
+def _glob_escape(pattern: bytes) -> bytes:
+    """``pattern`` matched literally by Redis' glob (serialized keys hold arbitrary bytes)."""
+    for special in (b"\\", b"*", b"?", b"[", b"]"):
+        pattern = pattern.replace(special, b"\\" + special)
+    return pattern
+
+
+def _in_project(key: bytes, start: int, values: int, project: bytes) -> bool:
+    """Whether a Redis key is ``<serialized entity key><project>``: after the join key names
+    come ``values`` values, each as type (4 bytes), length (4 bytes, little endian), bytes."""
+    position = start
+    for _ in range(values):
+        if len(key) < position + 8:
+            return False
+        position += 8 + int.from_bytes(key[position + 4 : position + 8], "little")
+    return key[position:] == project
+
+
+def _count_fields(client: Any, keys: list[bytes], field: bytes) -> int:
+    if not keys:
+        return 0
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hexists(key, field)
+        return sum(bool(found) for found in pipe.execute())
+
+
 def _import_feast_unchecked() -> None:
     """Import Feast with typeguard's ``@typechecked`` (the run-time type checks on Feast's own
     API) turned into a no-op while Feast's modules load. Instrumenting recompiles each decorated
@@ -489,7 +561,7 @@ def _feast_errors(action: str) -> Iterator[None]:
     except ProdguardError:
         raise
     except Exception as exc:  # noqa: BLE001 - Feast raises many types
-        raise FeatureStoreError(f"{action} failed: {first_line(exc)}") from None
+        raise FeatureStoreError(f"{action} failed: {redact(first_line(exc))}") from None
 
 
 @contextlib.contextmanager

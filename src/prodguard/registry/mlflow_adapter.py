@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from prodguard.errors import RegistryError, first_line
+from prodguard.errors import RegistryError, first_line, redact
 from prodguard.registry.config import RegistryConfig
 from prodguard.telemetry import disable_telemetry
 
@@ -271,11 +271,3 @@ def _preflight(uri: str, timeout_seconds: int = 5) -> None:
 def _make_sqlite_parent(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def redact(uri: str) -> str:
-    """Hide credentials in a URI before it goes into a message."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and "@" in rest:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
