@@ -147,29 +147,55 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_ADDRESS = "127.0.0.1:6379"
 
 
+def create_pg_database(purpose: str) -> tuple[str, str]:
+    """A fresh, uniquely named database on the real PostgreSQL server: (name, SQLAlchemy URL
+    ``postgresql+psycopg://...``). Drop it with :func:`drop_pg_databases`."""
+    import psycopg
+
+    name = f"pgt_{purpose}_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc}); start it")
+    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_pg_databases(names: list[str]) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_redis_keys(namespace: str) -> None:
+    """Every key on the real Redis server containing ``namespace``."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"*{namespace}*".encode(), count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def pg_database() -> Iterator[Callable[[str], str]]:
     """Creates databases of its own on the real PostgreSQL server (dropped after the test):
     ``pg_database("store")`` -> a SQLAlchemy URL ``postgresql+psycopg://...`` of a fresh,
     uniquely named database, so tests run repeatedly and in parallel."""
-    import psycopg
-
     created: list[str] = []
 
     def create(purpose: str) -> str:
-        name = f"pgt_{purpose}_{uuid.uuid4().hex[:12]}"
-        try:
-            with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-        except psycopg.OperationalError as exc:
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc}); start it")
+        name, url = create_pg_database(purpose)
         created.append(name)
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        return url
 
     yield create
-    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-        for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_pg_databases(created)
 
 
 @pytest.fixture
@@ -178,14 +204,13 @@ def redis_namespace() -> Iterator[str]:
     key prefix); every key containing it is deleted after the test."""
     import redis
 
-    name = f"pgt_{uuid.uuid4().hex[:12]}"
     client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis on {REDIS_ADDRESS} is not reachable ({exc}); start it")
+    finally:
+        client.close()
+    name = f"pgt_{uuid.uuid4().hex[:12]}"
     yield name
-    keys = list(client.scan_iter(match=f"*{name}*".encode(), count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    delete_redis_keys(name)

@@ -1,8 +1,9 @@
 """The prediction log: the spine of monitoring. Serving writes, monitors read windows.
 
-Every acknowledged prediction is committed before the response leaves (SQLite in WAL mode by
-default; ``synchronous=FULL`` fsyncs each commit and survives a power loss, ``NORMAL`` does not
-fsync commits and survives a crash or kill -9 of the process but not of the machine).
+Every acknowledged prediction is committed before the response leaves: PostgreSQL in
+production, shared by every replica; SQLite in WAL mode by default (``synchronous=FULL`` fsyncs
+each commit and survives a power loss, ``NORMAL`` does not fsync commits and survives a crash or
+kill -9 of the process but not of the machine).
 Concurrent writes share one commit (group commit), each still all-or-nothing.
 Feedback (observed outcomes) is keyed by request id; repeating the same feedback is idempotent,
 a different outcome for the same request is a conflict.
@@ -15,7 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,8 @@ from prodguard.errors import (
     ProdguardError,
     StorageError,
     UnknownRequest,
+    first_line,
+    redact,
 )
 
 _log = logging.getLogger("prodguard.serving")
@@ -87,14 +90,36 @@ class PredictionLog(Protocol):
     def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]: ...
 
 
+COLUMNS = (
+    "request_id",
+    "role",
+    "time",
+    "model",
+    "version",
+    "probability",
+    "decision",
+    "features",
+    "flags",
+    "latencies_ms",
+    "request",
+)
+_SELECT = ", ".join(f"p.{c}" for c in COLUMNS)
+_JOINED = (
+    f"SELECT {_SELECT}, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
+    "LEFT JOIN feedback f ON f.request_id = p.request_id"
+)
+_INSERT = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 11)})"
+# Times are ISO 8601 text in UTC (one format, so text order is time order) on both backends,
+# and the JSON columns are text: both return the same rows and frames.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
+    {serial}
     request_id TEXT NOT NULL,
     role TEXT NOT NULL,
     time TEXT NOT NULL,
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
-    probability REAL NOT NULL,
+    probability {real} NOT NULL,
     decision INTEGER NOT NULL,
     features TEXT NOT NULL,
     flags TEXT NOT NULL,
@@ -113,7 +138,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY,
     time TEXT NOT NULL,
     outcome TEXT NOT NULL
-);
+)
 """
 
 
@@ -124,41 +149,35 @@ class _Write:
     error: ProdguardError | None = None
 
 
-class SqlitePredictionLog:
-    def __init__(
-        self,
-        path: Path,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        checkpoint_every_s: float | None = None,
-    ) -> None:
-        """``checkpoint_every_s``: copy the WAL into the database from a background thread at
-        this interval instead of in the commit that fills the WAL (SQLite's auto-checkpoint,
-        every 1000 pages: a few milliseconds, with an fsync of the database, on the request
-        that happens to commit then). For the serving process."""
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
-            if checkpoint_every_s is not None:
-                self._conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._conn.executescript(_SCHEMA)
-            self._conn.commit()
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
-        self._stop = threading.Event()
-        if checkpoint_every_s is not None:
-            threading.Thread(
-                target=_checkpoints,
-                args=(path, checkpoint_every_s, self._stop),
-                name="prodguard-log-checkpoint",
-                daemon=True,
-            ).start()
+class _SqlPredictionLog:
+    """The log on a DB-API connection, shared by the SQLite and PostgreSQL backends: one
+    connection per process behind a lock, with group commit. Backends give the connection,
+    the transaction statements and their error classes."""
+
+    _errors: tuple[type[Exception], ...] = ()  # the driver's errors
+    _integrity: type[Exception] = Exception  # ...and its unique-violation error
+    _sample_column = "rowid"  # an increasing row number, for every-k-th samples
+    where: str = ""  # shown in messages (never credentials)
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()  # the connection
         self._queue_lock = threading.Lock()
         self._queue: list[_Write] = []  # writes waiting for the next group commit
 
+    # -- backend hooks ---------------------------------------------------------------------
+    def _connection(self) -> Any:
+        raise NotImplementedError
+
+    def _sql(self, query: str) -> str:
+        return query
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN")
+
+    def _end(self, conn: Any, commit: bool) -> None:
+        conn.commit() if commit else conn.rollback()
+
+    # -- writes ----------------------------------------------------------------------------
     def write(self, records: Sequence[PredictionRecord]) -> None:
         rows = [
             (
@@ -188,98 +207,115 @@ class SqlitePredictionLog:
             raise pending.error
 
     def _commit(self, batch: list[_Write]) -> None:
-        """Group commit: the writers queued meanwhile share one transaction (one fsync with
-        ``synchronous=FULL``), each in a savepoint of its own so that a duplicate refuses only
-        its own records. Every writer returns after the commit that holds its records."""
-        conn = self._conn
+        """Group commit: the writers queued meanwhile share one transaction (one fsync), each
+        in a savepoint of its own so that a duplicate refuses only its own records. Every
+        writer returns after the commit that holds its records."""
+        insert = self._sql(_INSERT)
+        conn = None
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._connection()
+            self._begin(conn)
             for write in batch:
                 conn.execute("SAVEPOINT write")
                 try:
-                    conn.executemany(
-                        "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", write.rows
-                    )
-                except sqlite3.IntegrityError:
-                    conn.execute("ROLLBACK TO write")
+                    conn.cursor().executemany(insert, write.rows)
+                except self._integrity:
+                    conn.execute("ROLLBACK TO SAVEPOINT write")
                     write.error = DuplicateRequest(
                         "a prediction was already logged for one of these request ids; use new ids"
                     )
-                conn.execute("RELEASE write")
-            conn.commit()
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.rollback()
+                conn.execute("RELEASE SAVEPOINT write")
+            self._end(conn, commit=True)
+        except self._errors as exc:
+            if conn is not None:
+                with contextlib.suppress(*self._errors):
+                    self._end(conn, commit=False)
             for write in batch:
-                write.error = StorageError(f"prediction log write failed: {exc}")
+                write.error = StorageError(
+                    f"prediction log write failed: {redact(first_line(exc))}"
+                )
         for write in batch:
             write.done = True
-
-    def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT * FROM predictions WHERE request_id = ? AND role = ?",
-                    (request_id, role),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise StorageError(f"prediction log read failed: {exc}") from None
-        return None if row is None else _record(row)
-
-    def answer(self, request_id: str) -> PredictionRecord | None:
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT * FROM predictions WHERE request_id = ? "
-                    "AND role IN ('champion', 'canary') LIMIT 1",
-                    (request_id,),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise StorageError(f"prediction log read failed: {exc}") from None
-        return None if row is None else _record(row)
 
     def record_feedback(
         self, request_id: str, outcome: dict[str, Any], time: datetime
     ) -> Literal["recorded", "duplicate"]:
         text = _dumps(outcome)
-        with self._lock:
-            try:
-                with self._conn:
-                    known = self._conn.execute(
-                        "SELECT 1 FROM predictions WHERE request_id = ? LIMIT 1", (request_id,)
-                    ).fetchone()
-                    if known is None:
-                        raise UnknownRequest("no prediction was logged for this request id")
-                    stored = self._conn.execute(
-                        "SELECT outcome FROM feedback WHERE request_id = ?", (request_id,)
-                    ).fetchone()
-                    if stored is not None:
-                        if stored[0] == text:
-                            return "duplicate"
-                        raise FeedbackConflict(
-                            "a different outcome was already recorded for this request id"
-                        )
-                    self._conn.execute(
-                        "INSERT INTO feedback VALUES (?, ?, ?)",
-                        (request_id, time.isoformat(), text),
-                    )
-                    return "recorded"
-            except ProdguardError:
-                raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"feedback write failed: {exc}") from None
+        with self._transaction("feedback write") as conn:
+            known = conn.execute(
+                self._sql("SELECT 1 FROM predictions WHERE request_id = ? LIMIT 1"), (request_id,)
+            ).fetchone()
+            if known is None:
+                raise UnknownRequest("no prediction was logged for this request id")
+            inserted = conn.execute(
+                self._sql(
+                    "INSERT INTO feedback (request_id, time, outcome) VALUES (?, ?, ?) "
+                    "ON CONFLICT (request_id) DO NOTHING"
+                ),
+                (request_id, time.isoformat(), text),
+            ).rowcount
+            if inserted == 1:
+                return "recorded"
+            stored = conn.execute(
+                self._sql("SELECT outcome FROM feedback WHERE request_id = ?"), (request_id,)
+            ).fetchone()
+            if stored is not None and stored[0] == text:
+                return "duplicate"
+            raise FeedbackConflict("a different outcome was already recorded for this request id")
 
     def record_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
         """Count a request that got no prediction (monitors derive error rates from these)."""
+        with self._transaction("prediction log write") as conn:
+            conn.execute(
+                self._sql("INSERT INTO request_errors (time, kind, version) VALUES (?, ?, ?)"),
+                (time.isoformat(), kind, version),
+            )
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[Any]:
+        with self._lock:
+            conn = None
+            try:
+                conn = self._connection()
+                self._begin(conn)
+                try:
+                    yield conn
+                except ProdguardError:
+                    self._end(conn, commit=False)
+                    raise
+                self._end(conn, commit=True)
+            except self._errors as exc:
+                if conn is not None:
+                    with contextlib.suppress(*self._errors):
+                        self._end(conn, commit=False)
+                raise StorageError(f"{action} failed: {redact(first_line(exc))}") from None
+
+    # -- reads -----------------------------------------------------------------------------
+    def _fetch(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple]]:
         with self._lock:
             try:
-                with self._conn:
-                    self._conn.execute(
-                        "INSERT INTO request_errors VALUES (?, ?, ?)",
-                        (time.isoformat(), kind, version),
-                    )
-            except sqlite3.Error as exc:
-                raise StorageError(f"prediction log write failed: {exc}") from None
+                cursor = self._connection().execute(self._sql(query), params)
+                rows = cursor.fetchall()
+                return [d[0] for d in cursor.description], rows
+            except self._errors as exc:
+                raise StorageError(
+                    f"prediction log read failed: {redact(first_line(exc))}"
+                ) from None
+
+    def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
+        _, rows = self._fetch(
+            f"SELECT {_SELECT} FROM predictions p WHERE request_id = ? AND role = ?",
+            (request_id, role),
+        )
+        return _record(rows[0]) if rows else None
+
+    def answer(self, request_id: str) -> PredictionRecord | None:
+        _, rows = self._fetch(
+            f"SELECT {_SELECT} FROM predictions p WHERE request_id = ? "
+            "AND role IN ('champion', 'canary') LIMIT 1",
+            (request_id,),
+        )
+        return _record(rows[0]) if rows else None
 
     def window(
         self, start: datetime, end: datetime, role: Roles = None, every: int = 1
@@ -288,66 +324,150 @@ class SqlitePredictionLog:
         feedback; ``every=k`` keeps one row in k (a deterministic sample of large windows)."""
         where, params = _where(start, end, role)
         if every > 1:
-            where += " AND p.rowid % ? = 0"
+            where += f" AND p.{self._sample_column} % ? = 0"
             params = (*params, every)
-        return self._frame(
-            "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
-            f"LEFT JOIN feedback f ON f.request_id = p.request_id WHERE {where} ORDER BY p.time",
-            params,
-        )
+        return self._frame(f"{_JOINED} WHERE {where} ORDER BY p.time", params)
 
     def tail(self, rows: int, before: datetime, role: Roles = ANSWERS) -> pd.DataFrame:
         """The last ``rows`` predictions of ``role`` logged before ``before``, oldest first."""
         where, params = _where(datetime.min.replace(tzinfo=before.tzinfo), before, role)
         frame = self._frame(
-            "SELECT p.*, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
-            f"LEFT JOIN feedback f ON f.request_id = p.request_id WHERE {where} "
-            "ORDER BY p.time DESC LIMIT ?",
-            (*params, rows),
+            f"{_JOINED} WHERE {where} ORDER BY p.time DESC LIMIT ?", (*params, rows)
         )
         return frame.iloc[::-1].reset_index(drop=True)
 
     def count(self, start: datetime, end: datetime, role: Roles = None) -> int:
         where, params = _where(start, end, role)
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    f"SELECT COUNT(*) FROM predictions p WHERE {where}",
-                    params,  # noqa: S608
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise StorageError(f"prediction log read failed: {exc}") from None
-        return int(row[0])
+        _, rows = self._fetch(f"SELECT COUNT(*) FROM predictions p WHERE {where}", params)
+        return int(rows[0][0])
 
     def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]:
-        with self._lock:
-            try:
-                found = self._conn.execute(
-                    "SELECT kind, COUNT(*) FROM request_errors WHERE time >= ? AND time < ? "
-                    "GROUP BY kind",
-                    (start.isoformat(), end.isoformat()),
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise StorageError(f"prediction log read failed: {exc}") from None
+        _, found = self._fetch(
+            "SELECT kind, COUNT(*) FROM request_errors WHERE time >= ? AND time < ? GROUP BY kind",
+            (start.isoformat(), end.isoformat()),
+        )
         counts: dict[ErrorKind, int] = {"rejected": 0, "failed": 0}
         counts.update({kind: int(n) for kind, n in found})
         return counts
 
     def _frame(self, query: str, params: tuple[Any, ...]) -> pd.DataFrame:
-        with self._lock:
-            try:
-                frame = pd.read_sql_query(query, self._conn, params=params)
-            except (sqlite3.Error, pd.errors.DatabaseError) as exc:
-                raise StorageError(f"prediction log read failed: {exc}") from None
+        columns, rows = self._fetch(query, params)
+        frame = pd.DataFrame.from_records(rows, columns=columns)
         for column in ("features", "flags", "latencies_ms", "request"):
             frame[column] = frame[column].map(json.loads)
         frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
         return frame
 
+
+class SqlitePredictionLog(_SqlPredictionLog):
+    """The embedded default: a SQLite file in WAL mode."""
+
+    _errors = (sqlite3.Error,)
+    _integrity = sqlite3.IntegrityError
+
+    def __init__(
+        self,
+        path: Path,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        checkpoint_every_s: float | None = None,
+    ) -> None:
+        """``checkpoint_every_s``: copy the WAL into the database from a background thread at
+        this interval instead of in the commit that fills the WAL (SQLite's auto-checkpoint,
+        every 1000 pages: a few milliseconds, with an fsync of the database, on the request
+        that happens to commit then). For the serving process."""
+        super().__init__()
+        self.path = path
+        self.where = str(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                path, check_same_thread=False, timeout=30, isolation_level=None
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            if checkpoint_every_s is not None:
+                self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn.executescript(_SCHEMA.format(serial="", real="REAL"))
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
+        self._stop = threading.Event()
+        if checkpoint_every_s is not None:
+            threading.Thread(
+                target=_checkpoints,
+                args=(path, checkpoint_every_s, self._stop),
+                name="prodguard-log-checkpoint",
+                daemon=True,
+            ).start()
+
+    def _connection(self) -> sqlite3.Connection:
+        return self._conn
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first insert
+
+    def _end(self, conn: Any, commit: bool) -> None:
+        conn.execute("COMMIT" if commit else "ROLLBACK")
+
     def close(self) -> None:
         self._stop.set()
         with self._lock:
             self._conn.close()
+
+
+class PostgresPredictionLog(_SqlPredictionLog):
+    """The production backend: every replica writes, every monitor and guard reads, one
+    PostgreSQL database. Commits are durable (the server's ``synchronous_commit``). A lost
+    connection fails the call in hand with a StorageError; the next call reconnects."""
+
+    _sample_column = "id"
+
+    def __init__(self, url: str, connect_timeout_s: int = 5) -> None:
+        import psycopg
+
+        super().__init__()
+        self._errors = (psycopg.Error,)
+        self._integrity = psycopg.errors.UniqueViolation
+        self._psycopg = psycopg
+        self._url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._timeout = connect_timeout_s
+        self.where = redact(url)
+        self._conn: Any = None
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(7460211)")  # one creator at a time
+                    for statement in _SCHEMA.format(
+                        serial="id BIGSERIAL,", real="DOUBLE PRECISION"
+                    ).split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+            except psycopg.Error as exc:
+                raise StorageError(
+                    f"prediction log {self.where} cannot be opened ({redact(first_line(exc))}); "
+                    "start PostgreSQL or fix storage.url"
+                ) from None
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                with contextlib.suppress(self._psycopg.Error):
+                    self._conn.close()
+            self._conn = self._psycopg.connect(
+                self._url, autocommit=True, connect_timeout=self._timeout
+            )
+        return self._conn
+
+    def _sql(self, query: str) -> str:
+        return query.replace("%", "%%").replace("?", "%s")
+
+    def _end(self, conn: Any, commit: bool) -> None:
+        conn.execute("COMMIT" if commit else "ROLLBACK")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
 
 
 def _checkpoints(path: Path, every_s: float, stop: threading.Event) -> None:
