@@ -9,12 +9,15 @@ through an ``AlertGate`` first, so a condition that persists over many windows a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -162,21 +165,49 @@ class Alerter:
 RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
-class AlertGate:
-    """De-duplicates conditions that persist across windows, durably (a file, locked, so two
-    monitor processes share it): a condition alerts when it opens or escalates, not again while
-    it holds, and sends an ``info`` 'resolved' alert when it clears. It also remembers up to
-    which time windows were judged, so judging the same past windows again alerts nothing."""
+class GateState(Protocol):
+    """Where an AlertGate keeps its open conditions: a document read and rewritten under an
+    exclusive lock, so several monitor processes (or replicas) share one state."""
 
-    def __init__(self, path: Path, alerter: Alerter) -> None:
+    def read(self) -> dict[str, Any]: ...
+
+    def locked(self) -> AbstractContextManager[dict[str, Any]]:
+        """The document, locked; the changes made to it are stored when the block ends."""
+        ...
+
+
+class FileGateState:
+    """A JSON file beside a lock file (one host)."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
+
+    def read(self) -> dict[str, Any]:
+        return _read_state(self.path)
+
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        with locked(self.path.with_name(self.path.name + ".lock")):
+            document = _read_state(self.path)
+            yield document
+            write_json_atomic(document, self.path)
+
+
+class AlertGate:
+    """De-duplicates conditions that persist across windows, durably (a locked state shared by
+    every monitor process): a condition alerts when it opens or escalates, not again while it
+    holds, and sends an ``info`` 'resolved' alert when it clears. It also remembers up to which
+    time windows were judged, so judging the same past windows again alerts nothing."""
+
+    def __init__(self, state: GateState, alerter: Alerter) -> None:
+        self.state = state
         self.alerter = alerter
 
     def open_conditions(self) -> dict[str, dict[str, Any]]:
-        return _read_state(self.path)["open"]
+        return self.state.read()["open"]
 
     def judged_through(self) -> datetime | None:
-        stamp = _read_state(self.path)["judged_through"]
+        stamp = self.state.read()["judged_through"]
         return datetime.fromisoformat(stamp) if stamp else None
 
     def update(
@@ -190,8 +221,7 @@ class AlertGate:
         the alerts actually sent."""
         sent: list[Alert] = []
         failed: list[str] = []
-        with locked(self.path.with_name(self.path.name + ".lock")):
-            document = _read_state(self.path)
+        with self.state.locked() as document:
             state = document["open"]
             for key, alert in raised:
                 known = state.get(key)
@@ -208,7 +238,6 @@ class AlertGate:
                     del state[key]
             if through is not None and not failed:
                 document["judged_through"] = through.isoformat()
-            write_json_atomic(document, self.path)
         if failed:  # undelivered conditions stay as they were: the next run retries them
             raise StorageError(f"{len(failed)} alert(s) undelivered: {failed[0]}")
         return sent
@@ -222,9 +251,12 @@ class AlertGate:
             return False
 
 
+EMPTY_STATE: dict[str, Any] = {"open": {}, "judged_through": None}
+
+
 def _read_state(path: Path) -> dict[str, Any]:
     if not path.exists():
-        return {"open": {}, "judged_through": None}
+        return copy.deepcopy(EMPTY_STATE)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(document.get("open"), dict):

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from prodguard.alerts import Alert, Alerter, AlertGate, JsonlSink, PrometheusSink, WebhookSink
+from prodguard.alerts import (
+    Alert,
+    Alerter,
+    AlertGate,
+    FileGateState,
+    JsonlSink,
+    PrometheusSink,
+    WebhookSink,
+)
 from prodguard.errors import StorageError
 
 pytestmark = pytest.mark.unit
@@ -115,12 +123,14 @@ def test_prometheus_sink_counts_alerts() -> None:
 
 def test_gate_alerts_once_escalates_and_resolves(tmp_path: Path) -> None:
     sink = JsonlSink(tmp_path / "alerts.jsonl")
-    gate = AlertGate(tmp_path / "open.json", Alerter([sink]))
+    gate = AlertGate(FileGateState(tmp_path / "open.json"), Alerter([sink]))
     key = "psi.temp|v1"
     resolved = Alert("resolved", "info", "monitor", "psi.temp: back", T0, metric="psi.temp")
     assert gate.update([(key, drift())], []) == [drift()]
     assert gate.update([(key, drift(time=T0 + timedelta(days=1)))], []) == []  # still open
-    again = AlertGate(tmp_path / "open.json", Alerter([sink]))  # another process, same state
+    again = AlertGate(
+        FileGateState(tmp_path / "open.json"), Alerter([sink])
+    )  # another process, same state
     assert again.update([(key, drift(time=T0 + timedelta(days=2)))], []) == []
     critical = drift("critical", T0 + timedelta(days=3))
     assert again.update([(key, critical)], []) == [critical]
@@ -138,17 +148,21 @@ def test_gate_keeps_undelivered_conditions_for_the_next_run(tmp_path: Path) -> N
         def send(self, alert: Alert) -> None:
             raise OSError("down")
 
-    gate = AlertGate(tmp_path / "open.json", Alerter([Down()]))
+    gate = AlertGate(FileGateState(tmp_path / "open.json"), Alerter([Down()]))
     with pytest.raises(StorageError, match="undelivered"):
         gate.update([("psi.temp|v1", drift())], [])
     assert gate.open_conditions() == {}  # not marked open: the next run sends it again
     sink = JsonlSink(tmp_path / "alerts.jsonl")
-    assert AlertGate(tmp_path / "open.json", Alerter([sink])).update([("psi.temp|v1", drift())], [])
+    assert AlertGate(FileGateState(tmp_path / "open.json"), Alerter([sink])).update(
+        [("psi.temp|v1", drift())], []
+    )
     assert len(sink.read()) == 1
 
 
 def test_gate_refuses_a_corrupt_state_file(tmp_path: Path) -> None:
     (tmp_path / "open.json").write_text("{not json")
-    gate = AlertGate(tmp_path / "open.json", Alerter([JsonlSink(tmp_path / "a.jsonl")]))
+    gate = AlertGate(
+        FileGateState(tmp_path / "open.json"), Alerter([JsonlSink(tmp_path / "a.jsonl")])
+    )
     with pytest.raises(StorageError, match="unreadable"):
         gate.update([("k", drift())], [])
