@@ -32,10 +32,20 @@ def clock_for(settings: Settings) -> Clock:
     return SystemClock()
 
 
+def alert_record(settings: Settings) -> Any:
+    """Where alerts are recorded durably: the ``alerts`` table of ``storage.url`` (production),
+    else ``<data_dir>/alerts.jsonl``. Both ``send`` and ``read``."""
+    if settings.storage.url:
+        from prodguard.alert_store import PostgresAlerts
+
+        return PostgresAlerts(settings.storage.url)
+    return JsonlSink(settings.paths.alerts_file)
+
+
 def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
-    """Every alert of prodguard goes to the log, the durable alert file, the webhook (when
+    """Every alert of prodguard goes to the log, the durable alert record, the webhook (when
     ``alerts.webhook_url`` is set) and, given a Prometheus registry, its alert counter."""
-    sinks: list[Any] = [LogSink(), JsonlSink(settings.paths.alerts_file)]
+    sinks: list[Any] = [LogSink(), alert_record(settings)]
     if settings.alerts.webhook_url:
         sinks.append(WebhookSink(settings.alerts.webhook_url, settings.alerts.webhook_timeout_s))
     if metrics_registry is not None:
@@ -96,9 +106,7 @@ def ingest(
 
 def alerts(settings: Settings, kind: str | None = None) -> list[dict[str, Any]]:
     """Alerts raised so far, oldest first, optionally of one type."""
-    from prodguard.alerts import JsonlSink
-
-    records = JsonlSink(settings.paths.alerts_file).read()
+    records = alert_record(settings).read()
     return [r for r in records if kind is None or r.get("type") == kind]
 
 
@@ -269,6 +277,8 @@ def status(settings: Settings) -> dict[str, Any]:
     config = operations.registry.config
     return {
         "model": operations.model,
+        "environment": settings.environment,
+        "stores": stores(settings, config),
         "aliases": state.as_dict(),
         "lineage": {
             alias: version_summary(by_number[v]) if v in by_number else None
@@ -283,14 +293,32 @@ def status(settings: Settings) -> dict[str, Any]:
     }
 
 
+def stores(settings: Settings, registry_config: Any) -> dict[str, str]:
+    """Where each kind of state lives (credentials redacted)."""
+    from prodguard.errors import redact
+    from prodguard.features.feast_adapter import render_store_config
+
+    online = render_store_config(settings).get("online_store", {})
+    where = online.get("connection_string") or online.get("path") or ""
+    return {
+        "registry": redact(registry_config.tracking_uri),
+        "audit": redact(registry_config.audit_uri),
+        "records": redact(settings.storage.url or str(settings.paths.prediction_log)),
+        "online_store": f"{online.get('type', 'sqlite')} {redact(str(where))}".strip(),
+    }
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def mlflow_ui_command(config: Any) -> str:
-    """The exact command that opens the MLflow UI on this store (credentials redacted)."""
-    from prodguard.registry.mlflow_adapter import redact
+    """The exact command that opens the MLflow UI on this store (credentials redacted), or
+    the MLflow server's address when the registry is one."""
+    from prodguard.errors import redact
 
+    if config.tracking_uri.startswith(("http://", "https://")):
+        return f"open {redact(config.tracking_uri)}"
     return (
         f".venv/bin/mlflow server --backend-store-uri {redact(config.tracking_uri)} "
         f"--default-artifact-root {config.artifact_location} --host 127.0.0.1 --port 5000"
@@ -298,6 +326,26 @@ def mlflow_ui_command(config: Any) -> str:
 
 
 # ---- serving -----------------------------------------------------------------------------
+
+
+def prediction_log(settings: Settings, serving: bool = False) -> Any:
+    """The shared prediction log: PostgreSQL at ``storage.url`` (production), else the SQLite
+    file of the data folder. ``serving``: the writer of a serving process (``log_sync``, WAL
+    checkpoints off the request path); readers (monitors, guard, reports) use ``NORMAL``."""
+    from prodguard.serving.prediction_log import (
+        SERVING_CHECKPOINT_S,
+        PostgresPredictionLog,
+        SqlitePredictionLog,
+    )
+
+    if settings.storage.url:
+        return PostgresPredictionLog(settings.storage.url)
+    if serving:
+        sync = settings.serving.log_sync if settings.serving else "FULL"
+        return SqlitePredictionLog(
+            settings.paths.prediction_log, sync, checkpoint_every_s=SERVING_CHECKPOINT_S
+        )
+    return SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
 
 
 @dataclass
@@ -324,7 +372,6 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
     from prodguard.features.feast_adapter import FeastStore, feature_contract
     from prodguard.rollout.policy import read_targets
     from prodguard.serving.models import ModelFollower, load_verified
-    from prodguard.serving.prediction_log import SERVING_CHECKPOINT_S, SqlitePredictionLog
 
     serving = _serving_settings(settings)
     clock = clock or clock_for(settings)
@@ -338,9 +385,7 @@ def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) ->
         clock=clock,
         on_swap=getattr(metrics, "swapped", None),
     )
-    log = SqlitePredictionLog(
-        settings.paths.prediction_log, serving.log_sync, checkpoint_every_s=SERVING_CHECKPOINT_S
-    )
+    log = prediction_log(settings, serving=True)
     predictor = build_predictor(
         settings,
         store,

@@ -326,7 +326,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Which version each alias points at (with lineage and baseline), the traffic policy, the
-    standby's age, the rollback triggers, and how to open the MLflow UI."""
+    standby's age, the rollback triggers, how to open the MLflow UI, and where each store is."""
     document = use_cases.status(_settings())
     if as_json:
         _print_json(document)
@@ -366,6 +366,8 @@ def status(
         highlight=False,
         soft_wrap=True,
     )
+    where = ", ".join(f"{kind} {place}" for kind, place in document["stores"].items())
+    out.print(f"environment {document['environment']}: {escape(where)}", soft_wrap=True)
 
 
 @cli.command()

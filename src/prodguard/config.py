@@ -342,6 +342,7 @@ class Settings(_Strict):
     clock: ClockSettings = ClockSettings()
     storage: StorageSettings = StorageSettings()
     environment: str = Field(default="local", exclude=True)
+    variables: dict[str, str] = Field(default_factory=dict, exclude=True)
     config_path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -360,6 +361,12 @@ class Settings(_Strict):
 
     def suite_path(self, source: str) -> Path:
         return self.paths.expectations / self.sources[source].suite
+
+    @property
+    def template_variables(self) -> dict[str, str]:
+        """What fills the ``${VARS}`` of tool configs (registry, Feast): the data folder and
+        the ``PRODGUARD_*`` variables of the environment the settings were loaded from."""
+        return {**self.variables, "PRODGUARD_DATA_DIR": str(self.paths.data_dir)}
 
 
 def _resolve(settings: Settings, base: Path) -> Settings:
@@ -390,7 +397,7 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     for key, value in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
-        if "__" not in key and key[len(ENV_PREFIX) :].lower() not in Settings.model_fields:
+        if _is_variable(key):
             continue  # PRODGUARD_DATABASE_URL & co: ${VARIABLES} of the files, not settings
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         if not all(parts):
@@ -406,6 +413,10 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"{key}: value is not a valid YAML scalar or list") from None
     return raw
+
+
+def _is_variable(key: str) -> bool:
+    return "__" not in key and key[len(ENV_PREFIX) :].lower() not in Settings.model_fields
 
 
 def _format_validation(error: ValidationError, origin: str) -> str:
@@ -462,7 +473,14 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, config_path.name)) from None
-    settings = settings.model_copy(update={"config_path": config_path, "environment": environment})
+    variables = {
+        k: v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and k not in _NOT_SETTINGS and _is_variable(k)
+    }
+    settings = settings.model_copy(
+        update={"config_path": config_path, "environment": environment, "variables": variables}
+    )
     return _resolve(settings, config_path.parent)
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from rich.table import Table
 
 from prodguard import app
-from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
+from prodguard.serving.prediction_log import ANSWERS
 
 if TYPE_CHECKING:
     from prodguard.demo.runner import DemoRun
@@ -151,7 +151,7 @@ def _timeline(events: list[dict[str, Any]]) -> str:
 def write_summary(run: DemoRun) -> Path:
     settings = run.settings
     found = findings_frame(run.monitor_reports)
-    log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+    log = app.prediction_log(settings)
     try:
         served = log.window(pd.Timestamp("1970-01-01", tz="UTC"), run.now, role=ANSWERS)
     finally:

@@ -72,7 +72,7 @@ def render_store_config(settings: Settings) -> dict[str, Any]:
     """The feature_store.yaml of the settings, with variables substituted."""
     return load_yaml_template(
         settings.feature_store.config,
-        {"PRODGUARD_DATA_DIR": str(settings.paths.data_dir)},
+        settings.template_variables,
         FeatureStoreError,
     )
 

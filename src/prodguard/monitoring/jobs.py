@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from prodguard import app
-from prodguard.alerts import Alert, AlertGate
+from prodguard.alerts import Alert, AlertGate, FileGateState
 from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
@@ -256,7 +256,7 @@ def build_monitor(
 ) -> Monitor:
     registry = app.registry_operations(settings).registry
     return Monitor(
-        log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL"),
+        log or app.prediction_log(settings),
         lambda version: version_reference(registry, version),
         settings.monitoring,
         clock or app.clock_for(settings),
@@ -264,10 +264,14 @@ def build_monitor(
 
 
 def alert_gate(settings: Settings, metrics_registry: Any = None) -> AlertGate:
-    """The gate monitors send through (open conditions in the state folder)."""
-    return AlertGate(
-        settings.paths.state_dir / "open_alerts.json", app.alerter_for(settings, metrics_registry)
-    )
+    """The gate monitors send through: open conditions in ``storage.url`` (shared by every
+    monitor of the deployment), else in the state folder."""
+    alerter = app.alerter_for(settings, metrics_registry)
+    if settings.storage.url:
+        from prodguard.alert_store import PostgresAlerts
+
+        return AlertGate(PostgresAlerts(settings.storage.url).gate("monitor"), alerter)
+    return AlertGate(FileGateState(settings.paths.state_dir / "open_alerts.json"), alerter)
 
 
 def run_monitor(
@@ -368,7 +372,7 @@ def drift_report(
     operations = app.registry_operations(settings)
     registry = operations.registry
     version = resolve_version(operations, version, ("champion",))
-    log = log or SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+    log = log or app.prediction_log(settings)
     served = log.window(start, end, role=ANSWERS)
     served = served[served["version"] == version]
     if served.empty:

@@ -21,9 +21,7 @@ class RegistryConfig(BaseModel):
 
 def load_registry_config(settings: Settings) -> RegistryConfig:
     path = settings.registry.config
-    document = load_yaml_template(
-        path, {"PRODGUARD_DATA_DIR": str(settings.paths.data_dir)}, RegistryError
-    )
+    document = load_yaml_template(path, settings.template_variables, RegistryError)
     try:
         return RegistryConfig.model_validate(document)
     except ValidationError as exc:
