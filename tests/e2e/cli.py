@@ -93,7 +93,9 @@ def mlflow_ui(project: Path):  # noqa: D103
 
 
 @contextlib.contextmanager
-def serving(project: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def serving(
+    project: Path, env: dict[str, str] | None = None, log_name: str = "serve.log"
+) -> Iterator[str]:
     """A real `prodguard serve` process on a free port; yields its base URL once ready."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PRODGUARD_")}
@@ -102,7 +104,7 @@ def serving(project: Path, env: dict[str, str] | None = None) -> Iterator[str]:
         cwd=project,
         env={**clean, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=(project / "serve.log").open("w"),  # a pipe nobody reads would fill and block
+        stderr=(project / log_name).open("w"),  # a pipe nobody reads would fill and block
         text=True,
         start_new_session=True,
     )
@@ -116,7 +118,7 @@ def serving(project: Path, env: dict[str, str] | None = None) -> Iterator[str]:
                         break
             except OSError:
                 if process.poll() is not None:
-                    log = (project / "serve.log").read_text()[-2000:]
+                    log = (project / log_name).read_text()[-2000:]
                     raise RuntimeError(f"prodguard serve exited: {log}") from None
             time.sleep(0.5)
         else:
