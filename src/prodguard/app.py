@@ -475,11 +475,12 @@ SERVICE = "prodguard.serving.bento_service:PredictionService"
 def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment that run the prediction service.
 
-    Each service gets a BentoML home of its own (``<data_dir>/state/bentoml/port-<port>``):
+    Each service gets a BentoML home of its own (``<data_dir>/state/bentoml/<host>-port-<port>``):
     BentoML keeps Prometheus' multiprocess files there and wipes them when a service starts, so
-    a shared home (the default ``~/bentoml``) would reset and mix the metrics of every service
-    on the host — replicas included."""
+    a shared home (the default ``~/bentoml``, or one folder on a data volume that replicas on
+    several hosts mount) would reset and mix the metrics of every service — replicas included."""
     import os
+    import socket
     import sys
     from pathlib import Path
 
@@ -492,6 +493,8 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
         **os.environ,
         "PRODGUARD_CONFIG": str(settings.config_path),
         "BENTOML_DO_NOT_TRACK": "true",
-        "BENTOML_HOME": str(settings.paths.state_dir / "bentoml" / f"port-{port}"),
+        "BENTOML_HOME": str(
+            settings.paths.state_dir / "bentoml" / f"{socket.gethostname()}-port-{port}"
+        ),
     }
     return [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], env

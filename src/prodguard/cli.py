@@ -458,6 +458,10 @@ def monitor(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus gauges on this port (with --every).")
     ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(help="Address the gauges listen on (0.0.0.0 for a scraper on another host)."),
+    ] = "127.0.0.1",
     as_json: Annotated[bool, typer.Option("--json", help="Print each pass as JSON.")] = False,
 ) -> None:
     """Run the monitors over the prediction log: feature PSI against the training reference;
@@ -494,6 +498,7 @@ def monitor(
         start=_time(start, "--start"),
         end=_time(end, "--end"),
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
 
 
