@@ -288,6 +288,8 @@ def _environment(settings: Settings, data: Path) -> dict[str, str]:
         **os.environ,
         "PRODGUARD_CONFIG": str(settings.config_path),
         "PRODGUARD_PATHS__DATA_DIR": str(data),
+        # the feature store of the settings as given (e.g. the production yaml: Redis online)
+        "PRODGUARD_FEATURE_STORE__CONFIG": str(settings.feature_store.config),
         "PRODGUARD_ROLLOUT__GUARD_IN_SERVICE_SECONDS": "null",  # no rollback on bench traffic
         "BENTOML_DO_NOT_TRACK": "true",
         "DO_NOT_TRACK": "1",
