@@ -335,7 +335,12 @@ def watch(
     gate = alert_gate(settings, registry)
 
     def monitors() -> MonitorRun:
-        return run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
+        try:
+            return run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
+        except (RegistryError, StorageError) as error:
+            if every is None:  # a single pass fails with the error, alerted as inconclusive
+                failed(error)
+            raise
 
     def failed(error: Exception) -> MonitorRun:
         now = monitor.now()

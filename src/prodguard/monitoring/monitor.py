@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -109,18 +109,40 @@ class Monitor:
         """Consecutive closed windows of ``[start, end)`` (a backfill, or a replay's study)."""
         if end <= start:
             raise ProdguardError("the monitoring range is empty; --end must be after --start")
-        count = self._log.count(start, end, role=ANSWERS)
-        share = 1.0
-        if self._spec.minutes is not None and self._spec.rows is None:
-            share = min(1.0, self._spec.minutes * 60 / (end - start).total_seconds())
-        every = max(1, math.ceil(count * share / self._spec.max_rows))
-        frame = self._log.window(start, end, role=ANSWERS, every=every)
         maturity = timedelta(hours=self._settings.kpi.maturity_hours)
         now = self._clock.now()
         reports: list[WindowReport] = []
-        for window in tile(self._spec, frame, start, end):
+        for window, every in self._windows(start, end):
             reports.extend(self._judge(window, every, matured=window.end + maturity <= now))
         return reports
+
+    def _windows(self, start: datetime, end: datetime) -> Iterator[tuple[Window, int]]:
+        """The closed windows of ``[start, end)`` with their sampling rates, holding at most
+        ``max_rows`` log rows at a time: the range in one read when it is that small (or the
+        windows are counted in rows only), else one read per time window, sampled in SQL to
+        ``max_rows`` by its own count."""
+        spec = self._spec
+        count = self._log.count(start, end, role=ANSWERS)
+        if count <= spec.max_rows or spec.minutes is None:
+            every = max(1, math.ceil(count / spec.max_rows))
+            frame = self._log.window(start, end, role=ANSWERS, every=every)
+            for window in tile(spec, frame, start, end):
+                yield window, every
+            return
+        length = timedelta(minutes=spec.minutes)
+        step = timedelta(minutes=spec.step_minutes or spec.minutes)
+        low = start
+        while low + length <= end:
+            high = low + length
+            every = self._every(low, high, ANSWERS) if spec.rows is None else 1
+            frame = self._log.window(low, high, role=ANSWERS, every=every)
+            for window in tile(spec, frame, low, high):
+                yield window, every
+            low += step
+
+    def _every(self, start: datetime, end: datetime, roles: Roles) -> int:
+        """The sampling rate that keeps a read of ``[start, end)`` within ``max_rows``."""
+        return max(1, math.ceil(self._log.count(start, end, role=roles) / self._spec.max_rows))
 
     def _read_latest(self, now: datetime) -> tuple[Window, int]:
         spec = self._spec
@@ -145,9 +167,10 @@ class Monitor:
         """One version's predictions in ``[start, end)`` judged as one window (the guard: a
         version's traffic since it went live; ``roles`` ``shadow`` for a shadow rollout), with
         its own minimum of rows."""
-        frame = self._log.window(start, end, role=roles)
+        every = self._every(start, end, roles)  # sampled like the monitor's windows
+        frame = self._log.window(start, end, role=roles, every=every)
         frame = frame[frame["version"] == version]
-        reports = self._judge(Window(start, end, frame), 1, matured, min_rows)
+        reports = self._judge(Window(start, end, frame), every, matured, min_rows)
         found = [r for r in reports if r.model_version in (version, None)]
         return found[0]
 
@@ -214,15 +237,21 @@ class Monitor:
             )
             counted = len(rows) * every
             short = counted < needed
+            status = "insufficient_data" if short else worst(findings)
+            reason = f"{counted} predictions, {needed} needed" if short else ""
+            if status == "inconclusive":  # e.g. features logged as nulls only: say which
+                unjudged = [f"{f.metric} ({f.reason})" for f in findings if f.status == status]
+                more = f" and {len(unjudged) - 5} more" if len(unjudged) > 5 else ""
+                reason = f"could not judge {', '.join(unjudged[:5])}{more}"
             reports.append(
                 WindowReport(
                     window.start,
                     window.end,
                     version,
                     counted,
-                    "insufficient_data" if short else worst(findings),
+                    status,
                     findings,
-                    f"{counted} predictions, {needed} needed" if short else "",
+                    reason,
                     sampled_every=every,
                 )
             )

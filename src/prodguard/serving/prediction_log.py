@@ -156,7 +156,7 @@ class _SqlPredictionLog:
 
     _errors: tuple[type[Exception], ...] = ()  # the driver's errors
     _integrity: type[Exception] = Exception  # ...and its unique-violation error
-    _sample_column = "rowid"  # an increasing row number, for every-k-th samples
+    _sample_column = "rowid"  # a unique row key: samples are numbered, then joined back
     where: str = ""  # shown in messages (never credentials)
 
     def __init__(self) -> None:
@@ -323,10 +323,21 @@ class _SqlPredictionLog:
         """Predictions logged in ``[start, end)`` (of one role, or all) joined with their
         feedback; ``every=k`` keeps one row in k (a deterministic sample of large windows)."""
         where, params = _where(start, end, role)
-        if every > 1:
-            where += f" AND p.{self._sample_column} % ? = 0"
-            params = (*params, every)
-        return self._frame(f"{_JOINED} WHERE {where} ORDER BY p.time", params)
+        if every <= 1:
+            return self._frame(f"{_JOINED} WHERE {where} ORDER BY p.time", params)
+        # The k-th, 2k-th, ... row of the window in time order, numbered in SQL (the time index
+        # gives the order): floor(n / k) rows whatever the row ids of other roles or windows, and
+        # only those rows are read and joined with their feedback.
+        key = self._sample_column
+        numbered = (
+            f"SELECT p.{key} AS sample_key, ROW_NUMBER() OVER (ORDER BY p.time, p.{key}) AS n "
+            f"FROM predictions p WHERE {where}"
+        )
+        sampled = _JOINED.replace(
+            "FROM predictions p",
+            f"FROM ({numbered}) s JOIN predictions p ON p.{key} = s.sample_key",
+        )
+        return self._frame(f"{sampled} WHERE s.n % ? = 0 ORDER BY p.time", (*params, every))
 
     def tail(self, rows: int, before: datetime, role: Roles = ANSWERS) -> pd.DataFrame:
         """The last ``rows`` predictions of ``role`` logged before ``before``, oldest first."""
