@@ -66,7 +66,9 @@ class MlflowRegistry:
         self._mlflow = mlflow
         for uri in (config.tracking_uri, config.registry_uri, config.audit_uri):
             _make_sqlite_parent(uri)
-        if "://" not in config.artifact_location:
+        # a local folder is created; a URI is not (s3://..., file:///..., and the MLflow
+        # server's proxied mlflow-artifacts:/prodguard, which has no "//")
+        if ":" not in config.artifact_location.split("/", 1)[0]:
             Path(config.artifact_location).mkdir(parents=True, exist_ok=True)
         for uri in {config.tracking_uri, config.registry_uri}:
             _preflight(uri)
