@@ -62,6 +62,18 @@ class ConcurrentUpdateError(RegistryError):
     exit_code = 4
 
 
+class RegistryUnavailable(RegistryError):
+    """The MLflow store (server or database) or the audit database cannot be reached; nothing
+    was changed. Safe to retry once it is back."""
+
+    exit_code = 5
+
+
+class ArtifactIntegrityError(PromotionRefused):
+    """A version's stored model artifact does not match the digest recorded at registration
+    (or none was recorded): it is never loaded."""
+
+
 class RequestRejected(InputError):
     """A prediction request cannot be answered as asked (invalid field, degraded critical feature).
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from prodguard.errors import RegistryError, first_line
+from prodguard.errors import RegistryError, RegistryUnavailable, first_line
 
 _metadata = sa.MetaData()
 _lock = sa.Table(
@@ -62,12 +62,21 @@ class AuditRecord:
 
 class AuditLog:
     def __init__(self, uri: str) -> None:
-        connect_args = {"timeout": 60} if uri.startswith("sqlite") else {}
+        connect_args: dict[str, Any] = {}
+        if uri.startswith("sqlite"):
+            connect_args = {"timeout": 60}
+        elif uri.startswith("postgresql"):
+            connect_args = {"connect_timeout": 5}  # fail fast when the server is down
         try:
             self._engine = sa.create_engine(uri, connect_args=connect_args, future=True)
-            _metadata.create_all(self._engine)
+            try:
+                _metadata.create_all(self._engine)
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                _metadata.create_all(self._engine)  # another process created them meanwhile
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log store is not reachable: {first_line(exc)}") from None
+            raise RegistryUnavailable(
+                f"audit log store is not reachable: {first_line(exc)}"
+            ) from None
 
     @contextmanager
     def exclusive(self, model: str) -> Iterator[sa.Connection]:
@@ -82,7 +91,7 @@ class AuditLog:
                 )
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log write failed: {first_line(exc)}") from None
+            raise _audit_error("audit log write", exc) from None
 
     def _ensure_lock_row(self, model: str) -> None:
         try:
@@ -95,7 +104,9 @@ class AuditLog:
         except sa.exc.IntegrityError:
             pass  # another process created it first
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log store is not reachable: {first_line(exc)}") from None
+            raise RegistryUnavailable(
+                f"audit log store is not reachable: {first_line(exc)}"
+            ) from None
 
     def append(self, conn: sa.Connection, record: AuditRecord) -> int:
         result = conn.execute(
@@ -112,6 +123,17 @@ class AuditLog:
         )
         return int(result.inserted_primary_key[0])
 
+    def last(self, conn: sa.Connection, model: str) -> AuditRecord | None:
+        """The newest record of ``model``, read in the caller's transaction."""
+        row = (
+            conn.execute(
+                _audit.select().where(_audit.c.model == model).order_by(_audit.c.id.desc()).limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        return None if row is None else _to_record(row)
+
     def records(self, model: str, limit: int | None = None) -> list[AuditRecord]:
         query = _audit.select().where(_audit.c.model == model).order_by(_audit.c.id.desc())
         if limit is not None:
@@ -120,18 +142,30 @@ class AuditLog:
             with self._engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"audit log read failed: {first_line(exc)}") from None
-        return [
-            AuditRecord(
-                id=row["id"],
-                time=datetime.fromisoformat(row["time"]),
-                model=row["model"],
-                action=row["action"],
-                actor=row["actor"],
-                from_state=json.loads(row["from_state"]),
-                to_state=json.loads(row["to_state"]),
-                reason=row["reason"],
-                evidence=json.loads(row["evidence"]),
-            )
-            for row in reversed(rows)
-        ]
+            raise _audit_error("audit log read", exc) from None
+        return [_to_record(row) for row in reversed(rows)]
+
+
+def _to_record(row: Any) -> AuditRecord:
+    return AuditRecord(
+        id=row["id"],
+        time=datetime.fromisoformat(row["time"]),
+        model=row["model"],
+        action=row["action"],
+        actor=row["actor"],
+        from_state=json.loads(row["from_state"]),
+        to_state=json.loads(row["to_state"]),
+        reason=row["reason"],
+        evidence=json.loads(row["evidence"]),
+    )
+
+
+def _audit_error(action: str, exc: BaseException) -> RegistryError:
+    from prodguard.registry.mlflow_adapter import unreachable
+
+    if unreachable(exc):
+        return RegistryUnavailable(
+            f"{action} failed: the audit database is not reachable ({first_line(exc, 200)}); "
+            "nothing changed — retry when it is back"
+        )
+    return RegistryError(f"{action} failed: {first_line(exc)}")

@@ -1,15 +1,37 @@
 """MLflow adapter: the only module that imports ``mlflow``.
 
 Aliases are read with ``get_registered_model`` (``search_model_versions`` returns empty aliases).
-Every MLflow failure is wrapped into :class:`RegistryError` with a one-line message.
+Every MLflow failure is wrapped into :class:`RegistryError` with a one-line message; a store that
+cannot be reached (server down, database refusing connections) is :class:`RegistryUnavailable`
+(exit code 5, safe to retry).
+
+**Artifact integrity.** At registration the model's artifact directory is read back from the
+artifact store exactly as stored (``get_model_version_download_uri``: the files MLflow wrote —
+``MLmodel``, ``model.skops``, ``conda.yaml``, ``python_env.yaml``, ``requirements.txt``, the
+input examples — nothing excluded) and its digest is recorded on the version as
+``prodguard.artifact_sha256``. :meth:`MlflowRegistry.load_model` downloads the directory once,
+checks the digest and loads from that verified local copy (never a second download). A version
+whose files differ, or that has no recorded digest, is refused with
+:class:`ArtifactIntegrityError` and never deserialised. Refusing digest-less versions (rather
+than accepting them with a warning) is deliberate: an unverified model is exactly what a tampered
+one looks like. Versions registered before this check are re-registered by training the same
+window again (training is deterministic), or with ``prodguard train``.
+
+**Fail fast over HTTP.** MLflow's HTTP client retries 7 times with exponential backoff and a
+120 s timeout per request (minutes before an error when the server is down). For an ``http(s)``
+tracking URI prodguard's processes default to ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1``, ``MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0.5`` and
+``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` (seconds); a value set in the environment wins.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -21,11 +43,39 @@ from typing import Any
 
 import pandas as pd
 
-from prodguard.errors import RegistryError, first_line, redact
+from prodguard.errors import (
+    ArtifactIntegrityError,
+    RegistryError,
+    RegistryUnavailable,
+    first_line,
+    redact,
+)
 from prodguard.registry.config import RegistryConfig
 from prodguard.telemetry import disable_telemetry
 
 ALIASES = ("champion", "standby", "candidate")
+ARTIFACT_DIGEST_TAG = "prodguard.artifact_sha256"
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+# what a store that cannot be reached says (requests/urllib3 over HTTP, psycopg, SQLAlchemy)
+_UNREACHABLE = (  # the most telling first: the first one found is quoted in the message
+    "connection refused",
+    "failed to establish a new connection",
+    "connection aborted",
+    "remote end closed connection",
+    "read timed out",
+    "connect timeout",
+    "could not connect to server",
+    "connection to server at",
+    "server closed the connection unexpectedly",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "max retries exceeded",
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +97,40 @@ def _wrapped(action: str) -> Iterator[None]:
     except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy, OS errors
-        text = str(exc).strip().splitlines()
-        raise RegistryError(
-            f"{action} failed: {(text[0] if text else type(exc).__name__)[:300]}"
-        ) from None
+        raise _registry_error(action, exc) from None
+
+
+def _registry_error(action: str, exc: BaseException) -> RegistryError:
+    """One line: RegistryUnavailable when the store could not be reached, else RegistryError."""
+    if unreachable(exc):
+        return RegistryUnavailable(
+            f"{action} failed: the registry is not reachable ({_reach_detail(exc)}); "
+            "nothing changed — retry when it is back"
+        )
+    return RegistryError(f"{action} failed: {first_line(exc)}")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the store could not be reached."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, (ConnectionError, TimeoutError)):
+            return True
+        text = str(seen).lower()
+        if any(marker in text for marker in _UNREACHABLE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reach_detail(exc: BaseException) -> str:
+    text = str(exc).lower()
+    for marker in _UNREACHABLE:
+        if marker in text:
+            return marker
+    return type(exc).__name__
 
 
 class MlflowRegistry:
@@ -64,6 +144,14 @@ class MlflowRegistry:
         self.config = config
         self.model_name = model_name
         self._mlflow = mlflow
+        if any(
+            u.startswith(("http://", "https://"))
+            for u in (config.tracking_uri, config.registry_uri)
+        ):
+            for key, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+        # no progress bars on stderr for every verified download
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for uri in (config.tracking_uri, config.registry_uri, config.audit_uri):
             _make_sqlite_parent(uri)
         # a local folder is created; a URI is not (s3://..., file:///..., and the MLflow
@@ -117,9 +205,9 @@ class MlflowRegistry:
                     f"model '{self.model_name}' has no version {version}; "
                     "see `prodguard status` for the versions there are"
                 ) from None
-            raise RegistryError(f"reading version {version} failed: {first_line(exc)}") from None
+            raise _registry_error(f"reading version {version}", exc) from None
         except Exception as exc:  # noqa: BLE001 - store unreachable etc.
-            raise RegistryError(f"reading version {version} failed: {first_line(exc)}") from None
+            raise _registry_error(f"reading version {version}", exc) from None
         return _to_version(found)
 
     def versions(self) -> list[ModelVersion]:
@@ -130,8 +218,45 @@ class MlflowRegistry:
         return sorted((_to_version(v) for v in found), key=lambda v: v.version)
 
     def load_model(self, version: int) -> Any:
-        with _wrapped(f"loading model version {version}"):
-            return self._mlflow.sklearn.load_model(f"models:/{self.model_name}/{version}")
+        """The version's model, loaded from a local copy of its artifact directory whose digest
+        equals the one recorded at registration; ArtifactIntegrityError (nothing deserialised)
+        when it differs or none was recorded."""
+        recorded = self.version(version).tags.get(ARTIFACT_DIGEST_TAG)
+        if not recorded:
+            raise ArtifactIntegrityError(
+                f"v{version} has no recorded artifact digest ({ARTIFACT_DIGEST_TAG}): it was "
+                "registered before prodguard verified model artifacts (or its registration was "
+                "interrupted), so it is not loaded; re-register it — train the same window again "
+                "with `prodguard train` (training is deterministic)"
+            )
+        with tempfile.TemporaryDirectory(prefix="prodguard-model-") as tmp:
+            local = self._download_model(version, Path(tmp))
+            found = directory_digest(local)
+            if found != recorded:
+                raise ArtifactIntegrityError(
+                    f"v{version}'s stored model artifact does not match the digest recorded at "
+                    f"registration (sha256 {found[:12]}..., recorded {recorded[:12]}...): it was "
+                    "modified or damaged in the artifact store and is not loaded; restore the "
+                    "artifact or register the model again"
+                )
+            with _wrapped(f"loading model version {version}"):
+                return self._mlflow.sklearn.load_model(str(local))
+
+    def artifact_digest(self, version: int) -> str:
+        """The digest of the version's model artifact as it is stored now."""
+        with tempfile.TemporaryDirectory(prefix="prodguard-model-") as tmp:
+            return directory_digest(self._download_model(version, Path(tmp)))
+
+    def _download_model(self, version: int, into: Path) -> Path:
+        """The version's artifact directory exactly as stored (MLflow's ``models:/`` download
+        adds a ``registered_model_meta`` file of its own: read the storage location instead)."""
+        with _wrapped(f"downloading model version {version}"):
+            uri = self._client.get_model_version_download_uri(self.model_name, str(version))
+            return Path(
+                self._mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(into), tracking_uri=self.config.tracking_uri
+                )
+            )
 
     def load_json_artifact(self, version: int, name: str) -> Any:
         info = self.version(version)
@@ -188,10 +313,13 @@ class MlflowRegistry:
                 )
             version = int(logged.registered_model_version)
             for key, value in tags.items():
-                self._client.set_model_version_tag(self.model_name, str(version), key, value)
+                if key != ARTIFACT_DIGEST_TAG:  # a copied version's digest is its own
+                    self._client.set_model_version_tag(self.model_name, str(version), key, value)
             self._client.set_model_version_tag(
                 self.model_name, str(version), "prodguard.run_id", run.info.run_id
             )
+        # the digest of what the artifact store holds, read back after registration
+        self.set_version_tag(version, ARTIFACT_DIGEST_TAG, self.artifact_digest(version))
         return version
 
     def set_alias(self, alias: str, version: int) -> None:
@@ -233,6 +361,20 @@ class MlflowRegistry:
         )
 
 
+def directory_digest(root: Path) -> str:
+    """sha256 over every file under ``root``: one line ``<sha256 of the file> <relative POSIX
+    path>`` per file, sorted by path, hashed. Renamed, added, removed or changed files all
+    change it; nothing is excluded."""
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        content = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                content.update(chunk)
+        lines.append(f"{content.hexdigest()} {path.relative_to(root).as_posix()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def _own_types(model: Any) -> list[str]:
     """Types skops does not trust by default, found in a model this process just built."""
     import skops.io
@@ -261,7 +403,7 @@ def _preflight(uri: str, timeout_seconds: int = 5) -> None:
         with engine.connect():
             pass
     except sa.exc.SQLAlchemyError as exc:
-        raise RegistryError(
+        raise RegistryUnavailable(
             f"the MLflow store {redact(uri)} is not reachable "
             f"({first_line(getattr(exc, 'orig', exc), 200)}); start it or fix "
             "tracking_uri in the registry config"

@@ -2,7 +2,8 @@
 
 ``register_faulty`` registers a copy of a version whose scores are shifted: same input contract,
 fallbacks, reference statistics and baseline (so every check that guards a promotion passes),
-tagged ``prodguard.fault`` so that nobody mistakes it for a real model.
+tagged ``prodguard.fault`` so that nobody mistakes it for a real model. The base is loaded
+verified (its artifact digest checked) and the copy gets the digest of its own artifact.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ from typing import Any
 import numpy as np
 
 from prodguard.errors import RegistryError
+from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG
 from prodguard.registry.operations import RegistryOperations
 
 FAULT_TAG = "prodguard.fault"
 COPIED_ARTIFACTS = ("reference_stats.json", "lineage.json", "baseline.json")
-NOT_COPIED = frozenset(
-    {"prodguard.run_id", "prodguard.drill", "prodguard.demoted_reason", "prodguard.demoted_at"}
+NOT_COPIED = frozenset(  # the copy's artifact digest is computed on its own registration
+    {
+        "prodguard.run_id",
+        "prodguard.drill",
+        "prodguard.demoted_reason",
+        "prodguard.demoted_at",
+        ARTIFACT_DIGEST_TAG,
+    }
 )
 
 

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,14 @@ import pandas as pd
 from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock, SystemClock
 from prodguard.contracts.row_checks import is_null
-from prodguard.errors import ProdguardError, PromotionRefused, ServiceNotReady
+from prodguard.digests import document_digest
+from prodguard.errors import (
+    ArtifactIntegrityError,
+    ProdguardError,
+    PromotionRefused,
+    RegistryUnavailable,
+    ServiceNotReady,
+)
 from prodguard.rollout.policy import TrafficPolicy
 
 _log = logging.getLogger("prodguard.serving")
@@ -108,8 +116,13 @@ def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> 
 
 
 def load_verified(registry: Any, store_features: list[list[str]], version: int) -> LoadedModel:
-    """Load ``version`` if its contract matches ``store_features`` and it scores a row;
-    PromotionRefused otherwise."""
+    """Load ``version`` if its contract matches ``store_features``, its stored artifact matches
+    the digest recorded at registration (the registry loads only from the verified copy:
+    ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row.
+
+    PromotionRefused (ArtifactIntegrityError for a tampered or digest-less artifact) when the
+    version itself is at fault; RegistryUnavailable, untouched, when the registry could not be
+    reached — the caller retries later instead of refusing a good version for good."""
     tags = registry.version(version).tags
     recorded = tags.get("prodguard.store_features")
     if recorded is None:
@@ -125,6 +138,13 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
         contract = json.loads(tags["prodguard.input_contract"])
         fallbacks = json.loads(tags["prodguard.fallbacks"])
         stats = registry.load_json_artifact(version, "reference_stats.json")
+        stats_digest = tags.get("prodguard.reference_stats_digest")
+        if stats_digest is not None and document_digest(stats) != stats_digest:
+            raise ArtifactIntegrityError(
+                f"v{version}'s reference_stats.json does not match the digest recorded at "
+                "registration: it was modified in the artifact store and is not used; restore "
+                "it or register the model again"
+            )
         loaded = LoadedModel(
             version=version,
             pipeline=registry.load_model(version),
@@ -138,7 +158,9 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
             },
         )
         loaded.score(loaded.frame([fallbacks]))
-    except Exception as exc:  # noqa: BLE001 - any failure to load or score refuses
+    except (PromotionRefused, RegistryUnavailable):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure to load or score refuses
         raise PromotionRefused(
             f"v{version} fails to load or score one row ({type(exc).__name__}); "
             "it cannot be served or promoted"
@@ -168,6 +190,9 @@ class ModelFollower:
         self._state = ServingState()
         self._wanted: dict[str, int | None] = {}
         self._refused: set[int] = set()
+        self._retrying: set[int] = set()  # versions whose load failed on the registry
+        self._unreachable_since: float | None = None  # monotonic time of the first failed poll
+        self._failed_polls = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.swaps = 0
@@ -226,7 +251,7 @@ class ModelFollower:
         if version in self._refused:
             return keep
         try:
-            return self._load(version)
+            loaded = self._load(version)
         except PromotionRefused as exc:
             self._refused.add(version)
             self._alerter.send(
@@ -241,8 +266,12 @@ class ModelFollower:
             )
             return keep
         except ProdguardError as exc:  # registry unreachable etc.: retry at the next poll
-            _log.warning("loading %s v%s failed, retrying: %s", role, version, exc)
+            if version not in self._retrying:  # said once, not at every poll
+                self._retrying.add(version)
+                _log.warning("loading %s v%s failed, retrying every poll: %s", role, version, exc)
             return keep
+        self._retrying.discard(version)
+        return loaded
 
     def start(self) -> None:
         self.refresh()
@@ -251,10 +280,44 @@ class ModelFollower:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._poll_seconds):
-            try:
-                self.refresh()
-            except Exception as exc:  # noqa: BLE001 - keep serving; the next poll retries
-                _log.warning("alias poll failed: %s", exc)
+            self.poll()
+
+    def poll(self) -> None:
+        """One refresh that never raises: while the registry cannot be read the loaded models
+        keep serving; the first failed poll logs and alerts (``registry_unreachable``), the
+        following ones are counted, and the first good one logs the recovery."""
+        try:
+            self.refresh()
+        except Exception as exc:  # noqa: BLE001 - keep serving; the next poll retries
+            self._failed_polls += 1
+            if self._unreachable_since is not None:
+                return
+            self._unreachable_since = time.monotonic()
+            served = self._state.describe()
+            _log.warning("alias poll failed, still serving %s; retrying: %s", served, exc)
+            self._alerter.send(
+                Alert(
+                    type="registry_unreachable",
+                    severity="warning",
+                    source="serving",
+                    message=(
+                        f"cannot read the aliases ({exc}); still serving {served}, retrying "
+                        f"every {self._poll_seconds:g} s"
+                    ),
+                    time=self._clock.now(),
+                    details={"served": served},
+                )
+            )
+            return
+        if self._unreachable_since is not None:
+            _log.warning(
+                "registry readable again after %.1f s (%d failed polls); serving %s",
+                time.monotonic() - self._unreachable_since,
+                self._failed_polls,
+                self._state.describe(),
+            )
+            self._unreachable_since = None
+            self._failed_polls = 0
 
     def stop(self) -> None:
         self._stop.set()
