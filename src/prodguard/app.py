@@ -271,6 +271,7 @@ def status(settings: Settings) -> dict[str, Any]:
     from prodguard.rollout.triggers import describe as describe_triggers
 
     operations = registry_operations(settings)
+    reconciled = operations.reconcile()  # an unaudited move is recorded, not undone
     state, traffic = operations.targets()
     versions = operations.registry.versions()
     by_number = {v.version: v for v in versions}
@@ -280,6 +281,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "environment": settings.environment,
         "stores": stores(settings, config),
         "aliases": state.as_dict(),
+        "reconciled": reconciled.to_json() if reconciled is not None else None,
         "lineage": {
             alias: version_summary(by_number[v]) if v in by_number else None
             for alias, v in state.as_dict().items()

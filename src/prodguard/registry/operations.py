@@ -4,6 +4,20 @@ Each operation states the alias values it expects (by default, what it read when
 takes the audit log's lock, re-reads the aliases from MLflow and refuses with
 :class:`ConcurrentUpdateError` if they moved; otherwise it moves them and appends one audit
 record in the same transaction. If MLflow fails halfway, the aliases already moved are put back.
+
+**Reconciliation.** A move is two systems (MLflow's aliases, then the audit row): a process
+killed between the two leaves the aliases moved and no record (the database drops its lock with
+the connection); a move made in the MLflow UI leaves no record either. Both are legitimate states
+of the registry, so they are recorded, never undone: every operation (under the lock, before its
+own move), the guard at every check and ``prodguard status`` compare the aliases with the last
+record's ``to_state`` and, when they differ, append one ``reconcile`` record (actor
+``prodguard-reconcile``) from the recorded state to the observed one. The audit log stays a
+chain whose last ``to_state`` is what MLflow says.
+
+**Kill safety.** Aliases move in the order ``champion``, ``standby``, ``candidate``, and
+``champion`` only ever receives a version that passed the promotion check (load, digest, score)
+or the standby (the previous, served champion). A kill between any two MLflow calls therefore
+leaves ``champion`` on a loadable version: the new one, or still the old one.
 """
 
 from __future__ import annotations
@@ -23,6 +37,10 @@ from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
 from prodguard.rollout.policy import TRAFFIC_TAG, Mode, TrafficPolicy, read_targets
 
 DEMOTED_TAG = "prodguard.demoted_reason"
+RECONCILE_ACTOR = "prodguard-reconcile"
+RECONCILE_REASON = (
+    "aliases moved without an audit record (interrupted move or a move made in the MLflow UI)"
+)
 HISTORY_SCAN = 500  # audit records searched for when a version took an alias
 
 
@@ -122,6 +140,31 @@ class RegistryOperations:
             f"({left:.1f} h left). Wait, or pass --override-standby-retention REASON (audited)"
         )
 
+    # ---- reconciliation ------------------------------------------------------------------
+
+    def reconcile(self) -> AuditRecord | None:
+        """Record an unaudited alias move (see the module docstring); None when the aliases are
+        what the last record says."""
+        with self.audit.exclusive(self.model) as tx:
+            return self._reconcile(tx, self.state())
+
+    def _reconcile(self, tx: Any, current: AliasState) -> AuditRecord | None:
+        last = self.audit.last(tx, self.model)
+        recorded = AliasState.from_mapping(last.to_state) if last is not None else AliasState()
+        if recorded == current:
+            return None
+        record = AuditRecord(
+            time=self.clock.now(),
+            model=self.model,
+            action="reconcile",
+            actor=RECONCILE_ACTOR,
+            from_state=recorded.as_dict(),
+            to_state=current.as_dict(),
+            reason=RECONCILE_REASON,
+            evidence={"last_audit_id": last.id if last is not None else None},
+        )
+        return replace(record, id=self.audit.append(tx, record))
+
     # ---- operations ----------------------------------------------------------------------
 
     def set_candidate(
@@ -210,36 +253,41 @@ class RegistryOperations:
         """Replace the traffic policy under the audit lock, with an audit record (action
         ``traffic``); refused with ConcurrentUpdateError if it changed since ``expected``."""
         written: TrafficPolicy | None = None
+        refusal: ConcurrentUpdateError | None = None
         try:
             with self.audit.exclusive(self.model) as tx:
                 current = self.traffic()
+                aliases = self.state().as_dict()
+                self._reconcile(tx, AliasState.from_mapping(aliases))  # committed even if refused
                 if expected is not None and current != expected:
-                    raise ConcurrentUpdateError(
+                    refusal = ConcurrentUpdateError(
                         f"the traffic policy changed since it was read (now: "
                         f"{current.describe()}); nothing changed — check `prodguard status`"
                     )
-                aliases = self.state().as_dict()
-                self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(policy.to_json()))
-                written = current
-                record = AuditRecord(
-                    time=self.clock.now(),
-                    model=self.model,
-                    action="traffic",
-                    actor=actor,
-                    from_state=aliases,
-                    to_state=aliases,
-                    reason=reason,
-                    evidence={
-                        "from": current.to_json(),
-                        "to": policy.to_json(),
-                        **(evidence or {}),
-                    },
-                )
-                record_id = self.audit.append(tx, record)
+                else:
+                    self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(policy.to_json()))
+                    written = current
+                    record = AuditRecord(
+                        time=self.clock.now(),
+                        model=self.model,
+                        action="traffic",
+                        actor=actor,
+                        from_state=aliases,
+                        to_state=aliases,
+                        reason=reason,
+                        evidence={
+                            "from": current.to_json(),
+                            "to": policy.to_json(),
+                            **(evidence or {}),
+                        },
+                    )
+                    record_id = self.audit.append(tx, record)
         except BaseException:
             if written is not None:
                 self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(written.to_json()))
             raise
+        if refusal is not None:
+            raise refusal
         return replace(record, id=record_id)
 
     def start_rollout(
@@ -286,38 +334,45 @@ class RegistryOperations:
         the audit transaction commits (tagging, the insert, the commit itself), the aliases are
         put back and the error is raised."""
         moved: tuple[AliasState, AliasState] | None = None
+        refusal: ConcurrentUpdateError | None = None
         try:
             with self.audit.exclusive(self.model) as tx:
                 current = self.state()
+                self._reconcile(tx, current)  # committed even if this move is refused
                 if expected is not None and current != expected:
-                    raise ConcurrentUpdateError(
+                    refusal = ConcurrentUpdateError(
                         f"aliases moved since they were read (expected {expected.describe()}; "
                         f"found {current.describe()}); nothing changed — check "
                         "`prodguard status` and retry"
                     )
-                target = plan(current)
-                self._apply(current, target)
-                moved = (current, target)
-                if after is not None:
-                    after(current, target)
-                record = AuditRecord(
-                    time=self.clock.now(),
-                    model=self.model,
-                    action=action,
-                    actor=actor,
-                    from_state=current.as_dict(),
-                    to_state=target.as_dict(),
-                    reason=reason,
-                    evidence=evidence,
-                )
-                record_id = self.audit.append(tx, record)
+                else:
+                    target = plan(current)
+                    self._apply(current, target)
+                    moved = (current, target)
+                    if after is not None:
+                        after(current, target)
+                    record = AuditRecord(
+                        time=self.clock.now(),
+                        model=self.model,
+                        action=action,
+                        actor=actor,
+                        from_state=current.as_dict(),
+                        to_state=target.as_dict(),
+                        reason=reason,
+                        evidence=evidence,
+                    )
+                    record_id = self.audit.append(tx, record)
         except BaseException:
             if moved is not None:
                 self._apply(moved[1], moved[0])
             raise
+        if refusal is not None:
+            raise refusal
         return replace(record, id=record_id)
 
     def _apply(self, current: AliasState, target: AliasState) -> None:
+        """Move the aliases that differ, ``champion`` first (see Kill safety above); if one
+        fails, those already moved are put back."""
         done: list[tuple[str, int | None]] = []
         try:
             for alias in ALIASES:

@@ -97,6 +97,9 @@ class Guard:
         """Judge the champion (rolling back on a fired trigger), then a rollout in progress
         (abort, hold, next step or promotion)."""
         now = self._clock.now()
+        # a move without an audit record (a guard killed mid-move, the MLflow UI) is recorded
+        # before anything is judged, so the evidence below reads a true history
+        self._operations.reconcile()
         state, policy = self._operations.targets()  # one read for both
         champion = state.champion
         if champion is None:
