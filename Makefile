@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := false
 export FEAST_USAGE := False
 export TQDM_DISABLE := 1
 
-.PHONY: demo test lint lock clean
+.PHONY: demo test test-reliability lint lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/prodguard demo
 
+# unit, integration and end-to-end tests (PostgreSQL and Redis on localhost for the production ones)
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not reliability"
+
+# fault injection with real processes (kill -9, servers stopped, malformed input at scale);
+# .ci/run runs it after `make test`
+test-reliability: $(STAMP)
+	$(BIN)/pytest -m reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests feature_repo
