@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from prodguard.errors import ConfigError
-from prodguard.templates import fill_placeholders, refuse_credentials
+from prodguard.templates import fill_placeholders, read_text_file, refuse_credentials
 
 ENV_PREFIX = "PRODGUARD_"
 CONFIG_ENV = "PRODGUARD_CONFIG"
@@ -454,13 +454,11 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     env = dict(os.environ if environ is None else environ)
     config_path = find_config(path, env)
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text_file(config_path, ConfigError))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{config_path.name}: not valid YAML{where}; fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config_path}: cannot be read ({type(exc).__name__})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

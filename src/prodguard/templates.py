@@ -20,18 +20,43 @@ from prodguard.errors import ProdguardError
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+MAX_CONFIG_BYTES = 1_048_576  # a config file is a page of settings, not a data file
+
+
+def read_text_file(
+    path: Path, error: type[ProdguardError], limit: int = MAX_CONFIG_BYTES, kind: str = "config"
+) -> str:
+    """A config file's text: refused with ``error`` when unreadable, larger than ``limit``
+    bytes (read no further) or not UTF-8."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise error(
+            f"{kind} file {path} not found or unreadable ({type(exc).__name__}); "
+            "fix the setting naming it"
+        ) from None
+    if len(data) > limit:
+        raise error(
+            f"{kind} file {path.name} is too large (over {limit // 1024} KiB); "
+            "is it the right file?"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{kind} file {path.name} cannot be read: not UTF-8 text (byte {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def load_yaml_template(
     path: Path,
     variables: dict[str, str],
     error: type[ProdguardError],
     environ: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        raise error(
-            f"config file {path} not found or unreadable; fix the setting naming it"
-        ) from None
+    text = read_text_file(path, error)
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError:

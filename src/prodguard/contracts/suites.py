@@ -17,6 +17,9 @@ from typing import Any
 
 from prodguard.digests import document_digest
 from prodguard.errors import ContractError
+from prodguard.templates import read_text_file
+
+MAX_SUITE_BYTES = 16 * 1_048_576
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,9 @@ class Suite:
 
 def read_suite(path: Path) -> Suite:
     """Read and structurally check one suite file. Raises ContractError naming the problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ContractError(
-            f"suite file {path} not found; create it or fix 'sources.*.suite'"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ContractError(f"suite file {path} cannot be read ({type(exc).__name__})") from None
+    if not path.exists():
+        raise ContractError(f"suite file {path} not found; create it or fix 'sources.*.suite'")
+    text = read_text_file(path, ContractError, MAX_SUITE_BYTES, kind="suite")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
