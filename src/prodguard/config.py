@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -38,6 +39,9 @@ ENVIRONMENT_ENV = "PRODGUARD_ENV"
 DEFAULT_CONFIG_NAME = "prodguard.yaml"
 _NOT_SETTINGS = {CONFIG_ENV, ENVIRONMENT_ENV, "PRODGUARD_DEBUG"}  # DEBUG: CLI tracebacks
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# secrets: taken from the environment as given, refused when written into the file
+_VERBATIM = {("serving", "admin_token")}
+_PLACEHOLDER = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*\}$")
 
 
 class _Strict(BaseModel):
@@ -131,8 +135,42 @@ class ServingSettings(_Strict):
     fallback_overrides: dict[str, Literal["median", "last_good"]] = Field(default_factory=dict)
     critical_features: list[str] = Field(default_factory=list)
     shadow_sample: float = Field(default=0.1, ge=0, le=1)
-    max_batch: int = Field(default=1000, ge=1, le=100000)
+    max_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100000,
+        description="Rows per /predict_batch (and items per /feedback_batch) call; more: 413.",
+    )
     log_sync: Literal["FULL", "NORMAL"] = "FULL"
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=256 * 1_048_576,
+        description="Largest request body (bytes); larger: 413 before the body is read.",
+    )
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="Prediction/feedback requests in flight per serve process; more: 429 with "
+        "Retry-After at once (never queued). A request that overran its deadline counts until "
+        "its work ends.",
+    )
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Deadline of a prediction/feedback request; overrun: 504 (a retry with the "
+        "same request_id replays a prediction made meanwhile). Keep it above "
+        "feature_timeout_ms: that deadline degrades features instead of failing.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token of the /admin endpoints (promote, rollback, rollout, status); "
+        "from the environment only (PRODGUARD_SERVING__ADMIN_TOKEN), refused in the file. "
+        "Unset: the admin endpoints answer 403.",
+    )
 
     @field_validator("request_model")
     @classmethod
@@ -408,6 +446,9 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: '{part}' is not a section; cannot set a key below it")
             node = child
+        if tuple(parts) in _VERBATIM:
+            node[parts[-1]] = value  # a secret is a string as given, never YAML-parsed
+            continue
         try:
             node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
@@ -464,6 +505,7 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path.name}: top level must be a mapping of sections")
     refuse_credentials(raw, config_path.name, ConfigError)
+    refuse_secrets(raw, config_path.name)
     environment = env.get(ENVIRONMENT_ENV) or "local"
     raw = _select_environment(raw, environment, env, config_path.name)
     raw = _apply_env(raw, env)
@@ -480,6 +522,27 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         update={"config_path": config_path, "environment": environment, "variables": variables}
     )
     return _resolve(settings, config_path.parent)
+
+
+def refuse_secrets(raw: dict[str, Any], origin: str) -> None:
+    """A secret setting (``serving.admin_token``) comes from the environment only: written into
+    the file it is refused; an environment section may name a ``${VARIABLE}`` holding it."""
+    sections: list[tuple[str, Any, bool]] = [("", raw, False)]
+    environments = raw.get("environments")
+    if isinstance(environments, dict):
+        sections += [(f"environments.{n}.", e, True) for n, e in environments.items()]
+    for prefix, section, placeholders in sections:
+        for path in _VERBATIM:
+            node: Any = section
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None or (placeholders and _PLACEHOLDER.match(str(node))):
+                continue
+            key = "__".join(path).upper()
+            raise ConfigError(
+                f"{origin}: {prefix}{'.'.join(path)} holds a secret; remove it from the file and "
+                f"set {ENV_PREFIX}{key} in the environment"
+            )
 
 
 def _select_environment(

@@ -1,5 +1,6 @@
 """A real `prodguard serve` process over HTTP: predictions, bad input, feedback, hot swap."""
 
+import http.client
 import json
 import shutil
 import threading
@@ -130,7 +131,62 @@ def test_bad_input_is_4xx_without_echo(service: str, body) -> None:
 
 def test_batch_limits(service: str) -> None:
     assert post(service, "/predict_batch", {"rows": []})[0] == 400
-    assert post(service, "/predict_batch", {"rows": [REQUEST] * 1001})[0] == 400
+    status, answer = post(service, "/predict_batch", {"rows": [REQUEST] * 1001})
+    assert status == 413 and "serving.max_batch (1000)" in answer["error"], answer
+    assert answer["problems"] == [{"field": "rows", "problem": "more than 1000 rows"}]
+    item = {"request_id": "x", "outcome": {"note": MARKER}}
+    status, answer = post(service, "/feedback_batch", {"items": [item] * 1001})
+    assert status == 413 and MARKER not in json.dumps(answer), answer
+    assert metric(service, 'prodguard_refused_total{reason="batch_size"}') >= 2
+
+
+def metric(base: str, series: str) -> float:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_body_over_the_limit_is_413_declared_or_chunked(service: str) -> None:
+    big = json.dumps({"rows": [{**REQUEST, "tailnum": MARKER[:6]}] * 9000}).encode()
+    assert len(big) > 1_048_576  # serving.max_body_bytes' default
+    status, answer = post(service, "/predict_batch", big)
+    assert status == 413 and "serving.max_body_bytes (1048576 bytes)" in answer["error"], answer
+    assert MARKER[:6] not in json.dumps(answer)
+
+    connection = http.client.HTTPConnection(service.removeprefix("http://"), timeout=30)
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+    connection.request(
+        "POST",
+        "/predict_batch",
+        body=chunks,
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
+    response = connection.getresponse()
+    assert response.status == 413 and "max_body_bytes" in json.loads(response.read())["error"]
+    connection.close()
+    assert metric(service, 'prodguard_refused_total{reason="body_size"}') >= 2
+
+
+@pytest.mark.parametrize(
+    "path", ["/admin/promote", "/admin/rollback", "/admin/rollout/abort", "/admin/status"]
+)
+def test_admin_endpoints_are_disabled_without_a_token(service: str, path: str) -> None:
+    request = urllib.request.Request(
+        f"{service}{path}",
+        data=None if path.endswith("status") else json.dumps({"reason": MARKER}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer anything-at-all"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read()) == {
+        "error": "admin endpoints are disabled: set PRODGUARD_SERVING__ADMIN_TOKEN in the "
+        "service's environment",
+        "problems": [],
+    }
 
 
 def test_a_refused_request_is_422_on_both_routes(service: str) -> None:

@@ -10,25 +10,30 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
+from fastapi import FastAPI
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse
 
 from prodguard import app
 from prodguard.config import load_settings
 from prodguard.errors import (
+    ConcurrentUpdateError,
     DuplicateRequest,
     FeedbackConflict,
     InputError,
     ProdguardError,
+    PromotionRefused,
     RequestRejected,
     ServiceNotReady,
     UnknownRequest,
 )
 from prodguard.project import import_object
+from prodguard.serving.limits import Boundary, Limits, check_token
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -39,6 +44,17 @@ if _settings.serving is None:
     raise SystemExit("prodguard.yaml has no 'serving' section")
 RequestModel: Any = import_object(_settings.serving.request_model, "serving.request_model")
 MAX_BATCH = _settings.serving.max_batch
+_token = _settings.serving.admin_token
+LIMITS = Limits(
+    admin_token=_token.get_secret_value() if _token is not None else None,
+    max_body_bytes=_settings.serving.max_body_bytes,
+    max_in_flight=_settings.serving.max_in_flight,
+    timeout_s=_settings.serving.request_timeout_s,
+)
+del _token
+PREDICT_ROUTES = frozenset({"/predict", "/predict_batch"})
+# documented in the OpenAPI, checked by the handlers (a 413 that says so, not a schema error)
+_AT_MOST = {"maxItems": MAX_BATCH}
 RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
@@ -78,11 +94,64 @@ class FeedbackBatchOut(BaseModel):
     results: list[FeedbackOut]
 
 
+# ---- admin (promotion, rollback, traffic policy): the CLI's use cases over HTTP -------------
+
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Actor = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+]
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# no exclusive bounds: BentoML publishes OpenAPI 3.0, where pydantic's numeric
+# exclusiveMinimum is invalid (schemathesis refuses the schema); 0 is refused by canary_steps
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class AdminOut(BaseModel):
+    """The audit record of the move (as ``prodguard audit`` shows it)."""
+
+    audit_id: int
+    time: str
+    action: str
+    actor: str
+    from_state: dict[str, int | None]
+    to_state: dict[str, int | None]
+
+
+class BatchTooLarge(RequestRejected):
+    """More rows (or feedback items) than serving.max_batch in one call."""
+
+
+class UnknownVersion(InputError):
+    """An admin call named a version the registry does not hold."""
+
+
+def http_actor(actor: str | None) -> str:
+    """Who acted, as the audit log records it: marked as coming over HTTP."""
+    return f"http:{actor or 'admin'}"
+
+
+def _admin_out(record: Any) -> AdminOut:
+    return AdminOut(
+        audit_id=record.id,
+        time=record.time.isoformat(),
+        action=record.action,
+        actor=record.actor,
+        from_state=record.from_state,
+        to_state=record.to_state,
+    )
+
+
 def _status(exc: ProdguardError) -> HTTPStatus:
     if isinstance(exc, UnknownRequest):
         return HTTPStatus.NOT_FOUND
     if isinstance(exc, (DuplicateRequest, FeedbackConflict)):
         return HTTPStatus.CONFLICT
+    if isinstance(exc, (PromotionRefused, ConcurrentUpdateError)):
+        return HTTPStatus.CONFLICT
+    if isinstance(exc, BatchTooLarge):
+        return HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    if isinstance(exc, UnknownVersion):
+        return HTTPStatus.NOT_FOUND
     if isinstance(exc, RequestRejected):
         return HTTPStatus.UNPROCESSABLE_ENTITY
     if isinstance(exc, InputError):
@@ -164,6 +233,12 @@ class _Metrics:
         self.swaps = bentoml.metrics.Counter(
             name="prodguard_model_swaps_total", documentation="Hot swaps of served models"
         )
+        self.refused = bentoml.metrics.Counter(
+            name="prodguard_refused_total",
+            documentation="Requests refused at the HTTP boundary by reason (body_size, "
+            "batch_size, concurrency, timeout, unauthorized, admin_disabled, bad_length)",
+            labelnames=["reason"],
+        )
 
     def observe(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage=stage).observe(seconds)
@@ -176,7 +251,29 @@ class _Metrics:
         self.swaps.inc()
 
 
-@bentoml.service(name="prodguard", traffic={"timeout": 30}, threads=8)
+def _status_app() -> FastAPI:
+    """``GET /admin/status``: what `prodguard status --json` prints (BentoML APIs are POST only,
+    so this one route is a FastAPI app; the boundary checks its token like every admin route)."""
+    status_app = FastAPI(title="prodguard admin", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @status_app.get("/status", response_model=None)
+    def status() -> Any:
+        """Aliases with lineage, traffic policy, standby age, triggers, stores (no secrets)."""
+        try:
+            return app.status(_settings)
+        except ProdguardError as exc:
+            return error_response(exc)
+
+    return status_app
+
+
+# BentoML's own deadline stays as a backstop behind the boundary's
+@bentoml.service(
+    name="prodguard",
+    traffic={"timeout": max(30.0, _settings.serving.request_timeout_s + 30)},
+    threads=8,
+)
+@bentoml.asgi_app(_status_app(), path="/admin")
 class PredictionService:
     def __init__(self) -> None:
         self.metrics = _Metrics()
@@ -185,6 +282,35 @@ class PredictionService:
         follower.start()
         self.serving.predictor.warm_up({})
         self._guard = _start_guard(_settings)
+        self._errors = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-errors")
+        LIMITS.hooks.refused = self._refused
+        LIMITS.hooks.timed_out = self._timed_out
+
+    def _refused(self, reason: str) -> None:
+        self.metrics.refused.labels(reason=reason).inc()
+
+    def _timed_out(self, path: str) -> None:
+        """A prediction that overran its deadline got a 5xx: counted as failed (off the event
+        loop: the log may be what is slow)."""
+        if path in PREDICT_ROUTES:
+            self._errors.submit(self._record_error, "failed")
+
+    def _record_error(self, kind: Literal["rejected", "failed"]) -> None:
+        champion = self.serving.follower.state.champion
+        try:
+            self.serving.log.record_error(
+                self.serving.clock.now(), kind, champion.version if champion else None
+            )
+        except ProdguardError as exc:
+            _log.warning("request error not counted: %s", exc)
+
+    def _too_many(self, count: int, what: str, field: str) -> BatchTooLarge:
+        self._refused("batch_size")
+        return BatchTooLarge(
+            f"a call holds at most serving.max_batch ({MAX_BATCH}) {what}, this one {count}; "
+            "split it into several calls",
+            [(field, f"more than {MAX_BATCH} {what}")],
+        )
 
     def __is_ready__(self) -> bool:
         return self.serving.ready()
@@ -195,6 +321,7 @@ class PredictionService:
             self._guard.set()
         self.serving.follower.stop()
         self.serving.predictor.close()
+        self._errors.shutdown(wait=True)
         self.serving.log.close()
 
     def _answer(self, requests: list[Any], ctx: bentoml.Context) -> list[PredictionOut]:
@@ -229,11 +356,14 @@ class PredictionService:
     @bentoml.api(route="/predict_batch")
     def predict_batch(
         self,
-        rows: Annotated[list[RequestModel], Field(min_length=1, max_length=MAX_BATCH)],
+        rows: Annotated[list[RequestModel], Field(min_length=1, json_schema_extra=_AT_MOST)],
         ctx: bentoml.Context,
     ) -> BatchOut:
-        """Predict many flights in one call (at most serving.max_batch rows)."""
+        """Predict many flights in one call (at most serving.max_batch rows; more: 413)."""
         try:
+            if len(rows) > MAX_BATCH:
+                self._record_error("rejected")
+                raise self._too_many(len(rows), "rows", "rows")
             return BatchOut(predictions=self._answer(rows, ctx))
         except ProdguardError as exc:
             return error_response(exc, ctx)  # type: ignore[return-value]
@@ -249,11 +379,15 @@ class PredictionService:
 
     @bentoml.api(route="/feedback_batch")
     def feedback_batch(
-        self, items: Annotated[list[FeedbackItem], Field(min_length=1, max_length=MAX_BATCH)]
+        self,
+        items: Annotated[list[FeedbackItem], Field(min_length=1, json_schema_extra=_AT_MOST)],
+        ctx: bentoml.Context,
     ) -> FeedbackBatchOut:
         """Record many outcomes (a label backfill): each item is recorded on its own, so a retry
         after a failure is safe; per item ``recorded``, ``duplicate``, ``unknown`` (no such
         prediction) or ``conflict`` (a different outcome was recorded)."""
+        if len(items) > MAX_BATCH:
+            return error_response(self._too_many(len(items), "items", "items"), ctx)  # type: ignore[return-value]
         results = []
         now = self.serving.clock.now()
         try:
@@ -266,5 +400,98 @@ class PredictionService:
                     status = "conflict"
                 results.append(FeedbackOut(request_id=item.request_id, status=status))
         except ProdguardError as exc:
-            return error_response(exc)  # type: ignore[return-value]
+            return error_response(exc, ctx)  # type: ignore[return-value]
         return FeedbackBatchOut(results=results)
+
+    # ---- admin: the use cases of `prodguard promote | rollback | rollout | status` --------------
+
+    def _admin(self, ctx: bentoml.Context, move: Any) -> AdminOut:
+        """Run an alias/traffic move; the boundary has checked the token already, this checks
+        it again so that no route is open if the middleware were ever left out."""
+        refusal = check_token(ctx.request.headers.get("authorization"), LIMITS.admin_token)
+        if refusal is not None:
+            ctx.response.status_code = refusal.status
+            return JSONResponse(  # type: ignore[return-value]
+                {"error": refusal.message, "problems": []},
+                status_code=refusal.status,
+                headers=dict(refusal.headers),
+            )
+        try:
+            return _admin_out(move())
+        except ProdguardError as exc:
+            return error_response(exc, ctx)  # type: ignore[return-value]
+
+    @staticmethod
+    def _operations(version: int | None, with_checks: bool = False) -> Any:
+        """The registry operations the CLI uses; a ``version`` the registry does not hold is a
+        404 here (the registry reports it as a failure of its own)."""
+        operations = app.registry_operations(_settings, with_checks=with_checks)
+        if version is not None and version not in {
+            v.version for v in operations.registry.versions()
+        }:
+            raise UnknownVersion(
+                "the model has no such version; GET /admin/status lists the versions there are"
+            )
+        return operations
+
+    @bentoml.api(route="/admin/promote")
+    def admin_promote(
+        self,
+        ctx: bentoml.Context,
+        reason: Reason,
+        version: Version | None = None,
+        actor: Actor | None = None,
+        override_standby_retention: Reason | None = None,
+    ) -> AdminOut:
+        """`prodguard promote` over HTTP (bearer token): champion becomes standby, the candidate
+        (or ``version``) becomes champion; refused (409) on a contract mismatch, an unloadable
+        model, a standby younger than rollout.standby_hours (unless overridden, audited) or a
+        concurrent move."""
+        return self._admin(
+            ctx,
+            lambda: self._operations(version, with_checks=True).promote(
+                http_actor(actor),
+                reason,
+                version=version,
+                override_retention=override_standby_retention,
+            ),
+        )
+
+    @bentoml.api(route="/admin/rollback")
+    def admin_rollback(
+        self, ctx: bentoml.Context, reason: Reason, actor: Actor | None = None
+    ) -> AdminOut:
+        """`prodguard rollback` over HTTP (bearer token): the standby becomes champion again."""
+        return self._admin(ctx, lambda: self._operations(None).rollback(http_actor(actor), reason))
+
+    @bentoml.api(route="/admin/rollout/start")
+    def admin_rollout_start(
+        self,
+        ctx: bentoml.Context,
+        mode: Literal["canary", "shadow"],
+        steps: Annotated[list[Percent], Field(min_length=1, max_length=20)] | None = None,
+        version: Version | None = None,
+        actor: Actor | None = None,
+    ) -> AdminOut:
+        """`prodguard rollout start` over HTTP (bearer token): the candidate (or ``version``)
+        into canary (``steps`` in percent, default rollout.canary_steps) or shadow traffic."""
+        from prodguard.rollout.jobs import start_rollout
+
+        def move() -> Any:
+            if version is not None:
+                self._operations(version)
+            return start_rollout(_settings, mode, http_actor(actor), steps, version)  # type: ignore[arg-type]
+
+        return self._admin(ctx, move)
+
+    @bentoml.api(route="/admin/rollout/abort")
+    def admin_rollout_abort(
+        self, ctx: bentoml.Context, reason: Reason, actor: Actor | None = None
+    ) -> AdminOut:
+        """`prodguard rollout abort` over HTTP (bearer token): all traffic to the champion."""
+        from prodguard.rollout.jobs import abort_rollout
+
+        return self._admin(ctx, lambda: abort_rollout(_settings, http_actor(actor), reason))
+
+
+PredictionService.add_asgi_middleware(Boundary, limits=LIMITS)

@@ -1,0 +1,313 @@
+"""The service's HTTP boundary: admin authentication and the limits that answer 4xx/5xx at once
+instead of letting a process collapse (body size, requests in flight, a deadline per request).
+
+:class:`Boundary` is a plain ASGI middleware (BentoML adds it with ``add_asgi_middleware``); the
+decisions are pure functions, tested without a server. Every refusal is a JSON body
+``{"error", "problems": []}`` that says what is wrong and how to fix it, never the request's
+values, and is counted through :attr:`Boundary.hooks`.
+
+- ``/admin/...``: ``Authorization: Bearer <serving.admin_token>`` (compared in constant time);
+  no token configured: 403, a wrong or missing one: 401 with ``WWW-Authenticate``.
+- every request with a body: at most ``max_body_bytes`` (413, decided from ``Content-Length``
+  before anything is read; a chunked body is read up to the limit and no further).
+- every POST outside ``/admin`` (predictions, feedback): at most ``max_in_flight`` at once in
+  the process (429 with ``Retry-After``, answered at once, never queued), each answered within
+  ``timeout_s`` (504). A request that overran keeps its place in flight until its work really
+  ends, so hung work cannot pile up behind the answers already given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_log = logging.getLogger("prodguard.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ADMIN_PREFIX = "/admin/"
+TOKEN_ENV = "PRODGUARD_SERVING__ADMIN_TOKEN"
+REALM = 'Bearer realm="prodguard-admin"'
+RETRY_AFTER_S = 1
+# a refused body is read (and dropped) up to this much, so that the client, still sending, reads
+# the 413 instead of a connection reset; larger bodies are cut off
+DRAIN_BYTES = 8 * 1024 * 1024
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer the boundary gives instead of the service: status, metric reason, message."""
+
+    status: int
+    reason: str
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.message, "problems": []}).encode()
+
+
+def check_token(authorization: str | None, token: str | None) -> Refusal | None:
+    """None when ``authorization`` carries the configured admin token, else the refusal."""
+    if not token:
+        return Refusal(
+            403,
+            "admin_disabled",
+            f"admin endpoints are disabled: set {TOKEN_ENV} in the service's environment",
+        )
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return Refusal(
+            401,
+            "unauthorized",
+            "admin endpoints need the header 'Authorization: Bearer <token>' with the token of "
+            f"{TOKEN_ENV}",
+            (("www-authenticate", REALM),),
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return Refusal(
+            401,
+            "unauthorized",
+            f"the bearer token is not the service's admin token; use the value of {TOKEN_ENV}",
+            (("www-authenticate", f'{REALM}, error="invalid_token"'),),
+        )
+    return None
+
+
+def too_large(max_bytes: int) -> Refusal:
+    return Refusal(
+        413,
+        "body_size",
+        f"the request body is larger than serving.max_body_bytes ({max_bytes} bytes); send "
+        "fewer rows per call",
+    )
+
+
+def body_refusal(content_length: str | None, max_bytes: int) -> Refusal | None:
+    """The refusal a declared ``Content-Length`` earns before anything is read."""
+    if content_length is None:
+        return None
+    if not content_length.strip().isdigit():
+        return Refusal(
+            400, "bad_length", "the Content-Length header must be a number of bytes; fix it"
+        )
+    return too_large(max_bytes) if int(content_length) > max_bytes else None
+
+
+def overloaded(max_in_flight: int) -> Refusal:
+    return Refusal(
+        429,
+        "concurrency",
+        f"this service process already has serving.max_in_flight ({max_in_flight}) requests in "
+        f"flight; retry after {RETRY_AFTER_S} s or spread the load over replicas",
+        (("retry-after", str(RETRY_AFTER_S)),),
+    )
+
+
+def timed_out(timeout_s: float) -> Refusal:
+    return Refusal(
+        504,
+        "timeout",
+        f"the request was not answered within serving.request_timeout_s ({timeout_s:g} s); "
+        "retry with the same request_id (a prediction made meanwhile is replayed, not repeated)",
+        (("retry-after", str(RETRY_AFTER_S)),),
+    )
+
+
+class InFlight:
+    """Requests in flight in this process, up to a limit (used on the event loop's thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count = max(0, self.count - 1)
+
+
+@dataclass
+class Hooks:
+    """What the service plugs in once it is built: ``refused(reason)`` counts a refusal,
+    ``timed_out(path)`` records a request that overran its deadline."""
+
+    refused: Callable[[str], None] = lambda reason: None
+    timed_out: Callable[[str], None] = lambda path: None
+
+
+@dataclass
+class Limits:
+    admin_token: str | None
+    max_body_bytes: int
+    max_in_flight: int
+    timeout_s: float
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class Boundary:
+    """The ASGI middleware; ``limits`` is shared with the service (module-level in the
+    service module), so its hooks can be filled after the app is built."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+        self.in_flight = InFlight(limits.max_in_flight)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        admin = path.startswith(ADMIN_PREFIX) or path == ADMIN_PREFIX.rstrip("/")
+        if admin:
+            refusal = check_token(_header(scope, b"authorization"), self.limits.admin_token)
+            if refusal is not None:
+                await self._refuse(refusal, scope, receive, send)
+                return
+        refusal = body_refusal(_header(scope, b"content-length"), self.limits.max_body_bytes)
+        if refusal is not None:
+            await self._refuse(refusal, scope, receive, send)
+            return
+        if admin or scope.get("method") != "POST":
+            await self._run(scope, receive, send)
+            return
+        if not self.in_flight.enter():
+            await self._refuse(overloaded(self.limits.max_in_flight), scope, receive, send)
+            return
+        await self._deadline(scope, receive, send)
+
+    # ---- the deadline ----------------------------------------------------------------------
+
+    async def _deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answered = False  # by the boundary: the service's late answer is dropped
+        started = False
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        task = asyncio.ensure_future(self._run(scope, receive, guarded))
+        task.add_done_callback(self._finished)
+        done, _ = await asyncio.wait({task}, timeout=self.limits.timeout_s)
+        if task in done or started:
+            await task  # finished, or its answer is already on the way
+            return
+        answered = True
+        refusal = timed_out(self.limits.timeout_s)
+        _log.warning("%s %s: %s", scope.get("method"), scope.get("path"), refusal.message)
+        self._call(self.limits.hooks.timed_out, scope.get("path", ""))
+        await self._answer(refusal, send)
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self.in_flight.leave()
+        if not task.cancelled() and task.exception() is not None:
+            _log.debug("request failed after its deadline: %s", task.exception())
+
+    # ---- the body ----------------------------------------------------------------------------
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The service, given a body without ``Content-Length`` (chunked) only once it has been
+        read whole within the limit; past the limit the request gets a 413 and nothing more is
+        read. A declared length was checked already, and the server holds the body to it."""
+        if _header(scope, b"content-length") is None and scope.get("method") in BODY_METHODS:
+            limit = self.limits.max_body_bytes
+            chunks: list[bytes] = []
+            seen = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunks.append(message.get("body", b""))
+                seen += len(chunks[-1])
+                if seen > limit:
+                    if message.get("more_body"):
+                        await self._refuse(too_large(limit), scope, receive, send)
+                    else:
+                        await self._answer(too_large(limit), send)
+                    return
+                if not message.get("more_body"):
+                    break
+            receive = _replay(b"".join(chunks), receive)
+        await self.app(scope, receive, send)
+
+    # ---- answers -----------------------------------------------------------------------------
+
+    async def _refuse(self, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") in BODY_METHODS and not _expects_continue(scope):
+            await _drain(receive)
+        await self._answer(refusal, send)
+
+    async def _answer(self, refusal: Refusal, send: Send) -> None:
+        self._call(self.limits.hooks.refused, refusal.reason)
+        body = refusal.body()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((k.encode(), v.encode()) for k, v in refusal.headers),
+        ]
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _call(hook: Callable[[str], None], value: str) -> None:
+        try:
+            hook(value)
+        except Exception:  # noqa: BLE001 - counting must never break an answer
+            _log.exception("boundary hook failed")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return (_header(scope, b"expect") or "").lower() == "100-continue"
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop what the client is still sending (bounded), so it reads our answer."""
+    seen = 0
+    with contextlib.suppress(Exception):
+        while seen < DRAIN_BYTES:
+            message = await asyncio.wait_for(receive(), timeout=5)
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
