@@ -17,11 +17,11 @@ from prodguard.alerts import Alerter, JsonlSink, LogSink, PrometheusSink, Webhoo
 from prodguard.clock import Clock, FileClock, SystemClock
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError
-from prodguard.ingestion.pipeline import BatchResult, Ingestor
+from prodguard.ingestion.pipeline import BatchResult, Ingestor, read_batch_file
 from prodguard.project import import_object, load_loader
-from prodguard.registry.operations import RegistryOperations
 
 if TYPE_CHECKING:
+    from prodguard.registry.operations import RegistryOperations
     from prodguard.training.trainer import TrainResult
 
 
@@ -80,16 +80,22 @@ def ingest(
     """Ingest a time window of the project's sources, or one batch file for one source;
     ``loader`` reuses a project loader that has read its raw files already."""
     began = time.perf_counter()
+    unknown = sorted(set(sources or ()) - set(settings.sources))
+    if unknown:
+        raise InputError(f"unknown source(s) {unknown}; configured: {sorted(settings.sources)}")
     if batch_file is not None:
         if not sources or len(sources) != 1:
             raise InputError("--file needs exactly one --source naming the table it belongs to")
+        frame = read_batch_file(batch_file)  # a bad file is refused before anything is opened
         ingestor = Ingestor(settings, alerter_for(settings), clock=clock_for(settings))
-        results = [ingestor.ingest_file(sources[0], batch_file)]
+        results = [ingestor.ingest_file(sources[0], batch_file, frame=frame)]
         if on_batch is not None:
             on_batch(results[0])
     else:
         if start is None or end is None:
             raise InputError("give --start and --end (or --file with --source)")
+        if end <= start:
+            raise InputError("--end must be after --start")
         ingestor = Ingestor(
             settings,
             alerter_for(settings),
@@ -160,6 +166,10 @@ def lookup(settings: Settings, entity: dict[str, str]) -> dict[str, Any]:
     """Online feature values (and their event timestamps) for one entity row."""
     if not entity:
         raise InputError("give at least one entity key, e.g. origin=JFK")
+    known = settings.model.entity_keys if settings.model is not None else None
+    unknown = sorted(set(entity) - set(known or entity))
+    if unknown:
+        raise InputError(f"unknown entity key(s) {unknown}; the keys are {', '.join(known or [])}")
     frame = feature_store(settings).online_features([entity])
     return {k: _plain(v) for k, v in frame.iloc[0].to_dict().items()}
 
@@ -186,6 +196,7 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
     from prodguard.registry.audit import AuditLog
     from prodguard.registry.config import load_registry_config
     from prodguard.registry.mlflow_adapter import MlflowRegistry
+    from prodguard.registry.operations import RegistryOperations
 
     config = load_registry_config(settings)
     registry = MlflowRegistry(config, _model_name(settings))

@@ -24,7 +24,7 @@ from prodguard.errors import InputError, ProdguardError, first_line
 from prodguard.ingestion.pipeline import BatchResult
 from prodguard.render import ingest_table, views_table
 from prodguard.telemetry import disable_telemetry
-from prodguard.timewindows import parse_time
+from prodguard.timewindows import both_or_neither, ordered, parse_time
 
 QUARANTINED_EXIT = 3
 
@@ -63,6 +63,22 @@ def _settings() -> Settings:
 
 def _time(value: str | None, name: str) -> datetime | None:
     return None if value is None else parse_time(value, name)
+
+
+def _window(
+    start: str | None, end: str | None, *, optional: bool = False
+) -> tuple[datetime | None, datetime | None]:
+    """--start/--end parsed and checked (both or neither when ``optional``; end after start)."""
+    if optional:
+        both_or_neither(start, end)
+    first, last = _time(start, "--start"), _time(end, "--end")
+    ordered(first, last)
+    return first, last
+
+
+def _positive(every: float | None) -> None:
+    if every is not None and every <= 0:
+        raise InputError("--every must be a positive number of seconds")
 
 
 def _print_json(document: Any) -> None:
@@ -107,10 +123,11 @@ def ingest(
     the store. Exit code 3 means some batches were quarantined.
     """
     settings = _settings()
+    first, last = _window(start, end)
     report = use_cases.ingest(
         settings,
-        start=_time(start, "--start"),
-        end=_time(end, "--end"),
+        start=first,
+        end=last,
         sources=source,
         batch_file=file,
         on_batch=None if as_json else _batch_line,
@@ -145,9 +162,9 @@ def materialize(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Apply the Feast feature repo and load the online store up to --until."""
-    report = use_cases.materialize(
-        _settings(), until=parse_time(until, "--until"), start=_time(start, "--start")
-    )
+    first, last = _time(start, "--start"), parse_time(until, "--until")
+    ordered(first, last, "--start", "--until")
+    report = use_cases.materialize(_settings(), until=last, start=first)
     if as_json:
         _print_json(
             {
@@ -222,12 +239,9 @@ def train(
     """
     from prodguard.registry.operations import default_actor
 
-    result = use_cases.train(
-        _settings(),
-        parse_time(start, "--start"),
-        parse_time(end, "--end"),
-        actor or default_actor(),
-    )
+    first, last = _window(start, end)
+    assert first is not None and last is not None
+    result = use_cases.train(_settings(), first, last, actor or default_actor())
     if as_json:
         _print_json(
             {
@@ -263,7 +277,7 @@ def _record_line(record: Any) -> None:
 
 @cli.command()
 def register(
-    version: Annotated[int, typer.Option(help="Registered version to make the candidate.")],
+    version: Annotated[int, typer.Option(help="Registered version to make the candidate.", min=1)],
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "registered",
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
 ) -> None:
@@ -277,7 +291,7 @@ def register(
 @cli.command()
 def promote(
     version: Annotated[
-        int | None, typer.Option(help="Promote this version instead of the candidate.")
+        int | None, typer.Option(help="Promote this version instead of the candidate.", min=1)
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "promoted",
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
@@ -298,6 +312,8 @@ def promote(
     """
     from prodguard.registry.operations import default_actor
 
+    if override_standby_retention is not None and not override_standby_retention.strip():
+        raise InputError("--override-standby-retention needs the reason (kept in the audit record)")
     operations = use_cases.registry_operations(_settings(), with_checks=True)
     _record_line(
         operations.promote(
@@ -317,6 +333,8 @@ def rollback(
     """The standby becomes champion again; the demoted version is tagged with the reason."""
     from prodguard.registry.operations import default_actor
 
+    if not reason.strip():
+        raise InputError("--reason must say why (kept in the audit log and on the version)")
     operations = use_cases.registry_operations(_settings())
     _record_line(operations.rollback(actor or default_actor(), reason))
 
@@ -405,7 +423,7 @@ def baseline(
     start: Annotated[str, typer.Option(help="Staging period start (ISO date, UTC).")],
     end: Annotated[str, typer.Option(help="Staging period end, exclusive.")],
     version: Annotated[
-        int | None, typer.Option(help="Model version (default: candidate, else champion).")
+        int | None, typer.Option(help="Model version (default: candidate, else champion).", min=1)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the baseline as JSON.")] = False,
 ) -> None:
@@ -419,9 +437,8 @@ def baseline(
     from prodguard.monitoring.baseline import thresholds
     from prodguard.monitoring.jobs import record_baseline
 
-    result = record_baseline(
-        _settings(), parse_time(start, "--start"), parse_time(end, "--end"), version
-    )
+    first, last = _window(start, end)
+    result = record_baseline(_settings(), first, last, version)
     b = result.baseline
     if as_json:
         _print_json({**b.to_json(), "replay": result.replay.__dict__, "log": str(result.log_path)})
@@ -476,6 +493,7 @@ def monitor(
 
     if once and every is not None:
         raise InputError("give --once or --every, not both")
+    first, last = _window(start, end, optional=True)
 
     def show(run: Any) -> None:
         if as_json:
@@ -495,8 +513,8 @@ def monitor(
         _settings(),
         show,
         every=every,
-        start=_time(start, "--start"),
-        end=_time(end, "--end"),
+        start=first,
+        end=last,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
@@ -519,7 +537,7 @@ def rollout_start(
         ),
     ] = None,
     version: Annotated[
-        int | None, typer.Option(help="Version to roll out (default: candidate).")
+        int | None, typer.Option(help="Version to roll out (default: candidate).", min=1)
     ] = None,
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
 ) -> None:
@@ -533,6 +551,8 @@ def rollout_start(
     from prodguard.registry.operations import default_actor
     from prodguard.rollout.jobs import start_rollout
 
+    if mode == "shadow" and steps is not None:
+        raise InputError("--steps applies to canary rollouts only; drop it for shadow")
     record = start_rollout(_settings(), mode, actor or default_actor(), steps, version)
     out.print(f"{record.reason} (audit #{record.id})", highlight=False)
 
@@ -569,6 +589,7 @@ def guard(
 
     if once and every is not None:
         raise InputError("give --once or --every, not both")
+    _positive(every)
 
     def show(decisions: list[Any]) -> None:
         if as_json:
@@ -593,7 +614,8 @@ def guard(
 @cli.command()
 def drill(
     version: Annotated[
-        int | None, typer.Option(help="Version to rehearse (default: candidate, else champion).")
+        int | None,
+        typer.Option(help="Version to rehearse (default: candidate, else champion).", min=1),
     ] = None,
     start: Annotated[
         str | None, typer.Option(help="Staging period start (default: the baseline's).")
@@ -611,7 +633,10 @@ def drill(
     """
     from prodguard.rollout.drill import run_drill
 
-    result = run_drill(_settings(), version, _time(start, "--start"), _time(end, "--end"), shift)
+    first, last = _window(start, end, optional=True)
+    if shift == 0:
+        raise InputError("--shift must not be 0: the faulty copy has to score differently")
+    result = run_drill(_settings(), version, first, last, shift)
     if as_json:
         _print_json(result.to_json())
     else:
@@ -638,7 +663,9 @@ def drill(
 def report(
     start: Annotated[str, typer.Option(help="Served window start (ISO date, UTC).")],
     end: Annotated[str, typer.Option(help="Served window end, exclusive.")],
-    version: Annotated[int | None, typer.Option(help="Model version (default: champion).")] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: champion).", min=1)
+    ] = None,
 ) -> None:
     """Write an Evidently drift report (PSI per feature and on the predictions) of a served window
     against the version's training window, and update the reports index page.
@@ -648,7 +675,9 @@ def report(
     from prodguard.monitoring.jobs import drift_report
 
     settings = _settings()
-    entry = drift_report(settings, parse_time(start, "--start"), parse_time(end, "--end"), version)
+    first, last = _window(start, end)
+    assert first is not None and last is not None
+    entry = drift_report(settings, first, last, version)
     out.print(
         f"{len(entry.drifted)} of {entry.columns} columns drifted "
         f"({', '.join(entry.drifted) or 'none'}); reference {entry.reference_rows} of "
@@ -664,11 +693,11 @@ def report(
 
 @cli.command()
 def bench(
-    requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 500,
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level.", min=1)] = 500,
     concurrency: Annotated[
         str, typer.Option(help="Concurrency levels, comma-separated.")
     ] = "1,4,16",
-    warmup: Annotated[int, typer.Option(help="Warm-up requests per service.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Warm-up requests per service.", min=0)] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Measure end-to-end latency (p50/p95/p99), throughput and every stage of the guarded
@@ -684,6 +713,8 @@ def bench(
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
     except ValueError:
         raise InputError("--concurrency takes integers, e.g. 1,4,16") from None
+    if not levels or min(levels) < 1:
+        raise InputError("--concurrency takes positive integers, e.g. 1,4,16")
     report = run_bench(_settings(), requests, levels, warmup, progress=lambda line: err.print(line))
     if as_json:
         _print_json(report.to_json())
@@ -735,16 +766,26 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # tools' own deprecations
     try:
-        code = cli(standalone_mode=False)
+        code = cli(standalone_mode=False, prog_name="prodguard")
     except ProdguardError as exc:
         err.print(Text.assemble(("error: ", "red"), str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # typer's own click: usage errors, as one line
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "prodguard"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(
+            Text.assemble(("error: ", "red"), message, f" (see '{command} --help')"),
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(getattr(exc, "exit_code", 2))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback

@@ -24,6 +24,22 @@ def parse_time(text: str, name: str = "time") -> datetime:
     return stamp.to_pydatetime()
 
 
+def ordered(
+    start: datetime | None,
+    end: datetime | None,
+    start_name: str = "--start",
+    end_name: str = "--end",
+) -> None:
+    """Refuse an empty or inverted window (when both bounds are given)."""
+    if start is not None and end is not None and end <= start:
+        raise InputError(f"{end_name} must be after {start_name}")
+
+
+def both_or_neither(start: object, end: object) -> None:
+    if (start is None) != (end is None):
+        raise InputError("give both --start and --end, or neither")
+
+
 def split_window(start: datetime, end: datetime, unit: str) -> list[tuple[datetime, datetime]]:
     """Cut ``[start, end)`` at calendar boundaries of ``unit`` ('month', 'day' or 'window')."""
     if unit == "window":

@@ -147,13 +147,16 @@ class Ingestor:
             raise DataSourceError(f"the project loader returned no DataFrame for '{source}'")
         return frame
 
-    def ingest_file(self, source: str, path: Path) -> BatchResult:
-        """Ingest one batch file (parquet or CSV) for ``source``."""
+    def ingest_file(
+        self, source: str, path: Path, frame: pd.DataFrame | None = None
+    ) -> BatchResult:
+        """Ingest one batch file (parquet or CSV) for ``source`` (``frame``: already read)."""
         if source not in self.settings.sources:
             raise InputError(
                 f"unknown source '{source}'; configured: {sorted(self.settings.sources)}"
             )
-        frame = read_batch_file(path)
+        if frame is None:
+            frame = read_batch_file(path)
         return self.ingest_frame(source, frame, label=f"file-{_slug(path.stem)}")
 
     def ingest_frame(

@@ -322,8 +322,16 @@ def watch(
     (e.g. the log unreadable) is reported as inconclusive and the loop goes on."""
     if every is not None and start is not None:
         raise InputError("--every watches the latest window; drop --start/--end")
+    if every is not None and every <= 0:
+        raise InputError("--every must be a positive number of seconds")
+    if metrics_port is not None and every is None:
+        raise InputError("--metrics-port serves gauges while watching; give --every too")
     if metrics_port is not None and not 0 < metrics_port < 65536:
         raise InputError("--metrics-port must be between 1 and 65535")
+    if (start is None) != (end is None):
+        raise InputError("give both --start and --end, or neither (the latest window)")
+    if start is not None and end is not None and end <= start:
+        raise InputError("--end must be after --start")
     registry = gauges = None
     if metrics_port is not None:
         from prometheus_client import CollectorRegistry, start_http_server
