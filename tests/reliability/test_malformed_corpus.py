@@ -6,6 +6,13 @@ configs and expectation suites (tests/reliability/corpus/). Each gives exactly o
   folder included) is byte for byte what it was: a refused command writes nothing, not even an
   empty folder or a lock file;
 - a file loaded by the library: the ProdguardError subclass, one line, the fragment, no secret.
+
+What may a refused command create? Nothing, when the arguments or the files are what is wrong:
+every case here is refused before a store is opened. A command whose arguments are fine but
+whose *state* refuses it (`rollback` with no standby yet) opens the registry first, and MLflow
+creates its empty SQLite store and artifact folder (and prodguard its audit database) on that
+first open: a whole, empty store, not a half-written one — so that is allowed, and kept out of
+this corpus. Lock files (the alert gate's, the ledger's) are only taken by commands that write.
 """
 
 from __future__ import annotations
