@@ -63,7 +63,7 @@ def _test_env() -> dict[str, str]:
 
 
 def _secret(key: str) -> bool:
-    return "PASSWORD" in key or "SECRET" in key
+    return any(word in key for word in ("PASSWORD", "SECRET", "TOKEN"))
 
 
 _INTERPOLATION = re.compile(
@@ -194,7 +194,7 @@ def test_every_variable_is_documented_and_no_secret_is_written() -> None:
             assert value == "", f".env.example must leave {key} empty"
     text = COMPOSE.read_text(encoding="utf-8")
     assert not re.search(r"://[^/@\s:$]+:[^/@\s$]+@", text), "a password written into a URL"
-    for match in re.finditer(r"^\s*([A-Z_]*(?:PASSWORD|SECRET)[A-Z_]*):\s*(\S+)", text, re.M):
+    for match in re.finditer(r"^\s*([A-Z_]*(?:PASSWORD|SECRET|TOKEN)[A-Z_]*):\s*(\S+)", text, re.M):
         assert match.group(2).startswith("${"), f"{match.group(0)}: take it from .env"
 
 
