@@ -11,23 +11,10 @@ from prodguard.alert_store import PostgresAlerts
 from prodguard.alerts import Alert, Alerter, AlertGate
 from prodguard.errors import StorageError
 from tests.conftest import utc
+from tests.unit.test_alerts import drift
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 T0 = utc("2013-06-01")
-
-
-def drift(severity: str = "warning", time=T0) -> Alert:
-    return Alert(
-        type="drift",
-        severity=severity,  # type: ignore[arg-type]
-        source="monitor",
-        message="shift.temp",
-        time=time,
-        metric="shift.temp",
-        value=0.4,
-        threshold=0.2,
-        model_version=2,
-    )
 
 
 def test_alerts_are_recorded_and_read_back_in_order(pg_database) -> None:
