@@ -141,6 +141,8 @@ class MlflowRegistry:
 
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # one line per retry of a server that is down: the outage is reported once, by us
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.config = config
         self.model_name = model_name
         self._mlflow = mlflow
