@@ -18,7 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from prodguard.errors import RegistryError, RegistryUnavailable, first_line
+from prodguard.errors import RegistryUnavailable, first_line
+from prodguard.registry.mlflow_adapter import registry_error
 
 _metadata = sa.MetaData()
 _lock = sa.Table(
@@ -91,7 +92,7 @@ class AuditLog:
                 )
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise _audit_error("audit log write", exc) from None
+            raise registry_error("audit log write", exc, "the audit database") from None
 
     def _ensure_lock_row(self, model: str) -> None:
         try:
@@ -142,7 +143,7 @@ class AuditLog:
             with self._engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
         except sa.exc.SQLAlchemyError as exc:
-            raise _audit_error("audit log read", exc) from None
+            raise registry_error("audit log read", exc, "the audit database") from None
         return [_to_record(row) for row in reversed(rows)]
 
 
@@ -158,14 +159,3 @@ def _to_record(row: Any) -> AuditRecord:
         reason=row["reason"],
         evidence=json.loads(row["evidence"]),
     )
-
-
-def _audit_error(action: str, exc: BaseException) -> RegistryError:
-    from prodguard.registry.mlflow_adapter import unreachable
-
-    if unreachable(exc):
-        return RegistryUnavailable(
-            f"{action} failed: the audit database is not reachable ({first_line(exc, 200)}); "
-            "nothing changed — retry when it is back"
-        )
-    return RegistryError(f"{action} failed: {first_line(exc)}")

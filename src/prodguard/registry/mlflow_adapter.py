@@ -97,14 +97,14 @@ def _wrapped(action: str) -> Iterator[None]:
     except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy, OS errors
-        raise _registry_error(action, exc) from None
+        raise registry_error(action, exc) from None
 
 
-def _registry_error(action: str, exc: BaseException) -> RegistryError:
-    """One line: RegistryUnavailable when the store could not be reached, else RegistryError."""
+def registry_error(action: str, exc: BaseException, store: str = "the registry") -> RegistryError:
+    """One line: RegistryUnavailable when ``store`` could not be reached, else RegistryError."""
     if unreachable(exc):
         return RegistryUnavailable(
-            f"{action} failed: the registry is not reachable ({_reach_detail(exc)}); "
+            f"{action} failed: {store} is not reachable ({_reach_detail(exc)}); "
             "nothing changed — retry when it is back"
         )
     return RegistryError(f"{action} failed: {first_line(exc)}")
@@ -207,9 +207,9 @@ class MlflowRegistry:
                     f"model '{self.model_name}' has no version {version}; "
                     "see `prodguard status` for the versions there are"
                 ) from None
-            raise _registry_error(f"reading version {version}", exc) from None
+            raise registry_error(f"reading version {version}", exc) from None
         except Exception as exc:  # noqa: BLE001 - store unreachable etc.
-            raise _registry_error(f"reading version {version}", exc) from None
+            raise registry_error(f"reading version {version}", exc) from None
         return _to_version(found)
 
     def versions(self) -> list[ModelVersion]:
