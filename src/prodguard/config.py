@@ -2,7 +2,7 @@
 
 Overrides use ``__`` to reach nested keys: ``PRODGUARD_PATHS__DATA_DIR=/srv/pg`` sets
 ``paths.data_dir``. Values are parsed as YAML scalars or lists
-(``PRODGUARD_SOURCES__PLANES__KEYS=[tailnum]``).
+(``PRODGUARD_SOURCES__ITEMS__KEYS=[item_id]``).
 Relative paths are resolved against the folder holding the config file. Nothing is read at
 import time: call :func:`load_settings`.
 
@@ -152,8 +152,8 @@ class ServingSettings(_Strict):
         default=64,
         ge=1,
         le=10000,
-        description="Prediction/feedback requests in flight per serve process; more: 429 with "
-        "Retry-After at once (never queued). A request that overran its deadline counts until "
+        description="Prediction/feedback requests served at once per serve process; more: 429 "
+        "with Retry-After at once (never queued). A request that overran its deadline counts until "
         "its work ends.",
     )
     request_timeout_s: float = Field(
@@ -235,10 +235,11 @@ class WindowSettings(_Strict):
 
 
 class KpiSettings(_Strict):
-    """The business KPI: mean cost per labelled prediction (lower is better), from feedback."""
+    """The business KPI: mean cost per labelled prediction (lower is better), from feedback.
+    Its name and the feedback key of the true label are the project's own: no default."""
 
-    name: str = "delay_cost"
-    outcome: str = Field(default="delayed", description="Feedback key holding the true label.")
+    name: str = Field(description="The KPI's name in findings and alerts (kpi.<name>).")
+    outcome: str = Field(description="Feedback key holding the true label.")
     cost_missed: float = Field(default=1.0, ge=0, description="Cost of a missed positive.")
     cost_false_alert: float = Field(default=0.25, ge=0, description="Cost of a false alert.")
     maturity_hours: float = Field(
@@ -267,7 +268,7 @@ class MonitoringSettings(_Strict):
         description="Warning/critical beyond the baseline mean plus this many times the metric's "
         "spread (the largest deviation staging showed).",
     )
-    kpi: KpiSettings = KpiSettings()
+    kpi: KpiSettings
     reports_max_rows: int = Field(default=20_000, ge=100)
 
 
@@ -373,7 +374,7 @@ class Settings(_Strict):
     model: ModelSettings | None = None
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings | None = None
-    monitoring: MonitoringSettings = MonitoringSettings()
+    monitoring: MonitoringSettings
     rollout: RolloutSettings = RolloutSettings()
     alerts: AlertSettings = AlertSettings()
     demo: DemoSettings | None = None

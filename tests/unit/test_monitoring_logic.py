@@ -141,7 +141,13 @@ def test_measures_of_a_window() -> None:
     outcomes = [{"delayed": i % 3 == 0} for i in range(400)]
     frame["outcome"] = outcomes
     frame.loc[:9, "flags"] = pd.Series([["x:stale"]] * 10)
-    kpi = KpiSettings(min_labelled=100, cost_missed=1.0, cost_false_alert=0.25)
+    kpi = KpiSettings(
+        name="delay_cost",
+        outcome="delayed",
+        min_labelled=100,
+        cost_missed=1.0,
+        cost_false_alert=0.25,
+    )
     got = _by_name(
         measure(
             frame,
@@ -170,7 +176,7 @@ def test_measures_of_a_window() -> None:
 
 def test_kpi_waits_for_maturity_and_enough_labels() -> None:
     frame = log_frame(300)
-    kpi = KpiSettings(min_labelled=100)
+    kpi = KpiSettings(name="delay_cost", outcome="delayed", min_labelled=100)
     args = {"features": {}, "scores": None, "kpi": kpi, "errors": {}, "min_rows": 100}
     young = _by_name(measure(frame, matured=False, **args))["kpi.delay_cost"]
     assert young.value is None and young.reason.startswith("not matured")
@@ -185,7 +191,7 @@ def test_too_few_rows_measure_nothing_but_counts() -> None:
             log_frame(10),
             features=feature_references(STATS),
             scores=None,
-            kpi=KpiSettings(),
+            kpi=KpiSettings(name="delay_cost", outcome="delayed"),
             matured=True,
             errors={},
             min_rows=100,
@@ -201,7 +207,13 @@ def test_latency_comes_from_single_row_requests_only() -> None:
     frame["latencies_ms"] = [
         {"checks_ms": 1.0, "features_ms": 1.0, "model_ms": 500.0, "batch_rows": 300}
     ] * 200 + [{"checks_ms": 1.0, "features_ms": 1.0, "model_ms": 4.0, "batch_rows": 1}] * 100
-    args = {"features": {}, "scores": None, "kpi": KpiSettings(), "errors": {}, "min_rows": 100}
+    args = {
+        "features": {},
+        "scores": None,
+        "kpi": KpiSettings(name="delay_cost", outcome="delayed"),
+        "errors": {},
+        "min_rows": 100,
+    }
     got = _by_name(measure(frame, matured=False, **args))
     assert got["latency.model.p99"].value == pytest.approx(4.0)
 

@@ -93,7 +93,7 @@ def test_missing_baseline_or_unmatured_kpi_is_inconclusive() -> None:
 
 
 def test_triggers_read_as_a_reviewable_list() -> None:
-    lines = describe(TRIGGERS, KpiSettings())
+    lines = describe(TRIGGERS, KpiSettings(name="delay_cost", outcome="delayed"))
     assert lines[0] == "prediction shift: |mean score - baseline| > 3 baseline sd"
     assert any("worse than baseline by > 5%" in line for line in lines)
     assert "critical PSI on temp" in lines

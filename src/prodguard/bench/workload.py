@@ -1,4 +1,4 @@
-"""The benchmark's requests: flights of the model's source, asked about at the time the online
+"""The benchmark's requests: rows of the model's source, asked about at the time the online
 store was materialized up to (so their features are fresh, as in production), each with its
 own request id; and the bare baseline's bodies: the model features the guarded service used."""
 
@@ -16,7 +16,7 @@ from prodguard.errors import NoDataError
 from prodguard.project import import_object
 from prodguard.serving.prediction_log import PredictionLog
 
-HISTORY = timedelta(days=28)  # flights sampled from the weeks before the store's time
+HISTORY = timedelta(days=28)  # rows sampled from the weeks before the store's time
 ASKED_AFTER = timedelta(minutes=1)  # requests ask about a departure just after it
 SEED = 10
 
@@ -29,7 +29,7 @@ def guarded_bodies(
     prefix: str,
 ) -> list[dict[str, Any]]:
     """``count`` request bodies (request model JSON with ``request_id`` = prefix + number) for
-    flights of the weeks before ``at``, departing at ``at`` + 1 minute. Only flights whose
+    rows of the weeks before ``at``, asked about at ``at`` + 1 minute. Only rows whose
     categorical fields the model knows (``categories``) are asked: the rest would be 422s."""
     from prodguard.monitoring.replay import request_rows
 
@@ -51,7 +51,7 @@ def guarded_bodies(
         bodies.append({**body, "request_id": f"{prefix}{len(bodies)}"})
     if len(bodies) < count:  # resample the valid ones to the requested count
         if not bodies:
-            raise NoDataError("no flight of the source makes a valid request; check the data")
+            raise NoDataError("no row of the source makes a valid request; check the data")
         bodies += [
             {**bodies[i % len(bodies)], "request_id": f"{prefix}{len(bodies) + i}"}
             for i in range(count - len(bodies))

@@ -2,7 +2,7 @@
 
 The file format is Great Expectations' own suite JSON::
 
-    {"name": "weather", "expectations": [{"type": "expect_...", "kwargs": {...}}], "meta": {}}
+    {"name": "readings", "expectations": [{"type": "expect_...", "kwargs": {...}}], "meta": {}}
 
 This module checks the structure only; whether each expectation exists and its arguments are
 valid is checked by the Great Expectations adapter when the suite is compiled.

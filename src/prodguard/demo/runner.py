@@ -166,7 +166,7 @@ class DemoRun:
         metrics = {k: round(v, 4) for k, v in result.metrics.items()}
         self.console.print(
             f"  v{result.version}: AUC {metrics['auc']:.3f}, ECE {metrics['ece']:.3f} on "
-            f"{result.rows_eval:,} held-out flights ({result.rows_train:,} training rows)"
+            f"{result.rows_eval:,} held-out rows ({result.rows_train:,} training rows)"
         )
         self.events.add(
             "training",

@@ -116,7 +116,7 @@ def _psi_plot(found: pd.DataFrame, warning: float, critical: float) -> str:
     )
 
 
-def _score_plot(log: pd.DataFrame) -> str:
+def _score_plot(log: pd.DataFrame, model: str) -> str:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(9, 3.2))
     for version, part in log.groupby("version"):
@@ -128,7 +128,7 @@ def _score_plot(log: pd.DataFrame) -> str:
             density=True,
             label=f"v{version} ({len(part):,} answers)",
         )
-    ax.set_title("Predicted delay probability per model version (answers served)")
+    ax.set_title(f"{model}: predicted probability per model version (answers served)")
     ax.set_xlabel("probability")
     ax.legend(fontsize=8)
     return _svg(fig)
@@ -160,7 +160,7 @@ def write_summary(run: DemoRun) -> Path:
     kpi = f"kpi.{settings.monitoring.kpi.name}"
     plots = [
         ("Drift", _psi_plot(found, psi.warning, psi.critical)),
-        ("Predictions", _score_plot(served)),
+        ("Predictions", _score_plot(served, settings.model.name)),
         (
             "Business KPI",
             _lines(

@@ -2,7 +2,7 @@
 
 Hour by hour: the shared clock moves to the hour; the rows each time-based source observed since
 the previous hour are pushed to the online store (as a streaming feature pipeline would); the
-flights of the hour are sent to ``/predict_batch`` (a deterministic share one by one to
+labelled rows of the hour are sent to ``/predict_batch`` (a deterministic share one by one to
 ``/predict``, so per-request latency is measured as callers see it); outcomes that have become
 known are sent to ``/feedback_batch``. A hook runs after each hour (guard, monitors).
 """
@@ -101,7 +101,7 @@ class OnlineFeed:
 
 class HttpTraffic:
     """Replays the labelled source's rows through ``service``; outcomes are sent
-    ``outcome_after`` past each flight's time."""
+    ``outcome_after`` past each row's time."""
 
     def __init__(
         self,

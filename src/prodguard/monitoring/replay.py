@@ -4,7 +4,7 @@ The labelled source's rows of ``[start, end)`` become requests (through the proj
 model, as a caller would send them), hour by hour in time order. A clock set to each hour drives
 the real ``Predictor`` — request checks, feature lookups with TTL and degradation, model, durable
 log — over ``AsOfFeatures``: the online store as it stood at that hour. Known outcomes are fed
-back as the flights land. A deterministic share of requests is sent one by one, so the log holds
+back as they become known. A deterministic share of requests is sent one by one, so the log holds
 per-request latencies as ``/predict`` would see them; the rest go in hourly batches.
 """
 

@@ -6,8 +6,8 @@ saw enough requests moves on (or promotes after the last one), anything inconclu
 
 The prediction shift is judged net of a reference model on the same traffic when one is
 measured: the champion against the standby's shadow scores, a canary against the champion (its
-answers beside the canary and its shadow scores of the canary's rows). The
-weather moves every model's scores alike; only a shift the reference does not share is the
+answers beside the canary and its shadow scores of the canary's rows). A change
+in the world moves every model's scores alike; only a shift the reference does not share is the
 model's own (a world that changed is the monitors' drift alert, and a rollback would not help).
 
 Safe to run twice: the rollback states the aliases it read, so of two guards one moves and the

@@ -347,7 +347,7 @@ class PredictionService:
 
     @bentoml.api(route="/predict", input_spec=RequestModel)
     def predict(self, ctx: bentoml.Context, **fields: Any) -> PredictionOut:
-        """Predict one flight: features from the online store, checked, champion's answer."""
+        """Score one request: features from the online store, checked, champion's answer."""
         try:
             return self._answer([RequestModel(**fields)], ctx)[0]
         except ProdguardError as exc:
@@ -359,7 +359,7 @@ class PredictionService:
         rows: Annotated[list[RequestModel], Field(min_length=1, json_schema_extra=_AT_MOST)],
         ctx: bentoml.Context,
     ) -> BatchOut:
-        """Predict many flights in one call (at most serving.max_batch rows; more: 413)."""
+        """Score many requests in one call (at most serving.max_batch rows; more: 413)."""
         try:
             if len(rows) > MAX_BATCH:
                 self._record_error("rejected")

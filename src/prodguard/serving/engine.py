@@ -427,7 +427,7 @@ class Predictor:
             return "missing"
         age = as_of.timestamp() - float(stamp)
         if age < 0:
-            return "future"  # observed after the flight's time: training never saw that
+            return "future"  # observed after the request's time: training never saw that
         if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
             return "stale"
         broken = feature.checks.check_value(feature.name, value)

@@ -1,5 +1,5 @@
 """The service's HTTP boundary: admin authentication and the limits that answer 4xx/5xx at once
-instead of letting a process collapse (body size, requests in flight, a deadline per request).
+instead of letting a process collapse (body size, concurrent requests, a deadline per request).
 
 :class:`Boundary` is a plain ASGI middleware (BentoML adds it with ``add_asgi_middleware``); the
 decisions are pure functions, tested without a server. Every refusal is a JSON body
@@ -12,8 +12,8 @@ values, and is counted through :attr:`Boundary.hooks`.
   before anything is read; a chunked body is read up to the limit and no further).
 - every POST outside ``/admin`` (predictions, feedback): at most ``max_in_flight`` at once in
   the process (429 with ``Retry-After``, answered at once, never queued), each answered within
-  ``timeout_s`` (504). A request that overran keeps its place in flight until its work really
-  ends, so hung work cannot pile up behind the answers already given.
+  ``timeout_s`` (504). A request that overran keeps its place among the running ones until its work
+  really ends, so hung work cannot pile up behind the answers already given.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def overloaded(max_in_flight: int) -> Refusal:
     return Refusal(
         429,
         "concurrency",
-        f"this service process already has serving.max_in_flight ({max_in_flight}) requests in "
-        f"flight; retry after {RETRY_AFTER_S} s or spread the load over replicas",
+        f"this service process already has serving.max_in_flight ({max_in_flight}) requests "
+        f"running; retry after {RETRY_AFTER_S} s or spread the load over replicas",
         (("retry-after", str(RETRY_AFTER_S)),),
     )
 
@@ -126,7 +126,7 @@ def timed_out(timeout_s: float) -> Refusal:
 
 
 class InFlight:
-    """Requests in flight in this process, up to a limit (used on the event loop's thread)."""
+    """Requests running in this process, up to a limit (used on the event loop's thread)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
