@@ -14,7 +14,11 @@ export GX_ANALYTICS_ENABLED := false
 export FEAST_USAGE := False
 export TQDM_DISABLE := 1
 
-.PHONY: demo test test-reliability lint lock clean
+# Test workers of `make test`: one per core (at most 4: each worker builds its own copies of the
+# session fixtures' trained projects). PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= auto
+
+.PHONY: demo test test-unit test-reliability lint lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +28,20 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/prodguard demo
 
-# unit, integration and end-to-end tests (PostgreSQL and Redis on localhost for the production ones)
+# unit, integration and end-to-end tests (PostgreSQL and Redis on localhost for the production ones);
+# test files are spread over the cores, each file's tests in order on one worker (--dist loadfile).
+# One OpenMP thread per process: scikit-learn's threads spin against the other workers otherwise.
 test: $(STAMP)
-	$(BIN)/pytest -m "not reliability"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -m "not reliability" -n $(PYTEST_WORKERS) --maxprocesses 4 \
+		--dist loadfile
+
+# the unit tier alone (pure logic, under a minute): what to run while you edit
+test-unit: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests/unit -m unit
 
 # fault injection with real processes (kill -9, servers stopped, malformed input at scale);
-# .ci/run runs it after `make test`
+# .ci/run runs it after `make test`. One process: its figures (lost requests, recovery times)
+# are measured without other tests competing for the cores.
 test-reliability: $(STAMP)
 	$(BIN)/pytest -m reliability
 

@@ -27,6 +27,19 @@ FLIGHT_REQUEST = {
 }
 disable_telemetry()
 
+# A test's tier is its folder: every test under tests/<tier>/ carries the marker <tier> (the
+# markers are strict, see pyproject.toml), so `pytest -m unit` is exactly tests/unit.
+TIERS = ("unit", "integration", "e2e", "reliability")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = ROOT / "tests"
+    for item in items:
+        folder = item.path.relative_to(tests).parts[0]
+        if folder in TIERS:
+            item.add_marker(folder)
+
 
 def utc(text: str) -> datetime:
     return pd.Timestamp(text, tz="UTC").to_pydatetime()
