@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from prodguard.clock import FixedClock
-from prodguard.config import MonitoringSettings, WindowSettings
+from prodguard.config import KpiSettings, MonitoringSettings, WindowSettings
 from prodguard.errors import RegistryError
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
 from prodguard.monitoring.measures import feature_references
@@ -44,9 +44,12 @@ def records(n: int, start: datetime, version: int = 1, shift: float = 0.0, **ext
         )
 
 
+KPI = KpiSettings(name="delay_cost", outcome="delayed")  # the example project's KPI
+
+
 def settings(**window) -> MonitoringSettings:
     defaults = {"minutes": 60, "step_minutes": None, "min_rows": 50}
-    return MonitoringSettings(window=WindowSettings(**{**defaults, **window}))
+    return MonitoringSettings(window=WindowSettings(**{**defaults, **window}), kpi=KPI)
 
 
 def baseline() -> Baseline:

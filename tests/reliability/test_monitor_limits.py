@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from prodguard.clock import FixedClock
-from prodguard.config import MonitoringSettings, WindowSettings
+from prodguard.config import KpiSettings, MonitoringSettings, WindowSettings
 from prodguard.errors import RegistryError, StorageError
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
 from prodguard.monitoring.measures import feature_references
@@ -66,9 +66,12 @@ def reference(version: int = 1, days: float = 1) -> VersionReference:
     return VersionReference(feature_references(STATS), staging_baseline(days))
 
 
+KPI = KpiSettings(name="delay_cost", outcome="delayed")  # the example project's KPI
+
+
 def settings(minutes: float, max_rows: int) -> MonitoringSettings:
     window = WindowSettings(minutes=minutes, step_minutes=None, min_rows=200, max_rows=max_rows)
-    return MonitoringSettings(window=window)
+    return MonitoringSettings(window=window, kpi=KPI)
 
 
 def batch(start: int, size: int, per_day: int, rng: np.random.Generator, nan: bool = False):
