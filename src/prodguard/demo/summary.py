@@ -158,9 +158,10 @@ def write_summary(run: DemoRun) -> Path:
         log.close()
     psi = settings.monitoring.psi
     kpi = f"kpi.{settings.monitoring.kpi.name}"
+    model = settings.model.name if settings.model else settings.project.name
     plots = [
         ("Drift", _psi_plot(found, psi.warning, psi.critical)),
-        ("Predictions", _score_plot(served, settings.model.name)),
+        ("Predictions", _score_plot(served, model)),
         (
             "Business KPI",
             _lines(
