@@ -5,7 +5,6 @@ The CLI only parses arguments and renders results; everything it does is callabl
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError
 from prodguard.ingestion.pipeline import BatchResult, Ingestor, read_batch_file
 from prodguard.project import import_object, load_loader
+from prodguard.registry import lineage
 
 if TYPE_CHECKING:
     from prodguard.registry.operations import RegistryOperations
@@ -245,36 +245,12 @@ def train(settings: Settings, start: datetime, end: datetime, actor: str) -> Tra
     )
 
 
-LINEAGE_SUMMARY = (
-    "train_window",
-    "eval_window",
-    "rows_train",
-    "rows_eval",
-    "rows_unlabelled",
-    "dataset_digest",
-    "feature_service",
-    "feature_views",
-    "suite_digests",
-    "code_version",
-    "eval.auc",
-    "eval.log_loss",
-    "eval.precision",
-    "eval.recall",
-    "eval.ece",
-    "demoted_reason",
-    "baseline",
-)
-
-
 def version_summary(version: Any) -> dict[str, Any]:
-    tags = version.tags
-    summary: dict[str, Any] = {"version": version.version, "created": version.created.isoformat()}
-    for key in LINEAGE_SUMMARY:
-        value = tags.get(f"prodguard.{key}")
-        if value is not None and key in ("feature_views", "suite_digests"):
-            value = json.loads(value)
-        summary[key] = value
-    return summary
+    return {
+        "version": version.version,
+        "created": version.created.isoformat(),
+        **lineage.summary(version.tags),
+    }
 
 
 def status(settings: Settings) -> dict[str, Any]:

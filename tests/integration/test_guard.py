@@ -130,7 +130,8 @@ def test_drill_rehearses_a_rollback_in_staging_and_gates_promotion(project: Path
     from prodguard import app
     from prodguard.config import load_settings
     from prodguard.errors import PromotionRefused
-    from prodguard.rollout.drill import DRILL_TAG, run_drill
+    from prodguard.registry.lineage import DRILL as DRILL_TAG
+    from prodguard.rollout.drill import run_drill
 
     settings = load_settings(project / "prodguard.yaml", environ=ENV)
     app.feature_store(settings).materialize(until=utc("2013-05-01"))

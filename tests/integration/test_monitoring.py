@@ -218,11 +218,11 @@ def test_baseline_replays_staging_and_is_stored_with_the_version(
     from prodguard import app
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import (
-        BASELINE_TAG,
         build_monitor,
         record_baseline,
         version_reference,
     )
+    from prodguard.registry.lineage import BASELINE as BASELINE_TAG
 
     root = copy_project(served_project, tmp_path / "project")
     settings = load_settings(root / "prodguard.yaml", environ=DAILY_WINDOWS)

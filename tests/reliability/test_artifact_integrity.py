@@ -17,7 +17,7 @@ from prodguard.alerts import Alert, Alerter
 from prodguard.config import load_settings
 from prodguard.errors import ArtifactIntegrityError
 from prodguard.features.feast_adapter import feature_contract
-from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG
+from prodguard.registry.lineage import ARTIFACT_DIGEST as ARTIFACT_DIGEST_TAG
 from prodguard.rollout.faults import register_faulty
 from prodguard.rollout.policy import read_targets
 from prodguard.serving.models import ModelFollower, load_verified

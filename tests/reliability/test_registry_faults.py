@@ -170,7 +170,7 @@ prodguard.cli.main()
 
 def copy_version(source, target, version: int) -> int:
     """Register ``source``'s version in ``target`` (same model, tags and artifacts)."""
-    from prodguard.rollout.faults import COPIED_ARTIFACTS, NOT_COPIED
+    from prodguard.registry.lineage import COPIED_ARTIFACTS, NOT_COPIED
 
     info = source.registry.version(version)
     model = source.registry.load_model(version)

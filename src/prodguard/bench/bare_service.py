@@ -9,7 +9,6 @@ The settings (``PRODGUARD_CONFIG``) are read when the service starts, not at imp
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
@@ -34,14 +33,15 @@ class BareService:
         from prodguard import app
         from prodguard.config import load_settings
         from prodguard.errors import ServiceNotReady
+        from prodguard.registry.lineage import recorded_store_features
         from prodguard.serving.models import load_verified
 
         registry = app.registry_operations(load_settings()).registry
         version = registry.aliases().get("champion")
         if version is None:
             raise ServiceNotReady("no champion to serve")
-        contract = registry.version(version).tags.get("prodguard.store_features", "[]")
-        self.model = load_verified(registry, json.loads(contract), version)
+        contract = recorded_store_features(registry.version(version).tags) or ()
+        self.model = load_verified(registry, contract, version)
 
     @bentoml.api(route="/predict")
     def predict(

@@ -27,6 +27,7 @@ from prodguard.bench.load import LevelResult, Samples, drive, merge
 from prodguard.bench.stats import ratio
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError, ServiceNotReady
+from prodguard.registry.lineage import REFERENCE_STATS_JSON
 from prodguard.service_process import free_port, start_service
 
 LEVELS = (1, 4, 16)
@@ -160,7 +161,7 @@ def run_bench(
     at = app.feature_store(settings).materialized_until()
     if at is None:
         raise InputError(f"the online store was never materialized; {SETUP_HINT}")
-    stats = registry.load_json_artifact(champion, "reference_stats.json")
+    stats = registry.load_json_artifact(champion, REFERENCE_STATS_JSON)
     categories = {
         name: frozenset(s.get("categories", {}))
         for name, s in stats.items()

@@ -25,23 +25,21 @@ from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
 from prodguard.monitoring.windows import WindowSpec, tile
+from prodguard.registry import lineage
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
 from prodguard.training.reference import reference_stats
 
 _log = logging.getLogger("prodguard.monitoring")
-BASELINE_ARTIFACT = "baseline.json"
-BASELINE_TAG = "prodguard.baseline"
-REFERENCE_ARTIFACT = "reference_stats.json"
 
 
 def version_reference(registry: Any, version: int) -> VersionReference:
     """A version's training feature bins and (if recorded) its staging baseline."""
-    stats = registry.load_json_artifact(version, REFERENCE_ARTIFACT)
+    stats = registry.load_json_artifact(version, lineage.REFERENCE_STATS_JSON)
     baseline = None
-    if BASELINE_TAG in registry.version(version).tags:
-        baseline = Baseline.from_json(registry.load_json_artifact(version, BASELINE_ARTIFACT))
+    if lineage.BASELINE in registry.version(version).tags:
+        baseline = Baseline.from_json(registry.load_json_artifact(version, lineage.BASELINE_JSON))
     return VersionReference(feature_references(stats), baseline)
 
 
@@ -101,9 +99,9 @@ def record_baseline(
     finally:
         log.close()
     if store_baseline:
-        operations.registry.log_json_artifact(version, BASELINE_ARTIFACT, baseline.to_json())
+        operations.registry.log_json_artifact(version, lineage.BASELINE_JSON, baseline.to_json())
         operations.registry.set_version_tag(
-            version, BASELINE_TAG, f"{start.isoformat()}/{end.isoformat()}"
+            version, lineage.BASELINE, f"{start.isoformat()}/{end.isoformat()}"
         )
     return BaselineResult(baseline, replayed, path, time.perf_counter() - began)
 
@@ -393,7 +391,7 @@ def drift_report(
             f"no predictions of v{version} were logged in [{start:%Y-%m-%d}, {end:%Y-%m-%d}); "
             "choose a window with traffic (see `prodguard monitor`)"
         )
-    window = registry.version(version).tags.get("prodguard.train_window")
+    window = registry.version(version).tags.get(lineage.TRAIN_WINDOW)
     if not window:
         raise RegistryError(f"v{version} has no recorded training window; train it with prodguard")
     train_start, train_end = (pd.Timestamp(t).to_pydatetime() for t in window.split("/"))

@@ -31,13 +31,13 @@ from prodguard.clock import FixedClock
 from prodguard.config import Settings
 from prodguard.errors import InputError, PromotionRefused
 from prodguard.project import import_object
+from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
 from prodguard.registry.operations import RegistryOperations
-from prodguard.rollout.faults import FAULT_TAG, ShiftedScores
+from prodguard.rollout.faults import ShiftedScores
 from prodguard.rollout.policy import read_targets
 
-DRILL_TAG = "prodguard.drill"
 FAULTY_OFFSET = 1_000_000  # the staging-only faulty copy of vN is numbered N + this
 LATENCY_REQUESTS = 200
 
@@ -78,7 +78,7 @@ class StagingRegistry:
         found = self._registry.version(base)
         tags = {**found.tags, **self._version_tags.get(version, {})}
         if version in self._faulty:
-            tags[FAULT_TAG] = f"v{base} with scores shifted by {shift:+g} (drill)"
+            tags[lineage.FAULT] = f"v{base} with scores shifted by {shift:+g} (drill)"
         return replace(found, version=version, tags=tags)
 
     def set_version_tag(self, version: int, key: str, value: str) -> None:
@@ -229,7 +229,7 @@ def run_drill(
         at=datetime.now(UTC).isoformat(),
         seconds=time.perf_counter() - began,
     )
-    production.registry.set_version_tag(version, DRILL_TAG, json.dumps(result.to_json()))
+    production.registry.set_version_tag(version, lineage.DRILL, json.dumps(result.to_json()))
     return result
 
 
@@ -242,14 +242,13 @@ def _period(
         return start, end
     if start is not None or end is not None:
         raise InputError("give both --start and --end, or neither (the baseline's period)")
-    recorded = operations.registry.version(version).tags.get("prodguard.baseline")
+    recorded = operations.registry.version(version).tags.get(lineage.BASELINE)
     if not recorded:
         raise InputError(
             f"v{version} has no staging baseline: run `prodguard baseline` first (the drill "
             "needs it to judge the faulty copy), or give --start/--end"
         )
-    first, last = recorded.split("/")
-    return datetime.fromisoformat(first), datetime.fromisoformat(last)
+    return lineage.split_window(recorded)
 
 
 def _latency(
@@ -272,7 +271,7 @@ def _latency(
     assert settings.serving is not None
     request_model = import_object(settings.serving.request_model, "serving.request_model")
     try:
-        recorded = registry.version(version).tags.get("prodguard.eval_window", "")
+        recorded = registry.version(version).tags.get(lineage.EVAL_WINDOW, "")
         first = parse_time(recorded.split("/")[0]) if recorded else None
         rows = request_rows(settings, first, first + timedelta(days=7)) if first else None
         if rows is None or rows.empty:
@@ -313,7 +312,7 @@ def _remove(path: Path) -> None:
 
 def drill_gate(registry: Any, version: int, max_age_hours: float, now: datetime) -> None:
     """Refuse promoting ``version`` without a passed drill younger than ``max_age_hours``."""
-    text = registry.version(version).tags.get(DRILL_TAG)
+    text = registry.version(version).tags.get(lineage.DRILL)
     hint = f"run `prodguard drill --version {version}` first"
     if not text:
         raise PromotionRefused(f"v{version} has no rollback drill; {hint}")

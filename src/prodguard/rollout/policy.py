@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from prodguard.errors import InputError, RegistryError
+from prodguard.registry import lineage
 
 Mode = Literal["blue_green", "canary", "shadow"]
-TRAFFIC_TAG = "prodguard.traffic"
 
 
 @dataclass(frozen=True)
@@ -100,5 +100,5 @@ def in_canary(key: str, percent: float) -> bool:
 
 def read_targets(registry: Any) -> tuple[dict[str, int | None], TrafficPolicy]:
     """What every replica polls: the aliases and the traffic policy, in one registry read."""
-    aliases, text = registry.aliases_and_tag(TRAFFIC_TAG)
+    aliases, text = registry.aliases_and_tag(lineage.TRAFFIC)
     return aliases, TrafficPolicy.from_json(text)
