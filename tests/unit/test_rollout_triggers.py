@@ -106,7 +106,7 @@ def test_drill_gate_needs_a_passed_recent_drill() -> None:
 
     from prodguard.errors import PromotionRefused
     from prodguard.registry.lineage import DRILL as DRILL_TAG
-    from prodguard.rollout.drill import drill_gate
+    from prodguard.rollout.policy import drill_gate
 
     now = datetime(2026, 11, 29, tzinfo=UTC)
 

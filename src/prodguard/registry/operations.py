@@ -34,7 +34,8 @@ from prodguard.clock import Clock, SystemClock
 from prodguard.errors import ConcurrentUpdateError, InputError, PromotionRefused, RegistryError
 from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog, AuditRecord
-from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
+from prodguard.registry.mlflow_adapter import ALIASES
+from prodguard.registry.ports import ModelRegistry
 from prodguard.rollout.policy import Mode, TrafficPolicy, read_targets
 
 RECONCILE_ACTOR = "prodguard-reconcile"
@@ -78,7 +79,7 @@ PromotionCheck = Callable[[int], None]
 class RegistryOperations:
     def __init__(
         self,
-        registry: MlflowRegistry,
+        registry: ModelRegistry,
         audit: AuditLog,
         clock: Clock | None = None,
         promotion_check: PromotionCheck | None = None,

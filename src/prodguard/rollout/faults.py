@@ -15,6 +15,7 @@ import numpy as np
 from prodguard.errors import RegistryError
 from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
+from prodguard.serving.models import load_verified
 
 
 class ShiftedScores:
@@ -38,7 +39,6 @@ def register_faulty(
 ) -> int:
     """Register v<base> with scores shifted by ``shift`` as a new version (not moved to any
     alias); returns its number."""
-    from prodguard.serving.models import load_verified
 
     registry = operations.registry
     info = registry.version(base)

@@ -32,6 +32,7 @@ from prodguard.errors import (
     ServiceNotReady,
 )
 from prodguard.registry.lineage import REFERENCE_STATS_JSON, Lineage
+from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
 
 _log = logging.getLogger("prodguard.serving")
@@ -115,7 +116,9 @@ def contract_difference(recorded: Sequence[Sequence[str]], current: Sequence[Seq
     return "; ".join(parts)
 
 
-def load_verified(registry: Any, store_features: list[list[str]], version: int) -> LoadedModel:
+def load_verified(
+    registry: VersionReader, store_features: Sequence[Sequence[str]], version: int
+) -> LoadedModel:
     """Load ``version`` if its contract matches ``store_features``, its stored artifact matches
     the digest recorded at registration (the registry loads only from the verified copy:
     ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row.
