@@ -19,7 +19,7 @@ from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
 from prodguard.features.as_of import AsOfFeatures
-from prodguard.features.feast_adapter import feature_contract
+from prodguard.features.feast_adapter import ViewVersion, feature_contract
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of
@@ -34,6 +34,7 @@ from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
+from prodguard.serving.engine import OnlineFeatures, Predictor
 from prodguard.serving.models import ServingState, load_verified
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
 from prodguard.training.dataset import build_frame, is_categorical
@@ -60,8 +61,9 @@ def resolve_version(
         return version
     aliases = operations.state().as_dict()
     for alias in prefer:
-        if aliases.get(alias) is not None:
-            return int(aliases[alias])
+        found = aliases.get(alias)
+        if found is not None:
+            return found
     raise InputError(f"no {' or '.join(prefer)} version is set; pass --version")
 
 
@@ -118,17 +120,17 @@ def record_baseline(
 
 def replay_predictor(
     settings: Settings,
-    views: list[Any],
+    views: list[ViewVersion],
     log: PredictionLog,
-    wrap_store: Callable[[Any, Clock], Any] | None = None,
-) -> Callable[[Callable[[], Any], Clock], Any]:
+    wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
+) -> Callable[[Callable[[], ServingState], Clock], Predictor]:
     """Builds the real request path over the as-of feature store for a replay's clock."""
 
     offline = OfflineStore(settings.paths.offline_dir)
     timestamps = {name: s.timestamp for name, s in settings.sources.items()}
 
-    def predictor_for(state: Callable[[], Any], clock: Clock) -> Any:
-        store: Any = AsOfFeatures(offline, views, clock, timestamps)
+    def predictor_for(state: Callable[[], ServingState], clock: Clock) -> Predictor:
+        store: OnlineFeatures = AsOfFeatures(offline, views, clock, timestamps)
         if wrap_store is not None:
             store = wrap_store(store, clock)
         return wiring.build_predictor(
@@ -147,7 +149,7 @@ def replay_version(
     log: PredictionLog,
     *,
     keep: Callable[[str], bool] | None = None,
-    wrap_store: Callable[[Any, Clock], Any] | None = None,
+    wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
     single_share: float | None = None,
     rollout: TrafficPolicy | None = None,
 ) -> ReplayResult:
@@ -378,6 +380,7 @@ def drift_report(
 ) -> Any:
     """An Evidently drift report of the served window ``[start, end)`` against the version's
     training window (features as the model saw them, and its scores), into the reports folder."""
+    # lazy: scikit-learn loads only for the commands that need it
     from prodguard.training.model import prepare
 
     if end <= start:

@@ -29,7 +29,7 @@ from prodguard import wiring
 from prodguard.alerts import Alerter, JsonlSink
 from prodguard.clock import FixedClock
 from prodguard.config import Settings
-from prodguard.errors import InputError
+from prodguard.errors import InputError, RegistryError
 from prodguard.features.feast_adapter import ViewVersion, feature_contract
 from prodguard.features.ports import FeatureStore
 from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
@@ -40,7 +40,7 @@ from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
 from prodguard.registry.operations import RegistryOperations
-from prodguard.registry.ports import ModelRegistry
+from prodguard.registry.ports import Classifier, ModelRegistry
 from prodguard.rollout.faults import ShiftedScores
 from prodguard.rollout.guard import Guard
 from prodguard.rollout.policy import read_targets
@@ -91,10 +91,19 @@ class StagingRegistry:
             tags[lineage.FAULT] = f"v{base} with scores shifted by {shift:+g} (drill)"
         return replace(found, version=version, tags=tags)
 
+    def versions(self) -> list[ModelVersion]:
+        return self._registry.versions()
+
+    def log_version(self, *args: Any, **kwargs: Any) -> int:
+        raise RegistryError("a drill registers nothing (staging registry)")
+
+    def log_json_artifact(self, version: int, name: str, document: Any) -> None:
+        raise RegistryError("a drill records nothing in the registry (staging registry)")
+
     def set_version_tag(self, version: int, key: str, value: str) -> None:
         self._version_tags.setdefault(version, {})[key] = value
 
-    def load_model(self, version: int) -> Any:
+    def load_model(self, version: int) -> Classifier:
         base, shift = self._faulty.get(version, (version, 0.0))
         model = self._registry.load_model(base)
         return ShiftedScores(model, shift) if version in self._faulty else model
@@ -156,7 +165,7 @@ def run_drill(
     operations = RegistryOperations(
         staging,
         AuditLog(f"sqlite:///{audit_path}"),
-        clock=clock,  # type: ignore[arg-type]
+        clock=clock,
     )
     alerter = Alerter([JsonlSink(folder / f"drill-v{version}.alerts.jsonl")])
     contract = feature_contract(views)
@@ -228,7 +237,7 @@ def run_drill(
         standby_answers=seen.get("standby", 0),
         latency_p50_ms=latency["p50"],
         latency_p99_ms=latency["p99"],
-        latency_requests=latency["n"],
+        latency_requests=int(latency["n"]),
         at=datetime.now(UTC).isoformat(),
         seconds=time.perf_counter() - began,
     )

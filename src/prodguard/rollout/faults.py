@@ -8,13 +8,13 @@ verified (its artifact digest checked) and the copy gets the digest of its own a
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import pandas as pd
 
 from prodguard.errors import RegistryError
 from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
+from prodguard.registry.ports import Classifier
 from prodguard.serving.models import load_verified
 
 
@@ -22,15 +22,15 @@ class ShiftedScores:
     """A classifier whose positive-class probability is the wrapped one plus ``shift``
     (clipped to [0.001, 0.999])."""
 
-    def __init__(self, model: Any, shift: float) -> None:
+    def __init__(self, model: Classifier, shift: float) -> None:
         self.model = model
         self.shift = shift
 
-    def predict_proba(self, frame: Any) -> np.ndarray:
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         positive = np.clip(self.model.predict_proba(frame)[:, 1] + self.shift, 0.001, 0.999)
         return np.column_stack([1 - positive, positive])
 
-    def predict(self, frame: Any) -> np.ndarray:
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(frame)[:, 1] >= 0.5).astype("int64")
 
 

@@ -32,7 +32,7 @@ from prodguard.errors import (
     ServiceNotReady,
 )
 from prodguard.registry.lineage import REFERENCE_STATS_JSON, Lineage
-from prodguard.registry.ports import VersionReader
+from prodguard.registry.ports import Classifier, VersionReader
 from prodguard.rollout.policy import TrafficPolicy
 
 _log = logging.getLogger("prodguard.serving")
@@ -49,7 +49,7 @@ def _threads() -> Any:
 @dataclass(frozen=True)
 class LoadedModel:
     version: int
-    pipeline: Any
+    pipeline: Classifier
     columns: tuple[str, ...]
     categorical: frozenset[str]
     fallbacks: dict[str, Any]
@@ -109,7 +109,8 @@ class ServingState:
 
 def contract_difference(recorded: Sequence[Sequence[str]], current: Sequence[Sequence[str]]) -> str:
     """'' when equal, else what differs: missing, extra and retyped features."""
-    old, new = dict(map(tuple, recorded)), dict(map(tuple, current))
+    old = {pair[0]: pair[1] for pair in recorded}
+    new = {pair[0]: pair[1] for pair in current}
     parts = [f"missing {k}" for k in new if k not in old]
     parts += [f"no longer served {k}" for k in old if k not in new]
     parts += [f"{k} is {new[k]}, was {old[k]}" for k in old if k in new and old[k] != new[k]]
