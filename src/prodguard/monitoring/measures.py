@@ -28,6 +28,7 @@ import pandas as pd
 
 from prodguard.config import KpiSettings
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
+from prodguard.serving.prediction_log import ErrorKind
 
 LATENCY_STAGES = ("checks", "features", "model", "total")  # total: the three, per request
 PERCENTILES = (50, 95, 99)
@@ -91,7 +92,7 @@ def measure(
     staging: Mapping[str, FeatureReference] | None = None,
     kpi: KpiSettings,
     matured: bool,
-    errors: Mapping[str, int],
+    errors: Mapping[ErrorKind, int],
     min_rows: int,
 ) -> list[Measure]:
     """Every metric of one window (``frame``: champion rows of one model version)."""
