@@ -19,6 +19,7 @@ business KPI and drill fault.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,19 +41,48 @@ class Task(StrEnum):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A model's task with its class labels (classifiers, in the model's column order; for
-    binary the second one is the positive class) and the binary decision threshold."""
+    """A model's task with its class labels (classifiers, in the model's column order), the
+    binary positive class (default: the second class) and the binary decision threshold."""
 
     task: Task = Task.BINARY
     classes: tuple[Any, ...] = ()
     threshold: float = 0.5
+    positive_class: Any = None
 
     @property
     def positive(self) -> Any:
-        return self.classes[1] if self.task is Task.BINARY and len(self.classes) == 2 else 1
+        if self.positive_class is not None:
+            return _same_label(self.positive_class, self.classes)
+        return self.classes[1] if len(self.classes) == 2 else 1
 
-    def describe(self) -> dict[str, Any]:
-        return {"task": self.task.value, "classes": [_plain(c) for c in self.classes]}
+    @property
+    def positive_column(self) -> int:
+        """Which column of a binary model's probabilities is the positive class."""
+        return self.classes.index(self.positive) if self.positive in self.classes else 1
+
+    def tags(self) -> dict[str, str]:
+        """The version tags recording the task (``spec_from_tags`` reads them back)."""
+        tags = {TASK_TAG: self.task.value}
+        if self.classes:
+            tags[CLASSES_TAG] = json.dumps([_plain(c) for c in self.classes])
+        if self.task is Task.BINARY and self.positive_class is not None:
+            tags[POSITIVE_TAG] = json.dumps(_plain(self.positive))
+        return tags
+
+
+TASK_TAG = "prodguard.task"
+CLASSES_TAG = "prodguard.classes"
+POSITIVE_TAG = "prodguard.positive_class"
+
+
+def spec_from_tags(tags: Mapping[str, str], threshold: float = 0.5) -> TaskSpec:
+    """The task a version was registered with; a version registered before tasks existed is a
+    binary classifier with classes (0, 1)."""
+    task = Task(tags.get(TASK_TAG, Task.BINARY.value))
+    default = "[0, 1]" if task is Task.BINARY else "[]"
+    classes = tuple(json.loads(tags.get(CLASSES_TAG, default)))
+    positive = json.loads(tags[POSITIVE_TAG]) if POSITIVE_TAG in tags else None
+    return TaskSpec(task, classes, threshold, positive)
 
 
 class Scorer(Protocol):
@@ -152,6 +182,12 @@ class Outputs:
             },
         }
 
+    def entry(self, i: int) -> tuple[float, int, dict[str, Any] | None]:
+        """Row ``i`` as the prediction log keeps it: score, decision, and the task-specific
+        prediction (None for binary: score and decision say it all)."""
+        prediction = None if self.task is Task.BINARY else self.row(i)
+        return float(self.score[i]), int(self.decision[i]), prediction
+
     def frame(self) -> pd.DataFrame:
         """Columns ``score``, ``predicted`` and, for classifiers, ``proba.<class>`` per class:
         what a project's cost function receives."""
@@ -177,16 +213,19 @@ def normalise(spec: TaskSpec, raw: Any, interval: Any = None) -> Outputs:
         )
     classes = spec.classes or tuple(range(array.shape[1]))
     if spec.task is Task.BINARY:
-        score = array[:, 1]
+        score = array[:, spec.positive_column]
         decision = (score >= spec.threshold).astype("int64")
+        column = spec.positive_column
+        predicted = [classes[column] if d else classes[1 - column] for d in decision]
     else:
         decision = array.argmax(axis=1).astype("int64")
         score = array[np.arange(len(array)), decision]
+        predicted = [classes[d] for d in decision]
     return Outputs(
         task=spec.task,
         score=score,
         decision=decision,
-        predicted=[classes[d] for d in decision],
+        predicted=predicted,
         probabilities=array,
         classes=classes,
     )
@@ -396,8 +435,11 @@ def shift_output(spec: TaskSpec, raw: Any, shift: float, scale: float = 1.0) -> 
     if spec.task is Task.REGRESSION:
         return array + shift * scale
     if spec.task is Task.BINARY:
-        positive = np.clip(array[:, 1] + shift, 0.001, 0.999)
-        return np.column_stack([1 - positive, positive])
+        column = spec.positive_column
+        shifted = array.copy()
+        shifted[:, column] = np.clip(array[:, column] + shift, 0.001, 0.999)
+        shifted[:, 1 - column] = 1 - shifted[:, column]
+        return shifted
     fraction = float(np.clip(abs(shift), 0.0, 1.0))
     moved = array.copy()
     moved[:, :-1] *= 1 - fraction

@@ -19,6 +19,7 @@ from prodguard.tasks import (
     score_measures,
     score_metric_names,
     shift_output,
+    spec_from_tags,
 )
 
 pytestmark = pytest.mark.unit
@@ -172,3 +173,14 @@ def test_drill_faults_per_task() -> None:
     moved = shift_output(THREE, [[0.6, 0.3, 0.1]], 0.5)
     assert moved[0].tolist() == pytest.approx([0.3, 0.15, 0.55])
     assert check_output(THREE, moved) == ""
+
+
+def test_positive_class_and_tags_round_trip() -> None:
+    spec = TaskSpec(Task.BINARY, ("late", "on_time"), threshold=0.5, positive_class="late")
+    assert spec.positive_column == 0
+    out = normalise(spec, [[0.7, 0.3], [0.2, 0.8]])
+    assert out.score.tolist() == [0.7, 0.2] and out.predicted == ["late", "on_time"]
+    assert shift_output(spec, [[0.5, 0.5]], 0.2)[0].tolist() == pytest.approx([0.7, 0.3])
+    assert spec_from_tags(spec.tags(), threshold=0.5) == spec
+    assert spec_from_tags(THREE.tags()) == THREE
+    assert spec_from_tags({}) == TaskSpec(Task.BINARY, (0, 1))
