@@ -113,7 +113,7 @@ def test_train_serve_log_monitor_and_fault(ingested, tmp_path, task) -> None:
     if task == "regression":
         assert shifted.raw(rows) == pytest.approx(base.raw(rows) + 0.5)  # no baseline: 1 sd = 1
     else:
-        assert shifted.raw(rows)[:, -1] > base.raw(rows)[:, -1]
+        assert (shifted.raw(rows)[:, -1] > base.raw(rows)[:, -1]).all()
 
     operations.registry.set_version_tag(trained.version, "prodguard.task", "binary")
     with pytest.raises(PromotionRefused, match="model.task is binary but the model returns"):
