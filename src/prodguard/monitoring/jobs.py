@@ -25,7 +25,12 @@ from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of
 from prodguard.monitoring.baseline import Baseline, summarise
 from prodguard.monitoring.evidently_report import write_drift_report
-from prodguard.monitoring.measures import feature_references, measure, score_reference
+from prodguard.monitoring.measures import (
+    feature_references,
+    kpi_cost_function,
+    measure,
+    score_reference,
+)
 from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
@@ -37,6 +42,7 @@ from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import OnlineFeatures, Predictor
 from prodguard.serving.models import ServingState, load_verified
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
+from prodguard.tasks import ModelScorer, normalise, spec_from_tags
 from prodguard.training.dataset import build_frame, is_categorical
 from prodguard.training.reference import reference_stats
 
@@ -47,9 +53,10 @@ def version_reference(registry: VersionReader, version: int) -> VersionReference
     """A version's training feature bins and (if recorded) its staging baseline."""
     stats = registry.load_json_artifact(version, lineage.REFERENCE_STATS_JSON)
     baseline = None
-    if lineage.BASELINE in registry.version(version).tags:
+    tags = registry.version(version).tags
+    if lineage.BASELINE in tags:
         baseline = Baseline.from_json(registry.load_json_artifact(version, lineage.BASELINE_JSON))
-    return VersionReference(feature_references(stats), baseline)
+    return VersionReference(feature_references(stats), baseline, spec_from_tags(tags))
 
 
 def resolve_version(
@@ -211,6 +218,8 @@ def baseline_from_log(
             matured=True,
             errors=log.errors(w.start, w.end),
             min_rows=spec.min_rows,
+            spec=reference.spec,
+            cost=kpi_cost_function(settings.monitoring.kpi),
         )
         for w in tile(spec, frame, start, end)
     ]
@@ -402,9 +411,10 @@ def drift_report(
     train_start, train_end = (pd.Timestamp(t).to_pydatetime() for t in window.split("/"))
     training = build_frame(settings, wiring.feature_store(settings), train_start, train_end)
     limit = settings.monitoring.reports_max_rows
-    model = registry.load_model(version)
+    task = spec_from_tags(registry.version(version).tags)
+    scorer = ModelScorer(registry.load_model(version), task.task)
     reference = training.features.assign(
-        prediction=model.predict_proba(prepare(training.features))[:, 1]
+        prediction=normalise(task, scorer.raw(prepare(training.features))).score
     )
     current = pd.DataFrame(served["features"].tolist())[list(training.features.columns)]
     current["prediction"] = served["probability"].to_numpy("float64")

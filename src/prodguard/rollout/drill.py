@@ -41,11 +41,12 @@ from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
 from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import Classifier, ModelRegistry
-from prodguard.rollout.faults import ShiftedScores
+from prodguard.rollout.faults import faulty_model, score_scale
 from prodguard.rollout.guard import Guard
 from prodguard.rollout.policy import read_targets
 from prodguard.serving.models import ModelFollower, ServingState, load_verified
 from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
+from prodguard.tasks import spec_from_tags
 from prodguard.timewindows import parse_time
 
 FAULTY_OFFSET = 1_000_000  # the staging-only faulty copy of vN is numbered N + this
@@ -106,7 +107,13 @@ class StagingRegistry:
     def load_model(self, version: int) -> Classifier:
         base, shift = self._faulty.get(version, (version, 0.0))
         model = self._registry.load_model(base)
-        return ShiftedScores(model, shift) if version in self._faulty else model
+        if version not in self._faulty:
+            return model
+        try:
+            scale = score_scale(self._registry.load_json_artifact(base, "baseline.json"))
+        except RegistryError:  # no baseline yet
+            scale = 1.0
+        return faulty_model(model, spec_from_tags(self.version(base).tags), shift, scale)
 
     def load_json_artifact(self, version: int, name: str) -> Any:
         return self._registry.load_json_artifact(self._faulty.get(version, (version,))[0], name)
@@ -146,7 +153,10 @@ def run_drill(
 
     began = time.perf_counter()
     if not 0 < abs(shift) < 1:
-        raise InputError("--shift must be between -1 and 1 (a share of probability), not 0")
+        raise InputError(
+            "--shift must be between -1 and 1 (a share of probability; for a regressor, "
+            "baseline standard deviations), not 0"
+        )
     production = wiring.registry_operations(settings)
     version = resolve_version(production, version, ("candidate", "champion"))
     start, end = _period(production, version, start, end)
