@@ -267,6 +267,59 @@ def train(
     )
 
 
+@cli.command()
+def adopt(
+    model_uri: Annotated[
+        str, typer.Option(help="The model: models:/NAME/VERSION or runs:/RUN_ID/PATH.")
+    ],
+    train_start: Annotated[str, typer.Option(help="Start of the window it was trained on.")],
+    train_end: Annotated[str, typer.Option(help="End of that window, exclusive.")],
+    eval_start: Annotated[str, typer.Option(help="Start of the held-out evaluation window.")],
+    eval_end: Annotated[str, typer.Option(help="End of the held-out window, exclusive.")],
+    task: Annotated[
+        str | None, typer.Option(help="binary | multiclass | regression (default: model.task).")
+    ] = None,
+    train_frame: Annotated[
+        Path | None,
+        typer.Option(
+            help="The training rows (parquet/csv: input columns + label) instead of "
+            "rebuilding them point-in-time from the feature store."
+        ),
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Adopt a model trained outside prodguard and logged to MLflow: check its signature and
+    task against the project, derive its reference statistics from its training window,
+    evaluate it on a held-out window, record its lineage and make it the `candidate`."""
+    from prodguard.registry.adoption import AdoptWindows, adopt_from_settings
+    from prodguard.registry.operations import default_actor
+
+    first, last = parse_time(train_start, "--train-start"), parse_time(train_end, "--train-end")
+    ordered(first, last, "--train-start", "--train-end")
+    held_first, held_last = (
+        parse_time(eval_start, "--eval-start"),
+        parse_time(eval_end, "--eval-end"),
+    )
+    ordered(held_first, held_last, "--eval-start", "--eval-end")
+    windows = AdoptWindows(first, last, held_first, held_last, train_frame)
+    result = adopt_from_settings(_settings(), model_uri, task, windows, actor or default_actor())
+    if as_json:
+        _print_json(result.__dict__)
+        return
+    how = "registered as" if result.registered else "adopted"
+    table = Table(title=f"{how} v{result.version} ({result.task}), now the candidate")
+    table.add_column("metric (held-out window)")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+    out.print(
+        f"{result.rows_train} training rows, {result.rows_eval} evaluation rows; "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    )
+
+
 def _record_line(record: Any) -> None:
     out.print(
         f"{record.action}: {record.from_state} -> {record.to_state} "

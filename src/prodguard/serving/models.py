@@ -127,7 +127,8 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
     recorded = tags.get("prodguard.store_features")
     if recorded is None:
         raise PromotionRefused(
-            f"v{version} has no prodguard lineage; register models through `prodguard train`"
+            f"v{version} has no prodguard lineage; bring a model trained elsewhere in with "
+            f"`prodguard adopt --model-uri models:/NAME/{version}` (or use `prodguard train`)"
         )
     problem = contract_difference(json.loads(recorded), store_features)
     if problem:

@@ -1,0 +1,266 @@
+"""Adopt a model trained outside prodguard: check it against the project, record the lineage
+``prodguard train`` records, register it under ``model.name`` and make it the candidate.
+
+The model is any MLflow model with the sklearn flavor and a signature whose inputs are the
+feature service's features plus the request features. Its training rows are rebuilt point-in-time
+from the feature store for the window it was trained on (or read from a frame the team points
+at): their statistics become the version's reference (fallbacks, PSI bins). It is evaluated on a
+held-out window with the metrics of its task. From then on it is a version like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from prodguard.config import Settings
+from prodguard.errors import InputError, ModelContractError, TrainingError
+from prodguard.features.feast_adapter import feature_contract
+from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG, ForeignModel
+from prodguard.registry.operations import RegistryOperations
+from prodguard.training.dataset import TrainingFrame, build_frame
+from prodguard.training.model import evaluate, prepare
+from prodguard.training.reference import reference_stats
+from prodguard.training.trainer import TAG, _lineage
+
+TASKS = ("binary", "multiclass", "regression")
+SAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class AdoptWindows:
+    train_start: datetime
+    train_end: datetime
+    eval_start: datetime
+    eval_end: datetime
+    train_frame: Path | None = None  # the training rows, instead of rebuilding them
+
+
+@dataclass(frozen=True)
+class AdoptResult:
+    version: int
+    registered: bool  # False when the URI already named a version of the project's model
+    task: str
+    metrics: dict[str, float]
+    rows_train: int
+    rows_eval: int
+    seconds: dict[str, float]  # load, frames, evaluate, register
+
+
+def adopt(
+    settings: Settings,
+    store: Any,
+    operations: RegistryOperations,
+    suite_digests: dict[str, list[str]],
+    model_uri: str,
+    task: str | None,
+    windows: AdoptWindows,
+    actor: str,
+) -> AdoptResult:
+    """``store`` is the Feast adapter; ``suite_digests`` names, per source, the suites that
+    validated the rows of the training window."""
+    model = settings.model
+    if model is None:
+        raise TrainingError("prodguard.yaml has no 'model' section")
+    task = task or getattr(model, "task", None) or "binary"
+    if task not in TASKS:
+        raise InputError(f"--task must be one of {', '.join(TASKS)}, not '{task}'")
+    if windows.train_end <= windows.train_start or windows.eval_end <= windows.eval_start:
+        raise InputError("each window's end must be after its start")
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+    found = operations.registry.open_model(model_uri)
+    seconds["load"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    held_out = build_frame(settings, store, windows.eval_start, windows.eval_end)
+    columns = check_signature(found, list(held_out.features.columns))
+    train = _training_frame(settings, store, windows, columns)
+    seconds["frames"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    check_task(found, task, prepare(held_out.features[columns].head(SAMPLE_ROWS)))
+    metrics, calibration = _evaluate(found.model, task, held_out, columns, model.threshold)
+    seconds["evaluate"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    registry = operations.registry
+    if found.registered_version is not None:
+        tags = registry.version(found.registered_version).tags
+        if tags.get(ARTIFACT_DIGEST_TAG):
+            raise ModelContractError(
+                f"v{found.registered_version} of '{model.name}' already carries prodguard "
+                "lineage; use `prodguard register --version "
+                f"{found.registered_version}` to make it the candidate"
+            )
+    ordered = TrainingFrame(
+        features=train.features[columns],
+        label=train.label,
+        entities=train.entities,
+        start=train.start,
+        end=train.end,
+        unlabelled=train.unlabelled,
+    )
+    held = TrainingFrame(
+        features=held_out.features[columns],
+        label=held_out.label,
+        entities=held_out.entities,
+        start=held_out.start,
+        end=held_out.end,
+        unlabelled=held_out.unlabelled,
+    )
+    stats = reference_stats(ordered.features)
+    versions = store.versions()
+    views = {v.name: v.version for v in versions}
+    lineage = _lineage(
+        settings, ordered, held, views, feature_contract(versions), suite_digests, stats
+    )
+    lineage["adopted_from"] = model_uri
+    lineage["task"] = task
+    tags = {TAG + key: value for key, value in lineage.items()}
+    tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    artifacts: dict[str, Any] = {
+        "reference_stats.json": stats,
+        "lineage.json": {**lineage, "metrics": metrics},
+    }
+    if calibration is not None:
+        artifacts["calibration.json"] = calibration
+    version = registry.adopt_version(
+        found,
+        params={
+            "task": task,
+            "threshold": model.threshold,
+            "train_start": windows.train_start.isoformat(),
+            "train_end": windows.train_end.isoformat(),
+        },
+        metrics={f"eval_{k}": v for k, v in metrics.items()},
+        tags=tags,
+        artifacts=artifacts,
+    )
+    operations.set_candidate(version, actor=actor, reason=f"adopted from {model_uri}")
+    seconds["register"] = time.perf_counter() - began
+    return AdoptResult(
+        version=version,
+        registered=found.registered_version is None,
+        task=task,
+        metrics=metrics,
+        rows_train=len(train),
+        rows_eval=len(held_out),
+        seconds=seconds,
+    )
+
+
+def check_signature(found: ForeignModel, expected: list[str]) -> list[str]:
+    """The model's input columns in its signature's order; ModelContractError naming the
+    missing and extra columns when they are not the project's features."""
+    if found.inputs is None:
+        raise ModelContractError(
+            f"the model at {found.uri} has no input signature with column names; log it with "
+            "mlflow.sklearn.log_model(model, name=..., signature=infer_signature(X, y)) where X "
+            "is the training frame"
+        )
+    names = [name for name, _ in found.inputs]
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"extra {extra}"] if extra else [])
+        raise ModelContractError(
+            f"the model's signature does not match the feature service and request features: "
+            f"{'; '.join(parts)}; retrain on the columns of the feature service "
+            "(model.request_features + feature_store.feature_service)"
+        )
+    return names
+
+
+def check_task(found: ForeignModel, task: str, sample: pd.DataFrame) -> None:
+    """ModelContractError when the model's answers on a few rows do not fit ``task``."""
+    model = found.model
+    try:
+        if task == "regression":
+            values = pd.Series(model.predict(sample))
+            if not pd.api.types.is_float_dtype(values) or hasattr(model, "predict_proba"):
+                raise ModelContractError(
+                    f"the model at {found.uri} is declared 'regression' but returns class "
+                    "labels; declare --task binary|multiclass (or model.task)"
+                )
+            return
+        if not hasattr(model, "predict_proba"):
+            raise ModelContractError(
+                f"the model at {found.uri} is declared '{task}' but has no predict_proba "
+                "(a regressor?); declare --task regression (or model.task)"
+            )
+        classes = model.predict_proba(sample).shape[1]
+    except ModelContractError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the team's model raises on a row
+        raise ModelContractError(
+            f"the model at {found.uri} fails to score the project's rows ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check its preprocessing"
+        ) from None
+    wanted = "2 classes" if task == "binary" else "3 or more classes"
+    if (task == "binary") != (classes == 2):
+        raise ModelContractError(
+            f"the model at {found.uri} is declared '{task}' ({wanted}) but returns "
+            f"{classes} class probabilities; declare the task it was trained for"
+        )
+
+
+def _training_frame(
+    settings: Settings, store: Any, windows: AdoptWindows, columns: list[str]
+) -> TrainingFrame:
+    if windows.train_frame is None:
+        return build_frame(settings, store, windows.train_start, windows.train_end)
+    path = windows.train_frame
+    label = settings.model.label if settings.model else ""
+    try:
+        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--train-frame {path}: cannot read it ({type(exc).__name__})") from None
+    absent = [c for c in [*columns, label] if c not in frame.columns]
+    if absent:
+        raise InputError(
+            f"--train-frame {path} lacks columns {absent}; it must hold the model's input "
+            f"columns and the label '{label}'"
+        )
+    labelled = frame[frame[label].notna()].reset_index(drop=True)
+    return TrainingFrame(
+        features=labelled[columns],
+        label=labelled[label],
+        entities=pd.DataFrame(index=labelled.index),
+        start=windows.train_start,
+        end=windows.train_end,
+        unlabelled=len(frame) - len(labelled),
+    )
+
+
+def _evaluate(
+    model: Any, task: str, held_out: TrainingFrame, columns: list[str], threshold: float
+) -> tuple[dict[str, float], dict[str, Any] | None]:
+    if task == "binary":
+        return evaluate(model, held_out.features[columns], held_out.label, threshold)
+    raise ModelContractError(f"evaluating a '{task}' model needs prodguard's per-task metrics")
+
+
+def adopt_from_settings(
+    settings: Settings, model_uri: str, task: str | None, windows: AdoptWindows, actor: str
+) -> AdoptResult:
+    """``adopt`` on the project's feature store and registry (what ``prodguard adopt`` runs)."""
+    from prodguard import app
+    from prodguard.ingestion.ledger import Ledger
+
+    digests = Ledger(settings.paths.state_dir).suite_digests(windows.train_start, windows.train_end)
+    return adopt(
+        settings,
+        app.feature_store(settings),
+        app.registry_operations(settings),
+        digests,
+        model_uri,
+        task,
+        windows,
+        actor,
+    )
