@@ -22,12 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prodguard import wiring
 from prodguard.bench import workload
 from prodguard.bench.load import LevelResult, Samples, drive, merge
 from prodguard.bench.stats import ratio
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError, ServiceNotReady
+from prodguard.registry.lineage import REFERENCE_STATS_JSON
 from prodguard.service_process import free_port, start_service
+from prodguard.serving.prediction_log import SqlitePredictionLog
 
 LEVELS = (1, 4, 16)
 REQUESTS = 500  # per level
@@ -145,22 +148,21 @@ def run_bench(
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchReport:
     """Measure the guarded service and the bare endpoint on this machine (see module doc)."""
-    from prodguard import app
 
     concurrencies = _levels(levels)
     if requests < 1 or warmup < 0:
         raise InputError("--requests must be at least 1 and --warmup at least 0")
     if settings.serving is None or settings.model is None or settings.config_path is None:
         raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to benchmark")
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     aliases = registry.aliases()
     champion = aliases.get("champion")
     if champion is None:
         raise InputError(f"there is no champion to benchmark; {SETUP_HINT}")
-    at = app.feature_store(settings).materialized_until()
+    at = wiring.feature_store(settings).materialized_until()
     if at is None:
         raise InputError(f"the online store was never materialized; {SETUP_HINT}")
-    stats = registry.load_json_artifact(champion, "reference_stats.json")
+    stats = registry.load_json_artifact(champion, REFERENCE_STATS_JSON)
     categories = {
         name: frozenset(s.get("categories", {}))
         for name, s in stats.items()
@@ -244,8 +246,6 @@ class _Pair:
     guarded service used — so that load from elsewhere on the machine affects both alike."""
 
     def __init__(self, guarded_url: str, bare_url: str, log_path: Path) -> None:
-        from prodguard.serving.prediction_log import SqlitePredictionLog
-
         self.guarded_url, self.bare_url = guarded_url, bare_url
         self.log = SqlitePredictionLog(log_path)
 

@@ -24,6 +24,7 @@ from prodguard.clock import FixedClock
 from prodguard.config import Settings
 from prodguard.errors import NoDataError, RequestRejected, TrainingError
 from prodguard.ingestion.offline import OfflineStore
+from prodguard.project import import_object
 from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import PredictionLog
 
@@ -89,7 +90,6 @@ def replay(
     by returning False."""
     began = time.perf_counter()
     assert settings.model is not None and settings.serving is not None
-    from prodguard.project import import_object
 
     request_model = import_object(settings.serving.request_model, "serving.request_model")
     rows = request_rows(settings, start, end)

@@ -8,26 +8,14 @@ verified (its artifact digest checked) and the copy gets the digest of its own a
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from prodguard.errors import RegistryError
-from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG
+from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
-
-FAULT_TAG = "prodguard.fault"
-COPIED_ARTIFACTS = ("reference_stats.json", "lineage.json", "baseline.json")
-NOT_COPIED = frozenset(  # the copy's artifact digest is computed on its own registration
-    {
-        "prodguard.run_id",
-        "prodguard.drill",
-        "prodguard.demoted_reason",
-        "prodguard.demoted_at",
-        ARTIFACT_DIGEST_TAG,
-    }
-)
+from prodguard.serving.models import load_verified
 
 
 class ShiftedScores:
@@ -51,22 +39,19 @@ def register_faulty(
 ) -> int:
     """Register v<base> with scores shifted by ``shift`` as a new version (not moved to any
     alias); returns its number."""
-    from prodguard.serving.models import load_verified
 
     registry = operations.registry
     info = registry.version(base)
-    loaded = load_verified(registry, json.loads(info.tags["prodguard.store_features"]), base)
+    loaded = load_verified(registry, lineage.recorded_store_features(info.tags) or (), base)
     model = ShiftedScores(loaded.pipeline, shift)
     artifacts = {}
-    for name in COPIED_ARTIFACTS:
+    for name in lineage.COPIED_ARTIFACTS:
         try:
             artifacts[name] = registry.load_json_artifact(base, name)
         except RegistryError:  # a version may have no baseline yet
             continue
-    tags = {  # lineage, contract and baseline; never the base's run, drill or demotion
-        k: v for k, v in info.tags.items() if k.startswith("prodguard.") and k not in NOT_COPIED
-    }
-    tags[FAULT_TAG] = f"v{base} with scores shifted by {shift:+g} (drill by {actor})"
+    tags = lineage.copied_tags(info.tags)  # never the base's run, drill or demotion
+    tags[lineage.FAULT] = f"v{base} with scores shifted by {shift:+g} (drill by {actor})"
     return registry.log_version(
         model,
         input_example=loaded.frame([loaded.fallbacks]),

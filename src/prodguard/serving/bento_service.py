@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse
 
-from prodguard import app
+from prodguard import app, wiring
 from prodguard.config import load_settings
 from prodguard.errors import (
     ConcurrentUpdateError,
@@ -33,6 +33,7 @@ from prodguard.errors import (
     UnknownRequest,
 )
 from prodguard.project import import_object
+from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.serving.limits import Boundary, Limits, check_token
 from prodguard.telemetry import disable_telemetry
 
@@ -182,7 +183,6 @@ def _start_guard(settings: Any) -> threading.Event | None:
     every = settings.rollout.guard_in_service_seconds
     if every is None:
         return None
-    from prodguard.rollout.jobs import guard_loop
 
     stop = threading.Event()
 
@@ -277,7 +277,7 @@ def _status_app() -> FastAPI:
 class PredictionService:
     def __init__(self) -> None:
         self.metrics = _Metrics()
-        self.serving = app.build_serving(_settings, metrics=self.metrics)
+        self.serving = wiring.build_serving(_settings, metrics=self.metrics)
         follower = self.serving.follower
         follower.start()
         self.serving.predictor.warm_up({})
@@ -425,7 +425,7 @@ class PredictionService:
     def _operations(version: int | None, with_checks: bool = False) -> Any:
         """The registry operations the CLI uses; a ``version`` the registry does not hold is a
         404 here (the registry reports it as a failure of its own)."""
-        operations = app.registry_operations(_settings, with_checks=with_checks)
+        operations = wiring.registry_operations(_settings, with_checks=with_checks)
         if version is not None and version not in {
             v.version for v in operations.registry.versions()
         }:
@@ -475,7 +475,6 @@ class PredictionService:
     ) -> AdminOut:
         """`prodguard rollout start` over HTTP (bearer token): the candidate (or ``version``)
         into canary (``steps`` in percent, default rollout.canary_steps) or shadow traffic."""
-        from prodguard.rollout.jobs import start_rollout
 
         def move() -> Any:
             if version is not None:
@@ -489,7 +488,6 @@ class PredictionService:
         self, ctx: bentoml.Context, reason: Reason, actor: Actor | None = None
     ) -> AdminOut:
         """`prodguard rollout abort` over HTTP (bearer token): all traffic to the champion."""
-        from prodguard.rollout.jobs import abort_rollout
 
         return self._admin(ctx, lambda: abort_rollout(_settings, http_actor(actor), reason))
 

@@ -10,11 +10,10 @@ never mixes versions within a request.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,8 @@ from prodguard.errors import (
     RegistryUnavailable,
     ServiceNotReady,
 )
+from prodguard.registry.lineage import REFERENCE_STATS_JSON, Lineage
+from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
 
 _log = logging.getLogger("prodguard.serving")
@@ -106,7 +107,7 @@ class ServingState:
         return served
 
 
-def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> str:
+def contract_difference(recorded: Sequence[Sequence[str]], current: Sequence[Sequence[str]]) -> str:
     """'' when equal, else what differs: missing, extra and retyped features."""
     old, new = dict(map(tuple, recorded)), dict(map(tuple, current))
     parts = [f"missing {k}" for k in new if k not in old]
@@ -115,7 +116,9 @@ def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> 
     return "; ".join(parts)
 
 
-def load_verified(registry: Any, store_features: list[list[str]], version: int) -> LoadedModel:
+def load_verified(
+    registry: VersionReader, store_features: Sequence[Sequence[str]], version: int
+) -> LoadedModel:
     """Load ``version`` if its contract matches ``store_features``, its stored artifact matches
     the digest recorded at registration (the registry loads only from the verified copy:
     ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row.
@@ -123,34 +126,32 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
     PromotionRefused (ArtifactIntegrityError for a tampered or digest-less artifact) when the
     version itself is at fault; RegistryUnavailable, untouched, when the registry could not be
     reached — the caller retries later instead of refusing a good version for good."""
-    tags = registry.version(version).tags
-    recorded = tags.get("prodguard.store_features")
-    if recorded is None:
+    lineage = Lineage.from_tags(registry.version(version).tags)
+    if lineage is None:
         raise PromotionRefused(
             f"v{version} has no prodguard lineage; bring a model trained elsewhere in with "
             f"`prodguard adopt --model-uri models:/NAME/{version}` (or use `prodguard train`)"
         )
-    problem = contract_difference(json.loads(recorded), store_features)
+    problem = contract_difference(lineage.store_features, store_features)
     if problem:
         raise PromotionRefused(
             f"v{version}'s input contract does not match the feature service: {problem}"
         )
     try:
-        contract = json.loads(tags["prodguard.input_contract"])
-        fallbacks = json.loads(tags["prodguard.fallbacks"])
-        stats = registry.load_json_artifact(version, "reference_stats.json")
-        stats_digest = tags.get("prodguard.reference_stats_digest")
+        fallbacks = lineage.fallbacks
+        stats = registry.load_json_artifact(version, REFERENCE_STATS_JSON)
+        stats_digest = lineage.reference_stats_digest
         if stats_digest is not None and document_digest(stats) != stats_digest:
             raise ArtifactIntegrityError(
-                f"v{version}'s reference_stats.json does not match the digest recorded at "
+                f"v{version}'s {REFERENCE_STATS_JSON} does not match the digest recorded at "
                 "registration: it was modified in the artifact store and is not used; restore "
                 "it or register the model again"
             )
         loaded = LoadedModel(
             version=version,
             pipeline=registry.load_model(version),
-            columns=tuple(name for name, _ in contract),
-            categorical=frozenset(name for name, kind in contract if kind == "categorical"),
+            columns=lineage.columns,
+            categorical=lineage.categorical,
             fallbacks=fallbacks,
             categories={
                 name: frozenset(s.get("categories", {}))

@@ -15,13 +15,18 @@ from prodguard.config import Settings
 from prodguard.digests import document_digest, frame_digest
 from prodguard.errors import TrainingError
 from prodguard.features.feast_adapter import feature_contract
+from prodguard.registry.lineage import (
+    CALIBRATION_JSON,
+    LINEAGE_JSON,
+    REFERENCE_STATS_JSON,
+    registration_tags,
+)
 from prodguard.registry.operations import RegistryOperations
 from prodguard.training.dataset import TrainingFrame, build_frame, describe_columns
 from prodguard.training.model import build_pipeline, evaluate, prepare
 from prodguard.training.reference import fallbacks, reference_stats
 
 PINNED = ("scikit-learn", "pandas", "numpy", "scipy")
-TAG = "prodguard."
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,7 @@ def train_and_register(
     views = {v.name: v.version for v in versions}
     store_features = feature_contract(versions)
     lineage = _lineage(settings, train, held_out, views, store_features, suite_digests, stats)
-    tags = {TAG + key: value for key, value in lineage.items()}
-    tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    tags = registration_tags(lineage, metrics)
 
     began = time.perf_counter()
     version = operations.registry.log_version(
@@ -112,9 +116,9 @@ def train_and_register(
         metrics={f"eval_{k}": v for k, v in metrics.items()},
         tags=tags,
         artifacts={
-            "reference_stats.json": stats,
-            "calibration.json": calibration,
-            "lineage.json": {**lineage, "metrics": metrics},
+            REFERENCE_STATS_JSON: stats,
+            CALIBRATION_JSON: calibration,
+            LINEAGE_JSON: {**lineage, "metrics": metrics},
         },
         pip_requirements=pip_requirements(),
     )
