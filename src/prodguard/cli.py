@@ -299,7 +299,8 @@ def adopt(
     """Adopt a model trained outside prodguard and logged to MLflow: check its signature and
     task against the project, derive its reference statistics from its training window,
     evaluate it on a held-out window, record its lineage and make it the `candidate`."""
-    from prodguard.registry.adoption import AdoptWindows, adopt_from_settings
+    from prodguard.adoption import adopt_model
+    from prodguard.registry.adoption import AdoptWindows
     from prodguard.registry.operations import default_actor
 
     first, last = parse_time(train_start, "--train-start"), parse_time(train_end, "--train-end")
@@ -310,7 +311,7 @@ def adopt(
     )
     ordered(held_first, held_last, "--eval-start", "--eval-end")
     windows = AdoptWindows(first, last, held_first, held_last, train_frame)
-    result = adopt_from_settings(_settings(), model_uri, task, windows, actor or default_actor())
+    result = adopt_model(_settings(), model_uri, task, windows, actor or default_actor())
     if as_json:
         _print_json(result.__dict__)
         return

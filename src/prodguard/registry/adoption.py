@@ -21,12 +21,13 @@ import pandas as pd
 from prodguard.config import Settings
 from prodguard.errors import InputError, ModelContractError, TrainingError
 from prodguard.features.feast_adapter import feature_contract
-from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG, ForeignModel
+from prodguard.registry import lineage as tags_of
+from prodguard.registry.mlflow_adapter import ForeignModel
 from prodguard.registry.operations import RegistryOperations
 from prodguard.training.dataset import TrainingFrame, build_frame
 from prodguard.training.model import evaluate, prepare
 from prodguard.training.reference import reference_stats
-from prodguard.training.trainer import TAG, _lineage
+from prodguard.training.trainer import _lineage
 
 TASKS = ("binary", "multiclass", "regression")
 SAMPLE_ROWS = 5
@@ -74,7 +75,14 @@ def adopt(
         raise InputError("each window's end must be after its start")
     seconds: dict[str, float] = {}
     began = time.perf_counter()
-    found = operations.registry.open_model(model_uri)
+    registry = operations.registry
+    found = registry.open_model(model_uri)
+    adopted = found.registered_version
+    if adopted is not None and registry.version(adopted).tags.get(tags_of.ARTIFACT_DIGEST):
+        raise ModelContractError(
+            f"v{adopted} of '{model.name}' already carries prodguard lineage; use "
+            f"`prodguard register --version {adopted}` to make it the candidate"
+        )
     seconds["load"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -89,15 +97,6 @@ def adopt(
     seconds["evaluate"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    registry = operations.registry
-    if found.registered_version is not None:
-        tags = registry.version(found.registered_version).tags
-        if tags.get(ARTIFACT_DIGEST_TAG):
-            raise ModelContractError(
-                f"v{found.registered_version} of '{model.name}' already carries prodguard "
-                "lineage; use `prodguard register --version "
-                f"{found.registered_version}` to make it the candidate"
-            )
     ordered = TrainingFrame(
         features=train.features[columns],
         label=train.label,
@@ -120,16 +119,14 @@ def adopt(
     lineage = _lineage(
         settings, ordered, held, views, feature_contract(versions), suite_digests, stats
     )
-    lineage["adopted_from"] = model_uri
+    lineage[tags_of.ADOPTED_FROM.removeprefix(tags_of.PREFIX)] = model_uri
     lineage["task"] = task
-    tags = {TAG + key: value for key, value in lineage.items()}
-    tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
     artifacts: dict[str, Any] = {
-        "reference_stats.json": stats,
-        "lineage.json": {**lineage, "metrics": metrics},
+        tags_of.REFERENCE_STATS_JSON: stats,
+        tags_of.LINEAGE_JSON: {**lineage, "metrics": metrics},
     }
     if calibration is not None:
-        artifacts["calibration.json"] = calibration
+        artifacts[tags_of.CALIBRATION_JSON] = calibration
     version = registry.adopt_version(
         found,
         params={
@@ -139,7 +136,7 @@ def adopt(
             "train_end": windows.train_end.isoformat(),
         },
         metrics={f"eval_{k}": v for k, v in metrics.items()},
-        tags=tags,
+        tags=tags_of.registration_tags(lineage, metrics),
         artifacts=artifacts,
     )
     operations.set_candidate(version, actor=actor, reason=f"adopted from {model_uri}")
@@ -244,23 +241,3 @@ def _evaluate(
     if task == "binary":
         return evaluate(model, held_out.features[columns], held_out.label, threshold)
     raise ModelContractError(f"evaluating a '{task}' model needs prodguard's per-task metrics")
-
-
-def adopt_from_settings(
-    settings: Settings, model_uri: str, task: str | None, windows: AdoptWindows, actor: str
-) -> AdoptResult:
-    """``adopt`` on the project's feature store and registry (what ``prodguard adopt`` runs)."""
-    from prodguard import app
-    from prodguard.ingestion.ledger import Ledger
-
-    digests = Ledger(settings.paths.state_dir).suite_digests(windows.train_start, windows.train_end)
-    return adopt(
-        settings,
-        app.feature_store(settings),
-        app.registry_operations(settings),
-        digests,
-        model_uri,
-        task,
-        windows,
-        actor,
-    )

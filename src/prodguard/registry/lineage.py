@@ -38,6 +38,7 @@ FALLBACKS = PREFIX + "fallbacks"
 EVAL_PREFIX = PREFIX + "eval."  # + metric name: held-out evaluation metrics
 RUN_ID = PREFIX + "run_id"
 ARTIFACT_DIGEST = PREFIX + "artifact_sha256"
+ADOPTED_FROM = PREFIX + "adopted_from"  # the MLflow URI of a model adopted (`prodguard adopt`)
 
 # ---- version tags written later ----------------------------------------------------------------
 BASELINE = PREFIX + "baseline"  # "<start>/<end>" of the staging baseline (artifact BASELINE_JSON)

@@ -308,7 +308,7 @@ class MlflowRegistry:
     ) -> int:
         """Record an adoption run (params, metrics, tags, lineage artifacts), register the model
         as a version of the project's model unless it already is one, tag the version (its
-        ``prodguard.run_id`` is the adoption run, where its artifacts are) and record the digest
+        run-id tag is the adoption run, where its artifacts are) and record the digest
         of its stored artifact; returns the version."""
         mlflow = self._mlflow
         with (
@@ -327,10 +327,10 @@ class MlflowRegistry:
             if version is None:
                 registered = mlflow.register_model(found.uri, self.model_name)
                 version = int(registered.version)
-            for key, value in {**tags, "prodguard.run_id": run.info.run_id}.items():
-                if key != ARTIFACT_DIGEST_TAG:
+            for key, value in {**tags, lineage.RUN_ID: run.info.run_id}.items():
+                if key != lineage.ARTIFACT_DIGEST:
                     self._client.set_model_version_tag(self.model_name, str(version), key, value)
-        self.set_version_tag(version, ARTIFACT_DIGEST_TAG, self.artifact_digest(version))
+        self.set_version_tag(version, lineage.ARTIFACT_DIGEST, self.artifact_digest(version))
         return version
 
     def artifact_digest(self, version: int) -> str:
@@ -352,7 +352,7 @@ class MlflowRegistry:
     def load_json_artifact(self, version: int, name: str) -> Any:
         """An artifact of the version's prodguard run (training or adoption run)."""
         info = self.version(version)
-        run_id = info.tags.get("prodguard.run_id") or info.run_id
+        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
         with (
             _wrapped(f"reading artifact {name} of version {version}"),
             tempfile.TemporaryDirectory() as tmp,
@@ -426,7 +426,7 @@ class MlflowRegistry:
     def log_json_artifact(self, version: int, name: str, document: Any) -> None:
         """Store ``document`` as artifact ``name`` of the version's prodguard run (replacing it)."""
         info = self.version(version)
-        run_id = info.tags.get("prodguard.run_id") or info.run_id
+        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
         with _wrapped(f"writing artifact {name} of version {version}"):
             self._client.log_dict(run_id, document, name)
 
