@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from prodguard.config import Settings
 from prodguard.ingestion.ledger import Ledger
-from prodguard.registry.adoption import AdoptResult, AdoptWindows, adopt
+from prodguard.registry.adoption import AdoptResult, AdoptWindows, ModelAdopter, adopt
 from prodguard.wiring import feature_store, registry_operations
 
 
@@ -13,10 +15,12 @@ def adopt_model(
     settings: Settings, model_uri: str, task: str | None, windows: AdoptWindows, actor: str
 ) -> AdoptResult:
     digests = Ledger(settings.paths.state_dir).suite_digests(windows.train_start, windows.train_end)
+    operations = registry_operations(settings)  # on an MlflowRegistry, which adopts models
     return adopt(
         settings,
         feature_store(settings),
-        registry_operations(settings),
+        operations,
+        cast(ModelAdopter, operations.registry),
         digests,
         model_uri,
         task,

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -31,6 +31,21 @@ from prodguard.training.trainer import _lineage
 
 TASKS = ("binary", "multiclass", "regression")
 SAMPLE_ROWS = 5
+
+
+class ModelAdopter(Protocol):
+    """What adoption needs of the registry besides alias moves (``MlflowRegistry``)."""
+
+    def open_model(self, uri: str) -> ForeignModel: ...
+
+    def adopt_version(
+        self,
+        found: ForeignModel,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        artifacts: dict[str, Any],
+    ) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -57,13 +72,15 @@ def adopt(
     settings: Settings,
     store: Any,
     operations: RegistryOperations,
+    adopter: ModelAdopter,
     suite_digests: dict[str, list[str]],
     model_uri: str,
     task: str | None,
     windows: AdoptWindows,
     actor: str,
 ) -> AdoptResult:
-    """``store`` is the Feast adapter; ``suite_digests`` names, per source, the suites that
+    """``store`` is the Feast adapter, ``adopter`` the registry ``operations`` move aliases on;
+    ``suite_digests`` names, per source, the suites that
     validated the rows of the training window."""
     model = settings.model
     if model is None:
@@ -76,7 +93,7 @@ def adopt(
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     registry = operations.registry
-    found = registry.open_model(model_uri)
+    found = adopter.open_model(model_uri)
     adopted = found.registered_version
     if adopted is not None and registry.version(adopted).tags.get(tags_of.ARTIFACT_DIGEST):
         raise ModelContractError(
@@ -127,7 +144,7 @@ def adopt(
     }
     if calibration is not None:
         artifacts[tags_of.CALIBRATION_JSON] = calibration
-    version = registry.adopt_version(
+    version = adopter.adopt_version(
         found,
         params={
             "task": task,
