@@ -23,7 +23,7 @@ from prodguard.features.feast_adapter import render_store_config
 from prodguard.ingestion.ledger import Ledger
 from prodguard.ingestion.pipeline import BatchResult, Ingestor, read_batch_file
 from prodguard.ingestion.quarantine import Quarantine
-from prodguard.project import load_loader
+from prodguard.project import load_loader, load_request_model
 from prodguard.registry import lineage
 from prodguard.rollout.triggers import describe as describe_triggers
 from prodguard.wiring import (
@@ -257,6 +257,7 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
         raise ConfigError("prodguard.yaml has no 'serving' section; add one (see README)")
     if not 0 < port < 65536:
         raise InputError("--port must be between 1 and 65535")
+    load_request_model(settings)  # a wrong serving.request_model: one line here, not a traceback
     bentoml = Path(sys.executable).with_name("bentoml")
     env = {
         **os.environ,

@@ -35,7 +35,7 @@ from prodguard.features.ports import FeatureStore
 from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
 from prodguard.monitoring.monitor import Monitor
 from prodguard.monitoring.replay import replay, request_rows
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
@@ -271,7 +271,7 @@ def _latency(
         settings, store, lambda: state, log, views=views, shadow_sample=0.0
     )
     assert settings.serving is not None
-    request_model = import_object(settings.serving.request_model, "serving.request_model")
+    request_model = load_request_model(settings)
     try:
         recorded = registry.version(version).tags.get(lineage.EVAL_WINDOW, "")
         first = parse_time(recorded.split("/")[0]) if recorded else None
