@@ -25,6 +25,7 @@ from prodguard.ingestion.pipeline import BatchResult, Ingestor, read_batch_file
 from prodguard.ingestion.quarantine import Quarantine
 from prodguard.project import load_loader, load_request_model
 from prodguard.registry import lineage
+from prodguard.registry.config import RegistryConfig
 from prodguard.rollout.triggers import describe as describe_triggers
 from prodguard.wiring import (
     alert_record,
@@ -164,6 +165,7 @@ def _plain(value: Any) -> Any:
 
 def train(settings: Settings, start: datetime, end: datetime, actor: str) -> TrainResult:
     """Train on ``[start, end)``, evaluate on the following days, register as candidate."""
+    # lazy: scikit-learn loads only for the commands that need it
     from prodguard.training.trainer import train_and_register
 
     digests = Ledger(settings.paths.state_dir).suite_digests(start, end)
@@ -213,7 +215,7 @@ def status(settings: Settings) -> dict[str, Any]:
     }
 
 
-def stores(settings: Settings, registry_config: Any) -> dict[str, str]:
+def stores(settings: Settings, registry_config: RegistryConfig) -> dict[str, str]:
     """Where each kind of state lives (credentials redacted)."""
     online = render_store_config(settings).get("online_store", {})
     where = online.get("connection_string") or online.get("path") or ""
@@ -229,7 +231,7 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def mlflow_ui_command(config: Any) -> str:
+def mlflow_ui_command(config: RegistryConfig) -> str:
     """The exact command that opens the MLflow UI on this store (credentials redacted), or
     the MLflow server's address when the registry is one."""
     if config.tracking_uri.startswith(("http://", "https://")):

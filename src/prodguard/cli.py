@@ -9,7 +9,7 @@ import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, overload
 
 import click
 import typer
@@ -27,9 +27,11 @@ from prodguard.errors import InputError, ProdguardError, first_line
 from prodguard.ingestion.pipeline import BatchResult
 from prodguard.monitoring.baseline import thresholds
 from prodguard.monitoring.jobs import drift_report, record_baseline, watch
+from prodguard.registry.audit import AuditRecord
 from prodguard.registry.operations import default_actor
 from prodguard.render import ingest_table, monitor_table, views_table
 from prodguard.rollout.drill import run_drill
+from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.telemetry import disable_telemetry
 from prodguard.timewindows import both_or_neither, ordered, parse_time
@@ -71,6 +73,18 @@ def _settings() -> Settings:
 
 def _time(value: str | None, name: str) -> datetime | None:
     return None if value is None else parse_time(value, name)
+
+
+@overload
+def _window(
+    start: str, end: str, *, optional: Literal[False] = False
+) -> tuple[datetime, datetime]: ...
+
+
+@overload
+def _window(
+    start: str | None, end: str | None, *, optional: bool = False
+) -> tuple[datetime | None, datetime | None]: ...
 
 
 def _window(
@@ -328,7 +342,7 @@ def adopt(
     )
 
 
-def _record_line(record: Any) -> None:
+def _record_line(record: AuditRecord) -> None:
     out.print(
         f"{record.action}: {record.from_state} -> {record.to_state} "
         f"(audit #{record.id}, by {record.actor})",
@@ -640,7 +654,7 @@ def guard(
         raise InputError("give --once or --every, not both")
     _positive(every)
 
-    def show(decisions: list[Any]) -> None:
+    def show(decisions: list[GuardDecision]) -> None:
         if as_json:
             _print_json([d.to_json() for d in decisions])
             return

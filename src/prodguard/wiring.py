@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prodguard.alert_store import PostgresAlerts
-from prodguard.alerts import Alerter, JsonlSink, LogSink, PrometheusSink, WebhookSink
+from prodguard.alerts import Alerter, AlertSink, JsonlSink, LogSink, PrometheusSink, WebhookSink
 from prodguard.clock import Clock, FileClock, SystemClock
 from prodguard.config import ServingSettings, Settings
 from prodguard.contracts.row_checks import RowContract
@@ -57,7 +57,7 @@ def alert_record(settings: Settings) -> JsonlSink | PostgresAlerts:
 def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
     """Every alert of prodguard goes to the log, the durable alert record, the webhook (when
     ``alerts.webhook_url`` is set) and, given a Prometheus registry, its alert counter."""
-    sinks: list[Any] = [LogSink(), alert_record(settings)]
+    sinks: list[AlertSink] = [LogSink(), alert_record(settings)]
     if settings.alerts.webhook_url:
         sinks.append(WebhookSink(settings.alerts.webhook_url, settings.alerts.webhook_timeout_s))
     if metrics_registry is not None:
@@ -138,7 +138,9 @@ class Serving:
         )
 
 
-def build_serving(settings: Settings, metrics: Any = None, clock: Any = None) -> Serving:
+def build_serving(
+    settings: Settings, metrics: Metrics | None = None, clock: Clock | None = None
+) -> Serving:
     serving = serving_settings(settings)
     clock = clock or clock_for(settings)
     store = FeastStore(settings, serving=True)
@@ -221,7 +223,7 @@ def build_predictor(
         threshold=model.threshold,
         feature_timeout_s=serving.feature_timeout_ms / 1000,
         fallback=serving.fallback,
-        fallback_overrides=serving.fallback_overrides,
+        fallback_overrides=dict[str, str](serving.fallback_overrides),
         critical=serving.critical_features,
         shadow_sample=serving.shadow_sample if shadow_sample is None else shadow_sample,
         clock=clock,

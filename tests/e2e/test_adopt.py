@@ -116,6 +116,7 @@ def team_project(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return project
 
 
+@pytest.mark.timeout(2400)  # a shared machine: the steps' times are printed, not asserted
 def test_an_adopted_model_is_promoted_served_and_drilled(team_project: Path, tmp_path: Path):
     project = copy_project(team_project, tmp_path / "project")
     timings = json.loads((team_project / "timings.json").read_text())
@@ -162,13 +163,14 @@ def test_an_adopted_model_is_promoted_served_and_drilled(team_project: Path, tmp
         ("models:/team-extra/1", None, "extra ['weekday_name']"),
         ("models:/team-unsigned/1", None, "has no input signature"),
         ("models:/team-regressor/1", None, "has no predict_proba"),
-        ("models:/team-delay/1", "regression", "declared 'regression'"),
-        ("models:/team-delay/1", "multiclass", "returns 2 class probabilities"),
+        ("models:/team-delay/1", "regression", "declared 'regression' (--task or model.task)"),
+        ("models:/team-delay/1", "multiclass", "probabilities for 2 classes"),
         ("models:/no-such-model/1", None, "cannot load the model at models:/no-such-model/1"),
         ("runs:/0123456789abcdef/model", None, "cannot load the model at runs:/"),
         ("s3://bucket/model", None, "neither models:/NAME/VERSION"),
     ],
 )
+@pytest.mark.timeout(1800)  # the first one prepares the project
 def test_a_malformed_model_is_refused_in_one_line(
     team_project: Path, uri: str, task: str | None, message: str
 ) -> None:

@@ -215,11 +215,11 @@ def run_bench(
                 pair = _Pair(guarded.base_url, bare.base_url, log_path)
                 if warmup:
                     pair.round(guarded_bodies[:warmup], min(4, concurrencies[-1]))
-                levels: dict[int, tuple[LevelResult, LevelResult]] = {}
+                measured: dict[int, tuple[LevelResult, LevelResult]] = {}
                 for i, concurrency in enumerate(concurrencies):
                     chunk = guarded_bodies[warmup + i * requests : warmup + (i + 1) * requests]
-                    levels[concurrency] = pair.level(chunk, concurrency)
-                    g, b = levels[concurrency]
+                    measured[concurrency] = pair.level(chunk, concurrency)
+                    g, b = measured[concurrency]
                     progress(
                         f"c={concurrency}: guarded p50 {g.latency.p50:.2f} ms, p99 "
                         f"{g.latency.p99:.2f} ms, {g.throughput:.0f} req/s | bare p50 "
@@ -235,8 +235,8 @@ def run_bench(
         shutil.rmtree(root, ignore_errors=True)
     return BenchReport(
         setup,
-        ServiceRun(guarded.cold_start_s, [levels[c][0] for c in concurrencies]),
-        ServiceRun(bare.cold_start_s, [levels[c][1] for c in concurrencies]),
+        ServiceRun(guarded.cold_start_s, [measured[c][0] for c in concurrencies]),
+        ServiceRun(bare.cold_start_s, [measured[c][1] for c in concurrencies]),
         concurrencies,
     )
 

@@ -16,7 +16,7 @@ from prodguard.project import import_object
 def load_story(settings: Settings) -> Story:
     if settings.demo is None:
         raise ConfigError("prodguard.yaml has no 'demo' section (story: module:attribute)")
-    return import_object(settings.demo.story, "demo.story")  # type: ignore[no-any-return]
+    return import_object(settings.demo.story, "demo.story")
 
 
 def run_demo(settings: Settings, console: Console, short: bool = False) -> DemoRun:

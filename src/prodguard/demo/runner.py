@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from prodguard import app, wiring
+from prodguard.alerts import AlertGate
 from prodguard.clock import FileClock
 from prodguard.config import Settings, load_settings
 from prodguard.demo.events import EventLog
@@ -37,9 +38,11 @@ from prodguard.monitoring.jobs import (
     record_baseline,
     run_monitor,
 )
+from prodguard.monitoring.monitor import Monitor
 from prodguard.project import load_loader
 from prodguard.rollout.drill import run_drill
 from prodguard.rollout.faults import register_faulty
+from prodguard.rollout.guard import Guard, GuardDecision
 from prodguard.rollout.jobs import build_guard, start_rollout
 
 MARKER = "events.json"
@@ -94,9 +97,9 @@ class DemoRun:
         self.events = EventLog(
             self.output / MARKER, self.settings.paths.alerts_file, self._operations
         )
-        self._guard: Any = None
-        self._monitor: Any = None
-        self._gate: Any = None
+        self._guard: Guard | None = None
+        self._monitor: Monitor | None = None
+        self._gate: AlertGate | None = None
         self._feed: OnlineFeed | None = None
         self._traffic: HttpTraffic | None = None
         self._promoted_by_user: float | None = None
@@ -249,6 +252,7 @@ class DemoRun:
         return champion
 
     def register_faulty(self, base: int, shift: float) -> int:
+        # lazy: scikit-learn loads only for the commands that need it
         from prodguard.training.trainer import pip_requirements
 
         version = register_faulty(self._operations, base, shift, "demo", pip_requirements())
@@ -326,9 +330,10 @@ class DemoRun:
         if checked or hour.hour == 0:
             self.collect()
 
-    def guard_check(self) -> list[Any]:
+    def guard_check(self) -> list[GuardDecision]:
         before = self.service.swaps() if self.service is not None else 0.0
         began = time.perf_counter()
+        assert self._guard is not None, "the guard is built when the service starts"
         decisions = self._guard.check()
         moved = [d for d in decisions if d.action in GUARD_MOVES]
         if moved and self.service is not None:
@@ -352,6 +357,9 @@ class DemoRun:
         return decisions
 
     def monitor(self) -> None:
+        assert self._monitor is not None and self._gate is not None, (
+            "monitors are built with the service"
+        )
         done = run_monitor(self._monitor, self._gate, now=self.now)
         self.monitor_reports.extend(r.to_json() for r in done.reports)
 

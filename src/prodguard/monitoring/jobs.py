@@ -19,13 +19,18 @@ from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
 from prodguard.features.as_of import AsOfFeatures
-from prodguard.features.feast_adapter import feature_contract
+from prodguard.features.feast_adapter import ViewVersion, feature_contract
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of
 from prodguard.monitoring.baseline import Baseline, summarise
 from prodguard.monitoring.evidently_report import write_drift_report
-from prodguard.monitoring.measures import feature_references, measure, score_reference
+from prodguard.monitoring.measures import (
+    feature_references,
+    kpi_cost_function,
+    measure,
+    score_reference,
+)
 from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
@@ -34,8 +39,10 @@ from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
+from prodguard.serving.engine import OnlineFeatures, Predictor
 from prodguard.serving.models import ServingState, load_verified
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
+from prodguard.tasks import ModelScorer, normalise, spec_from_tags
 from prodguard.training.dataset import build_frame, is_categorical
 from prodguard.training.reference import reference_stats
 
@@ -46,9 +53,10 @@ def version_reference(registry: VersionReader, version: int) -> VersionReference
     """A version's training feature bins and (if recorded) its staging baseline."""
     stats = registry.load_json_artifact(version, lineage.REFERENCE_STATS_JSON)
     baseline = None
-    if lineage.BASELINE in registry.version(version).tags:
+    tags = registry.version(version).tags
+    if lineage.BASELINE in tags:
         baseline = Baseline.from_json(registry.load_json_artifact(version, lineage.BASELINE_JSON))
-    return VersionReference(feature_references(stats), baseline)
+    return VersionReference(feature_references(stats), baseline, spec_from_tags(tags))
 
 
 def resolve_version(
@@ -60,8 +68,9 @@ def resolve_version(
         return version
     aliases = operations.state().as_dict()
     for alias in prefer:
-        if aliases.get(alias) is not None:
-            return int(aliases[alias])
+        found = aliases.get(alias)
+        if found is not None:
+            return found
     raise InputError(f"no {' or '.join(prefer)} version is set; pass --version")
 
 
@@ -118,17 +127,17 @@ def record_baseline(
 
 def replay_predictor(
     settings: Settings,
-    views: list[Any],
+    views: list[ViewVersion],
     log: PredictionLog,
-    wrap_store: Callable[[Any, Clock], Any] | None = None,
-) -> Callable[[Callable[[], Any], Clock], Any]:
+    wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
+) -> Callable[[Callable[[], ServingState], Clock], Predictor]:
     """Builds the real request path over the as-of feature store for a replay's clock."""
 
     offline = OfflineStore(settings.paths.offline_dir)
     timestamps = {name: s.timestamp for name, s in settings.sources.items()}
 
-    def predictor_for(state: Callable[[], Any], clock: Clock) -> Any:
-        store: Any = AsOfFeatures(offline, views, clock, timestamps)
+    def predictor_for(state: Callable[[], ServingState], clock: Clock) -> Predictor:
+        store: OnlineFeatures = AsOfFeatures(offline, views, clock, timestamps)
         if wrap_store is not None:
             store = wrap_store(store, clock)
         return wiring.build_predictor(
@@ -147,7 +156,7 @@ def replay_version(
     log: PredictionLog,
     *,
     keep: Callable[[str], bool] | None = None,
-    wrap_store: Callable[[Any, Clock], Any] | None = None,
+    wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
     single_share: float | None = None,
     rollout: TrafficPolicy | None = None,
 ) -> ReplayResult:
@@ -209,6 +218,8 @@ def baseline_from_log(
             matured=True,
             errors=log.errors(w.start, w.end),
             min_rows=spec.min_rows,
+            spec=reference.spec,
+            cost=kpi_cost_function(settings.monitoring.kpi),
         )
         for w in tile(spec, frame, start, end)
     ]
@@ -378,6 +389,7 @@ def drift_report(
 ) -> Any:
     """An Evidently drift report of the served window ``[start, end)`` against the version's
     training window (features as the model saw them, and its scores), into the reports folder."""
+    # lazy: scikit-learn loads only for the commands that need it
     from prodguard.training.model import prepare
 
     if end <= start:
@@ -399,9 +411,10 @@ def drift_report(
     train_start, train_end = (pd.Timestamp(t).to_pydatetime() for t in window.split("/"))
     training = build_frame(settings, wiring.feature_store(settings), train_start, train_end)
     limit = settings.monitoring.reports_max_rows
-    model = registry.load_model(version)
+    task = spec_from_tags(registry.version(version).tags)
+    scorer = ModelScorer(registry.load_model(version), task.task)
     reference = training.features.assign(
-        prediction=model.predict_proba(prepare(training.features))[:, 1]
+        prediction=normalise(task, scorer.raw(prepare(training.features))).score
     )
     current = pd.DataFrame(served["features"].tolist())[list(training.features.columns)]
     current["prediction"] = served["probability"].to_numpy("float64")

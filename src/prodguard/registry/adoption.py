@@ -19,17 +19,18 @@ from typing import Any, Protocol
 import pandas as pd
 
 from prodguard.config import Settings
-from prodguard.errors import InputError, ModelContractError, TrainingError
+from prodguard.errors import InputError, ModelContractError, TrainingError, first_line
 from prodguard.features.feast_adapter import feature_contract
 from prodguard.registry import lineage as tags_of
 from prodguard.registry.mlflow_adapter import ForeignModel
 from prodguard.registry.operations import RegistryOperations
+from prodguard.tasks import ModelScorer, Task, TaskSpec, check_output, model_classes
 from prodguard.training.dataset import TrainingFrame, build_frame
 from prodguard.training.model import evaluate, prepare
 from prodguard.training.reference import reference_stats
 from prodguard.training.trainer import _lineage
 
-TASKS = ("binary", "multiclass", "regression")
+TASKS = tuple(t.value for t in Task)
 SAMPLE_ROWS = 5
 
 
@@ -85,7 +86,7 @@ def adopt(
     model = settings.model
     if model is None:
         raise TrainingError("prodguard.yaml has no 'model' section")
-    task = task or getattr(model, "task", None) or "binary"
+    task = task or model.task
     if task not in TASKS:
         raise InputError(f"--task must be one of {', '.join(TASKS)}, not '{task}'")
     if windows.train_end <= windows.train_start or windows.eval_end <= windows.eval_start:
@@ -109,8 +110,8 @@ def adopt(
     seconds["frames"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    check_task(found, task, prepare(held_out.features[columns].head(SAMPLE_ROWS)))
-    metrics, calibration = _evaluate(found.model, task, held_out, columns, model.threshold)
+    spec = check_task(found, Task(task), model.threshold, model.positive_class, held_out, columns)
+    metrics, calibration = evaluate(found.model, spec, held_out.features[columns], held_out.label)
     seconds["evaluate"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -137,12 +138,11 @@ def adopt(
         settings, ordered, held, views, feature_contract(versions), suite_digests, stats
     )
     lineage[tags_of.ADOPTED_FROM.removeprefix(tags_of.PREFIX)] = model_uri
-    lineage["task"] = task
     artifacts: dict[str, Any] = {
         tags_of.REFERENCE_STATS_JSON: stats,
         tags_of.LINEAGE_JSON: {**lineage, "metrics": metrics},
     }
-    if calibration is not None:
+    if calibration:
         artifacts[tags_of.CALIBRATION_JSON] = calibration
     version = adopter.adopt_version(
         found,
@@ -153,7 +153,7 @@ def adopt(
             "train_end": windows.train_end.isoformat(),
         },
         metrics={f"eval_{k}": v for k, v in metrics.items()},
-        tags=tags_of.registration_tags(lineage, metrics),
+        tags={**tags_of.registration_tags(lineage, metrics), **spec.tags()},
         artifacts=artifacts,
     )
     operations.set_candidate(version, actor=actor, reason=f"adopted from {model_uri}")
@@ -191,37 +191,40 @@ def check_signature(found: ForeignModel, expected: list[str]) -> list[str]:
     return names
 
 
-def check_task(found: ForeignModel, task: str, sample: pd.DataFrame) -> None:
-    """ModelContractError when the model's answers on a few rows do not fit ``task``."""
+def check_task(
+    found: ForeignModel,
+    task: Task,
+    threshold: float,
+    positive: Any,
+    held_out: TrainingFrame,
+    columns: list[str],
+) -> TaskSpec:
+    """The model's task spec (its classes), checked against what it returns for a few held-out
+    rows; ModelContractError (one line) when they do not fit the declared task."""
     model = found.model
+    declared = f"declared '{task.value}' (--task or model.task)"
+    if task is Task.REGRESSION and hasattr(model, "predict_proba"):
+        raise ModelContractError(
+            f"the model at {found.uri} is {declared} but is a classifier (it has "
+            "predict_proba); declare binary or multiclass"
+        )
+    if task.classifier and not hasattr(model, "predict_proba"):
+        raise ModelContractError(
+            f"the model at {found.uri} is {declared} but has no predict_proba (a regressor?); "
+            "declare regression"
+        )
+    spec = TaskSpec(task, model_classes(model) if task.classifier else (), threshold, positive)
     try:
-        if task == "regression":
-            values = pd.Series(model.predict(sample))
-            if not pd.api.types.is_float_dtype(values) or hasattr(model, "predict_proba"):
-                raise ModelContractError(
-                    f"the model at {found.uri} is declared 'regression' but returns class "
-                    "labels; declare --task binary|multiclass (or model.task)"
-                )
-            return
-        if not hasattr(model, "predict_proba"):
-            raise ModelContractError(
-                f"the model at {found.uri} is declared '{task}' but has no predict_proba "
-                "(a regressor?); declare --task regression (or model.task)"
-            )
-        classes = model.predict_proba(sample).shape[1]
-    except ModelContractError:
-        raise
+        raw = ModelScorer(model, task).raw(prepare(held_out.features[columns].head(SAMPLE_ROWS)))
     except Exception as exc:  # noqa: BLE001 - whatever the team's model raises on a row
         raise ModelContractError(
             f"the model at {found.uri} fails to score the project's rows ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check its preprocessing"
+            f"{first_line(exc, 160)}); check its preprocessing"
         ) from None
-    wanted = "2 classes" if task == "binary" else "3 or more classes"
-    if (task == "binary") != (classes == 2):
-        raise ModelContractError(
-            f"the model at {found.uri} is declared '{task}' ({wanted}) but returns "
-            f"{classes} class probabilities; declare the task it was trained for"
-        )
+    problem = check_output(spec, raw)
+    if problem:
+        raise ModelContractError(f"the model at {found.uri}: {problem}")
+    return spec
 
 
 def _training_frame(
@@ -250,11 +253,3 @@ def _training_frame(
         end=windows.train_end,
         unlabelled=len(frame) - len(labelled),
     )
-
-
-def _evaluate(
-    model: Any, task: str, held_out: TrainingFrame, columns: list[str], threshold: float
-) -> tuple[dict[str, float], dict[str, Any] | None]:
-    if task == "binary":
-        return evaluate(model, held_out.features[columns], held_out.label, threshold)
-    raise ModelContractError(f"evaluating a '{task}' model needs prodguard's per-task metrics")

@@ -39,6 +39,9 @@ EVAL_PREFIX = PREFIX + "eval."  # + metric name: held-out evaluation metrics
 RUN_ID = PREFIX + "run_id"
 ARTIFACT_DIGEST = PREFIX + "artifact_sha256"
 ADOPTED_FROM = PREFIX + "adopted_from"  # the MLflow URI of a model adopted (`prodguard adopt`)
+TASK = PREFIX + "task"  # binary | multiclass | regression (absent: binary, registered earlier)
+CLASSES = PREFIX + "classes"  # JSON list of a classifier's labels, in its probability columns
+POSITIVE_CLASS = PREFIX + "positive_class"  # JSON: binary, when model.positive_class names it
 
 # ---- version tags written later ----------------------------------------------------------------
 BASELINE = PREFIX + "baseline"  # "<start>/<end>" of the staging baseline (artifact BASELINE_JSON)
@@ -63,6 +66,8 @@ NOT_COPIED = frozenset({RUN_ID, DRILL, DEMOTED_REASON, DEMOTED_AT, ARTIFACT_DIGE
 
 # What `prodguard status` shows of each version, in this order.
 SUMMARY_KEYS = (
+    "task",
+    "classes",
     "train_window",
     "eval_window",
     "rows_train",
@@ -81,7 +86,7 @@ SUMMARY_KEYS = (
     "demoted_reason",
     "baseline",
 )
-_JSON_SUMMARY = frozenset({"feature_views", "suite_digests"})
+_JSON_SUMMARY = frozenset({"feature_views", "suite_digests", "classes"})
 
 Contract = tuple[tuple[str, str], ...]  # (feature name, kind) pairs, in order
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from prodguard.registry.config import RegistryConfig
 from prodguard.registry.mlflow_adapter import ModelVersion
+
+
+class Classifier(Protocol):
+    """A registered model as the core uses it: probabilities per class, one row per input row."""
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray: ...
 
 
 class VersionReader(Protocol):
@@ -18,7 +25,7 @@ class VersionReader(Protocol):
 
     def load_json_artifact(self, version: int, name: str) -> Any: ...
 
-    def load_model(self, version: int) -> Any: ...
+    def load_model(self, version: int) -> Classifier: ...
 
 
 class TargetsReader(Protocol):

@@ -29,7 +29,7 @@ from prodguard import wiring
 from prodguard.alerts import Alerter, JsonlSink
 from prodguard.clock import FixedClock
 from prodguard.config import Settings
-from prodguard.errors import InputError
+from prodguard.errors import InputError, RegistryError
 from prodguard.features.feast_adapter import ViewVersion, feature_contract
 from prodguard.features.ports import FeatureStore
 from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
@@ -40,12 +40,13 @@ from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
 from prodguard.registry.operations import RegistryOperations
-from prodguard.registry.ports import ModelRegistry
-from prodguard.rollout.faults import ShiftedScores
+from prodguard.registry.ports import Classifier, ModelRegistry
+from prodguard.rollout.faults import faulty_model, score_scale
 from prodguard.rollout.guard import Guard
 from prodguard.rollout.policy import read_targets
 from prodguard.serving.models import ModelFollower, ServingState, load_verified
 from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
+from prodguard.tasks import spec_from_tags
 from prodguard.timewindows import parse_time
 
 FAULTY_OFFSET = 1_000_000  # the staging-only faulty copy of vN is numbered N + this
@@ -91,13 +92,28 @@ class StagingRegistry:
             tags[lineage.FAULT] = f"v{base} with scores shifted by {shift:+g} (drill)"
         return replace(found, version=version, tags=tags)
 
+    def versions(self) -> list[ModelVersion]:
+        return self._registry.versions()
+
+    def log_version(self, *args: Any, **kwargs: Any) -> int:
+        raise RegistryError("a drill registers nothing (staging registry)")
+
+    def log_json_artifact(self, version: int, name: str, document: Any) -> None:
+        raise RegistryError("a drill records nothing in the registry (staging registry)")
+
     def set_version_tag(self, version: int, key: str, value: str) -> None:
         self._version_tags.setdefault(version, {})[key] = value
 
-    def load_model(self, version: int) -> Any:
+    def load_model(self, version: int) -> Classifier:
         base, shift = self._faulty.get(version, (version, 0.0))
         model = self._registry.load_model(base)
-        return ShiftedScores(model, shift) if version in self._faulty else model
+        if version not in self._faulty:
+            return model
+        try:
+            scale = score_scale(self._registry.load_json_artifact(base, "baseline.json"))
+        except RegistryError:  # no baseline yet
+            scale = 1.0
+        return faulty_model(model, spec_from_tags(self.version(base).tags), shift, scale)
 
     def load_json_artifact(self, version: int, name: str) -> Any:
         return self._registry.load_json_artifact(self._faulty.get(version, (version,))[0], name)
@@ -137,7 +153,10 @@ def run_drill(
 
     began = time.perf_counter()
     if not 0 < abs(shift) < 1:
-        raise InputError("--shift must be between -1 and 1 (a share of probability), not 0")
+        raise InputError(
+            "--shift must be between -1 and 1 (a share of probability; for a regressor, "
+            "baseline standard deviations), not 0"
+        )
     production = wiring.registry_operations(settings)
     version = resolve_version(production, version, ("candidate", "champion"))
     start, end = _period(production, version, start, end)
@@ -156,7 +175,7 @@ def run_drill(
     operations = RegistryOperations(
         staging,
         AuditLog(f"sqlite:///{audit_path}"),
-        clock=clock,  # type: ignore[arg-type]
+        clock=clock,
     )
     alerter = Alerter([JsonlSink(folder / f"drill-v{version}.alerts.jsonl")])
     contract = feature_contract(views)
@@ -228,7 +247,7 @@ def run_drill(
         standby_answers=seen.get("standby", 0),
         latency_p50_ms=latency["p50"],
         latency_p99_ms=latency["p99"],
-        latency_requests=latency["n"],
+        latency_requests=int(latency["n"]),
         at=datetime.now(UTC).isoformat(),
         seconds=time.perf_counter() - began,
     )

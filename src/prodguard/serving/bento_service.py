@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse
 
 from prodguard import app, wiring
-from prodguard.config import load_settings
+from prodguard.config import Settings, load_settings
 from prodguard.errors import (
     ConcurrentUpdateError,
     DuplicateRequest,
@@ -33,8 +33,11 @@ from prodguard.errors import (
     UnknownRequest,
 )
 from prodguard.project import load_request_model
+from prodguard.registry.operations import RegistryOperations
+from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.serving.limits import Boundary, Limits, check_token
+from prodguard.serving.models import ServingState
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -63,9 +66,14 @@ _log = logging.getLogger("prodguard.serving")
 
 
 class PredictionOut(BaseModel):
+    """Binary models answer ``probability`` (of the positive class) and ``decision``;
+    multiclass and regression models answer ``prediction`` (see docs: Tasks) and leave those
+    two null."""
+
     request_id: str
-    probability: float
-    decision: bool
+    probability: float | None
+    decision: bool | None
+    prediction: dict[str, Any] | None = None
     model: str
     version: int
     degraded: bool
@@ -177,7 +185,7 @@ def server_timing(stages: dict[str, float]) -> str:
     return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in stages.items())
 
 
-def _start_guard(settings: Any) -> threading.Event | None:
+def _start_guard(settings: Settings) -> threading.Event | None:
     """With rollout.guard_in_service_seconds, the guard runs in a daemon thread of the service;
     returns the event that stops it."""
     every = settings.rollout.guard_in_service_seconds
@@ -186,7 +194,7 @@ def _start_guard(settings: Any) -> threading.Event | None:
 
     stop = threading.Event()
 
-    def report(decisions: list[Any]) -> None:
+    def report(decisions: list[GuardDecision]) -> None:
         for decision in decisions:
             if decision.action not in ("none", "hold"):
                 _log.warning(
@@ -247,7 +255,7 @@ class _Metrics:
         counter = self.counters[name]
         (counter.labels(**labels) if labels else counter).inc(amount)
 
-    def swapped(self, state: Any) -> None:
+    def swapped(self, state: ServingState) -> None:
         self.swaps.inc()
 
 
@@ -334,8 +342,9 @@ class PredictionService:
         return [
             PredictionOut(
                 request_id=a.request_id,
-                probability=a.probability,
-                decision=a.decision,
+                probability=None if a.prediction is not None else a.probability,
+                decision=None if a.prediction is not None else a.decision,
+                prediction=a.prediction,
                 model=a.model,
                 version=a.version,
                 degraded=a.degraded,
@@ -392,6 +401,7 @@ class PredictionService:
         now = self.serving.clock.now()
         try:
             for item in items:
+                status: str
                 try:
                     status = self.serving.log.record_feedback(item.request_id, item.outcome, now)
                 except UnknownRequest:
@@ -422,7 +432,7 @@ class PredictionService:
             return error_response(exc, ctx)  # type: ignore[return-value]
 
     @staticmethod
-    def _operations(version: int | None, with_checks: bool = False) -> Any:
+    def _operations(version: int | None, with_checks: bool = False) -> RegistryOperations:
         """The registry operations the CLI uses; a ``version`` the registry does not hold is a
         404 here (the registry reports it as a failure of its own)."""
         operations = wiring.registry_operations(_settings, with_checks=with_checks)
@@ -492,4 +502,5 @@ class PredictionService:
         return self._admin(ctx, lambda: abort_rollout(_settings, http_actor(actor), reason))
 
 
-PredictionService.add_asgi_middleware(Boundary, limits=LIMITS)
+# added by @bentoml.service (bentoml is not type-checked: pyproject [tool.mypy])
+PredictionService.add_asgi_middleware(Boundary, limits=LIMITS)  # type: ignore[attr-defined]
