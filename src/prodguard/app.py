@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +26,15 @@ from prodguard.ingestion.quarantine import Quarantine
 from prodguard.project import load_loader, load_request_model
 from prodguard.registry import lineage
 from prodguard.registry.config import RegistryConfig
+from prodguard.rollout.traffic_fit import misfits
 from prodguard.rollout.triggers import describe as describe_triggers
+from prodguard.serving.prediction_log import ANSWERS
 from prodguard.wiring import (
     alert_record,
     alerter_for,
     clock_for,
     feature_store,
+    prediction_log,
     registry_operations,
 )
 
@@ -212,6 +215,22 @@ def status(settings: Settings) -> dict[str, Any]:
         "standby_hours": settings.rollout.standby_hours,
         "traffic": traffic.to_json() | {"describe": traffic.describe()},
         "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
+        "traffic_fit": traffic_fit(settings),
+    }
+
+
+def traffic_fit(settings: Settings, days: int = 7) -> dict[str, Any]:
+    """The prediction log's request rate over the last ``days`` and the guard, canary and
+    monitoring sizes it cannot fill (``rollout.traffic_fit``)."""
+    now = clock_for(settings).now()
+    log = prediction_log(settings)
+    try:
+        rate = log.count(now - timedelta(days=days), now, ANSWERS) / days
+    finally:
+        log.close()
+    return {
+        "requests_per_day": rate,
+        "problems": misfits(rate, settings.rollout, settings.monitoring),
     }
 
 

@@ -451,6 +451,14 @@ def status(
     out.print("rollback triggers (prodguard guard):", highlight=False)
     for line in document["triggers"]:
         out.print(f"  - {escape(line)}", highlight=False)
+    fit = document["traffic_fit"]
+    if fit["problems"]:
+        out.print(
+            f"[yellow]sizes that do not fit the traffic[/] (~{fit['requests_per_day']:.3g} "
+            "requests/day over the last 7 days):"
+        )
+        for line in fit["problems"]:
+            out.print(f"  - {escape(line)}", highlight=False, soft_wrap=True)
     out.print(
         f"{len(document['versions'])} version(s) registered. MLflow UI: {document['mlflow_ui']}",
         highlight=False,

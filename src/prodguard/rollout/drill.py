@@ -202,6 +202,7 @@ def run_drill(
         if "fired" not in seen:
             judging = time.perf_counter()
             decision = guard.check()[0]
+            seen["last"] = decision.triggers
             if decision.action == "rolled_back":  # judged, fired, moved and audited
                 follower.refresh()
                 seen.update(
@@ -318,12 +319,30 @@ def _latency(
 
 def _verdict(seen: dict[str, Any], passed: bool, p99: float, budget: float) -> str:
     if "fired" not in seen:
-        return "no trigger fired on the faulty version during the staging period"
+        return "no trigger fired on the faulty version during the staging period" + (
+            inconclusive_note(seen.get("last", []))
+        )
     if not passed:
         return "the rollback did not bring the standby back for every request"
     if p99 > budget:
         return f"latency p99 {p99:.1f} ms is above the budget of {budget:g} ms"
     return "trigger fired, rolled back, the standby answered; latency within budget"
+
+
+def inconclusive_note(triggers: list[Any]) -> str:
+    """Why nothing fired: the inconclusive triggers of the last judgement, and what to set."""
+    waiting = [t for t in triggers if t.status == "inconclusive"]
+    if not waiting:
+        return ""
+    reasons = sorted({t.reason for t in waiting})
+    names = ", ".join(t.name for t in waiting)
+    hint = ""
+    if any("needed" in r for r in reasons):  # too few requests in the guard window
+        hint = (
+            "; with this traffic lower rollout.triggers.min_requests or raise "
+            "rollout.guard_minutes (see `prodguard status`)"
+        )
+    return f": inconclusive at the last check: {names} ({'; '.join(reasons)}){hint}"
 
 
 def _remove(path: Path) -> None:
