@@ -126,6 +126,33 @@ def _batch_line(result: BatchResult) -> None:
 
 
 @cli.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the new project.")],
+    data: Annotated[
+        list[Path], typer.Option(help="A data file (csv/parquet); the first holds the labels.")
+    ],
+    timestamp: Annotated[str, typer.Option(help="The time column of every data file.")],
+    entity: Annotated[str, typer.Option(help="The column identifying an entity (join key).")],
+    label: Annotated[str, typer.Option(help="The outcome column of the first data file.")],
+    task: Annotated[str, typer.Option(help="binary | multiclass | regression.")] = "binary",
+    name: Annotated[str | None, typer.Option(help="Project name (default: the folder's).")] = None,
+) -> None:
+    """Draft a new project from your data files: a loader, expectation suites profiled from the
+    data, a Feast feature repo, a request model and prodguard.yaml. Never overwrites."""
+    from prodguard.scaffold.init import init_project
+
+    result = init_project(folder, data, timestamp, entity, label, task, name)
+    for path, lines in result.files.items():
+        out.print(f"  wrote {path} ({lines} lines)", highlight=False)
+    out.print(
+        f"next: review the drafts, then in {result.root}: prodguard ingest --start ... --end ..."
+        " && prodguard materialize --until ... (docs/guard-your-own-model.md)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@cli.command()
 def ingest(
     start: Annotated[str | None, typer.Option(help="Window start (ISO date/time, UTC).")] = None,
     end: Annotated[str | None, typer.Option(help="Window end, exclusive.")] = None,
