@@ -14,7 +14,7 @@ from prodguard.scaffold.profile import ColumnProfile
 
 TIMESTAMP = "event_timestamp"  # every source's time column, as prodguard and Feast expect it
 FEAST_TYPES = {"integer": "Int64", "float": "Float64", "categorical": "String", "boolean": "Bool"}
-TASK_KPI = {  # a KPI per task: prodguard.tasks computes it from /feedback
+TASK_KPI: dict[str, dict[str, Any]] = {  # a KPI per task, computed from /feedback
     "binary": {"name": "error_cost", "cost_missed": 1.0, "cost_false_alert": 0.25},
     "multiclass": {"name": "error_rate"},
     "regression": {"name": "abs_error"},
