@@ -11,7 +11,7 @@ held-out window with the metrics of its task. From then on it is a version like 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,22 +115,8 @@ def adopt(
     seconds["evaluate"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    ordered = TrainingFrame(
-        features=train.features[columns],
-        label=train.label,
-        entities=train.entities,
-        start=train.start,
-        end=train.end,
-        unlabelled=train.unlabelled,
-    )
-    held = TrainingFrame(
-        features=held_out.features[columns],
-        label=held_out.label,
-        entities=held_out.entities,
-        start=held_out.start,
-        end=held_out.end,
-        unlabelled=held_out.unlabelled,
-    )
+    ordered = replace(train, features=train.features[columns])  # the signature's order
+    held = replace(held_out, features=held_out.features[columns])
     stats = reference_stats(ordered.features)
     versions = store.versions()
     views = {v.name: v.version for v in versions}
