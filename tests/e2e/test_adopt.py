@@ -146,7 +146,7 @@ def test_an_adopted_model_is_promoted_served_and_drilled(team_project: Path, tmp
     with serving(project) as base:
         timings["serve ready"] = time.perf_counter() - began
         code, body = post(base, "/predict", {**FLIGHT_REQUEST, "request_id": "team-1"})
-    assert code == 200 and body["version"] == 1 and 0 <= body["score"] <= 1, body
+    assert code == 200 and body["version"] == 1 and 0 <= body["probability"] <= 1, body
     drill = json.loads(step("drill", "drill", "--version", "1", "--json", env=ENV))
     assert drill["passed"], drill["reason"]
     print("\nadopt e2e, seconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
