@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,15 +23,18 @@ from prodguard.features.feast_adapter import render_store_config
 from prodguard.ingestion.ledger import Ledger
 from prodguard.ingestion.pipeline import BatchResult, Ingestor, read_batch_file
 from prodguard.ingestion.quarantine import Quarantine
-from prodguard.project import load_loader
+from prodguard.project import load_loader, load_request_model
 from prodguard.registry import lineage
 from prodguard.registry.config import RegistryConfig
+from prodguard.rollout.traffic_fit import misfits
 from prodguard.rollout.triggers import describe as describe_triggers
+from prodguard.serving.prediction_log import ANSWERS
 from prodguard.wiring import (
     alert_record,
     alerter_for,
     clock_for,
     feature_store,
+    prediction_log,
     registry_operations,
 )
 
@@ -212,6 +215,22 @@ def status(settings: Settings) -> dict[str, Any]:
         "standby_hours": settings.rollout.standby_hours,
         "traffic": traffic.to_json() | {"describe": traffic.describe()},
         "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
+        "traffic_fit": traffic_fit(settings),
+    }
+
+
+def traffic_fit(settings: Settings, days: int = 7) -> dict[str, Any]:
+    """The prediction log's request rate over the last ``days`` and the guard, canary and
+    monitoring sizes it cannot fill (``rollout.traffic_fit``)."""
+    now = clock_for(settings).now()
+    log = prediction_log(settings)
+    try:
+        rate = log.count(now - timedelta(days=days), now, ANSWERS) / days
+    finally:
+        log.close()
+    return {
+        "requests_per_day": rate,
+        "problems": misfits(rate, settings.rollout, settings.monitoring),
     }
 
 
@@ -259,6 +278,7 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
         raise ConfigError("prodguard.yaml has no 'serving' section; add one (see README)")
     if not 0 < port < 65536:
         raise InputError("--port must be between 1 and 65535")
+    load_request_model(settings)  # a wrong serving.request_model: one line here, not a traceback
     bentoml = Path(sys.executable).with_name("bentoml")
     env = {
         **os.environ,

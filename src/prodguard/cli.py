@@ -126,6 +126,33 @@ def _batch_line(result: BatchResult) -> None:
 
 
 @cli.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the new project.")],
+    data: Annotated[
+        list[Path], typer.Option(help="A data file (csv/parquet); the first holds the labels.")
+    ],
+    timestamp: Annotated[str, typer.Option(help="The time column of every data file.")],
+    entity: Annotated[str, typer.Option(help="The column identifying an entity (join key).")],
+    label: Annotated[str, typer.Option(help="The outcome column of the first data file.")],
+    task: Annotated[str, typer.Option(help="binary | multiclass | regression.")] = "binary",
+    name: Annotated[str | None, typer.Option(help="Project name (default: the folder's).")] = None,
+) -> None:
+    """Draft a new project from your data files: a loader, expectation suites profiled from the
+    data, a Feast feature repo, a request model and prodguard.yaml. Never overwrites."""
+    from prodguard.scaffold.init import init_project
+
+    result = init_project(folder, data, timestamp, entity, label, task, name)
+    for path, lines in result.files.items():
+        out.print(f"  wrote {path} ({lines} lines)", highlight=False)
+    out.print(
+        f"next: review the drafts, then in {result.root}: prodguard ingest --start ... --end ..."
+        " && prodguard materialize --until ... (docs/guard-your-own-model.md)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@cli.command()
 def ingest(
     start: Annotated[str | None, typer.Option(help="Window start (ISO date/time, UTC).")] = None,
     end: Annotated[str | None, typer.Option(help="Window end, exclusive.")] = None,
@@ -288,6 +315,60 @@ def train(
     )
 
 
+@cli.command()
+def adopt(
+    model_uri: Annotated[
+        str, typer.Option(help="The model: models:/NAME/VERSION or runs:/RUN_ID/PATH.")
+    ],
+    train_start: Annotated[str, typer.Option(help="Start of the window it was trained on.")],
+    train_end: Annotated[str, typer.Option(help="End of that window, exclusive.")],
+    eval_start: Annotated[str, typer.Option(help="Start of the held-out evaluation window.")],
+    eval_end: Annotated[str, typer.Option(help="End of the held-out window, exclusive.")],
+    task: Annotated[
+        str | None, typer.Option(help="binary | multiclass | regression (default: model.task).")
+    ] = None,
+    train_frame: Annotated[
+        Path | None,
+        typer.Option(
+            help="The training rows (parquet/csv: input columns + label) instead of "
+            "rebuilding them point-in-time from the feature store."
+        ),
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Adopt a model trained outside prodguard and logged to MLflow: check its signature and
+    task against the project, derive its reference statistics from its training window,
+    evaluate it on a held-out window, record its lineage and make it the `candidate`."""
+    from prodguard.adoption import adopt_model
+    from prodguard.registry.adoption import AdoptWindows
+    from prodguard.registry.operations import default_actor
+
+    first, last = parse_time(train_start, "--train-start"), parse_time(train_end, "--train-end")
+    ordered(first, last, "--train-start", "--train-end")
+    held_first, held_last = (
+        parse_time(eval_start, "--eval-start"),
+        parse_time(eval_end, "--eval-end"),
+    )
+    ordered(held_first, held_last, "--eval-start", "--eval-end")
+    windows = AdoptWindows(first, last, held_first, held_last, train_frame)
+    result = adopt_model(_settings(), model_uri, task, windows, actor or default_actor())
+    if as_json:
+        _print_json(result.__dict__)
+        return
+    how = "registered as" if result.registered else "adopted"
+    table = Table(title=f"{how} v{result.version} ({result.task}), now the candidate")
+    table.add_column("metric (held-out window)")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+    out.print(
+        f"{result.rows_train} training rows, {result.rows_eval} evaluation rows; "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    )
+
+
 def _record_line(record: AuditRecord) -> None:
     out.print(
         f"{record.action}: {record.from_state} -> {record.to_state} "
@@ -397,6 +478,14 @@ def status(
     out.print("rollback triggers (prodguard guard):", highlight=False)
     for line in document["triggers"]:
         out.print(f"  - {escape(line)}", highlight=False)
+    fit = document["traffic_fit"]
+    if fit["problems"]:
+        out.print(
+            f"[yellow]sizes that do not fit the traffic[/] (~{fit['requests_per_day']:.3g} "
+            "requests/day over the last 7 days):"
+        )
+        for line in fit["problems"]:
+            out.print(f"  - {escape(line)}", highlight=False, soft_wrap=True)
     out.print(
         f"{len(document['versions'])} version(s) registered. MLflow UI: {document['mlflow_ui']}",
         highlight=False,

@@ -74,6 +74,12 @@ class ArtifactIntegrityError(PromotionRefused):
     (or none was recorded): it is never loaded."""
 
 
+class ModelContractError(InputError):
+    """A model offered to prodguard does not fit the project: it cannot be loaded from its URI,
+    has no signature, its inputs differ from the feature service's, or it does not return what
+    its declared task needs."""
+
+
 class RequestRejected(InputError):
     """A prediction request cannot be answered as asked (invalid field, degraded critical feature).
 

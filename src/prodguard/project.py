@@ -50,3 +50,29 @@ def load_loader(settings: Settings) -> SourceLoader:
     if not isinstance(loader, SourceLoader):
         raise ConfigError(f"project.loader: {class_name} has no load(source, start, end) method")
     return loader
+
+
+def load_request_model(settings: Settings) -> Any:
+    """The class named by ``serving.request_model``: a pydantic model of one request with
+    ``from_row(row) -> request`` (a source row as the request a caller would have sent) and
+    ``to_row() -> dict`` (the request as a source row); ConfigError naming what it lacks."""
+    if settings.serving is None:
+        raise ConfigError("prodguard.yaml has no 'serving' section; add serving.request_model")
+    dotted = settings.serving.request_model
+    found = import_object(dotted, "serving.request_model")
+    lacks = [
+        name
+        for name in ("model_validate", "model_json_schema", "from_row", "to_row")
+        if not callable(getattr(found, name, None))
+    ]
+    if not isinstance(found, type) or lacks:
+        what = (
+            f"a {type(found).__name__}"
+            if not isinstance(found, type)
+            else f"a class lacking {lacks}"
+        )
+        raise ConfigError(
+            f"serving.request_model '{dotted}' is {what}; it must name a pydantic model class "
+            "with from_row(row) and to_row() (see docs/guard-your-own-model.md)"
+        )
+    return found

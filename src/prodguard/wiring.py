@@ -21,7 +21,7 @@ from prodguard.contracts.suites import read_suite
 from prodguard.errors import ConfigError
 from prodguard.features.feast_adapter import FeastStore, ViewVersion, feature_contract
 from prodguard.features.ports import FeatureVersions
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.config import load_registry_config
 from prodguard.registry.mlflow_adapter import MlflowRegistry
@@ -163,7 +163,7 @@ def build_serving(
         clock=clock,
         metrics=metrics,
     )
-    request_model = import_object(serving.request_model, "serving.request_model")
+    request_model = load_request_model(settings)
     return Serving(settings, predictor, follower, log, request_model, clock)
 
 

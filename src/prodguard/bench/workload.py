@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from prodguard.config import Settings
 from prodguard.errors import NoDataError
 from prodguard.monitoring.replay import request_rows
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 from prodguard.serving.prediction_log import PredictionLog
 
 HISTORY = timedelta(days=28)  # rows sampled from the weeks before the store's time
@@ -34,7 +34,7 @@ def guarded_bodies(
     categorical fields the model knows (``categories``) are asked: the rest would be 422s."""
 
     assert settings.serving is not None
-    request_model = import_object(settings.serving.request_model, "serving.request_model")
+    request_model = load_request_model(settings)
     rows = request_rows(settings, at - HISTORY, at)
     known = pd.Series(True, index=rows.index)
     for column, values in categories.items():

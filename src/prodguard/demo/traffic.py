@@ -28,7 +28,7 @@ from prodguard.errors import ServiceNotReady
 from prodguard.features.ports import FeatureStore
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.monitoring.replay import request_id, request_rows, single
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 
 ROW_FIELD = re.compile(r"^rows\[(\d+)\]")
 
@@ -121,7 +121,7 @@ class HttpTraffic:
         self._feed = feed
         self._outcome_after = outcome_after
         self._single_share = single_share
-        self._request_model = import_object(settings.serving.request_model, "serving.request_model")
+        self._request_model = load_request_model(settings)
         self._max_batch = settings.serving.max_batch
         self._pending: list[tuple[datetime, str, dict[str, Any]]] = []
 

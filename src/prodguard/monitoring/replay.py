@@ -24,7 +24,7 @@ from prodguard.clock import FixedClock
 from prodguard.config import Settings
 from prodguard.errors import NoDataError, RequestRejected, TrainingError
 from prodguard.ingestion.offline import OfflineStore
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 from prodguard.serving.engine import Predictor
 from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import PredictionLog
@@ -92,7 +92,7 @@ def replay(
     began = time.perf_counter()
     assert settings.model is not None and settings.serving is not None
 
-    request_model = import_object(settings.serving.request_model, "serving.request_model")
+    request_model = load_request_model(settings)
     rows = request_rows(settings, start, end)
     label, outcome_key = settings.model.label, settings.monitoring.kpi.outcome
     clock = FixedClock(start)

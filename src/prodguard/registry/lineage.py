@@ -38,6 +38,7 @@ FALLBACKS = PREFIX + "fallbacks"
 EVAL_PREFIX = PREFIX + "eval."  # + metric name: held-out evaluation metrics
 RUN_ID = PREFIX + "run_id"
 ARTIFACT_DIGEST = PREFIX + "artifact_sha256"
+ADOPTED_FROM = PREFIX + "adopted_from"  # the MLflow URI of a model adopted (`prodguard adopt`)
 TASK = PREFIX + "task"  # binary | multiclass | regression (absent: binary, registered earlier)
 CLASSES = PREFIX + "classes"  # JSON list of a classifier's labels, in its probability columns
 POSITIVE_CLASS = PREFIX + "positive_class"  # JSON: binary, when model.positive_class names it

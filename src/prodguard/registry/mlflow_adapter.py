@@ -45,6 +45,7 @@ import pandas as pd
 
 from prodguard.errors import (
     ArtifactIntegrityError,
+    ModelContractError,
     RegistryError,
     RegistryUnavailable,
     first_line,
@@ -85,6 +86,16 @@ class ModelVersion:
     created: datetime
     tags: dict[str, str]
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForeignModel:
+    """A model logged to MLflow outside prodguard, as ``open_model`` found it."""
+
+    uri: str
+    inputs: tuple[tuple[str, str], ...] | None  # the signature's input columns and types
+    model: Any  # the native (sklearn) model prodguard serves
+    registered_version: int | None  # its version when the URI names one of the project model's
 
 
 @contextmanager
@@ -244,6 +255,84 @@ class MlflowRegistry:
             with _wrapped(f"loading model version {version}"):
                 return self._mlflow.sklearn.load_model(str(local))
 
+    def open_model(self, uri: str) -> ForeignModel:
+        """The model at ``uri`` (``models:/NAME/VERSION`` or ``runs:/RUN_ID/PATH``), its signature
+        and its native model; ModelContractError (one line) when it cannot be loaded or served,
+        RegistryUnavailable when the store cannot be reached."""
+        if not uri.startswith(("models:/", "runs:/")):
+            raise ModelContractError(
+                f"--model-uri '{uri}' is neither models:/NAME/VERSION nor runs:/RUN_ID/PATH"
+            )
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                pyfunc = self._mlflow.pyfunc.load_model(uri)
+        except Exception as exc:  # noqa: BLE001 - MlflowException, OSError, unpickling errors
+            if unreachable(exc):
+                raise registry_error(f"loading {uri}", exc) from None
+            raise ModelContractError(
+                f"cannot load the model at {uri} ({first_line(exc, 160)}); check the URI "
+                "(models:/NAME/VERSION or runs:/RUN_ID/PATH) and the tracking URI of the "
+                "registry config"
+            ) from None
+        metadata = pyfunc.metadata
+        if "sklearn" not in metadata.flavors:
+            raise ModelContractError(
+                f"the model at {uri} has flavors {sorted(metadata.flavors)}; prodguard serves "
+                "the sklearn flavor: log it with mlflow.sklearn.log_model"
+            )
+        schema = metadata.get_input_schema()
+        inputs = None
+        if schema is not None and schema.has_input_names():
+            inputs = tuple((c.name, str(getattr(c.type, "name", c.type))) for c in schema.inputs)
+        return ForeignModel(
+            uri=uri,
+            inputs=inputs,
+            model=pyfunc.get_raw_model(),
+            registered_version=self._registered_version(uri),
+        )
+
+    def _registered_version(self, uri: str) -> int | None:
+        parts = uri[len("models:/") :].split("/") if uri.startswith("models:/") else []
+        if len(parts) == 2 and parts[0] == self.model_name and parts[1].isdigit():
+            return int(parts[1])
+        return None
+
+    def adopt_version(
+        self,
+        found: ForeignModel,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        artifacts: dict[str, Any],
+    ) -> int:
+        """Record an adoption run (params, metrics, tags, lineage artifacts), register the model
+        as a version of the project's model unless it already is one, tag the version (its
+        run-id tag is the adoption run, where its artifacts are) and record the digest
+        of its stored artifact; returns the version."""
+        mlflow = self._mlflow
+        with (
+            _wrapped(f"adopting {found.uri}"),
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(io.StringIO()),  # "Successfully registered model ..."
+        ):
+            warnings.simplefilter("ignore")
+            with mlflow.start_run(experiment_id=self._experiment_id()) as run:
+                mlflow.log_params({**params, "model_uri": found.uri})
+                mlflow.log_metrics(metrics)
+                mlflow.set_tags(tags)
+                for name, document in artifacts.items():
+                    mlflow.log_dict(document, name)
+            version = found.registered_version
+            if version is None:
+                registered = mlflow.register_model(found.uri, self.model_name)
+                version = int(registered.version)
+            for key, value in {**tags, lineage.RUN_ID: run.info.run_id}.items():
+                if key != lineage.ARTIFACT_DIGEST:
+                    self._client.set_model_version_tag(self.model_name, str(version), key, value)
+        self.set_version_tag(version, lineage.ARTIFACT_DIGEST, self.artifact_digest(version))
+        return version
+
     def artifact_digest(self, version: int) -> str:
         """The digest of the version's model artifact as it is stored now."""
         with tempfile.TemporaryDirectory(prefix="prodguard-model-") as tmp:
@@ -261,13 +350,15 @@ class MlflowRegistry:
             )
 
     def load_json_artifact(self, version: int, name: str) -> Any:
+        """An artifact of the version's prodguard run (training or adoption run)."""
         info = self.version(version)
+        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
         with (
             _wrapped(f"reading artifact {name} of version {version}"),
             tempfile.TemporaryDirectory() as tmp,
         ):
             path = self._mlflow.artifacts.download_artifacts(
-                run_id=info.run_id,
+                run_id=run_id,
                 artifact_path=name,
                 dst_path=tmp,
                 tracking_uri=self.config.tracking_uri,
@@ -334,10 +425,11 @@ class MlflowRegistry:
             self._client.delete_registered_model_alias(self.model_name, alias)
 
     def log_json_artifact(self, version: int, name: str, document: Any) -> None:
-        """Store ``document`` as artifact ``name`` of the version's run (replacing it)."""
+        """Store ``document`` as artifact ``name`` of the version's prodguard run (replacing it)."""
         info = self.version(version)
+        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
         with _wrapped(f"writing artifact {name} of version {version}"):
-            self._client.log_dict(info.run_id, document, name)
+            self._client.log_dict(run_id, document, name)
 
     def set_version_tag(self, version: int, key: str, value: str) -> None:
         with _wrapped(f"tagging version {version}"):

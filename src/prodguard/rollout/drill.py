@@ -35,7 +35,7 @@ from prodguard.features.ports import FeatureStore
 from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
 from prodguard.monitoring.monitor import Monitor
 from prodguard.monitoring.replay import replay, request_rows
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
@@ -202,6 +202,7 @@ def run_drill(
         if "fired" not in seen:
             judging = time.perf_counter()
             decision = guard.check()[0]
+            seen["last"] = decision.triggers
             if decision.action == "rolled_back":  # judged, fired, moved and audited
                 follower.refresh()
                 seen.update(
@@ -290,7 +291,7 @@ def _latency(
         settings, store, lambda: state, log, views=views, shadow_sample=0.0
     )
     assert settings.serving is not None
-    request_model = import_object(settings.serving.request_model, "serving.request_model")
+    request_model = load_request_model(settings)
     try:
         recorded = registry.version(version).tags.get(lineage.EVAL_WINDOW, "")
         first = parse_time(recorded.split("/")[0]) if recorded else None
@@ -318,12 +319,30 @@ def _latency(
 
 def _verdict(seen: dict[str, Any], passed: bool, p99: float, budget: float) -> str:
     if "fired" not in seen:
-        return "no trigger fired on the faulty version during the staging period"
+        return "no trigger fired on the faulty version during the staging period" + (
+            inconclusive_note(seen.get("last", []))
+        )
     if not passed:
         return "the rollback did not bring the standby back for every request"
     if p99 > budget:
         return f"latency p99 {p99:.1f} ms is above the budget of {budget:g} ms"
     return "trigger fired, rolled back, the standby answered; latency within budget"
+
+
+def inconclusive_note(triggers: list[Any]) -> str:
+    """Why nothing fired: the inconclusive triggers of the last judgement, and what to set."""
+    waiting = [t for t in triggers if t.status == "inconclusive"]
+    if not waiting:
+        return ""
+    reasons = sorted({t.reason for t in waiting})
+    names = ", ".join(t.name for t in waiting)
+    hint = ""
+    if any("needed" in r for r in reasons):  # too few requests in the guard window
+        hint = (
+            "; with this traffic lower rollout.triggers.min_requests or raise "
+            "rollout.guard_minutes (see `prodguard status`)"
+        )
+    return f": inconclusive at the last check: {names} ({'; '.join(reasons)}){hint}"
 
 
 def _remove(path: Path) -> None:

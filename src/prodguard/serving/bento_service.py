@@ -32,7 +32,7 @@ from prodguard.errors import (
     ServiceNotReady,
     UnknownRequest,
 )
-from prodguard.project import import_object
+from prodguard.project import load_request_model
 from prodguard.registry.operations import RegistryOperations
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
@@ -46,7 +46,7 @@ warnings.filterwarnings("ignore", message=".*model_fields.*", category=Deprecati
 _settings = load_settings()
 if _settings.serving is None:
     raise SystemExit("prodguard.yaml has no 'serving' section")
-RequestModel: Any = import_object(_settings.serving.request_model, "serving.request_model")
+RequestModel: Any = load_request_model(_settings)
 MAX_BATCH = _settings.serving.max_batch
 _token = _settings.serving.admin_token
 LIMITS = Limits(

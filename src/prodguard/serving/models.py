@@ -162,7 +162,8 @@ def load_verified(
     lineage = Lineage.from_tags(tags)
     if lineage is None:
         raise PromotionRefused(
-            f"v{version} has no prodguard lineage; register models through `prodguard train`"
+            f"v{version} has no prodguard lineage; bring a model trained elsewhere in with "
+            f"`prodguard adopt --model-uri models:/NAME/{version}` (or use `prodguard train`)"
         )
     problem = contract_difference(lineage.store_features, store_features)
     if problem:

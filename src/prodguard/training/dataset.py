@@ -13,6 +13,7 @@ from prodguard.config import ModelSettings, Settings
 from prodguard.errors import ConfigError, NoDataError, TrainingError
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import import_object
+from prodguard.training.settings_checks import check_entity_keys, check_label
 
 RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
 ROW_ID = "__prodguard_row"
@@ -64,6 +65,10 @@ def build_frame(
         raise TrainingError(
             f"no ingested '{model.source}' rows; run `prodguard ingest` for the window first"
         )
+    check_label(model, list(rows.columns))
+    versions = getattr(store, "versions", None)  # the feature service's views, when known
+    join_keys = [k for v in versions() for k in v.join_keys] if versions else []
+    check_entity_keys(model, list(rows.columns), join_keys)
     window = rows[(rows[timestamp] >= start) & (rows[timestamp] < end)]
     if window.empty:
         raise NoDataError(

@@ -1,0 +1,1 @@
+"""``prodguard init``: a new project drafted from a team's data files."""

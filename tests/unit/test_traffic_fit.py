@@ -1,0 +1,38 @@
+"""Sizes that the observed traffic cannot fill are named, with the values that would fit."""
+
+import pytest
+
+from prodguard.config import MonitoringSettings, RolloutSettings, TriggerSettings, WindowSettings
+from prodguard.rollout.drill import inconclusive_note
+from prodguard.rollout.traffic_fit import misfits
+from prodguard.rollout.triggers import TriggerResult
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_low_traffic_project_is_told_what_to_set() -> None:
+    rollout = RolloutSettings(guard_minutes=1440, triggers=TriggerSettings(min_requests=200))
+    lines = misfits(35, rollout, MonitoringSettings(window=WindowSettings(min_rows=1000)))
+    guard = next(line for line in lines if "rollout.triggers.min_requests" in line)
+    assert "at ~35 requests/day" in guard and "every guard check inconclusive" in guard
+    assert "set rollout.triggers.min_requests <= 35 or rollout.guard_minutes >= 8229" in guard
+    assert any("monitoring.window.min_rows" in line for line in lines)  # 7 days: ~245 < 1000
+
+
+def test_enough_traffic_or_none_yet_is_no_problem() -> None:
+    rollout = RolloutSettings(guard_minutes=1440, triggers=TriggerSettings(min_requests=200))
+    monitoring = MonitoringSettings(window=WindowSettings(minutes=1440, min_rows=200))
+    rollout = rollout.model_copy(update={"bake_min_requests": 200, "bake_minutes": 1440})
+    assert misfits(5000, rollout, monitoring) == []
+    assert misfits(0, rollout, monitoring) == []
+
+
+def test_the_drill_says_which_triggers_were_inconclusive_and_why() -> None:
+    waiting = [
+        TriggerResult("prediction_shift", "inconclusive", None, 0.0, "12 requests, 200 needed"),
+        TriggerResult("kpi", "inconclusive", None, 0.0, "12 requests, 200 needed"),
+    ]
+    note = inconclusive_note(waiting)
+    assert "prediction_shift, kpi (12 requests, 200 needed)" in note
+    assert "rollout.triggers.min_requests" in note
+    assert inconclusive_note([TriggerResult("kpi", "clean", 1.0, 5.0)]) == ""
