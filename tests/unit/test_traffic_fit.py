@@ -2,17 +2,24 @@
 
 import pytest
 
-from prodguard.config import MonitoringSettings, RolloutSettings, TriggerSettings, WindowSettings
+from prodguard.config import (
+    KpiSettings,
+    MonitoringSettings,
+    RolloutSettings,
+    TriggerSettings,
+    WindowSettings,
+)
 from prodguard.rollout.drill import inconclusive_note
 from prodguard.rollout.traffic_fit import misfits
 from prodguard.rollout.triggers import TriggerResult
 
 pytestmark = pytest.mark.unit
+KPI = KpiSettings(name="cost", outcome="y")
 
 
 def test_a_low_traffic_project_is_told_what_to_set() -> None:
     rollout = RolloutSettings(guard_minutes=1440, triggers=TriggerSettings(min_requests=200))
-    lines = misfits(35, rollout, MonitoringSettings(window=WindowSettings(min_rows=1000)))
+    lines = misfits(35, rollout, MonitoringSettings(window=WindowSettings(min_rows=1000), kpi=KPI))
     guard = next(line for line in lines if "rollout.triggers.min_requests" in line)
     assert "at ~35 requests/day" in guard and "every guard check inconclusive" in guard
     assert "set rollout.triggers.min_requests <= 35 or rollout.guard_minutes >= 8229" in guard
@@ -21,7 +28,7 @@ def test_a_low_traffic_project_is_told_what_to_set() -> None:
 
 def test_enough_traffic_or_none_yet_is_no_problem() -> None:
     rollout = RolloutSettings(guard_minutes=1440, triggers=TriggerSettings(min_requests=200))
-    monitoring = MonitoringSettings(window=WindowSettings(minutes=1440, min_rows=200))
+    monitoring = MonitoringSettings(window=WindowSettings(minutes=1440, min_rows=200), kpi=KPI)
     rollout = rollout.model_copy(update={"bake_min_requests": 200, "bake_minutes": 1440})
     assert misfits(5000, rollout, monitoring) == []
     assert misfits(0, rollout, monitoring) == []
