@@ -9,7 +9,6 @@ from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64
-
 from prodguard_chicago.loader import GAMES, LAGGED_STATIONS, WEATHER
 
 TTL = timedelta(days=2)
@@ -23,9 +22,7 @@ def _view(name: str, source: str, fields: list[Field], description: str) -> Feat
         entities=[city],
         ttl=TTL,
         schema=fields,
-        source=FileSource(
-            name=source, path=f"{source}.parquet", timestamp_field="event_timestamp"
-        ),
+        source=FileSource(name=source, path=f"{source}.parquet", timestamp_field="event_timestamp"),
         online=True,
         description=description,
         tags={"owner": "chicago", "source": source},

@@ -60,7 +60,8 @@ def read_raw(path: Path | None = None) -> pd.DataFrame:
         frame = pd.read_pickle(source, compression="xz")
     except Exception as exc:  # noqa: BLE001 - pickle/xz readers raise many types
         raise DataSourceError(f"cannot read {source.name}: {type(exc).__name__}") from None
-    missing = [c for c in ["date", "ridership", *LAGGED_STATIONS, *WEATHER, *GAMES] if c not in frame]
+    needed = ["date", "ridership", *LAGGED_STATIONS, *WEATHER, *GAMES]
+    missing = [c for c in needed if c not in frame]
     if missing:
         raise DataSourceError(f"{source.name} lacks column(s) {missing[:5]}; not the Chicago table")
     return frame
