@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from prodguard.config import load_settings
 from prodguard.contracts.gx_adapter import GxValidator
@@ -162,3 +163,38 @@ def test_train_outside_logs_a_version_with_a_signature(chicago, task, tmp_path: 
     assert outputs[0]["type"] == "tensor"
     shape = list(outputs[0]["tensor-spec"]["shape"])
     assert shape == ([-1] if task == "regression" else [-1, 3])
+
+
+@pytest.mark.parametrize("task", ["regression", "multiclass"])
+def test_trained_promoted_and_served_by_task(chicago, task, tmp_path: Path) -> None:
+    """The loop after training, for each task: a version trained on 2013 (evaluated on the last
+    90 days) is promoted and answers a request for the next day with the task's prediction."""
+    from prodguard import app
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+
+    settings, _ = chicago
+    root = copy_example(tmp_path / "chicago")
+    copy = load_settings(root / CONFIGS[task], environ={})
+    shutil.copytree(settings.paths.data_dir, copy.paths.data_dir)
+    shutil.rmtree(copy.paths.data_dir / "feast")
+    FeastStore(copy).materialize(until=YEAR[1])
+    with threadpool_limits(1):  # a few hundred rows: OpenMP threads only contend on a busy host
+        trained = app.train(copy, utc("2013-01-01"), utc("2013-10-03"), actor="tests")
+    assert trained.version == 1
+    app.registry_operations(copy, with_checks=True).promote("tests", "first", version=1)
+    served = app.build_serving(copy)
+    served.log = SqlitePredictionLog(tmp_path / "predictions.db")
+    served.predictor._log = served.log
+    served.follower.refresh()
+    request = served.request_model(service_date="2014-01-02", request_id="r1")
+    try:
+        answer = served.predictor.predict([request.to_row()], [request.request_id])[0]
+    finally:
+        served.predictor.close()
+    assert answer.version == 1 and answer.model == copy.model.name
+    if task == "regression":
+        assert 0 < answer.prediction["value"] < 40
+    else:
+        assert answer.prediction["class"] in {"low", "normal", "high"}
+    logged = served.log.get("r1")
+    assert logged.request["station"] == "Clark_Lake" and logged.features["temp"] is not None
