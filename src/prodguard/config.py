@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -555,7 +556,15 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     settings = settings.model_copy(
         update={"config_path": config_path, "environment": environment, "variables": variables}
     )
+    _importable(config_path.parent)
     return _resolve(settings, config_path.parent)
+
+
+def _importable(folder: Path) -> None:
+    """The project's own modules (loader, request model) may live next to its prodguard.yaml:
+    the folder goes last on ``sys.path``, so an installed package of the same name still wins."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 
 def refuse_secrets(raw: dict[str, Any], origin: str) -> None:

@@ -1,0 +1,1 @@
+"""The Chicago "L" ridership project: a loader and a request model for prodguard."""
