@@ -114,14 +114,32 @@ class ModelSettings(_Strict):
     request_features: str = Field(
         description="'module:function' deriving model features from request fields."
     )
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        default="binary", description="What the model predicts (see docs: Tasks)."
+    )
+    trainer: str | None = Field(
+        default=None,
+        description="'module:function' (features, label, *, task, seed) -> fitted model with "
+        "predict_proba (classifiers) or predict (regression); default: histogram gradient "
+        "boosting.",
+    )
+    positive_class: str | int | bool | None = Field(
+        default=None, description="binary: the label value that is the positive class."
+    )
     seed: int = 42
     threshold: float = Field(default=0.5, gt=0, lt=1)
     evaluation_days: int = Field(default=30, ge=1)
 
-    @field_validator("request_features")
+    @field_validator("request_features", "trainer")
     @classmethod
-    def _dotted(cls, value: str) -> str:
-        return ProjectSettings._dotted(value)
+    def _dotted(cls, value: str | None) -> str | None:
+        return None if value is None else ProjectSettings._dotted(value)
+
+    @model_validator(mode="after")
+    def _positive_only_for_binary(self) -> ModelSettings:
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError("positive_class applies only to model.task: binary")
+        return self
 
 
 class ServingSettings(_Strict):
@@ -235,16 +253,31 @@ class WindowSettings(_Strict):
 
 
 class KpiSettings(_Strict):
-    """The business KPI: mean cost per labelled prediction (lower is better), from feedback."""
+    """The business KPI: mean cost per labelled prediction (lower is better), from feedback.
+
+    Per task without ``cost``: binary, ``cost_missed``/``cost_false_alert``; regression, the
+    mean absolute error; multiclass, ``cost_matrix[actual][predicted]`` or the error rate."""
 
     name: str = "delay_cost"
     outcome: str = Field(default="delayed", description="Feedback key holding the true label.")
     cost_missed: float = Field(default=1.0, ge=0, description="Cost of a missed positive.")
     cost_false_alert: float = Field(default=0.25, ge=0, description="Cost of a false alert.")
+    cost_matrix: dict[str, dict[str, float]] | None = Field(
+        default=None, description="multiclass: cost of predicting a class (inner) for another."
+    )
+    cost: str | None = Field(
+        default=None,
+        description="'module:function' (outcomes, predictions) -> cost per row, any task.",
+    )
     maturity_hours: float = Field(
         default=24, ge=0, description="A window's KPI is computed only this long after it ends."
     )
     min_labelled: int = Field(default=100, ge=1)
+
+    @field_validator("cost")
+    @classmethod
+    def _dotted(cls, value: str | None) -> str | None:
+        return None if value is None else ProjectSettings._dotted(value)
 
 
 class BandSettings(_Strict):

@@ -4,6 +4,7 @@ import pytest
 
 from prodguard.registry.operations import AliasState
 from prodguard.serving.models import contract_difference
+from prodguard.tasks import Task, TaskSpec
 from prodguard.training.dataset import describe_columns
 from prodguard.training.model import build_pipeline, evaluate, prepare
 from prodguard.training.reference import fallbacks, reference_stats
@@ -53,7 +54,7 @@ def test_pipeline_learns_handles_unknown_categories_and_is_deterministic() -> No
     test.loc[6:9, "colour"] = None
     scores = first.predict_proba(prepare(test))[:, 1]
     assert np.array_equal(scores, second.predict_proba(prepare(test))[:, 1])
-    metrics, calibration = evaluate(first, test, test_label, threshold=0.5)
+    metrics, calibration = evaluate(first, TaskSpec(Task.BINARY, (0, 1), 0.5), test, test_label)
     assert metrics["auc"] > 0.8
     assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["brier"] <= 0.25
     assert sum(b["count"] for b in calibration["bins"]) == len(test)

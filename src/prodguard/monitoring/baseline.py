@@ -19,7 +19,8 @@ and of every feature (``shift.*``). Thresholds, per metric:
   for PSI values (their sampling noise grows with them) and 10% for latencies, rates and KPIs.
 
 ``score.shift_sd`` reports the mean score's deviation in baseline standard deviations (the
-rollback trigger's "prediction shift > 3 sd").
+rollback trigger's "prediction shift > 3 sd"); for a multiclass model, the largest deviation
+among its predicted-class shares.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def evaluate(
     spread: BandSettings,
 ) -> list[Finding]:
     findings = []
+    shifts: list[float] = []  # the score's moves in baseline sds (one per class: multiclass)
     for m in measures:
         if m.metric in UNMONITORED:
             findings.append(Finding(m.metric, m.value, "ok"))
@@ -171,11 +173,11 @@ def evaluate(
             continue
         known = baseline.metrics.get(m.metric) if baseline is not None else None
         findings.append(_judge(m, known, psi_bands, spread))
-        if m.metric == "score.mean" and known is not None:
-            shift = (m.value - known.mean) / max(known.sd, SPREAD_FLOOR["score"] / 10)
-            findings.append(
-                Finding("score.shift_sd", shift, "ok", baseline_mean=0.0, baseline_sd=1.0)
-            )
+        if known is not None and (m.metric == "score.mean" or m.metric.startswith("score.share.")):
+            shifts.append((m.value - known.mean) / max(known.sd, SPREAD_FLOOR["score"] / 10))
+    if shifts:
+        shift = max(shifts, key=abs)
+        findings.append(Finding("score.shift_sd", shift, "ok", baseline_mean=0.0, baseline_sd=1.0))
     return findings
 
 
@@ -204,9 +206,15 @@ def _judge(
     warning, critical = bounds
     mean, sd = (known.mean, known.sd) if known is not None else (None, None)
     tested = value
-    if known is not None and m.metric == "score.mean":  # either direction is a shift
+    if known is not None and _two_sided(m.metric):  # either direction is a shift
         tested = known.mean + abs(value - known.mean)
     return Finding(m.metric, value, _band(tested, warning, critical), warning, critical, mean, sd)
+
+
+def _two_sided(metric: str) -> bool:
+    """The score's mean (binary, regression) and a multiclass model's class shares and mean
+    probabilities: a move either way is a shift."""
+    return metric == "score.mean" or metric.startswith(("score.share.", "score.proba."))
 
 
 def _band(value: float, warning: float, critical: float) -> Status:

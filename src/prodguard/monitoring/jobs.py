@@ -20,7 +20,12 @@ from prodguard.errors import InputError, NoDataError, RegistryError, StorageErro
 from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of
 from prodguard.monitoring.baseline import Baseline, summarise
-from prodguard.monitoring.measures import feature_references, measure, score_reference
+from prodguard.monitoring.measures import (
+    feature_references,
+    kpi_cost_function,
+    measure,
+    score_reference,
+)
 from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
@@ -28,6 +33,7 @@ from prodguard.monitoring.windows import WindowSpec, tile
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
+from prodguard.tasks import ModelScorer, normalise, spec_from_tags
 from prodguard.training.reference import reference_stats
 
 _log = logging.getLogger("prodguard.monitoring")
@@ -40,9 +46,10 @@ def version_reference(registry: Any, version: int) -> VersionReference:
     """A version's training feature bins and (if recorded) its staging baseline."""
     stats = registry.load_json_artifact(version, REFERENCE_ARTIFACT)
     baseline = None
-    if BASELINE_TAG in registry.version(version).tags:
+    tags = registry.version(version).tags
+    if BASELINE_TAG in tags:
         baseline = Baseline.from_json(registry.load_json_artifact(version, BASELINE_ARTIFACT))
-    return VersionReference(feature_references(stats), baseline)
+    return VersionReference(feature_references(stats), baseline, spec_from_tags(tags))
 
 
 def resolve_version(operations: Any, version: int | None, prefer: tuple[str, ...]) -> int:
@@ -205,6 +212,8 @@ def baseline_from_log(
             matured=True,
             errors=log.errors(w.start, w.end),
             min_rows=spec.min_rows,
+            spec=reference.spec,
+            cost=kpi_cost_function(settings.monitoring.kpi),
         )
         for w in tile(spec, frame, start, end)
     ]
@@ -399,9 +408,10 @@ def drift_report(
     train_start, train_end = (pd.Timestamp(t).to_pydatetime() for t in window.split("/"))
     training = build_frame(settings, app.feature_store(settings), train_start, train_end)
     limit = settings.monitoring.reports_max_rows
-    model = registry.load_model(version)
+    task = spec_from_tags(registry.version(version).tags)
+    scorer = ModelScorer(registry.load_model(version), task.task)
     reference = training.features.assign(
-        prediction=model.predict_proba(prepare(training.features))[:, 1]
+        prediction=normalise(task, scorer.raw(prepare(training.features))).score
     )
     current = pd.DataFrame(served["features"].tolist())[list(training.features.columns)]
     current["prediction"] = served["probability"].to_numpy("float64")

@@ -6,9 +6,13 @@ Metric names:
 - ``psi.<feature>``: PSI of the served feature values against the version's training
   reference (decile bins for numeric features, category shares plus an unseen bin);
 - ``shift.<feature>``: the same against the staging period of the baseline (when there is one);
-- ``score.psi`` (against the staging scores of the baseline), ``score.mean``;
-- ``kpi.<name>``: mean cost per labelled prediction, ``cost_missed`` per missed positive and
-  ``cost_false_alert`` per false alert; only for matured windows with enough labels;
+- ``score.psi`` (against the staging scores of the baseline) and the task's score measures
+  (``prodguard.tasks.score_measures``: ``score.mean`` for binary and regression models,
+  ``score.share.<class>`` and ``score.proba.<class>`` for multiclass ones);
+- ``kpi.<name>``: mean cost per labelled prediction (``prodguard.tasks.kpi_cost``: binary,
+  ``cost_missed`` per missed positive and ``cost_false_alert`` per false alert; regression, the
+  mean absolute error; multiclass, the cost matrix or error rate; or the project's cost
+  function); only for matured windows with enough labels;
 - ``latency.<stage>.p50|p95|p99`` in ms (checks, features, model, and their total per request),
   over single-row requests (batch calls share one timing);
 - ``rate.degraded`` (rows with any degraded feature), ``rate.failed`` and ``rate.rejected``
@@ -28,6 +32,17 @@ import pandas as pd
 
 from prodguard.config import KpiSettings
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
+from prodguard.tasks import (
+    CostFunction,
+    Outputs,
+    Task,
+    TaskSpec,
+    kpi_cost,
+    score_measures,
+    score_metric_names,
+)
+
+BINARY = TaskSpec(Task.BINARY, (0, 1))
 
 LATENCY_STAGES = ("checks", "features", "model", "total")  # total: the three, per request
 PERCENTILES = (50, 95, 99)
@@ -93,8 +108,11 @@ def measure(
     matured: bool,
     errors: Mapping[str, int],
     min_rows: int,
+    spec: TaskSpec = BINARY,
+    cost: CostFunction | None = None,
 ) -> list[Measure]:
-    """Every metric of one window (``frame``: champion rows of one model version)."""
+    """Every metric of one window (``frame``: champion rows of one model version, whose task
+    is ``spec``; ``cost``: the project's KPI cost function, if it names one)."""
     rows = len(frame)
     measures = [Measure("rows", float(rows))]
     attempts = rows + sum(errors.values())
@@ -104,7 +122,7 @@ def measure(
     if rows < min_rows:
         short = f"insufficient data: {rows} rows, {min_rows} needed"
         names = [f"psi.{n}" for n in features] + [f"shift.{n}" for n in staging or {}]
-        names += ["score.psi", "score.mean", "rate.degraded"]
+        names += ["score.psi", *score_metric_names(spec), "rate.degraded"]
         names += [f"kpi.{kpi.name}"] + _latency_names()
         return measures + [Measure(n, None, short) for n in names]
 
@@ -123,37 +141,82 @@ def measure(
         measures.append(Measure("score.psi", None, "no staging score reference (no baseline)"))
     else:
         measures.append(Measure("score.psi", scores.psi(pd.Series(probability))))
-    measures.append(Measure("score.mean", float(probability.mean())))
+    outputs = logged_outputs(spec, frame)
+    for metric, value in score_measures(
+        spec, outputs.score, outputs.decision, outputs.probabilities
+    ).items():
+        measures.append(Measure(metric, value))
     measures.append(Measure("rate.degraded", float(frame["flags"].map(bool).mean())))
-    measures.append(_kpi(frame, kpi, matured))
+    measures.append(_kpi(frame, kpi, matured, spec, cost))
     measures.extend(_latency(frame, min_rows))
     return measures
 
 
-def _kpi(frame: pd.DataFrame, kpi: KpiSettings, matured: bool) -> Measure:
+def kpi_cost_function(kpi: KpiSettings) -> CostFunction | None:
+    """The project's KPI cost function (``monitoring.kpi.cost``), if it names one."""
+    if kpi.cost is None:
+        return None
+    from prodguard.project import import_object
+
+    return import_object(kpi.cost, "monitoring.kpi.cost")
+
+
+def logged_outputs(spec: TaskSpec, frame: pd.DataFrame) -> Outputs:
+    """The normalised outputs of logged predictions (columns ``probability``: the score,
+    ``decision`` and, for multiclass and regression, ``prediction``)."""
+    score = frame["probability"].to_numpy("float64")
+    decision = frame["decision"].to_numpy("int64")
+    logged = frame["prediction"] if "prediction" in frame else pd.Series([None] * len(frame))
+    if spec.task is Task.BINARY:
+        classes = spec.classes or (0, 1)
+        column = spec.positive_column
+        predicted = [classes[column] if d else classes[1 - column] for d in decision]
+        return Outputs(spec.task, score, decision, predicted, classes=classes)
+    if spec.task is Task.REGRESSION:
+        return Outputs(spec.task, score, decision, [float(v) for v in score])
+    names = [str(c) for c in spec.classes]
+    probabilities = np.array(
+        [
+            [p["probabilities"].get(n, np.nan) for n in names]
+            if isinstance(p, dict)
+            else [np.nan] * len(names)
+            for p in logged
+        ],
+        dtype="float64",
+    ).reshape(len(frame), len(names))
+    predicted = [spec.classes[d] if 0 <= d < len(spec.classes) else None for d in decision]
+    return Outputs(spec.task, score, decision, predicted, probabilities, spec.classes)
+
+
+def _kpi(
+    frame: pd.DataFrame,
+    kpi: KpiSettings,
+    matured: bool,
+    spec: TaskSpec,
+    cost: CostFunction | None,
+) -> Measure:
     metric = f"kpi.{kpi.name}"
     if not matured:
         return Measure(metric, None, f"not matured ({kpi.maturity_hours:g} h after window end)")
     outcomes = frame["outcome"].map(lambda o: o.get(kpi.outcome) if isinstance(o, dict) else None)
-    labelled = outcomes.notna()
+    labelled = outcomes.notna().to_numpy()
     if int(labelled.sum()) < kpi.min_labelled:
         return Measure(
             metric,
             None,
             f"insufficient data: {int(labelled.sum())} labelled, {kpi.min_labelled} needed",
         )
-    truth = outcomes[labelled].map(_truthy).to_numpy(bool)
-    flagged = frame.loc[labelled, "decision"].to_numpy(bool)
-    missed = np.count_nonzero(truth & ~flagged)
-    false_alerts = np.count_nonzero(~truth & flagged)
-    cost = kpi.cost_missed * missed + kpi.cost_false_alert * false_alerts
-    return Measure(metric, float(cost / truth.size))
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y")
-    return bool(value)
+    outputs = logged_outputs(spec, frame[labelled].reset_index(drop=True))
+    value = kpi_cost(
+        spec,
+        outcomes[labelled].to_numpy(),
+        outputs,
+        cost_missed=kpi.cost_missed,
+        cost_false_alert=kpi.cost_false_alert,
+        cost_matrix=kpi.cost_matrix,
+        cost=cost,
+    )
+    return Measure(metric, value)
 
 
 def _latency_names() -> list[str]:

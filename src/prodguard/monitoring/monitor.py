@@ -22,9 +22,16 @@ from prodguard.clock import Clock
 from prodguard.config import MonitoringSettings
 from prodguard.errors import ProdguardError
 from prodguard.monitoring.baseline import Baseline, Finding, Status, evaluate, worst
-from prodguard.monitoring.measures import FeatureReference, Measure, measure
+from prodguard.monitoring.measures import (
+    BINARY,
+    FeatureReference,
+    Measure,
+    kpi_cost_function,
+    measure,
+)
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, Roles
+from prodguard.tasks import TaskSpec
 
 _log = logging.getLogger("prodguard.monitoring")
 REFERENCE_TTL_S = 60.0
@@ -34,6 +41,7 @@ REFERENCE_TTL_S = 60.0
 class VersionReference:
     features: dict[str, FeatureReference]
     baseline: Baseline | None
+    spec: TaskSpec = BINARY  # the version's task
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class Monitor:
         self._spec = WindowSpec.from_settings(settings.window)
         self._clock = clock
         self._cache: dict[int, tuple[float, VersionReference]] = {}
+        self._cost = kpi_cost_function(settings.kpi)
 
     @property
     def spec(self) -> WindowSpec:
@@ -284,6 +293,8 @@ class Monitor:
             matured=matured,
             errors={k: v // every for k, v in errors.items()},
             min_rows=max(1, min_rows // every),
+            spec=reference.spec,
+            cost=self._cost,
         )
         findings = evaluate(measures, baseline, self._settings.psi, self._settings.spread)
         if reason:

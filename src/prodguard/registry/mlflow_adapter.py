@@ -297,7 +297,8 @@ class MlflowRegistry:
         ):
             warnings.simplefilter("ignore")
             experiment_id = self._experiment_id()
-            signature = infer_signature(input_example, model.predict_proba(input_example)[:, 1])
+            predict = getattr(model, "predict_proba", None) or model.predict  # regressors: values
+            signature = infer_signature(input_example, predict(input_example))
             with mlflow.start_run(experiment_id=experiment_id) as run:
                 mlflow.log_params(params)
                 mlflow.log_metrics(metrics)

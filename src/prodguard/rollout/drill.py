@@ -29,13 +29,14 @@ from prodguard import app
 from prodguard.alerts import Alerter, JsonlSink
 from prodguard.clock import FixedClock
 from prodguard.config import Settings
-from prodguard.errors import InputError, PromotionRefused
+from prodguard.errors import InputError, PromotionRefused, RegistryError
 from prodguard.project import import_object
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
 from prodguard.registry.operations import RegistryOperations
-from prodguard.rollout.faults import FAULT_TAG, ShiftedScores
+from prodguard.rollout.faults import FAULT_TAG, faulty_model, score_scale
 from prodguard.rollout.policy import read_targets
+from prodguard.tasks import spec_from_tags
 
 DRILL_TAG = "prodguard.drill"
 FAULTY_OFFSET = 1_000_000  # the staging-only faulty copy of vN is numbered N + this
@@ -87,7 +88,13 @@ class StagingRegistry:
     def load_model(self, version: int) -> Any:
         base, shift = self._faulty.get(version, (version, 0.0))
         model = self._registry.load_model(base)
-        return ShiftedScores(model, shift) if version in self._faulty else model
+        if version not in self._faulty:
+            return model
+        try:
+            scale = score_scale(self._registry.load_json_artifact(base, "baseline.json"))
+        except RegistryError:  # no baseline yet
+            scale = 1.0
+        return faulty_model(model, spec_from_tags(self.version(base).tags), shift, scale)
 
     def load_json_artifact(self, version: int, name: str) -> Any:
         return self._registry.load_json_artifact(self._faulty.get(version, (version,))[0], name)
@@ -134,7 +141,10 @@ def run_drill(
 
     began = time.perf_counter()
     if not 0 < abs(shift) < 1:
-        raise InputError("--shift must be between -1 and 1 (a share of probability), not 0")
+        raise InputError(
+            "--shift must be between -1 and 1 (a share of probability; for a regressor, "
+            "baseline standard deviations), not 0"
+        )
     production = app.registry_operations(settings)
     version = resolve_version(production, version, ("candidate", "champion"))
     start, end = _period(production, version, start, end)

@@ -1,6 +1,9 @@
 """Deliberately faulty model versions, for rollback drills and guard tests.
 
-``register_faulty`` registers a copy of a version whose scores are shifted: same input contract,
+``register_faulty`` registers a copy of a version whose outputs are shifted, per task
+(``prodguard.tasks.shift_output``): a binary classifier's positive-class probability moves by
+``shift``; a multiclass classifier moves a share ``shift`` of probability onto its last class; a
+regressor's values move by ``shift`` baseline standard deviations. Same input contract,
 fallbacks, reference statistics and baseline (so every check that guards a promotion passes),
 tagged ``prodguard.fault`` so that nobody mistakes it for a real model. The base is loaded
 verified (its artifact digest checked) and the copy gets the digest of its own artifact.
@@ -16,6 +19,7 @@ import numpy as np
 from prodguard.errors import RegistryError
 from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG
 from prodguard.registry.operations import RegistryOperations
+from prodguard.tasks import Task, TaskSpec, normalise, shift_output
 
 FAULT_TAG = "prodguard.fault"
 COPIED_ARTIFACTS = ("reference_stats.json", "lineage.json", "baseline.json")
@@ -31,38 +35,79 @@ NOT_COPIED = frozenset(  # the copy's artifact digest is computed on its own reg
 
 
 class ShiftedScores:
-    """A classifier whose positive-class probability is the wrapped one plus ``shift``
-    (clipped to [0.001, 0.999])."""
+    """A classifier whose probabilities are the wrapped one's, shifted (binary: the positive
+    class's probability plus ``shift``, clipped to [0.001, 0.999]; multiclass: a share
+    ``shift`` of every other class's probability moved onto the last class)."""
 
-    def __init__(self, model: Any, shift: float) -> None:
+    spec = TaskSpec(Task.BINARY, (0, 1))  # copies registered before tasks existed are binary
+
+    def __init__(self, model: Any, shift: float, spec: TaskSpec | None = None) -> None:
         self.model = model
         self.shift = shift
+        if spec is not None:
+            self.spec = spec
 
     def predict_proba(self, frame: Any) -> np.ndarray:
-        positive = np.clip(self.model.predict_proba(frame)[:, 1] + self.shift, 0.001, 0.999)
-        return np.column_stack([1 - positive, positive])
+        return shift_output(self.spec, self.model.predict_proba(frame), self.shift)
 
     def predict(self, frame: Any) -> np.ndarray:
-        return (self.predict_proba(frame)[:, 1] >= 0.5).astype("int64")
+        return np.asarray(normalise(self.spec, self.predict_proba(frame)).predicted)
+
+
+class ShiftedValues:
+    """A regressor whose values are the wrapped one's plus ``shift * scale``."""
+
+    def __init__(self, model: Any, shift: float, scale: float) -> None:
+        self.model = model
+        self.shift = shift
+        self.scale = scale
+
+    def predict(self, frame: Any) -> np.ndarray:
+        spec = TaskSpec(Task.REGRESSION)
+        return shift_output(spec, self.model.predict(frame), self.shift, self.scale)
+
+
+def faulty_model(model: Any, spec: TaskSpec, shift: float, scale: float = 1.0) -> Any:
+    """``model`` with its outputs shifted as its task's drill fault (``scale``: the baseline
+    standard deviation of a regressor's values)."""
+    if spec.task is Task.REGRESSION:
+        return ShiftedValues(model, shift, scale)
+    return ShiftedScores(model, shift, spec)
+
+
+def score_scale(baseline: dict[str, Any] | None) -> float:
+    """The standard deviation of the staging scores recorded in a baseline (its score
+    histogram; the open outer bins count at their inner edge), 1.0 without one."""
+    if not baseline or not baseline.get("score_edges"):
+        return 1.0
+    edges = np.asarray(baseline["score_edges"], dtype="float64")
+    weights = np.asarray(baseline["score_fractions"], dtype="float64")
+    centres = np.concatenate([[edges[0]], (edges[:-1] + edges[1:]) / 2, [edges[-1]]])
+    if weights.sum() <= 0 or len(centres) != len(weights):
+        return 1.0
+    mean = np.average(centres, weights=weights)
+    sd = float(np.sqrt(np.average((centres - mean) ** 2, weights=weights)))
+    return sd if sd > 0 else 1.0
 
 
 def register_faulty(
     operations: RegistryOperations, base: int, shift: float, actor: str, pip: list[str]
 ) -> int:
-    """Register v<base> with scores shifted by ``shift`` as a new version (not moved to any
-    alias); returns its number."""
+    """Register v<base> with outputs shifted by ``shift`` (see the module docstring) as a new
+    version (not moved to any alias); returns its number."""
     from prodguard.serving.models import load_verified
 
     registry = operations.registry
     info = registry.version(base)
     loaded = load_verified(registry, json.loads(info.tags["prodguard.store_features"]), base)
-    model = ShiftedScores(loaded.pipeline, shift)
     artifacts = {}
     for name in COPIED_ARTIFACTS:
         try:
             artifacts[name] = registry.load_json_artifact(base, name)
         except RegistryError:  # a version may have no baseline yet
             continue
+    scale = score_scale(artifacts.get("baseline.json"))
+    model = faulty_model(loaded.pipeline, loaded.spec, shift, scale)
     tags = {  # lineage, contract and baseline; never the base's run, drill or demotion
         k: v for k, v in info.tags.items() if k.startswith("prodguard.") and k not in NOT_COPIED
     }
@@ -70,7 +115,7 @@ def register_faulty(
     return registry.log_version(
         model,
         input_example=loaded.frame([loaded.fallbacks]),
-        params={"fault_shift": shift, "base_version": base},
+        params={"fault_shift": shift, "fault_scale": scale, "base_version": base},
         metrics={},
         tags=tags,
         artifacts=artifacts,

@@ -62,9 +62,14 @@ _log = logging.getLogger("prodguard.serving")
 
 
 class PredictionOut(BaseModel):
+    """Binary models answer ``probability`` (of the positive class) and ``decision``;
+    multiclass and regression models answer ``prediction`` (see docs: Tasks) and leave those
+    two null."""
+
     request_id: str
-    probability: float
-    decision: bool
+    probability: float | None
+    decision: bool | None
+    prediction: dict[str, Any] | None = None
     model: str
     version: int
     degraded: bool
@@ -334,8 +339,9 @@ class PredictionService:
         return [
             PredictionOut(
                 request_id=a.request_id,
-                probability=a.probability,
-                decision=a.decision,
+                probability=None if a.prediction is not None else a.probability,
+                decision=None if a.prediction is not None else a.decision,
+                prediction=a.prediction,
                 model=a.model,
                 version=a.version,
                 degraded=a.degraded,

@@ -79,12 +79,13 @@ class StoreFeature:
 @dataclass(frozen=True)
 class Prediction:
     request_id: str
-    probability: float
-    decision: bool
+    probability: float  # the task's score (``prodguard.tasks``); binary: P(positive)
+    decision: bool  # binary: probability >= threshold
     model: str
     version: int
     flags: list[str] = field(default_factory=list)
     replayed: bool = False
+    prediction: dict[str, Any] | None = None  # multiclass/regression: ``Outputs.row``
 
     @property
     def degraded(self) -> bool:
@@ -224,15 +225,16 @@ class Predictor:
         started = time.perf_counter()
         frame = champion.frame(inputs)
         answering = self._answering(state, rows, request_ids)
-        scores = [0.0] * len(rows)
+        answers: list[tuple[float, int, dict[str, Any] | None]] = [(0.0, 0, None)] * len(rows)
         for model, chosen in answering:
             part = (
                 frame.iloc[chosen]
                 if model is champion
                 else model.frame([inputs[i] for i in chosen])
             )
-            for i, score in zip(chosen, model.score(part), strict=True):
-                scores[i] = score
+            outputs = model.predict(part, self._threshold)
+            for j, i in enumerate(chosen):
+                answers[i] = outputs.entry(j)
         model_s = time.perf_counter() - started
         version_of = {i: model.version for model, chosen in answering for i in chosen}
 
@@ -250,12 +252,13 @@ class Predictor:
                 model=self.model_name,
                 version=version_of[i],
                 role="champion" if version_of[i] == champion.version else "canary",
-                probability=scores[i],
-                decision=scores[i] >= self._threshold,
+                probability=answers[i][0],
+                decision=answers[i][1],
                 features=inputs[i],
                 flags=flags[i],
                 latencies_ms=latencies,
                 request=_jsonable(rows[i]),
+                prediction=answers[i][2],
             )
             for i in range(len(rows))
         ]
@@ -293,10 +296,7 @@ class Predictor:
             self._maybe_shadow(state.champion, frame, records, self._shadow_sample)
         else:
             self._maybe_shadow(state.standby, frame, records, self._shadow_sample)
-        return [
-            Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags)
-            for r in records
-        ]
+        return [_prediction(r) for r in records]
 
     def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
         """One lookup with a generous deadline, so the first request does not pay Feast's cold
@@ -322,11 +322,7 @@ class Predictor:
                 "retry with the same batch or new ids",
                 [("request_id", "partially replayed batch")],
             )
-        return [
-            Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags, True)
-            for r in found
-            if r is not None
-        ]
+        return [_prediction(r, replayed=True) for r in found if r is not None]
 
     def refuses(self, row: dict[str, Any]) -> bool:
         """Would the request checks reject this row for the current champion?"""
@@ -491,7 +487,8 @@ class Predictor:
         chosen: list[int],
     ) -> None:
         try:
-            scores = standby.score(frame[list(standby.columns)])
+            outputs = standby.predict(frame[list(standby.columns)], self._threshold)
+            entries = [outputs.entry(j) for j in range(len(chosen))]
             self._log.write(
                 [
                     PredictionRecord(
@@ -501,12 +498,13 @@ class Predictor:
                         version=standby.version,
                         role="shadow",
                         probability=score,
-                        decision=score >= self._threshold,
+                        decision=decision,
                         features=records[i].features,
                         flags=records[i].flags,
                         request=records[i].request,
+                        prediction=prediction,
                     )
-                    for i, score in zip(chosen, scores, strict=True)
+                    for i, (score, decision, prediction) in zip(chosen, entries, strict=True)
                 ]
             )
             self._metrics.count(
@@ -522,6 +520,19 @@ class Predictor:
     def close(self) -> None:
         self._shadow.shutdown(wait=True)
         self._lookups.shutdown(wait=False, cancel_futures=True)
+
+
+def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
+    return Prediction(
+        record.request_id,
+        record.probability,
+        bool(record.decision) if record.prediction is None else False,
+        record.model,
+        record.version,
+        record.flags,
+        replayed,
+        record.prediction,
+    )
 
 
 def _sampled(request_id: str, share: float) -> bool:

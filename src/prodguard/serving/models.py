@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,16 @@ from prodguard.errors import (
     ServiceNotReady,
 )
 from prodguard.rollout.policy import TrafficPolicy
+from prodguard.tasks import (
+    ModelScorer,
+    Outputs,
+    Scorer,
+    Task,
+    TaskSpec,
+    check_output,
+    normalise,
+    spec_from_tags,
+)
 
 _log = logging.getLogger("prodguard.serving")
 PARALLEL_ROWS = 256
@@ -53,6 +63,12 @@ class LoadedModel:
     categorical: frozenset[str]
     fallbacks: dict[str, Any]
     categories: dict[str, frozenset[str]]
+    spec: TaskSpec = TaskSpec(Task.BINARY, (0, 1))
+    scorer: Scorer | None = None  # a compiled fast path; default: the pipeline itself
+
+    @functools.cached_property
+    def _scorer(self) -> Scorer:
+        return self.scorer or ModelScorer(self.pipeline, self.spec.task)
 
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Model input in contract order: categoricals as objects (None when missing, as the
@@ -72,13 +88,27 @@ class LoadedModel:
                 data[column] = np.array([_number(v) for v in values], dtype="float64")
         return pd.DataFrame(data, columns=list(self.columns))
 
-    def score(self, frame: pd.DataFrame) -> list[float]:
-        """Probabilities of the positive class. Small batches run on one OpenMP thread: per-tree
-        parallel regions cost more than they save on a few rows (and wreck the p99)."""
+    def raw(self, frame: pd.DataFrame) -> np.ndarray:
+        """The scorer's raw output: class probabilities (n, k) or values (n,). Small batches run
+        on one OpenMP thread: per-tree parallel regions cost more than they save on a few rows
+        (and wreck the p99)."""
         if len(frame) >= PARALLEL_ROWS:
-            return [float(p) for p in self.pipeline.predict_proba(frame)[:, 1]]
+            return self._scorer.raw(frame)
         with _threads().limit(limits=1, user_api="openmp"):
-            return [float(p) for p in self.pipeline.predict_proba(frame)[:, 1]]
+            return self._scorer.raw(frame)
+
+    def predict(self, frame: pd.DataFrame, threshold: float | None = None) -> Outputs:
+        """The normalised outputs (``prodguard.tasks``); ``threshold``: the binary decision
+        threshold in force (default: the version's)."""
+        spec = self.spec if threshold is None else replace(self.spec, threshold=threshold)
+        interval = None
+        if spec.task is Task.REGRESSION and isinstance(self._scorer, ModelScorer):
+            interval = self._scorer.interval(frame)
+        return normalise(spec, self.raw(frame), interval)
+
+    def score(self, frame: pd.DataFrame) -> list[float]:
+        """Each row's score: P(positive), the value, or the predicted class's probability."""
+        return [float(v) for v in self.predict(frame).score]
 
 
 def _number(value: Any) -> float:
@@ -118,7 +148,8 @@ def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> 
 def load_verified(registry: Any, store_features: list[list[str]], version: int) -> LoadedModel:
     """Load ``version`` if its contract matches ``store_features``, its stored artifact matches
     the digest recorded at registration (the registry loads only from the verified copy:
-    ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row.
+    ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row
+    with the output its recorded task (``prodguard.task``) declares.
 
     PromotionRefused (ArtifactIntegrityError for a tampered or digest-less artifact) when the
     version itself is at fault; RegistryUnavailable, untouched, when the registry could not be
@@ -145,6 +176,7 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
                 "registration: it was modified in the artifact store and is not used; restore "
                 "it or register the model again"
             )
+        spec = spec_from_tags(tags)
         loaded = LoadedModel(
             version=version,
             pipeline=registry.load_model(version),
@@ -156,8 +188,11 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
                 for name, s in stats.items()
                 if s.get("kind") == "categorical"
             },
+            spec=spec,
         )
-        loaded.score(loaded.frame([fallbacks]))
+        problem = check_output(spec, loaded.raw(loaded.frame([fallbacks])))
+        if problem:
+            raise PromotionRefused(f"v{version} cannot be served: {problem}")
     except (PromotionRefused, RegistryUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure to load or score refuses

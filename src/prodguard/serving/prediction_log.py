@@ -49,12 +49,13 @@ class PredictionRecord:
     model: str
     version: int
     role: Role
-    probability: float
-    decision: bool
+    probability: float  # the task's score: P(positive), the value, P(predicted class)
+    decision: int  # binary: 0/1 at the threshold; multiclass: the class index; regression: 0
     features: dict[str, Any]
     flags: list[str] = field(default_factory=list)
     latencies_ms: dict[str, float] = field(default_factory=dict)
     request: dict[str, Any] = field(default_factory=dict)
+    prediction: dict[str, Any] | None = None  # multiclass/regression: ``Outputs.row``
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -102,13 +103,14 @@ COLUMNS = (
     "flags",
     "latencies_ms",
     "request",
+    "prediction",
 )
 _SELECT = ", ".join(f"p.{c}" for c in COLUMNS)
 _JOINED = (
     f"SELECT {_SELECT}, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
     "LEFT JOIN feedback f ON f.request_id = p.request_id"
 )
-_INSERT = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 11)})"
+_INSERT = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # Times are ISO 8601 text in UTC (one format, so text order is time order) on both backends,
 # and the JSON columns are text: both return the same rows and frames.
 _SCHEMA = """
@@ -125,6 +127,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     flags TEXT NOT NULL,
     latencies_ms TEXT NOT NULL,
     request TEXT NOT NULL,
+    prediction TEXT,
     PRIMARY KEY (request_id, role)
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
@@ -140,6 +143,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     outcome TEXT NOT NULL
 )
 """
+# Columns added since the first schema, added to an existing log when it is opened.
+_ADDED_COLUMNS = (("prediction", "TEXT"),)
 
 
 @dataclass
@@ -192,6 +197,7 @@ class _SqlPredictionLog:
                 _dumps(r.flags),
                 _dumps(r.latencies_ms),
                 _dumps(r.request),
+                None if r.prediction is None else _dumps(r.prediction),
             )
             for r in records
         ]
@@ -366,6 +372,7 @@ class _SqlPredictionLog:
         frame = pd.DataFrame.from_records(rows, columns=columns)
         for column in ("features", "flags", "latencies_ms", "request"):
             frame[column] = frame[column].map(json.loads)
+        frame["prediction"] = frame["prediction"].map(lambda v: json.loads(v) if v else None)
         frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
         return frame
 
@@ -399,6 +406,10 @@ class SqlitePredictionLog(_SqlPredictionLog):
             if checkpoint_every_s is not None:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.executescript(_SCHEMA.format(serial="", real="REAL"))
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in present:
+                    self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
         self._stop = threading.Event()
@@ -453,6 +464,10 @@ class PostgresPredictionLog(_SqlPredictionLog):
                     ).split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    for name, kind in _ADDED_COLUMNS:
+                        conn.execute(
+                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {name} {kind}"
+                        )
             except psycopg.Error as exc:
                 raise StorageError(
                     f"prediction log {self.where} cannot be opened ({redact(first_line(exc))}); "
@@ -528,9 +543,10 @@ def _record(row: tuple) -> PredictionRecord:
         model=row[3],
         version=int(row[4]),
         probability=float(row[5]),
-        decision=bool(row[6]),
+        decision=int(row[6]),
         features=json.loads(row[7]),
         flags=json.loads(row[8]),
         latencies_ms=json.loads(row[9]),
         request=json.loads(row[10]),
+        prediction=json.loads(row[11]) if row[11] else None,
     )

@@ -101,12 +101,30 @@ def build_frame(
             features[column] = features[column].astype("float64")
     return TrainingFrame(
         features=features,
-        label=labelled[model.label].astype("int64"),
+        label=_label(labelled[model.label], model),
         entities=entities.drop(columns=[ROW_ID]),
         start=start,
         end=end,
         unlabelled=len(window) - len(labelled),
     )
+
+
+def _label(values: pd.Series, model: ModelSettings) -> pd.Series:
+    """Regression: floats. Classifiers: the class labels as they are, integers when every one is
+    a whole number (a nullable column arrives as floats)."""
+    if model.task == "regression":
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.isna().any():
+            raise TrainingError(
+                f"model.task is regression but label '{model.label}' has non-numeric values; "
+                "fix the source or the task"
+            )
+        return numbers.astype("float64")
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("int64")
+    if pd.api.types.is_numeric_dtype(values) and (values == values.round()).all():
+        return values.astype("int64")
+    return values.reset_index(drop=True)
 
 
 def _model(settings: Settings) -> ModelSettings:

@@ -1,8 +1,9 @@
-"""The model pipeline and its evaluation.
+"""The default model pipeline and the held-out evaluation.
 
-HistGradientBoosting with native categorical handling: categorical columns are ordinal-encoded
-(unknown and missing categories become NaN, which the trees route as missing), numeric columns
-pass through with their NaNs.
+HistGradientBoosting (a classifier or a regressor by task) with native categorical handling:
+categorical columns are ordinal-encoded (unknown and missing categories become NaN, which the
+trees route as missing), numeric columns pass through with their NaNs. A project may name its own
+trainer (``model.trainer``): it receives the same prepared features.
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import (
-    brier_score_loss,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
+from prodguard.tasks import ModelScorer, Task, TaskSpec
+from prodguard.tasks import evaluate as evaluate_outputs
 from prodguard.training.dataset import is_categorical
 
 MAX_CATEGORIES = 250  # HistGradientBoosting bins categories into at most 255 bins
 
 
-def build_pipeline(features: pd.DataFrame, seed: int) -> Pipeline:
+def train_default(
+    features: pd.DataFrame, label: pd.Series, *, task: str = "binary", seed: int = 42
+) -> Pipeline:
+    """The default trainer: ``build_pipeline`` fitted on features already ``prepare``-d (what
+    every trainer receives, and what serving passes to the model)."""
+    return build_pipeline(features, seed, Task(task)).fit(features, label)
+
+
+def build_pipeline(features: pd.DataFrame, seed: int, task: Task = Task.BINARY) -> Pipeline:
     categorical = [c for c in features.columns if is_categorical(features[c])]
     numeric = [c for c in features.columns if c not in categorical]
     encode = ColumnTransformer(
@@ -49,7 +52,8 @@ def build_pipeline(features: pd.DataFrame, seed: int) -> Pipeline:
         ],
         verbose_feature_names_out=False,
     )
-    classifier = HistGradientBoostingClassifier(
+    estimator = HistGradientBoostingClassifier if task.classifier else HistGradientBoostingRegressor
+    model = estimator(
         categorical_features=list(range(len(categorical))),
         learning_rate=0.08,
         max_iter=250,
@@ -60,7 +64,7 @@ def build_pipeline(features: pd.DataFrame, seed: int) -> Pipeline:
         n_iter_no_change=20,
         random_state=seed,
     )
-    return Pipeline([("encode", encode), ("model", classifier)])
+    return Pipeline([("encode", encode), ("model", model)])
 
 
 def prepare(features: pd.DataFrame) -> pd.DataFrame:
@@ -73,39 +77,9 @@ def prepare(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate(
-    pipeline: Pipeline, features: pd.DataFrame, label: pd.Series, threshold: float
+    model: Any, spec: TaskSpec, features: pd.DataFrame, label: pd.Series
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Metrics on held-out rows, and the calibration table (10 equal-width bins)."""
-    scores = pipeline.predict_proba(prepare(features))[:, 1]
-    flags = (scores >= threshold).astype(int)
-    y = label.to_numpy()
-    metrics = {
-        "auc": float(roc_auc_score(y, scores)) if len(set(y)) > 1 else float("nan"),
-        "log_loss": float(log_loss(y, scores, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, scores)),
-        "precision": float(precision_score(y, flags, zero_division=0)),
-        "recall": float(recall_score(y, flags, zero_division=0)),
-        "f1": float(f1_score(y, flags, zero_division=0)),
-        "base_rate": float(y.mean()),
-        "mean_score": float(scores.mean()),
-    }
-    edges = np.linspace(0, 1, 11)
-    index = np.clip(np.digitize(scores, edges[1:-1]), 0, 9)
-    table = []
-    ece = 0.0
-    for b in range(10):
-        mask = index == b
-        if not mask.any():
-            continue
-        predicted, observed = float(scores[mask].mean()), float(y[mask].mean())
-        ece += mask.mean() * abs(predicted - observed)
-        table.append(
-            {
-                "bin": [float(edges[b]), float(edges[b + 1])],
-                "count": int(mask.sum()),
-                "mean_predicted": predicted,
-                "observed_rate": observed,
-            }
-        )
-    metrics["ece"] = float(ece)
-    return metrics, {"threshold": threshold, "bins": table}
+    """The task's metrics on held-out rows, and its details (binary: the calibration table)."""
+    scorer = ModelScorer(model, spec.task)
+    frame = prepare(features)
+    return evaluate_outputs(spec, label.to_numpy(), scorer.raw(frame), scorer.interval(frame))

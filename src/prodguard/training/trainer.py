@@ -15,9 +15,11 @@ from prodguard.config import Settings
 from prodguard.digests import document_digest, frame_digest
 from prodguard.errors import TrainingError
 from prodguard.features.feast_adapter import feature_contract
+from prodguard.project import import_object
 from prodguard.registry.operations import RegistryOperations
+from prodguard.tasks import ModelScorer, Task, TaskSpec, check_output, model_classes
 from prodguard.training.dataset import TrainingFrame, build_frame, describe_columns
-from prodguard.training.model import build_pipeline, evaluate, prepare
+from prodguard.training.model import evaluate, prepare, train_default
 from prodguard.training.reference import fallbacks, reference_stats
 
 PINNED = ("scikit-learn", "pandas", "numpy", "scipy")
@@ -79,11 +81,18 @@ def train_and_register(
     train = build_frame(settings, store, start, end)
     eval_end = end + timedelta(days=model.evaluation_days)
     held_out = build_frame(settings, store, end, eval_end)
+    task = Task(model.task)
     if train.label.nunique() < 2:
         raise TrainingError("the training window has a single label value; widen the window")
-    pipeline = build_pipeline(train.features, model.seed)
-    pipeline.fit(prepare(train.features), train.label)
-    metrics, calibration = evaluate(pipeline, held_out.features, held_out.label, model.threshold)
+    if task is Task.BINARY and train.label.nunique() > 2:
+        raise TrainingError(
+            f"model.task is binary but label '{model.label}' has {train.label.nunique()} values; "
+            "set model.task: multiclass (or regression)"
+        )
+    trainer = import_object(model.trainer, "model.trainer") if model.trainer else train_default
+    pipeline = trainer(prepare(train.features), train.label, task=task.value, seed=model.seed)
+    spec = task_spec(pipeline, task, model.threshold, model.positive_class, train.features)
+    metrics, calibration = evaluate(pipeline, spec, held_out.features, held_out.label)
     seconds_train = time.perf_counter() - began
 
     stats = reference_stats(train.features)
@@ -92,6 +101,7 @@ def train_and_register(
     store_features = feature_contract(versions)
     lineage = _lineage(settings, train, held_out, views, store_features, suite_digests, stats)
     tags = {TAG + key: value for key, value in lineage.items()}
+    tags.update(spec.tags())
     tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
 
     began = time.perf_counter()
@@ -103,17 +113,14 @@ def train_and_register(
             "threshold": model.threshold,
             "train_start": start.isoformat(),
             "train_end": end.isoformat(),
-            **{
-                f"hgb_{k}": v
-                for k, v in pipeline.named_steps["model"].get_params().items()
-                if k in ("learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
-            },
+            "task": task.value,
+            **_hgb_params(pipeline),
         },
         metrics={f"eval_{k}": v for k, v in metrics.items()},
         tags=tags,
         artifacts={
             "reference_stats.json": stats,
-            "calibration.json": calibration,
+            **({"calibration.json": calibration} if calibration else {}),
             "lineage.json": {**lineage, "metrics": metrics},
         },
         pip_requirements=pip_requirements(),
@@ -132,6 +139,33 @@ def train_and_register(
         seconds_register=time.perf_counter() - began,
         tags=tags,
     )
+
+
+def task_spec(model: Any, task: Task, threshold: float, positive: Any, features: Any) -> TaskSpec:
+    """The trained model's task with its classes, checked against what it returns for a few
+    training rows (TrainingError: one line saying what it returns instead)."""
+    classes = model_classes(model) if task.classifier else ()
+    if positive is not None and positive not in classes and str(positive) not in map(str, classes):
+        raise TrainingError(
+            f"model.positive_class {positive!r} is not one of the trained classes {list(classes)}"
+        )
+    spec = TaskSpec(task, classes, threshold, positive)
+    problem = check_output(spec, ModelScorer(model, task).raw(prepare(features.head(5))))
+    if problem:
+        raise TrainingError(f"{problem}; fix model.task or model.trainer")
+    return spec
+
+
+def _hgb_params(model: Any) -> dict[str, Any]:
+    """The default pipeline's main hyper-parameters (none for a project's own trainer)."""
+    steps = getattr(model, "named_steps", {})
+    if "model" not in steps:
+        return {}
+    return {
+        f"hgb_{k}": v
+        for k, v in steps["model"].get_params().items()
+        if k in ("learning_rate", "max_iter", "max_leaf_nodes", "l2_regularization")
+    }
 
 
 def _lineage(
