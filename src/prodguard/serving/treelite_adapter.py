@@ -5,7 +5,7 @@ A model converts when it is a scikit-learn tree ensemble treelite imports (HistG
 RandomForest, ExtraTrees, GradientBoosting; classifier or regressor), alone or as the last step
 of a Pipeline whose only other step is a ColumnTransformer of OrdinalEncoders and passthroughs.
 The encoders become a dict lookup built from their own ``transform`` of their ``categories_``
-(unknown and missing -> NaN, infrequent -> its bin, exactly as fitted), so categorical splits
+(unknown -> NaN, infrequent and missing as the encoder maps them), so categorical splits
 and ``unknown_value=NaN`` survive. Anything else (a custom pyfunc, other transformers) is served
 by the model itself, with the reason. :func:`compile_model` also checks parity on the frame it
 is given: max |fast - model| over the raw outputs must be <= ``PARITY``.
@@ -154,23 +154,24 @@ def _encoding(transformer: Any, columns: tuple[str, ...]) -> Encoding:
 
 def _codes(encoder: Any, names: list[str]) -> list[dict[Any, float]]:
     """Each column's category -> code, read from the fitted encoder's own transform of its
-    categories (so infrequent bins and missing values map as the encoder maps them)."""
+    categories and of a missing value (None, as ``LoadedModel.frame`` gives it): infrequent
+    bins and missing values map exactly as the encoder maps them (a missing value seen in
+    training may share the infrequent bin, not NaN)."""
     import pandas as pd
 
-    categories = [list(c) for c in encoder.categories_]
+    categories = [[v for v in c if not _missing(v)] + [None] for c in encoder.categories_]
     size = max(len(c) for c in categories)
     frame = pd.DataFrame(
         {
-            name: pd.Series((c + [c[0]] * size)[:size], dtype=object)
+            name: pd.Series(c + [c[0]] * (size - len(c)), dtype=object)
             for name, c in zip(names, categories, strict=True)
         }
     )
     encoded = np.asarray(encoder.transform(frame), dtype="float64")
-    lookups = []
-    for j, values in enumerate(categories):
-        codes = {v: float(encoded[i, j]) for i, v in enumerate(values) if not _missing(v)}
-        lookups.append(codes)
-    return lookups
+    return [
+        {v: float(encoded[i, j]) for i, v in enumerate(values)}
+        for j, values in enumerate(categories)
+    ]
 
 
 def _identity(step: Any) -> bool:
