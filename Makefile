@@ -33,8 +33,12 @@ test: $(STAMP)
 test-reliability: $(STAMP)
 	$(BIN)/pytest -m reliability
 
+# Import contracts (pyproject [tool.importlinter]), ruff, formatting, types (pyproject [tool.mypy]).
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests feature_repo
+	$(BIN)/ruff format --check src tests feature_repo
+	$(BIN)/mypy src
 
 # Re-resolve the pinned set after changing a pin in pyproject.toml.
 lock: $(STAMP)

@@ -99,17 +99,17 @@ def ingested(tmp_path_factory: pytest.TempPathFactory, flights_loader) -> Iterat
 def served_project(ingested, tmp_path_factory) -> Path:
     """Jan-Apr ingested, materialized to May 1, v1 (Jan-Feb) and v2 (Jan-Mar) trained,
     v2 champion and v1 standby. Copy it before moving aliases."""
-    from prodguard import app
+    from prodguard import app, wiring
     from prodguard.config import load_settings
 
     root = make_project(tmp_path_factory.mktemp("served") / "project")
     shutil.copytree(ingested / ".prodguard", root / ".prodguard")
     shutil.rmtree(root / ".prodguard" / "feast")  # re-applied below with this project's paths
     settings = load_settings(root / "prodguard.yaml", environ={})
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     app.train(settings, utc("2013-01-01"), utc("2013-03-01"), actor="tests")
     app.train(settings, utc("2013-01-01"), utc("2013-04-01"), actor="tests")
-    operations = app.registry_operations(settings, with_checks=True)
+    operations = wiring.registry_operations(settings, with_checks=True)
     operations.promote("tests", "setup", version=1)
     operations.promote("tests", "setup", version=2)
     return root
@@ -126,7 +126,7 @@ DAILY_WINDOWS = {
 def drilled(served_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """v2 champion with a staging baseline (April 1-4), v1 standby; v3 = v2 with scores
     shifted by +0.4, registered (no alias). Copy it before moving aliases."""
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import record_baseline
     from prodguard.rollout.faults import register_faulty
@@ -134,9 +134,9 @@ def drilled(served_project: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     root = copy_project(served_project, tmp_path_factory.mktemp("drilled") / "project")
     settings = load_settings(root / "prodguard.yaml", environ=DAILY_WINDOWS)
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     record_baseline(settings, utc("2013-04-01"), utc("2013-04-04"), version=2)
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     assert register_faulty(operations, 2, 0.4, "tests", pip_requirements()) == 3
     return root
 

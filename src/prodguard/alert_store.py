@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from prodguard.alerts import EMPTY_STATE, Alert
 from prodguard.errors import StorageError, first_line, redact
@@ -108,7 +109,7 @@ class PostgresGateState:
         engine = self._store._ready()
         with self._store._errors("write failed"), engine.begin() as conn:
             conn.execute(
-                sa.dialects.postgresql.insert(_gates)
+                postgresql.insert(_gates)
                 .values(name=self.name, document=json.dumps(EMPTY_STATE))
                 .on_conflict_do_nothing()
             )

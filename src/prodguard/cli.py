@@ -9,7 +9,7 @@ import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, overload
 
 import click
 import typer
@@ -19,10 +19,20 @@ from rich.table import Table
 from rich.text import Text
 
 from prodguard import app as use_cases
+from prodguard.bench.benchmark import run_bench
+from prodguard.bench.render import goals_table, latency_table, stage_table
 from prodguard.config import Settings, load_settings
+from prodguard.demo.play import run_demo
 from prodguard.errors import InputError, ProdguardError, first_line
 from prodguard.ingestion.pipeline import BatchResult
-from prodguard.render import ingest_table, views_table
+from prodguard.monitoring.baseline import thresholds
+from prodguard.monitoring.jobs import drift_report, record_baseline, watch
+from prodguard.registry.audit import AuditRecord
+from prodguard.registry.operations import default_actor
+from prodguard.render import ingest_table, monitor_table, views_table
+from prodguard.rollout.drill import run_drill
+from prodguard.rollout.guard import GuardDecision
+from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.telemetry import disable_telemetry
 from prodguard.timewindows import both_or_neither, ordered, parse_time
 
@@ -63,6 +73,18 @@ def _settings() -> Settings:
 
 def _time(value: str | None, name: str) -> datetime | None:
     return None if value is None else parse_time(value, name)
+
+
+@overload
+def _window(
+    start: str, end: str, *, optional: Literal[False] = False
+) -> tuple[datetime, datetime]: ...
+
+
+@overload
+def _window(
+    start: str | None, end: str | None, *, optional: bool = False
+) -> tuple[datetime | None, datetime | None]: ...
 
 
 def _window(
@@ -237,7 +259,6 @@ def train(
     (windows, row counts, dataset digest, feature view versions, suite digests, code version,
     metrics, reference statistics).
     """
-    from prodguard.registry.operations import default_actor
 
     first, last = _window(start, end)
     assert first is not None and last is not None
@@ -267,7 +288,7 @@ def train(
     )
 
 
-def _record_line(record: Any) -> None:
+def _record_line(record: AuditRecord) -> None:
     out.print(
         f"{record.action}: {record.from_state} -> {record.to_state} "
         f"(audit #{record.id}, by {record.actor})",
@@ -282,7 +303,6 @@ def register(
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
 ) -> None:
     """Point the `candidate` alias at an existing version (audited)."""
-    from prodguard.registry.operations import default_actor
 
     operations = use_cases.registry_operations(_settings())
     _record_line(operations.set_candidate(version, actor or default_actor(), reason))
@@ -310,7 +330,6 @@ def promote(
     the time left is given). If someone else moves the aliases meanwhile, nothing changes and
     the exit code is 4.
     """
-    from prodguard.registry.operations import default_actor
 
     if override_standby_retention is not None and not override_standby_retention.strip():
         raise InputError("--override-standby-retention needs the reason (kept in the audit record)")
@@ -331,7 +350,6 @@ def rollback(
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
 ) -> None:
     """The standby becomes champion again; the demoted version is tagged with the reason."""
-    from prodguard.registry.operations import default_actor
 
     if not reason.strip():
         raise InputError("--reason must say why (kept in the audit log and on the version)")
@@ -434,8 +452,6 @@ def baseline(
     hour, model, log) and their known outcomes feedback; the staging log is kept under
     <data_dir>/staging. Alerts then fire at 1.5x (warning) and 2x (critical) the spread.
     """
-    from prodguard.monitoring.baseline import thresholds
-    from prodguard.monitoring.jobs import record_baseline
 
     first, last = _window(start, end)
     result = record_baseline(_settings(), first, last, version)
@@ -488,8 +504,6 @@ def monitor(
     Without --start/--end it judges the window ending now. Alerts are de-duplicated: a condition
     alerts when it opens or escalates and once more when it clears.
     """
-    from prodguard.monitoring.jobs import watch
-    from prodguard.render import monitor_table
 
     if once and every is not None:
         raise InputError("give --once or --every, not both")
@@ -548,8 +562,6 @@ def rollout_start(
     logged as `shadow`, never returned. The guard bakes each step (rollout.bake_minutes and
     bake_min_requests, all triggers clean) before the next, and promotes after the last.
     """
-    from prodguard.registry.operations import default_actor
-    from prodguard.rollout.jobs import start_rollout
 
     if mode == "shadow" and steps is not None:
         raise InputError("--steps applies to canary rollouts only; drop it for shadow")
@@ -563,8 +575,6 @@ def rollout_abort(
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
 ) -> None:
     """Take the rollout version out of traffic: all traffic to the champion again."""
-    from prodguard.registry.operations import default_actor
-    from prodguard.rollout.jobs import abort_rollout
 
     record = abort_rollout(_settings(), actor or default_actor(), reason)
     out.print(f"rollout aborted (audit #{record.id})", highlight=False)
@@ -585,13 +595,12 @@ def guard(
 
     Safe to run twice: of two guards, one moves the aliases and the other sees them moved.
     """
-    from prodguard.rollout.jobs import guard_loop
 
     if once and every is not None:
         raise InputError("give --once or --every, not both")
     _positive(every)
 
-    def show(decisions: list[Any]) -> None:
+    def show(decisions: list[GuardDecision]) -> None:
         if as_json:
             _print_json([d.to_json() for d in decisions])
             return
@@ -631,7 +640,6 @@ def drill(
     Production aliases never move; the result (time to detect, time to recover, p50/p99) is
     recorded on the version. With rollout.require_drill, promotion needs a passed drill.
     """
-    from prodguard.rollout.drill import run_drill
 
     first, last = _window(start, end, optional=True)
     if shift == 0:
@@ -672,7 +680,6 @@ def report(
 
     Large windows are sampled (monitoring.reports_max_rows per side); the report states it.
     """
-    from prodguard.monitoring.jobs import drift_report
 
     settings = _settings()
     first, last = _window(start, end)
@@ -707,7 +714,6 @@ def bench(
     Both services are started here on free loopback ports and stopped afterwards; bench
     traffic goes to a prediction log of its own. The other benchmarks are in benchmarks/.
     """
-    from prodguard.bench.benchmark import run_bench
 
     try:
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
@@ -719,7 +725,6 @@ def bench(
     if as_json:
         _print_json(report.to_json())
         return
-    from prodguard.bench.render import goals_table, latency_table, stage_table
 
     for table in (latency_table(report), stage_table(report), goals_table(report)):
         out.print(table)
@@ -756,7 +761,6 @@ def demo(
     It writes <data_dir>/demo/events.json (every event), summary.html (plots, timeline, links
     to the Evidently reports) and keeps every store to explore afterwards.
     """
-    from prodguard.demo.runner import run_demo
 
     run_demo(_settings(), out, short=short)
 

@@ -7,8 +7,12 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from prodguard.ingestion.pipeline import BatchResult
+from prodguard.monitoring.baseline import Finding
+from prodguard.monitoring.monitor import WindowReport
 
-def ingest_table(batches: list[Any], title: str = "ingest") -> Table:
+
+def ingest_table(batches: list[BatchResult], title: str = "ingest") -> Table:
     """One row per source: batches, rows written, quarantined batches, new rows, validation."""
     table = Table(title=title)
     for column in ("source", "batches", "rows written", "quarantined", "new rows", "validation"):
@@ -51,7 +55,7 @@ STATUS_STYLE = {
 }
 
 
-def monitor_table(reports: list[Any], title: str = "monitor", limit: int = 4) -> Table:
+def monitor_table(reports: list[WindowReport], title: str = "monitor", limit: int = 4) -> Table:
     """One row per window and model version: status, and the worst findings first."""
     order = ["critical", "warning", "inconclusive", "insufficient_data", "no_baseline", "ok"]
     table = Table(title=title)
@@ -78,7 +82,7 @@ def monitor_table(reports: list[Any], title: str = "monitor", limit: int = 4) ->
     return table
 
 
-def _finding_text(finding: Any) -> str:
+def _finding_text(finding: Finding) -> str:
     if finding.value is None:
         return f"{finding.metric}: {finding.reason}"
     bound = finding.critical if finding.status == "critical" else finding.warning

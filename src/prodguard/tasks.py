@@ -28,6 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from prodguard.registry import lineage
+
 
 class Task(StrEnum):
     BINARY = "binary"
@@ -70,9 +72,9 @@ class TaskSpec:
         return tags
 
 
-TASK_TAG = "prodguard.task"
-CLASSES_TAG = "prodguard.classes"
-POSITIVE_TAG = "prodguard.positive_class"
+TASK_TAG = lineage.TASK
+CLASSES_TAG = lineage.CLASSES
+POSITIVE_TAG = lineage.POSITIVE_CLASS
 
 
 def spec_from_tags(tags: Mapping[str, str], threshold: float = 0.5) -> TaskSpec:

@@ -6,7 +6,9 @@
   from flights that had landed before it (no leakage).
 - ``flights``: one row per scheduled flight with what is known before departure, the label
   ``delayed`` (``arr_delay > 15``) and an explicit ``status``: ``landed``, ``cancelled`` (never
-  departed) or ``diverted`` (departed, never arrived). Only landed flights carry a label.
+  departed) or ``diverted`` (departed, never arrived). Only landed flights carry a label; they
+  also carry ``arr_delay`` (a regression target) and ``delay_class`` (``early``: arrived before
+  schedule, ``on_time``: up to 15 min late, ``late``: a multiclass target).
 
 Columns known only after departure (dep_time, dep_delay, arr_time, air_time, arr_delay) are used
 solely to compute when a flight landed (and the label); they never become features.
@@ -106,6 +108,15 @@ def flights_table(raw: pd.DataFrame) -> pd.DataFrame:
             "status": status,
             "arr_delay": raw["arr_delay"].astype("float64").where(landed),
             "delayed": (raw["arr_delay"] > DELAY_THRESHOLD_MINUTES).astype("float64").where(landed),
+            "delay_class": pd.Series(
+                np.select(
+                    [raw["arr_delay"] < 0, raw["arr_delay"] <= DELAY_THRESHOLD_MINUTES],
+                    ["early", "on_time"],
+                    "late",
+                ),
+                index=raw.index,
+                dtype=object,
+            ).where(landed, None),
         }
     )
     frame = frame.drop_duplicates("flight_id", keep="first")

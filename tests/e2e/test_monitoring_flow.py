@@ -38,7 +38,7 @@ def monitored(served_project: Path, tmp_path: Path) -> Path:
 
 
 def test_baseline_monitor_alert_and_report(monitored: Path) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import replay_version
     from prodguard.serving.prediction_log import SqlitePredictionLog
@@ -59,7 +59,7 @@ def test_baseline_monitor_alert_and_report(monitored: Path) -> None:
     # production traffic of the following week, with temperatures arriving in degrees Celsius
     settings = load_settings(monitored / "prodguard.yaml", environ=DAILY)
     log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     replay_version(
         settings,
         registry,

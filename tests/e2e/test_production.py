@@ -339,7 +339,7 @@ def production(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """The stack's databases, MLflow server and service account; Jan-Apr in the offline store
     (on the data volume), materialized to Redis; v1, v2 trained through the MLflow server, v2
     champion and v1 standby, v2 baselined on April 1-4; v3 = v2 shifted by +0.4."""
-    from prodguard import app
+    from prodguard import app, wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import record_baseline
     from prodguard.rollout.faults import register_faulty
@@ -371,7 +371,7 @@ def production(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         settings = load_settings(stack.root / "prodguard.yaml", environ=env)
         assert settings.environment == "production"
         assert settings.paths.data_dir.resolve() == data.resolve()
-        app.feature_store(settings).materialize(until=utc("2013-05-01"))  # meanwhile
+        wiring.feature_store(settings).materialize(until=utc("2013-05-01"))  # meanwhile
         lap("materialize")
 
         mlflow = stack.url("mlflow")
@@ -389,7 +389,7 @@ def production(ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             app.train(settings, utc("2013-01-01"), utc("2013-03-01"), actor="tests")
             app.train(settings, utc("2013-01-01"), utc("2013-04-01"), actor="tests")
             lap("train v1, v2")
-            operations = app.registry_operations(settings, with_checks=True)
+            operations = wiring.registry_operations(settings, with_checks=True)
             operations.promote("tests", "setup", version=1)
             operations.promote("tests", "setup", version=2)
             record_baseline(settings, utc("2013-04-01"), utc("2013-04-04"), version=2)

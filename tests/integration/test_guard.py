@@ -22,15 +22,15 @@ def project(drilled: Path, tmp_path: Path) -> Path:
 
 
 def setup(project: Path, promote_faulty: bool):
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import replay_version
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
     settings = load_settings(project / "prodguard.yaml", environ=ENV)
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     clock = FixedClock(utc("2013-04-08"))
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     operations.clock = clock
     served = 2
     if promote_faulty:
@@ -109,11 +109,11 @@ def test_two_guards_move_once(project: Path) -> None:
 
 
 def test_promotion_keeps_a_young_standby_unless_overridden(project: Path) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
 
     settings = load_settings(project / "prodguard.yaml", environ=ENV)
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     since = operations.standby_since(1)
     assert since is not None
     operations.clock = FixedClock(since + timedelta(hours=70))
@@ -127,14 +127,15 @@ def test_promotion_keeps_a_young_standby_unless_overridden(project: Path) -> Non
 
 
 def test_drill_rehearses_a_rollback_in_staging_and_gates_promotion(project: Path) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.errors import PromotionRefused
-    from prodguard.rollout.drill import DRILL_TAG, run_drill
+    from prodguard.registry.lineage import DRILL as DRILL_TAG
+    from prodguard.rollout.drill import run_drill
 
     settings = load_settings(project / "prodguard.yaml", environ=ENV)
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
-    operations = app.registry_operations(settings)
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
+    operations = wiring.registry_operations(settings)
     before = operations.state()
     audit_before = len(operations.history())
     result = run_drill(settings, version=2)
@@ -150,7 +151,7 @@ def test_drill_rehearses_a_rollback_in_staging_and_gates_promotion(project: Path
     gated = load_settings(
         project / "prodguard.yaml", environ={**ENV, "PRODGUARD_ROLLOUT__REQUIRE_DRILL": "true"}
     )
-    check = app.registry_operations(gated, with_checks=True).promotion_check
+    check = wiring.registry_operations(gated, with_checks=True).promotion_check
     check(2)  # a passed, fresh drill
     with pytest.raises(PromotionRefused, match="v1 has no rollback drill"):
         check(1)

@@ -176,13 +176,13 @@ def test_oversized_windows_are_sampled_with_the_rate_stated(log) -> None:
 
 
 def test_as_of_store_matches_feasts_point_in_time_join(ingested: Path) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.features.as_of import AsOfFeatures
     from prodguard.ingestion.offline import OfflineStore
 
     settings = load_settings(ingested / "prodguard.yaml", environ={})
-    store = app.feature_store(settings)
+    store = wiring.feature_store(settings)
     views = store.versions()
     flights = OfflineStore(settings.paths.offline_dir).read("flights")
     sample = flights[flights["event_timestamp"] >= utc("2013-04-01")].sample(300, random_state=3)
@@ -215,18 +215,18 @@ def test_as_of_store_matches_feasts_point_in_time_join(ingested: Path) -> None:
 def test_baseline_replays_staging_and_is_stored_with_the_version(
     served_project: Path, tmp_path: Path
 ) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import (
-        BASELINE_TAG,
         build_monitor,
         record_baseline,
         version_reference,
     )
+    from prodguard.registry.lineage import BASELINE as BASELINE_TAG
 
     root = copy_project(served_project, tmp_path / "project")
     settings = load_settings(root / "prodguard.yaml", environ=DAILY_WINDOWS)
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     result = record_baseline(settings, utc("2013-04-01"), utc("2013-04-08"), version=2)
     replay = result.replay
     assert replay.predicted + replay.rejected == replay.requests > 5000
@@ -235,7 +235,7 @@ def test_baseline_replays_staging_and_is_stored_with_the_version(
     assert b.model_version == 2 and b.details["windows"] == 7
     for metric in ("psi.temp", "score.mean", "score.psi", "kpi.delay_cost", "rate.degraded"):
         assert b.metrics[metric].windows == 7 and b.metrics[metric].sd > 0, metric
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     assert registry.version(2).tags[BASELINE_TAG].startswith("2013-04-01")
     stored = version_reference(registry, 2).baseline
     assert stored == b

@@ -10,7 +10,7 @@ import sys
 import pytest
 from redis import Redis
 
-from prodguard import app
+from prodguard import wiring
 from prodguard.config import load_settings
 from prodguard.errors import FeatureStoreError
 from prodguard.features.feast_adapter import FeastStore
@@ -88,17 +88,17 @@ def build_predictors(served_project, tmp_path, environ):
         served_project / "prodguard.yaml",
         environ={"PRODGUARD_PATHS__DATA_DIR": str(served_project / ".prodguard"), **environ},
     )
-    store = app.feature_store(settings)
+    store = wiring.feature_store(settings)
     if environ:  # a store of its own: load it as the served project's store is
         store.materialize(until=utc("2013-05-01"))
-    built = app.build_serving(settings)
+    built = wiring.build_serving(settings)
     built.follower.refresh()
     made = []
     for name, source in (("direct", store), ("feast", FeastPath(store))):
         log = SqlitePredictionLog(tmp_path / f"{name}.db")
         made.append(
             (
-                app.build_predictor(
+                wiring.build_predictor(
                     settings, source, lambda: built.follower.state, log, shadow_sample=0.0
                 ),
                 log,

@@ -168,3 +168,51 @@ def test_postgres_reconnects_after_the_connection_is_lost(pg_database) -> None:
     log.write([record(3)])  # the next one reconnects
     assert log.get("r2") is None and log.get("r3") == record(3)
     log.close()
+
+
+OLD_SCHEMA = """CREATE TABLE predictions (
+    {serial} request_id TEXT NOT NULL, role TEXT NOT NULL, time TEXT NOT NULL,
+    model TEXT NOT NULL, version INTEGER NOT NULL, probability {real} NOT NULL,
+    decision INTEGER NOT NULL, features TEXT NOT NULL, flags TEXT NOT NULL,
+    latencies_ms TEXT NOT NULL, request TEXT NOT NULL, PRIMARY KEY (request_id, role)
+)"""
+OLD_ROW = (
+    "INSERT INTO predictions (request_id, role, time, model, version, probability, decision, "
+    "features, flags, latencies_ms, request) VALUES ('old', 'champion', '{t}', 'm', 1, 0.7, 1, "
+    "'{{}}', '[]', '{{}}', '{{}}')"
+)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_log_written_before_tasks_gains_the_prediction_column(
+    backend, tmp_path: Path, request
+) -> None:
+    """Opening a log of the first schema adds the ``prediction`` column; its rows still read."""
+    if backend == "sqlite":
+        import sqlite3
+
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as conn:
+            conn.execute(OLD_SCHEMA.format(serial="", real="REAL"))
+            conn.execute(OLD_ROW.format(t=T0.isoformat()))
+        log = SqlitePredictionLog(path, "NORMAL")
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("pg_database")("migrate")
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(OLD_SCHEMA.format(serial="id BIGSERIAL,", real="DOUBLE PRECISION"))
+            conn.execute(OLD_ROW.format(t=T0.isoformat()))
+        log = PostgresPredictionLog(url)
+    try:
+        old = log.get("old")
+        assert old.probability == 0.7 and old.decision == 1 and old.prediction is None
+        value = {"value": 12.5, "interval": [3.0, 20.0]}
+        log.write([record(1, probability=12.5, decision=0, prediction=value)])
+        assert log.get("r1").prediction == value
+        frame = log.window(T0 - timedelta(days=1), T0 + timedelta(days=1))
+        assert frame.set_index("request_id")["prediction"].to_dict() == {"old": None, "r1": value}
+    finally:
+        log.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prodguard import app
+from prodguard import app, wiring
 from prodguard.config import load_settings
 from prodguard.contracts.suites import read_suite
 from prodguard.errors import (
@@ -65,7 +65,7 @@ def settings(trained, tmp_path):
 def test_train_registers_candidates_with_lineage(trained, settings) -> None:
     first, second = trained["results"]
     assert (first.version, second.version) == (1, 2)
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     assert operations.state() == AliasState(candidate=2)
     tags = operations.registry.version(2).tags
     flights = OfflineStore(settings.paths.offline_dir).read("flights")
@@ -102,7 +102,7 @@ def test_train_registers_candidates_with_lineage(trained, settings) -> None:
 
 def test_training_is_deterministic(trained, settings) -> None:
     again = app.train(settings, utc("2013-01-01"), utc("2013-04-01"), actor="tests")
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     old, new = registry.version(2).tags, registry.version(again.version).tags
     assert new["prodguard.dataset_digest"] == old["prodguard.dataset_digest"]
     assert new["prodguard.eval.auc"] == old["prodguard.eval.auc"]
@@ -110,7 +110,7 @@ def test_training_is_deterministic(trained, settings) -> None:
 
 
 def test_promote_rollback_promote_round_trip(settings) -> None:
-    operations = app.registry_operations(settings, with_checks=True)
+    operations = wiring.registry_operations(settings, with_checks=True)
     operations.promote("alice", "first", version=1)
     assert operations.state() == AliasState(champion=1, candidate=2)
     operations.promote("alice", "better")
@@ -136,7 +136,7 @@ def test_promote_rollback_promote_round_trip(settings) -> None:
 
 
 def test_refusals_move_nothing(settings) -> None:
-    operations = app.registry_operations(settings, with_checks=True)
+    operations = wiring.registry_operations(settings, with_checks=True)
     with pytest.raises(PromotionRefused, match="no standby to roll back to"):
         operations.rollback("a", "why")
     with pytest.raises(RegistryError, match="has no version 42"):
@@ -153,7 +153,7 @@ def test_refusals_move_nothing(settings) -> None:
 
 
 def test_stale_expectation_is_refused(settings) -> None:
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     seen = operations.state()
     operations.registry.set_alias("champion", 1)  # someone moves it in the MLflow UI
     with pytest.raises(ConcurrentUpdateError, match="aliases moved since they were read"):
@@ -162,7 +162,7 @@ def test_stale_expectation_is_refused(settings) -> None:
 
 
 def test_a_failed_audit_write_puts_the_aliases_back(settings, monkeypatch) -> None:
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     before, history = operations.state(), operations.history()
 
     def broken(conn, record):
@@ -176,7 +176,7 @@ def test_a_failed_audit_write_puts_the_aliases_back(settings, monkeypatch) -> No
 
 
 def _race(settings, barrier, results) -> None:
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     seen = operations.state()
     barrier.wait()
     try:
@@ -189,7 +189,7 @@ def _race(settings, barrier, results) -> None:
 
 
 def test_parallel_promotions_exactly_one_wins(settings) -> None:
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     operations.promote("setup", "start", version=1)
     operations.set_candidate(2, "setup", "contender")
     context = multiprocessing.get_context("fork")
@@ -224,5 +224,5 @@ def test_unreachable_store_is_a_clear_error(settings, tmp_path) -> None:
         update={"registry": settings.registry.model_copy(update={"config": config})}
     )
     with pytest.raises(RegistryError) as caught:
-        app.registry_operations(down).state()
+        wiring.registry_operations(down).state()
     assert "secret" not in str(caught.value) and "\n" not in str(caught.value)

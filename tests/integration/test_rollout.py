@@ -30,15 +30,15 @@ ENV = {
 @pytest.fixture
 def project(drilled: Path, tmp_path: Path):
     """v2 champion (standby v1 since 2013-03-21), v3 faulty, v4 = a healthy copy of v2."""
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.rollout.faults import register_faulty
     from prodguard.training.trainer import pip_requirements
 
     root = copy_project(drilled, tmp_path / "project")
     settings = load_settings(root / "prodguard.yaml", environ=ENV)
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
-    operations = app.registry_operations(settings, with_checks=True)
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
+    operations = wiring.registry_operations(settings, with_checks=True)
     clock = FixedClock(utc("2013-03-20"))
     operations.clock = clock
     operations.promote("tests", "setup", version=1, override_retention="test setup")
@@ -65,12 +65,12 @@ def test_canary_assignment_is_sticky_and_nested() -> None:
 
 
 def test_replicas_serve_the_canary_share_sticky_per_key(project) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.monitoring.replay import request_rows
 
     settings, operations, clock = project
     operations.start_rollout("canary", "tests", (20.0, 100.0), version=3)
-    serving = app.build_serving(settings, clock=clock)
+    serving = wiring.build_serving(settings, clock=clock)
     serving.follower.refresh()
     assert serving.follower.state.describe()["rollout"] == 3
     rows = request_rows(settings, utc("2013-04-08"), utc("2013-04-08T06:00"))
@@ -95,12 +95,12 @@ def test_replicas_serve_the_canary_share_sticky_per_key(project) -> None:
 
 
 def test_shadow_scores_every_request_and_returns_none(project) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.monitoring.replay import request_rows
 
     settings, operations, clock = project
     operations.start_rollout("shadow", "tests", version=4)
-    serving = app.build_serving(settings, clock=clock)
+    serving = wiring.build_serving(settings, clock=clock)
     serving.follower.refresh()
     rows = request_rows(settings, utc("2013-04-08"), utc("2013-04-08T04:00"))
     requests = [serving.request_model.from_row(r).to_row() for r in rows.to_dict("records")]

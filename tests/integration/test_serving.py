@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from prodguard import app
+from prodguard import app, wiring
 from prodguard.config import load_settings
 from prodguard.errors import (
     DuplicateRequest,
@@ -31,7 +31,7 @@ def serving(served_project, tmp_path):
     settings = settings.model_copy(
         update={"serving": settings.serving.model_copy(update={"shadow_sample": 1.0})}
     )
-    built = app.build_serving(settings)
+    built = wiring.build_serving(settings)
     # a private prediction log per test
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
@@ -151,7 +151,7 @@ def test_feedback_is_idempotent_and_checked(serving) -> None:
 
 def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project, serving):
     settings = serving.settings
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     operations.rollback("tests", "swap test")  # champion v1, no standby
     try:
         assert serving.follower.refresh()

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from prodguard import app
+from prodguard import wiring
 from prodguard.alerts import Alert, Alerter
 from prodguard.config import load_settings
 from prodguard.errors import ArtifactIntegrityError
 from prodguard.features.feast_adapter import feature_contract
-from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG
+from prodguard.registry.lineage import ARTIFACT_DIGEST as ARTIFACT_DIGEST_TAG
 from prodguard.rollout.faults import register_faulty
 from prodguard.rollout.policy import read_targets
 from prodguard.serving.models import ModelFollower, load_verified
@@ -57,7 +57,7 @@ def project(served_project: Path, tmp_path: Path):
     registered into this test's own artifact root."""
     env = {"PRODGUARD_REGISTRY__CONFIG": str(registry_config(tmp_path, served_project))}
     settings = load_settings(served_project / "prodguard.yaml", environ=env)
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     assert register_faulty(operations, 2, 0.05, "tests", pip_requirements()) == 3
     return served_project, env, settings, operations
 
@@ -86,7 +86,7 @@ def flip_a_byte(path: Path) -> None:
 
 
 def contract(settings) -> list[list[str]]:
-    return feature_contract(app.feature_store(settings).versions())
+    return feature_contract(wiring.feature_store(settings).versions())
 
 
 def test_registration_records_the_digest_of_the_stored_files(project) -> None:

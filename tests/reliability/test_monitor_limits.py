@@ -233,7 +233,7 @@ def file_references(folder: Path, tags: dict[str, str]):
 
 
 def test_unreadable_training_reference(log, tmp_path: Path) -> None:
-    from prodguard.monitoring.jobs import REFERENCE_ARTIFACT
+    from prodguard.registry.lineage import REFERENCE_STATS_JSON as REFERENCE_ARTIFACT
 
     (tmp_path / REFERENCE_ARTIFACT).write_text("{not json")
     with pytest.raises(json.JSONDecodeError):  # what the file gives...
@@ -243,7 +243,8 @@ def test_unreadable_training_reference(log, tmp_path: Path) -> None:
 
 
 def test_baseline_recorded_but_missing(log, tmp_path: Path) -> None:
-    from prodguard.monitoring.jobs import BASELINE_TAG, REFERENCE_ARTIFACT
+    from prodguard.registry.lineage import BASELINE as BASELINE_TAG
+    from prodguard.registry.lineage import REFERENCE_STATS_JSON as REFERENCE_ARTIFACT
 
     (tmp_path / REFERENCE_ARTIFACT).write_text(json.dumps(STATS))
     references = file_references(tmp_path, {BASELINE_TAG: "2013-04-01"})
@@ -253,7 +254,7 @@ def test_baseline_recorded_but_missing(log, tmp_path: Path) -> None:
 def test_no_baseline_is_never_an_ok_for_what_needs_one(log, tmp_path: Path) -> None:
     """Without a staging baseline the features are still judged against training; the score,
     KPI and latency say "no_baseline", never "ok"."""
-    from prodguard.monitoring.jobs import REFERENCE_ARTIFACT
+    from prodguard.registry.lineage import REFERENCE_STATS_JSON as REFERENCE_ARTIFACT
 
     (tmp_path / REFERENCE_ARTIFACT).write_text(json.dumps(STATS))
     (report,) = one_window(log, file_references(tmp_path, {}))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from prodguard import app
+from prodguard import app, wiring
 from prodguard.config import load_settings
 from prodguard.errors import RegistryUnavailable
 from prodguard.features.feast_adapter import feature_contract
@@ -63,7 +63,7 @@ def private_registry(folder: Path, source: Path, tracking: str | None = None) ->
 
 
 def contract(settings) -> list[list[str]]:
-    return feature_contract(app.feature_store(settings).versions())
+    return feature_contract(wiring.feature_store(settings).versions())
 
 
 # ---- a move killed before its audit record ------------------------------------------------
@@ -98,7 +98,7 @@ def test_a_move_killed_before_its_record_is_reconciled(
 ) -> None:
     env = {"PRODGUARD_REGISTRY__CONFIG": str(private_registry(tmp_path, served_project))}
     settings = load_settings(served_project / "prodguard.yaml", environ=env)
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     assert operations.state() == AliasState(champion=2, standby=1)
     records = len(operations.history())
 
@@ -136,7 +136,7 @@ def test_a_move_made_in_the_mlflow_ui_is_recorded_not_undone(
     served_project: Path, tmp_path: Path
 ) -> None:
     env = {"PRODGUARD_REGISTRY__CONFIG": str(private_registry(tmp_path, served_project))}
-    operations = app.registry_operations(
+    operations = wiring.registry_operations(
         load_settings(served_project / "prodguard.yaml", environ=env)
     )
     operations.registry.set_alias("candidate", 1)  # what the UI does: MLflow only
@@ -170,7 +170,7 @@ prodguard.cli.main()
 
 def copy_version(source, target, version: int) -> int:
     """Register ``source``'s version in ``target`` (same model, tags and artifacts)."""
-    from prodguard.rollout.faults import COPIED_ARTIFACTS, NOT_COPIED
+    from prodguard.registry.lineage import COPIED_ARTIFACTS, NOT_COPIED
 
     info = source.registry.version(version)
     model = source.registry.load_model(version)
@@ -205,8 +205,8 @@ def pg_registry(served_project: Path, tmp_path_factory: pytest.TempPathFactory) 
     env = {"PRODGUARD_REGISTRY__CONFIG": str(config)}
     try:
         settings = load_settings(served_project / "prodguard.yaml", environ=env)
-        source = app.registry_operations(load_settings(served_project / "prodguard.yaml"))
-        operations = app.registry_operations(settings, with_checks=True)
+        source = wiring.registry_operations(load_settings(served_project / "prodguard.yaml"))
+        operations = wiring.registry_operations(settings, with_checks=True)
         assert [copy_version(source, operations, v) for v in (1, 2)] == [1, 2]
         operations.promote("tests", "setup", version=1)
         operations.set_candidate(2, "tests", "setup")
@@ -356,7 +356,7 @@ def test_registry_down_serving_goes_on_and_moves_fail_fast(
     server = MlflowServer(folder, port)
     server.start()
     try:
-        operations = app.registry_operations(settings)
+        operations = wiring.registry_operations(settings)
         assert register_faulty(operations, 2, 0.02, "tests", pip_requirements()) == 3
         with serving(served_project, env, log_name=log) as base:
             client = Client(base)
@@ -366,7 +366,7 @@ def test_registry_down_serving_goes_on_and_moves_fail_fast(
             down = time.time()
             began = time.time()
             with pytest.raises(RegistryUnavailable, match="not reachable"):
-                app.registry_operations(settings, with_checks=True).promote(
+                wiring.registry_operations(settings, with_checks=True).promote(
                     "tests", "while down", version=3, override_retention="test"
                 )
             FIGURES["promote_fails_in_process_s"] = round(time.time() - began, 2)

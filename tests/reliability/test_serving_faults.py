@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from prodguard import app
+from prodguard import app, wiring
 from prodguard.config import load_settings
 from prodguard.service_process import RunningService, descendants, free_port, start_service
 from tests.conftest import FLIGHT_REQUEST, copy_project, utc
@@ -112,7 +112,7 @@ def answered_records(project: Path) -> Counter:
 def project(served_project: Path, tmp_path: Path) -> Path:
     root = copy_project(served_project, tmp_path / "project")
     settings = load_settings(root / "prodguard.yaml", environ={})
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     return root
 
 
@@ -221,7 +221,7 @@ def test_redis_down_during_load_degrades_then_recovers(served_project, tmp_path)
         env = {"PRODGUARD_FEATURE_STORE__CONFIG": str(config)}
         settings = load_settings(root / "prodguard.yaml", environ=env)
         shutil.rmtree(root / ".prodguard" / "feast", ignore_errors=True)
-        app.feature_store(settings).materialize(until=utc("2013-05-01"))
+        wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
         port = free_port()
         service = start(root, env, port, "serve.log")
         try:

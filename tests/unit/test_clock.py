@@ -41,11 +41,11 @@ def test_naive_times_are_refused(tmp_path: Path) -> None:
 
 
 def test_settings_choose_the_clock(settings, tmp_path: Path) -> None:
-    from prodguard import app
+    from prodguard import wiring
     from prodguard.config import load_settings
 
-    assert isinstance(app.clock_for(settings), SystemClock)
+    assert isinstance(wiring.clock_for(settings), SystemClock)
     simulated = load_settings(settings.config_path, environ={"PRODGUARD_CLOCK__FILE": "state/now"})
-    clock = app.clock_for(simulated)
+    clock = wiring.clock_for(simulated)
     assert isinstance(clock, FileClock)
     assert clock.path == settings.config_path.parent / "state" / "now"

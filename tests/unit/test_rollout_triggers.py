@@ -105,7 +105,8 @@ def test_drill_gate_needs_a_passed_recent_drill() -> None:
     from types import SimpleNamespace
 
     from prodguard.errors import PromotionRefused
-    from prodguard.rollout.drill import DRILL_TAG, drill_gate
+    from prodguard.registry.lineage import DRILL as DRILL_TAG
+    from prodguard.rollout.policy import drill_gate
 
     now = datetime(2026, 11, 29, tzinfo=UTC)
 

@@ -184,3 +184,62 @@ def test_positive_class_and_tags_round_trip() -> None:
     assert spec_from_tags(spec.tags(), threshold=0.5) == spec
     assert spec_from_tags(THREE.tags()) == THREE
     assert spec_from_tags({}) == TaskSpec(Task.BINARY, (0, 1))
+
+
+def logged(task_spec: TaskSpec, raw: object, outcomes: list[object]) -> pd.DataFrame:
+    """Prediction-log rows (as ``PredictionLog.window`` returns them) of ``raw`` outputs."""
+    out = normalise(task_spec, raw)
+    entries = [out.entry(i) for i in range(len(out))]
+    return pd.DataFrame(
+        {
+            "probability": [e[0] for e in entries],
+            "decision": [e[1] for e in entries],
+            "prediction": [e[2] for e in entries],
+            "features": [{} for _ in entries],
+            "flags": [[] for _ in entries],
+            "latencies_ms": [{} for _ in entries],
+            "outcome": [{"y": o} for o in outcomes],
+        }
+    )
+
+
+def test_window_measures_of_a_multiclass_model_with_a_project_cost() -> None:
+    from prodguard.config import KpiSettings
+    from prodguard.monitoring.measures import measure
+
+    raw = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]]
+    frame = logged(THREE, raw, ["early", "late", "late", "on_time"])
+    kpi = KpiSettings(name="cost", outcome="y", min_labelled=1)
+
+    def late_cost(outcomes: np.ndarray, predictions: pd.DataFrame) -> np.ndarray:
+        return (outcomes == "late") * (1 - predictions["proba.late"].to_numpy())
+
+    common = {"features": {}, "scores": None, "kpi": kpi, "matured": True, "errors": {}}
+    found = {m.metric: m.value for m in measure(frame, min_rows=1, spec=THREE, **common)}
+    assert found["score.share.early"] == 0.5 and found["score.share.late"] == 0.25
+    assert found["score.proba.on_time"] == pytest.approx(0.35)
+    assert found["kpi.cost"] == 0.5  # error rate
+    costed = measure(frame, min_rows=1, spec=THREE, cost=late_cost, **common)
+    assert {m.metric: m.value for m in costed}["kpi.cost"] == pytest.approx((0.9 + 0.3) / 4)
+    short = {m.metric: m.reason for m in measure(frame, min_rows=10, spec=THREE, **common)}
+    assert short["score.share.late"].startswith("insufficient data")
+
+
+def test_faulty_copies_per_task_wrap_real_models() -> None:
+    from prodguard.rollout.faults import ShiftedScores, ShiftedValues, faulty_model, score_scale
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+    three = LogisticRegression().fit(x, ["a", "a", "b", "b", "c", "c"])
+    spec = TaskSpec(Task.MULTICLASS, ("a", "b", "c"))
+    faulty = faulty_model(three, spec, 0.5)
+    assert isinstance(faulty, ShiftedScores)
+    shifted, base = faulty.predict_proba(x), three.predict_proba(x)
+    assert (shifted[:, 2] > base[:, 2]).all() and check_output(spec, shifted) == ""
+    assert set(faulty.predict(x)) <= {"a", "b", "c"}
+    regressor = LinearRegression().fit(x, x[:, 0])
+    values = faulty_model(regressor, REGRESSION, 2.0, scale=0.5)
+    assert isinstance(values, ShiftedValues) and not hasattr(values, "predict_proba")
+    assert values.predict(x) == pytest.approx(x[:, 0] + 1.0)
+    baseline = {"score_edges": [1.0, 2.0, 3.0], "score_fractions": [0.25, 0.25, 0.25, 0.25]}
+    assert score_scale(baseline) == pytest.approx(np.std([1.0, 1.5, 2.5, 3.0]))
+    assert score_scale(None) == 1.0

@@ -9,13 +9,17 @@ The settings (``PRODGUARD_CONFIG``) are read when the service starts, not at imp
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
 import bentoml
 from pydantic import BaseModel, Field
 
+from prodguard import wiring
+from prodguard.config import load_settings
+from prodguard.errors import ServiceNotReady
+from prodguard.registry.lineage import recorded_store_features
+from prodguard.serving.models import load_verified
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -31,17 +35,12 @@ class BareOut(BaseModel):
 @bentoml.service(name="prodguard-bare", traffic={"timeout": 30}, threads=8)
 class BareService:
     def __init__(self) -> None:
-        from prodguard import app
-        from prodguard.config import load_settings
-        from prodguard.errors import ServiceNotReady
-        from prodguard.serving.models import load_verified
-
-        registry = app.registry_operations(load_settings()).registry
+        registry = wiring.registry_operations(load_settings()).registry
         version = registry.aliases().get("champion")
         if version is None:
             raise ServiceNotReady("no champion to serve")
-        contract = registry.version(version).tags.get("prodguard.store_features", "[]")
-        self.model = load_verified(registry, json.loads(contract), version)
+        contract = recorded_store_features(registry.version(version).tags) or ()
+        self.model = load_verified(registry, contract, version)
 
     @bentoml.api(route="/predict")
     def predict(

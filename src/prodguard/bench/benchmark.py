@@ -24,12 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prodguard import wiring
 from prodguard.bench import workload
 from prodguard.bench.load import LevelResult, Samples, drive, merge
 from prodguard.bench.stats import Summary, ratio, summarize
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError, ServiceNotReady
+from prodguard.registry.lineage import REFERENCE_STATS_JSON
 from prodguard.service_process import free_port, start_service
+from prodguard.serving.prediction_log import SqlitePredictionLog
 
 LEVELS = (1, 4, 16)
 REQUESTS = 500  # per level
@@ -203,22 +206,21 @@ def run_bench(
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchReport:
     """Measure the guarded service and the bare endpoint on this machine (see module doc)."""
-    from prodguard import app
 
     concurrencies = _levels(levels)
     if requests < 1 or warmup < 0:
         raise InputError("--requests must be at least 1 and --warmup at least 0")
     if settings.serving is None or settings.model is None or settings.config_path is None:
         raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to benchmark")
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     aliases = registry.aliases()
     champion = aliases.get("champion")
     if champion is None:
         raise InputError(f"there is no champion to benchmark; {SETUP_HINT}")
-    at = app.feature_store(settings).materialized_until()
+    at = wiring.feature_store(settings).materialized_until()
     if at is None:
         raise InputError(f"the online store was never materialized; {SETUP_HINT}")
-    stats = registry.load_json_artifact(champion, "reference_stats.json")
+    stats = registry.load_json_artifact(champion, REFERENCE_STATS_JSON)
     categories = {
         name: frozenset(s.get("categories", {}))
         for name, s in stats.items()
@@ -267,11 +269,11 @@ def run_bench(
                     trio = _Trio(guarded.base_url, bare.base_url, floor.base_url, log_path)
                     if warmup:
                         trio.round(guarded_bodies[:warmup], min(4, concurrencies[-1]))
-                    levels: dict[int, tuple[LevelResult, ...]] = {}
+                    results: dict[int, tuple[LevelResult, ...]] = {}
                     for i, concurrency in enumerate(concurrencies):
                         chunk = guarded_bodies[warmup + i * requests : warmup + (i + 1) * requests]
-                        levels[concurrency] = trio.level(chunk, concurrency)
-                        progress(_describe(concurrency, levels[concurrency]))
+                        results[concurrency] = trio.level(chunk, concurrency)
+                        progress(_describe(concurrency, results[concurrency]))
                     batch = trio.batch(guarded_bodies[measured:], batch_rows)
                     progress(
                         f"/predict_batch {batch_rows} rows: server p50 {batch.server.p50:.1f} ms, "
@@ -288,10 +290,10 @@ def run_bench(
         shutil.rmtree(root, ignore_errors=True)
     return BenchReport(
         setup,
-        ServiceRun(guarded.cold_start_s, [levels[c][0] for c in concurrencies]),
-        ServiceRun(bare.cold_start_s, [levels[c][1] for c in concurrencies]),
+        ServiceRun(guarded.cold_start_s, [results[c][0] for c in concurrencies]),
+        ServiceRun(bare.cold_start_s, [results[c][1] for c in concurrencies]),
         concurrencies,
-        ServiceRun(floor.cold_start_s, [levels[c][2] for c in concurrencies]),
+        ServiceRun(floor.cold_start_s, [results[c][2] for c in concurrencies]),
         batch,
     )
 
@@ -331,8 +333,6 @@ class _Trio:
     on the machine affects all alike."""
 
     def __init__(self, guarded_url: str, bare_url: str, floor_url: str, log_path: Path) -> None:
-        from prodguard.serving.prediction_log import SqlitePredictionLog
-
         self.urls = (guarded_url, bare_url, floor_url)
         self.log = SqlitePredictionLog(log_path)
 

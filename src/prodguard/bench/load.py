@@ -84,8 +84,8 @@ def merge(concurrency: int, runs: list[Samples]) -> LevelResult:
     """One level's result from the runs (rounds) it was measured in."""
     latencies = [v for r in runs for v in r.latencies]
     if not latencies:
-        statuses = [r.statuses for r in runs]
-        raise ServiceNotReady(f"no request was answered at concurrency {concurrency}: {statuses}")
+        seen = [r.statuses for r in runs]
+        raise ServiceNotReady(f"no request was answered at concurrency {concurrency}: {seen}")
     stages: dict[str, list[float]] = {}
     statuses: dict[str, int] = {}
     for run in runs:

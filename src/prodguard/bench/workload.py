@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from prodguard.config import Settings
 from prodguard.errors import NoDataError
+from prodguard.monitoring.replay import request_rows
 from prodguard.project import import_object
 from prodguard.serving.prediction_log import PredictionLog
 
@@ -31,7 +32,6 @@ def guarded_bodies(
     """``count`` request bodies (request model JSON with ``request_id`` = prefix + number) for
     flights of the weeks before ``at``, departing at ``at`` + 1 minute. Only flights whose
     categorical fields the model knows (``categories``) are asked: the rest would be 422s."""
-    from prodguard.monitoring.replay import request_rows
 
     assert settings.serving is not None
     request_model = import_object(settings.serving.request_model, "serving.request_model")

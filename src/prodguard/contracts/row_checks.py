@@ -178,7 +178,7 @@ class RowContract:
         """Broken expectations of the row's columns. With ``nullable_when_tolerant``, a null is
         accepted where the suite's not-null expectation has ``mostly`` < 1 (the suite tolerates
         nulls there; a request is one row and cannot be judged by a batch's share)."""
-        found = []
+        found: list[Any] = []
         for column, checks in self._by_column.items():
             if column not in row:
                 continue

@@ -22,15 +22,28 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from prodguard import app
+from prodguard import app, wiring
+from prodguard.alerts import AlertGate
 from prodguard.clock import FileClock
 from prodguard.config import Settings, load_settings
 from prodguard.demo.events import EventLog
 from prodguard.demo.service import ServiceProcess
 from prodguard.demo.traffic import HttpTraffic, OnlineFeed, TrafficResult
 from prodguard.durable import write_json_atomic
-from prodguard.errors import ConfigError, InputError
+from prodguard.errors import InputError
+from prodguard.monitoring.jobs import (
+    alert_gate,
+    build_monitor,
+    drift_report,
+    record_baseline,
+    run_monitor,
+)
+from prodguard.monitoring.monitor import Monitor
 from prodguard.project import load_loader
+from prodguard.rollout.drill import run_drill
+from prodguard.rollout.faults import register_faulty
+from prodguard.rollout.guard import Guard, GuardDecision
+from prodguard.rollout.jobs import build_guard, start_rollout
 
 MARKER = "events.json"
 GUARD_MOVES = ("rolled_back", "advanced", "promoted", "aborted", "ended", "restarted")
@@ -80,13 +93,13 @@ class DemoRun:
         self.traffic: list[TrafficResult] = []
         self.reports: list[dict[str, Any]] = []
         self.figures: dict[str, Any] = {}
-        self._operations = app.registry_operations(self.settings, with_checks=True)
+        self._operations = wiring.registry_operations(self.settings, with_checks=True)
         self.events = EventLog(
             self.output / MARKER, self.settings.paths.alerts_file, self._operations
         )
-        self._guard: Any = None
-        self._monitor: Any = None
-        self._gate: Any = None
+        self._guard: Guard | None = None
+        self._monitor: Monitor | None = None
+        self._gate: AlertGate | None = None
         self._feed: OnlineFeed | None = None
         self._traffic: HttpTraffic | None = None
         self._promoted_by_user: float | None = None
@@ -178,8 +191,6 @@ class DemoRun:
         return result.version
 
     def baseline(self, start: datetime, end: datetime, version: int) -> None:
-        from prodguard.monitoring.jobs import record_baseline
-
         with self.console.status(f"  staging replay of v{version} for its baseline..."):
             done = record_baseline(self.settings, start, end, version=version)
         base = done.baseline
@@ -197,8 +208,6 @@ class DemoRun:
         )
 
     def drill(self, version: int) -> None:
-        from prodguard.rollout.drill import run_drill
-
         with self.console.status(f"  rollback drill of v{version} on a staging overlay..."):
             result = run_drill(self.settings, version)
         self.console.print(f"  drill: {result.reason}", soft_wrap=True)
@@ -243,7 +252,7 @@ class DemoRun:
         return champion
 
     def register_faulty(self, base: int, shift: float) -> int:
-        from prodguard.rollout.faults import register_faulty
+        # lazy: scikit-learn loads only for the commands that need it
         from prodguard.training.trainer import pip_requirements
 
         version = register_faulty(self._operations, base, shift, "demo", pip_requirements())
@@ -251,8 +260,6 @@ class DemoRun:
         return version
 
     def start_rollout(self, mode: str, steps: list[float]) -> None:
-        from prodguard.rollout.jobs import start_rollout
-
         with self.following():
             start_rollout(self.settings, mode, "demo", ",".join(f"{s:g}" for s in steps))
 
@@ -263,7 +270,7 @@ class DemoRun:
         seconds = self.service.cold_start_s
         self.figures["service_ready_seconds"] = round(seconds, 1)
         self.console.print(f"  prediction service ready on {self.service.url} in {seconds:.1f} s")
-        feed = OnlineFeed(self.settings, app.feature_store(self.settings), features_since)
+        feed = OnlineFeed(self.settings, wiring.feature_store(self.settings), features_since)
         self._feed = feed
         self._traffic = HttpTraffic(  # one for the run: outcomes still due carry over
             self.settings,
@@ -273,8 +280,6 @@ class DemoRun:
             outcome_after=timedelta(hours=self.story.outcome_hours),
             single_share=self.story.single_share,
         )
-        from prodguard.monitoring.jobs import alert_gate, build_monitor
-        from prodguard.rollout.jobs import build_guard
 
         self._guard = build_guard(self.settings)
         self._monitor = build_monitor(self.settings)
@@ -325,9 +330,10 @@ class DemoRun:
         if checked or hour.hour == 0:
             self.collect()
 
-    def guard_check(self) -> list[Any]:
+    def guard_check(self) -> list[GuardDecision]:
         before = self.service.swaps() if self.service is not None else 0.0
         began = time.perf_counter()
+        assert self._guard is not None, "the guard is built when the service starts"
         decisions = self._guard.check()
         moved = [d for d in decisions if d.action in GUARD_MOVES]
         if moved and self.service is not None:
@@ -351,8 +357,9 @@ class DemoRun:
         return decisions
 
     def monitor(self) -> None:
-        from prodguard.monitoring.jobs import run_monitor
-
+        assert self._monitor is not None and self._gate is not None, (
+            "monitors are built with the service"
+        )
         done = run_monitor(self._monitor, self._gate, now=self.now)
         self.monitor_reports.extend(r.to_json() for r in done.reports)
 
@@ -360,7 +367,6 @@ class DemoRun:
         self, start: datetime, end: datetime, version: int | None = None
     ) -> dict[str, Any]:
         """An Evidently report of ``[start, end)`` for ``version`` (default: the champion)."""
-        from prodguard.monitoring.jobs import drift_report
 
         with self.console.status("  Evidently drift report..."):
             entry = drift_report(self.settings, start, end, version, now=self.now).to_json()
@@ -396,31 +402,3 @@ def describe(event: dict[str, Any]) -> str:
     text = details.get("message") or details.get("reason") or ""
     version = f" v{event['model_version']}" if event.get("model_version") is not None else ""
     return f"{event['time'][:16]} {event['type']}{version} {text}".strip()
-
-
-def load_story(settings: Settings) -> Story:
-    from prodguard.project import import_object
-
-    if settings.demo is None:
-        raise ConfigError("prodguard.yaml has no 'demo' section (story: module:attribute)")
-    return import_object(settings.demo.story, "demo.story")  # type: ignore[no-any-return]
-
-
-def run_demo(settings: Settings, console: Console, short: bool = False) -> DemoRun:
-    """Play the project's story from a clean data folder; the service is stopped whatever
-    happens, and the records written so far are kept."""
-    from prodguard.demo.summary import print_summary, write_summary
-
-    story = load_story(settings)
-    assert settings.config_path is not None
-    run = DemoRun(settings.config_path, story, console)
-    try:
-        story.play(run, short)
-    finally:
-        run.stop_service()
-        run.collect()
-        run.save()
-    run.figures["seconds"] = round(time.perf_counter() - run.began, 1)
-    page = write_summary(run)
-    print_summary(run, page)
-    return run

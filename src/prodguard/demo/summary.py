@@ -9,16 +9,14 @@ import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 from rich.table import Table
 
-from prodguard import app
+from prodguard import app, wiring
+from prodguard.demo.runner import DemoRun
 from prodguard.serving.prediction_log import ANSWERS
-
-if TYPE_CHECKING:
-    from prodguard.demo.runner import DemoRun
 
 MARKERS = {  # event type -> (colour, marker) on the timeline
     "promotion": ("tab:green", "^"),
@@ -151,7 +149,7 @@ def _timeline(events: list[dict[str, Any]]) -> str:
 def write_summary(run: DemoRun) -> Path:
     settings = run.settings
     found = findings_frame(run.monitor_reports)
-    log = app.prediction_log(settings)
+    log = wiring.prediction_log(settings)
     try:
         served = log.window(pd.Timestamp("1970-01-01", tz="UTC"), run.now, role=ANSWERS)
     finally:
@@ -223,7 +221,7 @@ Events: {badges}</p>
 <td><b>details</b></td></tr>{rows}</table>
 <p>Machine-readable: <a href="events.json">events.json</a>.
 Registry: <code>{
-        esc(app.mlflow_ui_command(app.registry_operations(run.settings).registry.config))
+        esc(app.mlflow_ui_command(wiring.registry_operations(run.settings).registry.config))
     }</code></p>
 </body></html>
 """
@@ -279,6 +277,6 @@ def print_summary(run: DemoRun, page: Path) -> None:
     console.print(f"reports        {paths.reports_dir / 'index.html'}", soft_wrap=True)
     console.print(f"prediction log {paths.prediction_log}", soft_wrap=True)
     console.print(f"alerts         {paths.alerts_file}", soft_wrap=True)
-    config = app.registry_operations(run.settings).registry.config
+    config = wiring.registry_operations(run.settings).registry.config
     console.print(f"MLflow UI:     {app.mlflow_ui_command(config)}", soft_wrap=True)
     console.print(f"done in {run.figures.get('seconds')} s (simulated clock in {run.clock.path})")

@@ -25,6 +25,7 @@ from prodguard.clock import FileClock
 from prodguard.config import Settings
 from prodguard.demo.service import ServiceProcess
 from prodguard.errors import ServiceNotReady
+from prodguard.features.ports import FeatureStore
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.monitoring.replay import request_id, request_rows, single
 from prodguard.project import import_object
@@ -59,7 +60,7 @@ class OnlineFeed:
     """Pushes the offline rows of every time-based feature view to the online store once the
     clock has passed them. ``reload()`` after an ingestion makes newly written rows visible."""
 
-    def __init__(self, settings: Settings, store: Any, since: datetime) -> None:
+    def __init__(self, settings: Settings, store: FeatureStore, since: datetime) -> None:
         self._settings = settings
         self._store = store
         self._offline = OfflineStore(settings.paths.offline_dir)

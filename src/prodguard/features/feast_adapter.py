@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -106,7 +106,7 @@ class FeastStore:
             ) from None
         with _feast_errors("opening the Feast feature store"):
             self._store = FeatureStore(config=config)
-        self._direct: _DirectReads | bool | None = None  # built at the first online read
+        self._direct: _DirectReads | Literal[False] | None = None  # built at the first online read
         self._direct_lock = threading.Lock()
         # DuckDB's progress bar is turned off before the first offline read (importing ibis
         # here would cost a serving process ~0.3 s of cold start for nothing)
@@ -385,16 +385,18 @@ class FeastStore:
         """``online_features`` as one dict per entity row (feature values and ``__ts``), the
         request path's read: straight from the online store's rows when the store is Feast's
         SQLite or Redis store, else through ``get_online_features``."""
-        if self._direct is None:
+        direct = self._direct
+        if direct is None:
             with self._direct_lock:
                 if self._direct is None:
                     self._direct = self._direct_reader()
-        if self._direct is not False:
+                direct = self._direct
+        if direct is not False:
             with _feast_errors("online lookup"):
-                return self._direct.read(entity_rows)
+                return direct.read(entity_rows)
         return self.online_features(entity_rows).to_dict("records")
 
-    def _direct_reader(self) -> _DirectReads | bool:
+    def _direct_reader(self) -> _DirectReads | Literal[False]:
         kind = getattr(self._store.config.online_store, "type", None)
         if kind not in ("sqlite", "redis"):
             return False  # stores whose reads are not tested against Feast's: Feast's path
@@ -534,7 +536,7 @@ def _import_feast_unchecked() -> None:
         return target if target is not None else (lambda f: f)
 
     checked = typeguard.typechecked
-    typeguard.typechecked = unchecked  # type: ignore[assignment]
+    typeguard.typechecked = unchecked
     try:
         import feast  # noqa: F401
     finally:

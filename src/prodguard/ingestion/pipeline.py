@@ -170,7 +170,7 @@ class Ingestor:
         began = time.perf_counter()
         config = self.settings.sources[source]
         suite = self.suite(source)
-        window = {
+        window: dict[str, Any] = {
             "start": start.isoformat() if start else None,
             "end": end.isoformat() if end else None,
         }
@@ -249,7 +249,7 @@ class Ingestor:
         frame: pd.DataFrame,
         report: ValidationReport,
         change: SchemaDiff | None,
-        window: dict[str, str | None],
+        window: dict[str, Any],
         validation_seconds: float,
         began: float,
     ) -> BatchResult:

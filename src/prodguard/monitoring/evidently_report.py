@@ -461,7 +461,8 @@ def _index_row(reports_dir: Path, entry: dict[str, Any]) -> str:
     columns = entry.get("columns")
     count = f"{len(drifted)} of {columns}" if isinstance(columns, int) else str(len(drifted))
     names = f"<br><small>{esc(', '.join(drifted))}</small>" if drifted else ""
-    details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+    found = entry.get("details")
+    details = found if isinstance(found, dict) else {}
     shown = "<br>".join(
         f"{esc(str(k))}: {esc(v if isinstance(v, str) else json.dumps(v, default=str))}"
         for k, v in sorted(details.items(), key=lambda kv: str(kv[0]))

@@ -12,14 +12,19 @@ from typing import Any
 
 import pandas as pd
 
-from prodguard import app
+from prodguard import wiring
+from prodguard.alert_store import PostgresAlerts
 from prodguard.alerts import Alert, AlertGate, FileGateState
 from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError, NoDataError, RegistryError, StorageError
+from prodguard.features.as_of import AsOfFeatures
+from prodguard.features.feast_adapter import ViewVersion, feature_contract
+from prodguard.ingestion.offline import OfflineStore
 from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of
 from prodguard.monitoring.baseline import Baseline, summarise
+from prodguard.monitoring.evidently_report import write_drift_report
 from prodguard.monitoring.measures import (
     feature_references,
     kpi_cost_function,
@@ -30,37 +35,42 @@ from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
 from prodguard.monitoring.windows import WindowSpec, tile
+from prodguard.registry import lineage
+from prodguard.registry.operations import RegistryOperations
+from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
-from prodguard.serving.models import ServingState
+from prodguard.serving.engine import OnlineFeatures, Predictor
+from prodguard.serving.models import ServingState, load_verified
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
 from prodguard.tasks import ModelScorer, normalise, spec_from_tags
+from prodguard.training.dataset import build_frame, is_categorical
 from prodguard.training.reference import reference_stats
 
 _log = logging.getLogger("prodguard.monitoring")
-BASELINE_ARTIFACT = "baseline.json"
-BASELINE_TAG = "prodguard.baseline"
-REFERENCE_ARTIFACT = "reference_stats.json"
 
 
-def version_reference(registry: Any, version: int) -> VersionReference:
+def version_reference(registry: VersionReader, version: int) -> VersionReference:
     """A version's training feature bins and (if recorded) its staging baseline."""
-    stats = registry.load_json_artifact(version, REFERENCE_ARTIFACT)
+    stats = registry.load_json_artifact(version, lineage.REFERENCE_STATS_JSON)
     baseline = None
     tags = registry.version(version).tags
-    if BASELINE_TAG in tags:
-        baseline = Baseline.from_json(registry.load_json_artifact(version, BASELINE_ARTIFACT))
+    if lineage.BASELINE in tags:
+        baseline = Baseline.from_json(registry.load_json_artifact(version, lineage.BASELINE_JSON))
     return VersionReference(feature_references(stats), baseline, spec_from_tags(tags))
 
 
-def resolve_version(operations: Any, version: int | None, prefer: tuple[str, ...]) -> int:
+def resolve_version(
+    operations: RegistryOperations, version: int | None, prefer: tuple[str, ...]
+) -> int:
     """``version`` if given (and registered), else the first of the ``prefer`` aliases set."""
     if version is not None:
         operations.registry.version(version)  # unknown: RegistryError naming it
         return version
     aliases = operations.state().as_dict()
     for alias in prefer:
-        if aliases.get(alias) is not None:
-            return int(aliases[alias])
+        found = aliases.get(alias)
+        if found is not None:
+            return found
     raise InputError(f"no {' or '.join(prefer)} version is set; pass --version")
 
 
@@ -94,7 +104,7 @@ def record_baseline(
     began = time.perf_counter()
     if end <= start:
         raise InputError("--end must be after --start")
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     version = resolve_version(operations, version, ("candidate", "champion"))
     path = staging_log_path(settings, version)
     _remove_log(path)
@@ -108,31 +118,29 @@ def record_baseline(
     finally:
         log.close()
     if store_baseline:
-        operations.registry.log_json_artifact(version, BASELINE_ARTIFACT, baseline.to_json())
+        operations.registry.log_json_artifact(version, lineage.BASELINE_JSON, baseline.to_json())
         operations.registry.set_version_tag(
-            version, BASELINE_TAG, f"{start.isoformat()}/{end.isoformat()}"
+            version, lineage.BASELINE, f"{start.isoformat()}/{end.isoformat()}"
         )
     return BaselineResult(baseline, replayed, path, time.perf_counter() - began)
 
 
 def replay_predictor(
     settings: Settings,
-    views: list[Any],
+    views: list[ViewVersion],
     log: PredictionLog,
-    wrap_store: Callable[[Any, Clock], Any] | None = None,
-) -> Callable[[Callable[[], Any], Clock], Any]:
+    wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
+) -> Callable[[Callable[[], ServingState], Clock], Predictor]:
     """Builds the real request path over the as-of feature store for a replay's clock."""
-    from prodguard.features.as_of import AsOfFeatures
-    from prodguard.ingestion.offline import OfflineStore
 
     offline = OfflineStore(settings.paths.offline_dir)
     timestamps = {name: s.timestamp for name, s in settings.sources.items()}
 
-    def predictor_for(state: Callable[[], Any], clock: Clock) -> Any:
-        store: Any = AsOfFeatures(offline, views, clock, timestamps)
+    def predictor_for(state: Callable[[], ServingState], clock: Clock) -> Predictor:
+        store: OnlineFeatures = AsOfFeatures(offline, views, clock, timestamps)
         if wrap_store is not None:
             store = wrap_store(store, clock)
-        return app.build_predictor(
+        return wiring.build_predictor(
             settings, store, state, log, views=views, clock=clock, shadow_sample=0.0
         )
 
@@ -141,24 +149,22 @@ def replay_predictor(
 
 def replay_version(
     settings: Settings,
-    registry: Any,
+    registry: VersionReader,
     version: int,
     start: datetime,
     end: datetime,
     log: PredictionLog,
     *,
     keep: Callable[[str], bool] | None = None,
-    wrap_store: Callable[[Any, Clock], Any] | None = None,
+    wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
     single_share: float | None = None,
     rollout: TrafficPolicy | None = None,
 ) -> ReplayResult:
     """Serve ``[start, end)`` with ``version`` as champion (and ``rollout``'s version in canary
     or shadow traffic) into ``log`` over the as-of feature store (``wrap_store`` may inject
     faults into it)."""
-    from prodguard.features.feast_adapter import feature_contract
-    from prodguard.serving.models import load_verified
 
-    views = app.feature_store(settings).versions()
+    views = wiring.feature_store(settings).versions()
     contract = feature_contract(views)
     state = ServingState(champion=load_verified(registry, contract, version))
     if rollout is not None and rollout.version is not None:
@@ -263,22 +269,20 @@ class MonitorRun:
 def build_monitor(
     settings: Settings, clock: Clock | None = None, log: PredictionLog | None = None
 ) -> Monitor:
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     return Monitor(
-        log or app.prediction_log(settings),
+        log or wiring.prediction_log(settings),
         lambda version: version_reference(registry, version),
         settings.monitoring,
-        clock or app.clock_for(settings),
+        clock or wiring.clock_for(settings),
     )
 
 
 def alert_gate(settings: Settings, metrics_registry: Any = None) -> AlertGate:
     """The gate monitors send through: open conditions in ``storage.url`` (shared by every
     monitor of the deployment), else in the state folder."""
-    alerter = app.alerter_for(settings, metrics_registry)
+    alerter = wiring.alerter_for(settings, metrics_registry)
     if settings.storage.url:
-        from prodguard.alert_store import PostgresAlerts
-
         return AlertGate(PostgresAlerts(settings.storage.url).gate("monitor"), alerter)
     return AlertGate(FileGateState(settings.paths.state_dir / "open_alerts.json"), alerter)
 
@@ -385,16 +389,15 @@ def drift_report(
 ) -> Any:
     """An Evidently drift report of the served window ``[start, end)`` against the version's
     training window (features as the model saw them, and its scores), into the reports folder."""
-    from prodguard.monitoring.evidently_report import write_drift_report
-    from prodguard.training.dataset import build_frame, is_categorical
+    # lazy: scikit-learn loads only for the commands that need it
     from prodguard.training.model import prepare
 
     if end <= start:
         raise InputError("--end must be after --start")
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     registry = operations.registry
     version = resolve_version(operations, version, ("champion",))
-    log = log or app.prediction_log(settings)
+    log = log or wiring.prediction_log(settings)
     served = log.window(start, end, role=ANSWERS)
     served = served[served["version"] == version]
     if served.empty:
@@ -402,11 +405,11 @@ def drift_report(
             f"no predictions of v{version} were logged in [{start:%Y-%m-%d}, {end:%Y-%m-%d}); "
             "choose a window with traffic (see `prodguard monitor`)"
         )
-    window = registry.version(version).tags.get("prodguard.train_window")
+    window = registry.version(version).tags.get(lineage.TRAIN_WINDOW)
     if not window:
         raise RegistryError(f"v{version} has no recorded training window; train it with prodguard")
     train_start, train_end = (pd.Timestamp(t).to_pydatetime() for t in window.split("/"))
-    training = build_frame(settings, app.feature_store(settings), train_start, train_end)
+    training = build_frame(settings, wiring.feature_store(settings), train_start, train_end)
     limit = settings.monitoring.reports_max_rows
     task = spec_from_tags(registry.version(version).tags)
     scorer = ModelScorer(registry.load_model(version), task.task)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from prodguard.config import KpiSettings
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
+from prodguard.serving.prediction_log import ErrorKind
 from prodguard.tasks import (
     CostFunction,
     Outputs,
@@ -106,7 +107,7 @@ def measure(
     staging: Mapping[str, FeatureReference] | None = None,
     kpi: KpiSettings,
     matured: bool,
-    errors: Mapping[str, int],
+    errors: Mapping[ErrorKind, int],
     min_rows: int,
     spec: TaskSpec = BINARY,
     cost: CostFunction | None = None,

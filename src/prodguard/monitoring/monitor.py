@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +30,7 @@ from prodguard.monitoring.measures import (
     measure,
 )
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
-from prodguard.serving.prediction_log import ANSWERS, PredictionLog, Roles
+from prodguard.serving.prediction_log import ANSWERS, ErrorKind, PredictionLog, Roles
 from prodguard.tasks import TaskSpec
 
 _log = logging.getLogger("prodguard.monitoring")
@@ -270,7 +270,7 @@ class Monitor:
         self,
         rows: pd.DataFrame,
         reference: VersionReference,
-        errors: dict[str, int],
+        errors: Mapping[ErrorKind, int],
         matured: bool,
         every: int,
         min_rows: int,

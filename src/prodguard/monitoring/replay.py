@@ -24,6 +24,8 @@ from prodguard.clock import FixedClock
 from prodguard.config import Settings
 from prodguard.errors import NoDataError, RequestRejected, TrainingError
 from prodguard.ingestion.offline import OfflineStore
+from prodguard.project import import_object
+from prodguard.serving.engine import Predictor
 from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import PredictionLog
 
@@ -73,7 +75,7 @@ def single(request: str, share: float = SINGLE_SHARE) -> bool:
 def replay(
     settings: Settings,
     state: ServingState | Callable[[], ServingState],
-    predictor_for: Callable[[Callable[[], ServingState], FixedClock], Any],
+    predictor_for: Callable[[Callable[[], ServingState], FixedClock], Predictor],
     log: PredictionLog,
     start: datetime,
     end: datetime,
@@ -89,7 +91,6 @@ def replay(
     by returning False."""
     began = time.perf_counter()
     assert settings.model is not None and settings.serving is not None
-    from prodguard.project import import_object
 
     request_model = import_object(settings.serving.request_model, "serving.request_model")
     rows = request_rows(settings, start, end)
@@ -135,7 +136,7 @@ def replay(
 
 
 def _calls(
-    predictor: Any, batch: list[tuple[str, dict[str, Any], Any]], share: float
+    predictor: Predictor, batch: list[tuple[str, dict[str, Any], Any]], share: float
 ) -> list[list[Any]]:
     """One call per sampled or refused request, one batch for the rest (a refused row would
     reject the whole batch)."""

@@ -122,7 +122,9 @@ class AuditLog:
                 evidence=json.dumps(record.evidence, sort_keys=True, default=str),
             )
         )
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        assert key is not None  # a single-row insert returns its primary key
+        return int(key[0])
 
     def last(self, conn: sa.Connection, model: str) -> AuditRecord | None:
         """The newest record of ``model``, read in the caller's transaction."""

@@ -50,11 +50,11 @@ from prodguard.errors import (
     first_line,
     redact,
 )
+from prodguard.registry import lineage
 from prodguard.registry.config import RegistryConfig
 from prodguard.telemetry import disable_telemetry
 
 ALIASES = ("champion", "standby", "candidate")
-ARTIFACT_DIGEST_TAG = "prodguard.artifact_sha256"
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -223,10 +223,10 @@ class MlflowRegistry:
         """The version's model, loaded from a local copy of its artifact directory whose digest
         equals the one recorded at registration; ArtifactIntegrityError (nothing deserialised)
         when it differs or none was recorded."""
-        recorded = self.version(version).tags.get(ARTIFACT_DIGEST_TAG)
+        recorded = self.version(version).tags.get(lineage.ARTIFACT_DIGEST)
         if not recorded:
             raise ArtifactIntegrityError(
-                f"v{version} has no recorded artifact digest ({ARTIFACT_DIGEST_TAG}): it was "
+                f"v{version} has no recorded artifact digest ({lineage.ARTIFACT_DIGEST}): it was "
                 "registered before prodguard verified model artifacts (or its registration was "
                 "interrupted), so it is not loaded; re-register it — train the same window again "
                 "with `prodguard train` (training is deterministic)"
@@ -316,13 +316,13 @@ class MlflowRegistry:
                 )
             version = int(logged.registered_model_version)
             for key, value in tags.items():
-                if key != ARTIFACT_DIGEST_TAG:  # a copied version's digest is its own
+                if key != lineage.ARTIFACT_DIGEST:  # a copied version's digest is its own
                     self._client.set_model_version_tag(self.model_name, str(version), key, value)
             self._client.set_model_version_tag(
-                self.model_name, str(version), "prodguard.run_id", run.info.run_id
+                self.model_name, str(version), lineage.RUN_ID, run.info.run_id
             )
         # the digest of what the artifact store holds, read back after registration
-        self.set_version_tag(version, ARTIFACT_DIGEST_TAG, self.artifact_digest(version))
+        self.set_version_tag(version, lineage.ARTIFACT_DIGEST, self.artifact_digest(version))
         return version
 
     def set_alias(self, alias: str, version: int) -> None:

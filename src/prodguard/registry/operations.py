@@ -32,11 +32,12 @@ from typing import Any
 
 from prodguard.clock import Clock, SystemClock
 from prodguard.errors import ConcurrentUpdateError, InputError, PromotionRefused, RegistryError
+from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog, AuditRecord
-from prodguard.registry.mlflow_adapter import ALIASES, MlflowRegistry
-from prodguard.rollout.policy import TRAFFIC_TAG, Mode, TrafficPolicy, read_targets
+from prodguard.registry.mlflow_adapter import ALIASES
+from prodguard.registry.ports import ModelRegistry
+from prodguard.rollout.policy import Mode, TrafficPolicy, read_targets
 
-DEMOTED_TAG = "prodguard.demoted_reason"
 RECONCILE_ACTOR = "prodguard-reconcile"
 RECONCILE_REASON = (
     "aliases moved without an audit record (interrupted move or a move made in the MLflow UI)"
@@ -78,7 +79,7 @@ PromotionCheck = Callable[[int], None]
 class RegistryOperations:
     def __init__(
         self,
-        registry: MlflowRegistry,
+        registry: ModelRegistry,
         audit: AuditLog,
         clock: Clock | None = None,
         promotion_check: PromotionCheck | None = None,
@@ -225,9 +226,9 @@ class RegistryOperations:
 
         def tag_demoted(current: AliasState, _: AliasState) -> None:
             if current.champion is not None:
-                self.registry.set_version_tag(current.champion, DEMOTED_TAG, reason)
+                self.registry.set_version_tag(current.champion, lineage.DEMOTED_REASON, reason)
                 self.registry.set_version_tag(
-                    current.champion, "prodguard.demoted_at", self.clock.now().isoformat()
+                    current.champion, lineage.DEMOTED_AT, self.clock.now().isoformat()
                 )
 
         return self._move("rollback", plan, actor, reason, evidence or {}, start, after=tag_demoted)
@@ -235,7 +236,7 @@ class RegistryOperations:
     # ---- traffic policy (stored as a tag of the registered model) ------------------------
 
     def traffic(self) -> TrafficPolicy:
-        return TrafficPolicy.from_json(self.registry.model_tag(TRAFFIC_TAG))
+        return TrafficPolicy.from_json(self.registry.model_tag(lineage.TRAFFIC))
 
     def targets(self) -> tuple[AliasState, TrafficPolicy]:
         """The aliases and the traffic policy from one registry read."""
@@ -265,7 +266,7 @@ class RegistryOperations:
                         f"{current.describe()}); nothing changed — check `prodguard status`"
                     )
                 else:
-                    self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(policy.to_json()))
+                    self.registry.set_model_tag(lineage.TRAFFIC, json.dumps(policy.to_json()))
                     written = current
                     record = AuditRecord(
                         time=self.clock.now(),
@@ -284,7 +285,7 @@ class RegistryOperations:
                     record_id = self.audit.append(tx, record)
         except BaseException:
             if written is not None:
-                self.registry.set_model_tag(TRAFFIC_TAG, json.dumps(written.to_json()))
+                self.registry.set_model_tag(lineage.TRAFFIC, json.dumps(written.to_json()))
             raise
         if refusal is not None:
             raise refusal

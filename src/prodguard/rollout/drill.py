@@ -25,20 +25,30 @@ from typing import Any
 
 import numpy as np
 
-from prodguard import app
+from prodguard import wiring
 from prodguard.alerts import Alerter, JsonlSink
 from prodguard.clock import FixedClock
 from prodguard.config import Settings
-from prodguard.errors import InputError, PromotionRefused, RegistryError
+from prodguard.errors import InputError, RegistryError
+from prodguard.features.feast_adapter import ViewVersion, feature_contract
+from prodguard.features.ports import FeatureStore
+from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
+from prodguard.monitoring.monitor import Monitor
+from prodguard.monitoring.replay import replay, request_rows
 from prodguard.project import import_object
+from prodguard.registry import lineage
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.mlflow_adapter import ALIASES, ModelVersion
 from prodguard.registry.operations import RegistryOperations
-from prodguard.rollout.faults import FAULT_TAG, faulty_model, score_scale
+from prodguard.registry.ports import Classifier, ModelRegistry
+from prodguard.rollout.faults import faulty_model, score_scale
+from prodguard.rollout.guard import Guard
 from prodguard.rollout.policy import read_targets
+from prodguard.serving.models import ModelFollower, ServingState, load_verified
+from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
 from prodguard.tasks import spec_from_tags
+from prodguard.timewindows import parse_time
 
-DRILL_TAG = "prodguard.drill"
 FAULTY_OFFSET = 1_000_000  # the staging-only faulty copy of vN is numbered N + this
 LATENCY_REQUESTS = 200
 
@@ -47,7 +57,7 @@ class StagingRegistry:
     """The real registry's versions, models and artifacts; aliases, tags and faulty versions of
     its own, in memory."""
 
-    def __init__(self, registry: Any, faulty: dict[int, tuple[int, float]]) -> None:
+    def __init__(self, registry: ModelRegistry, faulty: dict[int, tuple[int, float]]) -> None:
         self._registry = registry
         self._faulty = faulty  # faulty version -> (base version, score shift)
         self._aliases: dict[str, int | None] = dict.fromkeys(ALIASES)
@@ -79,13 +89,22 @@ class StagingRegistry:
         found = self._registry.version(base)
         tags = {**found.tags, **self._version_tags.get(version, {})}
         if version in self._faulty:
-            tags[FAULT_TAG] = f"v{base} with scores shifted by {shift:+g} (drill)"
+            tags[lineage.FAULT] = f"v{base} with scores shifted by {shift:+g} (drill)"
         return replace(found, version=version, tags=tags)
+
+    def versions(self) -> list[ModelVersion]:
+        return self._registry.versions()
+
+    def log_version(self, *args: Any, **kwargs: Any) -> int:
+        raise RegistryError("a drill registers nothing (staging registry)")
+
+    def log_json_artifact(self, version: int, name: str, document: Any) -> None:
+        raise RegistryError("a drill records nothing in the registry (staging registry)")
 
     def set_version_tag(self, version: int, key: str, value: str) -> None:
         self._version_tags.setdefault(version, {})[key] = value
 
-    def load_model(self, version: int) -> Any:
+    def load_model(self, version: int) -> Classifier:
         base, shift = self._faulty.get(version, (version, 0.0))
         model = self._registry.load_model(base)
         if version not in self._faulty:
@@ -131,13 +150,6 @@ def run_drill(
 ) -> DrillResult:
     """Rehearse a rollback for ``version`` (default: candidate, else champion) over the staging
     period (default: the version's baseline period), record the result on the version."""
-    from prodguard.features.feast_adapter import feature_contract
-    from prodguard.monitoring.jobs import replay_predictor, resolve_version, version_reference
-    from prodguard.monitoring.monitor import Monitor
-    from prodguard.monitoring.replay import replay
-    from prodguard.rollout.guard import Guard
-    from prodguard.serving.models import ModelFollower, load_verified
-    from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
 
     began = time.perf_counter()
     if not 0 < abs(shift) < 1:
@@ -145,10 +157,10 @@ def run_drill(
             "--shift must be between -1 and 1 (a share of probability; for a regressor, "
             "baseline standard deviations), not 0"
         )
-    production = app.registry_operations(settings)
+    production = wiring.registry_operations(settings)
     version = resolve_version(production, version, ("candidate", "champion"))
     start, end = _period(production, version, start, end)
-    store = app.feature_store(settings)
+    store = wiring.feature_store(settings)
     views = store.versions()
     latency = _latency(settings, production.registry, version, store, views)
 
@@ -163,7 +175,7 @@ def run_drill(
     operations = RegistryOperations(
         staging,
         AuditLog(f"sqlite:///{audit_path}"),
-        clock=clock,  # type: ignore[arg-type]
+        clock=clock,
     )
     alerter = Alerter([JsonlSink(folder / f"drill-v{version}.alerts.jsonl")])
     contract = feature_contract(views)
@@ -235,11 +247,11 @@ def run_drill(
         standby_answers=seen.get("standby", 0),
         latency_p50_ms=latency["p50"],
         latency_p99_ms=latency["p99"],
-        latency_requests=latency["n"],
+        latency_requests=int(latency["n"]),
         at=datetime.now(UTC).isoformat(),
         seconds=time.perf_counter() - began,
     )
-    production.registry.set_version_tag(version, DRILL_TAG, json.dumps(result.to_json()))
+    production.registry.set_version_tag(version, lineage.DRILL, json.dumps(result.to_json()))
     return result
 
 
@@ -252,37 +264,35 @@ def _period(
         return start, end
     if start is not None or end is not None:
         raise InputError("give both --start and --end, or neither (the baseline's period)")
-    recorded = operations.registry.version(version).tags.get("prodguard.baseline")
+    recorded = operations.registry.version(version).tags.get(lineage.BASELINE)
     if not recorded:
         raise InputError(
             f"v{version} has no staging baseline: run `prodguard baseline` first (the drill "
             "needs it to judge the faulty copy), or give --start/--end"
         )
-    first, last = recorded.split("/")
-    return datetime.fromisoformat(first), datetime.fromisoformat(last)
+    return lineage.split_window(recorded)
 
 
 def _latency(
-    settings: Settings, registry: Any, version: int, store: Any, views: list[Any]
+    settings: Settings,
+    registry: ModelRegistry,
+    version: int,
+    store: FeatureStore,
+    views: list[ViewVersion],
 ) -> dict[str, float]:
     """p50/p99 of single requests on the real request path with the real online store."""
-    from prodguard.features.feast_adapter import feature_contract
-    from prodguard.monitoring.replay import request_rows
-    from prodguard.serving.models import ServingState, load_verified
-    from prodguard.serving.prediction_log import SqlitePredictionLog
-    from prodguard.timewindows import parse_time
 
     state = ServingState(champion=load_verified(registry, feature_contract(views), version))
     path = settings.paths.staging_dir / f"latency-v{version}.db"
     _remove(path)
     log = SqlitePredictionLog(path, "NORMAL")
-    predictor = app.build_predictor(
+    predictor = wiring.build_predictor(
         settings, store, lambda: state, log, views=views, shadow_sample=0.0
     )
     assert settings.serving is not None
     request_model = import_object(settings.serving.request_model, "serving.request_model")
     try:
-        recorded = registry.version(version).tags.get("prodguard.eval_window", "")
+        recorded = registry.version(version).tags.get(lineage.EVAL_WINDOW, "")
         first = parse_time(recorded.split("/")[0]) if recorded else None
         rows = request_rows(settings, first, first + timedelta(days=7)) if first else None
         if rows is None or rows.empty:
@@ -319,20 +329,3 @@ def _verdict(seen: dict[str, Any], passed: bool, p99: float, budget: float) -> s
 def _remove(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-def drill_gate(registry: Any, version: int, max_age_hours: float, now: datetime) -> None:
-    """Refuse promoting ``version`` without a passed drill younger than ``max_age_hours``."""
-    text = registry.version(version).tags.get(DRILL_TAG)
-    hint = f"run `prodguard drill --version {version}` first"
-    if not text:
-        raise PromotionRefused(f"v{version} has no rollback drill; {hint}")
-    record = json.loads(text)
-    if not record.get("passed"):
-        raise PromotionRefused(f"v{version}'s last drill failed ({record.get('reason')}); {hint}")
-    age = now - datetime.fromisoformat(record["at"])
-    if age > timedelta(hours=max_age_hours):
-        raise PromotionRefused(
-            f"v{version}'s drill is {age.total_seconds() / 3600:.0f} h old (at most "
-            f"{max_age_hours:g} h); {hint}"
-        )

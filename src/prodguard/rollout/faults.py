@@ -11,27 +11,17 @@ verified (its artifact digest checked) and the copy gets the digest of its own a
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from prodguard.errors import RegistryError
-from prodguard.registry.mlflow_adapter import ARTIFACT_DIGEST_TAG
+from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
+from prodguard.registry.ports import Classifier
+from prodguard.serving.models import load_verified
 from prodguard.tasks import Task, TaskSpec, normalise, shift_output
-
-FAULT_TAG = "prodguard.fault"
-COPIED_ARTIFACTS = ("reference_stats.json", "lineage.json", "baseline.json")
-NOT_COPIED = frozenset(  # the copy's artifact digest is computed on its own registration
-    {
-        "prodguard.run_id",
-        "prodguard.drill",
-        "prodguard.demoted_reason",
-        "prodguard.demoted_at",
-        ARTIFACT_DIGEST_TAG,
-    }
-)
 
 
 class ShiftedScores:
@@ -41,16 +31,16 @@ class ShiftedScores:
 
     spec = TaskSpec(Task.BINARY, (0, 1))  # copies registered before tasks existed are binary
 
-    def __init__(self, model: Any, shift: float, spec: TaskSpec | None = None) -> None:
+    def __init__(self, model: Classifier, shift: float, spec: TaskSpec | None = None) -> None:
         self.model = model
         self.shift = shift
         if spec is not None:
             self.spec = spec
 
-    def predict_proba(self, frame: Any) -> np.ndarray:
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return shift_output(self.spec, self.model.predict_proba(frame), self.shift)
 
-    def predict(self, frame: Any) -> np.ndarray:
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(normalise(self.spec, self.predict_proba(frame)).predicted)
 
 
@@ -62,7 +52,7 @@ class ShiftedValues:
         self.shift = shift
         self.scale = scale
 
-    def predict(self, frame: Any) -> np.ndarray:
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
         spec = TaskSpec(Task.REGRESSION)
         return shift_output(spec, self.model.predict(frame), self.shift, self.scale)
 
@@ -95,23 +85,19 @@ def register_faulty(
 ) -> int:
     """Register v<base> with outputs shifted by ``shift`` (see the module docstring) as a new
     version (not moved to any alias); returns its number."""
-    from prodguard.serving.models import load_verified
-
     registry = operations.registry
     info = registry.version(base)
-    loaded = load_verified(registry, json.loads(info.tags["prodguard.store_features"]), base)
+    loaded = load_verified(registry, lineage.recorded_store_features(info.tags) or (), base)
     artifacts = {}
-    for name in COPIED_ARTIFACTS:
+    for name in lineage.COPIED_ARTIFACTS:
         try:
             artifacts[name] = registry.load_json_artifact(base, name)
         except RegistryError:  # a version may have no baseline yet
             continue
-    scale = score_scale(artifacts.get("baseline.json"))
+    scale = score_scale(artifacts.get(lineage.BASELINE_JSON))
     model = faulty_model(loaded.pipeline, loaded.spec, shift, scale)
-    tags = {  # lineage, contract and baseline; never the base's run, drill or demotion
-        k: v for k, v in info.tags.items() if k.startswith("prodguard.") and k not in NOT_COPIED
-    }
-    tags[FAULT_TAG] = f"v{base} with scores shifted by {shift:+g} (drill by {actor})"
+    tags = lineage.copied_tags(info.tags)  # never the base's run, drill or demotion
+    tags[lineage.FAULT] = f"v{base} with outputs shifted by {shift:+g} (drill by {actor})"
     return registry.log_version(
         model,
         input_example=loaded.frame([loaded.fallbacks]),

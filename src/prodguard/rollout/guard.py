@@ -25,6 +25,7 @@ from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import ConcurrentUpdateError, PromotionRefused
 from prodguard.monitoring.monitor import Monitor, WindowReport, replace_finding
+from prodguard.registry.audit import AuditRecord
 from prodguard.registry.operations import AliasState, RegistryOperations
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.rollout.triggers import TriggerResult, evaluate_triggers, net_shift
@@ -167,7 +168,8 @@ class Guard:
         found = report.finding("score.shift_sd")
         if found is None or found.value is None:
             return decision
-        netted = net_shift(shift, found.value, f"v{reference} ({report.rows} {'/'.join(roles)})")
+        labels = "/".join((roles,) if isinstance(roles, str) else roles or ())
+        netted = net_shift(shift, found.value, f"v{reference} ({report.rows} {labels})")
         triggers = [netted if t is shift else t for t in decision.triggers]
         return replace(decision, triggers=triggers)
 
@@ -266,7 +268,7 @@ class Guard:
         expected: TrafficPolicy,
         reason: str,
         evidence: dict[str, Any] | None = None,
-    ) -> Any:
+    ) -> AuditRecord:
         return self._operations.set_traffic(policy, self._actor, reason, evidence, expected)
 
     def _roll_back(self, state: AliasState, decision: GuardDecision, summary: str) -> GuardDecision:

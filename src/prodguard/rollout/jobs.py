@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from prodguard import app
+from prodguard import wiring
 from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import InputError
@@ -23,14 +23,14 @@ from prodguard.serving.prediction_log import PredictionLog
 def build_guard(
     settings: Settings, clock: Clock | None = None, log: PredictionLog | None = None
 ) -> Guard:
-    clock = clock or app.clock_for(settings)
-    operations = app.registry_operations(settings, with_checks=True)
+    clock = clock or wiring.clock_for(settings)
+    operations = wiring.registry_operations(settings, with_checks=True)
     operations.clock = clock
     return Guard(
         operations,
         build_monitor(settings, clock, log),
         settings,
-        app.alerter_for(settings),
+        wiring.alerter_for(settings),
         clock,
     )
 
@@ -65,13 +65,13 @@ def start_rollout(
     if mode not in ("canary", "shadow"):
         raise InputError("--mode must be canary or shadow")
     parsed = canary_steps(steps if steps is not None else settings.rollout.canary_steps)
-    operations = app.registry_operations(settings, with_checks=True)
+    operations = wiring.registry_operations(settings, with_checks=True)
     return operations.start_rollout(mode, actor, parsed, version)  # type: ignore[arg-type]
 
 
 def abort_rollout(settings: Settings, actor: str, reason: str) -> AuditRecord:
     """Take the rollout version out of traffic (blue/green again), audited."""
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     current = operations.traffic()
     if not current.active:
         raise InputError("no rollout is in progress (see `prodguard status`)")

@@ -6,6 +6,9 @@ registry state (a tag of the registered model) so that every replica serves the 
   request's sticky key (the same key always goes the same way), in steps such as 5 -> 25 -> 100;
 - ``shadow``: the rollout version scores mirrored traffic off the response path; its answers are
   logged (role ``shadow``), never returned.
+
+``drill_gate`` is the promotion rule of ``rollout.require_drill``: a passed rollback drill (see
+``rollout.drill``), recent enough.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from prodguard.errors import InputError, RegistryError
+from prodguard.errors import InputError, PromotionRefused, RegistryError
+from prodguard.registry import lineage
+from prodguard.registry.ports import TargetsReader, VersionReader
 
 Mode = Literal["blue_green", "canary", "shadow"]
-TRAFFIC_TAG = "prodguard.traffic"
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,24 @@ def in_canary(key: str, percent: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 * 100 < percent
 
 
-def read_targets(registry: Any) -> tuple[dict[str, int | None], TrafficPolicy]:
+def read_targets(registry: TargetsReader) -> tuple[dict[str, int | None], TrafficPolicy]:
     """What every replica polls: the aliases and the traffic policy, in one registry read."""
-    aliases, text = registry.aliases_and_tag(TRAFFIC_TAG)
+    aliases, text = registry.aliases_and_tag(lineage.TRAFFIC)
     return aliases, TrafficPolicy.from_json(text)
+
+
+def drill_gate(registry: VersionReader, version: int, max_age_hours: float, now: datetime) -> None:
+    """Refuse promoting ``version`` without a passed drill younger than ``max_age_hours``."""
+    text = registry.version(version).tags.get(lineage.DRILL)
+    hint = f"run `prodguard drill --version {version}` first"
+    if not text:
+        raise PromotionRefused(f"v{version} has no rollback drill; {hint}")
+    record = json.loads(text)
+    if not record.get("passed"):
+        raise PromotionRefused(f"v{version}'s last drill failed ({record.get('reason')}); {hint}")
+    age = now - datetime.fromisoformat(record["at"])
+    if age > timedelta(hours=max_age_hours):
+        raise PromotionRefused(
+            f"v{version}'s drill is {age.total_seconds() / 3600:.0f} h old (at most "
+            f"{max_age_hours:g} h); {hint}"
+        )

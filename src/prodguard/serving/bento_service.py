@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.responses import JSONResponse
 
-from prodguard import app
-from prodguard.config import load_settings
+from prodguard import app, wiring
+from prodguard.config import Settings, load_settings
 from prodguard.errors import (
     ConcurrentUpdateError,
     DuplicateRequest,
@@ -33,7 +33,11 @@ from prodguard.errors import (
     UnknownRequest,
 )
 from prodguard.project import import_object
+from prodguard.registry.operations import RegistryOperations
+from prodguard.rollout.guard import GuardDecision
+from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.serving.limits import Boundary, Limits, check_token
+from prodguard.serving.models import ServingState
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -181,17 +185,16 @@ def server_timing(stages: dict[str, float]) -> str:
     return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in stages.items())
 
 
-def _start_guard(settings: Any) -> threading.Event | None:
+def _start_guard(settings: Settings) -> threading.Event | None:
     """With rollout.guard_in_service_seconds, the guard runs in a daemon thread of the service;
     returns the event that stops it."""
     every = settings.rollout.guard_in_service_seconds
     if every is None:
         return None
-    from prodguard.rollout.jobs import guard_loop
 
     stop = threading.Event()
 
-    def report(decisions: list[Any]) -> None:
+    def report(decisions: list[GuardDecision]) -> None:
         for decision in decisions:
             if decision.action not in ("none", "hold"):
                 _log.warning(
@@ -252,7 +255,7 @@ class _Metrics:
         counter = self.counters[name]
         (counter.labels(**labels) if labels else counter).inc(amount)
 
-    def swapped(self, state: Any) -> None:
+    def swapped(self, state: ServingState) -> None:
         self.swaps.inc()
 
 
@@ -282,7 +285,7 @@ def _status_app() -> FastAPI:
 class PredictionService:
     def __init__(self) -> None:
         self.metrics = _Metrics()
-        self.serving = app.build_serving(_settings, metrics=self.metrics)
+        self.serving = wiring.build_serving(_settings, metrics=self.metrics)
         follower = self.serving.follower
         follower.start()
         self.serving.predictor.warm_up({})
@@ -398,6 +401,7 @@ class PredictionService:
         now = self.serving.clock.now()
         try:
             for item in items:
+                status: str
                 try:
                     status = self.serving.log.record_feedback(item.request_id, item.outcome, now)
                 except UnknownRequest:
@@ -428,10 +432,10 @@ class PredictionService:
             return error_response(exc, ctx)  # type: ignore[return-value]
 
     @staticmethod
-    def _operations(version: int | None, with_checks: bool = False) -> Any:
+    def _operations(version: int | None, with_checks: bool = False) -> RegistryOperations:
         """The registry operations the CLI uses; a ``version`` the registry does not hold is a
         404 here (the registry reports it as a failure of its own)."""
-        operations = app.registry_operations(_settings, with_checks=with_checks)
+        operations = wiring.registry_operations(_settings, with_checks=with_checks)
         if version is not None and version not in {
             v.version for v in operations.registry.versions()
         }:
@@ -481,7 +485,6 @@ class PredictionService:
     ) -> AdminOut:
         """`prodguard rollout start` over HTTP (bearer token): the candidate (or ``version``)
         into canary (``steps`` in percent, default rollout.canary_steps) or shadow traffic."""
-        from prodguard.rollout.jobs import start_rollout
 
         def move() -> Any:
             if version is not None:
@@ -495,9 +498,9 @@ class PredictionService:
         self, ctx: bentoml.Context, reason: Reason, actor: Actor | None = None
     ) -> AdminOut:
         """`prodguard rollout abort` over HTTP (bearer token): all traffic to the champion."""
-        from prodguard.rollout.jobs import abort_rollout
 
         return self._admin(ctx, lambda: abort_rollout(_settings, http_actor(actor), reason))
 
 
-PredictionService.add_asgi_middleware(Boundary, limits=LIMITS)
+# added by @bentoml.service (bentoml is not type-checked: pyproject [tool.mypy])
+PredictionService.add_asgi_middleware(Boundary, limits=LIMITS)  # type: ignore[attr-defined]

@@ -39,7 +39,7 @@ from prodguard.errors import (
 )
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
-from prodguard.serving.prediction_log import PredictionLog, PredictionRecord
+from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord
 
 _log = logging.getLogger("prodguard.serving")
 LOOKUP_WORKERS = 4
@@ -180,7 +180,7 @@ class Predictor:
         try:
             return self._predict(rows, ids, state, stages)
         except ProdguardError as exc:
-            kind = "rejected" if isinstance(exc, InputError) else "failed"
+            kind: ErrorKind = "rejected" if isinstance(exc, InputError) else "failed"
             version = state.champion.version if state.champion else None
             try:
                 self._log.record_error(self._clock.now(), kind, version)

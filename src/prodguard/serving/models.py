@@ -10,11 +10,10 @@ never mixes versions within a request.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +31,8 @@ from prodguard.errors import (
     RegistryUnavailable,
     ServiceNotReady,
 )
+from prodguard.registry.lineage import REFERENCE_STATS_JSON, Lineage
+from prodguard.registry.ports import Classifier, VersionReader
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.tasks import (
     ModelScorer,
@@ -58,7 +59,7 @@ def _threads() -> Any:
 @dataclass(frozen=True)
 class LoadedModel:
     version: int
-    pipeline: Any
+    pipeline: Classifier
     columns: tuple[str, ...]
     categorical: frozenset[str]
     fallbacks: dict[str, Any]
@@ -136,16 +137,19 @@ class ServingState:
         return served
 
 
-def contract_difference(recorded: list[list[str]], current: list[list[str]]) -> str:
+def contract_difference(recorded: Sequence[Sequence[str]], current: Sequence[Sequence[str]]) -> str:
     """'' when equal, else what differs: missing, extra and retyped features."""
-    old, new = dict(map(tuple, recorded)), dict(map(tuple, current))
+    old = {pair[0]: pair[1] for pair in recorded}
+    new = {pair[0]: pair[1] for pair in current}
     parts = [f"missing {k}" for k in new if k not in old]
     parts += [f"no longer served {k}" for k in old if k not in new]
     parts += [f"{k} is {new[k]}, was {old[k]}" for k in old if k in new and old[k] != new[k]]
     return "; ".join(parts)
 
 
-def load_verified(registry: Any, store_features: list[list[str]], version: int) -> LoadedModel:
+def load_verified(
+    registry: VersionReader, store_features: Sequence[Sequence[str]], version: int
+) -> LoadedModel:
     """Load ``version`` if its contract matches ``store_features``, its stored artifact matches
     the digest recorded at registration (the registry loads only from the verified copy:
     ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row
@@ -155,24 +159,23 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
     version itself is at fault; RegistryUnavailable, untouched, when the registry could not be
     reached — the caller retries later instead of refusing a good version for good."""
     tags = registry.version(version).tags
-    recorded = tags.get("prodguard.store_features")
-    if recorded is None:
+    lineage = Lineage.from_tags(tags)
+    if lineage is None:
         raise PromotionRefused(
             f"v{version} has no prodguard lineage; register models through `prodguard train`"
         )
-    problem = contract_difference(json.loads(recorded), store_features)
+    problem = contract_difference(lineage.store_features, store_features)
     if problem:
         raise PromotionRefused(
             f"v{version}'s input contract does not match the feature service: {problem}"
         )
     try:
-        contract = json.loads(tags["prodguard.input_contract"])
-        fallbacks = json.loads(tags["prodguard.fallbacks"])
-        stats = registry.load_json_artifact(version, "reference_stats.json")
-        stats_digest = tags.get("prodguard.reference_stats_digest")
+        fallbacks = lineage.fallbacks
+        stats = registry.load_json_artifact(version, REFERENCE_STATS_JSON)
+        stats_digest = lineage.reference_stats_digest
         if stats_digest is not None and document_digest(stats) != stats_digest:
             raise ArtifactIntegrityError(
-                f"v{version}'s reference_stats.json does not match the digest recorded at "
+                f"v{version}'s {REFERENCE_STATS_JSON} does not match the digest recorded at "
                 "registration: it was modified in the artifact store and is not used; restore "
                 "it or register the model again"
             )
@@ -180,8 +183,8 @@ def load_verified(registry: Any, store_features: list[list[str]], version: int) 
         loaded = LoadedModel(
             version=version,
             pipeline=registry.load_model(version),
-            columns=tuple(name for name, _ in contract),
-            categorical=frozenset(name for name, kind in contract if kind == "categorical"),
+            columns=lineage.columns,
+            categorical=lineage.categorical,
             fallbacks=fallbacks,
             categories={
                 name: frozenset(s.get("categories", {}))

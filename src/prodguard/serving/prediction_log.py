@@ -90,6 +90,8 @@ class PredictionLog(Protocol):
 
     def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]: ...
 
+    def close(self) -> None: ...
+
 
 COLUMNS = (
     "request_id",

@@ -16,6 +16,12 @@ from prodguard.digests import document_digest, frame_digest
 from prodguard.errors import TrainingError
 from prodguard.features.feast_adapter import feature_contract
 from prodguard.project import import_object
+from prodguard.registry.lineage import (
+    CALIBRATION_JSON,
+    LINEAGE_JSON,
+    REFERENCE_STATS_JSON,
+    registration_tags,
+)
 from prodguard.registry.operations import RegistryOperations
 from prodguard.tasks import ModelScorer, Task, TaskSpec, check_output, model_classes
 from prodguard.training.dataset import TrainingFrame, build_frame, describe_columns
@@ -23,7 +29,6 @@ from prodguard.training.model import evaluate, prepare, train_default
 from prodguard.training.reference import fallbacks, reference_stats
 
 PINNED = ("scikit-learn", "pandas", "numpy", "scipy")
-TAG = "prodguard."
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,7 @@ def train_and_register(
     views = {v.name: v.version for v in versions}
     store_features = feature_contract(versions)
     lineage = _lineage(settings, train, held_out, views, store_features, suite_digests, stats)
-    tags = {TAG + key: value for key, value in lineage.items()}
-    tags.update(spec.tags())
-    tags.update({f"{TAG}eval.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    tags = {**registration_tags(lineage, metrics), **spec.tags()}
 
     began = time.perf_counter()
     version = operations.registry.log_version(
@@ -119,9 +122,9 @@ def train_and_register(
         metrics={f"eval_{k}": v for k, v in metrics.items()},
         tags=tags,
         artifacts={
-            "reference_stats.json": stats,
-            **({"calibration.json": calibration} if calibration else {}),
-            "lineage.json": {**lineage, "metrics": metrics},
+            REFERENCE_STATS_JSON: stats,
+            **({CALIBRATION_JSON: calibration} if calibration else {}),
+            LINEAGE_JSON: {**lineage, "metrics": metrics},
         },
         pip_requirements=pip_requirements(),
     )

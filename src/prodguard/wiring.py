@@ -1,0 +1,232 @@
+"""Components built from the settings: the one place that chooses the implementations (clock,
+alert sinks, feature store, registry, prediction log, the request path) for a configuration.
+
+Use cases (``app``, ``monitoring.jobs``, ``rollout.jobs``, ``rollout.drill``), the service and the
+benchmark ask this module for their components; nothing below it imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prodguard.alert_store import PostgresAlerts
+from prodguard.alerts import Alerter, AlertSink, JsonlSink, LogSink, PrometheusSink, WebhookSink
+from prodguard.clock import Clock, FileClock, SystemClock
+from prodguard.config import ServingSettings, Settings
+from prodguard.contracts.row_checks import RowContract
+from prodguard.contracts.suites import read_suite
+from prodguard.errors import ConfigError
+from prodguard.features.feast_adapter import FeastStore, ViewVersion, feature_contract
+from prodguard.features.ports import FeatureVersions
+from prodguard.project import import_object
+from prodguard.registry.audit import AuditLog
+from prodguard.registry.config import load_registry_config
+from prodguard.registry.mlflow_adapter import MlflowRegistry
+from prodguard.registry.operations import RegistryOperations
+from prodguard.registry.ports import ModelRegistry
+from prodguard.rollout.policy import drill_gate, read_targets
+from prodguard.serving.engine import Metrics, OnlineFeatures, Predictor, StoreFeature
+from prodguard.serving.models import ModelFollower, ServingState, load_verified
+from prodguard.serving.prediction_log import (
+    SERVING_CHECKPOINT_S,
+    PostgresPredictionLog,
+    PredictionLog,
+    SqlitePredictionLog,
+)
+from prodguard.training.dataset import load_request_features
+
+
+def clock_for(settings: Settings) -> Clock:
+    """The system clock, or the simulated time of ``clock.file`` (shared by every process)."""
+    if settings.clock.file is not None:
+        return FileClock(settings.clock.file)
+    return SystemClock()
+
+
+def alert_record(settings: Settings) -> JsonlSink | PostgresAlerts:
+    """Where alerts are recorded durably: the ``alerts`` table of ``storage.url`` (production),
+    else ``<data_dir>/alerts.jsonl``. Both ``send`` and ``read``."""
+    if settings.storage.url:
+        return PostgresAlerts(settings.storage.url)
+    return JsonlSink(settings.paths.alerts_file)
+
+
+def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
+    """Every alert of prodguard goes to the log, the durable alert record, the webhook (when
+    ``alerts.webhook_url`` is set) and, given a Prometheus registry, its alert counter."""
+    sinks: list[AlertSink] = [LogSink(), alert_record(settings)]
+    if settings.alerts.webhook_url:
+        sinks.append(WebhookSink(settings.alerts.webhook_url, settings.alerts.webhook_timeout_s))
+    if metrics_registry is not None:
+        sinks.append(PrometheusSink(metrics_registry))
+    return Alerter(sinks)
+
+
+def feature_store(settings: Settings) -> FeastStore:
+    return FeastStore(settings)
+
+
+def model_name(settings: Settings) -> str:
+    if settings.model is None:
+        raise ConfigError("prodguard.yaml has no 'model' section; add one (see README)")
+    return settings.model.name
+
+
+def registry_operations(settings: Settings, with_checks: bool = False) -> RegistryOperations:
+    """Alias operations on the configured registry; ``with_checks`` adds promotion checks."""
+    config = load_registry_config(settings)
+    registry = MlflowRegistry(config, model_name(settings))
+    check = promotion_check(registry, feature_store(settings), settings) if with_checks else None
+    return RegistryOperations(
+        registry,
+        AuditLog(config.audit_uri),
+        clock=clock_for(settings),
+        promotion_check=check,
+        standby_hours=settings.rollout.standby_hours,
+    )
+
+
+def promotion_check(
+    registry: ModelRegistry, store: FeatureVersions, settings: Settings | None = None
+) -> Callable[[int], None]:
+    """Refuse a version whose input contract differs from the feature service, or that does not
+    load and score one row (the same verification serving applies before a swap), or — with
+    ``rollout.require_drill`` — that has no passed rollback drill recent enough."""
+
+    def check(version: int) -> None:
+        if settings is not None and settings.rollout.require_drill:
+            drill_gate(registry, version, settings.rollout.drill_max_age_hours, datetime.now(UTC))
+        load_verified(registry, feature_contract(store.versions()), version)
+
+    return check
+
+
+def prediction_log(settings: Settings, serving: bool = False) -> PredictionLog:
+    """The shared prediction log: PostgreSQL at ``storage.url`` (production), else the SQLite
+    file of the data folder. ``serving``: the writer of a serving process (``log_sync``, WAL
+    checkpoints off the request path); readers (monitors, guard, reports) use ``NORMAL``."""
+    if settings.storage.url:
+        return PostgresPredictionLog(settings.storage.url)
+    if serving:
+        sync = settings.serving.log_sync if settings.serving else "FULL"
+        return SqlitePredictionLog(
+            settings.paths.prediction_log, sync, checkpoint_every_s=SERVING_CHECKPOINT_S
+        )
+    return SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+
+
+@dataclass
+class Serving:
+    """Everything the service needs, built from the settings."""
+
+    settings: Settings
+    predictor: Predictor
+    follower: ModelFollower
+    log: PredictionLog
+    request_model: type
+    clock: Clock
+
+    def ready(self) -> bool:
+        """Both models loaded (or no standby alias, or a standby refused with an alert)."""
+        state = self.follower.state
+        follower = self.follower
+        return state.champion is not None and (
+            state.standby is not None or follower.standby_unset or follower.standby_refused
+        )
+
+
+def build_serving(
+    settings: Settings, metrics: Metrics | None = None, clock: Clock | None = None
+) -> Serving:
+    serving = serving_settings(settings)
+    clock = clock or clock_for(settings)
+    store = FeastStore(settings, serving=True)
+    registry = registry_operations(settings).registry
+    follower = ModelFollower(
+        targets=lambda: read_targets(registry),
+        load=lambda version: load_verified(registry, feature_contract(store.versions()), version),
+        alerter=alerter_for(settings),
+        poll_seconds=serving.poll_seconds,
+        clock=clock,
+        on_swap=getattr(metrics, "swapped", None),
+    )
+    log = prediction_log(settings, serving=True)
+    predictor = build_predictor(
+        settings,
+        store,
+        lambda: follower.state,
+        log,
+        views=store.versions(),
+        clock=clock,
+        metrics=metrics,
+    )
+    request_model = import_object(serving.request_model, "serving.request_model")
+    return Serving(settings, predictor, follower, log, request_model, clock)
+
+
+def serving_settings(settings: Settings) -> ServingSettings:
+    if settings.serving is None or settings.model is None:
+        raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to serve")
+    return settings.serving
+
+
+def build_predictor(
+    settings: Settings,
+    store: OnlineFeatures,
+    state: Callable[[], ServingState],
+    log: PredictionLog,
+    *,
+    views: list[ViewVersion] | None = None,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    shadow_sample: float | None = None,
+) -> Predictor:
+    """The request path of the settings over ``store`` (Feast, or a replay's as-of store);
+    ``views`` default to the feature store's current versions."""
+    serving = serving_settings(settings)
+    model = settings.model
+    assert model is not None
+    suites = {name: read_suite(settings.suite_path(name)) for name in settings.sources}
+    views = feature_store(settings).versions() if views is None else views
+    unknown_sources = sorted({v.source for v in views} - set(suites))
+    if unknown_sources:
+        raise ConfigError(
+            f"feature views read source(s) {unknown_sources} that prodguard.yaml does not declare"
+        )
+    features = [
+        StoreFeature(
+            name, v.name, v.ttl_seconds, v.join_keys, RowContract.from_suites([suites[v.source]])
+        )
+        for v in views
+        for name, _ in v.features
+    ]
+    names = {f.name for f in features}
+    for key, listed in (
+        ("critical_features", serving.critical_features),
+        ("fallback_overrides", list(serving.fallback_overrides)),
+    ):
+        unknown = sorted(set(listed) - names)
+        if unknown:
+            raise ConfigError(f"serving.{key}: {unknown} are not store features")
+    return Predictor(
+        model_name=model.name,
+        state=state,
+        store=store,
+        store_features=features,
+        entity_keys=model.entity_keys,
+        request_checks=RowContract.from_suites([suites[model.source]]),
+        derive=load_request_features(model),
+        log=log,
+        threshold=model.threshold,
+        feature_timeout_s=serving.feature_timeout_ms / 1000,
+        fallback=serving.fallback,
+        fallback_overrides=dict[str, str](serving.fallback_overrides),
+        critical=serving.critical_features,
+        shadow_sample=serving.shadow_sample if shadow_sample is None else shadow_sample,
+        clock=clock,
+        metrics=metrics,
+        sticky_fields=settings.rollout.sticky_fields or model.entity_keys,
+    )
