@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from prodguard import app
+from prodguard import app, wiring
 from prodguard.config import KpiSettings, load_settings
 from prodguard.errors import PromotionRefused
 from prodguard.monitoring.measures import measure
@@ -40,17 +40,17 @@ def test_train_serve_log_monitor_and_fault(ingested, tmp_path, task) -> None:
             "PRODGUARD_MODEL__EVALUATION_DAYS": "7",
         },
     )
-    app.feature_store(settings).materialize(until=utc("2013-05-01"))
+    wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     trained = app.train(settings, utc("2013-01-01"), utc("2013-01-22"), actor="tests")
     assert metric_names <= set(trained.metrics)
-    operations = app.registry_operations(settings)
+    operations = wiring.registry_operations(settings)
     spec = spec_from_tags(operations.registry.version(trained.version).tags)
     assert spec.task is Task(task)
     if task == "multiclass":
         assert set(spec.classes) == {"early", "on_time", "late"}
     operations.promote("tests", "setup", version=trained.version)
 
-    serving = app.build_serving(settings)
+    serving = wiring.build_serving(settings)
     serving.log = SqlitePredictionLog(tmp_path / "predictions.db")
     serving.predictor._log = serving.log
     serving.follower.refresh()
