@@ -433,7 +433,15 @@ def build_predictor(
     ``views`` default to the feature store's current versions."""
     from prodguard.contracts.row_checks import RowContract
     from prodguard.contracts.suites import read_suite
-    from prodguard.serving.engine import Predictor, StoreFeature
+    from prodguard.serving.engine import (
+        AnswerLog,
+        FeatureLookup,
+        ModelScoring,
+        Predictor,
+        RequestChecks,
+        Shadow,
+        StoreFeature,
+    )
     from prodguard.training.dataset import load_request_features
 
     serving = _serving_settings(settings)
@@ -461,24 +469,29 @@ def build_predictor(
         unknown = sorted(set(listed) - names)
         if unknown:
             raise ConfigError(f"serving.{key}: {unknown} are not store features")
+    critical = serving.critical_features
+    scoring = ModelScoring(model.threshold, settings.rollout.sticky_fields or model.entity_keys)
+    answers = AnswerLog(log, model.name)
+    sample = serving.shadow_sample if shadow_sample is None else shadow_sample
     return Predictor(
-        model_name=model.name,
         state=state,
-        store=store,
-        store_features=features,
-        entity_keys=model.entity_keys,
-        request_checks=RowContract.from_suites([suites[model.source]]),
+        checks=RequestChecks(RowContract.from_suites([suites[model.source]])),
+        features=FeatureLookup(
+            store,
+            features,
+            model.entity_keys,
+            serving.feature_timeout_ms / 1000,
+            fallback=serving.fallback,
+            fallback_overrides=serving.fallback_overrides,
+            critical=critical,
+            clock=clock,
+        ),
         derive=load_request_features(model),
-        log=log,
-        threshold=model.threshold,
-        feature_timeout_s=serving.feature_timeout_ms / 1000,
-        fallback=serving.fallback,
-        fallback_overrides=serving.fallback_overrides,
-        critical=serving.critical_features,
-        shadow_sample=serving.shadow_sample if shadow_sample is None else shadow_sample,
+        scoring=scoring,
+        answers=answers,
+        shadow=Shadow(scoring, answers, sample, metrics),
         clock=clock,
         metrics=metrics,
-        sticky_fields=settings.rollout.sticky_fields or model.entity_keys,
     )
 
 

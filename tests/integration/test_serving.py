@@ -36,7 +36,7 @@ def serving(served_project, tmp_path):
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
     built.log = SqlitePredictionLog(tmp_path / "predictions.db")
-    built.predictor._log = built.log
+    built.predictor.answers.log = built.log
     built.follower.refresh()
     built.predictor.warm_up(REQUEST)
     yield built
@@ -122,14 +122,14 @@ class _DownStore:
 
 @pytest.mark.parametrize("store", [_DownStore(), _DownStore(delay=1.0)])
 def test_store_outage_or_timeout_degrades_never_fails(serving, store) -> None:
-    serving.predictor._store = store
+    serving.predictor.features._store = store
     answer = ask(serving, f"outage-{store.delay}")
     assert answer.flags and all(f.endswith(":unavailable") for f in answer.flags)
     assert serving.log.get(f"outage-{store.delay}").flags == answer.flags
 
 
 def test_critical_feature_rejects_instead_of_falling_back(serving) -> None:
-    serving.predictor._critical = frozenset({"temp"})
+    serving.predictor.features._critical = frozenset({"temp"})
     with pytest.raises(RequestRejected, match="temp: stale and marked critical"):
         ask(serving, "crit-1", scheduled_departure="2013-06-15T12:00:00Z")
     assert serving.log.get("crit-1") is None
@@ -181,7 +181,7 @@ def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project
 def test_a_request_never_mixes_versions(serving) -> None:
     state = serving.follower.state
     seen = []
-    serving.predictor._state = lambda: (seen.append(1), state)[1]
+    serving.predictor.state = lambda: (seen.append(1), state)[1]
     ask(serving, "one-snapshot")
     assert seen == [1]
     assert isinstance(state, ServingState)
@@ -200,7 +200,7 @@ class _HungStore:
 
 def test_a_hung_store_does_not_pile_up_requests(serving) -> None:
     store = _HungStore()
-    serving.predictor._store = store
+    serving.predictor.features._store = store
     try:
         took = []
         for index in range(8):
@@ -209,7 +209,7 @@ def test_a_hung_store_does_not_pile_up_requests(serving) -> None:
             took.append(time.perf_counter() - started)
             assert answer.flags and all(f.endswith(":unavailable") for f in answer.flags)
         # once every lookup worker is held by the hung store, requests stop waiting for it
-        assert max(took[-3:]) < serving.predictor._timeout
+        assert max(took[-3:]) < serving.predictor.features._timeout
     finally:
         store.release.set()
 
@@ -231,7 +231,7 @@ def test_last_good_never_returns_null(serving) -> None:
 
 def test_per_feature_last_good_fallback(serving) -> None:
     ask(serving, "lg-1")  # remembers EWR's weather
-    serving.predictor._fallback_overrides = {"temp": "last_good"}
+    serving.predictor.features._fallback_overrides = {"temp": "last_good"}
     remembered = serving.log.get("lg-1").features["temp"]
     answer = ask(serving, "lg-2", scheduled_departure="2013-06-15T12:00:00Z")
     logged = serving.log.get("lg-2").features

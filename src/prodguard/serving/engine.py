@@ -1,6 +1,9 @@
 """The request path: validate, fetch features (with a deadline), degrade gracefully, predict,
 log durably, shadow-score — framework-free, so it is tested in-process and served by BentoML.
 
+The ``Predictor`` runs five stages, each a small class tested alone: ``RequestChecks``,
+``FeatureLookup``, ``ModelScoring`` (the only caller of a model), ``AnswerLog`` and ``Shadow``.
+
 Degradation, per store feature and row:
 - ``unavailable``: the online store failed or missed its deadline (every store feature);
 - ``missing``: the store has no value for this entity;
@@ -19,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -39,7 +42,7 @@ from prodguard.errors import (
 )
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
-from prodguard.serving.prediction_log import PredictionLog, PredictionRecord
+from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord, Role
 
 _log = logging.getLogger("prodguard.serving")
 LOOKUP_WORKERS = 4
@@ -113,57 +116,398 @@ class LastGood:
             return self._values.get((feature, key))
 
 
-class Predictor:
+class RequestChecks:
+    """Stage ``checks``: the request suite's row-level expectations and the categories the
+    champion knows."""
+
+    def __init__(self, contract: RowContract) -> None:
+        self._contract = contract
+
+    def problems(self, row: dict[str, Any], champion: LoadedModel) -> list[tuple[str, str]]:
+        """(field, what is wrong) pairs of one row, without its values."""
+        problems = [
+            (v.column, v.expectation)
+            for v in self._contract.violations(row, nullable_when_tolerant=True)
+        ]
+        for column, known in champion.categories.items():
+            value = row.get(column)
+            if column in row and not is_null(value) and str(value) not in known:
+                problems.append((column, f"not one of the {len(known)} values the model knows"))
+        return list(dict.fromkeys(problems))  # suites may repeat a rule
+
+    def check(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> None:
+        """Refuse the call when any row breaks a check (rows named ``rows[i].`` in a batch)."""
+        problems: list[tuple[str, str]] = []
+        for index, row in enumerate(rows):
+            where = f"rows[{index}]." if len(rows) > 1 else ""
+            problems.extend((where + f, p) for f, p in self.problems(row, champion))
+        if problems:
+            raise _rejected("invalid request fields", problems)
+
+
+class FeatureLookup:
+    """Stage ``features``: the online lookup under a deadline, then per store feature and row
+    the value or its fallback (training median/mode, or the last good value for the entity) with
+    a ``feature:reason`` flag; a degraded critical feature refuses the row."""
+
     def __init__(
         self,
-        *,
-        model_name: str,
-        state: Callable[[], ServingState],
         store: OnlineFeatures,
-        store_features: Sequence[StoreFeature],
+        features: Sequence[StoreFeature],
         entity_keys: Sequence[str],
-        request_checks: RowContract,
-        derive: Callable[[pd.DataFrame], pd.DataFrame],
-        log: PredictionLog,
-        threshold: float,
-        feature_timeout_s: float,
+        timeout_s: float,
+        *,
         fallback: str = "median",
         fallback_overrides: dict[str, str] | None = None,
-        critical: Sequence[str] = (),
-        shadow_sample: float = 0.0,
+        critical: Collection[str] = (),
         clock: Clock | None = None,
-        metrics: Metrics | None = None,
-        sticky_fields: Sequence[str] = (),
     ) -> None:
-        """``sticky_fields``: request fields whose values pick a row's side in a canary (the
-        same values always go the same way); none: the request id."""
-        self.model_name = model_name
-        self._state = state
         self._store = store
-        self._features = tuple(store_features)
+        self._features = tuple(features)
         self._entity_keys = tuple(entity_keys)
-        self._checks = request_checks
-        self._derive = derive
-        self._log = log
-        self._threshold = threshold
-        self._timeout = feature_timeout_s
+        self._timeout = timeout_s
         self._fallback = fallback
         self._fallback_overrides = dict(fallback_overrides or {})
         self._critical = frozenset(critical)
-        self._shadow_sample = shadow_sample
-        self._sticky_fields = tuple(sticky_fields)
         self._clock = clock or SystemClock()
-        self._metrics = metrics or NoMetrics()
         self._last_good = LastGood()
         self._lookups = ThreadPoolExecutor(
             max_workers=LOOKUP_WORKERS, thread_name_prefix="prodguard-lookup"
         )
         # lookups still running (a hung store): when all workers are stuck, answer at once
         self._lookup_slots = threading.BoundedSemaphore(LOOKUP_WORKERS)
-        self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
-        self._shadow_slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
 
-    # ---- the request path ----------------------------------------------------------------
+    def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
+        """One lookup with a generous deadline, so the first request does not pay Feast's cold
+        start (registry load, connections). False (and a warning) when the store is down."""
+        future = self._lookups.submit(
+            self._store.online_records, [{k: _key(entity.get(k)) for k in self._entity_keys}]
+        )
+        try:
+            future.result(timeout=timeout_s)
+            return True
+        except Exception as exc:  # noqa: BLE001 - serving starts anyway, degraded
+            _log.warning("online store warm-up failed (%s); serving with fallbacks", exc)
+            return False
+
+    def fetch(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """Online lookup under a deadline. A lookup that overruns keeps its worker until the
+        store answers; when every worker is held by such lookups the store is treated as down
+        at once (no queueing behind a hung store)."""
+        if not self._lookup_slots.acquire(blocking=False):
+            return None, "unavailable"
+        entities = [{k: _key(row.get(k)) for k in self._entity_keys} for row in rows]
+        try:
+            future = self._lookups.submit(self._store.online_records, entities)
+        except RuntimeError:  # executor shut down
+            self._lookup_slots.release()
+            return None, "unavailable"
+        future.add_done_callback(lambda _: self._lookup_slots.release())
+        try:
+            return future.result(timeout=self._timeout), None
+        except FutureTimeout:
+            return None, "unavailable"
+        except Exception as exc:  # noqa: BLE001 - any store failure means fallbacks
+            _log.warning("online store lookup failed: %s", exc)
+            return None, "unavailable"
+
+    def assemble(
+        self,
+        rows: Sequence[dict[str, Any]],
+        fetched: list[dict[str, Any]] | None,
+        unavailable: str | None,
+        champion: LoadedModel,
+    ) -> list[Features]:
+        """Per row: the store values the model gets, the flags, and the critical problems."""
+        records = fetched if fetched is not None else [{}] * len(rows)
+        now = self._clock.now()
+        assembled = []
+        for index, row in enumerate(rows):
+            as_of = min(now, pd.Timestamp(row["event_timestamp"]).to_pydatetime())
+            found = Features()
+            for feature in self._features:
+                value = records[index].get(feature.name)
+                reason = unavailable or self._problem(feature, value, records[index], as_of)
+                key = "|".join(str(row.get(k)) for k in feature.join_keys)
+                if reason is None:
+                    found.values[feature.name] = value
+                    self._last_good.remember(feature.name, key, value)
+                    continue
+                if feature.name in self._critical:
+                    found.problems.append((feature.name, f"{reason} and marked critical"))
+                    continue
+                fallback = champion.fallbacks.get(feature.name)
+                if self._fallback_overrides.get(feature.name, self._fallback) == "last_good":
+                    remembered = self._last_good.get(feature.name, key)
+                    fallback = remembered if remembered is not None else fallback
+                found.values[feature.name] = fallback
+                found.flags.append(f"{feature.name}:{reason}")
+            assembled.append(found)
+        return assembled
+
+    def _problem(
+        self, feature: StoreFeature, value: Any, record: dict[str, Any], as_of: datetime
+    ) -> str | None:
+        stamp = record.get(f"{feature.name}__ts")
+        if stamp is None or is_null(stamp) or stamp == 0:
+            return "missing"
+        age = as_of.timestamp() - float(stamp)
+        if age < 0:
+            return "future"  # observed after the request's time: training never saw that
+        if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
+            return "stale"
+        broken = feature.checks.check_value(feature.name, value)
+        if broken and not (is_null(value) and feature.checks.nullable(feature.name)):
+            return "invalid"
+        return None
+
+    def close(self) -> None:
+        self._lookups.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Features:
+    """One row's store features as the lookup stage assembled them."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # degraded critical features
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a model answered for one row."""
+
+    probability: float
+    decision: bool
+
+
+class ModelScoring:
+    """Stage ``model``: which model answers which row (the champion, or in a canary the rollout
+    version for the rows whose sticky key falls in its share), and the one place a model is
+    called (``score``)."""
+
+    def __init__(self, threshold: float, sticky_fields: Sequence[str] = ()) -> None:
+        """``sticky_fields``: request fields whose values pick a row's side in a canary (the
+        same values always go the same way); none: the request id."""
+        self._threshold = threshold
+        self._sticky_fields = tuple(sticky_fields)
+
+    def score(self, model: LoadedModel, frame: pd.DataFrame) -> list[Scored]:
+        return [Scored(p, p >= self._threshold) for p in model.score(frame)]
+
+    def answer(
+        self,
+        state: ServingState,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str],
+        inputs: list[dict[str, Any]],
+    ) -> tuple[pd.DataFrame, list[tuple[LoadedModel, Scored]]]:
+        """The champion's input frame (for shadows) and, per row, the model that answered and
+        its answer."""
+        champion = state.champion
+        assert champion is not None
+        frame = champion.frame(inputs)
+        answers: list[Any] = [None] * len(rows)
+        for model, chosen in self.route(state, rows, ids):
+            part = (
+                frame.iloc[chosen]
+                if model is champion
+                else model.frame([inputs[i] for i in chosen])
+            )
+            for i, scored in zip(chosen, self.score(model, part), strict=True):
+                answers[i] = (model, scored)
+        return frame, answers
+
+    def route(
+        self, state: ServingState, rows: Sequence[dict[str, Any]], ids: Sequence[str]
+    ) -> list[tuple[LoadedModel, list[int]]]:
+        champion, rollout, policy = state.champion, state.rollout, state.policy
+        assert champion is not None
+        everyone = list(range(len(rows)))
+        if rollout is None or policy.mode != "canary":
+            return [(champion, everyone)]
+        chosen = [in_canary(self._sticky(rows[i], ids[i]), policy.percent) for i in everyone]
+        canary = [i for i in everyone if chosen[i]]
+        rest = [i for i in everyone if not chosen[i]]
+        return [(m, chosen) for m, chosen in ((champion, rest), (rollout, canary)) if chosen]
+
+    def _sticky(self, row: dict[str, Any], request_id: str) -> str:
+        if not self._sticky_fields:
+            return request_id
+        return "|".join(str(row.get(f)) for f in self._sticky_fields)
+
+
+class AnswerLog:
+    """Stage ``log``: answers committed to the prediction log before they leave, and the
+    logged answer of a request id already answered (a retry)."""
+
+    def __init__(self, log: PredictionLog, model_name: str) -> None:
+        self.log = log
+        self.model_name = model_name
+
+    def record(
+        self,
+        request_id: str,
+        time: datetime,
+        model: LoadedModel,
+        role: Role,
+        scored: Scored,
+        features: dict[str, Any],
+        flags: list[str],
+        request: dict[str, Any],
+        latencies_ms: dict[str, float] | None = None,
+    ) -> PredictionRecord:
+        return PredictionRecord(
+            request_id=request_id,
+            time=time,
+            model=self.model_name,
+            version=model.version,
+            role=role,
+            probability=scored.probability,
+            decision=scored.decision,
+            features=features,
+            flags=flags,
+            latencies_ms=latencies_ms or {},
+            request=request,
+        )
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        self.log.write(records)
+
+    def replayed(self, request_ids: Sequence[str]) -> list[Prediction | None]:
+        """Per id, the logged answer (a retried request gets it, not a second prediction)."""
+        found = [self.log.answer(i) for i in request_ids]
+        return [None if r is None else _prediction(r, replayed=True) for r in found]
+
+    def count_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
+        try:
+            self.log.record_error(time, kind, version)
+        except ProdguardError as logged:
+            _log.warning("request error not counted: %s", logged)
+
+
+class Shadow:
+    """Stage ``shadow``, off the response path: the rollout version in shadow traffic scores
+    every row; otherwise the standby (or in a canary the champion, the guard's paired
+    reference) scores a deterministic sample. A full backlog sheds the work."""
+
+    def __init__(
+        self,
+        scoring: ModelScoring,
+        answers: AnswerLog,
+        sample: float = 0.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._scoring = scoring
+        self._answers = answers
+        self._sample = sample
+        self._metrics = metrics or NoMetrics()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
+        self._slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
+
+    def after(
+        self, state: ServingState, frame: pd.DataFrame, records: list[PredictionRecord]
+    ) -> None:
+        if state.rollout is not None and state.policy.mode == "shadow":
+            self._submit(state.rollout, frame, records, share=1.0)
+        elif state.rollout is not None and state.policy.mode == "canary":
+            self._submit(state.champion, frame, records, self._sample)
+        else:
+            self._submit(state.standby, frame, records, self._sample)
+
+    def _submit(
+        self,
+        model: LoadedModel | None,
+        frame: pd.DataFrame,
+        records: list[PredictionRecord],
+        share: float,
+    ) -> None:
+        if model is None or share <= 0:
+            return
+        chosen = [
+            i
+            for i, r in enumerate(records)
+            if r.version != model.version and _sampled(r.request_id, share)  # never itself
+        ]
+        if not chosen:
+            return
+        if not self._slots.acquire(blocking=False):
+            self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
+            return
+        future = self._pool.submit(self._score, model, frame.iloc[chosen], records, chosen)
+        future.add_done_callback(lambda _: self._slots.release())
+
+    def _score(
+        self,
+        model: LoadedModel,
+        frame: pd.DataFrame,
+        records: list[PredictionRecord],
+        chosen: list[int],
+    ) -> None:
+        try:
+            scored = self._scoring.score(model, frame[list(model.columns)])
+            self._answers.write(
+                [
+                    self._answers.record(
+                        records[i].request_id,
+                        records[i].time,
+                        model,
+                        "shadow",
+                        answer,
+                        records[i].features,
+                        records[i].flags,
+                        records[i].request,
+                    )
+                    for i, answer in zip(chosen, scored, strict=True)
+                ]
+            )
+            self._metrics.count(
+                "predictions", {"version": str(model.version), "role": "shadow"}, len(chosen)
+            )
+        except Exception as exc:  # noqa: BLE001 - shadow failures never reach callers
+            _log.warning("shadow scoring failed: %s", exc)
+
+    def drain(self) -> None:
+        self._pool.submit(lambda: None).result(timeout=30)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Predictor:
+    """The request path composed of its stages: checks, features, model, log, shadow (built
+    from the settings by ``prodguard.app.build_predictor``)."""
+
+    def __init__(
+        self,
+        *,
+        state: Callable[[], ServingState],
+        checks: RequestChecks,
+        features: FeatureLookup,
+        derive: Callable[[pd.DataFrame], pd.DataFrame],
+        scoring: ModelScoring,
+        answers: AnswerLog,
+        shadow: Shadow,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """``derive``: the request features of source-shaped request rows."""
+        self.state = state
+        self.checks = checks
+        self.features = features
+        self.derive = derive
+        self.scoring = scoring
+        self.answers = answers
+        self.shadow = shadow
+        self._clock = clock or SystemClock()
+        self._metrics = metrics or NoMetrics()
+
+    @property
+    def model_name(self) -> str:
+        return self.answers.model_name
 
     def predict(
         self,
@@ -175,16 +519,13 @@ class Predictor:
         gets no prediction is counted in the log as rejected (caller's fault) or failed.
         ``stages``, when given, receives the seconds of each stage of an answered call
         (checks, features, model, log, total)."""
-        state = self._state()  # one snapshot: a swap never mixes versions within a request
+        state = self.state()  # one snapshot: a swap never mixes versions within a request
         try:
             return self._predict(rows, ids, state, stages)
         except ProdguardError as exc:
-            kind = "rejected" if isinstance(exc, InputError) else "failed"
+            kind: ErrorKind = "rejected" if isinstance(exc, InputError) else "failed"
             version = state.champion.version if state.champion else None
-            try:
-                self._log.record_error(self._clock.now(), kind, version)
-            except ProdguardError as logged:
-                _log.warning("request error not counted: %s", logged)
+            self.answers.count_error(self._clock.now(), kind, version)
             raise
 
     def _predict(
@@ -208,33 +549,25 @@ class Predictor:
             return replayed
 
         started = time.perf_counter()
-        self._check_request(rows, champion)
+        self.checks.check(rows, champion)
         checks_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        fetched, unavailable = self._fetch(rows)
+        fetched, unavailable = self.features.fetch(rows)
         lookup_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        store_values, flags = self._assemble(rows, fetched, unavailable, champion)
-        request = self._derive(pd.DataFrame(list(rows)))
-        inputs = [{**request.iloc[i].to_dict(), **store_values[i]} for i in range(len(rows))]
+        assembled = self.features.assemble(rows, fetched, unavailable, champion)
+        critical = [p for found in assembled for p in found.problems]
+        if critical:
+            raise _rejected("critical features degraded", critical)
+        request = self.derive(pd.DataFrame(list(rows)))
+        inputs = [{**request.iloc[i].to_dict(), **assembled[i].values} for i in range(len(rows))]
         checks_s += time.perf_counter() - started
 
         started = time.perf_counter()
-        frame = champion.frame(inputs)
-        answering = self._answering(state, rows, request_ids)
-        scores = [0.0] * len(rows)
-        for model, chosen in answering:
-            part = (
-                frame.iloc[chosen]
-                if model is champion
-                else model.frame([inputs[i] for i in chosen])
-            )
-            for i, score in zip(chosen, model.score(part), strict=True):
-                scores[i] = score
+        frame, answered = self.scoring.answer(state, rows, request_ids, inputs)
         model_s = time.perf_counter() - started
-        version_of = {i: model.version for model, chosen in answering for i in chosen}
 
         now = self._clock.now()
         latencies = {
@@ -244,24 +577,22 @@ class Predictor:
             "batch_rows": len(rows),  # the stages timed the whole call
         }
         records = [
-            PredictionRecord(
-                request_id=request_ids[i],
-                time=now,
-                model=self.model_name,
-                version=version_of[i],
-                role="champion" if version_of[i] == champion.version else "canary",
-                probability=scores[i],
-                decision=scores[i] >= self._threshold,
-                features=inputs[i],
-                flags=flags[i],
-                latencies_ms=latencies,
-                request=_jsonable(rows[i]),
+            self.answers.record(
+                request_ids[i],
+                now,
+                model,
+                "champion" if model.version == champion.version else "canary",
+                scored,
+                inputs[i],
+                assembled[i].flags,
+                _jsonable(rows[i]),
+                latencies,
             )
-            for i in range(len(rows))
+            for i, (model, scored) in enumerate(answered)
         ]
         started = time.perf_counter()
         try:
-            self._log.write(records)
+            self.answers.write(records)
         except DuplicateRequest:  # the same ids answered concurrently: return that answer
             replayed = self._replayed(request_ids)
             if replayed is None:
@@ -282,38 +613,15 @@ class Predictor:
             stages.update(timed)
         for (version, role), count in Counter((r.version, r.role) for r in records).items():
             self._metrics.count("predictions", {"version": str(version), "role": role}, count)
-        for row_flags in flags:
-            for flag in row_flags:
+        for found in assembled:
+            for flag in found.flags:
                 feature, _, reason = flag.partition(":")
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
-        if state.rollout is not None and state.policy.mode == "shadow":
-            self._maybe_shadow(state.rollout, frame, records, share=1.0)
-        elif state.rollout is not None and state.policy.mode == "canary":
-            # the champion shadows a sample of the canary's rows: the guard's paired reference
-            self._maybe_shadow(state.champion, frame, records, self._shadow_sample)
-        else:
-            self._maybe_shadow(state.standby, frame, records, self._shadow_sample)
-        return [
-            Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags)
-            for r in records
-        ]
-
-    def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
-        """One lookup with a generous deadline, so the first request does not pay Feast's cold
-        start (registry load, connections). False (and a warning) when the store is down."""
-        future = self._lookups.submit(
-            self._store.online_records, [{k: _key(entity.get(k)) for k in self._entity_keys}]
-        )
-        try:
-            future.result(timeout=timeout_s)
-            return True
-        except Exception as exc:  # noqa: BLE001 - serving starts anyway, degraded
-            _log.warning("online store warm-up failed (%s); serving with fallbacks", exc)
-            return False
+        self.shadow.after(state, frame, records)
+        return [_prediction(r) for r in records]
 
     def _replayed(self, request_ids: list[str]) -> list[Prediction] | None:
-        """A retried request (same id) gets the logged answer, not a second prediction."""
-        found = [self._log.answer(i) for i in request_ids]
+        found = self.answers.replayed(request_ids)
         if all(r is None for r in found):
             return None
         if any(r is None for r in found):
@@ -322,206 +630,40 @@ class Predictor:
                 "retry with the same batch or new ids",
                 [("request_id", "partially replayed batch")],
             )
-        return [
-            Prediction(r.request_id, r.probability, r.decision, r.model, r.version, r.flags, True)
-            for r in found
-            if r is not None
-        ]
+        return [r for r in found if r is not None]
+
+    def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
+        return self.features.warm_up(entity, timeout_s)
 
     def refuses(self, row: dict[str, Any]) -> bool:
         """Would the request checks reject this row for the current champion?"""
-        champion = self._state().champion
-        if champion is None:
-            return False
-        try:
-            self._check_request([row], champion)
-        except RequestRejected:
-            return True
-        return False
-
-    def _check_request(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> None:
-        problems: list[tuple[str, str]] = []
-        for index, row in enumerate(rows):
-            where = f"rows[{index}]." if len(rows) > 1 else ""
-            for violation in self._checks.violations(row, nullable_when_tolerant=True):
-                problems.append((where + violation.column, violation.expectation))
-            for column, known in champion.categories.items():
-                value = row.get(column)
-                if column in row and not is_null(value) and str(value) not in known:
-                    problems.append(
-                        (where + column, f"not one of the {len(known)} values the model knows")
-                    )
-        if problems:
-            problems = list(dict.fromkeys(problems))  # suites may repeat a rule
-            shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
-            raise RequestRejected(f"invalid request fields: {shown}", problems)
-
-    def _fetch(
-        self, rows: Sequence[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]] | None, str | None]:
-        """Online lookup under a deadline. A lookup that overruns keeps its worker until the
-        store answers; when every worker is held by such lookups the store is treated as down
-        at once (no queueing behind a hung store)."""
-        if not self._lookup_slots.acquire(blocking=False):
-            return None, "unavailable"
-        entities = [{k: _key(row.get(k)) for k in self._entity_keys} for row in rows]
-        try:
-            future = self._lookups.submit(self._store.online_records, entities)
-        except RuntimeError:  # executor shut down
-            self._lookup_slots.release()
-            return None, "unavailable"
-        future.add_done_callback(lambda _: self._lookup_slots.release())
-        try:
-            return future.result(timeout=self._timeout), None
-        except FutureTimeout:
-            return None, "unavailable"
-        except Exception as exc:  # noqa: BLE001 - any store failure means fallbacks
-            _log.warning("online store lookup failed: %s", exc)
-            return None, "unavailable"
-
-    def _assemble(
-        self,
-        rows: Sequence[dict[str, Any]],
-        fetched: list[dict[str, Any]] | None,
-        unavailable: str | None,
-        champion: LoadedModel,
-    ) -> tuple[list[dict[str, Any]], list[list[str]]]:
-        values: list[dict[str, Any]] = []
-        flags: list[list[str]] = []
-        problems: list[tuple[str, str]] = []
-        records = fetched if fetched is not None else [{}] * len(rows)
-        now = self._clock.now()
-        for index, row in enumerate(rows):
-            as_of = min(now, pd.Timestamp(row["event_timestamp"]).to_pydatetime())
-            row_values: dict[str, Any] = {}
-            row_flags: list[str] = []
-            for feature in self._features:
-                value = records[index].get(feature.name)
-                reason = unavailable or self._problem(feature, value, records[index], as_of)
-                key = self._entity_of(feature, row)
-                if reason is None:
-                    row_values[feature.name] = value
-                    self._last_good.remember(feature.name, key, value)
-                    continue
-                if feature.name in self._critical:
-                    problems.append((feature.name, f"{reason} and marked critical"))
-                    continue
-                fallback = champion.fallbacks.get(feature.name)
-                if self._fallback_overrides.get(feature.name, self._fallback) == "last_good":
-                    remembered = self._last_good.get(feature.name, key)
-                    fallback = remembered if remembered is not None else fallback
-                row_values[feature.name] = fallback
-                row_flags.append(f"{feature.name}:{reason}")
-            values.append(row_values)
-            flags.append(row_flags)
-        if problems:
-            shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
-            raise RequestRejected(f"critical features degraded: {shown}", problems)
-        return values, flags
-
-    def _problem(
-        self, feature: StoreFeature, value: Any, record: dict[str, Any], as_of: datetime
-    ) -> str | None:
-        stamp = record.get(f"{feature.name}__ts")
-        if stamp is None or is_null(stamp) or stamp == 0:
-            return "missing"
-        age = as_of.timestamp() - float(stamp)
-        if age < 0:
-            return "future"  # observed after the flight's time: training never saw that
-        if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
-            return "stale"
-        broken = feature.checks.check_value(feature.name, value)
-        if broken and not (is_null(value) and feature.checks.nullable(feature.name)):
-            return "invalid"
-        return None
-
-    @staticmethod
-    def _entity_of(feature: StoreFeature, row: dict[str, Any]) -> str:
-        return "|".join(str(row.get(k)) for k in feature.join_keys)
-
-    # ---- shadow scoring, off the response path --------------------------------------------
-
-    def _answering(
-        self, state: ServingState, rows: Sequence[dict[str, Any]], ids: list[str]
-    ) -> list[tuple[LoadedModel, list[int]]]:
-        """Which model answers which rows: the champion, or in a canary the rollout version for
-        the rows whose sticky key falls in its share."""
-        champion, rollout, policy = state.champion, state.rollout, state.policy
-        assert champion is not None
-        everyone = list(range(len(rows)))
-        if rollout is None or policy.mode != "canary":
-            return [(champion, everyone)]
-        chosen = [in_canary(self._sticky(rows[i], ids[i]), policy.percent) for i in everyone]
-        canary = [i for i in everyone if chosen[i]]
-        rest = [i for i in everyone if not chosen[i]]
-        return [(m, chosen) for m, chosen in ((champion, rest), (rollout, canary)) if chosen]
-
-    def _sticky(self, row: dict[str, Any], request_id: str) -> str:
-        if not self._sticky_fields:
-            return request_id
-        return "|".join(str(row.get(f)) for f in self._sticky_fields)
-
-    def _maybe_shadow(
-        self,
-        model: LoadedModel | None,
-        frame: pd.DataFrame,
-        records: list[PredictionRecord],
-        share: float,
-    ) -> None:
-        if model is None or share <= 0:
-            return
-        chosen = [
-            i
-            for i, r in enumerate(records)
-            if r.version != model.version and _sampled(r.request_id, share)  # never itself
-        ]
-        if not chosen:
-            return
-        if not self._shadow_slots.acquire(blocking=False):
-            self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
-            return
-        future = self._shadow.submit(self._score_shadow, model, frame.iloc[chosen], records, chosen)
-        future.add_done_callback(lambda _: self._shadow_slots.release())
-
-    def _score_shadow(
-        self,
-        standby: LoadedModel,
-        frame: pd.DataFrame,
-        records: list[PredictionRecord],
-        chosen: list[int],
-    ) -> None:
-        try:
-            scores = standby.score(frame[list(standby.columns)])
-            self._log.write(
-                [
-                    PredictionRecord(
-                        request_id=records[i].request_id,
-                        time=records[i].time,
-                        model=self.model_name,
-                        version=standby.version,
-                        role="shadow",
-                        probability=score,
-                        decision=score >= self._threshold,
-                        features=records[i].features,
-                        flags=records[i].flags,
-                        request=records[i].request,
-                    )
-                    for i, score in zip(chosen, scores, strict=True)
-                ]
-            )
-            self._metrics.count(
-                "predictions", {"version": str(standby.version), "role": "shadow"}, len(chosen)
-            )
-        except Exception as exc:  # noqa: BLE001 - shadow failures never reach callers
-            _log.warning("shadow scoring failed: %s", exc)
+        champion = self.state().champion
+        return champion is not None and bool(self.checks.problems(row, champion))
 
     def drain(self) -> None:
         """Wait for pending shadow work (tests, shutdown)."""
-        self._shadow.submit(lambda: None).result(timeout=30)
+        self.shadow.drain()
 
     def close(self) -> None:
-        self._shadow.shutdown(wait=True)
-        self._lookups.shutdown(wait=False, cancel_futures=True)
+        self.shadow.close()
+        self.features.close()
+
+
+def _rejected(what: str, problems: list[tuple[str, str]]) -> RequestRejected:
+    shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
+    return RequestRejected(f"{what}: {shown}", problems)
+
+
+def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
+    return Prediction(
+        record.request_id,
+        record.probability,
+        record.decision,
+        record.model,
+        record.version,
+        record.flags,
+        replayed,
+    )
 
 
 def _sampled(request_id: str, share: float) -> bool:
