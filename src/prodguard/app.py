@@ -462,20 +462,26 @@ def build_predictor(
         for name, _ in v.features
     ]
     names = {f.name for f in features}
-    for key, listed in (
-        ("critical_features", serving.critical_features),
-        ("fallback_overrides", list(serving.fallback_overrides)),
+    request_fields = set(import_object(serving.request_model, "serving.request_model").model_fields)
+    for key, listed, known, what in (
+        (
+            "critical_features",
+            serving.critical_features,
+            names | request_fields,
+            "store features or request fields",
+        ),
+        ("fallback_overrides", list(serving.fallback_overrides), names, "store features"),
     ):
-        unknown = sorted(set(listed) - names)
+        unknown = sorted(set(listed) - known)
         if unknown:
-            raise ConfigError(f"serving.{key}: {unknown} are not store features")
+            raise ConfigError(f"serving.{key}: {unknown} are not {what}")
     critical = serving.critical_features
     scoring = ModelScoring(model.threshold, settings.rollout.sticky_fields or model.entity_keys)
     answers = AnswerLog(log, model.name)
     sample = serving.shadow_sample if shadow_sample is None else shadow_sample
     return Predictor(
         state=state,
-        checks=RequestChecks(RowContract.from_suites([suites[model.source]])),
+        checks=RequestChecks(RowContract.from_suites([suites[model.source]]), critical),
         features=FeatureLookup(
             store,
             features,

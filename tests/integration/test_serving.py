@@ -80,7 +80,6 @@ def test_same_request_id_is_replayed_not_predicted_twice(serving) -> None:
         ({"carrier": "ua"}, "carrier"),
         ({"dest": "xyz"}, "dest"),
         ({"distance": 9000.0}, "distance"),
-        ({"carrier": "ZZ"}, "carrier"),
     ],
 )
 def test_invalid_fields_are_rejected_and_not_logged(serving, changes, field) -> None:
@@ -90,6 +89,34 @@ def test_invalid_fields_are_rejected_and_not_logged(serving, changes, field) -> 
     assert str(next(iter(changes.values()))) not in str(caught.value)  # no payload echo
     assert serving.log.get("bad-1") is None
     # counted for the monitors' rejection rate, with the version that refused it
+    everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert serving.log.errors(*everything) == {"rejected": 1, "failed": 0}
+
+
+def test_an_unseen_category_is_scored_as_missing_and_flagged(serving) -> None:
+    known = ask(serving, "seen-1", tailnum=None)
+    answer = ask(serving, "unseen-1", carrier="ZZ", tailnum=None)  # valid, never in training
+    assert "carrier:unseen" in answer.flags and answer.degraded
+    logged = serving.log.get("unseen-1")
+    assert logged.flags == answer.flags and logged.request["carrier"] == "ZZ"
+    assert 0 < answer.probability < 1 and answer.probability != known.probability
+    serving.predictor.checks._critical = frozenset({"carrier"})  # refusing stays available
+    with pytest.raises(RequestRejected) as caught:
+        ask(serving, "unseen-2", carrier="ZZ")
+    [(field, problem)] = caught.value.problems
+    assert field == "carrier" and problem.endswith("values the model knows")
+    assert serving.log.get("unseen-2") is None
+
+
+def test_a_batch_answered_row_by_row(serving) -> None:
+    rows = [
+        serving.request_model(**{**REQUEST, **changes}).to_row()
+        for changes in ({}, {"dest": "xyz"}, {"carrier": "ZZ"})
+    ]
+    answers = serving.predictor.predict_each(rows, ["row-0", "row-1", "row-2"])
+    assert isinstance(answers[1], RequestRejected) and answers[1].problems[0][0] == "dest"
+    assert answers[2].flags == ["carrier:unseen"] and answers[0].flags == []
+    assert serving.log.get("row-0") and serving.log.get("row-2") and not serving.log.get("row-1")
     everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
     assert serving.log.errors(*everything) == {"rejected": 1, "failed": 0}
 

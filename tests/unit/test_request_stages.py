@@ -1,6 +1,7 @@
 """Each stage of the request path alone, on a small model and a real SQLite prediction log."""
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from prodguard.serving.engine import (
     ModelScoring,
     Predictor,
     RequestChecks,
+    RequestIdReused,
     Scored,
     Shadow,
     StoreFeature,
@@ -57,6 +59,21 @@ def model(version: int, shift: float = 0.0) -> LoadedModel:
 
 def contract(*expectations: dict) -> RowContract:
     return RowContract.from_suites([Suite("s", Path("s.json"), tuple(expectations), "d")])
+
+
+def predictor(log: SqlitePredictionLog, state: ServingState, **checks) -> Predictor:
+    answers = AnswerLog(log, "m")
+    scoring = ModelScoring(0.5)
+    return Predictor(
+        state=lambda: state,
+        checks=RequestChecks(contract(SIZE_POSITIVE), **checks),
+        features=lookup(Store({"A": 80.0, "Zed": 20.0}), critical=["temp"]),
+        derive=lambda frame: frame[["site", "size"]],
+        scoring=scoring,
+        answers=answers,
+        shadow=Shadow(scoring, answers),
+        clock=FixedClock(NOW),
+    )
 
 
 SIZE_POSITIVE = {
@@ -105,13 +122,20 @@ def lookup(store, **options) -> FeatureLookup:
 
 def test_checks_name_fields_without_values() -> None:
     checks = RequestChecks(contract(SIZE_POSITIVE))
-    assert checks.problems(row(), model(1)) == []
-    problems = checks.problems(row(site="Zed", size=-3.0), model(1))
-    assert [f for f, _ in problems] == ["size", "site"]
-    assert "Zed" not in str(problems) and "-3" not in str(problems)
+    assert checks.inspect(row(), model(1)) == ([], [])
+    problems, _ = checks.inspect(row(size=-3.0), model(1))
+    assert problems == [("size", "expect_column_values_to_be_between(size)")]
+    assert "-3" not in str(problems)
     with pytest.raises(RequestRejected) as caught:
         checks.check([row(), row(size=-1.0)], model(1))
     assert caught.value.problems[0][0] == "rows[1].size"
+
+
+def test_an_unseen_category_degrades_unless_critical() -> None:
+    assert RequestChecks(contract()).inspect(row(site="Zed"), model(1)) == ([], ["site:unseen"])
+    assert RequestChecks(contract()).check([row(), row("Zed")], model(1)) == [[], ["site:unseen"]]
+    problems, flags = RequestChecks(contract(), critical=["site"]).inspect(row("Zed"), model(1))
+    assert problems == [("site", "not one of the 2 values the model knows")] and flags == []
 
 
 # ---- features -------------------------------------------------------------------------------
@@ -181,13 +205,20 @@ def test_scoring_applies_the_threshold_and_routes_a_sticky_canary() -> None:
 # ---- log and shadow ---------------------------------------------------------------------------
 
 
-def test_answer_log_replays_logged_answers(tmp_path: Path) -> None:
+def test_answer_log_replays_the_same_payload_and_refuses_another(tmp_path: Path) -> None:
     answers = AnswerLog(SqlitePredictionLog(tmp_path / "p.db"), "m")
-    record = answers.record("r1", NOW, model(3), "champion", Scored(0.2, False), {}, ["x:y"], {})
-    answers.write([record])
-    replayed = answers.replayed(["r1", "r2"])
-    assert replayed[1] is None and replayed[0].replayed and replayed[0].version == 3
-    assert (replayed[0].probability, replayed[0].flags) == (0.2, ["x:y"])
+    scored = Scored(0.2, False)
+    answers.write(
+        [
+            answers.record("r1", NOW, model(3), "champion", scored, {}, ["x:y"], {}, digest="d1"),
+            answers.record("old", NOW, model(3), "champion", scored, {}, [], {}),  # no digest
+        ]
+    )
+    replayed, new, reused, old = answers.replayed(["r1", "r2", "r1", "old"], ["d1", "d", "d2", "d"])
+    assert new is None and replayed.replayed and replayed.version == 3
+    assert (replayed.probability, replayed.flags) == (0.2, ["x:y"])
+    assert isinstance(reused, RequestIdReused) and reused.problems[0][0] == "request_id"
+    assert old.replayed  # logged before payloads had digests: replayed as before
 
 
 def test_shadow_scores_the_standby_off_the_response_path(tmp_path: Path) -> None:
@@ -211,27 +242,62 @@ def test_shadow_scores_the_standby_off_the_response_path(tmp_path: Path) -> None
 
 def test_predictor_composes_the_stages_and_times_each(tmp_path: Path) -> None:
     log = SqlitePredictionLog(tmp_path / "p.db")
-    answers = AnswerLog(log, "m")
-    scoring = ModelScoring(0.5)
-    state = ServingState(champion=model(1))
-    predictor = Predictor(
-        state=lambda: state,
-        checks=RequestChecks(contract(SIZE_POSITIVE)),
-        features=lookup(Store({"A": 80.0})),
-        derive=lambda frame: frame[["site", "size"]],
-        scoring=scoring,
-        answers=answers,
-        shadow=Shadow(scoring, answers),
-        clock=FixedClock(NOW),
-    )
     stages: dict[str, float] = {}
-    answer = predictor.predict([row("A"), row("B")], ["a", "b"], stages)
+    served = predictor(log, ServingState(champion=model(1)))
+    answer = served.predict([row("A"), row("Zed")], ["a", "z"], stages)
     assert [(a.probability, a.decision, a.flags) for a in answer] == [
         (0.8, True, []),
-        (0.5, True, ["temp:missing"]),
+        (0.2, False, ["site:unseen"]),  # scored: the model maps it to missing
     ]
     assert set(stages) == {"checks", "features", "model", "log", "total"}
-    assert log.get("b").features == {"site": "B", "size": 2.0, "temp": 50.0}
-    assert predictor.predict([row("A")], ["a"])[0].replayed
-    assert predictor.refuses(row(size=-1.0)) and not predictor.refuses(row())
-    predictor.close()
+    assert log.get("z").features == {"site": "Zed", "size": 2.0, "temp": 20.0}
+    assert served.predict([row("A")], ["a"])[0].replayed
+    assert served.refuses(row(size=-1.0)) and not served.refuses(row("Zed"))
+    with pytest.raises(RequestRejected, match="rows.1..size"):
+        served.predict([row(), row(size=-1.0)], ["n1", "n2"])
+    assert log.get("n1") is None
+    served.close()
+
+
+def test_a_reused_request_id_with_another_payload_is_refused(tmp_path: Path) -> None:
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    served = predictor(log, ServingState(champion=model(1)))
+    first = served.predict([row("A")], ["id-1"])[0]
+    assert served.predict([row("A")], ["id-1"])[0] == replace(first, replayed=True)
+    with pytest.raises(RequestIdReused):
+        served.predict([row("A", size=3.0)], ["id-1"])
+    with pytest.raises(RequestIdReused):  # one reused id refuses a call answered as a whole
+        served.predict([row("A"), row("A", size=3.0)], ["id-2", "id-1"])
+    assert log.get("id-2") is None
+    each = served.predict_each([row("A", size=3.0), row("A")], ["id-1", "id-1b"])
+    assert isinstance(each[0], RequestIdReused) and each[1].version == 1
+    assert served.predict_each([row("A")], ["id-1"])[0].replayed
+    assert log.get("id-1").request["size"] == 2.0
+    served.close()
+
+
+def test_predict_each_answers_every_row_on_its_own(tmp_path: Path) -> None:
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    served = predictor(log, ServingState(champion=model(1)), critical=["site"])
+    rows = [row(), row(size=-1.0), row("Zed"), row("B"), row(), row()]
+    answers = served.predict_each(rows, ["ok", "bad", "unseen", "nostore", "dup", "dup"])
+    assert [type(a).__name__ for a in answers] == [
+        "Prediction",
+        "RequestRejected",
+        "RequestRejected",
+        "RequestRejected",  # temp is critical and the store has nothing for B
+        "Prediction",
+        "RequestRejected",
+    ]
+    assert [a.problems[0][0] for a in answers if isinstance(a, RequestRejected)] == [
+        "size",
+        "site",
+        "temp",
+        "request_id",
+    ]
+    assert log.get("ok") and log.get("dup") and not log.get("bad") and not log.get("nostore")
+    everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert log.errors(*everything) == {"rejected": 4, "failed": 0}
+    again = served.predict_each([row(), row(size=-1.0)], ["ok", "new"])
+    assert again[0].replayed and isinstance(again[1], RequestRejected)
+    served.close()

@@ -17,6 +17,7 @@ entity) and a flag ``feature:reason``; a degraded *critical* feature rejects the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -47,6 +48,13 @@ from prodguard.serving.prediction_log import ErrorKind, PredictionLog, Predictio
 _log = logging.getLogger("prodguard.serving")
 LOOKUP_WORKERS = 4
 SHADOW_BACKLOG = 64
+
+
+class RequestIdReused(DuplicateRequest):
+    """A request id already answered for a different payload (an idempotency key reused):
+    refused (409) and not logged, instead of replaying another request's answer."""
+
+    problems = [("request_id", "already used for a different request; use a new id")]
 
 
 class OnlineFeatures(Protocol):
@@ -117,32 +125,46 @@ class LastGood:
 
 
 class RequestChecks:
-    """Stage ``checks``: the request suite's row-level expectations and the categories the
-    champion knows."""
+    """Stage ``checks``: the request suite's row-level expectations, and the categories the
+    champion knows. A value the model never saw in training is scored as missing (the model's
+    encoder maps unknown categories to missing) and flagged ``column:unseen``; for a column in
+    ``critical`` it refuses the row instead."""
 
-    def __init__(self, contract: RowContract) -> None:
+    def __init__(self, contract: RowContract, critical: Collection[str] = ()) -> None:
         self._contract = contract
+        self._critical = frozenset(critical)
 
-    def problems(self, row: dict[str, Any], champion: LoadedModel) -> list[tuple[str, str]]:
-        """(field, what is wrong) pairs of one row, without its values."""
+    def inspect(
+        self, row: dict[str, Any], champion: LoadedModel
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """(field, what is wrong) pairs that refuse the row, without its values; and its flags."""
         problems = [
             (v.column, v.expectation)
             for v in self._contract.violations(row, nullable_when_tolerant=True)
         ]
+        flags = []
         for column, known in champion.categories.items():
             value = row.get(column)
             if column in row and not is_null(value) and str(value) not in known:
-                problems.append((column, f"not one of the {len(known)} values the model knows"))
-        return list(dict.fromkeys(problems))  # suites may repeat a rule
+                if column in self._critical:
+                    problems.append((column, f"not one of the {len(known)} values the model knows"))
+                else:
+                    flags.append(f"{column}:unseen")
+        return list(dict.fromkeys(problems)), flags  # suites may repeat a rule
 
-    def check(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> None:
-        """Refuse the call when any row breaks a check (rows named ``rows[i].`` in a batch)."""
+    def check(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> list[list[str]]:
+        """Every row's flags; refuses the call when any row breaks a check (rows named
+        ``rows[i].`` in a batch)."""
         problems: list[tuple[str, str]] = []
+        flags = []
         for index, row in enumerate(rows):
             where = f"rows[{index}]." if len(rows) > 1 else ""
-            problems.extend((where + f, p) for f, p in self.problems(row, champion))
+            found, flagged = self.inspect(row, champion)
+            problems.extend((where + f, p) for f, p in found)
+            flags.append(flagged)
         if problems:
             raise _rejected("invalid request fields", problems)
+        return flags
 
 
 class FeatureLookup:
@@ -359,6 +381,7 @@ class AnswerLog:
         flags: list[str],
         request: dict[str, Any],
         latencies_ms: dict[str, float] | None = None,
+        digest: str | None = None,
     ) -> PredictionRecord:
         return PredictionRecord(
             request_id=request_id,
@@ -372,15 +395,30 @@ class AnswerLog:
             flags=flags,
             latencies_ms=latencies_ms or {},
             request=request,
+            digest=digest,
         )
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         self.log.write(records)
 
-    def replayed(self, request_ids: Sequence[str]) -> list[Prediction | None]:
-        """Per id, the logged answer (a retried request gets it, not a second prediction)."""
-        found = [self.log.answer(i) for i in request_ids]
-        return [None if r is None else _prediction(r, replayed=True) for r in found]
+    def replayed(
+        self, request_ids: Sequence[str], digests: Sequence[str]
+    ) -> list[Prediction | RequestIdReused | None]:
+        """Per id, the logged answer when the payload is the same (a retried request gets it,
+        not a second prediction), refused when it differs, None when the id is new. An answer
+        logged before payloads had digests is replayed."""
+        answers: list[Prediction | RequestIdReused | None] = []
+        for request_id, digest in zip(request_ids, digests, strict=True):
+            found = self.log.answer(request_id)
+            if found is None:
+                answers.append(None)
+            elif found.digest is not None and found.digest != digest:
+                answers.append(
+                    RequestIdReused("request_id was already used for a different request")
+                )
+            else:
+                answers.append(_prediction(found, replayed=True))
+        return answers
 
     def count_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
         try:
@@ -515,18 +553,43 @@ class Predictor:
         ids: Sequence[str | None],
         stages: dict[str, float] | None = None,
     ) -> list[Prediction]:
-        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``). A request that
-        gets no prediction is counted in the log as rejected (caller's fault) or failed.
-        ``stages``, when given, receives the seconds of each stage of an answered call
-        (checks, features, model, log, total)."""
+        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``) all together or
+        not at all: one refused row refuses the call. A call that gets no prediction is counted
+        in the log as rejected (caller's fault) or failed. ``stages``, when given, receives the
+        seconds of each stage of an answered call (checks, features, model, log, total)."""
+        answers = self._run(rows, ids, stages, whole=True)
+        return [a for a in answers if isinstance(a, Prediction)]
+
+    def predict_each(
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        stages: dict[str, float] | None = None,
+    ) -> list[Prediction | InputError]:
+        """Answer each row on its own: a row the checks refuse (or whose id is repeated in the
+        call) gets its error in its place, counted as rejected; the others are answered and
+        logged. Errors of the whole call (no champion, the log down) are raised."""
+        return self._run(rows, ids, stages, whole=False)
+
+    def _run(
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        stages: dict[str, float] | None,
+        whole: bool,
+    ) -> list[Prediction | InputError]:
         state = self.state()  # one snapshot: a swap never mixes versions within a request
+        version = state.champion.version if state.champion else None
         try:
-            return self._predict(rows, ids, state, stages)
+            answers = self._predict(rows, ids, state, stages, whole)
         except ProdguardError as exc:
             kind: ErrorKind = "rejected" if isinstance(exc, InputError) else "failed"
-            version = state.champion.version if state.champion else None
             self.answers.count_error(self._clock.now(), kind, version)
             raise
+        for answer in answers:
+            if not isinstance(answer, Prediction):
+                self.answers.count_error(self._clock.now(), "rejected", version)
+        return answers
 
     def _predict(
         self,
@@ -534,39 +597,72 @@ class Predictor:
         ids: Sequence[str | None],
         state: ServingState,
         stages: dict[str, float] | None,
-    ) -> list[Prediction]:
+        whole: bool,
+    ) -> list[Prediction | InputError]:
         began = time.perf_counter()
         champion = state.champion
         if champion is None:
             raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
         request_ids = [i or uuid.uuid4().hex for i in ids]
-        if len(set(request_ids)) != len(request_ids):
-            raise RequestRejected(
-                "request ids must be unique within a batch", [("request_id", "repeated in batch")]
-            )
-        replayed = self._replayed(request_ids)
-        if replayed is not None:
-            return replayed
+        requests = [_jsonable(row) for row in rows]
+        digests = [payload_digest(request) for request in requests]
+        answers: list[Prediction | InputError | None] = [None] * len(rows)
+        seen: set[str] = set()
+        for i, request_id in enumerate(request_ids):
+            if request_id in seen:
+                answers[i] = RequestRejected(
+                    "request ids must be unique within a batch",
+                    [("request_id", "repeated in batch")],
+                )
+            seen.add(request_id)
+        if whole and any(answers):
+            raise next(a for a in answers if isinstance(a, InputError))
+        self._replay(request_ids, digests, answers, whole)
+        if not _open(answers):
+            return _done(answers)
 
         started = time.perf_counter()
-        self.checks.check(rows, champion)
+        flags: list[list[str]] = [[] for _ in rows]
+        if whole:
+            flags = self.checks.check(rows, champion)
+        else:
+            for i in _open(answers):
+                problems, flags[i] = self.checks.inspect(rows[i], champion)
+                if problems:
+                    answers[i] = _rejected("invalid request fields", problems)
         checks_s = time.perf_counter() - started
+        todo = _open(answers)
+        if not todo:
+            return _done(answers)
 
         started = time.perf_counter()
-        fetched, unavailable = self.features.fetch(rows)
+        fetched, unavailable = self.features.fetch([rows[i] for i in todo])
         lookup_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        assembled = self.features.assemble(rows, fetched, unavailable, champion)
-        critical = [p for found in assembled for p in found.problems]
-        if critical:
-            raise _rejected("critical features degraded", critical)
-        request = self.derive(pd.DataFrame(list(rows)))
-        inputs = [{**request.iloc[i].to_dict(), **assembled[i].values} for i in range(len(rows))]
+        assembled = dict(
+            zip(
+                todo,
+                self.features.assemble([rows[i] for i in todo], fetched, unavailable, champion),
+                strict=True,
+            )
+        )
+        critical = {i: found.problems for i, found in assembled.items() if found.problems}
+        if whole and critical:
+            raise _rejected("critical features degraded", [p for c in critical.values() for p in c])
+        for i, problems in critical.items():
+            answers[i] = _rejected("critical features degraded", problems)
+        todo = _open(answers)
+        if not todo:
+            return _done(answers)
+        request = self.derive(pd.DataFrame([rows[i] for i in todo]))
+        inputs = [{**request.iloc[n].to_dict(), **assembled[i].values} for n, i in enumerate(todo)]
         checks_s += time.perf_counter() - started
 
         started = time.perf_counter()
-        frame, answered = self.scoring.answer(state, rows, request_ids, inputs)
+        frame, answered = self.scoring.answer(
+            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs
+        )
         model_s = time.perf_counter() - started
 
         now = self._clock.now()
@@ -583,21 +679,16 @@ class Predictor:
                 model,
                 "champion" if model.version == champion.version else "canary",
                 scored,
-                inputs[i],
-                assembled[i].flags,
-                _jsonable(rows[i]),
+                inputs[n],
+                flags[i] + assembled[i].flags,
+                requests[i],
                 latencies,
+                digests[i],
             )
-            for i, (model, scored) in enumerate(answered)
+            for n, (i, (model, scored)) in enumerate(zip(todo, answered, strict=True))
         ]
         started = time.perf_counter()
-        try:
-            self.answers.write(records)
-        except DuplicateRequest:  # the same ids answered concurrently: return that answer
-            replayed = self._replayed(request_ids)
-            if replayed is None:
-                raise
-            return replayed
+        written = self._write(records, todo, request_ids, digests, answers, whole)
         log_s = time.perf_counter() - started
 
         timed = {
@@ -611,26 +702,71 @@ class Predictor:
             self._metrics.observe(stage, seconds)
         if stages is not None:
             stages.update(timed)
-        for (version, role), count in Counter((r.version, r.role) for r in records).items():
+        for (version, role), count in Counter((r.version, r.role) for r in written).items():
             self._metrics.count("predictions", {"version": str(version), "role": role}, count)
-        for found in assembled:
-            for flag in found.flags:
+        for record in written:
+            for flag in record.flags:
                 feature, _, reason = flag.partition(":")
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
-        self.shadow.after(state, frame, records)
-        return [_prediction(r) for r in records]
+        if len(written) == len(records):
+            self.shadow.after(state, frame, records)
+        elif written:  # some ids were answered concurrently: only the rows logged here
+            logged = {id(record) for record in written}
+            kept = [n for n, record in enumerate(records) if id(record) in logged]
+            self.shadow.after(state, frame.iloc[kept], written)
+        return _done(answers)
 
-    def _replayed(self, request_ids: list[str]) -> list[Prediction] | None:
-        found = self.answers.replayed(request_ids)
-        if all(r is None for r in found):
-            return None
-        if any(r is None for r in found):
+    def _replay(
+        self,
+        request_ids: list[str],
+        digests: list[str],
+        answers: list[Prediction | InputError | None],
+        whole: bool,
+    ) -> None:
+        """A retried request (same id, same payload) gets the logged answer, not a second
+        prediction; the same id with another payload is refused. A call answered as a whole is
+        replayed as a whole (or refused when only partly answered)."""
+        todo = _open(answers)
+        found = self.answers.replayed([request_ids[i] for i in todo], [digests[i] for i in todo])
+        reused = [r for r in found if isinstance(r, RequestIdReused)]
+        if whole and reused:
+            raise reused[0]
+        if whole and any(r is not None for r in found) and any(r is None for r in found):
             raise RequestRejected(
                 "some request ids of this batch were already answered and some not; "
                 "retry with the same batch or new ids",
                 [("request_id", "partially replayed batch")],
             )
-        return [r for r in found if r is not None]
+        for i, replayed in zip(todo, found, strict=True):
+            if replayed is not None:
+                answers[i] = replayed
+
+    def _write(
+        self,
+        records: list[PredictionRecord],
+        todo: list[int],
+        request_ids: list[str],
+        digests: list[str],
+        answers: list[Prediction | InputError | None],
+        whole: bool,
+    ) -> list[PredictionRecord]:
+        """Commit the records and put their answers in place; ids answered concurrently (a
+        duplicate in the log) get that answer instead. Returns the records written."""
+        try:
+            self.answers.write(records)
+        except DuplicateRequest:
+            if whole or len(records) == 1:
+                self._replay(request_ids, digests, answers, whole)
+                if any(answers[i] is None for i in todo):
+                    raise
+                return []
+            written = []  # one by one: each row is answered on its own
+            for i, record in zip(todo, records, strict=True):
+                written += self._write([record], [i], request_ids, digests, answers, whole)
+            return written
+        for i, record in zip(todo, records, strict=True):
+            answers[i] = _prediction(record)
+        return records
 
     def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
         return self.features.warm_up(entity, timeout_s)
@@ -638,7 +774,7 @@ class Predictor:
     def refuses(self, row: dict[str, Any]) -> bool:
         """Would the request checks reject this row for the current champion?"""
         champion = self.state().champion
-        return champion is not None and bool(self.checks.problems(row, champion))
+        return champion is not None and bool(self.checks.inspect(row, champion)[0])
 
     def drain(self) -> None:
         """Wait for pending shadow work (tests, shutdown)."""
@@ -647,6 +783,15 @@ class Predictor:
     def close(self) -> None:
         self.shadow.close()
         self.features.close()
+
+
+def _open(answers: list[Any]) -> list[int]:
+    return [i for i, answer in enumerate(answers) if answer is None]
+
+
+def _done(answers: list[Prediction | InputError | None]) -> list[Prediction | InputError]:
+    assert all(a is not None for a in answers)
+    return [a for a in answers if a is not None]
 
 
 def _rejected(what: str, problems: list[tuple[str, str]]) -> RequestRejected:
@@ -664,6 +809,13 @@ def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
         record.flags,
         replayed,
     )
+
+
+def payload_digest(request: dict[str, Any]) -> str:
+    """The digest of a request's payload (its source-shaped row, JSON with sorted keys): what
+    makes a reused request id the same request or another one."""
+    text = json.dumps(request, sort_keys=True, default=str, allow_nan=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _sampled(request_id: str, share: float) -> bool:

@@ -55,6 +55,7 @@ class PredictionRecord:
     flags: list[str] = field(default_factory=list)
     latencies_ms: dict[str, float] = field(default_factory=dict)
     request: dict[str, Any] = field(default_factory=dict)
+    digest: str | None = None  # of the request's payload: a reused id must repeat it
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -102,13 +103,14 @@ COLUMNS = (
     "flags",
     "latencies_ms",
     "request",
+    "request_digest",  # nullable: added after the first release (see _MIGRATIONS)
 )
 _SELECT = ", ".join(f"p.{c}" for c in COLUMNS)
 _JOINED = (
     f"SELECT {_SELECT}, f.outcome AS outcome, f.time AS feedback_time FROM predictions p "
     "LEFT JOIN feedback f ON f.request_id = p.request_id"
 )
-_INSERT = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 11)})"
+_INSERT = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # Times are ISO 8601 text in UTC (one format, so text order is time order) on both backends,
 # and the JSON columns are text: both return the same rows and frames.
 _SCHEMA = """
@@ -125,6 +127,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     flags TEXT NOT NULL,
     latencies_ms TEXT NOT NULL,
     request TEXT NOT NULL,
+    request_digest TEXT,
     PRIMARY KEY (request_id, role)
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
@@ -140,6 +143,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     outcome TEXT NOT NULL
 )
 """
+
+# Columns added since the first release, added on open to a log that lacks them (nullable: old
+# rows keep NULL).
+_MIGRATIONS = {"request_digest": "TEXT"}
 
 
 @dataclass
@@ -192,6 +199,7 @@ class _SqlPredictionLog:
                 _dumps(r.flags),
                 _dumps(r.latencies_ms),
                 _dumps(r.request),
+                r.digest,
             )
             for r in records
         ]
@@ -399,6 +407,12 @@ class SqlitePredictionLog(_SqlPredictionLog):
             if checkpoint_every_s is not None:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.executescript(_SCHEMA.format(serial="", real="REAL"))
+            for column, kind in _MIGRATIONS.items():
+                if column not in self._columns():
+                    with contextlib.suppress(sqlite3.OperationalError):  # another opener won
+                        self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+                    if column not in self._columns():
+                        raise sqlite3.OperationalError(f"column {column} cannot be added")
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
         self._stop = threading.Event()
@@ -412,6 +426,9 @@ class SqlitePredictionLog(_SqlPredictionLog):
 
     def _connection(self) -> sqlite3.Connection:
         return self._conn
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
 
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first insert
@@ -453,6 +470,10 @@ class PostgresPredictionLog(_SqlPredictionLog):
                     ).split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    for column, kind in _MIGRATIONS.items():
+                        conn.execute(
+                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {column} {kind}"
+                        )
             except psycopg.Error as exc:
                 raise StorageError(
                     f"prediction log {self.where} cannot be opened ({redact(first_line(exc))}); "
@@ -533,4 +554,5 @@ def _record(row: tuple) -> PredictionRecord:
         flags=json.loads(row[8]),
         latencies_ms=json.loads(row[9]),
         request=json.loads(row[10]),
+        digest=row[11],
     )
