@@ -207,6 +207,27 @@ def test_a_refused_request_is_422_and_a_batch_answers_row_by_row(service: str) -
     assert MARKER not in json.dumps(answer)
 
 
+def test_a_reused_request_id_is_409_unless_the_request_is_the_same(service: str) -> None:
+    status, first = post(service, "/predict", {**REQUEST, "request_id": "reuse-1"})
+    assert status == 200, first
+    status, again = post(service, "/predict", {**REQUEST, "request_id": "reuse-1"})
+    assert status == 200 and again["replayed"] and again["probability"] == first["probability"]
+    other = {**REQUEST, "distance": 1234.5, "request_id": "reuse-1"}
+    status, answer = post(service, "/predict", other)
+    assert status == 409 and answer["problems"][0]["field"] == "request_id", answer
+    assert "1234.5" not in json.dumps(answer)
+    rows = [other, {**REQUEST, "request_id": "reuse-2"}]
+    status, answer = post(service, "/predict_batch", {"rows": rows})
+    assert status == 200 and [r["status"] for r in answer["results"]] == [409, 200], answer
+    assert answer["results"][0]["problems"][0]["field"] == "request_id"
+    status, answer = post(service, "/predict", {**other, "request_id": "reuse-2"})
+    assert status == 409  # the batch logged reuse-2 with the first payload
+    outcome = {"request_id": "reuse-1", "outcome": {"arr_delay": 3}}
+    assert post(service, "/feedback", outcome)[1]["status"] == "recorded"
+    status, answer = post(service, "/feedback", {**outcome, "outcome": {"arr_delay": 77}})
+    assert status == 409 and "77" not in json.dumps(answer)
+
+
 def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(
     service: str, project: Path, mlflow_ui
 ) -> None:
