@@ -225,7 +225,8 @@ def test_a_reused_request_id_is_409_unless_the_request_is_the_same(service: str)
     outcome = {"request_id": "reuse-1", "outcome": {"arr_delay": 3}}
     assert post(service, "/feedback", outcome)[1]["status"] == "recorded"
     status, answer = post(service, "/feedback", {**outcome, "outcome": {"arr_delay": 77}})
-    assert status == 409 and "77" not in json.dumps(answer)
+    assert status == 409 and answer["problems"][0]["field"] == "request_id", answer
+    assert "77" not in json.dumps(answer)
 
 
 def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(

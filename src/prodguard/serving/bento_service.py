@@ -179,7 +179,10 @@ def _status(exc: ProdguardError) -> HTTPStatus:
 
 
 def _problems(exc: ProdguardError) -> list[dict[str, str]]:
-    return [{"field": f, "problem": p} for f, p in getattr(exc, "problems", [])]
+    problems = getattr(exc, "problems", [])
+    if isinstance(exc, FeedbackConflict):  # the idempotency key reused for another outcome
+        problems = [("request_id", "a different outcome was already recorded for it")]
+    return [{"field": f, "problem": p} for f, p in problems]
 
 
 def error_response(exc: ProdguardError, ctx: bentoml.Context | None = None) -> JSONResponse:
@@ -192,11 +195,15 @@ def error_response(exc: ProdguardError, ctx: bentoml.Context | None = None) -> J
     return JSONResponse({"error": str(exc), "problems": problems}, status_code=status)
 
 
-def malformed_row(exc: ValidationError) -> RequestRejected:
-    """A batch row that does not match the request model: where and what, never the value."""
-    problems = [(".".join(str(p) for p in e["loc"]) or "row", e["msg"]) for e in exc.errors()]
-    shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
-    return RequestRejected(f"malformed row: {shown}", problems)
+class MalformedRow(InputError):
+    """A batch row that does not match the request model (400, as /predict answers it)."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        self.problems = [
+            (".".join(str(p) for p in e["loc"]) or "row", e["msg"]) for e in exc.errors()
+        ]  # where and what, never the value
+        shown = "; ".join(f"{f}: {p}" for f, p in self.problems[:5])
+        super().__init__(f"malformed row: {shown}")
 
 
 def server_timing(stages: dict[str, float]) -> str:
@@ -418,7 +425,7 @@ class PredictionService:
                 try:
                     parsed.append((index, RequestModel.model_validate(row)))
                 except ValidationError as exc:
-                    results[index] = _row_error(malformed_row(exc), None)
+                    results[index] = _row_error(MalformedRow(exc), None)
                     self._record_error("rejected")
             stages: dict[str, float] = {}
             answers = (
