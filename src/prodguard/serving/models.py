@@ -197,6 +197,12 @@ def load_verified(
         problem = check_output(spec, loaded.raw(loaded.frame([fallbacks])))
         if problem:
             raise PromotionRefused(f"v{version} cannot be served: {problem}")
+        from prodguard.serving.treelite_adapter import fast_scorer
+
+        scorer, how = fast_scorer(loaded)
+        _log.info("v%s scored by %s: %s", version, "the fast path" if scorer else "itself", how)
+        if scorer is not None:
+            loaded = replace(loaded, scorer=scorer)
     except (PromotionRefused, RegistryUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure to load or score refuses
