@@ -116,5 +116,5 @@ def test_train_serve_log_monitor_and_fault(ingested, tmp_path, task) -> None:
         assert (shifted.raw(rows)[:, -1] > base.raw(rows)[:, -1]).all()
 
     operations.registry.set_version_tag(trained.version, "prodguard.task", "binary")
-    with pytest.raises(PromotionRefused, match="model.task is binary but the model returns"):
+    with pytest.raises(PromotionRefused, match="cannot be served: model.task is binary"):
         load_verified(operations.registry, store_features, trained.version)
