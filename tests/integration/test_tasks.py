@@ -52,7 +52,7 @@ def test_train_serve_log_monitor_and_fault(ingested, tmp_path, task) -> None:
 
     serving = wiring.build_serving(settings)
     serving.log = SqlitePredictionLog(tmp_path / "predictions.db")
-    serving.predictor._log = serving.log
+    serving.predictor.answers.log = serving.log
     serving.follower.refresh()
     try:
         requests = [
