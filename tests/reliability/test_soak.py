@@ -71,6 +71,7 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
+@pytest.mark.timeout(SOAK_S + 1200)  # the soak, the fixture's project and the process starts
 def test_soak_serving_with_guard_and_monitor_stays_flat(served_project: Path, tmp_path) -> None:
     root = copy_project(served_project, tmp_path / "project")
     env = {"PRODGUARD_ROLLOUT__GUARD_IN_SERVICE_SECONDS": "5"}
