@@ -150,6 +150,12 @@ def test_postgres_restart_under_load_loses_nothing_acknowledged(
         return f"{len(sent)} × 503 over {max(sent) - min(sent):.2f} s" if sent else "no 503"
 
     figures = ", ".join(f"{k} {v:.2f} s" for k, v in recovery.items())
+    last_503 = {  # the last refusal sent after the server accepted connections again
+        name: max((t for t, _, s, _ in every if s == 503 and since <= t < until), default=since)
+        - since
+        for name, since, until in (("fast", fast_up, down_at), ("immediate", up_at, up_at + 6))
+    }
+    reasons = Counter(b["error"][:60] for _, _, s, b in every if s == 503 and b)
     print(
         f"\n[postgres restart] two replicas, {len(every)} requests: {statuses[200]} × 200, "
         f"{statuses[503]} × 503 (restart -m fast: {outage(fast_at - 1, down_at)}; "
@@ -158,5 +164,8 @@ def test_postgres_restart_under_load_loses_nothing_acknowledged(
         f"{logged_refused} of the 503s were committed — a later retry replays them); "
         f"restart -m fast took {fast_up - fast_at:.2f} s, start after -m immediate "
         f"{up_at - starting_at:.2f} s; first 200 after the server was back: {figures}; "
-        f"{len(acknowledged)} acknowledged, all logged once, 0 duplicates"
+        f"last 503 after the server was back: "
+        f"{', '.join(f'{k} +{v:.2f} s' for k, v in last_503.items())}; "
+        f"{len(acknowledged)} acknowledged, all logged once, 0 duplicates; 503 reasons: "
+        f"{dict(reasons)}"
     )
