@@ -43,6 +43,7 @@ SWAPPED = ("dep_hour", "temp")
 SLOW_SECONDS = 0.3
 BASELINE = ("2013-04-01", "2013-04-15")
 FAULTY = 1_000  # faulty versions are numbered from here (staging only)
+CHAMPION, STANDBY = 2, 1  # v2 serves with v1 as standby; faults are copies of v2
 # kind -> (class, episodes in the full run, days)
 KINDS: dict[str, tuple[str, int, int]] = {
     "seasonal drift": ("benign", 8, 3),
@@ -103,12 +104,12 @@ def staging_registry(registry: Any, faults: dict[int, str], cache: dict[int, Any
 
     class BenchRegistry(StagingRegistry):
         def load_model(self, version: int) -> Any:
-            base = 2 if version in faults else version
+            base = CHAMPION if version in faults else version
             if base not in cache:
                 cache[base] = registry.load_model(base)
             return fault_model(faults[version], cache[base]) if version in faults else cache[base]
 
-    return BenchRegistry(registry, {v: (2, 0.0) for v in faults})
+    return BenchRegistry(registry, {v: (CHAMPION, 0.0) for v in faults})
 
 
 # ---- data incidents and traffic changes ----------------------------------------------------
@@ -242,14 +243,14 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
         clock=clock,
     )
     if episode.kind == "better canary":
-        staging.set_alias("champion", 1)
-        operations.start_rollout("canary", "bench", (5.0, 25.0, 100.0), version=2)
+        staging.set_alias("champion", STANDBY)
+        operations.start_rollout("canary", "bench", (5.0, 25.0, 100.0), version=CHAMPION)
     elif faulty is not None:  # as the drill: the fault promoted over v2, v2 standby
-        staging.set_alias("champion", 2)
+        staging.set_alias("champion", CHAMPION)
         operations.promote("bench", f"fault: {episode.kind}", version=faulty)
     else:
-        staging.set_alias("champion", 1)
-        operations.promote("bench", "episode", version=2)  # v2 champion, v1 standby
+        staging.set_alias("champion", STANDBY)
+        operations.promote("bench", "episode", version=CHAMPION)
     follower.refresh()
     log = SqlitePredictionLog(work / "log.db", "NORMAL")
     monitor = Monitor(log, lambda v: version_reference(staging, v), settings.monitoring, clock)
@@ -346,7 +347,7 @@ def prepare(work: Path) -> dict[str, Any]:
         app.materialize(settings, until=t("2013-09-01"))
         app.train(settings, t("2013-01-01"), t("2013-03-01"), actor="bench")
         app.train(settings, t("2013-01-01"), t("2013-04-01"), actor="bench")
-    for version in (2, 1):
+    for version in (CHAMPION, STANDBY):
         if BASELINE_TAG not in registry.version(version).tags:
             record_baseline(settings, t(BASELINE[0]), t(BASELINE[1]), version=version)
     print(f"set-up (ingest, train v1/v2, baselines): {time.perf_counter() - began:.0f} s")
