@@ -206,7 +206,7 @@ def episodes(quick: bool, seed: int) -> list[Episode]:
 
 
 def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
-    from prodguard import app
+    from prodguard import app, wiring
     from prodguard.alerts import Alerter, AlertGate, FileGateState, JsonlSink
     from prodguard.clock import FixedClock
     from prodguard.features.feast_adapter import feature_contract
@@ -289,7 +289,7 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
             how = "stale" if "stale" in episode.kind else "quarantined"
             store = WeatherIncident(store, context["as_of_clock"], replay_clock, *incident, how)
             store.stale_store = context["as_of"]
-        return app.build_predictor(
+        return wiring.build_predictor(
             settings,
             store,
             state,
@@ -326,11 +326,12 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
 
 
 def prepare(work: Path) -> dict[str, Any]:
-    from prodguard import app
+    from prodguard import app, wiring
     from prodguard.config import load_settings
     from prodguard.features.as_of import AsOfFeatures
     from prodguard.ingestion.offline import OfflineStore
-    from prodguard.monitoring.jobs import BASELINE_TAG, record_baseline
+    from prodguard.monitoring.jobs import record_baseline
+    from prodguard.registry.lineage import BASELINE as BASELINE_TAG
     from prodguard.timewindows import parse_time as t
 
     project = work / "project"
@@ -340,7 +341,7 @@ def prepare(work: Path) -> dict[str, Any]:
             source = ROOT / name
             (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
     settings = load_settings(project / "prodguard.yaml", environ={})
-    registry = app.registry_operations(settings).registry
+    registry = wiring.registry_operations(settings).registry
     began = time.perf_counter()
     if len(registry.versions()) < 2:
         app.ingest(settings, t("2013-01-01"), t("2013-09-01"))
@@ -351,7 +352,7 @@ def prepare(work: Path) -> dict[str, Any]:
         if BASELINE_TAG not in registry.version(version).tags:
             record_baseline(settings, t(BASELINE[0]), t(BASELINE[1]), version=version)
     print(f"set-up (ingest, train v1/v2, baselines): {time.perf_counter() - began:.0f} s")
-    views = app.feature_store(settings).versions()
+    views = wiring.feature_store(settings).versions()
     switch = SwitchableClock()
     timestamps = {name: s.timestamp for name, s in settings.sources.items()}
     as_of = AsOfFeatures(OfflineStore(settings.paths.offline_dir), views, switch, timestamps)

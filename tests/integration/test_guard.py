@@ -143,6 +143,7 @@ def test_a_data_outage_holds_model_moves_and_opens_a_pipeline_incident(project: 
     assert incident["severity"] == "warning" and "not a model fault" in incident["message"]
     assert set(WEATHER) <= set(incident["details"]["features"])
     assert not app.alerts(settings, "rollback")
+    assert app.status(settings)["data_incident"]["message"] == incident["message"]
 
 
 def test_a_faulty_version_during_an_outage_is_rolled_back_by_the_paired_test(
