@@ -11,11 +11,11 @@ scores of the canary's rows). A change in the world moves every model's scores a
 difference the reference does not share is the model's own. A test starts afresh when the
 version or its reference changes.
 
-A data incident (the last hour's degraded requests above the baseline's share by
-``degraded_margin``: a quarantined, stale or unavailable source) is not a model fault: model
-moves hold (no rollback on an unpaired trigger, no canary step, no promotion) and a pipeline
-incident is alerted naming the features; a paired difference still rolls back, since both
-versions eat the same bad data.
+A data incident (the last hour's degraded requests shown, by a rate test at ``alpha``, above
+the baseline's share plus ``degraded_margin``: a quarantined, stale or unavailable source) is
+not a model fault: model moves hold (no rollback on an unpaired trigger, no canary step, no
+promotion) and a pipeline incident is alerted naming the features; a paired difference still
+rolls back, since both versions eat the same bad data.
 
 Safe to run twice: the rollback states the aliases it read, so of two guards one moves and the
 other finds them moved (``moved_elsewhere``), never a double move.
@@ -35,6 +35,7 @@ from prodguard.monitoring.monitor import Monitor, PairedStates, WindowReport, re
 from prodguard.registry.audit import AuditRecord
 from prodguard.registry.operations import AliasState, RegistryOperations
 from prodguard.rollout.policy import TrafficPolicy
+from prodguard.rollout.sequential import RateTest
 from prodguard.rollout.triggers import TriggerResult, evaluate_triggers
 from prodguard.serving.prediction_log import ANSWERS, Roles
 
@@ -233,8 +234,11 @@ class Guard:
         baseline = self._monitor.reference(version).baseline
         known = baseline.metrics.get("rate.degraded") if baseline is not None else None
         usual = known.mean if known is not None else 0.0
-        margin = self._settings.rollout.triggers.degraded_margin
-        if degraded.n < INCIDENT_MIN_ROWS or degraded.rate <= usual + margin:
+        settings = self._settings.rollout.triggers
+        margin = min(settings.degraded_margin, (1 - usual) / 3)
+        # shown above the usual share plus the margin, not merely seen above it in one hour
+        test = RateTest(min(usual, 0.99), 2 * margin, alpha=settings.alpha, null_effect=margin)
+        if degraded.n < INCIDENT_MIN_ROWS or test.decide(degraded).verdict != "fired":
             self._incident = frozenset()
             return ""
         named = sorted(features, key=lambda f: (-features[f], f))
