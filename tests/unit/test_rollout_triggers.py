@@ -189,3 +189,19 @@ def test_drill_gate_needs_a_passed_recent_drill() -> None:
     old = (now - timedelta(hours=200)).isoformat()
     with pytest.raises(PromotionRefused, match="drill is 200 h old"):
         drill_gate(Tags(passed=True, at=old), 4, 168, now)
+
+
+def test_row_costs_are_the_terms_of_the_kpi() -> None:
+    from prodguard.config import KpiSettings
+    from prodguard.monitoring.measures import BINARY, row_costs
+
+    kpi = KpiSettings(name="delay_cost", outcome="delayed", cost_missed=1.0, cost_false_alert=0.25)
+    frame = pd.DataFrame(
+        {
+            "outcome": [{"delayed": 1}, None, {"delayed": 0}, {"delayed": 1}],
+            "probability": [0.2, 0.5, 0.9, 0.8],
+            "decision": [0, 1, 1, 1],
+        }
+    )
+    costs = row_costs(frame, kpi, BINARY, None)  # missed, unlabelled, false alert, caught
+    assert np.isnan(costs[1]) and list(costs[[0, 2, 3]]) == [1.0, 0.25, 0.0]

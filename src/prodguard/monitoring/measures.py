@@ -39,6 +39,7 @@ from prodguard.tasks import (
     Task,
     TaskSpec,
     kpi_cost,
+    kpi_costs,
     score_measures,
     score_metric_names,
 )
@@ -242,18 +243,20 @@ def row_costs(
     """The KPI cost of each labelled row of ``frame`` (NaN where there is no outcome yet): the
     per-request terms whose mean is ``kpi.<name>``, for paired cost differences."""
     outcomes = frame["outcome"].map(lambda o: o.get(kpi.outcome) if isinstance(o, dict) else None)
+    labelled = outcomes.notna().to_numpy()
     costs = np.full(len(frame), np.nan)
-    for i in np.flatnonzero(outcomes.notna().to_numpy()):
-        outputs = logged_outputs(spec, frame.iloc[[i]].reset_index(drop=True))
-        costs[i] = kpi_cost(
-            spec,
-            outcomes.iloc[[i]].to_numpy(),
-            outputs,
-            cost_missed=kpi.cost_missed,
-            cost_false_alert=kpi.cost_false_alert,
-            cost_matrix=kpi.cost_matrix,
-            cost=cost,
-        )
+    if not labelled.any():
+        return costs
+    outputs = logged_outputs(spec, frame[labelled].reset_index(drop=True))
+    costs[labelled] = kpi_costs(
+        spec,
+        outcomes[labelled].to_numpy(),
+        outputs,
+        cost_missed=kpi.cost_missed,
+        cost_false_alert=kpi.cost_false_alert,
+        cost_matrix=kpi.cost_matrix,
+        cost=cost,
+    )
     return costs
 
 
