@@ -355,7 +355,10 @@ class RolloutSettings(_Strict):
         "would drop a younger one is refused (lower only with the audited override flag).",
     )
     guard_minutes: float = Field(
-        default=1440, gt=0, description="How far back the guard looks at a version's traffic."
+        default=1440,
+        gt=0,
+        description="How far back the guard looks at a version's traffic when the time it went "
+        "live is unknown (else its tests run from that time).",
     )
     canary_steps: list[float] = Field(
         default_factory=lambda: [5.0, 25.0, 100.0],

@@ -266,11 +266,13 @@ class Guard:
         return description
 
     def _live_start(self, version: int, now: datetime) -> datetime:
-        """Since the version became champion, at most ``guard_minutes`` back."""
+        """Since the version became champion: a sequential test's sample grows from the change
+        (a sliding window would re-test overlapping samples, and at low traffic never gather
+        enough); ``guard_minutes`` back when that time is unknown."""
         earliest = now - timedelta(minutes=self._settings.rollout.guard_minutes)
         since = self._operations.live_since(version)
-        # unknown, or later than now (another host's clock): the whole guard window
-        return since if since is not None and earliest < since <= now else earliest
+        # unknown, or later than now (another host's clock): the guard window
+        return since if since is not None and since <= now else earliest
 
     def _judge(self, version: int, start: datetime, now: datetime, roles: Roles) -> WindowReport:
         """The version's traffic in ``[start, now)``; its KPI from the part old enough for
