@@ -206,7 +206,7 @@ def episodes(quick: bool, seed: int) -> list[Episode]:
 
 
 def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
-    from prodguard import app, wiring
+    from prodguard import wiring
     from prodguard.alerts import Alerter, AlertGate, FileGateState, JsonlSink
     from prodguard.clock import FixedClock
     from prodguard.features.feast_adapter import feature_contract
