@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import brentq, minimize_scalar
 from scipy.special import betaln
 
@@ -178,7 +179,7 @@ def _check(alpha: float, null_effect: float, min_effect: float) -> None:
 
 
 def verdicts(
-    low: np.ndarray, high: np.ndarray, side: Side, null_effect: float, min_effect: float
+    low: ArrayLike, high: ArrayLike, side: Side, null_effect: float, min_effect: float
 ) -> np.ndarray:
     """Decisions read off intervals of the (signed) effect, vectorised: ``clean`` when the
     interval lies within the minimum effect, else ``fired`` when it lies beyond the null
@@ -251,7 +252,7 @@ class MeanTest:
         self.n0 = tuned_n0(target_n, alpha)
 
     def bounds(
-        self, n: np.ndarray, total: np.ndarray, squares: np.ndarray
+        self, n: ArrayLike, total: ArrayLike, squares: ArrayLike
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vectorised over states given as arrays of count, sum, sum of squares: (estimate,
         low, high) of the confidence sequence; an infinite interval where ``n`` is below the
@@ -269,7 +270,7 @@ class MeanTest:
         radius = np.where(n >= max(self.min_n, 1), radius, np.inf)
         return mean, mean - radius, mean + radius
 
-    def verdicts(self, n: np.ndarray, total: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    def verdicts(self, n: ArrayLike, total: ArrayLike, squares: ArrayLike) -> np.ndarray:
         _, low, high = self.bounds(n, total, squares)
         return verdicts(low, high, self.side, self.null_effect, self.min_effect)
 
@@ -345,7 +346,7 @@ class RateTest:
         self.a, self.b = centre * prior_weight, (1 - centre) * prior_weight
         self._threshold = math.log(1 / alpha)
 
-    def log_evidence(self, n: np.ndarray, events: np.ndarray, p: float) -> np.ndarray:
+    def log_evidence(self, n: ArrayLike, events: ArrayLike, p: float) -> np.ndarray:
         """``log M_n(p)``, vectorised over counts: the mixture likelihood of the counts against
         rate ``p`` (at least ``log(1 / alpha)``: ``p`` is outside the interval)."""
         n, k = np.asarray(n, dtype="float64"), np.asarray(events, dtype="float64")
@@ -356,7 +357,7 @@ class RateTest:
             log_null = np.where(k > 0, k * log_p, 0.0) + np.where(n - k > 0, (n - k) * log_q, 0.0)
         return log_mix - log_null
 
-    def verdicts(self, n: np.ndarray, events: np.ndarray) -> np.ndarray:
+    def verdicts(self, n: ArrayLike, events: ArrayLike) -> np.ndarray:
         """Vectorised decisions: a bound is past ``p`` when the evidence against ``p`` reaches
         ``1 / alpha`` and the observed rate is on the other side of ``p``."""
         n, events = np.asarray(n, dtype="float64"), np.asarray(events, dtype="float64")
