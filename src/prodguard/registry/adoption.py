@@ -26,7 +26,7 @@ from prodguard.config import Settings
 from prodguard.errors import InputError, ModelContractError, TrainingError, first_line
 from prodguard.features.feast_adapter import feature_contract
 from prodguard.registry import lineage as tags_of
-from prodguard.registry.mlflow_adapter import ForeignModel
+from prodguard.registry.mlflow_adapter import ForeignModel, same_label
 from prodguard.registry.operations import RegistryOperations
 from prodguard.tasks import ModelScorer, Task, TaskSpec, check_output, model_classes
 from prodguard.training.dataset import TrainingFrame, build_frame
@@ -251,9 +251,9 @@ def parse_classes(text: str | None) -> tuple[Any, ...]:
 
 
 def _as_labels(classes: tuple[Any, ...], labels: pd.Series) -> tuple[Any, ...]:
-    """Each class as the held-out label with the same text (a frame's columns are strings)."""
-    seen = {str(v): v.item() if isinstance(v, np.generic) else v for v in labels.dropna().unique()}
-    return tuple(seen.get(str(c), c) for c in classes)
+    """Each class as the held-out label it names (a frame's columns are strings)."""
+    seen = [v.item() if isinstance(v, np.generic) else v for v in labels.dropna().unique()]
+    return tuple(next((v for v in seen if same_label(v, c)), c) for c in classes)
 
 
 def _training_frame(

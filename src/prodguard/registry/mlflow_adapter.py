@@ -180,16 +180,28 @@ class PyfuncClassifier(PyfuncRegressor):
         return np.array([labels[j] for j in probabilities.argmax(axis=1)], dtype=object)
 
     def _columns(self, out: pd.DataFrame) -> np.ndarray:
-        found = {str(c): c for c in out.columns}
+        columns = list(out.columns)
         if self.classes_ is None:
-            self.classes_ = tuple(out.columns)
-        wanted = [str(c) for c in self.classes_]
-        if sorted(found) != sorted(wanted):
+            self.classes_ = tuple(columns)
+        order = [
+            next((j for j, c in enumerate(columns) if same_label(c, k)), -1) for k in self.classes_
+        ]
+        if -1 in order or len(set(order)) != len(columns):
             raise ModelContractError(
-                f"its pyfunc returns probability columns {sorted(found)} but the classes recorded "
-                f"for it are {sorted(wanted)}; return one column per class label"
+                f"its pyfunc returns probability columns {[str(c) for c in columns]} but its "
+                f"classes are {[str(c) for c in self.classes_]}; return one column per class label"
             )
-        return out[[found[c] for c in wanted]].to_numpy(dtype="float64")
+        return out.to_numpy(dtype="float64")[:, order]
+
+
+def same_label(a: Any, b: Any) -> bool:
+    """Whether two spellings name the same class label ("1", 1 and 1.0 do)."""
+    if str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _kind(array: np.ndarray) -> str:
