@@ -119,7 +119,15 @@ def adopt(
 
     began = time.perf_counter()
     spec = check_task(found, Task(task), model.threshold, model.positive_class, held_out, columns)
-    metrics, calibration = evaluate(found.model, spec, held_out.features[columns], held_out.label)
+    try:
+        metrics, calibration = evaluate(
+            found.model, spec, held_out.features[columns], held_out.label
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever the team's model raises on a row
+        raise ModelContractError(
+            f"the model at {found.uri} fails to score the held-out rows ({type(exc).__name__}: "
+            f"{first_line(exc, 160)}); check its preprocessing and signature"
+        ) from None
     seconds["evaluate"] = time.perf_counter() - began
 
     began = time.perf_counter()

@@ -379,7 +379,9 @@ class MlflowRegistry:
                     "artifact or register the model again"
                 )
             with _wrapped(f"loading model version {version}"):
-                flavors = self._mlflow.models.Model.load(str(local / "MLmodel")).flavors
+                from mlflow.models import Model
+
+                flavors = Model.load(str(local / "MLmodel")).flavors
                 if "sklearn" in flavors:
                     return self._mlflow.sklearn.load_model(str(local))
                 with contextlib.redirect_stderr(io.StringIO()):
