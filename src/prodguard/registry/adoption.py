@@ -241,6 +241,11 @@ def check_task(
     problem = check_output(spec, raw)
     if problem:
         raise ModelContractError(f"the model at {found.uri}: {problem}")
+    if classes and len(classes) != np.shape(raw)[1]:
+        raise ModelContractError(
+            f"the model at {found.uri} returns {np.shape(raw)[1]} class probabilities but "
+            f"{len(classes)} class labels are given (--classes); name one label per column"
+        )
     return spec
 
 
