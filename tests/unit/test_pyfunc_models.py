@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -10,8 +12,9 @@ import pandas as pd
 import pytest
 
 from prodguard.errors import ModelContractError
-from prodguard.registry.adoption import parse_classes
+from prodguard.registry.adoption import check_task, parse_classes
 from prodguard.registry.mlflow_adapter import (
+    ForeignModel,
     PyfuncClassifier,
     PyfuncRegressor,
     pyfunc_model,
@@ -19,6 +22,7 @@ from prodguard.registry.mlflow_adapter import (
 )
 from prodguard.rollout.faults import faulty_model
 from prodguard.tasks import Task, TaskSpec, check_output, model_classes, normalise, raw_output
+from prodguard.training.dataset import TrainingFrame
 
 pytestmark = pytest.mark.unit
 FRAME = pd.DataFrame({"n": [1.0, 2.0, 3.0], "city": ["a", None, "b"]})
@@ -152,3 +156,57 @@ def test_class_labels_given_on_the_command_line() -> None:
     assert parse_classes("early, on_time,late") == ("early", "on_time", "late")
     assert parse_classes(None) == ()
     assert same_label("1", 1.0) and same_label(0, "0") and not same_label("a", "b")
+
+
+def held_out(labels: list[Any]) -> TrainingFrame:
+    when = datetime(2013, 1, 1, tzinfo=UTC)
+    features = pd.concat([FRAME] * 2, ignore_index=True).head(len(labels))
+    return TrainingFrame(features, pd.Series(labels), pd.DataFrame(), when, when, 0)
+
+
+def adopted(model: Any, task: Task, labels: list[Any]) -> TaskSpec:
+    found = ForeignModel("models:/team/1", (("n", "double"), ("city", "string")), model, None)
+    found = replace(found, flavor="python_function")
+    return check_task(found, task, 0.5, None, held_out(labels), ["n", "city"])
+
+
+def test_adopt_takes_a_pyfunc_s_classes_as_the_labels_spell_them() -> None:
+    spec = adopted(PyfuncClassifier(proba_frame(["0", "1"])), Task.BINARY, [0.0, 1.0, 1.0])
+    assert spec.classes == (0.0, 1.0) and spec.positive == 1.0
+    array = Pyfunc(lambda frame: np.full((len(frame), 2), 0.5))
+    assert adopted(PyfuncClassifier(array), Task.BINARY, [0, 1, 1]).classes == ()  # 0/1
+    named = PyfuncClassifier(array, classes=("no", "yes"))
+    assert adopted(named, Task.BINARY, ["no", "yes", "no"]).classes == ("no", "yes")
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "labels", "message"),
+    [
+        (PyfuncClassifier(Pyfunc(lambda f: np.zeros(len(f)))), Task.BINARY, [0, 1, 1], "per row"),
+        (
+            PyfuncClassifier(Pyfunc(lambda f: np.full((len(f), 3), 1 / 3))),
+            Task.MULTICLASS,
+            ["a", "b", "c"],
+            "pass --classes",
+        ),
+        (
+            PyfuncClassifier(Pyfunc(lambda f: np.full((len(f), 2), 0.5))),
+            Task.BINARY,
+            ["no", "yes", "no"],
+            "pass --classes",
+        ),
+        (
+            PyfuncClassifier(Pyfunc(lambda f: np.full((len(f), 3), 1 / 3)), ("a", "b")),
+            Task.MULTICLASS,
+            ["a", "b", "c"],
+            "model.task is multiclass with 2 classes",
+        ),
+        (PyfuncRegressor(proba_frame(["0", "1"])), Task.REGRESSION, [1.5, 2.0, 3.0], "for 2"),
+    ],
+)
+def test_adopt_refuses_a_pyfunc_that_does_not_return_what_its_task_needs(
+    model: Any, task: Task, labels: list[Any], message: str
+) -> None:
+    with pytest.raises(ModelContractError) as refused:
+        adopted(model, task, labels)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
