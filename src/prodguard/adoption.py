@@ -7,13 +7,25 @@ from typing import cast
 
 from prodguard.config import Settings
 from prodguard.ingestion.ledger import Ledger
-from prodguard.registry.adoption import AdoptResult, AdoptWindows, ModelAdopter, adopt
+from prodguard.registry.adoption import (
+    AdoptResult,
+    AdoptWindows,
+    ModelAdopter,
+    adopt,
+    parse_classes,
+)
 from prodguard.wiring import feature_store, registry_operations
 
 
 def adopt_model(
-    settings: Settings, model_uri: str, task: str | None, windows: AdoptWindows, actor: str
+    settings: Settings,
+    model_uri: str,
+    task: str | None,
+    windows: AdoptWindows,
+    actor: str,
+    classes: str | None = None,
 ) -> AdoptResult:
+    """``classes``: ``--classes a,b,c``, the labels of a classifier pyfunc's array columns."""
     digests = Ledger(settings.paths.state_dir).suite_digests(windows.train_start, windows.train_end)
     operations = registry_operations(settings)  # on an MlflowRegistry, which adopts models
     return adopt(
@@ -26,4 +38,5 @@ def adopt_model(
         task,
         windows,
         actor,
+        parse_classes(classes),
     )

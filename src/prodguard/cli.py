@@ -334,6 +334,12 @@ def adopt(
             "rebuilding them point-in-time from the feature store."
         ),
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="A classifier pyfunc returning an array: its class labels in column order (a,b,c)."
+        ),
+    ] = None,
     actor: Annotated[str | None, typer.Option(help="Who is acting (default user@host).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -352,7 +358,7 @@ def adopt(
     )
     ordered(held_first, held_last, "--eval-start", "--eval-end")
     windows = AdoptWindows(first, last, held_first, held_last, train_frame)
-    result = adopt_model(_settings(), model_uri, task, windows, actor or default_actor())
+    result = adopt_model(_settings(), model_uri, task, windows, actor or default_actor(), classes)
     if as_json:
         _print_json(result.__dict__)
         return

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from prodguard import wiring
+from prodguard.config import load_settings
+from prodguard.errors import ModelContractError
+from prodguard.rollout.faults import register_faulty
 from tests.conftest import DAILY_WINDOWS, FLIGHT_REQUEST, copy_project
 from tests.e2e.cli import run, serving
 from tests.e2e.test_serving_http import post
@@ -94,6 +98,62 @@ wide = X.assign(weekday_name=X[columns[0]])
 log("team-extra", pipeline(wide, LogisticRegression(max_iter=300)).fit(wide, y), wide)
 log("team-unsigned", good, X, signature=False)
 log("team-regressor", pipeline(X, LinearRegression()).fit(X, y.astype(float)), X)
+
+
+# Models without the sklearn flavor, served through their pyfunc: a classifier returning a
+# probability frame (columns: the class labels), one returning labels, and a regressor on
+# arr_delay that is a plain numpy least-squares fit on the numeric features.
+import numpy as np
+import pandas as pd
+
+
+class Probabilities(mlflow.pyfunc.PythonModel):
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, model_input, params=None):
+        out = self.model.predict_proba(model_input)
+        return pd.DataFrame(out, columns=[str(int(c)) for c in self.model.classes_])
+
+
+class Labels(Probabilities):
+    def predict(self, model_input, params=None):
+        return self.model.predict(model_input)
+
+
+class Linear(mlflow.pyfunc.PythonModel):
+    def __init__(self, columns, coefficients, medians):
+        self.columns, self.coefficients, self.medians = columns, coefficients, medians
+
+    def matrix(self, frame):
+        values = frame[self.columns].astype("float64").fillna(self.medians)
+        return np.column_stack([np.ones(len(frame)), values.to_numpy()])
+
+    def predict(self, model_input, params=None):
+        return self.matrix(model_input) @ self.coefficients
+
+
+def log_pyfunc(name, python_model, inputs):
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(
+            name="model", python_model=python_model, registered_model_name=name,
+            signature=infer_signature(inputs, python_model.predict(inputs)),
+        )
+
+
+log_pyfunc("team-pyfunc-proba", Probabilities(good), X)
+log_pyfunc("team-pyfunc-labels", Labels(good), X)
+environ = {**__import__("os").environ, "PRODGUARD_MODEL__LABEL": "arr_delay"}
+delays = build_frame(
+    load_settings(None, environ=environ), app.feature_store(settings),
+    *[pd.Timestamp(d, tz="UTC") for d in ("2013-01-01", "2013-03-01")],
+)
+R = prepare(delays.features)
+numeric = [c for c in R.columns if not is_categorical(R[c])]
+medians = R[numeric].astype("float64").median()
+linear = Linear(numeric, None, medians)
+linear.coefficients = np.linalg.lstsq(linear.matrix(R), delays.label.to_numpy(), rcond=None)[0]
+log_pyfunc("team-pyfunc-linear", linear, R)
 """
 
 
@@ -156,6 +216,53 @@ def test_an_adopted_model_is_promoted_served_and_drilled(team_project: Path, tmp
     assert "already carries prodguard lineage" in done.stderr
 
 
+REGRESSION = {
+    "PRODGUARD_MODEL__TASK": "regression",
+    "PRODGUARD_MODEL__LABEL": "arr_delay",
+    "PRODGUARD_MONITORING__KPI__OUTCOME": "arr_delay",
+}
+
+
+@pytest.mark.parametrize(
+    ("uri", "project_env"),
+    [("models:/team-pyfunc-linear/1", REGRESSION), ("models:/team-pyfunc-proba/1", {})],
+    ids=["regression", "binary"],
+)
+@pytest.mark.timeout(2400)
+def test_a_pyfunc_model_is_adopted_promoted_served_and_drilled(
+    team_project: Path, tmp_path: Path, uri: str, project_env: dict[str, str]
+) -> None:
+    """Custom mlflow.pyfunc.PythonModels (no sklearn flavor), served through their pyfunc."""
+    project = copy_project(team_project, tmp_path / "project")
+    env = {**ENV, **project_env}
+    run(project, "materialize", "--until", "2013-05-01")
+    result = json.loads(
+        run(project, "adopt", "--model-uri", uri, *WINDOWS, "--json", env=env).stdout
+    )
+    regression = bool(project_env)
+    assert result["task"] == ("regression" if regression else "binary"), result
+    if regression:
+        assert result["metrics"]["mae"] > 0 and result["metrics"]["r2"] < 1
+    else:
+        assert 0.6 < result["metrics"]["auc"] < 1
+    run(project, "baseline", "--start", "2013-04-01", "--end", "2013-04-04", env=env)
+    run(project, "promote", "--reason", "the team's pyfunc", env=env)
+    with serving(project, env=env) as base:
+        code, body = post(base, "/predict", {**FLIGHT_REQUEST, "request_id": "pyfunc-1"})
+    assert code == 200 and body["version"] == 1, body
+    if regression:
+        assert isinstance(body["prediction"]["value"], float), body
+    else:
+        assert 0 <= body["probability"] <= 1, body
+    drill = json.loads(run(project, "drill", "--version", "1", "--json", env=env).stdout)
+    assert drill["passed"], drill["reason"]
+
+    # a pyfunc's faulty copy is not registered (the drill's lives in memory): one line
+    settings = load_settings(project / "prodguard.yaml", environ=env)
+    with pytest.raises(ModelContractError, match="faulty copy is registered for sklearn models"):
+        register_faulty(wiring.registry_operations(settings), 1, 0.5, "tests", [])
+
+
 @pytest.mark.parametrize(
     ("uri", "task", "message"),
     [
@@ -165,6 +272,9 @@ def test_an_adopted_model_is_promoted_served_and_drilled(team_project: Path, tmp
         ("models:/team-regressor/1", None, "has no predict_proba"),
         ("models:/team-delay/1", "regression", "declared 'regression' (--task or model.task)"),
         ("models:/team-delay/1", "multiclass", "probabilities for 2 classes"),
+        ("models:/team-pyfunc-labels/1", None, 'pyfunc_predict_fn="predict_proba"'),
+        ("models:/team-pyfunc-proba/1", "regression", "returns class probabilities for 2"),
+        ("models:/team-pyfunc-proba/1", "multiclass", "probabilities for 2 classes"),
         ("models:/no-such-model/1", None, "cannot load the model at models:/no-such-model/1"),
         ("runs:/0123456789abcdef/model", None, "cannot load the model at runs:/"),
         ("s3://bucket/model", None, "neither models:/NAME/VERSION"),

@@ -1,8 +1,10 @@
 """Adopt a model trained outside prodguard: check it against the project, record the lineage
 ``prodguard train`` records, register it under ``model.name`` and make it the candidate.
 
-The model is any MLflow model with the sklearn flavor and a signature whose inputs are the
-feature service's features plus the request features. Its training rows are rebuilt point-in-time
+The model is any MLflow model that loads as a pyfunc (the sklearn flavor is served natively; any
+other through its pyfunc, which must return class probabilities for a classifier and one value
+per row for a regressor) with a signature whose inputs are the feature service's features plus
+the request features. Its training rows are rebuilt point-in-time
 from the feature store for the window it was trained on (or read from a frame the team points
 at): their statistics become the version's reference (fallbacks, PSI bins). It is evaluated on a
 held-out window with the metrics of its task. From then on it is a version like any other.
@@ -10,19 +12,21 @@ held-out window with the metrics of its task. From then on it is a version like 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from prodguard.config import Settings
 from prodguard.errors import InputError, ModelContractError, TrainingError, first_line
 from prodguard.features.feast_adapter import feature_contract
 from prodguard.registry import lineage as tags_of
-from prodguard.registry.mlflow_adapter import ForeignModel
+from prodguard.registry.mlflow_adapter import ForeignModel, same_label
 from prodguard.registry.operations import RegistryOperations
 from prodguard.tasks import ModelScorer, Task, TaskSpec, check_output, model_classes
 from prodguard.training.dataset import TrainingFrame, build_frame
@@ -37,7 +41,9 @@ SAMPLE_ROWS = 5
 class ModelAdopter(Protocol):
     """What adoption needs of the registry besides alias moves (``MlflowRegistry``)."""
 
-    def open_model(self, uri: str) -> ForeignModel: ...
+    def open_model(
+        self, uri: str, classifier: bool = True, classes: tuple[Any, ...] = ()
+    ) -> ForeignModel: ...
 
     def adopt_version(
         self,
@@ -79,10 +85,12 @@ def adopt(
     task: str | None,
     windows: AdoptWindows,
     actor: str,
+    classes: tuple[Any, ...] = (),
 ) -> AdoptResult:
     """``store`` is the Feast adapter, ``adopter`` the registry ``operations`` move aliases on;
     ``suite_digests`` names, per source, the suites that
-    validated the rows of the training window."""
+    validated the rows of the training window; ``classes``: the labels of the columns of a
+    classifier pyfunc that returns an array (``--classes``)."""
     model = settings.model
     if model is None:
         raise TrainingError("prodguard.yaml has no 'model' section")
@@ -94,7 +102,7 @@ def adopt(
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     registry = operations.registry
-    found = adopter.open_model(model_uri)
+    found = adopter.open_model(model_uri, Task(task).classifier, classes)
     adopted = found.registered_version
     if adopted is not None and registry.version(adopted).tags.get(tags_of.ARTIFACT_DIGEST):
         raise ModelContractError(
@@ -111,7 +119,15 @@ def adopt(
 
     began = time.perf_counter()
     spec = check_task(found, Task(task), model.threshold, model.positive_class, held_out, columns)
-    metrics, calibration = evaluate(found.model, spec, held_out.features[columns], held_out.label)
+    try:
+        metrics, calibration = evaluate(
+            found.model, spec, held_out.features[columns], held_out.label
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever the team's model raises on a row
+        raise ModelContractError(
+            f"the model at {found.uri} fails to score the held-out rows ({type(exc).__name__}: "
+            f"{first_line(exc, 160)}); check its preprocessing and signature"
+        ) from None
     seconds["evaluate"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -189,6 +205,7 @@ def check_task(
     rows; ModelContractError (one line) when they do not fit the declared task."""
     model = found.model
     declared = f"declared '{task.value}' (--task or model.task)"
+    pyfunc = found.flavor != "sklearn"
     if task is Task.REGRESSION and hasattr(model, "predict_proba"):
         raise ModelContractError(
             f"the model at {found.uri} is {declared} but is a classifier (it has "
@@ -199,18 +216,57 @@ def check_task(
             f"the model at {found.uri} is {declared} but has no predict_proba (a regressor?); "
             "declare regression"
         )
-    spec = TaskSpec(task, model_classes(model) if task.classifier else (), threshold, positive)
     try:
         raw = ModelScorer(model, task).raw(prepare(held_out.features[columns].head(SAMPLE_ROWS)))
+    except ModelContractError as exc:  # a pyfunc that returns no probabilities
+        raise ModelContractError(f"the model at {found.uri} is {declared} but {exc}") from None
     except Exception as exc:  # noqa: BLE001 - whatever the team's model raises on a row
         raise ModelContractError(
             f"the model at {found.uri} fails to score the project's rows ({type(exc).__name__}: "
             f"{first_line(exc, 160)}); check its preprocessing"
         ) from None
+    classes = model_classes(model) if task.classifier else ()
+    if pyfunc and task.classifier:  # the pyfunc's labels as the held-out labels spell them
+        classes = _as_labels(classes, held_out.label)
+        unlabelled = not classes and (
+            task is Task.MULTICLASS or not set(held_out.label.dropna().unique()) <= {0, 1}
+        )
+        if unlabelled:
+            raise ModelContractError(
+                f"the model at {found.uri} returns an array of class probabilities without "
+                "class labels; pass --classes (the labels in its column order) or return a "
+                "DataFrame whose columns are the labels"
+            )
+    spec = TaskSpec(task, classes, threshold, positive)
     problem = check_output(spec, raw)
     if problem:
         raise ModelContractError(f"the model at {found.uri}: {problem}")
+    if classes and len(classes) != np.shape(raw)[1]:
+        raise ModelContractError(
+            f"the model at {found.uri} returns {np.shape(raw)[1]} class probabilities but "
+            f"{len(classes)} class labels are given (--classes); name one label per column"
+        )
     return spec
+
+
+def parse_classes(text: str | None) -> tuple[Any, ...]:
+    """``--classes a,b,c`` as labels: numbers where they parse as JSON numbers, else strings."""
+    if not text:
+        return ()
+    labels: list[Any] = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            value = json.loads(item)
+        except ValueError:
+            value = item
+        labels.append(value if isinstance(value, (int, float)) else item)
+    return tuple(labels)
+
+
+def _as_labels(classes: tuple[Any, ...], labels: pd.Series) -> tuple[Any, ...]:
+    """Each class as the held-out label it names (a frame's columns are strings)."""
+    seen = [v.item() if isinstance(v, np.generic) else v for v in labels.dropna().unique()]
+    return tuple(next((v for v in seen if same_label(v, c)), c) for c in classes)
 
 
 def _training_frame(

@@ -10,7 +10,10 @@ artifact store exactly as stored (``get_model_version_download_uri``: the files 
 ``MLmodel``, ``model.skops``, ``conda.yaml``, ``python_env.yaml``, ``requirements.txt``, the
 input examples — nothing excluded) and its digest is recorded on the version as
 ``prodguard.artifact_sha256``. :meth:`MlflowRegistry.load_model` downloads the directory once,
-checks the digest and loads from that verified local copy (never a second download). A version
+checks the digest and loads from that verified local copy (never a second download): with
+``mlflow.sklearn.load_model`` when the model has the sklearn flavor, else with
+``mlflow.pyfunc.load_model`` wrapped in :class:`PyfuncRegressor` / :class:`PyfuncClassifier`
+(the interface the core scores: ``predict`` values, ``predict_proba`` + ``classes_``). A version
 whose files differ, or that has no recorded digest, is refused with
 :class:`ArtifactIntegrityError` and never deserialised. Refusing digest-less versions (rather
 than accepting them with a warning) is deliberate: an unverified model is exactly what a tampered
@@ -41,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from prodguard.errors import (
@@ -53,6 +57,7 @@ from prodguard.errors import (
 )
 from prodguard.registry import lineage
 from prodguard.registry.config import RegistryConfig
+from prodguard.tasks import spec_from_tags
 from prodguard.telemetry import disable_telemetry
 
 ALIASES = ("champion", "standby", "candidate")
@@ -94,8 +99,125 @@ class ForeignModel:
 
     uri: str
     inputs: tuple[tuple[str, str], ...] | None  # the signature's input columns and types
-    model: Any  # the native (sklearn) model prodguard serves
+    model: Any  # the native sklearn model, or a PyfuncRegressor / PyfuncClassifier
     registered_version: int | None  # its version when the URI names one of the project model's
+    flavor: str = "sklearn"  # or "python_function": anything else MLflow loads as a pyfunc
+
+
+PYFUNC_CLASSIFIER_HINT = (
+    "a classifier's pyfunc must return class probabilities from predict: a DataFrame with one "
+    "column per class label, or an (n, classes) array with the labels in --classes; log a "
+    'sklearn-like model with pyfunc_predict_fn="predict_proba", or return such a frame from a '
+    "custom PythonModel"
+)
+
+
+_CASTS = {"long": "int64", "integer": "int32", "float": "float32"}
+
+
+class PyfuncRegressor:
+    """A model without the sklearn flavor, loaded as an MLflow pyfunc: ``predict(frame)`` is its
+    pyfunc's output as values (n,) (a one-column DataFrame or a Series is taken as its values;
+    anything else is returned as an array for ``tasks.check_output`` to judge)."""
+
+    flavor = "python_function"
+
+    def __init__(self, pyfunc: Any, keep: Any = None) -> None:
+        self._pyfunc = pyfunc
+        self._keep = keep  # the verified local copy, alive as long as the model (code paths)
+        schema = pyfunc.metadata.get_input_schema()
+        names = schema.input_names() if schema is not None and schema.has_input_names() else []
+        types = [str(getattr(t, "name", t)) for t in (schema.input_types() if names else [])]
+        # prodguard's rows carry numerics as float64: the signature's integer and float32
+        # columns are cast to what MLflow's schema enforcement accepts
+        self._casts = {
+            name: _CASTS[kind] for name, kind in zip(names, types, strict=True) if kind in _CASTS
+        }
+
+    def _output(self, frame: pd.DataFrame) -> Any:
+        casts = {
+            c: t
+            for c, t in self._casts.items()
+            if c in frame.columns and (t == "float32" or frame[c].notna().all())
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._pyfunc.predict(frame.astype(casts) if casts else frame)
+
+    def predict(self, frame: pd.DataFrame) -> Any:
+        out = self._output(frame)
+        if isinstance(out, pd.DataFrame) and out.shape[1] == 1:
+            return out.iloc[:, 0].to_numpy()
+        array = out.to_numpy() if isinstance(out, (pd.DataFrame, pd.Series)) else np.asarray(out)
+        return array.reshape(-1) if array.ndim == 2 and array.shape[1] == 1 else array
+
+
+class PyfuncClassifier(PyfuncRegressor):
+    """A classifier loaded as an MLflow pyfunc whose ``predict`` returns class probabilities:
+    a DataFrame whose columns are the class labels (reordered to ``classes`` when given; else
+    its columns become ``classes_``), or an (n, k) array in the order of ``classes``.
+    ModelContractError (one line) when it returns anything else (labels, one value per row)."""
+
+    def __init__(self, pyfunc: Any, classes: tuple[Any, ...] = (), keep: Any = None) -> None:
+        super().__init__(pyfunc, keep)
+        self.classes_: tuple[Any, ...] | None = tuple(classes) or None
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        out = self._output(frame)
+        if isinstance(out, pd.DataFrame) and out.shape[1] >= 2:
+            return self._columns(out)
+        array = out.to_numpy() if isinstance(out, (pd.DataFrame, pd.Series)) else np.asarray(out)
+        if array.ndim != 2 or array.shape[1] < 2 or not np.issubdtype(array.dtype, np.number):
+            raise ModelContractError(
+                f"its pyfunc returns {_kind(array)} per row; {PYFUNC_CLASSIFIER_HINT}"
+            )
+        return array.astype("float64")
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """The most probable class of each row."""
+        probabilities = self.predict_proba(frame)
+        labels = self.classes_ or tuple(range(probabilities.shape[1]))
+        return np.array([labels[j] for j in probabilities.argmax(axis=1)], dtype=object)
+
+    def _columns(self, out: pd.DataFrame) -> np.ndarray:
+        columns = list(out.columns)
+        if self.classes_ is None:
+            self.classes_ = tuple(columns)
+        order = [
+            next((j for j, c in enumerate(columns) if same_label(c, k)), -1) for k in self.classes_
+        ]
+        if -1 in order or len(set(order)) != len(columns):
+            raise ModelContractError(
+                f"its pyfunc returns probability columns {[str(c) for c in columns]} but its "
+                f"classes are {[str(c) for c in self.classes_]}; return one column per class label"
+            )
+        return out.to_numpy(dtype="float64")[:, order]
+
+
+def same_label(a: Any, b: Any) -> bool:
+    """Whether two spellings name the same class label ("1", 1 and 1.0 do)."""
+    if str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _kind(array: np.ndarray) -> str:
+    if array.ndim <= 1 or array.shape[1] == 1:
+        numeric = np.issubdtype(array.dtype, np.number)
+        return "one value" if numeric else "one label"
+    return f"{array.shape[1]} non-numeric values"
+
+
+def pyfunc_model(
+    pyfunc: Any, classifier: bool, classes: tuple[Any, ...] = (), keep: Any = None
+) -> PyfuncRegressor:
+    """The core's view of a pyfunc: a PyfuncClassifier or a PyfuncRegressor."""
+    if classifier:
+        return PyfuncClassifier(pyfunc, classes, keep)
+    return PyfuncRegressor(pyfunc, keep)
 
 
 @contextmanager
@@ -234,7 +356,8 @@ class MlflowRegistry:
         """The version's model, loaded from a local copy of its artifact directory whose digest
         equals the one recorded at registration; ArtifactIntegrityError (nothing deserialised)
         when it differs or none was recorded."""
-        recorded = self.version(version).tags.get(lineage.ARTIFACT_DIGEST)
+        tags = self.version(version).tags
+        recorded = tags.get(lineage.ARTIFACT_DIGEST)
         if not recorded:
             raise ArtifactIntegrityError(
                 f"v{version} has no recorded artifact digest ({lineage.ARTIFACT_DIGEST}): it was "
@@ -242,8 +365,11 @@ class MlflowRegistry:
                 "interrupted), so it is not loaded; re-register it — train the same window again "
                 "with `prodguard train` (training is deterministic)"
             )
-        with tempfile.TemporaryDirectory(prefix="prodguard-model-") as tmp:
-            local = self._download_model(version, Path(tmp))
+        tmp: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
+            prefix="prodguard-model-"
+        )
+        try:
+            local = self._download_model(version, Path(tmp.name))
             found = directory_digest(local)
             if found != recorded:
                 raise ArtifactIntegrityError(
@@ -253,12 +379,29 @@ class MlflowRegistry:
                     "artifact or register the model again"
                 )
             with _wrapped(f"loading model version {version}"):
-                return self._mlflow.sklearn.load_model(str(local))
+                from mlflow.models import Model
 
-    def open_model(self, uri: str) -> ForeignModel:
+                flavors = Model.load(str(local / "MLmodel")).flavors
+                if "sklearn" in flavors:
+                    return self._mlflow.sklearn.load_model(str(local))
+                with contextlib.redirect_stderr(io.StringIO()):
+                    pyfunc = self._mlflow.pyfunc.load_model(str(local))
+                spec = spec_from_tags(tags)
+                model = pyfunc_model(pyfunc, spec.task.classifier, spec.classes, keep=tmp)
+                tmp = None  # the model keeps its local copy
+                return model
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+
+    def open_model(
+        self, uri: str, classifier: bool = True, classes: tuple[Any, ...] = ()
+    ) -> ForeignModel:
         """The model at ``uri`` (``models:/NAME/VERSION`` or ``runs:/RUN_ID/PATH``), its signature
-        and its native model; ModelContractError (one line) when it cannot be loaded or served,
-        RegistryUnavailable when the store cannot be reached."""
+        and its model: the native sklearn model, else its pyfunc as a PyfuncClassifier (with
+        ``classes``: the labels of an array's columns) or PyfuncRegressor; ModelContractError
+        (one line) when it cannot be loaded, RegistryUnavailable when the store cannot be
+        reached."""
         if not uri.startswith(("models:/", "runs:/")):
             raise ModelContractError(
                 f"--model-uri '{uri}' is neither models:/NAME/VERSION nor runs:/RUN_ID/PATH"
@@ -276,11 +419,7 @@ class MlflowRegistry:
                 "registry config"
             ) from None
         metadata = pyfunc.metadata
-        if "sklearn" not in metadata.flavors:
-            raise ModelContractError(
-                f"the model at {uri} has flavors {sorted(metadata.flavors)}; prodguard serves "
-                "the sklearn flavor: log it with mlflow.sklearn.log_model"
-            )
+        sklearn = "sklearn" in metadata.flavors
         schema = metadata.get_input_schema()
         inputs = None
         if schema is not None and schema.has_input_names():
@@ -288,8 +427,9 @@ class MlflowRegistry:
         return ForeignModel(
             uri=uri,
             inputs=inputs,
-            model=pyfunc.get_raw_model(),
+            model=pyfunc.get_raw_model() if sklearn else pyfunc_model(pyfunc, classifier, classes),
             registered_version=self._registered_version(uri),
+            flavor="sklearn" if sklearn else "python_function",
         )
 
     def _registered_version(self, uri: str) -> int | None:

@@ -6,7 +6,9 @@
 regressor's values move by ``shift`` baseline standard deviations. Same input contract,
 fallbacks, reference statistics and baseline (so every check that guards a promotion passes),
 tagged ``prodguard.fault`` so that nobody mistakes it for a real model. The base is loaded
-verified (its artifact digest checked) and the copy gets the digest of its own artifact.
+verified (its artifact digest checked) and the copy gets the digest of its own artifact. Only
+sklearn models are copied (a pyfunc model is refused in one line; ``prodguard drill`` builds its
+faulty copy in memory instead).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prodguard.errors import RegistryError
+from prodguard.errors import ModelContractError, RegistryError
 from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import Classifier
@@ -88,6 +90,13 @@ def register_faulty(
     registry = operations.registry
     info = registry.version(base)
     loaded = load_verified(registry, lineage.recorded_store_features(info.tags) or (), base)
+    flavor = getattr(loaded.pipeline, "flavor", "sklearn")
+    if flavor != "sklearn":
+        raise ModelContractError(
+            f"v{base} is served through its MLflow {flavor} flavor: a faulty copy is registered "
+            f"for sklearn models only; rehearse its rollback with `prodguard drill --version "
+            f"{base}` (its faulty copy lives in memory)"
+        )
     artifacts = {}
     for name in lineage.COPIED_ARTIFACTS:
         try:

@@ -201,6 +201,9 @@ def fast_scorer(loaded: Any) -> tuple[TreeliteScorer | None, str]:
     the model serves itself."""
     from prodguard.tasks import ModelScorer
 
+    flavor = getattr(loaded.pipeline, "flavor", "sklearn")
+    if flavor != "sklearn":
+        return None, f"served through its MLflow {flavor} flavor"
     frame = loaded.frame(probe_rows(loaded.fallbacks, loaded.categories))
     reference = ModelScorer(loaded.pipeline, loaded.spec.task).raw(frame)
     try:
