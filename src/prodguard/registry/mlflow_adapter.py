@@ -365,11 +365,10 @@ class MlflowRegistry:
                 "interrupted), so it is not loaded; re-register it — train the same window again "
                 "with `prodguard train` (training is deterministic)"
             )
-        tmp: tempfile.TemporaryDirectory[str] | None = tempfile.TemporaryDirectory(
-            prefix="prodguard-model-"
-        )
+        folder = tempfile.TemporaryDirectory(prefix="prodguard-model-")
+        tmp: tempfile.TemporaryDirectory[str] | None = folder
         try:
-            local = self._download_model(version, Path(tmp.name))
+            local = self._download_model(version, Path(folder.name))
             found = directory_digest(local)
             if found != recorded:
                 raise ArtifactIntegrityError(
