@@ -194,7 +194,7 @@ def version_summary(version: Any) -> dict[str, Any]:
 def status(settings: Settings) -> dict[str, Any]:
     """Aliases with lineage, the standby's age and retention, the declared rollback triggers."""
     operations = registry_operations(settings)
-    reconciled = operations.reconcile()  # an unaudited move is recorded, not undone
+    reconciled = operations.reconcile("prodguard status")  # recorded (completed), not undone
     state, traffic = operations.targets()
     versions = operations.registry.versions()
     by_number = {v.version: v for v in versions}
@@ -213,7 +213,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "mlflow_ui": mlflow_ui_command(config),
         "standby_since": _iso(operations.standby_since(state.standby)) if state.standby else None,
         "standby_hours": settings.rollout.standby_hours,
-        "traffic": traffic.to_json() | {"describe": traffic.describe()},
+        "traffic": traffic.to_json() | {"describe": traffic.describe(state.standby is not None)},
         "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
         "traffic_fit": traffic_fit(settings),
     }
