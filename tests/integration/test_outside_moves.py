@@ -161,3 +161,12 @@ def test_a_rollback_interrupted_after_moving_champion_is_completed(
     assert record is not None and "interrupted rollback of v2" in record.reason
     assert operations.state() == AliasState(champion=1)  # v2 (rolled back) is not the standby
     assert operations.registry.version(2).tags["prodguard.demoted_reason"] == "error rate"
+
+
+def test_a_promotion_reading_the_ui_move_is_not_refused(settings) -> None:  # noqa: F811
+    operations = champion_two_standby_one(settings)
+    operations.registry.set_alias("champion", 1)  # not seen by any replica or guard yet
+    record = operations.promote("alice", "back to v2", version=2, override_retention="test")
+    assert [r.action for r in operations.history()[-2:]] == ["reconcile", "promote"]
+    assert record.from_state == {"champion": 1, "standby": 2, "candidate": None}
+    assert operations.state() == AliasState(champion=2, standby=1)

@@ -474,9 +474,10 @@ class RegistryOperations:
         try:
             with self.audit.exclusive(self.model) as tx:
                 current = self.state()
+                observed = current
                 reconciled = self._reconcile(tx, current, actor)  # kept even if refused
-                current = _after(reconciled, current)
-                if expected is not None and current != expected:
+                current = _after(reconciled, current)  # an outside move, completed
+                if expected is not None and expected not in (observed, current):
                     refusal = ConcurrentUpdateError(
                         f"aliases moved since they were read (expected {expected.describe()}; "
                         f"found {current.describe()}); nothing changed — check "
@@ -505,8 +506,8 @@ class RegistryOperations:
             if undo is not None and isinstance(exc, Exception):  # an interrupt is like a kill
                 try:
                     undo()
-                except ProdguardError as exc:  # the original error is the one to report
-                    _log.error("could not restore the demotion tags: %s", exc)
+                except ProdguardError as problem:  # the original error is the one to report
+                    _log.error("could not restore the demotion tags: %s", problem)
             raise
         self._announce(reconciled)
         if refusal is not None:
