@@ -98,6 +98,7 @@ def set_champion_in_the_ui(driver: Any, base: str, model: str, version: int) -> 
     click(driver, "//*[normalize-space(text())='Model training']")  # MLflow 3 opens in GenAI
     click(driver, "//a[normalize-space(.)='Model registry']")
     dismiss_first_visit_dialog(driver)
+    close_assistant(driver)
     click(driver, f"//a[normalize-space(.)='{model}']")
     click(driver, f"//a[normalize-space(.)='Version {version}']")
     editor = "//button[@title='Add aliases' or @title='Edit aliases']"  # Edit: it has one
@@ -119,6 +120,16 @@ def set_champion_in_the_ui(driver: Any, base: str, model: str, version: int) -> 
         lambda d: not d.find_elements(By.XPATH, "//button[normalize-space(.)='Save aliases']")
     )
     return saved
+
+
+def close_assistant(driver: Any) -> None:
+    """The MLflow Assistant side panel, closed so the screenshot shows the registry."""
+    from selenium.common.exceptions import TimeoutException
+
+    title = "//*[normalize-space(text())='MLflow Assistant']"
+    panel = f"{title}/ancestor::*[.//button[@aria-label='Close']][1]"
+    with contextlib.suppress(TimeoutException):
+        click(driver, f"{panel}//button[@aria-label='Close']", timeout=5)
 
 
 def version_row(driver: Any, version: int) -> str:
@@ -180,4 +191,6 @@ def test_a_champion_set_in_the_mlflow_ui_is_served_recorded_and_keeps_a_standby(
         WebDriverWait(browser, 60).until(lambda d: "standby" in version_row(d, 2))
         assert "champion" in version_row(browser, 1) and "standby" not in version_row(browser, 1)
         assert "champion" not in version_row(browser, 2)
+        close_assistant(browser)
+        browser.set_window_size(1400, 2400)  # both versions' rows (each lists ~25 tags)
         browser.save_screenshot(str(ARTIFACTS / "mlflow_ui_promotion.png"))
