@@ -169,7 +169,7 @@ def test_train_outside_logs_a_version_with_a_signature(chicago, task, tmp_path: 
 def test_trained_promoted_and_served_by_task(chicago, task, tmp_path: Path) -> None:
     """The loop after training, for each task: a version trained on 2013 (evaluated on the last
     90 days) is promoted and answers a request for the next day with the task's prediction."""
-    from prodguard import app
+    from prodguard import app, wiring
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
     settings, _ = chicago
@@ -182,9 +182,9 @@ def test_trained_promoted_and_served_by_task(chicago, task, tmp_path: Path) -> N
         trained = app.train(copy, utc("2013-01-01"), utc("2013-10-03"), actor="tests")
     assert trained.version == 1
     app.registry_operations(copy, with_checks=True).promote("tests", "first", version=1)
-    served = app.build_serving(copy)
+    served = wiring.build_serving(copy)
     served.log = SqlitePredictionLog(tmp_path / "predictions.db")
-    served.predictor._log = served.log
+    served.predictor.answers.log = served.log
     served.follower.refresh()
     request = served.request_model(service_date="2014-01-02", request_id="r1")
     try:
