@@ -197,7 +197,7 @@ def status(settings: Settings) -> dict[str, Any]:
     """Aliases with lineage, the standby's age and retention, the declared rollback triggers,
     the last data incident the guard held model moves for."""
     operations = registry_operations(settings)
-    reconciled = operations.reconcile()  # an unaudited move is recorded, not undone
+    reconciled = operations.reconcile("prodguard status")  # recorded (completed), not undone
     state, traffic = operations.targets()
     versions = operations.registry.versions()
     by_number = {v.version: v for v in versions}
@@ -216,7 +216,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "mlflow_ui": mlflow_ui_command(config),
         "standby_since": _iso(operations.standby_since(state.standby)) if state.standby else None,
         "standby_hours": settings.rollout.standby_hours,
-        "traffic": traffic.to_json() | {"describe": traffic.describe()},
+        "traffic": traffic.to_json() | {"describe": traffic.describe(state.standby is not None)},
         "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
         "data_incident": next(iter(alerts(settings, "pipeline_incident")[-1:]), None),
         "traffic_fit": traffic_fit(settings),

@@ -409,17 +409,26 @@ def promote(
             "(kept in the audit record)."
         ),
     ] = None,
+    override_demoted: Annotated[
+        str | None,
+        typer.Option(
+            help="Promote a version that was rolled back (it carries its demotion reason) "
+            "anyway; give the reason (kept in the audit record)."
+        ),
+    ] = None,
 ) -> None:
     """Champion becomes standby; the candidate (or --version) becomes champion.
 
     Refused when the version's input contract differs from the feature service or it does not
     load, and when it would drop a standby younger than rollout.standby_hours (72 h by default;
     the time left is given). If someone else moves the aliases meanwhile, nothing changes and
-    the exit code is 4.
+    the exit code is 4. A version that was rolled back needs --override-demoted REASON.
     """
 
     if override_standby_retention is not None and not override_standby_retention.strip():
         raise InputError("--override-standby-retention needs the reason (kept in the audit record)")
+    if override_demoted is not None and not override_demoted.strip():
+        raise InputError("--override-demoted needs the reason (kept in the audit record)")
     operations = use_cases.registry_operations(_settings(), with_checks=True)
     _record_line(
         operations.promote(
@@ -427,6 +436,7 @@ def promote(
             reason,
             version=version,
             override_retention=override_standby_retention,
+            override_demoted=override_demoted,
         )
     )
 

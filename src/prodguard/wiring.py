@@ -7,6 +7,7 @@ benchmark ask this module for their components; nothing below it imports it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +26,9 @@ from prodguard.project import load_request_model
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.config import load_registry_config
 from prodguard.registry.mlflow_adapter import MlflowRegistry
-from prodguard.registry.operations import RegistryOperations
+from prodguard.registry.operations import ObservedTargets, RegistryOperations, default_actor
 from prodguard.registry.ports import ModelRegistry
-from prodguard.rollout.policy import drill_gate, read_targets
+from prodguard.rollout.policy import drill_gate
 from prodguard.serving.engine import (
     AnswerLog,
     FeatureLookup,
@@ -96,6 +97,7 @@ def registry_operations(settings: Settings, with_checks: bool = False) -> Regist
         clock=clock_for(settings),
         promotion_check=check,
         standby_hours=settings.rollout.standby_hours,
+        alerter=alerter_for(settings),
     )
 
 
@@ -154,9 +156,11 @@ def build_serving(
     serving = serving_settings(settings)
     clock = clock or clock_for(settings)
     store = FeastStore(settings, serving=True)
-    registry = registry_operations(settings).registry
+    operations = registry_operations(settings)
+    registry = operations.registry
     follower = ModelFollower(
-        targets=lambda: read_targets(registry),
+        # an alias move without an audit record is recorded when this replica first sees it
+        targets=ObservedTargets(operations, f"serving replica {default_actor()}:{os.getpid()}"),
         load=lambda version: load_verified(registry, feature_contract(store.versions()), version),
         alerter=alerter_for(settings),
         poll_seconds=serving.poll_seconds,

@@ -118,7 +118,7 @@ def test_promote_rollback_promote_round_trip(settings) -> None:
     record = operations.rollback("bob", "drill", evidence={"trigger": "manual"})
     assert operations.state() == AliasState(champion=1, candidate=None)
     assert operations.registry.version(2).tags["prodguard.demoted_reason"] == "drill"
-    operations.promote("alice", "again", version=2)
+    operations.promote("alice", "again", version=2, override_demoted="fixed")
     assert operations.state() == AliasState(champion=2, standby=1)
     history = operations.history()
     assert [r.action for r in history] == [

@@ -96,6 +96,8 @@ main()
 def test_a_move_killed_before_its_record_is_reconciled(
     served_project: Path, tmp_path: Path, point: str, moved: AliasState
 ) -> None:
+    """The rollback tags v2 as demoted before moving the aliases, so the reconciliation knows
+    it for an interrupted rollback and completes it (no standby) instead of keeping v2."""
     env = {"PRODGUARD_REGISTRY__CONFIG": str(private_registry(tmp_path, served_project))}
     settings = load_settings(served_project / "prodguard.yaml", environ=env)
     operations = wiring.registry_operations(settings)
@@ -123,11 +125,15 @@ def test_a_move_killed_before_its_record_is_reconciled(
     reconcile = history[-1]
     assert (reconcile.action, reconcile.actor) == ("reconcile", RECONCILE_ACTOR)
     assert reconcile.from_state == AliasState(champion=2, standby=1).as_dict()
-    assert reconcile.to_state == moved.as_dict() == operations.state().as_dict()
+    assert reconcile.evidence["observed"] == moved.as_dict()
+    settled = AliasState(champion=1)  # what the rollback would have left
+    assert reconcile.to_state == settled.as_dict() == operations.state().as_dict()
     assert "interrupted move or a move made in the MLflow UI" in reconcile.reason
+    if moved != settled:
+        assert "the interrupted rollback of v2, completed (no standby)" in reconcile.reason
 
     status = json.loads(run(served_project, "status", "--json", env=env).stdout)
-    assert status["reconciled"] is None and status["aliases"] == moved.as_dict()
+    assert status["reconciled"] is None and status["aliases"] == settled.as_dict()
     run(served_project, "guard", "--once", "--json", env=env)
     assert len(operations.history()) == records + 1  # reconciled once, not again
 

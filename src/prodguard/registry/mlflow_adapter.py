@@ -574,6 +574,10 @@ class MlflowRegistry:
         with _wrapped(f"tagging version {version}"):
             self._client.set_model_version_tag(self.model_name, str(version), key, value)
 
+    def delete_version_tag(self, version: int, key: str) -> None:
+        with _wrapped(f"untagging version {version}"):
+            self._client.delete_model_version_tag(self.model_name, str(version), key)
+
     # ---- helpers -------------------------------------------------------------------------
 
     def _registered_model(self) -> Any:

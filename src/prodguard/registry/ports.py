@@ -54,6 +54,8 @@ class ModelRegistry(VersionReader, TargetsReader, Protocol):
 
     def set_version_tag(self, version: int, key: str, value: str) -> None: ...
 
+    def delete_version_tag(self, version: int, key: str) -> None: ...
+
     def log_version(
         self,
         model: Any,

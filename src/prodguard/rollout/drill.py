@@ -104,6 +104,9 @@ class StagingRegistry:
     def set_version_tag(self, version: int, key: str, value: str) -> None:
         self._version_tags.setdefault(version, {})[key] = value
 
+    def delete_version_tag(self, version: int, key: str) -> None:
+        self._version_tags.get(version, {}).pop(key, None)
+
     def load_model(self, version: int) -> Classifier:
         base, shift = self._faulty.get(version, (version, 0.0))
         model = self._registry.load_model(base)

@@ -128,7 +128,7 @@ class Guard:
         now = self._clock.now()
         # a move without an audit record (a guard killed mid-move, the MLflow UI) is recorded
         # before anything is judged, so the evidence below reads a true history
-        self._operations.reconcile()
+        self._operations.reconcile(self._actor)
         state, policy = self._operations.targets()  # one read for both
         champion = state.champion
         if champion is None:

@@ -50,9 +50,11 @@ class TrafficPolicy:
     def started(self) -> datetime | None:
         return datetime.fromisoformat(self.step_started) if self.step_started else None
 
-    def describe(self) -> str:
+    def describe(self, standby: bool = True) -> str:
+        """One line; ``standby``: whether a standby is set (blue/green says so)."""
         if not self.active:
-            return "blue/green: all traffic to the champion, standby warm"
+            warm = "standby warm" if standby else "no standby to roll back to"
+            return f"blue/green: all traffic to the champion, {warm}"
         if self.mode == "shadow":
             return f"shadow: v{self.version} scores mirrored traffic (logged, never returned)"
         steps = " -> ".join(f"{s:g}%" for s in self.steps)

@@ -536,11 +536,12 @@ class PredictionService:
         version: Version | None = None,
         actor: Actor | None = None,
         override_standby_retention: Reason | None = None,
+        override_demoted: Reason | None = None,
     ) -> AdminOut:
         """`prodguard promote` over HTTP (bearer token): champion becomes standby, the candidate
         (or ``version``) becomes champion; refused (409) on a contract mismatch, an unloadable
-        model, a standby younger than rollout.standby_hours (unless overridden, audited) or a
-        concurrent move."""
+        model, a standby younger than rollout.standby_hours or a version that was rolled back
+        (unless overridden, audited) or a concurrent move."""
         return self._admin(
             ctx,
             lambda: self._operations(version, with_checks=True).promote(
@@ -548,6 +549,7 @@ class PredictionService:
                 reason,
                 version=version,
                 override_retention=override_standby_retention,
+                override_demoted=override_demoted,
             ),
         )
 
