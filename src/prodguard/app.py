@@ -7,9 +7,11 @@ The CLI only parses arguments and renders results; everything it does is callabl
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -267,13 +269,23 @@ def mlflow_ui_command(config: RegistryConfig) -> str:
 SERVICE = "prodguard.serving.bento_service:PredictionService"
 
 
+def bentoml_home(settings: Settings, port: int) -> Path:
+    """The service's own BentoML home (see ``serve_command``)."""
+    data = hashlib.sha256(str(settings.paths.data_dir.resolve()).encode()).hexdigest()[:10]
+    home = f"{data}-{socket.gethostname()}-port-{port}"
+    return Path(tempfile.gettempdir()) / "prodguard-bentoml" / home
+
+
 def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` command line and environment that run the prediction service.
 
-    Each service gets a BentoML home of its own (``<data_dir>/state/bentoml/<host>-port-<port>``):
-    BentoML keeps Prometheus' multiprocess files there and wipes them when a service starts, so
-    a shared home (the default ``~/bentoml``, or one folder on a data volume that replicas on
-    several hosts mount) would reset and mix the metrics of every service — replicas included."""
+    Each service gets a BentoML home of its own, on the host's local temporary folder
+    (``<tmp>/prodguard-bentoml/<data dir digest>-<host>-port-<port>``): BentoML keeps
+    Prometheus' multiprocess files there and wipes them when a service starts, so a shared home
+    (the default ``~/bentoml``, or one folder on a data volume that replicas on several hosts
+    mount) would reset and mix the metrics of every service — replicas included. Not on the
+    data volume: those files are memory-mapped, and with them on a full disk the worker stopped
+    answering (no response at all) instead of refusing the requests it cannot log."""
     if settings.serving is None:
         raise ConfigError("prodguard.yaml has no 'serving' section; add one (see README)")
     if not 0 < port < 65536:
@@ -284,8 +296,6 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
         **os.environ,
         "PRODGUARD_CONFIG": str(settings.config_path),
         "BENTOML_DO_NOT_TRACK": "true",
-        "BENTOML_HOME": str(
-            settings.paths.state_dir / "bentoml" / f"{socket.gethostname()}-port-{port}"
-        ),
+        "BENTOML_HOME": str(bentoml_home(settings, port)),
     }
     return [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], env

@@ -115,6 +115,18 @@ def raw_output(model: Any, task: Task, frame: Any) -> np.ndarray:
     return np.asarray(model.predict(frame), dtype="float64")
 
 
+def check_model(model: Any, task: Task) -> str:
+    """'' when a scikit-learn-like model has the method its task scores with, else one line."""
+    if task.classifier and not hasattr(model, "predict_proba"):
+        return (
+            f"model.task is {task.value} but the model has no predict_proba (a regressor "
+            "returns one value per row: set model.task: regression)"
+        )
+    if not task.classifier and not hasattr(model, "predict"):
+        return "model.task is regression but the model has no predict method"
+    return ""
+
+
 def model_classes(model: Any) -> tuple[Any, ...]:
     """The class labels a fitted classifier (or a pipeline ending in one) exposes, else ()."""
     classes = getattr(model, "classes_", None)

@@ -28,7 +28,17 @@ from prodguard.registry.mlflow_adapter import MlflowRegistry
 from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import ModelRegistry
 from prodguard.rollout.policy import drill_gate, read_targets
-from prodguard.serving.engine import Metrics, OnlineFeatures, Predictor, StoreFeature
+from prodguard.serving.engine import (
+    AnswerLog,
+    FeatureLookup,
+    Metrics,
+    ModelScoring,
+    OnlineFeatures,
+    Predictor,
+    RequestChecks,
+    Shadow,
+    StoreFeature,
+)
 from prodguard.serving.models import ModelFollower, ServingState, load_verified
 from prodguard.serving.prediction_log import (
     SERVING_CHECKPOINT_S,
@@ -204,29 +214,40 @@ def build_predictor(
         for name, _ in v.features
     ]
     names = {f.name for f in features}
-    for key, listed in (
-        ("critical_features", serving.critical_features),
-        ("fallback_overrides", list(serving.fallback_overrides)),
+    request_fields = set(load_request_model(settings).model_fields)
+    for key, listed, known, what in (
+        (
+            "critical_features",
+            serving.critical_features,
+            names | request_fields,
+            "store features or request fields",
+        ),
+        ("fallback_overrides", list(serving.fallback_overrides), names, "store features"),
     ):
-        unknown = sorted(set(listed) - names)
+        unknown = sorted(set(listed) - known)
         if unknown:
-            raise ConfigError(f"serving.{key}: {unknown} are not store features")
+            raise ConfigError(f"serving.{key}: {unknown} are not {what}")
+    critical = serving.critical_features
+    scoring = ModelScoring(model.threshold, settings.rollout.sticky_fields or model.entity_keys)
+    answers = AnswerLog(log, model.name)
+    sample = serving.shadow_sample if shadow_sample is None else shadow_sample
     return Predictor(
-        model_name=model.name,
         state=state,
-        store=store,
-        store_features=features,
-        entity_keys=model.entity_keys,
-        request_checks=RowContract.from_suites([suites[model.source]]),
+        checks=RequestChecks(RowContract.from_suites([suites[model.source]]), critical),
+        features=FeatureLookup(
+            store,
+            features,
+            model.entity_keys,
+            serving.feature_timeout_ms / 1000,
+            fallback=serving.fallback,
+            fallback_overrides=dict[str, str](serving.fallback_overrides),
+            critical=critical,
+            clock=clock,
+        ),
         derive=load_request_features(model),
-        log=log,
-        threshold=model.threshold,
-        feature_timeout_s=serving.feature_timeout_ms / 1000,
-        fallback=serving.fallback,
-        fallback_overrides=dict[str, str](serving.fallback_overrides),
-        critical=serving.critical_features,
-        shadow_sample=serving.shadow_sample if shadow_sample is None else shadow_sample,
+        scoring=scoring,
+        answers=answers,
+        shadow=Shadow(scoring, answers, sample, metrics),
         clock=clock,
         metrics=metrics,
-        sticky_fields=settings.rollout.sticky_fields or model.entity_keys,
     )

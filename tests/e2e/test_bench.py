@@ -16,6 +16,7 @@ REQUESTS = 12
 LEVELS = (1, 4, 16)
 GUARDED_STAGES = {"features", "checks", "model", "log", "http", "total"}
 BARE_STAGES = {"model", "http", "total"}
+FLOOR_STAGES = {"http", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,13 @@ def ordered(summary: dict) -> bool:
 
 
 def test_report_is_complete_and_consistent(report: dict) -> None:
-    assert set(report) >= {"setup", "guarded", "bare", "ratios", "goals"}
+    assert set(report) >= {"setup", "guarded", "bare", "floor", "ratios", "ratios_floor", "goals"}
     assert report["setup"]["champion"] == 2 and report["setup"]["levels"] == list(LEVELS)
-    for name, stages in (("guarded", GUARDED_STAGES), ("bare", BARE_STAGES)):
+    for name, stages in (
+        ("guarded", GUARDED_STAGES),
+        ("bare", BARE_STAGES),
+        ("floor", FLOOR_STAGES),
+    ):
         service = report[name]
         assert service["cold_start_s"] > 0
         assert service["p50"] <= service["p95"] <= service["p99"]
@@ -86,6 +91,22 @@ def test_ratios_are_guarded_over_bare_as_printed(report: dict) -> None:
         report["goals"]
     )
     assert all(isinstance(goal["met"], bool) for goal in report["goals"].values())
+
+
+def test_the_floor_ratios_and_the_batch_are_reported(report: dict) -> None:
+    g, f, ratios = report["guarded"], report["floor"], report["ratios_floor"]
+    assert ratios["p50"] == pytest.approx(g["p50"] / f["p50"], abs=1e-3)
+    assert ratios["p99"] == pytest.approx(g["p99"] / f["p99"], abs=1e-3)
+    assert ratios["throughput_c16"] == pytest.approx(
+        g["levels"]["16"]["throughput"] / f["levels"]["16"]["throughput"], abs=1e-3
+    )
+    batch = report["batch"]
+    assert batch["rows"] == report["setup"]["batch_rows"]
+    assert batch["latency_ms"]["count"] == batch["server_ms"]["count"] == 3
+    assert batch["server_ms"]["p50"] <= batch["latency_ms"]["p50"]
+    names = {"p50 / floor", "p99 / floor", "throughput c=16 / floor", "model stage p50 ms"}
+    assert names | {f"predict_batch {batch['rows']} rows server p50 ms"} <= set(report["goals"])
+    assert all(goal["by"] > 0 for goal in report["goals"].values())
 
 
 def test_bench_traffic_stays_out_of_the_project_log(report: dict) -> None:

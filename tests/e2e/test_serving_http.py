@@ -62,8 +62,9 @@ def test_predictions_feedback_and_service_endpoints(service: str) -> None:
     status, body = post(
         service, "/predict_batch", {"rows": [REQUEST, {**REQUEST, "tailnum": None}]}
     )
-    assert status == 200 and len(body["predictions"]) == 2
-    assert body["predictions"][1]["degraded"] and "seats:missing" in body["predictions"][1]["flags"]
+    assert status == 200 and [r["status"] for r in body["results"]] == [200, 200], body
+    second = body["results"][1]["prediction"]
+    assert second["degraded"] and "seats:missing" in second["flags"]
 
     assert post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 4}}) == (
         200,
@@ -116,7 +117,6 @@ def test_predictions_feedback_and_service_endpoints(service: str) -> None:
         {**REQUEST, "distance": MARKER},
         {**REQUEST, "flight": f"{MARKER}"},
         {**REQUEST, "origin": "BOS", "tailnum": MARKER[:10]},
-        {**REQUEST, "carrier": "QQ"},
         {**REQUEST, "dest": MARKER[:8]},
         {**REQUEST, "scheduled_departure": "1899-01-01T00:00:00Z"},
         {**REQUEST, "scheduled_departure": "2013-04-30T22:15:00"},
@@ -189,11 +189,44 @@ def test_admin_endpoints_are_disabled_without_a_token(service: str, path: str) -
     }
 
 
-def test_a_refused_request_is_422_on_both_routes(service: str) -> None:
-    refused = {**REQUEST, "carrier": "QQ"}  # well-formed, but the checks refuse it
+def test_a_refused_request_is_422_and_a_batch_answers_row_by_row(service: str) -> None:
+    refused = {**REQUEST, "dest": "xyz"}  # well-formed, but the checks refuse it
     assert post(service, "/predict", refused)[0] == 422
-    status, answer = post(service, "/predict_batch", {"rows": [REQUEST, refused]})
-    assert status == 422 and answer["problems"][0]["field"].startswith("rows[1]")
+    unseen = {**REQUEST, "carrier": "QQ"}  # a carrier the model never saw: scored, flagged
+    status, answer = post(service, "/predict", unseen)
+    assert status == 200 and "carrier:unseen" in answer["flags"] and answer["degraded"], answer
+    malformed = {**REQUEST, "distance": MARKER}
+    rows = [REQUEST, refused, malformed, unseen, {**REQUEST, "extra": MARKER}]
+    status, answer = post(service, "/predict_batch", {"rows": rows})
+    assert status == 200, answer
+    results = answer["results"]
+    assert [r["status"] for r in results] == [200, 422, 400, 200, 400]
+    assert results[1]["problems"][0]["field"] == "dest" and results[1]["prediction"] is None
+    assert results[2]["problems"][0]["field"] == "distance" and results[2]["error"]
+    assert "carrier:unseen" in results[3]["prediction"]["flags"]
+    assert MARKER not in json.dumps(answer)
+
+
+def test_a_reused_request_id_is_409_unless_the_request_is_the_same(service: str) -> None:
+    status, first = post(service, "/predict", {**REQUEST, "request_id": "reuse-1"})
+    assert status == 200, first
+    status, again = post(service, "/predict", {**REQUEST, "request_id": "reuse-1"})
+    assert status == 200 and again["replayed"] and again["probability"] == first["probability"]
+    other = {**REQUEST, "distance": 1234.5, "request_id": "reuse-1"}
+    status, answer = post(service, "/predict", other)
+    assert status == 409 and answer["problems"][0]["field"] == "request_id", answer
+    assert "1234.5" not in json.dumps(answer)
+    rows = [other, {**REQUEST, "request_id": "reuse-2"}]
+    status, answer = post(service, "/predict_batch", {"rows": rows})
+    assert status == 200 and [r["status"] for r in answer["results"]] == [409, 200], answer
+    assert answer["results"][0]["problems"][0]["field"] == "request_id"
+    status, answer = post(service, "/predict", {**other, "request_id": "reuse-2"})
+    assert status == 409  # the batch logged reuse-2 with the first payload
+    outcome = {"request_id": "reuse-1", "outcome": {"arr_delay": 3}}
+    assert post(service, "/feedback", outcome)[1]["status"] == "recorded"
+    status, answer = post(service, "/feedback", {**outcome, "outcome": {"arr_delay": 77}})
+    assert status == 409 and answer["problems"][0]["field"] == "request_id", answer
+    assert "77" not in json.dumps(answer)
 
 
 def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(

@@ -171,7 +171,7 @@ def test_adopted_or_trained_promoted_and_served_by_task(chicago, task, tmp_path:
     team's (train_outside.py on 2013, adopted with its last 90 days held out), the multi-class
     one prodguard's own trainer; each is promoted and answers a request for the next day with
     the task's prediction."""
-    from prodguard import app
+    from prodguard import app, wiring
     from prodguard.adoption import adopt_model
     from prodguard.registry.adoption import AdoptWindows
     from prodguard.serving.prediction_log import SqlitePredictionLog
@@ -198,9 +198,9 @@ def test_adopted_or_trained_promoted_and_served_by_task(chicago, task, tmp_path:
             trained = app.train(copy, utc("2013-01-01"), utc("2013-10-03"), actor="tests")
         assert trained.version == 1
     app.registry_operations(copy, with_checks=True).promote("tests", "first", version=1)
-    served = app.build_serving(copy)
+    served = wiring.build_serving(copy)
     served.log = SqlitePredictionLog(tmp_path / "predictions.db")
-    served.predictor._log = served.log
+    served.predictor.answers.log = served.log
     served.follower.refresh()
     request = served.request_model(service_date="2014-01-02", request_id="r1")
     try:

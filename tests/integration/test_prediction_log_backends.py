@@ -3,6 +3,8 @@ server of this machine, a database of the test's own). Both must give the same a
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -170,49 +172,97 @@ def test_postgres_reconnects_after_the_connection_is_lost(pg_database) -> None:
     log.close()
 
 
-OLD_SCHEMA = """CREATE TABLE predictions (
-    {serial} request_id TEXT NOT NULL, role TEXT NOT NULL, time TEXT NOT NULL,
-    model TEXT NOT NULL, version INTEGER NOT NULL, probability {real} NOT NULL,
-    decision INTEGER NOT NULL, features TEXT NOT NULL, flags TEXT NOT NULL,
-    latencies_ms TEXT NOT NULL, request TEXT NOT NULL, PRIMARY KEY (request_id, role)
-)"""
-OLD_ROW = (
+# the predictions table as the first release created it (no prediction, no request_digest)
+PREVIOUS_RELEASE = """CREATE TABLE predictions ({serial} request_id TEXT NOT NULL,
+    role TEXT NOT NULL, time TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+    probability {real} NOT NULL, decision INTEGER NOT NULL, features TEXT NOT NULL,
+    flags TEXT NOT NULL, latencies_ms TEXT NOT NULL, request TEXT NOT NULL,
+    PRIMARY KEY (request_id, role))"""
+OLD_ROW = ("r0", "champion", T0.isoformat(), "m", 2, 0.7, 1, "{}", "[]", "{}", '{"flight": 0}')
+OLD_INSERT = (
     "INSERT INTO predictions (request_id, role, time, model, version, probability, decision, "
-    "features, flags, latencies_ms, request) VALUES ('old', 'champion', '{t}', 'm', 1, 0.7, 1, "
-    "'{{}}', '[]', '{{}}', '{{}}')"
+    "features, flags, latencies_ms, request) VALUES ({})"
 )
 
 
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
-def test_a_log_written_before_tasks_gains_the_prediction_column(
+def test_a_log_of_the_first_release_gains_the_new_columns_on_open(
     backend, tmp_path: Path, request
 ) -> None:
-    """Opening a log of the first schema adds the ``prediction`` column; its rows still read."""
+    """Opening a log of the first schema adds ``prediction`` (tasks) and ``request_digest``
+    (idempotency); its rows still read, with both None."""
     if backend == "sqlite":
-        import sqlite3
+        path = tmp_path / "predictions.db"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute(PREVIOUS_RELEASE.format(serial="", real="REAL"))
+            conn.execute(OLD_INSERT.format(", ".join("?" * 11)), OLD_ROW)
+            conn.commit()
 
-        path = tmp_path / "old.db"
-        with sqlite3.connect(path) as conn:
-            conn.execute(OLD_SCHEMA.format(serial="", real="REAL"))
-            conn.execute(OLD_ROW.format(t=T0.isoformat()))
-        log = SqlitePredictionLog(path, "NORMAL")
+        def make() -> object:
+            return SqlitePredictionLog(path, "NORMAL")
     else:
         import psycopg
 
         url = request.getfixturevalue("pg_database")("migrate")
-        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute(OLD_SCHEMA.format(serial="id BIGSERIAL,", real="DOUBLE PRECISION"))
-            conn.execute(OLD_ROW.format(t=T0.isoformat()))
-        log = PostgresPredictionLog(url)
+        plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(PREVIOUS_RELEASE.format(serial="id BIGSERIAL,", real="DOUBLE PRECISION"))
+            conn.execute(OLD_INSERT.format(", ".join(["%s"] * 11)), OLD_ROW)
+
+        def make() -> object:
+            return PostgresPredictionLog(url)
+
+    log, replica = make(), make()  # the second open finds the columns there
     try:
-        old = log.get("old")
-        assert old.probability == 0.7 and old.decision == 1 and old.prediction is None
+        old = log.get("r0")
+        assert (old.probability, old.decision, old.request) == (0.7, 1, {"flight": 0})
+        assert old.prediction is None and old.digest is None
         value = {"value": 12.5, "interval": [3.0, 20.0]}
-        log.write([record(1, probability=12.5, decision=0, prediction=value)])
-        assert log.get("r1").prediction == value
-        frame = log.window(T0 - timedelta(days=1), T0 + timedelta(days=1))
-        assert frame.set_index("request_id")["prediction"].to_dict() == {"old": None, "r1": value}
+        written = record(1, probability=12.5, decision=0, prediction=value, digest="d1")
+        log.write([written])
+        assert replica.answer("r1").digest == "d1" and replica.get("r1") == written
+        frame = replica.window(T0 - timedelta(days=1), T0 + timedelta(days=1)).set_index(
+            "request_id"
+        )
+        assert frame["prediction"].to_dict() == {"r0": None, "r1": value}
+        assert frame["request_digest"].to_dict() == {"r0": None, "r1": "d1"}
     finally:
         log.close()
+        replica.close()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_reused_request_id_is_refused_across_replicas(backend, tmp_path: Path, request) -> None:
+    """Two replicas on one log: a retry (same payload) replays on either; the same id with
+    another payload is refused on either and nothing more is logged."""
+    from prodguard.serving.engine import RequestIdReused
+    from prodguard.serving.models import ServingState
+    from tests.unit.test_request_stages import model, predictor, row
+
+    if backend == "sqlite":
+        logs = [SqlitePredictionLog(tmp_path / "p.db", "NORMAL") for _ in range(2)]
+    else:
+        url = request.getfixturevalue("pg_database")("reuse")
+        logs = [PostgresPredictionLog(url) for _ in range(2)]
+    state = ServingState(champion=model(1))
+    one, two = (predictor(log, state) for log in logs)
+    try:
+        first = one.predict([row("A")], ["same-id"])[0]
+        assert two.predict([row("A")], ["same-id"])[0].probability == first.probability
+        with pytest.raises(RequestIdReused) as refused:
+            two.predict([row("A", size=9.0)], ["same-id"])
+        assert refused.value.problems[0][0] == "request_id" and "9" not in str(refused.value)
+        answers = one.predict_each([row("Zed"), row("A", size=9.0)], ["other-id", "same-id"])
+        assert isinstance(answers[1], RequestIdReused) and not answers[0].replayed
+        everything = (T0.replace(year=2000), T0.replace(year=2100))
+        assert logs[0].count(*everything) == 2  # same-id once, other-id once
+        assert logs[1].errors(*everything)["rejected"] == 2
+    finally:
+        for served in (one, two):
+            served.close()
+        for log in logs:
+            log.close()

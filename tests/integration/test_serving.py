@@ -14,6 +14,7 @@ from prodguard.errors import (
     RequestRejected,
     UnknownRequest,
 )
+from prodguard.serving.engine import RequestIdReused
 from prodguard.serving.models import ServingState
 from tests.conftest import FLIGHT_REQUEST
 
@@ -36,7 +37,7 @@ def serving(served_project, tmp_path):
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
     built.log = SqlitePredictionLog(tmp_path / "predictions.db")
-    built.predictor._log = built.log
+    built.predictor.answers.log = built.log
     built.follower.refresh()
     built.predictor.warm_up(REQUEST)
     yield built
@@ -67,10 +68,13 @@ def test_serves_champion_with_standby_warm_and_logs_durably(serving) -> None:
 
 def test_same_request_id_is_replayed_not_predicted_twice(serving) -> None:
     first = ask(serving, "req-2")
-    again = ask(serving, "req-2", distance=100.0)
+    again = ask(serving, "req-2")
     assert again.replayed and again.probability == first.probability
     with pytest.raises(DuplicateRequest):
         serving.log.write([serving.log.get("req-2")])
+    with pytest.raises(RequestIdReused):  # the same id for another request: refused
+        ask(serving, "req-2", distance=100.0)
+    assert serving.log.get("req-2").request["distance"] == REQUEST["distance"]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +84,6 @@ def test_same_request_id_is_replayed_not_predicted_twice(serving) -> None:
         ({"carrier": "ua"}, "carrier"),
         ({"dest": "xyz"}, "dest"),
         ({"distance": 9000.0}, "distance"),
-        ({"carrier": "ZZ"}, "carrier"),
     ],
 )
 def test_invalid_fields_are_rejected_and_not_logged(serving, changes, field) -> None:
@@ -90,6 +93,34 @@ def test_invalid_fields_are_rejected_and_not_logged(serving, changes, field) -> 
     assert str(next(iter(changes.values()))) not in str(caught.value)  # no payload echo
     assert serving.log.get("bad-1") is None
     # counted for the monitors' rejection rate, with the version that refused it
+    everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert serving.log.errors(*everything) == {"rejected": 1, "failed": 0}
+
+
+def test_an_unseen_category_is_scored_as_missing_and_flagged(serving) -> None:
+    known = ask(serving, "seen-1", tailnum=None)
+    answer = ask(serving, "unseen-1", carrier="ZZ", tailnum=None)  # valid, never in training
+    assert "carrier:unseen" in answer.flags and answer.degraded
+    logged = serving.log.get("unseen-1")
+    assert logged.flags == answer.flags and logged.request["carrier"] == "ZZ"
+    assert 0 < answer.probability < 1 and answer.probability != known.probability
+    serving.predictor.checks._critical = frozenset({"carrier"})  # refusing stays available
+    with pytest.raises(RequestRejected) as caught:
+        ask(serving, "unseen-2", carrier="ZZ")
+    [(field, problem)] = caught.value.problems
+    assert field == "carrier" and problem.endswith("values the model knows")
+    assert serving.log.get("unseen-2") is None
+
+
+def test_a_batch_answered_row_by_row(serving) -> None:
+    rows = [
+        serving.request_model(**{**REQUEST, **changes}).to_row()
+        for changes in ({}, {"dest": "xyz"}, {"carrier": "ZZ"})
+    ]
+    answers = serving.predictor.predict_each(rows, ["row-0", "row-1", "row-2"])
+    assert isinstance(answers[1], RequestRejected) and answers[1].problems[0][0] == "dest"
+    assert "carrier:unseen" in answers[2].flags and answers[0].flags == []
+    assert serving.log.get("row-0") and serving.log.get("row-2") and not serving.log.get("row-1")
     everything = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
     assert serving.log.errors(*everything) == {"rejected": 1, "failed": 0}
 
@@ -122,14 +153,14 @@ class _DownStore:
 
 @pytest.mark.parametrize("store", [_DownStore(), _DownStore(delay=1.0)])
 def test_store_outage_or_timeout_degrades_never_fails(serving, store) -> None:
-    serving.predictor._store = store
+    serving.predictor.features._store = store
     answer = ask(serving, f"outage-{store.delay}")
     assert answer.flags and all(f.endswith(":unavailable") for f in answer.flags)
     assert serving.log.get(f"outage-{store.delay}").flags == answer.flags
 
 
 def test_critical_feature_rejects_instead_of_falling_back(serving) -> None:
-    serving.predictor._critical = frozenset({"temp"})
+    serving.predictor.features._critical = frozenset({"temp"})
     with pytest.raises(RequestRejected, match="temp: stale and marked critical"):
         ask(serving, "crit-1", scheduled_departure="2013-06-15T12:00:00Z")
     assert serving.log.get("crit-1") is None
@@ -181,37 +212,45 @@ def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project
 def test_a_request_never_mixes_versions(serving) -> None:
     state = serving.follower.state
     seen = []
-    serving.predictor._state = lambda: (seen.append(1), state)[1]
+    serving.predictor.state = lambda: (seen.append(1), state)[1]
     ask(serving, "one-snapshot")
     assert seen == [1]
     assert isinstance(state, ServingState)
 
 
 class _HungStore:
+    """Holds every lookup until released; counts the lookups that reached it."""
+
     def __init__(self) -> None:
         import threading
 
         self.release = threading.Event()
+        self.calls = 0
+        self._lock = threading.Lock()
 
     def online_records(self, entity_rows):
+        with self._lock:
+            self.calls += 1
         self.release.wait(30)
         return []
 
 
 def test_a_hung_store_does_not_pile_up_requests(serving) -> None:
+    from prodguard.serving.engine import LOOKUP_WORKERS
+
     store = _HungStore()
-    serving.predictor._store = store
+    lookup = serving.predictor.features
+    lookup._store = store
     try:
-        took = []
-        for index in range(8):
-            started = time.perf_counter()
+        for index in range(LOOKUP_WORKERS + 4):
             answer = ask(serving, f"hung-{index}")
-            took.append(time.perf_counter() - started)
             assert answer.flags and all(f.endswith(":unavailable") for f in answer.flags)
-        # once every lookup worker is held by the hung store, requests stop waiting for it
-        assert max(took[-3:]) < serving.predictor._timeout
     finally:
         store.release.set()
+    lookup._lookups.shutdown(wait=True)  # every lookup submitted (a queued one too) has run
+    # once every lookup worker is held by the hung store, later requests answer without it:
+    # neither calling the store nor queueing behind it (a queued lookup would run on release)
+    assert store.calls == LOOKUP_WORKERS
 
 
 def test_values_observed_after_the_flight_are_not_used(serving) -> None:
@@ -231,7 +270,7 @@ def test_last_good_never_returns_null(serving) -> None:
 
 def test_per_feature_last_good_fallback(serving) -> None:
     ask(serving, "lg-1")  # remembers EWR's weather
-    serving.predictor._fallback_overrides = {"temp": "last_good"}
+    serving.predictor.features._fallback_overrides = {"temp": "last_good"}
     remembered = serving.log.get("lg-1").features["temp"]
     answer = ask(serving, "lg-2", scheduled_departure="2013-06-15T12:00:00Z")
     logged = serving.log.get("lg-2").features

@@ -52,7 +52,7 @@ def test_train_serve_log_monitor_and_fault(ingested, tmp_path, task) -> None:
 
     serving = wiring.build_serving(settings)
     serving.log = SqlitePredictionLog(tmp_path / "predictions.db")
-    serving.predictor._log = serving.log
+    serving.predictor.answers.log = serving.log
     serving.follower.refresh()
     try:
         requests = [
@@ -116,5 +116,5 @@ def test_train_serve_log_monitor_and_fault(ingested, tmp_path, task) -> None:
         assert (shifted.raw(rows)[:, -1] > base.raw(rows)[:, -1]).all()
 
     operations.registry.set_version_tag(trained.version, "prodguard.task", "binary")
-    with pytest.raises(PromotionRefused, match="model.task is binary but the model returns"):
+    with pytest.raises(PromotionRefused, match="cannot be served: model.task is binary"):
         load_verified(operations.registry, store_features, trained.version)

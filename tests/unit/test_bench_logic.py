@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from prodguard.bench.benchmark import BenchReport, ServiceRun
+from prodguard.bench.benchmark import BatchRun, BenchReport, ServiceRun
 from prodguard.bench.load import LevelResult, Samples, merge, server_timing
 from prodguard.bench.stats import percentile, ratio, summarize
 
@@ -65,7 +65,42 @@ def test_ratios_and_goals_come_from_the_printed_figures() -> None:
     assert goals["p50 ratio"]["met"] and goals["throughput ratio c=16"]["met"]
     assert goals["feature retrieval p99 ms"]["met"]
     assert not goals["prediction log write p99 ms"]["met"]  # 0.5 ms > 0.2 ms
-    assert goals["guarded cold start s"] == {"value": 6.5, "goal": "<= 8", "met": True}
+    assert goals["guarded cold start s"] == {"value": 6.5, "goal": "<= 8", "met": True, "by": 0.812}
+
+
+def test_the_floor_its_ratios_and_the_issue_goals_are_in_the_json() -> None:
+    guarded = ServiceRun(
+        6.5, [level(1, 3.0, 8.0, 2.0, model=0.2, log=0.1), level(16, 40.0, 90.0, 2.0)]
+    )
+    bare = ServiceRun(5.0, [level(1, 2.5, 5.0, 1.0), level(16, 30.0, 60.0, 1.0)])
+    floor = ServiceRun(4.0, [level(1, 1.5, 3.0, 1.0), level(16, 20.0, 40.0, 1.0)])
+    batch = BatchRun(1000, summarize([40.0, 50.0]), summarize([20.0, 30.0]))
+    document = BenchReport({}, guarded, bare, (1, 16), floor, batch).to_json()
+    assert document["floor"] == floor.to_json()
+    ratios = document["ratios_floor"]
+    assert ratios["p50"] == 2.0 and ratios["p99"] == round(8.0 / 3.0, 3)
+    assert ratios["throughput_c16"] == 0.5  # 50 req/s against 100
+    assert document["ratios"]["p50"] == 1.2  # guarded / bare stays beside it
+    goals = document["goals"]
+    assert goals["p50 / floor"] == {"value": 2.0, "goal": "<= 1.5", "met": False, "by": 1.333}
+    assert not goals["p99 / floor"]["met"] and goals["p99 / floor"]["by"] == 1.333
+    assert goals["throughput c=16 / floor"] == {
+        "value": 0.5,
+        "goal": ">= 0.6",
+        "met": False,
+        "by": 1.2,
+    }
+    assert goals["model stage p50 ms"]["met"] and goals["model stage p50 ms"]["by"] < 1
+    batch_goal = goals["predict_batch 1000 rows server p50 ms"]
+    assert batch_goal["value"] == 25.0 and batch_goal["met"] and batch_goal["by"] == 1.0
+    assert document["batch"]["rows"] == 1000 and document["batch"]["latency_ms"]["p50"] == 45.0
+
+
+def test_without_a_floor_the_report_has_no_floor_figures() -> None:
+    run = ServiceRun(1.0, [level(1, 2.0, 3.0, 1.0)])
+    document = BenchReport({}, run, run, (1,)).to_json()
+    assert "floor" not in document and "ratios_floor" not in document
+    assert "p50 / floor" not in document["goals"]
 
 
 def test_rounds_merge_into_one_level() -> None:

@@ -101,7 +101,12 @@ def test_each_service_gets_its_own_bentoml_home(settings) -> None:
 
     homes = {app.serve_command(settings, "127.0.0.1", port)[1]["BENTOML_HOME"] for port in (1, 2)}
     assert len(homes) == 2
-    assert all(Path(h).is_relative_to(settings.paths.data_dir) for h in homes)
+    # memory-mapped metric files stay off the data volume (a full disk would kill the worker)
+    assert not any(Path(h).is_relative_to(settings.paths.data_dir) for h in homes)
+    other = settings.model_copy(
+        update={"paths": settings.paths.model_copy(update={"data_dir": Path("/srv/other")})}
+    )
+    assert app.serve_command(other, "127.0.0.1", 1)[1]["BENTOML_HOME"] not in homes
 
 
 def test_debug_switch_is_not_a_setting(project: Path) -> None:

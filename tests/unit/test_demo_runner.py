@@ -36,15 +36,6 @@ def test_an_empty_or_missing_folder_is_fine(tmp_path: Path) -> None:
     prepare_data_dir(tmp_path / "empty")
 
 
-def test_a_refused_batch_names_its_rows() -> None:
-    from prodguard.demo.traffic import _refused_rows
-
-    body = {"problems": [{"field": "rows[24].dest"}, {"field": "rows[3].carrier"}]}
-    assert _refused_rows(body, 50) == {3, 24}
-    assert _refused_rows({"problems": [{"field": "dest"}]}, 4) == {0, 1, 2, 3}  # none named
-    assert _refused_rows({"problems": [{"field": "rows[99].dest"}]}, 4) == {0, 1, 2, 3}
-
-
 def test_the_event_log_marks_the_folder_before_the_first_event(tmp_path: Path) -> None:
     """A demo that fails early leaves a folder the next run may clear."""
     from prodguard.demo.events import EventLog

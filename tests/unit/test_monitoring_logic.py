@@ -141,6 +141,7 @@ def test_measures_of_a_window() -> None:
     outcomes = [{"delayed": i % 3 == 0} for i in range(400)]
     frame["outcome"] = outcomes
     frame.loc[:9, "flags"] = pd.Series([["x:stale"]] * 10)
+    frame.loc[:3, "flags"] = pd.Series([["x:stale", "c:unseen"]] * 4)
     kpi = KpiSettings(
         name="delay_cost",
         outcome="delayed",
@@ -166,6 +167,7 @@ def test_measures_of_a_window() -> None:
     assert got["rate.failed"].value == pytest.approx(4 / 412)
     assert got["rate.rejected"].value == pytest.approx(8 / 412)
     assert got["rate.degraded"].value == pytest.approx(10 / 400)
+    assert got["rate.unseen"].value == pytest.approx(4 / 400)
     assert got["score.psi"].value == pytest.approx(0.0, abs=1e-9)
     assert got["score.mean"].value == pytest.approx(0.5)
     assert got["latency.model.p50"].value == pytest.approx(5.0)

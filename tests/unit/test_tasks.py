@@ -11,6 +11,7 @@ from prodguard.tasks import (
     ModelScorer,
     Task,
     TaskSpec,
+    check_model,
     check_output,
     evaluate,
     kpi_cost,
@@ -93,6 +94,8 @@ def test_scorer_wraps_scikit_learn_models_by_task() -> None:
     scorer = ModelScorer(regressor, Task.REGRESSION)
     assert scorer.raw(x).shape == (6,) and scorer.interval(x) is None
     assert model_classes(regressor) == ()
+    assert "no predict_proba" in check_model(regressor, Task.BINARY)
+    assert check_model(classifier, Task.MULTICLASS) == ""
 
 
 def test_binary_metrics_as_before() -> None:

@@ -1,13 +1,15 @@
-"""``prodguard bench``: the guarded service and a bare model endpoint, measured in one run.
+"""``prodguard bench``: the guarded service, a bare model endpoint and the framework floor (a
+BentoML endpoint that returns a constant), measured in one run.
 
-Both are started here on free loopback ports (one after the other: each cold start is measured
-alone), with the same BentoML settings, and stopped at the end. The guarded service is
+All three are started here on free loopback ports (one after the other: each cold start is
+measured alone), with the same BentoML settings, and stopped at the end. The guarded service is
 ``prodguard serve`` on the project's registry, feature store and models, but with a prediction
 log (and alert file) of its own in a temporary data folder — bench traffic never reaches the
 monitors — and without the in-service guard. Load goes to one service at a time, in alternating
 rounds (guarded, then bare with the model features the guarded service used for the same
-requests, read back from its prediction log), so that whatever else runs on the machine weighs
-on both alike.
+requests, read back from its prediction log, then the floor with the same bodies), so that
+whatever else runs on the machine weighs on all alike. Last, ``/predict_batch`` of
+``BATCH_ROWS`` rows is timed on the guarded service, server side and end to end.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from prodguard import wiring
 from prodguard.bench import workload
 from prodguard.bench.load import LevelResult, Samples, drive, merge
-from prodguard.bench.stats import ratio
+from prodguard.bench.stats import Summary, ratio, summarize
 from prodguard.config import Settings
 from prodguard.errors import ConfigError, InputError, ServiceNotReady
 from prodguard.registry.lineage import REFERENCE_STATS_JSON
@@ -37,6 +39,10 @@ REQUESTS = 500  # per level
 WARMUP = 100
 ROUNDS = 5  # each level alternates between the services this many times
 BARE_SERVICE = "prodguard.bench.bare_service:BareService"
+FLOOR_SERVICE = "prodguard.bench.floor_service:FloorService"
+SERVICES = ("guarded", "bare", "floor")
+BATCH_ROWS = 1000  # rows per /predict_batch call (at most serving.max_batch)
+BATCH_CALLS = 3
 SHARED_STATE = ("feast", "mlflow", "offline")  # what the guarded service reads from the project
 SETUP_HINT = (
     "run `make demo`, or `prodguard ingest`, `prodguard materialize`, `prodguard train` and "
@@ -55,9 +61,22 @@ class Goal:
     def met(self) -> bool:
         return self.value <= self.limit if self.at_most else self.value >= self.limit
 
+    @property
+    def by(self) -> float:
+        """How far from the limit, as a factor: value / limit when it must be at most, limit /
+        value when at least (> 1: missed by that factor; <= 1: met with that margin)."""
+        if self.at_most:
+            return ratio(self.value, self.limit)
+        return ratio(self.limit, self.value)
+
     def to_json(self) -> dict[str, Any]:
         bound = "<=" if self.at_most else ">="
-        return {"value": self.value, "goal": f"{bound} {self.limit:g}", "met": self.met}
+        return {
+            "value": self.value,
+            "goal": f"{bound} {self.limit:g}",
+            "met": self.met,
+            "by": self.by,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,17 +100,38 @@ class ServiceRun:
 
 
 @dataclass(frozen=True)
+class BatchRun:
+    """``/predict_batch`` calls of ``rows`` rows on the guarded service: latency at the client
+    and the server's ``total`` (ms)."""
+
+    rows: int
+    latency: Summary
+    server: Summary
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "latency_ms": self.latency.to_json(),
+            "server_ms": self.server.to_json(),
+        }
+
+
+@dataclass(frozen=True)
 class BenchReport:
     setup: dict[str, Any]
     guarded: ServiceRun
     bare: ServiceRun
     concurrencies: tuple[int, ...] = field(default=LEVELS)
+    floor: ServiceRun | None = None
+    batch: BatchRun | None = None
 
-    def ratios(self) -> dict[str, Any]:
-        """guarded / bare: p50 and p99 one request at a time, throughput at the highest
-        concurrency (``throughput_c16`` with the default levels), and every level's."""
+    def ratios(self, baseline: str = "bare") -> dict[str, Any]:
+        """guarded / ``baseline`` (bare or floor): p50 and p99 one request at a time,
+        throughput at the highest concurrency (``throughput_c16`` with the default levels), and
+        every level's."""
         low, high = self.concurrencies[0], self.concurrencies[-1]
-        g, b = self.guarded, self.bare
+        g, b = self.guarded, self.bare if baseline == "bare" else self.floor
+        assert b is not None
         by_level = {
             str(c): {
                 "p50": ratio(g.level(c).latency.p50, b.level(c).latency.p50),
@@ -121,16 +161,34 @@ class BenchReport:
             goals.append(Goal("feature retrieval p99 ms", stages["features"].p99, 1.0, True))
         if "log" in stages:
             goals.append(Goal("prediction log write p99 ms", stages["log"].p99, 0.2, True))
+        if self.floor is not None:  # the framework floor (issue 19)
+            floor = self.ratios("floor")
+            goals += [
+                Goal("p50 / floor", floor["p50"], 1.5, True),
+                Goal("p99 / floor", floor["p99"], 2.0, True),
+                Goal(f"throughput c={high} / floor", floor[f"throughput_c{high}"], 0.6, False),
+            ]
+        if "model" in stages:
+            goals.append(Goal("model stage p50 ms", stages["model"].p50, 0.3, True))
+        if self.batch is not None:
+            name = f"predict_batch {self.batch.rows} rows server p50 ms"
+            goals.append(Goal(name, self.batch.server.p50, 25.0, True))
         return goals
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "setup": self.setup,
             "guarded": self.guarded.to_json(),
             "bare": self.bare.to_json(),
             "ratios": self.ratios(),
-            "goals": {g.name: g.to_json() for g in self.goals()},
         }
+        if self.floor is not None:
+            document["floor"] = self.floor.to_json()
+            document["ratios_floor"] = self.ratios("floor")
+        if self.batch is not None:
+            document["batch"] = self.batch.to_json()
+        document["goals"] = {g.name: g.to_json() for g in self.goals()}
+        return document
 
 
 def _levels(levels: Sequence[int]) -> tuple[int, ...]:
@@ -169,7 +227,9 @@ def run_bench(
         if s.get("kind") == "categorical"
     }
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    total = warmup + requests * len(concurrencies)
+    batch_rows = min(BATCH_ROWS, settings.serving.max_batch)
+    measured = warmup + requests * len(concurrencies)
+    total = measured + batch_rows * BATCH_CALLS
     guarded_bodies = workload.guarded_bodies(settings, at, total, categories, f"bench-{run_id}-")
     setup = {
         "model": settings.model.name,
@@ -180,6 +240,8 @@ def run_bench(
         "requests_per_level": requests,
         "warmup": warmup,
         "levels": list(concurrencies),
+        "batch_rows": batch_rows,
+        "batch_calls": BATCH_CALLS,
         "asked_at": at.isoformat(),
         "cpus": os.cpu_count(),
     }
@@ -200,33 +262,26 @@ def run_bench(
         )
         try:
             progress(f"ready after {guarded.cold_start_s:.1f} s")
-            port = free_port()
-            progress(f"starting the bare endpoint on port {port}")
-            bentoml = str(Path(sys.executable).with_name("bentoml"))
-            bare = start_service(
-                [bentoml, "serve", BARE_SERVICE, "--host", "127.0.0.1", "--port", str(port)],
-                env,
-                cwd,
-                port,
-                root / "bare.log",
-            )
+            bare = _start_bentoml(BARE_SERVICE, "bare endpoint", env, cwd, root, progress)
             try:
-                progress(f"ready after {bare.cold_start_s:.1f} s")
-                pair = _Pair(guarded.base_url, bare.base_url, log_path)
-                if warmup:
-                    pair.round(guarded_bodies[:warmup], min(4, concurrencies[-1]))
-                measured: dict[int, tuple[LevelResult, LevelResult]] = {}
-                for i, concurrency in enumerate(concurrencies):
-                    chunk = guarded_bodies[warmup + i * requests : warmup + (i + 1) * requests]
-                    measured[concurrency] = pair.level(chunk, concurrency)
-                    g, b = measured[concurrency]
+                floor = _start_bentoml(FLOOR_SERVICE, "floor endpoint", env, cwd, root, progress)
+                try:
+                    trio = _Trio(guarded.base_url, bare.base_url, floor.base_url, log_path)
+                    if warmup:
+                        trio.round(guarded_bodies[:warmup], min(4, concurrencies[-1]))
+                    results: dict[int, tuple[LevelResult, ...]] = {}
+                    for i, concurrency in enumerate(concurrencies):
+                        chunk = guarded_bodies[warmup + i * requests : warmup + (i + 1) * requests]
+                        results[concurrency] = trio.level(chunk, concurrency)
+                        progress(_describe(concurrency, results[concurrency]))
+                    batch = trio.batch(guarded_bodies[measured:], batch_rows)
                     progress(
-                        f"c={concurrency}: guarded p50 {g.latency.p50:.2f} ms, p99 "
-                        f"{g.latency.p99:.2f} ms, {g.throughput:.0f} req/s | bare p50 "
-                        f"{b.latency.p50:.2f} ms, p99 {b.latency.p99:.2f} ms, "
-                        f"{b.throughput:.0f} req/s"
+                        f"/predict_batch {batch_rows} rows: server p50 {batch.server.p50:.1f} ms, "
+                        f"end to end p50 {batch.latency.p50:.1f} ms"
                     )
-                pair.close()
+                    trio.close()
+                finally:
+                    floor.stop()
             finally:
                 bare.stop()
         finally:
@@ -235,40 +290,77 @@ def run_bench(
         shutil.rmtree(root, ignore_errors=True)
     return BenchReport(
         setup,
-        ServiceRun(guarded.cold_start_s, [measured[c][0] for c in concurrencies]),
-        ServiceRun(bare.cold_start_s, [measured[c][1] for c in concurrencies]),
+        ServiceRun(guarded.cold_start_s, [results[c][0] for c in concurrencies]),
+        ServiceRun(bare.cold_start_s, [results[c][1] for c in concurrencies]),
         concurrencies,
+        ServiceRun(floor.cold_start_s, [results[c][2] for c in concurrencies]),
+        batch,
     )
 
 
-class _Pair:
-    """Both services, measured in alternating rounds — guarded, then bare on the features the
-    guarded service used — so that load from elsewhere on the machine affects both alike."""
+def _describe(concurrency: int, results: tuple[LevelResult, ...]) -> str:
+    return f"c={concurrency}: " + " | ".join(
+        f"{name} p50 {r.latency.p50:.2f} ms, p99 {r.latency.p99:.2f} ms, {r.throughput:.0f} req/s"
+        for name, r in zip(SERVICES, results, strict=True)
+    )
 
-    def __init__(self, guarded_url: str, bare_url: str, log_path: Path) -> None:
-        self.guarded_url, self.bare_url = guarded_url, bare_url
+
+def _start_bentoml(
+    service: str,
+    name: str,
+    env: dict[str, str],
+    cwd: Path,
+    root: Path,
+    progress: Callable[[str], None],
+) -> Any:
+    port = free_port()
+    progress(f"starting the {name} on port {port}")
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    started = start_service(
+        [bentoml, "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        cwd,
+        port,
+        root / f"{name.split()[0]}.log",
+    )
+    progress(f"ready after {started.cold_start_s:.1f} s")
+    return started
+
+
+class _Trio:
+    """The three services, measured in alternating rounds — guarded, then bare on the features
+    the guarded service used, then the floor on the same bodies — so that load from elsewhere
+    on the machine affects all alike."""
+
+    def __init__(self, guarded_url: str, bare_url: str, floor_url: str, log_path: Path) -> None:
+        self.urls = (guarded_url, bare_url, floor_url)
         self.log = SqlitePredictionLog(log_path)
 
-    def round(self, bodies: list[dict[str, Any]], concurrency: int) -> tuple[Samples, Samples]:
-        guarded = drive(self.guarded_url, "/predict", workload.encode(bodies), concurrency)
+    def round(self, bodies: list[dict[str, Any]], concurrency: int) -> tuple[Samples, ...]:
+        guarded = drive(self.urls[0], "/predict", workload.encode(bodies), concurrency)
         bare_bodies = workload.bare_bodies(self.log, [b["request_id"] for b in bodies])
         if not bare_bodies:
             raise ServiceNotReady(f"the guarded service answered none of: {guarded.statuses}")
-        bare = drive(self.bare_url, "/predict", workload.encode(bare_bodies), concurrency)
-        return guarded, bare
+        encoded = workload.encode(bare_bodies)
+        bare = drive(self.urls[1], "/predict", encoded, concurrency)
+        floor = drive(self.urls[2], "/predict", encoded, concurrency)
+        return guarded, bare, floor
+
+    def batch(self, bodies: list[dict[str, Any]], rows: int) -> BatchRun:
+        """``/predict_batch`` calls of ``rows`` rows each, one at a time."""
+        calls = [{"rows": bodies[i : i + rows]} for i in range(0, len(bodies) - rows + 1, rows)]
+        done = drive(self.urls[0], "/predict_batch", workload.encode(calls), 1)
+        if not done.latencies or "total" not in done.stages:
+            raise ServiceNotReady(f"the guarded service answered no batch: {done.statuses}")
+        return BatchRun(rows, summarize(done.latencies), summarize(done.stages["total"]))
 
     def close(self) -> None:
         self.log.close()
 
-    def level(
-        self, bodies: list[dict[str, Any]], concurrency: int
-    ) -> tuple[LevelResult, LevelResult]:
+    def level(self, bodies: list[dict[str, Any]], concurrency: int) -> tuple[LevelResult, ...]:
         size = max(len(bodies) // ROUNDS, concurrency)
         runs = [self.round(bodies[i : i + size], concurrency) for i in range(0, len(bodies), size)]
-        return (
-            merge(concurrency, [g for g, _ in runs]),
-            merge(concurrency, [b for _, b in runs]),
-        )
+        return tuple(merge(concurrency, [r[k] for r in runs]) for k in range(3))
 
 
 def _overlay(settings: Settings, root: Path) -> Path:

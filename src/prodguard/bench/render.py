@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from prodguard.bench.benchmark import BenchReport
+from prodguard.bench.benchmark import BenchReport, ServiceRun
 
 STAGES = ("features", "checks", "model", "log", "http", "total")
+
+
+def _runs(report: BenchReport) -> list[tuple[str, ServiceRun]]:
+    runs = [("guarded", report.guarded), ("bare", report.bare)]
+    return runs + ([("floor", report.floor)] if report.floor is not None else [])
 
 
 def latency_table(report: BenchReport) -> Table:
     table = Table(title="end-to-end latency at the client (ms) and throughput")
     for column in ("service", "concurrency", "p50", "p95", "p99", "req/s", "errors"):
         table.add_column(column, justify="left" if column == "service" else "right")
-    for name, run in (("guarded", report.guarded), ("bare", report.bare)):
+    for name, run in _runs(report):
         for level in run.levels:
             table.add_row(
                 name,
@@ -24,6 +29,18 @@ def latency_table(report: BenchReport) -> Table:
                 f"{level.throughput:.1f}",
                 str(level.errors),
             )
+    if report.batch is not None:
+        latency, server = report.batch.latency, report.batch.server
+        table.add_row(
+            f"guarded /predict_batch {report.batch.rows} rows (server p50/p99: "
+            f"{server.p50:.1f}/{server.p99:.1f})",
+            "1",
+            f"{latency.p50:.2f}",
+            f"{latency.p95:.2f}",
+            f"{latency.p99:.2f}",
+            "",
+            "",
+        )
     return table
 
 
@@ -33,7 +50,7 @@ def stage_table(report: BenchReport) -> Table:
     table.add_column("concurrency", justify="right")
     for stage in STAGES:
         table.add_column(f"{stage} p50/p99", justify="right")
-    for name, run in (("guarded", report.guarded), ("bare", report.bare)):
+    for name, run in _runs(report):
         for level in run.levels:
             cells = [
                 f"{level.stages[s].p50:.2f}/{level.stages[s].p99:.2f}" if s in level.stages else ""
@@ -44,11 +61,11 @@ def stage_table(report: BenchReport) -> Table:
 
 
 def goals_table(report: BenchReport) -> Table:
-    table = Table(title="goals (ratios: guarded / bare)")
-    for column in ("measure", "value", "goal", "met"):
+    table = Table(title="goals (ratios: guarded / bare, or / floor; by: value vs goal, > 1 missed)")
+    for column in ("measure", "value", "goal", "met", "by"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for goal in report.goals():
         shown = goal.to_json()
         verdict = "[green]yes[/]" if goal.met else "[red]no[/]"
-        table.add_row(goal.name, f"{goal.value:g}", shown["goal"], verdict)
+        table.add_row(goal.name, f"{goal.value:g}", shown["goal"], verdict, f"{goal.by:g}x")
     return table

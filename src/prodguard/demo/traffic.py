@@ -9,7 +9,6 @@ known are sent to ``/feedback_batch``. A hook runs after each hour (guard, monit
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,8 +28,6 @@ from prodguard.features.ports import FeatureStore
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.monitoring.replay import known_outcome, request_id, request_rows, single
 from prodguard.project import load_request_model
-
-ROW_FIELD = re.compile(r"^rows\[(\d+)\]")
 
 
 @dataclass
@@ -174,18 +171,14 @@ class HttpTraffic:
         answers: list[dict[str, Any]] = []
         for chunk in _chunks(together, self._max_batch):
             status, body = self._service.post("/predict_batch", {"rows": chunk})
-            if status == 422:  # refused rows reject their batch: they go alone, the rest again
-                refused = _refused_rows(body, len(chunk))
-                alone.extend(chunk[i] for i in sorted(refused))
-                rest = [r for i, r in enumerate(chunk) if i not in refused]
-                if rest:
-                    status, body = self._service.post("/predict_batch", {"rows": rest})
-                    answers.extend(self._answered(status, body, len(rest), result))
-            else:
-                answers.extend(self._answered(status, body, len(chunk), result))
+            if status != 200:
+                self._answered(status, body, len(chunk), result)
+                continue
+            for row in body["results"]:  # each row answered on its own
+                answers.extend(self._answered(row["status"], row, 1, result))
         for request in alone:
             status, body = self._service.post("/predict", request)
-            answers.extend(self._answered(status, {"predictions": [body]}, 1, result))
+            answers.extend(self._answered(status, {"prediction": body}, 1, result))
         for answer in answers:
             result.answered += 1
             result.degraded += bool(answer["degraded"])
@@ -199,7 +192,7 @@ class HttpTraffic:
     @staticmethod
     def _answered(status: int, body: Any, rows: int, result: TrafficResult) -> list[dict[str, Any]]:
         if status == 200:
-            return list(body["predictions"])
+            return [body["prediction"]]
         if status >= 500:
             if status == 503 and "not ready" in str(body.get("error", "")):
                 raise ServiceNotReady(f"the service stopped answering: {body.get('error')}")
@@ -220,16 +213,6 @@ class HttpTraffic:
                 raise ServiceNotReady(f"/feedback_batch answered {status}: {body.get('error')}")
             taken = ("recorded", "duplicate")
             result.feedback += sum(r["status"] in taken for r in body["results"])
-
-
-def _refused_rows(body: Any, rows: int) -> set[int]:
-    """The rows a 422 names (``rows[i].field``); all of them when it names none."""
-    named = {
-        int(match.group(1))
-        for problem in body.get("problems", [])
-        if (match := ROW_FIELD.match(str(problem.get("field", ""))))
-    }
-    return {i for i in named if i < rows} or set(range(rows))
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

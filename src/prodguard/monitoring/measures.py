@@ -15,7 +15,9 @@ Metric names:
   function); only for matured windows with enough labels;
 - ``latency.<stage>.p50|p95|p99`` in ms (checks, features, model, and their total per request),
   over single-row requests (batch calls share one timing);
-- ``rate.degraded`` (rows with any degraded feature), ``rate.failed`` and ``rate.rejected``
+- ``rate.degraded`` (rows with any degraded feature), ``rate.unseen`` (rows with a category the
+  model never saw, flagged ``<field>:unseen``; part of ``rate.degraded``), ``rate.failed`` and
+  ``rate.rejected``
   (requests that got no prediction, from the log's error counts).
 
 A value of ``None`` carries a reason (too few rows, not matured, no reference).
@@ -123,7 +125,7 @@ def measure(
     if rows < min_rows:
         short = f"insufficient data: {rows} rows, {min_rows} needed"
         names = [f"psi.{n}" for n in features] + [f"shift.{n}" for n in staging or {}]
-        names += ["score.psi", *score_metric_names(spec), "rate.degraded"]
+        names += ["score.psi", *score_metric_names(spec), "rate.degraded", "rate.unseen"]
         names += [f"kpi.{kpi.name}"] + _latency_names()
         return measures + [Measure(n, None, short) for n in names]
 
@@ -148,6 +150,8 @@ def measure(
     ).items():
         measures.append(Measure(metric, value))
     measures.append(Measure("rate.degraded", float(frame["flags"].map(bool).mean())))
+    unseen = frame["flags"].map(lambda flags: any(f.endswith(":unseen") for f in flags))
+    measures.append(Measure("rate.unseen", float(unseen.mean())))
     measures.append(_kpi(frame, kpi, matured, spec, cost))
     measures.extend(_latency(frame, min_rows))
     return measures

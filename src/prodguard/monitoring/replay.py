@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from prodguard.clock import FixedClock
 from prodguard.config import Settings
-from prodguard.errors import NoDataError, RequestRejected, TrainingError
+from prodguard.errors import InputError, NoDataError, TrainingError
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import load_request_model
 from prodguard.serving.engine import Predictor
@@ -132,14 +132,13 @@ def replay(
                     rejected += 1  # the HTTP boundary would have answered 400
                     continue
                 batch.append((rid, request, row.get(label)))
-            for call in _calls(predictor, batch, single_share):
-                try:
-                    predictor.predict([c[1] for c in call], [c[0] for c in call])
-                except RequestRejected:
-                    rejected += len(call)  # a single row the checks refuse (counted in the log)
-                    continue
-                predicted += len(call)
-                for rid, _, outcome in call:
+            for call in _calls(batch, single_share):
+                answers = predictor.predict_each([c[1] for c in call], [c[0] for c in call])
+                for (rid, _, outcome), answer in zip(call, answers, strict=True):
+                    if isinstance(answer, InputError):
+                        rejected += 1  # a row the checks refuse (counted in the log)
+                        continue
+                    predicted += 1
                     if (value := known_outcome(outcome)) is not None:
                         log.record_feedback(rid, {outcome_key: value}, clock.now())
                         feedback += 1
@@ -152,14 +151,13 @@ def replay(
     )
 
 
-def _calls(
-    predictor: Predictor, batch: list[tuple[str, dict[str, Any], Any]], share: float
-) -> list[list[Any]]:
-    """One call per sampled or refused request, one batch for the rest (a refused row would
-    reject the whole batch)."""
-    alone, together = [], []
+def _calls(batch: list[tuple[str, dict[str, Any], Any]], share: float) -> list[list[Any]]:
+    """One call per sampled request (timed as a caller sees it), one batch for the rest (each
+    row of it answered on its own)."""
+    alone: list[list[Any]] = []
+    together: list[Any] = []
     for item in batch:
-        if single(item[0], share) or predictor.refuses(item[1]):
+        if single(item[0], share):
             alone.append([item])
         else:
             together.append(item)

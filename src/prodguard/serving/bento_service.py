@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from starlette.responses import JSONResponse
 
 from prodguard import app, wiring
@@ -36,6 +36,7 @@ from prodguard.project import load_request_model
 from prodguard.registry.operations import RegistryOperations
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
+from prodguard.serving.engine import Prediction
 from prodguard.serving.limits import Boundary, Limits, check_token
 from prodguard.serving.models import ServingState
 from prodguard.telemetry import disable_telemetry
@@ -81,8 +82,25 @@ class PredictionOut(BaseModel):
     replayed: bool = False
 
 
+class Problem(BaseModel):
+    field: str
+    problem: str
+
+
+class BatchRowOut(BaseModel):
+    """One row of a batch, in the order sent: ``status`` 200 with its ``prediction``, or the
+    status /predict would have answered (400 malformed, 409 request id reused with another
+    payload, 422 refused, ...) with its ``error`` and ``problems`` (never the row's values)."""
+
+    status: int
+    request_id: str | None = None
+    prediction: PredictionOut | None = None
+    error: str | None = None
+    problems: list[Problem] = Field(default_factory=list)
+
+
 class BatchOut(BaseModel):
-    predictions: list[PredictionOut]
+    results: list[BatchRowOut]
 
 
 class FeedbackOut(BaseModel):
@@ -170,14 +188,32 @@ def _status(exc: ProdguardError) -> HTTPStatus:
     return HTTPStatus.SERVICE_UNAVAILABLE
 
 
+def _problems(exc: ProdguardError) -> list[dict[str, str]]:
+    problems = getattr(exc, "problems", [])
+    if isinstance(exc, FeedbackConflict):  # the idempotency key reused for another outcome
+        problems = [("request_id", "a different outcome was already recorded for it")]
+    return [{"field": f, "problem": p} for f, p in problems]
+
+
 def error_response(exc: ProdguardError, ctx: bentoml.Context | None = None) -> JSONResponse:
     """``{"error": message, "problems": [{"field", "problem"}]}`` — never the payload. An API
     that takes the context must pass it: BentoML gives its responses the context's status."""
-    problems = [{"field": f, "problem": p} for f, p in getattr(exc, "problems", [])]
+    problems = _problems(exc)
     status = _status(exc)
     if ctx is not None:
         ctx.response.status_code = status
     return JSONResponse({"error": str(exc), "problems": problems}, status_code=status)
+
+
+class MalformedRow(InputError):
+    """A batch row that does not match the request model (400, as /predict answers it)."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        self.problems = [
+            (".".join(str(p) for p in e["loc"]) or "row", e["msg"]) for e in exc.errors()
+        ]  # where and what, never the value
+        shown = "; ".join(f"{f}: {p}" for f, p in self.problems[:5])
+        super().__init__(f"malformed row: {shown}")
 
 
 def server_timing(stages: dict[str, float]) -> str:
@@ -209,6 +245,31 @@ def _start_guard(settings: Settings) -> threading.Event | None:
 
     threading.Thread(target=run, name="prodguard-guard", daemon=True).start()
     return stop
+
+
+def _out(answer: Prediction) -> PredictionOut:
+    """Binary: ``probability`` and ``decision``; multiclass and regression: ``prediction``."""
+    task = answer.prediction is not None
+    return PredictionOut(
+        request_id=answer.request_id,
+        probability=None if task else answer.probability,
+        decision=None if task else answer.decision,
+        prediction=answer.prediction,
+        model=answer.model,
+        version=answer.version,
+        degraded=answer.degraded,
+        flags=answer.flags,
+        replayed=answer.replayed,
+    )
+
+
+def _row_error(exc: ProdguardError, request_id: str | None) -> BatchRowOut:
+    return BatchRowOut(
+        status=_status(exc),
+        request_id=request_id,
+        error=str(exc),
+        problems=[Problem(**p) for p in _problems(exc)],
+    )
 
 
 class _Metrics:
@@ -339,24 +400,11 @@ class PredictionService:
         )
         if stages:  # not for a replayed answer
             ctx.response.headers["Server-Timing"] = server_timing(stages)
-        return [
-            PredictionOut(
-                request_id=a.request_id,
-                probability=None if a.prediction is not None else a.probability,
-                decision=None if a.prediction is not None else a.decision,
-                prediction=a.prediction,
-                model=a.model,
-                version=a.version,
-                degraded=a.degraded,
-                flags=a.flags,
-                replayed=a.replayed,
-            )
-            for a in answers
-        ]
+        return [_out(a) for a in answers]
 
     @bentoml.api(route="/predict", input_spec=RequestModel)
     def predict(self, ctx: bentoml.Context, **fields: Any) -> PredictionOut:
-        """Score one request: features from the online store, checked, champion's answer."""
+        """Predict one request: features from the online store, checked, champion's answer."""
         try:
             return self._answer([RequestModel(**fields)], ctx)[0]
         except ProdguardError as exc:
@@ -365,15 +413,51 @@ class PredictionService:
     @bentoml.api(route="/predict_batch")
     def predict_batch(
         self,
-        rows: Annotated[list[RequestModel], Field(min_length=1, json_schema_extra=_AT_MOST)],
+        rows: Annotated[
+            list[dict[str, Any]],
+            Field(
+                min_length=1,
+                json_schema_extra=_AT_MOST,
+                description="Each row is a body of /predict; a row that does not match it gets "
+                "its own 400 entry in the results.",
+            ),
+        ],
         ctx: bentoml.Context,
     ) -> BatchOut:
-        """Score many requests in one call (at most serving.max_batch rows; more: 413)."""
+        """Predict many rows in one call (at most serving.max_batch; more: 413). Each row is
+        answered on its own, in order: its prediction, or its own error (a malformed or refused
+        row does not fail the others). 200 whenever the batch itself is well-formed."""
         try:
             if len(rows) > MAX_BATCH:
                 self._record_error("rejected")
                 raise self._too_many(len(rows), "rows", "rows")
-            return BatchOut(predictions=self._answer(rows, ctx))
+            results: list[BatchRowOut | None] = [None] * len(rows)
+            parsed: list[tuple[int, Any]] = []
+            for index, row in enumerate(rows):
+                try:
+                    parsed.append((index, RequestModel.model_validate(row)))
+                except ValidationError as exc:
+                    results[index] = _row_error(MalformedRow(exc), None)
+                    self._record_error("rejected")
+            stages: dict[str, float] = {}
+            answers = (
+                self.serving.predictor.predict_each(
+                    [r.to_row() for _, r in parsed], [r.request_id for _, r in parsed], stages
+                )
+                if parsed
+                else []
+            )
+            if stages:
+                ctx.response.headers["Server-Timing"] = server_timing(stages)
+            for (index, request), answer in zip(parsed, answers, strict=True):
+                results[index] = (
+                    _row_error(answer, request.request_id)
+                    if isinstance(answer, ProdguardError)
+                    else BatchRowOut(
+                        status=HTTPStatus.OK, request_id=answer.request_id, prediction=_out(answer)
+                    )
+                )
+            return BatchOut(results=[r for r in results if r is not None])
         except ProdguardError as exc:
             return error_response(exc, ctx)  # type: ignore[return-value]
 

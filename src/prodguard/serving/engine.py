@@ -1,6 +1,9 @@
 """The request path: validate, fetch features (with a deadline), degrade gracefully, predict,
 log durably, shadow-score — framework-free, so it is tested in-process and served by BentoML.
 
+The ``Predictor`` runs five stages, each a small class tested alone: ``RequestChecks``,
+``FeatureLookup``, ``ModelScoring`` (the only caller of a model), ``AnswerLog`` and ``Shadow``.
+
 Degradation, per store feature and row:
 - ``unavailable``: the online store failed or missed its deadline (every store feature);
 - ``missing``: the store has no value for this entity;
@@ -14,12 +17,13 @@ entity) and a flag ``feature:reason``; a degraded *critical* feature rejects the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -39,11 +43,18 @@ from prodguard.errors import (
 )
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
-from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord
+from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord, Role
 
 _log = logging.getLogger("prodguard.serving")
 LOOKUP_WORKERS = 4
 SHADOW_BACKLOG = 64
+
+
+class RequestIdReused(DuplicateRequest):
+    """A request id already answered for a different payload (an idempotency key reused):
+    refused (409) and not logged, instead of replaying another request's answer."""
+
+    problems = [("request_id", "already used for a different request; use a new id")]
 
 
 class OnlineFeatures(Protocol):
@@ -114,189 +125,80 @@ class LastGood:
             return self._values.get((feature, key))
 
 
-class Predictor:
+class RequestChecks:
+    """Stage ``checks``: the request suite's row-level expectations, and the categories the
+    champion knows. A value the model never saw in training is scored as missing (the model's
+    encoder maps unknown categories to missing) and flagged ``column:unseen``; for a column in
+    ``critical`` it refuses the row instead."""
+
+    def __init__(self, contract: RowContract, critical: Collection[str] = ()) -> None:
+        self._contract = contract
+        self._critical = frozenset(critical)
+
+    def inspect(
+        self, row: dict[str, Any], champion: LoadedModel
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """(field, what is wrong) pairs that refuse the row, without its values; and its flags."""
+        problems = [
+            (v.column, v.expectation)
+            for v in self._contract.violations(row, nullable_when_tolerant=True)
+        ]
+        flags = []
+        for column, known in champion.categories.items():
+            value = row.get(column)
+            if column in row and not is_null(value) and str(value) not in known:
+                if column in self._critical:
+                    problems.append((column, f"not one of the {len(known)} values the model knows"))
+                else:
+                    flags.append(f"{column}:unseen")
+        return list(dict.fromkeys(problems)), flags  # suites may repeat a rule
+
+    def check(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> list[list[str]]:
+        """Every row's flags; refuses the call when any row breaks a check (rows named
+        ``rows[i].`` in a batch)."""
+        problems: list[tuple[str, str]] = []
+        flags = []
+        for index, row in enumerate(rows):
+            where = f"rows[{index}]." if len(rows) > 1 else ""
+            found, flagged = self.inspect(row, champion)
+            problems.extend((where + f, p) for f, p in found)
+            flags.append(flagged)
+        if problems:
+            raise _rejected("invalid request fields", problems)
+        return flags
+
+
+class FeatureLookup:
+    """Stage ``features``: the online lookup under a deadline, then per store feature and row
+    the value or its fallback (training median/mode, or the last good value for the entity) with
+    a ``feature:reason`` flag; a degraded critical feature refuses the row."""
+
     def __init__(
         self,
-        *,
-        model_name: str,
-        state: Callable[[], ServingState],
         store: OnlineFeatures,
-        store_features: Sequence[StoreFeature],
+        features: Sequence[StoreFeature],
         entity_keys: Sequence[str],
-        request_checks: RowContract,
-        derive: Callable[[pd.DataFrame], pd.DataFrame],
-        log: PredictionLog,
-        threshold: float,
-        feature_timeout_s: float,
+        timeout_s: float,
+        *,
         fallback: str = "median",
         fallback_overrides: dict[str, str] | None = None,
-        critical: Sequence[str] = (),
-        shadow_sample: float = 0.0,
+        critical: Collection[str] = (),
         clock: Clock | None = None,
-        metrics: Metrics | None = None,
-        sticky_fields: Sequence[str] = (),
     ) -> None:
-        """``sticky_fields``: request fields whose values pick a row's side in a canary (the
-        same values always go the same way); none: the request id."""
-        self.model_name = model_name
-        self._state = state
         self._store = store
-        self._features = tuple(store_features)
+        self._features = tuple(features)
         self._entity_keys = tuple(entity_keys)
-        self._checks = request_checks
-        self._derive = derive
-        self._log = log
-        self._threshold = threshold
-        self._timeout = feature_timeout_s
+        self._timeout = timeout_s
         self._fallback = fallback
         self._fallback_overrides = dict(fallback_overrides or {})
         self._critical = frozenset(critical)
-        self._shadow_sample = shadow_sample
-        self._sticky_fields = tuple(sticky_fields)
         self._clock = clock or SystemClock()
-        self._metrics = metrics or NoMetrics()
         self._last_good = LastGood()
         self._lookups = ThreadPoolExecutor(
             max_workers=LOOKUP_WORKERS, thread_name_prefix="prodguard-lookup"
         )
         # lookups still running (a hung store): when all workers are stuck, answer at once
         self._lookup_slots = threading.BoundedSemaphore(LOOKUP_WORKERS)
-        self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
-        self._shadow_slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
-
-    # ---- the request path ----------------------------------------------------------------
-
-    def predict(
-        self,
-        rows: Sequence[dict[str, Any]],
-        ids: Sequence[str | None],
-        stages: dict[str, float] | None = None,
-    ) -> list[Prediction]:
-        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``). A request that
-        gets no prediction is counted in the log as rejected (caller's fault) or failed.
-        ``stages``, when given, receives the seconds of each stage of an answered call
-        (checks, features, model, log, total)."""
-        state = self._state()  # one snapshot: a swap never mixes versions within a request
-        try:
-            return self._predict(rows, ids, state, stages)
-        except ProdguardError as exc:
-            kind: ErrorKind = "rejected" if isinstance(exc, InputError) else "failed"
-            version = state.champion.version if state.champion else None
-            try:
-                self._log.record_error(self._clock.now(), kind, version)
-            except ProdguardError as logged:
-                _log.warning("request error not counted: %s", logged)
-            raise
-
-    def _predict(
-        self,
-        rows: Sequence[dict[str, Any]],
-        ids: Sequence[str | None],
-        state: ServingState,
-        stages: dict[str, float] | None,
-    ) -> list[Prediction]:
-        began = time.perf_counter()
-        champion = state.champion
-        if champion is None:
-            raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
-        request_ids = [i or uuid.uuid4().hex for i in ids]
-        if len(set(request_ids)) != len(request_ids):
-            raise RequestRejected(
-                "request ids must be unique within a batch", [("request_id", "repeated in batch")]
-            )
-        replayed = self._replayed(request_ids)
-        if replayed is not None:
-            return replayed
-
-        started = time.perf_counter()
-        self._check_request(rows, champion)
-        checks_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        fetched, unavailable = self._fetch(rows)
-        lookup_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        store_values, flags = self._assemble(rows, fetched, unavailable, champion)
-        request = self._derive(pd.DataFrame(list(rows)))
-        inputs = [{**request.iloc[i].to_dict(), **store_values[i]} for i in range(len(rows))]
-        checks_s += time.perf_counter() - started
-
-        started = time.perf_counter()
-        frame = champion.frame(inputs)
-        answering = self._answering(state, rows, request_ids)
-        answers: list[tuple[float, int, dict[str, Any] | None]] = [(0.0, 0, None)] * len(rows)
-        for model, chosen in answering:
-            part = (
-                frame.iloc[chosen]
-                if model is champion
-                else model.frame([inputs[i] for i in chosen])
-            )
-            outputs = model.predict(part, self._threshold)
-            for j, i in enumerate(chosen):
-                answers[i] = outputs.entry(j)
-        model_s = time.perf_counter() - started
-        version_of = {i: model.version for model, chosen in answering for i in chosen}
-
-        now = self._clock.now()
-        latencies = {
-            "checks_ms": checks_s * 1000,
-            "features_ms": lookup_s * 1000,
-            "model_ms": model_s * 1000,
-            "batch_rows": len(rows),  # the stages timed the whole call
-        }
-        records = [
-            PredictionRecord(
-                request_id=request_ids[i],
-                time=now,
-                model=self.model_name,
-                version=version_of[i],
-                role="champion" if version_of[i] == champion.version else "canary",
-                probability=answers[i][0],
-                decision=answers[i][1],
-                features=inputs[i],
-                flags=flags[i],
-                latencies_ms=latencies,
-                request=_jsonable(rows[i]),
-                prediction=answers[i][2],
-            )
-            for i in range(len(rows))
-        ]
-        started = time.perf_counter()
-        try:
-            self._log.write(records)
-        except DuplicateRequest:  # the same ids answered concurrently: return that answer
-            replayed = self._replayed(request_ids)
-            if replayed is None:
-                raise
-            return replayed
-        log_s = time.perf_counter() - started
-
-        timed = {
-            "checks": checks_s,
-            "features": lookup_s,
-            "model": model_s,
-            "log": log_s,
-            "total": time.perf_counter() - began,
-        }
-        for stage, seconds in timed.items():
-            self._metrics.observe(stage, seconds)
-        if stages is not None:
-            stages.update(timed)
-        for (version, role), count in Counter((r.version, r.role) for r in records).items():
-            self._metrics.count("predictions", {"version": str(version), "role": role}, count)
-        for row_flags in flags:
-            for flag in row_flags:
-                feature, _, reason = flag.partition(":")
-                self._metrics.count("degradations", {"feature": feature, "reason": reason})
-        if state.rollout is not None and state.policy.mode == "shadow":
-            self._maybe_shadow(state.rollout, frame, records, share=1.0)
-        elif state.rollout is not None and state.policy.mode == "canary":
-            # the champion shadows a sample of the canary's rows: the guard's paired reference
-            self._maybe_shadow(state.champion, frame, records, self._shadow_sample)
-        else:
-            self._maybe_shadow(state.standby, frame, records, self._shadow_sample)
-        return [_prediction(r) for r in records]
 
     def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
         """One lookup with a generous deadline, so the first request does not pay Feast's cold
@@ -311,48 +213,7 @@ class Predictor:
             _log.warning("online store warm-up failed (%s); serving with fallbacks", exc)
             return False
 
-    def _replayed(self, request_ids: list[str]) -> list[Prediction] | None:
-        """A retried request (same id) gets the logged answer, not a second prediction."""
-        found = [self._log.answer(i) for i in request_ids]
-        if all(r is None for r in found):
-            return None
-        if any(r is None for r in found):
-            raise RequestRejected(
-                "some request ids of this batch were already answered and some not; "
-                "retry with the same batch or new ids",
-                [("request_id", "partially replayed batch")],
-            )
-        return [_prediction(r, replayed=True) for r in found if r is not None]
-
-    def refuses(self, row: dict[str, Any]) -> bool:
-        """Would the request checks reject this row for the current champion?"""
-        champion = self._state().champion
-        if champion is None:
-            return False
-        try:
-            self._check_request([row], champion)
-        except RequestRejected:
-            return True
-        return False
-
-    def _check_request(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> None:
-        problems: list[tuple[str, str]] = []
-        for index, row in enumerate(rows):
-            where = f"rows[{index}]." if len(rows) > 1 else ""
-            for violation in self._checks.violations(row, nullable_when_tolerant=True):
-                problems.append((where + violation.column, violation.expectation))
-            for column, known in champion.categories.items():
-                value = row.get(column)
-                if column in row and not is_null(value) and str(value) not in known:
-                    problems.append(
-                        (where + column, f"not one of the {len(known)} values the model knows")
-                    )
-        if problems:
-            problems = list(dict.fromkeys(problems))  # suites may repeat a rule
-            shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
-            raise RequestRejected(f"invalid request fields: {shown}", problems)
-
-    def _fetch(
+    def fetch(
         self, rows: Sequence[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]] | None, str | None]:
         """Online lookup under a deadline. A lookup that overruns keeps its worker until the
@@ -375,45 +236,39 @@ class Predictor:
             _log.warning("online store lookup failed: %s", exc)
             return None, "unavailable"
 
-    def _assemble(
+    def assemble(
         self,
         rows: Sequence[dict[str, Any]],
         fetched: list[dict[str, Any]] | None,
         unavailable: str | None,
         champion: LoadedModel,
-    ) -> tuple[list[dict[str, Any]], list[list[str]]]:
-        values: list[dict[str, Any]] = []
-        flags: list[list[str]] = []
-        problems: list[tuple[str, str]] = []
+    ) -> list[Features]:
+        """Per row: the store values the model gets, the flags, and the critical problems."""
         records = fetched if fetched is not None else [{}] * len(rows)
         now = self._clock.now()
+        assembled = []
         for index, row in enumerate(rows):
             as_of = min(now, pd.Timestamp(row["event_timestamp"]).to_pydatetime())
-            row_values: dict[str, Any] = {}
-            row_flags: list[str] = []
+            found = Features()
             for feature in self._features:
                 value = records[index].get(feature.name)
                 reason = unavailable or self._problem(feature, value, records[index], as_of)
-                key = self._entity_of(feature, row)
+                key = "|".join(str(row.get(k)) for k in feature.join_keys)
                 if reason is None:
-                    row_values[feature.name] = value
+                    found.values[feature.name] = value
                     self._last_good.remember(feature.name, key, value)
                     continue
                 if feature.name in self._critical:
-                    problems.append((feature.name, f"{reason} and marked critical"))
+                    found.problems.append((feature.name, f"{reason} and marked critical"))
                     continue
                 fallback = champion.fallbacks.get(feature.name)
                 if self._fallback_overrides.get(feature.name, self._fallback) == "last_good":
                     remembered = self._last_good.get(feature.name, key)
                     fallback = remembered if remembered is not None else fallback
-                row_values[feature.name] = fallback
-                row_flags.append(f"{feature.name}:{reason}")
-            values.append(row_values)
-            flags.append(row_flags)
-        if problems:
-            shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
-            raise RequestRejected(f"critical features degraded: {shown}", problems)
-        return values, flags
+                found.values[feature.name] = fallback
+                found.flags.append(f"{feature.name}:{reason}")
+            assembled.append(found)
+        return assembled
 
     def _problem(
         self, feature: StoreFeature, value: Any, record: dict[str, Any], as_of: datetime
@@ -431,17 +286,71 @@ class Predictor:
             return "invalid"
         return None
 
-    @staticmethod
-    def _entity_of(feature: StoreFeature, row: dict[str, Any]) -> str:
-        return "|".join(str(row.get(k)) for k in feature.join_keys)
+    def close(self) -> None:
+        self._lookups.shutdown(wait=False, cancel_futures=True)
 
-    # ---- shadow scoring, off the response path --------------------------------------------
 
-    def _answering(
-        self, state: ServingState, rows: Sequence[dict[str, Any]], ids: list[str]
+@dataclass
+class Features:
+    """One row's store features as the lookup stage assembled them."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # degraded critical features
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a model answered for one row, as the prediction log keeps it
+    (``prodguard.tasks.Outputs.entry``)."""
+
+    probability: float  # the task's score: P(positive), the value, P(predicted class)
+    decision: int  # binary: 0/1 at the threshold; multiclass: the class index; regression: 0
+    prediction: dict[str, Any] | None = None  # multiclass/regression: ``Outputs.row``
+
+
+class ModelScoring:
+    """Stage ``model``: which model answers which row (the champion, or in a canary the rollout
+    version for the rows whose sticky key falls in its share), and the one place a model is
+    called (``score``)."""
+
+    def __init__(self, threshold: float, sticky_fields: Sequence[str] = ()) -> None:
+        """``sticky_fields``: request fields whose values pick a row's side in a canary (the
+        same values always go the same way); none: the request id."""
+        self._threshold = threshold
+        self._sticky_fields = tuple(sticky_fields)
+
+    def score(self, model: LoadedModel, frame: pd.DataFrame) -> list[Scored]:
+        """Each row's answer for the model's task, binary decisions at the threshold in force."""
+        outputs = model.predict(frame, self._threshold)
+        return [Scored(*outputs.entry(j)) for j in range(len(outputs))]
+
+    def answer(
+        self,
+        state: ServingState,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str],
+        inputs: list[dict[str, Any]],
+    ) -> tuple[pd.DataFrame, list[tuple[LoadedModel, Scored]]]:
+        """The champion's input frame (for shadows) and, per row, the model that answered and
+        its answer."""
+        champion = state.champion
+        assert champion is not None
+        frame = champion.frame(inputs)
+        answers: list[Any] = [None] * len(rows)
+        for model, chosen in self.route(state, rows, ids):
+            part = (
+                frame.iloc[chosen]
+                if model is champion
+                else model.frame([inputs[i] for i in chosen])
+            )
+            for i, scored in zip(chosen, self.score(model, part), strict=True):
+                answers[i] = (model, scored)
+        return frame, answers
+
+    def route(
+        self, state: ServingState, rows: Sequence[dict[str, Any]], ids: Sequence[str]
     ) -> list[tuple[LoadedModel, list[int]]]:
-        """Which model answers which rows: the champion, or in a canary the rollout version for
-        the rows whose sticky key falls in its share."""
         champion, rollout, policy = state.champion, state.rollout, state.policy
         assert champion is not None
         everyone = list(range(len(rows)))
@@ -457,7 +366,103 @@ class Predictor:
             return request_id
         return "|".join(str(row.get(f)) for f in self._sticky_fields)
 
-    def _maybe_shadow(
+
+class AnswerLog:
+    """Stage ``log``: answers committed to the prediction log before they leave, and the
+    logged answer of a request id already answered (a retry)."""
+
+    def __init__(self, log: PredictionLog, model_name: str) -> None:
+        self.log = log
+        self.model_name = model_name
+
+    def record(
+        self,
+        request_id: str,
+        time: datetime,
+        model: LoadedModel,
+        role: Role,
+        scored: Scored,
+        features: dict[str, Any],
+        flags: list[str],
+        request: dict[str, Any],
+        latencies_ms: dict[str, float] | None = None,
+        digest: str | None = None,
+    ) -> PredictionRecord:
+        return PredictionRecord(
+            request_id=request_id,
+            time=time,
+            model=self.model_name,
+            version=model.version,
+            role=role,
+            probability=scored.probability,
+            decision=scored.decision,
+            features=features,
+            flags=flags,
+            latencies_ms=latencies_ms or {},
+            request=request,
+            prediction=scored.prediction,
+            digest=digest,
+        )
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        self.log.write(records)
+
+    def replayed(
+        self, request_ids: Sequence[str], digests: Sequence[str]
+    ) -> list[Prediction | RequestIdReused | None]:
+        """Per id, the logged answer when the payload is the same (a retried request gets it,
+        not a second prediction), refused when it differs, None when the id is new. An answer
+        logged before payloads had digests is replayed."""
+        answers: list[Prediction | RequestIdReused | None] = []
+        for request_id, digest in zip(request_ids, digests, strict=True):
+            found = self.log.answer(request_id)
+            if found is None:
+                answers.append(None)
+            elif found.digest is not None and found.digest != digest:
+                answers.append(
+                    RequestIdReused("request_id was already used for a different request")
+                )
+            else:
+                answers.append(_prediction(found, replayed=True))
+        return answers
+
+    def count_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
+        try:
+            self.log.record_error(time, kind, version)
+        except ProdguardError as logged:
+            _log.warning("request error not counted: %s", logged)
+
+
+class Shadow:
+    """Stage ``shadow``, off the response path: the rollout version in shadow traffic scores
+    every row; otherwise the standby (or in a canary the champion, the guard's paired
+    reference) scores a deterministic sample. A full backlog sheds the work."""
+
+    def __init__(
+        self,
+        scoring: ModelScoring,
+        answers: AnswerLog,
+        sample: float = 0.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._scoring = scoring
+        self._answers = answers
+        self._sample = sample
+        self._metrics = metrics or NoMetrics()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
+        self._slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
+
+    def after(
+        self, state: ServingState, frame: pd.DataFrame, records: list[PredictionRecord]
+    ) -> None:
+        if state.rollout is not None and state.policy.mode == "shadow":
+            self._submit(state.rollout, frame, records, share=1.0)
+        elif state.rollout is not None and state.policy.mode == "canary":
+            self._submit(state.champion, frame, records, self._sample)
+        else:
+            self._submit(state.standby, frame, records, self._sample)
+
+    def _submit(
         self,
         model: LoadedModel | None,
         frame: pd.DataFrame,
@@ -473,53 +478,331 @@ class Predictor:
         ]
         if not chosen:
             return
-        if not self._shadow_slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False):
             self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
             return
-        future = self._shadow.submit(self._score_shadow, model, frame.iloc[chosen], records, chosen)
-        future.add_done_callback(lambda _: self._shadow_slots.release())
+        future = self._pool.submit(self._score, model, frame.iloc[chosen], records, chosen)
+        future.add_done_callback(lambda _: self._slots.release())
 
-    def _score_shadow(
+    def _score(
         self,
-        standby: LoadedModel,
+        model: LoadedModel,
         frame: pd.DataFrame,
         records: list[PredictionRecord],
         chosen: list[int],
     ) -> None:
         try:
-            outputs = standby.predict(frame[list(standby.columns)], self._threshold)
-            entries = [outputs.entry(j) for j in range(len(chosen))]
-            self._log.write(
+            scored = self._scoring.score(model, frame[list(model.columns)])
+            self._answers.write(
                 [
-                    PredictionRecord(
-                        request_id=records[i].request_id,
-                        time=records[i].time,
-                        model=self.model_name,
-                        version=standby.version,
-                        role="shadow",
-                        probability=score,
-                        decision=decision,
-                        features=records[i].features,
-                        flags=records[i].flags,
-                        request=records[i].request,
-                        prediction=prediction,
+                    self._answers.record(
+                        records[i].request_id,
+                        records[i].time,
+                        model,
+                        "shadow",
+                        answer,
+                        records[i].features,
+                        records[i].flags,
+                        records[i].request,
                     )
-                    for i, (score, decision, prediction) in zip(chosen, entries, strict=True)
+                    for i, answer in zip(chosen, scored, strict=True)
                 ]
             )
             self._metrics.count(
-                "predictions", {"version": str(standby.version), "role": "shadow"}, len(chosen)
+                "predictions", {"version": str(model.version), "role": "shadow"}, len(chosen)
             )
         except Exception as exc:  # noqa: BLE001 - shadow failures never reach callers
             _log.warning("shadow scoring failed: %s", exc)
 
     def drain(self) -> None:
-        """Wait for pending shadow work (tests, shutdown)."""
-        self._shadow.submit(lambda: None).result(timeout=30)
+        self._pool.submit(lambda: None).result(timeout=30)
 
     def close(self) -> None:
-        self._shadow.shutdown(wait=True)
-        self._lookups.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True)
+
+
+class Predictor:
+    """The request path composed of its stages: checks, features, model, log, shadow (built
+    from the settings by ``prodguard.wiring.build_predictor``)."""
+
+    def __init__(
+        self,
+        *,
+        state: Callable[[], ServingState],
+        checks: RequestChecks,
+        features: FeatureLookup,
+        derive: Callable[[pd.DataFrame], pd.DataFrame],
+        scoring: ModelScoring,
+        answers: AnswerLog,
+        shadow: Shadow,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """``derive``: the request features of source-shaped request rows."""
+        self.state = state
+        self.checks = checks
+        self.features = features
+        self.derive = derive
+        self.scoring = scoring
+        self.answers = answers
+        self.shadow = shadow
+        self._clock = clock or SystemClock()
+        self._metrics = metrics or NoMetrics()
+
+    @property
+    def model_name(self) -> str:
+        return self.answers.model_name
+
+    def predict(
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        stages: dict[str, float] | None = None,
+    ) -> list[Prediction]:
+        """Answer ``rows`` (source-shaped request rows with ``event_timestamp``) all together or
+        not at all: one refused row refuses the call. A call that gets no prediction is counted
+        in the log as rejected (caller's fault) or failed. ``stages``, when given, receives the
+        seconds of each stage of an answered call (checks, features, model, log, total)."""
+        answers = self._run(rows, ids, stages, whole=True)
+        return [a for a in answers if isinstance(a, Prediction)]
+
+    def predict_each(
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        stages: dict[str, float] | None = None,
+    ) -> list[Prediction | InputError]:
+        """Answer each row on its own: a row the checks refuse (or whose id is repeated in the
+        call) gets its error in its place, counted as rejected; the others are answered and
+        logged. Errors of the whole call (no champion, the log down) are raised."""
+        return self._run(rows, ids, stages, whole=False)
+
+    def _run(
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        stages: dict[str, float] | None,
+        whole: bool,
+    ) -> list[Prediction | InputError]:
+        state = self.state()  # one snapshot: a swap never mixes versions within a request
+        version = state.champion.version if state.champion else None
+        try:
+            answers = self._predict(rows, ids, state, stages, whole)
+        except ProdguardError as exc:
+            kind: ErrorKind = "rejected" if isinstance(exc, InputError) else "failed"
+            self.answers.count_error(self._clock.now(), kind, version)
+            raise
+        for answer in answers:
+            if not isinstance(answer, Prediction):
+                self.answers.count_error(self._clock.now(), "rejected", version)
+        return answers
+
+    def _predict(
+        self,
+        rows: Sequence[dict[str, Any]],
+        ids: Sequence[str | None],
+        state: ServingState,
+        stages: dict[str, float] | None,
+        whole: bool,
+    ) -> list[Prediction | InputError]:
+        began = time.perf_counter()
+        champion = state.champion
+        if champion is None:
+            raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
+        request_ids = [i or uuid.uuid4().hex for i in ids]
+        requests = [_jsonable(row) for row in rows]
+        digests = [payload_digest(request) for request in requests]
+        answers: list[Prediction | InputError | None] = [None] * len(rows)
+        seen: set[str] = set()
+        for i, request_id in enumerate(request_ids):
+            if request_id in seen:
+                answers[i] = RequestRejected(
+                    "request ids must be unique within a batch",
+                    [("request_id", "repeated in batch")],
+                )
+            seen.add(request_id)
+        if whole and any(answers):
+            raise next(a for a in answers if isinstance(a, InputError))
+        self._replay(request_ids, digests, answers, whole)
+        if not _open(answers):
+            return _done(answers)
+
+        started = time.perf_counter()
+        flags: list[list[str]] = [[] for _ in rows]
+        if whole:
+            flags = self.checks.check(rows, champion)
+        else:
+            for i in _open(answers):
+                problems, flags[i] = self.checks.inspect(rows[i], champion)
+                if problems:
+                    answers[i] = _rejected("invalid request fields", problems)
+        checks_s = time.perf_counter() - started
+        todo = _open(answers)
+        if not todo:
+            return _done(answers)
+
+        started = time.perf_counter()
+        fetched, unavailable = self.features.fetch([rows[i] for i in todo])
+        lookup_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        assembled = dict(
+            zip(
+                todo,
+                self.features.assemble([rows[i] for i in todo], fetched, unavailable, champion),
+                strict=True,
+            )
+        )
+        critical = {i: found.problems for i, found in assembled.items() if found.problems}
+        if whole and critical:
+            raise _rejected("critical features degraded", [p for c in critical.values() for p in c])
+        for i, problems in critical.items():
+            answers[i] = _rejected("critical features degraded", problems)
+        todo = _open(answers)
+        if not todo:
+            return _done(answers)
+        request = self.derive(pd.DataFrame([rows[i] for i in todo]))
+        inputs = [{**request.iloc[n].to_dict(), **assembled[i].values} for n, i in enumerate(todo)]
+        checks_s += time.perf_counter() - started
+
+        started = time.perf_counter()
+        frame, answered = self.scoring.answer(
+            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs
+        )
+        model_s = time.perf_counter() - started
+
+        now = self._clock.now()
+        latencies = {
+            "checks_ms": checks_s * 1000,
+            "features_ms": lookup_s * 1000,
+            "model_ms": model_s * 1000,
+            "batch_rows": len(rows),  # the stages timed the whole call
+        }
+        records = [
+            self.answers.record(
+                request_ids[i],
+                now,
+                model,
+                "champion" if model.version == champion.version else "canary",
+                scored,
+                inputs[n],
+                flags[i] + assembled[i].flags,
+                requests[i],
+                latencies,
+                digests[i],
+            )
+            for n, (i, (model, scored)) in enumerate(zip(todo, answered, strict=True))
+        ]
+        started = time.perf_counter()
+        written = self._write(records, todo, request_ids, digests, answers, whole)
+        log_s = time.perf_counter() - started
+
+        timed = {
+            "checks": checks_s,
+            "features": lookup_s,
+            "model": model_s,
+            "log": log_s,
+            "total": time.perf_counter() - began,
+        }
+        for stage, seconds in timed.items():
+            self._metrics.observe(stage, seconds)
+        if stages is not None:
+            stages.update(timed)
+        for (version, role), count in Counter((r.version, r.role) for r in written).items():
+            self._metrics.count("predictions", {"version": str(version), "role": role}, count)
+        for record in written:
+            for flag in record.flags:
+                feature, _, reason = flag.partition(":")
+                self._metrics.count("degradations", {"feature": feature, "reason": reason})
+        if len(written) == len(records):
+            self.shadow.after(state, frame, records)
+        elif written:  # some ids were answered concurrently: only the rows logged here
+            logged = {id(record) for record in written}
+            kept = [n for n, record in enumerate(records) if id(record) in logged]
+            self.shadow.after(state, frame.iloc[kept], written)
+        return _done(answers)
+
+    def _replay(
+        self,
+        request_ids: list[str],
+        digests: list[str],
+        answers: list[Prediction | InputError | None],
+        whole: bool,
+    ) -> None:
+        """A retried request (same id, same payload) gets the logged answer, not a second
+        prediction; the same id with another payload is refused. A call answered as a whole is
+        replayed as a whole (or refused when only partly answered)."""
+        todo = _open(answers)
+        found = self.answers.replayed([request_ids[i] for i in todo], [digests[i] for i in todo])
+        reused = [r for r in found if isinstance(r, RequestIdReused)]
+        if whole and reused:
+            raise reused[0]
+        if whole and any(r is not None for r in found) and any(r is None for r in found):
+            raise RequestRejected(
+                "some request ids of this batch were already answered and some not; "
+                "retry with the same batch or new ids",
+                [("request_id", "partially replayed batch")],
+            )
+        for i, replayed in zip(todo, found, strict=True):
+            if replayed is not None:
+                answers[i] = replayed
+
+    def _write(
+        self,
+        records: list[PredictionRecord],
+        todo: list[int],
+        request_ids: list[str],
+        digests: list[str],
+        answers: list[Prediction | InputError | None],
+        whole: bool,
+    ) -> list[PredictionRecord]:
+        """Commit the records and put their answers in place; ids answered concurrently (a
+        duplicate in the log) get that answer instead. Returns the records written."""
+        try:
+            self.answers.write(records)
+        except DuplicateRequest:
+            if whole or len(records) == 1:
+                self._replay(request_ids, digests, answers, whole)
+                if any(answers[i] is None for i in todo):
+                    raise
+                return []
+            written = []  # one by one: each row is answered on its own
+            for i, record in zip(todo, records, strict=True):
+                written += self._write([record], [i], request_ids, digests, answers, whole)
+            return written
+        for i, record in zip(todo, records, strict=True):
+            answers[i] = _prediction(record)
+        return records
+
+    def warm_up(self, entity: dict[str, Any], timeout_s: float = 30.0) -> bool:
+        return self.features.warm_up(entity, timeout_s)
+
+    def refuses(self, row: dict[str, Any]) -> bool:
+        """Would the request checks reject this row for the current champion?"""
+        champion = self.state().champion
+        return champion is not None and bool(self.checks.inspect(row, champion)[0])
+
+    def drain(self) -> None:
+        """Wait for pending shadow work (tests, shutdown)."""
+        self.shadow.drain()
+
+    def close(self) -> None:
+        self.shadow.close()
+        self.features.close()
+
+
+def _open(answers: list[Any]) -> list[int]:
+    return [i for i, answer in enumerate(answers) if answer is None]
+
+
+def _done(answers: list[Prediction | InputError | None]) -> list[Prediction | InputError]:
+    assert all(a is not None for a in answers)
+    return [a for a in answers if a is not None]
+
+
+def _rejected(what: str, problems: list[tuple[str, str]]) -> RequestRejected:
+    shown = "; ".join(f"{f}: {p}" for f, p in problems[:5])
+    return RequestRejected(f"{what}: {shown}", problems)
 
 
 def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
@@ -533,6 +816,13 @@ def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
         replayed,
         record.prediction,
     )
+
+
+def payload_digest(request: dict[str, Any]) -> str:
+    """The digest of a request's payload (its source-shaped row, JSON with sorted keys): what
+    makes a reused request id the same request or another one."""
+    text = json.dumps(request, sort_keys=True, default=str, allow_nan=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _sampled(request_id: str, share: float) -> bool:

@@ -40,6 +40,7 @@ from prodguard.tasks import (
     Scorer,
     Task,
     TaskSpec,
+    check_model,
     check_output,
     normalise,
     spec_from_tags,
@@ -194,9 +195,17 @@ def load_verified(
             },
             spec=spec,
         )
-        problem = check_output(spec, loaded.raw(loaded.frame([fallbacks])))
+        problem = check_model(loaded.pipeline, spec.task) or check_output(
+            spec, loaded.raw(loaded.frame([fallbacks]))
+        )
         if problem:
             raise PromotionRefused(f"v{version} cannot be served: {problem}")
+        from prodguard.serving.treelite_adapter import fast_scorer
+
+        scorer, how = fast_scorer(loaded)
+        _log.info("v%s scored by %s: %s", version, "the fast path" if scorer else "itself", how)
+        if scorer is not None:
+            loaded = replace(loaded, scorer=scorer)
     except (PromotionRefused, RegistryUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure to load or score refuses

@@ -56,6 +56,7 @@ class PredictionRecord:
     latencies_ms: dict[str, float] = field(default_factory=dict)
     request: dict[str, Any] = field(default_factory=dict)
     prediction: dict[str, Any] | None = None  # multiclass/regression: ``Outputs.row``
+    digest: str | None = None  # of the request's payload: a reused id must repeat it
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -105,7 +106,8 @@ COLUMNS = (
     "flags",
     "latencies_ms",
     "request",
-    "prediction",
+    "prediction",  # nullable: added after the first release (see _MIGRATIONS)
+    "request_digest",  # nullable: added after the first release (see _MIGRATIONS)
 )
 _SELECT = ", ".join(f"p.{c}" for c in COLUMNS)
 _JOINED = (
@@ -130,6 +132,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     latencies_ms TEXT NOT NULL,
     request TEXT NOT NULL,
     prediction TEXT,
+    request_digest TEXT,
     PRIMARY KEY (request_id, role)
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
@@ -145,8 +148,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     outcome TEXT NOT NULL
 )
 """
-# Columns added since the first schema, added to an existing log when it is opened.
-_ADDED_COLUMNS = (("prediction", "TEXT"),)
+
+# Columns added since the first release, added on open to a log that lacks them (nullable: old
+# rows keep NULL).
+_MIGRATIONS = {"prediction": "TEXT", "request_digest": "TEXT"}
 
 
 @dataclass
@@ -200,6 +205,7 @@ class _SqlPredictionLog:
                 _dumps(r.latencies_ms),
                 _dumps(r.request),
                 None if r.prediction is None else _dumps(r.prediction),
+                r.digest,
             )
             for r in records
         ]
@@ -408,10 +414,12 @@ class SqlitePredictionLog(_SqlPredictionLog):
             if checkpoint_every_s is not None:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn.executescript(_SCHEMA.format(serial="", real="REAL"))
-            present = {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in present:
-                    self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+            for column, kind in _MIGRATIONS.items():
+                if column not in self._columns():
+                    with contextlib.suppress(sqlite3.OperationalError):  # another opener won
+                        self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+                    if column not in self._columns():
+                        raise sqlite3.OperationalError(f"column {column} cannot be added")
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"prediction log {path} cannot be opened: {exc}") from None
         self._stop = threading.Event()
@@ -425,6 +433,9 @@ class SqlitePredictionLog(_SqlPredictionLog):
 
     def _connection(self) -> sqlite3.Connection:
         return self._conn
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
 
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first insert
@@ -466,9 +477,9 @@ class PostgresPredictionLog(_SqlPredictionLog):
                     ).split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                    for name, kind in _ADDED_COLUMNS:
+                    for column, kind in _MIGRATIONS.items():
                         conn.execute(
-                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {name} {kind}"
+                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {column} {kind}"
                         )
             except psycopg.Error as exc:
                 raise StorageError(
@@ -551,4 +562,5 @@ def _record(row: tuple) -> PredictionRecord:
         latencies_ms=json.loads(row[9]),
         request=json.loads(row[10]),
         prediction=json.loads(row[11]) if row[11] else None,
+        digest=row[12],
     )

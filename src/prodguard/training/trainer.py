@@ -23,7 +23,7 @@ from prodguard.registry.lineage import (
     registration_tags,
 )
 from prodguard.registry.operations import RegistryOperations
-from prodguard.tasks import ModelScorer, Task, TaskSpec, check_output, model_classes
+from prodguard.tasks import ModelScorer, Task, TaskSpec, check_model, check_output, model_classes
 from prodguard.training.dataset import TrainingFrame, build_frame, describe_columns
 from prodguard.training.model import evaluate, prepare, train_default
 from prodguard.training.reference import fallbacks, reference_stats
@@ -153,7 +153,9 @@ def task_spec(model: Any, task: Task, threshold: float, positive: Any, features:
             f"model.positive_class {positive!r} is not one of the trained classes {list(classes)}"
         )
     spec = TaskSpec(task, classes, threshold, positive)
-    problem = check_output(spec, ModelScorer(model, task).raw(prepare(features.head(5))))
+    problem = check_model(model, task) or check_output(
+        spec, ModelScorer(model, task).raw(prepare(features.head(5)))
+    )
     if problem:
         raise TrainingError(f"{problem}; fix model.task or model.trainer")
     return spec
