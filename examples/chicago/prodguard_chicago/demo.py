@@ -3,9 +3,9 @@ request a day, ridership drifting upwards, a faulty version rolled back.
 
 1. 2012 ingested; v1 trained on January to September 2012 (prodguard's trainer), baselined on
    the last quarter of 2012 in staging, promoted.
-2. 2013-2014 (short: the first quarter of 2013) served through the HTTP endpoint, a request a day, each day's entries fed
-   back the next day; the monitors judge four-week windows: the network's entries drift upwards
-   (PSI alerts) and an Evidently report shows it.
+2. 2013-2014 (short: its first quarter) served through the HTTP endpoint, a request a day, each
+   day's entries fed back the next day; the monitors judge four-week windows: weather and the
+   network's entries drift from the staging quarter (PSI alerts); an Evidently report.
 3. A faulty v2 (v1's values shifted) is promoted from the CLI; the guard rolls it back to v1.
 
 ``short`` plays the same chapters on fewer months.
