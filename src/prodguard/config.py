@@ -532,10 +532,10 @@ def _format_validation(error: ValidationError, origin: str) -> str:
     return f"{origin}: {where}: {hint}{more}"
 
 
-def find_config(explicit: Path | None = None, environ: dict[str, str] | None = None) -> Path:
+def find_config(explicit: Path | str | None = None, environ: dict[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if explicit is not None:
-        candidate = explicit
+        candidate = Path(explicit)  # a team's script passes a str as often as a Path
     elif env.get(CONFIG_ENV):
         candidate = Path(env[CONFIG_ENV])
     else:
@@ -548,7 +548,9 @@ def find_config(explicit: Path | None = None, environ: dict[str, str] | None = N
     return candidate.resolve()
 
 
-def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | str | None = None, environ: dict[str, str] | None = None
+) -> Settings:
     """Read, override and validate the settings. Raises ConfigError naming the bad key."""
     env = dict(os.environ if environ is None else environ)
     config_path = find_config(path, env)

@@ -166,10 +166,14 @@ def test_train_outside_logs_a_version_with_a_signature(chicago, task, tmp_path: 
 
 
 @pytest.mark.parametrize("task", ["regression", "multiclass"])
-def test_trained_promoted_and_served_by_task(chicago, task, tmp_path: Path) -> None:
-    """The loop after training, for each task: a version trained on 2013 (evaluated on the last
-    90 days) is promoted and answers a request for the next day with the task's prediction."""
+def test_adopted_or_trained_promoted_and_served_by_task(chicago, task, tmp_path: Path) -> None:
+    """The loop after training, for each task, by both paths: the regression model is the
+    team's (train_outside.py on 2013, adopted with its last 90 days held out), the multi-class
+    one prodguard's own trainer; each is promoted and answers a request for the next day with
+    the task's prediction."""
     from prodguard import app, wiring
+    from prodguard.adoption import adopt_model
+    from prodguard.registry.adoption import AdoptWindows
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
     settings, _ = chicago
@@ -178,9 +182,21 @@ def test_trained_promoted_and_served_by_task(chicago, task, tmp_path: Path) -> N
     shutil.copytree(settings.paths.data_dir, copy.paths.data_dir)
     shutil.rmtree(copy.paths.data_dir / "feast")
     FeastStore(copy).materialize(until=YEAR[1])
-    with threadpool_limits(1):  # a few hundred rows: OpenMP threads only contend on a busy host
-        trained = app.train(copy, utc("2013-01-01"), utc("2013-10-03"), actor="tests")
-    assert trained.version == 1
+    if task == "regression":
+        done = run_train_outside(
+            root / CONFIGS[task], "--start", "2013-01-01", "--end", "2014-01-01"
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        windows = AdoptWindows(
+            *(utc(d) for d in ("2013-01-01", "2013-10-03", "2013-10-03")), YEAR[1]
+        )
+        adopted = adopt_model(copy, f"models:/{copy.model.name}/1", None, windows, "tests")
+        assert adopted.version == 1 and adopted.rows_train == 275 and adopted.rows_eval == 90
+        assert 0 < adopted.metrics["mae"] < 4
+    else:
+        with threadpool_limits(1):  # a few hundred rows: OpenMP threads contend on a busy host
+            trained = app.train(copy, utc("2013-01-01"), utc("2013-10-03"), actor="tests")
+        assert trained.version == 1
     app.registry_operations(copy, with_checks=True).promote("tests", "first", version=1)
     served = wiring.build_serving(copy)
     served.log = SqlitePredictionLog(tmp_path / "predictions.db")

@@ -177,8 +177,9 @@ class DemoRun:
         with self.console.status("  point-in-time training frame, fit, evaluate, register..."):
             result = app.train(self.settings, start, end, actor="demo")
         metrics = {k: round(v, 4) for k, v in result.metrics.items()}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:3])  # any task's
         self.console.print(
-            f"  v{result.version}: AUC {metrics['auc']:.3f}, ECE {metrics['ece']:.3f} on "
+            f"  v{result.version}: {shown} on "
             f"{result.rows_eval:,} held-out rows ({result.rows_train:,} training rows)"
         )
         self.events.add(

@@ -26,7 +26,7 @@ from prodguard.demo.service import ServiceProcess
 from prodguard.errors import ServiceNotReady
 from prodguard.features.ports import FeatureStore
 from prodguard.ingestion.offline import OfflineStore
-from prodguard.monitoring.replay import request_id, request_rows, single
+from prodguard.monitoring.replay import known_outcome, request_id, request_rows, single
 from prodguard.project import load_request_model
 
 
@@ -184,9 +184,9 @@ class HttpTraffic:
             result.degraded += bool(answer["degraded"])
             result.by_version[int(answer["version"])] += 1
             when, outcome = known[answer["request_id"]]
-            if outcome is not None and outcome == outcome:
+            if (value := known_outcome(outcome)) is not None:
                 due = when + self._outcome_after
-                self._pending.append((due, answer["request_id"], {outcome_key: int(outcome)}))
+                self._pending.append((due, answer["request_id"], {outcome_key: value}))
         return len(known)
 
     @staticmethod

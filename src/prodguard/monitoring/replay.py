@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -61,10 +62,26 @@ def request_rows(settings: Settings, start: datetime, end: datetime) -> pd.DataF
 
 
 def request_id(settings: Settings, row: dict[str, Any], prefix: str) -> str:
+    """The labelled row's id from the source's keys; a time key (a row a day per station,
+    say) as UTC ``YYYYMMDDTHHMMSS`` so that the id stays a valid request id."""
     model = settings.model
     assert model is not None
-    keys = [k for k in settings.sources[model.source].keys if k != "event_timestamp"]
-    return prefix + "-".join(str(row[k]) for k in keys)
+    source = settings.sources[model.source]
+    parts = [
+        pd.Timestamp(row["event_timestamp"]).tz_convert("UTC").strftime("%Y%m%dT%H%M%S")
+        if key in ("event_timestamp", source.timestamp)
+        else str(row[key])
+        for key in source.keys
+    ]
+    return prefix + "-".join(parts)
+
+
+def known_outcome(value: Any) -> Any:
+    """A labelled row's outcome as feedback sends it (a plain Python value of the label's
+    type: a class, a flag or a number), or None when the row has none."""
+    if value is None or value != value:
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def single(request: str, share: float = SINGLE_SHARE) -> bool:
@@ -122,8 +139,8 @@ def replay(
                         rejected += 1  # a row the checks refuse (counted in the log)
                         continue
                     predicted += 1
-                    if outcome is not None and outcome == outcome:
-                        log.record_feedback(rid, {outcome_key: int(outcome)}, clock.now())
+                    if (value := known_outcome(outcome)) is not None:
+                        log.record_feedback(rid, {outcome_key: value}, clock.now())
                         feedback += 1
             if after_hour is not None and not after_hour(clock):
                 break
