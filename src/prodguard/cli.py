@@ -671,9 +671,8 @@ def rollout_start(
 
     Canary: the candidate answers the first step's share of requests (sticky per request key),
     its answers logged as role `canary`. Shadow: it scores every request off the response path,
-    logged as `shadow`, never returned. The guard bakes each step (rollout.bake_minutes,
-    bake_min_requests, no trigger fired on enough data) before the next, and promotes after
-    the last.
+    logged as `shadow`, never returned. The guard bakes each step (rollout.bake_minutes and
+    bake_min_requests, all triggers clean) before the next, and promotes after the last.
     """
 
     if mode == "shadow" and steps is not None:

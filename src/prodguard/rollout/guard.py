@@ -335,8 +335,7 @@ class Guard:
             waiting.append(f"{decision.rows} of {rollout.bake_min_requests} requests")
         if incident:
             waiting.append(f"model moves held: {incident}")
-        minimum = rollout.triggers.min_requests
-        waiting += [t.summary() for t in decision.triggers if not passes_step(t, minimum)]
+        waiting += [t.summary() for t in decision.triggers if t.status != "clean"]
         if waiting:
             return replace(decision, action="hold", reason="; ".join(waiting))
         if not policy.last_step:
@@ -350,7 +349,7 @@ class Guard:
         try:
             record = self._operations.promote(
                 self._actor,
-                f"baked through {policy.describe()}: no trigger fired",
+                f"baked through {policy.describe()}: all triggers clean",
                 version=version,
                 expected=state,
             )
@@ -415,18 +414,3 @@ def _evidence(decision: GuardDecision) -> dict[str, Any]:
         "paired": decision.paired,
         "incident": decision.incident,
     }
-
-
-def passes_step(trigger: TriggerResult, minimum: int) -> bool:
-    """Whether a canary step may pass on ``trigger``: it is ``clean`` (harm ruled out at alpha),
-    or its test judged at least ``minimum`` observations (single requests for latency: at least
-    ``max(20, minimum // 10)``, as few requests go alone) and never fired — no harm shown at
-    alpha. Ruling out a 5 % KPI margin takes far more labelled outcomes than a step sees, so
-    requiring ``clean`` would hold every canary forever. Unmeasured triggers hold."""
-    if trigger.status == "clean":
-        return True
-    if trigger.status != "inconclusive" or trigger.value is None:
-        return False
-    n = trigger.evidence.get("n")
-    needed = max(20, minimum // 10) if trigger.name.startswith("latency") else minimum
-    return isinstance(n, int) and n >= needed
