@@ -196,7 +196,8 @@ def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project
             raise PromotionRefused(f"v{version} fails to load")
 
         serving.follower._load = broken
-        operations.promote("tests", "bad", version=2)
+        # v2 was just rolled back: promoting it again is an explicit, audited override
+        operations.promote("tests", "bad", version=2, override_demoted="swap test")
         assert not serving.follower.refresh() or serving.follower.state.champion.version == 1
         assert serving.follower.state.champion.version == 1  # kept serving
         alerts = app.alerts(settings, "model_refused")
@@ -204,7 +205,7 @@ def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project
     finally:
         state = operations.state()
         if state.champion != 2:
-            operations.promote("tests", "restore", version=2)
+            operations.promote("tests", "restore", version=2, override_demoted="swap test")
         if operations.state().standby != 1:
             operations.registry.set_alias("standby", 1)
 
