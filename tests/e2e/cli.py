@@ -14,6 +14,18 @@ from pathlib import Path
 import pytest
 
 CLI = [sys.executable, "-m", "prodguard"]
+# Debian's Chromium, headless, as root, on a machine whose network is closed (no background
+# connections, no first-run or update checks): the screenshot and MLflow UI tests
+HEADLESS_CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def run(

@@ -17,24 +17,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import FLIGHT_REQUEST, ROOT, make_project
-from tests.e2e.cli import run, serving
+from tests.e2e.cli import HEADLESS_CHROMIUM_FLAGS, run, serving
 from tests.e2e.test_serving_http import post
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ROOT / "test-artifacts"
 POLL_SECONDS = 2.0
 INSTALL = "apt-get install -y chromium chromium-driver"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-)
+CHROMIUM_FLAGS = (*HEADLESS_CHROMIUM_FLAGS, "--window-size=1400,1000")
 
 
 @pytest.fixture
