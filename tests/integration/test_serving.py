@@ -2,6 +2,7 @@
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,18 +17,17 @@ from prodguard.errors import (
 )
 from prodguard.serving.engine import RequestIdReused
 from prodguard.serving.models import ServingState
-from tests.conftest import FLIGHT_REQUEST
+from tests.conftest import FLIGHT_REQUEST, copy_project
 
 pytestmark = pytest.mark.integration
 
 REQUEST = FLIGHT_REQUEST
 
 
-@pytest.fixture
-def serving(served_project, tmp_path):
+def _serving(root: Path, tmp_path: Path):
     settings = load_settings(
-        served_project / "prodguard.yaml",
-        environ={"PRODGUARD_PATHS__DATA_DIR": str(served_project / ".prodguard")},
+        root / "prodguard.yaml",
+        environ={"PRODGUARD_PATHS__DATA_DIR": str(root / ".prodguard")},
     )
     settings = settings.model_copy(
         update={"serving": settings.serving.model_copy(update={"shadow_sample": 1.0})}
@@ -40,6 +40,26 @@ def serving(served_project, tmp_path):
     built.predictor.answers.log = built.log
     built.follower.refresh()
     built.predictor.warm_up(REQUEST)
+    return built
+
+
+@pytest.fixture
+def serving(served_project, tmp_path):
+    """Reads the shared served project; tests that move aliases use ``own_serving``."""
+    built = _serving(served_project, tmp_path)
+    yield built
+    built.predictor.close()
+
+
+@pytest.fixture
+def own_serving(served_project, tmp_path):
+    """A private copy of the served project: aliases and tags may change freely."""
+    from prodguard import wiring as wired
+
+    root = copy_project(served_project, tmp_path / "project")
+    settings = load_settings(root / "prodguard.yaml", environ={})
+    wired.feature_store(settings).materialize(until=pd.Timestamp("2013-05-01", tz="UTC"))
+    built = _serving(root, tmp_path)
     yield built
     built.predictor.close()
 
@@ -180,34 +200,28 @@ def test_feedback_is_idempotent_and_checked(serving) -> None:
     assert row["outcome"] == {"arr_delay": 12.0}
 
 
-def test_follower_swaps_on_alias_move_and_refuses_broken_versions(served_project, serving):
+def test_follower_swaps_on_alias_move_and_refuses_broken_versions(own_serving):
+    serving = own_serving
     settings = serving.settings
     operations = wiring.registry_operations(settings)
     operations.rollback("tests", "swap test")  # champion v1, no standby
-    try:
-        assert serving.follower.refresh()
-        assert serving.follower.state.describe() == {"champion": 1, "standby": None}
-        assert ask(serving, "after-swap").version == 1
-        assert serving.ready()  # no standby alias: nothing more to load
+    assert serving.follower.refresh()
+    assert serving.follower.state.describe() == {"champion": 1, "standby": None}
+    assert ask(serving, "after-swap").version == 1
+    assert serving.ready()  # no standby alias: nothing more to load
 
-        def broken(version):
-            from prodguard.errors import PromotionRefused
+    def broken(version):
+        from prodguard.errors import PromotionRefused
 
-            raise PromotionRefused(f"v{version} fails to load")
+        raise PromotionRefused(f"v{version} fails to load")
 
-        serving.follower._load = broken
-        # v2 was just rolled back: promoting it again is an explicit, audited override
-        operations.promote("tests", "bad", version=2, override_demoted="swap test")
-        assert not serving.follower.refresh() or serving.follower.state.champion.version == 1
-        assert serving.follower.state.champion.version == 1  # kept serving
-        alerts = app.alerts(settings, "model_refused")
-        assert alerts and alerts[-1]["details"]["version"] == 2
-    finally:
-        state = operations.state()
-        if state.champion != 2:
-            operations.promote("tests", "restore", version=2, override_demoted="swap test")
-        if operations.state().standby != 1:
-            operations.registry.set_alias("standby", 1)
+    serving.follower._load = broken
+    # v2 was just rolled back: promoting it again is an explicit, audited override
+    operations.promote("tests", "bad", version=2, override_demoted="swap test")
+    assert not serving.follower.refresh() or serving.follower.state.champion.version == 1
+    assert serving.follower.state.champion.version == 1  # kept serving
+    alerts = app.alerts(settings, "model_refused")
+    assert alerts and alerts[-1]["details"]["version"] == 2
 
 
 def test_a_request_never_mixes_versions(serving) -> None:
