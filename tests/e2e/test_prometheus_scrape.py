@@ -14,7 +14,11 @@ causes trouble through the CLI and the HTTP API:
 - a burst of concurrent requests beyond ``serving.max_in_flight`` makes the replica refuse some
   with 429: Prometheus fires ProdguardShedding for replica a;
 - every metric the Grafana dashboard and the alert rules query is one the replica's or the
-  monitor's real ``/metrics`` page declares (or one Prometheus makes itself).
+  monitor's real ``/metrics`` page declares (or one Prometheus makes itself), and every panel's
+  query returns data from this Prometheus (but the KPI's: no outcomes are sent).
+
+The tests share one running system and run in file order (the last ones see what the promotion
+and the burst left).
 
 Without the ``prometheus`` binary this module fails under CI (``.ci/run`` installs it) and is
 skipped elsewhere, with the command that installs it.
@@ -43,6 +47,7 @@ from tests.conftest import DAILY_WINDOWS, FLIGHT_REQUEST, ROOT, copy_project, ut
 from tests.e2e.cli import CLI, free_port, get_json, run, serving
 from tests.e2e.test_production import stop, wait_http
 from tests.e2e.test_serving_http import post
+from tests.integration.test_alert_rules import _dashboard_queries
 from tests.unit.test_compose import PROMETHEUS_SERIES, _dashboard, _dashboard_exprs, promql_metrics
 
 pytestmark = pytest.mark.e2e
@@ -186,6 +191,7 @@ def system(
     from prodguard import wiring
     from prodguard.config import load_settings
 
+    began = time.monotonic()
     tmp = tmp_path_factory.mktemp("prometheus")
     project = copy_project(drilled, tmp / "project")
     settings = load_settings(project / "prodguard.yaml", environ=ENV)
@@ -231,6 +237,7 @@ def system(
             wait_http(f"http://127.0.0.1:{monitor_port}/metrics", monitor, project / "monitor.log")
             client = Client(replica, bodies)
             client.thread.start()
+            print(f"\n[prometheus] system up in {time.monotonic() - began:.0f} s")
             try:
                 yield System(project, replica, f"http://127.0.0.1:{monitor_port}", base, client)
             finally:  # before the replica stops
@@ -412,3 +419,22 @@ def test_dashboard_and_rules_query_only_metrics_the_processes_expose(system: Sys
         f"\n[prometheus] {len(queries)} rule and dashboard queries name {len(used)} series, all "
         f"exposed; {len(used & ingested)} of them have samples in Prometheus"
     )
+
+
+def test_every_dashboard_panel_query_returns_data(system: System) -> None:
+    """Each panel's query, its variables filled as Grafana fills them, run against the real
+    Prometheus after the module's events (the tests run in file order: the faulty promotion and
+    the burst made the alerts, swaps and refusals the panels show). Empty answers would mean a
+    wrong label name or value (``replica``, ``stage="total"``, ``role``, a metric's name)."""
+    replicas = system.api("query", query='up{job="prodguard-serve"}')["result"]  # $replica
+    assert {r["metric"]["replica"] for r in replicas} == {"a"}
+    empty = []
+    for query in _dashboard_queries():
+        result = system.api("query", query=query.replace('replica=~".*"', 'replica=~"a"'))
+        if not result["result"]:
+            empty.append(query)
+    # may be empty: the business KPI (this test sends no outcomes, so no window has matured
+    # feedback) and degraded lookups (a labelled counter has no series before its first one)
+    allowed = ('metric=~"kpi', "prodguard_degradations_total")
+    assert [q for q in empty if not any(a in q for a in allowed)] == [], empty
+    print(f"\n[prometheus] {len(_dashboard_queries()) - len(empty)} dashboard queries answer")

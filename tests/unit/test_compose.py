@@ -435,7 +435,8 @@ def test_production_settings_load_with_the_containers_environment(
 
 def _exported_metrics() -> dict[str, set[str]]:
     """Metric family -> the series names it exposes, from prodguard's source (prometheus_client
-    and bentoml.metrics) plus BentoML's HTTP metrics (checked against its source)."""
+    and bentoml.metrics) plus BentoML's HTTP metrics (checked against its source).
+    tests/e2e/test_prometheus_scrape.py checks the queries against real /metrics pages."""
     families: dict[str, set[str]] = {}
     pattern = re.compile(
         r"\b(Counter|Gauge|Histogram|Summary)\(\s*(?:name\s*=\s*)?[\"']([A-Za-z_:][A-Za-z0-9_:]*)[\"']"
