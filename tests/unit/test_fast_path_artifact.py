@@ -181,3 +181,14 @@ def test_a_faulty_copy_does_not_inherit_the_fast_path() -> None:
     assert copied_tags(tags) == {names.SEED: "1"}
     assert scoring_path(tags) == "fast path treelite 4.8.0, parity 0 on 3 rows"
     assert scoring_path({}).startswith("converted at load")
+
+
+def test_a_pyfunc_only_model_records_that_it_serves_itself(model, data) -> None:
+    class Pyfunc:
+        flavor = "python_function"
+
+    tags, artifact = compile_version(replace(model, pipeline=Pyfunc()), [FALLBACKS])
+    assert artifact == b""
+    assert tags == {
+        names.FAST_PATH: "unsupported: served through its MLflow python_function flavor"
+    }
