@@ -62,6 +62,7 @@ def prepared(folder: Path) -> tuple[Path, int]:
     from prodguard.app import alerter_for
     from prodguard.config import load_settings
     from prodguard.ingestion.pipeline import Ingestor
+    from prodguard_flights.loader import FlightsLoader
 
     root = folder / "project"
     root.mkdir()
@@ -70,7 +71,8 @@ def prepared(folder: Path) -> tuple[Path, int]:
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     settings = load_settings(root / "prodguard.yaml", environ={})
     print("ingesting Jan-Mar 2013 and training Jan-Feb ...", flush=True)
-    Ingestor(settings, alerter_for(settings)).ingest_window(utc("2013-01-01"), utc("2013-04-01"))
+    ingestor = Ingestor(settings, alerter_for(settings), loader=FlightsLoader())
+    ingestor.ingest_window(utc("2013-01-01"), utc("2013-04-01"))
     wiring.feature_store(settings).materialize(until=utc("2013-04-01"))
     result = app.train(settings, utc("2013-01-01"), utc("2013-03-01"), actor="benchmark")
     print(f"v{result.version}: {result.scoring}", flush=True)
@@ -134,6 +136,70 @@ def main() -> None:
         print(f"  convert at load   {ms(step_converted)}")
         print(f"  stored artifact   {ms(step_stored)}   ({how})")
         print(f"artifact: {len(registry.load_bytes_artifact(version, FAST_PATH_ARTIFACT)):,} bytes")
+        parts(registry, loaded, version, args.rounds)
+        registration(settings, loaded, found)
+
+
+def registration(settings: Any, loaded: Any, found: Any) -> None:
+    """What recording the fast path adds to a registration: the evaluation rows as serving
+    builds them, the model and the compiled ensemble on them (twice: before and after
+    serialisation)."""
+    from dataclasses import replace
+
+    from prodguard import wiring
+    from prodguard.registry.lineage import split_window
+    from prodguard.serving.fast_path import compile_version
+    from prodguard.serving.treelite_adapter import probe_rows
+    from prodguard.training.dataset import build_frame
+
+    features = build_frame(
+        settings, wiring.feature_store(settings), *split_window(found.eval_window)
+    ).features
+    began = time.perf_counter()
+    rows = features[list(loaded.columns)].to_dict("records")
+    rows += probe_rows(loaded.fallbacks, loaded.categories)
+    tags, data = compile_version(replace(loaded, scorer=None), rows)
+    took = time.perf_counter() - began
+    print(f"registration: compile_version on {len(rows):,} rows {took:.2f} s ({tags})")
+
+
+def parts(registry: Any, loaded: Any, version: int, rounds: int) -> None:
+    """Where the step's time goes: the pieces of each path, medians."""
+    import treelite
+    import treelite.sklearn
+
+    from prodguard.registry.lineage import FAST_PATH_ARTIFACT, RUN_ID
+    from prodguard.serving import treelite_adapter
+    from prodguard.serving.treelite_adapter import probe_rows
+    from prodguard.tasks import ModelScorer
+
+    run_id = registry.version(version).tags[RUN_ID]
+    data = registry.load_bytes_artifact(version, FAST_PATH_ARTIFACT, run_id)
+    estimator = loaded.pipeline.steps[-1][1]
+    probes = loaded.frame(probe_rows(loaded.fallbacks, loaded.categories))
+    pieces = {
+        "download the artifact": lambda: registry.load_bytes_artifact(
+            version, FAST_PATH_ARTIFACT, run_id
+        ),
+        "read the version (a registry read)": lambda: registry.version(version),
+        "sha256 of it": lambda: __import__("hashlib").sha256(data).hexdigest(),
+        "treelite deserialise": lambda: treelite.Model.deserialize_bytes(data),
+        "treelite import_model (convert)": lambda: treelite.sklearn.import_model(estimator),
+        "encoder lookup (both paths)": lambda: treelite_adapter._structure(
+            loaded.pipeline, loaded.columns
+        ),
+        f"probe rows, model itself ({len(probes)} rows)": lambda: ModelScorer(
+            loaded.pipeline, loaded.spec.task
+        ).raw(probes),
+    }
+    print("pieces (median ms):")
+    for name, run in pieces.items():
+        took = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            run()
+            took.append((time.perf_counter() - began) * 1000)
+        print(f"  {name:<40} {statistics.median(took):8.1f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ class Registry:
         self.tags: dict[str, str] = {}
         self.fail = fail
 
-    def load_bytes_artifact(self, version: int, name: str) -> bytes:
+    def load_bytes_artifact(self, version: int, name: str, run_id: str | None = None) -> bytes:
         if self.fail is not None:
             raise self.fail
         return self.artifacts[(version, name)]
@@ -192,3 +192,14 @@ def test_a_pyfunc_only_model_records_that_it_serves_itself(model, data) -> None:
     assert tags == {
         names.FAST_PATH: "unsupported: served through its MLflow python_function flavor"
     }
+
+
+def test_parity_above_1e6_is_not_used_and_says_why(model, data, monkeypatch) -> None:
+    registry, found = recorded(model, data)
+    monkeypatch.setattr("prodguard.serving.treelite_adapter.parity", lambda *_: 1e-3)
+    rows = data[0].head(20).to_dict("records")
+    tags, artifact = compile_version(model, rows)
+    assert artifact == b""
+    assert tags == {names.FAST_PATH: "unsupported: parity 0.001 > 1e-06 on 20 rows"}
+    scorer, how = select(registry, model, found)  # at load: the stored one scores apart
+    assert scorer is None and how.endswith("fast_path.treelite scores 0.001 apart")

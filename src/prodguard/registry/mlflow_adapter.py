@@ -504,10 +504,12 @@ class MlflowRegistry:
             )
             return json.loads(Path(path).read_text(encoding="utf-8"))
 
-    def load_bytes_artifact(self, version: int, name: str) -> bytes:
-        """A binary artifact of the version's prodguard run, as stored."""
-        info = self.version(version)
-        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
+    def load_bytes_artifact(self, version: int, name: str, run_id: str | None = None) -> bytes:
+        """A binary artifact of the version's prodguard run, as stored (``run_id``: that run,
+        when the caller has read it from the version's tags: one registry read less)."""
+        if run_id is None:
+            info = self.version(version)
+            run_id = info.tags.get(lineage.RUN_ID) or info.run_id
         with (
             _wrapped(f"reading artifact {name} of version {version}"),
             tempfile.TemporaryDirectory() as tmp,

@@ -66,14 +66,13 @@ def compile_version(
     frame = loaded.frame(rows)
     reference = ModelScorer(loaded.pipeline, loaded.spec.task).raw(frame)
     try:
-        compiled = treelite.compile_model(loaded.pipeline, loaded.columns, frame, reference)
-        data = treelite.to_bytes(compiled)
+        data = treelite.to_bytes(treelite.convert(loaded.pipeline, loaded.columns))
         served = treelite.from_bytes(loaded.pipeline, loaded.columns, data)
         gap = treelite.parity(served, frame, reference)
     except treelite.Unsupported as exc:
         return _unsupported(str(exc)), b""
     if not gap <= treelite.PARITY:
-        return _unsupported(f"parity {gap:.3g} > {treelite.PARITY:g} after serialisation"), b""
+        return _unsupported(f"parity {gap:.3g} > {treelite.PARITY:g} on {len(frame)} rows"), b""
     return {
         names.FAST_PATH_DIGEST: digest(data),
         names.FAST_PATH_PARITY: f"{gap:.3g}",
@@ -129,7 +128,7 @@ def select(registry: Any, loaded: LoadedModel, found: Lineage) -> tuple[Scorer |
             names.FAST_PATH_UNSUPPORTED
         )
     try:
-        data = registry.load_bytes_artifact(loaded.version, names.FAST_PATH_ARTIFACT)
+        data = registry.load_bytes_artifact(loaded.version, names.FAST_PATH_ARTIFACT, found.run_id)
     except RegistryUnavailable:
         raise
     except RegistryError as exc:

@@ -16,7 +16,7 @@ HistGradientBoosting (node ids of type uint32 break ``make_node``), categorical 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
@@ -98,6 +98,17 @@ def compile_model(
     """The fast scorer of ``model`` whose raw output on ``evaluation`` (a frame as
     ``LoadedModel.frame`` builds it) is within ``PARITY`` of ``reference`` (the model's own raw
     output there). Unsupported when the model does not convert or parity fails."""
+    scorer = convert(model, columns)
+    gap = parity(scorer, evaluation, reference)
+    if not gap <= PARITY:
+        raise Unsupported(f"parity {gap:.3g} > {PARITY:g} on {len(evaluation)} rows")
+    info = {"runtime": runtime(), "parity_max_abs": gap, "parity_rows": len(evaluation)}
+    return replace(scorer, info=info)
+
+
+def convert(model: Any, columns: tuple[str, ...]) -> TreeliteScorer:
+    """The fast scorer of ``model``, parity not checked (the caller's: :func:`parity`);
+    Unsupported when it does not convert."""
     estimator, encoding = _structure(model, columns)
     import treelite.sklearn
 
@@ -107,12 +118,7 @@ def compile_model(
         raise Unsupported(f"treelite cannot import it ({type(exc).__name__}: {exc})") from None
     classifier = hasattr(estimator, "classes_")
     classes = len(estimator.classes_) if classifier else 0
-    scorer = TreeliteScorer(compiled, encoding, classifier, classes)
-    gap = parity(scorer, evaluation, reference)
-    if not gap <= PARITY:
-        raise Unsupported(f"parity {gap:.3g} > {PARITY:g} on {len(evaluation)} rows")
-    info = {"runtime": runtime(), "parity_max_abs": gap, "parity_rows": len(evaluation)}
-    return TreeliteScorer(compiled, encoding, classifier, classes, info)
+    return TreeliteScorer(compiled, encoding, classifier, classes, {"runtime": runtime()})
 
 
 def parity(scorer: TreeliteScorer, frame: Any, reference: np.ndarray) -> float:
