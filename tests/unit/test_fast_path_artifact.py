@@ -203,3 +203,20 @@ def test_parity_above_1e6_is_not_used_and_says_why(model, data, monkeypatch) -> 
     assert tags == {names.FAST_PATH: "unsupported: parity 0.001 > 1e-06 on 20 rows"}
     scorer, how = select(registry, model, found)  # at load: the stored one scores apart
     assert scorer is None and how.endswith("fast_path.treelite scores 0.001 apart")
+
+
+def test_an_unexpected_error_never_loses_a_registration_nor_refuses_a_load(
+    model, data, monkeypatch
+) -> None:
+    registry, found = recorded(model, data)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr("prodguard.serving.treelite_adapter.convert", broken)
+    monkeypatch.setattr("prodguard.serving.treelite_adapter.from_bytes", broken)
+    tags, artifact = compile_version(model, [FALLBACKS])
+    assert artifact == b""
+    assert tags == {names.FAST_PATH: "unsupported: the conversion failed (RuntimeError: boom)"}
+    scorer, how = select(registry, model, found)
+    assert scorer is None and how.endswith("does not score (RuntimeError: boom)")

@@ -8,14 +8,15 @@ unknown and a missing one, each feature missing), scored by the *deserialised* a
 exactly what serving will run: max |fast - model| over the raw outputs (probabilities or
 values) must be <= ``treelite_adapter.PARITY`` (1e-6). It stores treelite's serialisation as
 the artifact ``FAST_PATH_ARTIFACT`` of the version's run and records its sha256, the parity and
-the row count as tags, ``FAST_PATH`` (the runtime) last. A model that does not convert, or
-whose parity is above 1e-6, gets ``FAST_PATH = "unsupported: <reason>"`` and no artifact.
+the row count as tags, ``FAST_PATH`` (the runtime) last. A model that does not convert, whose
+parity is above 1e-6 or whose conversion fails in any way gets ``FAST_PATH = "unsupported:
+<reason>"`` and no artifact; the registration itself is never lost to it.
 
 **At load** (``load_verified``, so the guarded and the bare service alike) :func:`select`
 downloads the artifact, checks its sha256 against the tag and its parity on the fallbacks row,
-and serves it; a digest mismatch, a missing or unreadable artifact or a parity miss serves the
-model itself, with one warning line naming the reason (the version is not refused: its model
-artifact has its own digest, checked before). A version recorded as unsupported serves itself
+and serves it; a digest mismatch, a missing or unreadable artifact, one that fails to score or a
+parity miss serves the model itself, with one warning line naming the reason (the version is not
+refused: its model artifact has its own digest, checked before). A version recorded as unsupported serves itself
 without another attempt. A version without the tag (registered before the fast path was
 recorded, a registration interrupted before its tags, a drill's staging registry, a faulty
 copy) is converted at load, as before.
@@ -30,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from prodguard.errors import RegistryError, RegistryUnavailable
+from prodguard.errors import RegistryError, RegistryUnavailable, first_line
 from prodguard.registry import lineage as names
 from prodguard.registry.lineage import Lineage
 from prodguard.registry.ports import BinaryArtifacts
@@ -63,14 +64,16 @@ def compile_version(
     flavor = getattr(loaded.pipeline, "flavor", "sklearn")
     if flavor != "sklearn":
         return _unsupported(f"served through its MLflow {flavor} flavor"), b""
-    frame = loaded.frame(rows)
-    reference = ModelScorer(loaded.pipeline, loaded.spec.task).raw(frame)
     try:
+        frame = loaded.frame(rows)
+        reference = ModelScorer(loaded.pipeline, loaded.spec.task).raw(frame)
         data = treelite.to_bytes(treelite.convert(loaded.pipeline, loaded.columns))
         served = treelite.from_bytes(loaded.pipeline, loaded.columns, data)
         gap = treelite.parity(served, frame, reference)
     except treelite.Unsupported as exc:
         return _unsupported(str(exc)), b""
+    except Exception as exc:  # noqa: BLE001 - a failed conversion never loses the registration
+        return _unsupported(f"the conversion failed ({type(exc).__name__}: {first_line(exc)})"), b""
     if not gap <= treelite.PARITY:
         return _unsupported(f"parity {gap:.3g} > {treelite.PARITY:g} on {len(frame)} rows"), b""
     return {
@@ -158,6 +161,9 @@ def verified(loaded: LoadedModel, data: bytes, found: Lineage) -> tuple[Scorer |
         gap = treelite.parity(scorer, frame, reference)
     except treelite.Unsupported as exc:
         return _fall_back(loaded, f"its {names.FAST_PATH_ARTIFACT} does not load ({exc})")
+    except Exception as exc:  # noqa: BLE001 - never refuse a version for its fast path
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        return _fall_back(loaded, f"its {names.FAST_PATH_ARTIFACT} does not score ({reason})")
     if not gap <= treelite.PARITY:
         return _fall_back(loaded, f"its {names.FAST_PATH_ARTIFACT} scores {gap:.3g} apart")
     parity = found.fast_path_parity
