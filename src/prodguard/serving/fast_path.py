@@ -16,10 +16,10 @@ parity is above 1e-6 or whose conversion fails in any way gets ``FAST_PATH = "un
 downloads the artifact, checks its sha256 against the tag and its parity on the fallbacks row,
 and serves it; a digest mismatch, a missing or unreadable artifact, one that fails to score or a
 parity miss serves the model itself, with one warning line naming the reason (the version is not
-refused: its model artifact has its own digest, checked before). A version recorded as unsupported serves itself
-without another attempt. A version without the tag (registered before the fast path was
-recorded, a registration interrupted before its tags, a drill's staging registry, a faulty
-copy) is converted at load, as before.
+refused: its model artifact has its own digest, checked before). A version recorded as
+unsupported serves itself without another attempt. A version without the tag (registered before
+the fast path was recorded, a registration interrupted before its tags, a drill's staging
+registry, a faulty copy) is converted at load, as before.
 """
 
 from __future__ import annotations
