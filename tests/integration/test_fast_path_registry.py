@@ -67,7 +67,9 @@ def adopt(settings) -> int:
     config = load_registry_config(settings)
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.registry_uri)
-    experiment = mlflow.set_experiment("team-experiments").experiment_id
+    experiment = mlflow.MlflowClient().create_experiment(  # artifacts in the test's folder
+        "team-experiments", artifact_location=str(settings.config_path.parent / "team-artifacts")
+    )
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.sklearn.log_model(
             model,
