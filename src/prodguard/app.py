@@ -190,6 +190,7 @@ def version_summary(version: Any) -> dict[str, Any]:
         "version": version.version,
         "created": version.created.isoformat(),
         **lineage.summary(version.tags),
+        "scoring": lineage.scoring_path(version.tags),
     }
 
 

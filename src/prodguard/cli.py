@@ -299,6 +299,7 @@ def train(
                 "rows_eval": result.rows_eval,
                 "seconds_train": result.seconds_train,
                 "seconds_register": result.seconds_register,
+                "scoring": result.scoring,
             }
         )
         return
@@ -313,6 +314,7 @@ def train(
         f"trained in {result.seconds_train:.1f} s, registered in "
         f"{result.seconds_register:.1f} s"
     )
+    out.print(f"scored by: {escape(result.scoring)}", highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -373,6 +375,7 @@ def adopt(
         f"{result.rows_train} training rows, {result.rows_eval} evaluation rows; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     )
+    out.print(f"scored by: {escape(result.scoring)}", highlight=False, soft_wrap=True)
 
 
 def _record_line(record: AuditRecord) -> None:
@@ -484,6 +487,10 @@ def status(
             (summary["code_version"] or "")[:12],
         )
     out.print(table)
+    for alias, summary in document["lineage"].items():
+        if summary is not None and alias in ("champion", "standby"):
+            line = f"{alias} v{summary['version']} scored by: {summary['scoring']}"
+            out.print(escape(line), highlight=False, soft_wrap=True)
     if document["standby_since"]:
         out.print(
             f"standby since {document['standby_since'][:19]} (kept at least "

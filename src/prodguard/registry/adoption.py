@@ -73,6 +73,7 @@ class AdoptResult:
     rows_train: int
     rows_eval: int
     seconds: dict[str, float]  # load, frames, evaluate, register
+    scoring: str = ""  # how serving will score it: the fast path with its parity, or why not
 
 
 def adopt(
@@ -146,6 +147,7 @@ def adopt(
     }
     if calibration:
         artifacts[tags_of.CALIBRATION_JSON] = calibration
+    tags = {**tags_of.registration_tags(lineage, metrics), **spec.tags()}
     version = adopter.adopt_version(
         found,
         params={
@@ -155,9 +157,12 @@ def adopt(
             "train_end": windows.train_end.isoformat(),
         },
         metrics={f"eval_{k}": v for k, v in metrics.items()},
-        tags={**tags_of.registration_tags(lineage, metrics), **spec.tags()},
+        tags=tags,
         artifacts=artifacts,
     )
+    from prodguard.serving.fast_path import record
+
+    scoring = record(registry, version, found.model, spec, tags, stats, held.features)
     operations.set_candidate(version, actor=actor, reason=f"adopted from {model_uri}")
     seconds["register"] = time.perf_counter() - began
     return AdoptResult(
@@ -168,6 +173,7 @@ def adopt(
         rows_train=len(train),
         rows_eval=len(held_out),
         seconds=seconds,
+        scoring=scoring,
     )
 
 

@@ -42,6 +42,12 @@ ADOPTED_FROM = PREFIX + "adopted_from"  # the MLflow URI of a model adopted (`pr
 TASK = PREFIX + "task"  # binary | multiclass | regression (absent: binary, registered earlier)
 CLASSES = PREFIX + "classes"  # JSON list of a classifier's labels, in its probability columns
 POSITIVE_CLASS = PREFIX + "positive_class"  # JSON: binary, when model.positive_class names it
+# the fast scoring path (``serving.fast_path``), recorded right after registration or adoption:
+FAST_PATH = PREFIX + "fast_path"  # "treelite <version>" or "unsupported: <reason>"
+FAST_PATH_DIGEST = PREFIX + "fast_path_sha256"  # sha256 of the FAST_PATH_ARTIFACT bytes
+FAST_PATH_PARITY = PREFIX + "fast_path_parity"  # max |fast - model| on the evaluation rows
+FAST_PATH_ROWS = PREFIX + "fast_path_rows"  # how many rows that parity was measured on
+FAST_PATH_UNSUPPORTED = "unsupported: "  # FAST_PATH's prefix when the model serves itself
 
 # ---- version tags written later ----------------------------------------------------------------
 BASELINE = PREFIX + "baseline"  # "<start>/<end>" of the staging baseline (artifact BASELINE_JSON)
@@ -58,11 +64,25 @@ REFERENCE_STATS_JSON = "reference_stats.json"
 CALIBRATION_JSON = "calibration.json"
 LINEAGE_JSON = "lineage.json"
 BASELINE_JSON = "baseline.json"
+FAST_PATH_ARTIFACT = "fast_path.treelite"  # the compiled ensemble (treelite's serialisation)
 
 # A faulty copy of a version keeps its lineage, contract and baseline, never the base's run,
 # drill or demotion; its artifact digest is computed on its own registration.
 COPIED_ARTIFACTS = (REFERENCE_STATS_JSON, LINEAGE_JSON, BASELINE_JSON)
-NOT_COPIED = frozenset({RUN_ID, DRILL, DEMOTED_REASON, DEMOTED_AT, ARTIFACT_DIGEST})
+# Nor its fast path: a faulty copy's model is not the base's ensemble.
+NOT_COPIED = frozenset(
+    {
+        RUN_ID,
+        DRILL,
+        DEMOTED_REASON,
+        DEMOTED_AT,
+        ARTIFACT_DIGEST,
+        FAST_PATH,
+        FAST_PATH_DIGEST,
+        FAST_PATH_PARITY,
+        FAST_PATH_ROWS,
+    }
+)
 
 # What `prodguard status` shows of each version, in this order.
 SUMMARY_KEYS = (
@@ -119,6 +139,23 @@ def summary(tags: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
+def scoring_path(tags: Mapping[str, str]) -> str:
+    """How serving scores the version, from its fast-path tags: the compiled ensemble with its
+    parity, the model itself with the reason, or the conversion at load (no tag: registered
+    before the fast path was recorded, or its recording was interrupted)."""
+    if tags.get(FAULT):
+        return "the model itself (a faulty copy)"
+    recorded = tags.get(FAST_PATH)
+    if recorded is None:
+        return "converted at load (no fast path recorded)"
+    if recorded.startswith(FAST_PATH_UNSUPPORTED):
+        return f"the model itself: {recorded.removeprefix(FAST_PATH_UNSUPPORTED)}"
+    rows = tags.get(FAST_PATH_ROWS)
+    return f"fast path {recorded}, parity {tags.get(FAST_PATH_PARITY, '?')}" + (
+        f" on {rows} rows" if rows else ""
+    )
+
+
 def split_window(text: str) -> tuple[datetime, datetime]:
     """``"<start>/<end>"`` (ISO 8601, as written by the window tags) as two datetimes."""
     first, last = text.split("/")
@@ -158,6 +195,10 @@ class Lineage:
     fault: str | None = None
     demoted_reason: str | None = None
     demoted_at: str | None = None
+    fast_path: str | None = None
+    fast_path_digest: str | None = None
+    fast_path_parity: float | None = None
+    fast_path_rows: int | None = None
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Lineage | None:
@@ -190,6 +231,18 @@ class Lineage:
             fault=tags.get(FAULT),
             demoted_reason=tags.get(DEMOTED_REASON),
             demoted_at=tags.get(DEMOTED_AT),
+            fast_path=tags.get(FAST_PATH),
+            fast_path_digest=tags.get(FAST_PATH_DIGEST),
+            fast_path_parity=(
+                float(_parse(tags[FAST_PATH_PARITY], FAST_PATH_PARITY, float))
+                if tags.get(FAST_PATH_PARITY)
+                else None
+            ),
+            fast_path_rows=(
+                int(_parse(tags[FAST_PATH_ROWS], FAST_PATH_ROWS, int))
+                if tags.get(FAST_PATH_ROWS)
+                else None
+            ),
         )
 
     @property

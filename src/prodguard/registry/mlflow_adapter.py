@@ -504,7 +504,37 @@ class MlflowRegistry:
             )
             return json.loads(Path(path).read_text(encoding="utf-8"))
 
+    def load_bytes_artifact(self, version: int, name: str, run_id: str | None = None) -> bytes:
+        """A binary artifact of the version's prodguard run, as stored (``run_id``: that run,
+        when the caller has read it from the version's tags: one registry read less)."""
+        if run_id is None:
+            info = self.version(version)
+            run_id = info.tags.get(lineage.RUN_ID) or info.run_id
+        with (
+            _wrapped(f"reading artifact {name} of version {version}"),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            path = self._mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=name,
+                dst_path=tmp,
+                tracking_uri=self.config.tracking_uri,
+            )
+            return Path(path).read_bytes()
+
     # ---- writes --------------------------------------------------------------------------
+
+    def log_bytes_artifact(self, version: int, name: str, data: bytes) -> None:
+        """Store ``data`` as artifact ``name`` of the version's prodguard run (replacing it)."""
+        info = self.version(version)
+        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
+        with (
+            _wrapped(f"writing artifact {name} of version {version}"),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self._client.log_artifact(run_id, str(path))
 
     def log_version(
         self,

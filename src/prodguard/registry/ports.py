@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,16 @@ class VersionReader(Protocol):
     def load_json_artifact(self, version: int, name: str) -> Any: ...
 
     def load_model(self, version: int) -> Classifier: ...
+
+
+@runtime_checkable
+class BinaryArtifacts(Protocol):
+    """A registry that stores binary artifacts of a version (the fast path's compiled model):
+    ``MlflowRegistry``; a drill's staging registry does not."""
+
+    def load_bytes_artifact(self, version: int, name: str, run_id: str | None = None) -> bytes: ...
+
+    def log_bytes_artifact(self, version: int, name: str, data: bytes) -> None: ...
 
 
 class TargetsReader(Protocol):

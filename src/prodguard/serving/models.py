@@ -67,6 +67,7 @@ class LoadedModel:
     categories: dict[str, frozenset[str]]
     spec: TaskSpec = TaskSpec(Task.BINARY, (0, 1))
     scorer: Scorer | None = None  # a compiled fast path; default: the pipeline itself
+    scoring: str = ""  # how it is scored: the fast path with its parity, or why not
 
     @functools.cached_property
     def _scorer(self) -> Scorer:
@@ -200,12 +201,11 @@ def load_verified(
         )
         if problem:
             raise PromotionRefused(f"v{version} cannot be served: {problem}")
-        from prodguard.serving.treelite_adapter import fast_scorer
+        from prodguard.serving.fast_path import select
 
-        scorer, how = fast_scorer(loaded)
-        _log.info("v%s scored by %s: %s", version, "the fast path" if scorer else "itself", how)
-        if scorer is not None:
-            loaded = replace(loaded, scorer=scorer)
+        scorer, how = select(registry, loaded, lineage)
+        _log.info("v%s scored by %s", version, how)
+        loaded = replace(loaded, scorer=scorer, scoring=how)
     except (PromotionRefused, RegistryUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure to load or score refuses

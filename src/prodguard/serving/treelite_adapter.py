@@ -16,7 +16,7 @@ HistGradientBoosting (node ids of type uint32 break ``make_node``), categorical 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
 
@@ -98,6 +98,67 @@ def compile_model(
     """The fast scorer of ``model`` whose raw output on ``evaluation`` (a frame as
     ``LoadedModel.frame`` builds it) is within ``PARITY`` of ``reference`` (the model's own raw
     output there). Unsupported when the model does not convert or parity fails."""
+    scorer = convert(model, columns)
+    gap = parity(scorer, evaluation, reference)
+    if not gap <= PARITY:
+        raise Unsupported(f"parity {gap:.3g} > {PARITY:g} on {len(evaluation)} rows")
+    info = {"runtime": runtime(), "parity_max_abs": gap, "parity_rows": len(evaluation)}
+    return replace(scorer, info=info)
+
+
+def convert(model: Any, columns: tuple[str, ...]) -> TreeliteScorer:
+    """The fast scorer of ``model``, parity not checked (the caller's: :func:`parity`);
+    Unsupported when it does not convert."""
+    estimator, encoding = _structure(model, columns)
+    import treelite.sklearn
+
+    try:
+        compiled = treelite.sklearn.import_model(estimator)
+    except Exception as exc:  # noqa: BLE001 - treelite refuses what it does not import
+        raise Unsupported(f"treelite cannot import it ({type(exc).__name__}: {exc})") from None
+    classifier = hasattr(estimator, "classes_")
+    classes = len(estimator.classes_) if classifier else 0
+    return TreeliteScorer(compiled, encoding, classifier, classes, {"runtime": runtime()})
+
+
+def parity(scorer: TreeliteScorer, frame: Any, reference: np.ndarray) -> float:
+    """max |fast - model| over the raw outputs on ``frame``; Unsupported when the shapes
+    differ."""
+    fast = scorer.raw(frame)
+    expected = np.asarray(reference, dtype="float64")
+    if fast.shape != expected.shape:
+        raise Unsupported(f"output shape {fast.shape} differs from the model's {expected.shape}")
+    return float(np.max(np.abs(fast - expected))) if expected.size else 0.0
+
+
+def to_bytes(scorer: TreeliteScorer) -> bytes:
+    """The compiled ensemble in treelite's own serialisation (``Model.serialize_bytes``); the
+    encoding is not in it: :func:`from_bytes` rebuilds it from the model's own encoder."""
+    return bytes(scorer.model.serialize_bytes())
+
+
+def from_bytes(model: Any, columns: tuple[str, ...], data: bytes) -> TreeliteScorer:
+    """The scorer of ``model`` whose ensemble is ``data`` (:func:`to_bytes`), the encoding read
+    from ``model``'s encoder; Unsupported when the model's structure does not convert or the
+    bytes are not a treelite model of its shape (parity is the caller's check)."""
+    import treelite
+
+    estimator, encoding = _structure(model, columns)
+    try:
+        compiled = treelite.Model.deserialize_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - treelite's own error on foreign bytes
+        raise Unsupported(f"treelite cannot read it ({type(exc).__name__})") from None
+    if compiled.num_feature != len(encoding.order):
+        raise Unsupported(
+            f"it reads {compiled.num_feature} features, the model {len(encoding.order)}"
+        )
+    classifier = hasattr(estimator, "classes_")
+    classes = len(estimator.classes_) if classifier else 0
+    return TreeliteScorer(compiled, encoding, classifier, classes, {"runtime": runtime()})
+
+
+def _structure(model: Any, columns: tuple[str, ...]) -> tuple[Any, Encoding]:
+    """The tree ensemble of ``model`` and the encoding of its input; Unsupported if neither."""
     steps = list(getattr(model, "steps", [("model", model)]))
     estimator = steps[-1][1]
     if type(estimator).__name__ not in ENSEMBLES:
@@ -109,24 +170,7 @@ def compile_model(
         if len(steps) == 2
         else Encoding(columns, {}, np.arange(len(columns)))
     )
-    import treelite.sklearn
-
-    try:
-        compiled = treelite.sklearn.import_model(estimator)
-    except Exception as exc:  # noqa: BLE001 - treelite refuses what it does not import
-        raise Unsupported(f"treelite cannot import it ({type(exc).__name__}: {exc})") from None
-    classifier = hasattr(estimator, "classes_")
-    classes = len(estimator.classes_) if classifier else 0
-    scorer = TreeliteScorer(compiled, encoding, classifier, classes)
-    fast = scorer.raw(evaluation)
-    expected = np.asarray(reference, dtype="float64")
-    if fast.shape != expected.shape:
-        raise Unsupported(f"output shape {fast.shape} differs from the model's {expected.shape}")
-    gap = float(np.max(np.abs(fast - expected))) if expected.size else 0.0
-    if not gap <= PARITY:
-        raise Unsupported(f"parity {gap:.3g} > {PARITY:g} on {len(expected)} rows")
-    info = {"runtime": runtime(), "parity_max_abs": gap, "parity_rows": len(expected)}
-    return TreeliteScorer(compiled, encoding, classifier, classes, info)
+    return estimator, encoding
 
 
 def _encoding(transformer: Any, columns: tuple[str, ...]) -> Encoding:

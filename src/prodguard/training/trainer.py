@@ -40,6 +40,7 @@ class TrainResult:
     seconds_train: float
     seconds_register: float
     tags: dict[str, str]
+    scoring: str = ""  # how serving will score it: the fast path with its parity, or why not
 
 
 def code_version(root: Path) -> str:
@@ -128,6 +129,9 @@ def train_and_register(
         },
         pip_requirements=pip_requirements(),
     )
+    from prodguard.serving.fast_path import record
+
+    scoring = record(operations.registry, version, pipeline, spec, tags, stats, held_out.features)
     operations.set_candidate(
         version,
         actor=actor,
@@ -141,6 +145,7 @@ def train_and_register(
         seconds_train=seconds_train,
         seconds_register=time.perf_counter() - began,
         tags=tags,
+        scoring=scoring,
     )
 
 
