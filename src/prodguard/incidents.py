@@ -5,8 +5,9 @@ the monitors, so one cause would page once per feature. ``IncidentSink`` is an a
 groups the alerts it receives by **cause** and speaks for the group:
 
 - a data source (``source:<name>``): alerts raised by the source itself (quarantine, schema
-  change) and drift alerts (``psi.<feature>``, ``shift.<feature>``) on the features its feature
-  views feed — the feature-to-source map comes from the feature store's views, never from names;
+  change), drift alerts (``psi.<feature>``, ``shift.<feature>``) on the features its feature
+  views feed, and alerts naming degraded ``features`` mostly fed by it (a data incident) — the
+  feature-to-source map comes from the feature store's views, never from names;
 - a model version (``model:v<n>``): its score, KPI, error-rate and guard alerts (rollback, ...),
   drift on features no source feeds (request features);
 - a version's latency (``latency:v<n>``);
@@ -187,12 +188,22 @@ class Grouping:
         family, _, feature = (alert.metric or "").partition(".")
         if family in DRIFT_FAMILIES and feature:
             return self.feature_sources().get(feature)
-        features = alert.details.get("features")
-        if isinstance(features, list) and features:  # e.g. degraded features of a data incident
-            fed = {self.feature_sources().get(str(f).split(":", 1)[0]) for f in features}
-            if len(fed) == 1 and None not in fed:
-                return fed.pop()
-        return None
+        return self._dominant_source(alert.details.get("features"))
+
+    def _dominant_source(self, features: Any) -> str | None:
+        """The source feeding most of ``features`` (a list, or feature -> affected rows, as a
+        data incident's degraded features come); None when no source feeds any of them."""
+        if isinstance(features, list):
+            features = dict.fromkeys(features, 1)
+        if not isinstance(features, dict) or not features:
+            return None
+        weight: dict[str, float] = {}
+        for name, rows in features.items():
+            source = self.feature_sources().get(str(name).split(":", 1)[0])
+            if source is not None:
+                count = rows if isinstance(rows, int | float) else 1
+                weight[source] = weight.get(source, 0) + count
+        return min(weight, key=lambda s: (-weight[s], s)) if weight else None
 
 
 def condition_of(alert: Alert) -> str | None:

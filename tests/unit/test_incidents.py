@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -325,3 +326,22 @@ def test_file_store_contract(tmp_path: Path) -> None:
         lambda: FileGateState(tmp_path / "open_incidents.json"),
         FileIncidentRecord(tmp_path / "incidents.jsonl"),
     )
+
+
+def test_a_data_incident_belongs_to_the_source_feeding_most_degraded_rows() -> None:
+    """The guard's data-incident alert names its degraded features with their row counts."""
+    incident = Alert(
+        "pipeline_incident",
+        "warning",
+        "guard",
+        "data incident: degraded features; model moves held",
+        T0,
+        metric="rate.degraded",
+        model_version=2,
+        details={"features": {"b0": 30, "a1": 400, "a2": 380, "request_only": 999}},
+    )
+    assert GROUPING.cause_of(incident).key == "source:src_a"
+    listed = replace(incident, details={"features": ["b0", "b1", "a0"]})
+    assert GROUPING.cause_of(listed).key == "source:src_b"
+    unknown = replace(incident, details={"features": {"request_only": 5}})
+    assert GROUPING.cause_of(unknown).key == "model:v2"
