@@ -5,9 +5,10 @@ staging baseline is taken on one half, and the monitors judge the other half day
 deployment's monitor would (the window ending each midnight, through the de-duplicating gate
 into the incident sink). Printed: alerts sent and incidents opened per week, the incidents
 with their causes. Then the same for a week whose weather source goes stale (its rows a day
-old) from ``--stale-from``.
+old) from ``--stale-from``, and for the seasons: the same version serving May to ``--through``
+unchanged (no fault; the weather of summer drifts away from April's).
 
-Run: .venv/bin/python benchmarks/incidents.py [--work DIR]
+Run: .venv/bin/python benchmarks/incidents.py [--work DIR] [--through 2013-08-01]
 (the work folder of benchmarks/monitoring_quality.py can be reused: its project and logs)
 Takes a few minutes on first run (ingest Jan-May, train, replay April twice).
 """
@@ -52,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--stale-from", default="2013-04-22")
+    parser.add_argument("--through", default="2013-08-01")
     args = parser.parse_args()
 
     from prodguard import app, wiring
@@ -91,11 +93,19 @@ def main() -> None:
     reference = version_reference(registry, version)
     april, may = t("2013-04-01"), t("2013-05-01")
 
-    def replayed(name: str, **options: Any) -> Any:
+    through = t(args.through)
+    marker = work / "ingested_through"
+    if through > may and (not marker.exists() or t(marker.read_text()) < through):
+        began = time.perf_counter()
+        app.ingest(settings, may, through)
+        marker.write_text(through.isoformat())
+        print(f"ingested May..{through:%Y-%m-%d}: {time.perf_counter() - began:.0f} s")
+
+    def replayed(name: str, start: Any = april, end: Any = may, **options: Any) -> Any:
         path = work / f"{name}.db"
         if not path.exists():
             log = SqlitePredictionLog(work / f"{name}.partial.db", "NORMAL")
-            result = replay_version(settings, registry, version, april, may, log, **options)
+            result = replay_version(settings, registry, version, start, end, log, **options)
             log.close()
             (work / f"{name}.partial.db").rename(path)
             print(f"  replayed {name}: {result.predicted} predictions in {result.seconds:.0f} s")
@@ -111,14 +121,28 @@ def main() -> None:
     since = t(args.stale_from)
     stale_features = {name for name, _ in stale_view.features}
     scenarios = {
-        "benign (held-out half of April)": replayed("held_out", keep=lambda r: not half(r)),
-        f"source '{stale_view.source}' stale from {since:%Y-%m-%d}": replayed(
-            f"stale_{since:%m%d}",
-            keep=lambda r: not half(r),
-            wrap_store=lambda store, clock: Stale(store, clock.now, since, stale_features),
+        "benign (held-out half of April)": (
+            replayed("held_out", keep=lambda r: not half(r)),
+            april,
+            may,
+        ),
+        f"source '{stale_view.source}' stale from {since:%Y-%m-%d}": (
+            replayed(
+                f"stale_{since:%m%d}",
+                keep=lambda r: not half(r),
+                wrap_store=lambda store, clock: Stale(store, clock.now, since, stale_features),
+            ),
+            april,
+            may,
         ),
     }
-    for name, log in scenarios.items():
+    if through > may:
+        scenarios[f"seasons: unchanged May..{through:%Y-%m-%d} (no fault)"] = (
+            replayed(f"seasons_{through:%m%d}", may, through, keep=lambda r: not half(r)),
+            may,
+            through,
+        )
+    for name, (log, start, end) in scenarios.items():
         folder = Path(tempfile.mkdtemp(prefix="alerts-", dir=work))
         incidents = IncidentSink(
             FileGateState(folder / "open_incidents.json"),
@@ -132,9 +156,9 @@ def main() -> None:
             log,
             lambda _: replace(reference, baseline=fitted),
             settings.monitoring,
-            FixedClock(may + timedelta(days=2)),
+            FixedClock(end + timedelta(days=2)),
         )
-        reports = monitor.over(april, may)
+        reports = monitor.over(start, end)
         for day in sorted({r.end for r in reports}):  # one monitor run per midnight
             raised, cleared = alerts_of([r for r in reports if r.end == day], day)
             gate.update(raised, cleared, through=day)
@@ -145,8 +169,13 @@ def main() -> None:
         for incident in found:
             weeks[incident.first_seen.isocalendar().week] += 1
         alerts_by_week = Counter(datetime.fromisoformat(a["time"]).isocalendar().week for a in sent)
-        print(f"\n{name}: {len(reports)} windows judged")
-        print(f"  alerts {len(sent)}, incidents {len(found)}")
+        weeks_judged = len({r.end.isocalendar().week for r in reports})
+        print(f"\n{name}: {len(reports)} windows judged, {weeks_judged} weeks")
+        print(
+            f"  alerts {len(sent)}, incidents {len(found)} "
+            f"({len(found) / max(weeks_judged, 1):.2f} per week; "
+            f"{len(sent) / max(weeks_judged, 1):.2f} alerts per week)"
+        )
         for week in sorted(set(weeks) | set(alerts_by_week)):
             print(f"  ISO week {week}: {alerts_by_week[week]:3d} alerts -> {weeks[week]} incidents")
         for incident in found:
