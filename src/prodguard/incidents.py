@@ -421,8 +421,8 @@ class IncidentSink:
 
     def send(self, alert: Alert) -> None:
         def change(book: Book) -> None:
+            book.sweep(alert.time)  # an incident quiet for the gap is over: the alert opens anew
             book.add(alert)
-            book.sweep(alert.time)
 
         self._change(change)
 

@@ -197,6 +197,14 @@ def test_one_off_alerts_resolve_when_quiet(sink: IncidentSink, heard: Heard) -> 
     assert heard.events[-1][3] == 2
 
 
+def test_an_alert_after_the_gap_opens_a_new_incident(sink: IncidentSink, heard: Heard) -> None:
+    sink.send(quarantine())
+    sink.send(quarantine(hours=48))  # no sweep ran between: the first is over all the same
+    first, second = sink.record.incidents()
+    assert (first.state, first.members, second.state, second.members) == ("resolved", 1, "open", 1)
+    assert [e[0] for e in heard.events] == ["opened", "resolved", "opened"]
+
+
 def test_an_undelivered_incident_message_is_sent_again(sink: IncidentSink, heard: Heard):
     heard.down = True
     with pytest.raises(StorageError, match="undelivered"):
