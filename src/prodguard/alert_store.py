@@ -1,5 +1,7 @@
-"""Alerts on PostgreSQL (production): the durable alert record every process appends to, and
-the de-duplication state monitors share, so that several monitors or replicas alert once.
+"""Alerts on PostgreSQL (production): the durable alert record every process appends to, the
+de-duplication state monitors share, so that several monitors or replicas alert once, and the
+incidents alerts are grouped into (their open document is a gate row, ``incidents``; every
+incident's latest state is a row of ``incidents``).
 
 The record is the database twin of ``alerts.jsonl``; the state is the twin of the locked state
 file: one row per gate, locked with ``SELECT ... FOR UPDATE`` while a monitor judges and sends.
@@ -18,6 +20,7 @@ from sqlalchemy.dialects import postgresql
 
 from prodguard.alerts import EMPTY_STATE, Alert
 from prodguard.errors import StorageError, first_line, redact
+from prodguard.incidents import Incident
 
 _metadata = sa.MetaData()
 _alerts = sa.Table(
@@ -34,6 +37,17 @@ _gates = sa.Table(
     _metadata,
     sa.Column("name", sa.String(80), primary_key=True),
     sa.Column("document", sa.Text, nullable=False),
+)
+_incidents = sa.Table(
+    "incidents",
+    _metadata,
+    sa.Column("id", sa.String(300), primary_key=True),
+    sa.Column("cause_key", sa.String(200), nullable=False, index=True),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("first_seen", sa.String(40), nullable=False, index=True),
+    sa.Column("last_seen", sa.String(40), nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
 )
 
 
@@ -87,6 +101,39 @@ class PostgresAlerts:
 
     def gate(self, name: str) -> PostgresGateState:
         return PostgresGateState(self, name)
+
+    def incident_record(self) -> PostgresIncidentRecord:
+        return PostgresIncidentRecord(self)
+
+
+class PostgresIncidentRecord:
+    """Every incident's latest state, one row per incident (upserted on each change)."""
+
+    def __init__(self, store: PostgresAlerts) -> None:
+        self._store = store
+
+    def put(self, incident: Incident) -> None:
+        engine = self._store._ready()
+        values = {
+            "cause_key": incident.cause_key,
+            "state": incident.state,
+            "severity": incident.severity,
+            "first_seen": incident.first_seen.isoformat(),
+            "last_seen": incident.last_seen.isoformat(),
+            "record": json.dumps(incident.to_json(), default=str, sort_keys=True),
+        }
+        statement = postgresql.insert(_incidents).values(id=incident.id, **values)
+        with self._store._errors("write failed"), engine.begin() as conn:
+            conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
+
+    def incidents(self) -> list[Incident]:
+        """Every incident, by first seen."""
+        engine = self._store._ready()
+        with self._store._errors("read failed"), engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_incidents.c.record).order_by(_incidents.c.first_seen, _incidents.c.id)
+            ).all()
+        return [Incident.from_json(json.loads(row[0])) for row in rows]
 
 
 class PostgresGateState:

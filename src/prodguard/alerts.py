@@ -2,7 +2,8 @@
 
 Sinks: a structured log line (logger ``prodguard.alerts``, JSON payload), an append-only
 JSON-lines file that survives crashes (each record flushed and fsynced), a Slack-compatible JSON
-webhook, and Prometheus counters. Every alert of prodguard — ingestion's quarantine and schema
+webhook, and Prometheus counters; ``prodguard.incidents`` groups alerts by cause and tells the
+webhook of incidents instead. Every alert of prodguard — ingestion's quarantine and schema
 changes, refused model versions, monitors — goes through the same ``Alerter``. Monitors pass
 through an ``AlertGate`` first, so a condition that persists over many windows alerts once.
 """
@@ -105,7 +106,11 @@ class WebhookSink:
         }
 
     def send(self, alert: Alert) -> None:
-        body = json.dumps(self.payload(alert), default=str).encode()
+        self.post(self.payload(alert), f"the '{alert.type}' alert")
+
+    def post(self, payload: dict[str, Any], what: str = "a message") -> None:
+        """POST ``payload`` (any JSON document: incidents use this too)."""
+        body = json.dumps(payload, default=str).encode()
         request = urllib.request.Request(
             self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
         )
@@ -124,7 +129,7 @@ class WebhookSink:
             except (urllib.error.URLError, OSError) as exc:
                 problem = type(getattr(exc, "reason", exc)).__name__
             time.sleep(0.2 * (attempt + 1))
-        raise StorageError(f"alert webhook at {host} failed: {problem}")
+        raise StorageError(f"alert webhook at {host} failed ({what}): {problem}")
 
 
 class PrometheusSink:
@@ -160,6 +165,18 @@ class Alerter:
                 _log.error("alert sink %s failed: %s", type(sink).__name__, exc)
         if errors and len(errors) == len(self.sinks):
             raise StorageError(f"no alert sink accepted the '{alert.type}' alert: {errors[0]}")
+
+    def sweep(self, now: datetime) -> None:
+        """Time passed: sinks that keep state over time (incidents resolve when quiet) act on
+        it. Never raises: a failing sink is logged and retries at the next sweep."""
+        for sink in self.sinks:
+            sweep = getattr(sink, "sweep", None)
+            if sweep is None:
+                continue
+            try:
+                sweep(now)
+            except Exception as exc:  # noqa: BLE001 - a sweep must not stop the monitors
+                _log.error("alert sink %s failed to sweep: %s", type(sink).__name__, exc)
 
 
 RANK = {"info": 0, "warning": 1, "critical": 2}

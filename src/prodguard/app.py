@@ -36,6 +36,7 @@ from prodguard.wiring import (
     alerter_for,
     clock_for,
     feature_store,
+    incident_store,
     prediction_log,
     registry_operations,
 )
@@ -105,6 +106,13 @@ def alerts(settings: Settings, kind: str | None = None) -> list[dict[str, Any]]:
     """Alerts raised so far, oldest first, optionally of one type."""
     records = alert_record(settings).read()
     return [r for r in records if kind is None or r.get("type") == kind]
+
+
+def incidents(settings: Settings, open_only: bool = False) -> list[dict[str, Any]]:
+    """Incidents (alerts grouped by cause), by first seen; ``open_only``: those still open."""
+    _, record = incident_store(settings)
+    found = [i.to_json() for i in record.incidents()]
+    return [i for i in found if not open_only or i["state"] == "open"]
 
 
 def quarantined(settings: Settings) -> list[dict[str, Any]]:

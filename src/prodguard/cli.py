@@ -256,6 +256,33 @@ def alerts(
 
 
 @cli.command()
+def incidents(
+    open_only: Annotated[bool, typer.Option("--open", help="Only incidents still open.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List incidents: alerts grouped by cause (a data source and the features it feeds, a model
+    version, a version's latency), with severity, first/last seen, members and the cause."""
+    found = use_cases.incidents(_settings(), open_only)
+    if as_json:
+        for record in found:
+            print(json.dumps(record, sort_keys=True))
+        return
+    table = Table(title="incidents")
+    for column in ("state", "severity", "first seen", "last seen", "alerts", "cause"):
+        table.add_column(column)
+    for record in found:
+        table.add_row(
+            record["state"],
+            record["severity"],
+            record["first_seen"][:19],
+            record["last_seen"][:19],
+            str(record["members"]),
+            escape(record["cause"]),
+        )
+    out.print(table)
+
+
+@cli.command()
 def quarantine() -> None:
     """List quarantined batches with the reason each was held back."""
     settings = _settings()

@@ -380,6 +380,13 @@ class AlertSettings(_Strict):
         "(PRODGUARD_ALERTS__WEBHOOK_URL), not in the file.",
     )
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    incident_gap_hours: float = Field(
+        default=24,
+        gt=0,
+        le=24 * 90,
+        description="Alerts of one cause join its open incident; an incident resolves once its "
+        "monitor conditions cleared and no alert of its cause came for this long.",
+    )
 
     @field_validator("webhook_url")
     @classmethod

@@ -10,11 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prodguard.alert_store import PostgresAlerts
-from prodguard.alerts import Alerter, AlertSink, JsonlSink, LogSink, PrometheusSink, WebhookSink
+from prodguard.alerts import (
+    Alerter,
+    AlertSink,
+    FileGateState,
+    GateState,
+    JsonlSink,
+    LogSink,
+    PrometheusSink,
+    WebhookSink,
+)
 from prodguard.clock import Clock, FileClock, SystemClock
 from prodguard.config import ServingSettings, Settings
 from prodguard.contracts.row_checks import RowContract
@@ -22,6 +31,16 @@ from prodguard.contracts.suites import read_suite
 from prodguard.errors import ConfigError
 from prodguard.features.feast_adapter import FeastStore, ViewVersion, feature_contract
 from prodguard.features.ports import FeatureVersions
+from prodguard.incidents import (
+    FileIncidentRecord,
+    Grouping,
+    IncidentChannel,
+    IncidentGauges,
+    IncidentRecord,
+    IncidentSink,
+    WebhookChannel,
+    feature_sources,
+)
 from prodguard.project import load_request_model
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.config import load_registry_config
@@ -66,14 +85,45 @@ def alert_record(settings: Settings) -> JsonlSink | PostgresAlerts:
 
 
 def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
-    """Every alert of prodguard goes to the log, the durable alert record, the webhook (when
-    ``alerts.webhook_url`` is set) and, given a Prometheus registry, its alert counter."""
+    """Every alert of prodguard goes to the log, the durable alert record and the incidents
+    (which tell the webhook, when ``alerts.webhook_url`` is set, of incidents rather than of
+    each alert) and, given a Prometheus registry, its alert counter and incident gauges."""
     sinks: list[AlertSink] = [LogSink(), alert_record(settings)]
-    if settings.alerts.webhook_url:
-        sinks.append(WebhookSink(settings.alerts.webhook_url, settings.alerts.webhook_timeout_s))
+    sinks.append(incident_sink(settings, metrics_registry))
     if metrics_registry is not None:
         sinks.append(PrometheusSink(metrics_registry))
     return Alerter(sinks)
+
+
+def incident_store(settings: Settings) -> tuple[GateState, IncidentRecord]:
+    """Where incidents are kept: the open ones in a locked document and every incident's latest
+    state in a record; in ``storage.url`` (production) or beside ``alerts.jsonl``."""
+    if settings.storage.url:
+        store = PostgresAlerts(settings.storage.url)
+        return store.gate("incidents"), store.incident_record()
+    return (
+        FileGateState(settings.paths.state_dir / "open_incidents.json"),
+        FileIncidentRecord(settings.paths.data_dir / "incidents.jsonl"),
+    )
+
+
+def incident_sink(settings: Settings, metrics_registry: Any = None) -> IncidentSink:
+    """Alerts grouped into incidents by cause: a data source with the features its feature
+    views feed (read from the feature store when a drift alert first needs it), a model
+    version, a version's latency."""
+    channels: list[IncidentChannel] = []
+    if settings.alerts.webhook_url:
+        webhook = WebhookSink(settings.alerts.webhook_url, settings.alerts.webhook_timeout_s)
+        channels.append(WebhookChannel(webhook))
+    state, record = incident_store(settings)
+    return IncidentSink(
+        state,
+        record,
+        Grouping(settings.sources, lambda: feature_sources(feature_store(settings).versions())),
+        channels,
+        gap=timedelta(hours=settings.alerts.incident_gap_hours),
+        gauges=IncidentGauges(metrics_registry) if metrics_registry is not None else None,
+    )
 
 
 def feature_store(settings: Settings) -> FeastStore:

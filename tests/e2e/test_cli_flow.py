@@ -54,8 +54,14 @@ def test_foundation_flow(project: Path, flights_loader: FlightsLoader, tmp_path:
         assert weather_file.read_bytes() == before
     finally:
         receiver.close()
-    hooked = [body["prodguard"]["type"] for body in receiver.bodies]
-    assert hooked == ["quarantine", "schema_change", "quarantine"]
+    # the webhook hears of the incident (the source), not of each of its three alerts
+    hooked = [(b["prodguard"]["event"], b["prodguard"]["incident"]) for b in receiver.bodies]
+    assert [(event, i["cause_key"]) for event, i in hooked] == [("opened", "source:weather")]
+    (incident,) = [
+        json.loads(line) for line in run(project, "incidents", "--json").stdout.splitlines()
+    ]
+    assert incident["members"] == 3 and incident["severity"] == "critical"
+    assert incident["types"] == {"quarantine": 2, "schema_change": 1}
 
     alerts = [json.loads(line) for line in (data / "alerts.jsonl").read_text().splitlines()]
     assert [a["type"] for a in alerts] == ["quarantine", "schema_change", "quarantine"]

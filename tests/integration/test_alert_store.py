@@ -1,4 +1,5 @@
-"""Alerts on PostgreSQL: the durable record and the gate state shared by monitors."""
+"""Alerts on PostgreSQL: the durable record, the gate state shared by monitors and the
+incidents alerts are grouped into."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 from prodguard.alert_store import PostgresAlerts
 from prodguard.alerts import Alert, Alerter, AlertGate
 from prodguard.errors import StorageError
+from prodguard.incidents import IncidentSink
 from tests.conftest import utc
 from tests.unit.test_alerts import drift
+from tests.unit.test_incidents import GROUPING, Heard, incident_store_contract
+from tests.unit.test_incidents import drift as incident_drift
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 T0 = utc("2013-06-01")
@@ -61,3 +65,35 @@ def test_unreachable_store_is_a_clear_error_without_the_password() -> None:
     with pytest.raises(StorageError) as error:
         store.send(drift())
     assert "alert store" in str(error.value) and "s3cret" not in str(error.value)
+
+
+def test_incident_store_contract(pg_database) -> None:
+    """The PostgreSQL incident store keeps the contract the file store keeps
+    (tests/unit/test_incidents.py), each process with a connection of its own."""
+    url = pg_database("incidents")
+    incident_store_contract(
+        lambda: PostgresAlerts(url).gate("incidents"), PostgresAlerts(url).incident_record()
+    )
+
+
+def test_racing_monitors_open_one_incident(pg_database) -> None:
+    """Four processes send drift alerts of one source at the same moment: one incident opens
+    (one message), with every alert a member."""
+    url = pg_database("incidents")
+    heard = Heard()
+    barrier = threading.Barrier(4)
+
+    def monitor(i: int) -> None:
+        store = PostgresAlerts(url)
+        sink = IncidentSink(store.gate("incidents"), store.incident_record(), GROUPING, [heard])
+        barrier.wait()
+        sink.send(incident_drift(f"shift.a{i}"))
+
+    threads = [threading.Thread(target=monitor, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (incident,) = PostgresAlerts(url).incident_record().incidents()
+    assert incident.members == 4 and len(incident.conditions) == 4
+    assert [e[0] for e in heard.events] == ["opened"]

@@ -335,3 +335,22 @@ def test_a_baseline_of_another_format_is_refused_clearly() -> None:
     del document["metrics"]["psi.temp"]["max_deviation"]
     with pytest.raises(RegistryError, match="re-run `prodguard baseline`"):
         Baseline.from_json(document)
+
+
+def test_a_latency_baseline_of_zero_spread_has_a_floor() -> None:
+    """A staging replay whose timer read the same latency in every window (sd 0) must not make
+    every production window an alert: max(sd, 10% of the mean, 1 ms), reported as such."""
+    flat = MetricBaseline(0.4, 0.0, 20, 0.0)
+    slow = MetricBaseline(50.0, 0.0, 20, 0.0)
+    assert flat.spread("latency.model.p99") == pytest.approx(1.0)  # the 1 ms floor
+    assert slow.spread("latency.model.p99") == pytest.approx(5.0)  # 10% of the mean
+    assert MetricBaseline(50.0, 8.0, 20, 9.0).spread("latency.model.p99") == pytest.approx(9.0)
+    baseline = _baseline(**{"latency.model.p99": flat, "latency.total.p99": slow})
+    jitter, loaded = evaluate(
+        [Measure("latency.model.p99", 1.2), Measure("latency.total.p99", 61.0)],
+        baseline,
+        PSI,
+        SPREAD,
+    )
+    assert jitter.status == "ok" and jitter.baseline_sd == pytest.approx(1.0)
+    assert loaded.status == "critical" and loaded.baseline_sd == pytest.approx(5.0)

@@ -15,8 +15,9 @@ and of every feature (``shift.*``). Thresholds, per metric:
 - every other baselined metric: warning beyond ``mean + 1.5 x spread``, critical beyond
   ``mean + 2 x spread``, in the direction that is worse (higher cost, latency, rates, score PSI;
   either way for the mean score). The spread is never below a floor per metric family (a
-  staging period with zero errors must not make one error critical), nor below 20% of the mean
-  for PSI values (their sampling noise grows with them) and 10% for latencies, rates and KPIs.
+  staging period with zero errors must not make one error critical; latencies: 1 ms), nor below
+  20% of the mean for PSI values (their sampling noise grows with them) and 10% for latencies,
+  rates and KPIs. The standard deviation a finding reports has the same floor (never "± 0").
 
 ``score.shift_sd`` reports the mean score's deviation in baseline standard deviations (the
 rollback trigger's "prediction shift > 3 sd"); for a multiclass model, the largest deviation
@@ -45,6 +46,7 @@ SPREAD_FLOOR = {
     "score": 0.005,
     "kpi": 0.005,
     "rate": 0.002,
+    "latency": 1.0,  # ms: a staging replay's timer may read the same value in every window
 }
 # relative floors: latency jitters with load; a PSI's sampling noise grows with its value
 RELATIVE_FLOOR = {
@@ -64,11 +66,20 @@ class MetricBaseline:
     windows: int
     max_deviation: float  # the largest |value - mean| over the staging windows
 
-    def spread(self, metric: str) -> float:
+    def floor(self, metric: str) -> float:
+        """The smallest spread (and standard deviation) ``metric`` is judged with: its family's
+        absolute floor or its relative floor times the mean, whichever is larger."""
         family = metric.split(".", 1)[0]
         relative = RELATIVE_FLOOR.get(metric, RELATIVE_FLOOR.get(family, 0.0))
-        absolute = SPREAD_FLOOR.get(family, 0.01 if family == "latency" else 0.0)
-        return max(self.max_deviation, relative * abs(self.mean), absolute)
+        return max(relative * abs(self.mean), SPREAD_FLOOR.get(family, 0.0))
+
+    def spread(self, metric: str) -> float:
+        return max(self.max_deviation, self.floor(metric))
+
+    def floored_sd(self, metric: str) -> float:
+        """The standard deviation reported beside a finding: never below the floor, so a
+        staging period that measured the same value in every window does not read "± 0"."""
+        return max(self.sd, self.floor(metric))
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,7 @@ def _judge(
     if bounds is None:
         return Finding(m.metric, value, "no_baseline", reason="no staging baseline")
     warning, critical = bounds
-    mean, sd = (known.mean, known.sd) if known is not None else (None, None)
+    mean, sd = (known.mean, known.floored_sd(m.metric)) if known is not None else (None, None)
     tested = value
     if known is not None and _two_sided(m.metric):  # either direction is a shift
         tested = known.mean + abs(value - known.mean)

@@ -314,6 +314,8 @@ def run_monitor(
         fresh = [r for r in reports if judged is None or r.end > judged]
         raised, cleared = alerts_of(fresh, stamp)
         run.sent = gate.update(raised, cleared, through=max(r.end for r in reports))
+    if gate is not None:
+        gate.alerter.sweep(stamp)  # incidents quiet for their gap resolve
     run.seconds = time.perf_counter() - began
     return run
 
