@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -88,14 +89,14 @@ class LoadedModel:
                 data[column] = np.array([None if is_null(v) else v for v in values], dtype=object)
             else:
                 data[column] = np.array([_number(v) for v in values], dtype="float64")
-        return pd.DataFrame(data, columns=list(self.columns))
+        return pd.DataFrame(data, copy=False)  # the arrays are its own: no copy
 
     def raw(self, frame: pd.DataFrame) -> np.ndarray:
-        """The scorer's raw output: class probabilities (n, k) or values (n,). Small batches run
-        on one OpenMP thread: per-tree parallel regions cost more than they save on a few rows
-        (and wreck the p99)."""
-        if len(frame) >= PARALLEL_ROWS:
-            return self._scorer.raw(frame)
+        """The scorer's raw output: class probabilities (n, k) or values (n,). Small batches of
+        the model itself run on one OpenMP thread: per-tree parallel regions cost more than they
+        save on a few rows (and wreck the p99); a compiled scorer sets its own threads."""
+        if len(frame) >= PARALLEL_ROWS or not isinstance(self._scorer, ModelScorer):
+            return self._scorer.raw(frame)  # a compiled scorer sets its own threads
         with _threads().limit(limits=1, user_api="openmp"):
             return self._scorer.raw(frame)
 
@@ -115,6 +116,11 @@ class LoadedModel:
 
 def _number(value: Any) -> float:
     """``pd.to_numeric(errors="coerce")`` of one value as a float, fast for plain numbers."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value)
+    if value is None:
+        return math.nan
     if isinstance(value, (int, float, np.number)) and not isinstance(value, np.datetime64):
         return float(value)
     return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0])
