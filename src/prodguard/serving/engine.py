@@ -306,12 +306,12 @@ class FeatureLookup:
         seconds = []
         for row in rows:
             stamp = row["event_timestamp"]
-            key = value_key(stamp) or (stamp if isinstance(stamp, datetime) else None)
-            known = as_of.get(key) if key is not None else None
+            moment = value_key(stamp) or (stamp if isinstance(stamp, datetime) else None)
+            known = as_of.get(moment) if moment is not None else None
             if known is None:
                 known = min(now, pd.Timestamp(stamp).to_pydatetime()).timestamp()
-                if key is not None:
-                    as_of[key] = known
+                if moment is not None:
+                    as_of[moment] = known
             seconds.append(known)
         out = StoreColumns(
             tuple(f.name for f in self._features),
@@ -327,7 +327,7 @@ class FeatureLookup:
             keys = entities.get(feature.join_keys)
             if keys is None:
                 keys = entities[feature.join_keys] = [_entity(row, feature) for row in rows]
-            reasons = (
+            reasons: list[str | None] = (
                 [unavailable] * len(rows)
                 if unavailable
                 else self._problems(feature, values, records, seconds)
@@ -353,9 +353,11 @@ class FeatureLookup:
                 else:
                     chosen = fallback
                     if last_good:
-                        key = keys[index]
+                        entity = keys[index]
                         remembered = (
-                            earlier[key] if key in earlier else self._last_good.get(name, key)
+                            earlier[entity]
+                            if entity in earlier
+                            else self._last_good.get(name, entity)
                         )
                         chosen = remembered if remembered is not None else fallback
                     column.append(chosen)
@@ -380,7 +382,7 @@ class FeatureLookup:
         as_of: list[float],
     ) -> list[str | None]:
         """Each row's reason to degrade the feature (missing, future, stale, invalid) or None."""
-        stamps = [record.get(f"{feature.name}__ts") for record in records]
+        stamps: list[Any] = [record.get(f"{feature.name}__ts") for record in records]
         nullable = feature.checks.nullable(feature.name)
         judged: dict[tuple[type, Any], bool] = {}
         reasons: list[str | None] = []
