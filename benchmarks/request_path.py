@@ -10,8 +10,9 @@ scoring, and asks the benchmark's requests (``prodguard.bench.workload``: rows o
 source asked about just after the time the online store is materialized up to). It prints the
 median and p99 of each stage (``checks``, ``features``, ``model``, ``log``, ``total``, in ms)
 and of the process's CPU time per call (``cpu``: all its threads; steadier than the wall clock
-on a shared machine) for ``predict_each`` of 1,000 and 100 rows (what ``/predict_batch`` calls) and ``predict`` of
-one row (``/predict``), without HTTP. Figures only; nothing here asserts a time.
+on a shared machine) for ``predict_each`` of 1,000 and 100 rows (what ``/predict_batch``
+calls) and ``predict`` of one row (``/predict``), without HTTP. Figures only; nothing here
+asserts a time.
 
 To compare two versions of the code in one run, run it alternately with each one first on the
 path (``PYTHONPATH=<tree>/src``) against the same project.
