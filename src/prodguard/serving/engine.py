@@ -127,7 +127,11 @@ class LastGood:
         values = self._values
         with self._lock:
             for feature, key, value in entries:
-                if is_null(value):
+                kind = type(value)
+                if kind is float:
+                    if value != value:  # NaN
+                        continue
+                elif kind is not str and kind is not int and is_null(value):
                     continue
                 values[(feature, key)] = value
                 values.move_to_end((feature, key))
