@@ -495,11 +495,10 @@ class ModelScoring:
         frame = champion.frame(inputs)
         answers: list[Any] = [None] * len(rows)
         for model, chosen in self.route(state, rows, ids):
-            part = (
-                frame.iloc[chosen]
-                if model is champion
-                else model.frame([inputs[i] for i in chosen])
-            )
+            if model is not champion:
+                part = model.frame([inputs[i] for i in chosen])
+            else:  # every row, in order, unless a canary takes some
+                part = frame if len(chosen) == len(frame) else frame.iloc[chosen]
             for i, scored in zip(chosen, self.score(model, part), strict=True):
                 answers[i] = (model, scored)
         return frame, answers
