@@ -283,6 +283,8 @@ def test_records_of_equal_iloc_to_dict() -> None:
         pd.DataFrame({"s": pd.array(["x", None], dtype="string"), "t": stamps}),
         pd.DataFrame({"c": pd.Categorical(["x", "y"]), "f": [np.nan, 1.0]}),
         pd.DataFrame({"a": [1, 2]}, index=[10, 3]),
+        pd.DataFrame({"t": stamps.tz_localize(None), "d": pd.to_timedelta([1, 2], unit="s")}),
+        pd.DataFrame({"t": stamps.tz_localize(None), "o": [np.float64(1.5), np.int64(2)]}),
         pd.DataFrame({"a": []}),
     ]
     for frame in frames:

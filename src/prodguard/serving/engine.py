@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
-from pandas.core.dtypes.cast import maybe_box_native
+from pandas.api.types import is_bool, is_float, is_integer
 
 from prodguard.clock import Clock, SystemClock
 from prodguard.contracts.row_checks import RowContract, is_null, value_key
@@ -1006,7 +1007,22 @@ def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
     values = frame.to_numpy()
     if values.dtype.kind in "biuf":  # tolist() gives Python bools, ints and floats
         return [dict(zip(columns, row, strict=True)) for row in values.tolist()]
-    return [dict(zip(columns, map(maybe_box_native, row), strict=True)) for row in values]
+    return [dict(zip(columns, map(_native, row), strict=True)) for row in values]
+
+
+def _native(value: Any) -> Any:
+    """A value of an object array as ``Series.to_dict`` gives it (pandas' boxing of scalars)."""
+    if is_float(value):
+        return float(value)
+    if is_integer(value):
+        return int(value)
+    if is_bool(value):
+        return bool(value)
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value)
+    if isinstance(value, np.timedelta64):
+        return pd.Timedelta(value)
+    return None if value is pd.NA else value
 
 
 def _inputs(
