@@ -13,7 +13,7 @@ import pytest
 from prodguard import wiring
 from prodguard.bench.workload import guarded_bodies
 from prodguard.config import load_settings
-from prodguard.serving.engine import LastGood, _inputs, records_of
+from prodguard.serving.engine import LastGood, _inputs, columns_of
 from prodguard.serving.prediction_log import SqlitePredictionLog
 from tests.unit.test_batch_path import old_assemble, old_inspect
 
@@ -73,13 +73,16 @@ def test_model_input_and_log_equal_the_row_by_row_assembly(serving) -> None:
     old_inputs = [{**request.iloc[n].to_dict(), **old[n][0]} for n in range(len(rows))]
     store = predictor.features.assemble_columns(rows, fetched, unavailable, champion)
     assert store.flags == [flags for _, flags, _ in old]
-    new_inputs = _inputs(records_of(predictor.derive(pd.DataFrame(rows))), store, range(len(rows)))
+    request = predictor.derive(pd.DataFrame(rows))
+    columns, new_inputs = _inputs(columns_of(request), len(request), store, list(range(len(rows))))
     for new, expected in zip(new_inputs, old_inputs, strict=True):
         assert list(new) == list(expected)
         assert all(same(new[k], expected[k]) for k in new), new
-    pd.testing.assert_frame_equal(champion.frame(new_inputs), champion.frame(old_inputs))
+    old_frame = champion.frame(old_inputs)  # the model input as it was built
+    pd.testing.assert_frame_equal(champion.frame_of(columns, len(rows)), old_frame)
+    pd.testing.assert_frame_equal(champion.frame(new_inputs), old_frame)
     np.testing.assert_array_equal(
-        champion.raw(champion.frame(new_inputs)), champion.raw(champion.frame(old_inputs))
+        champion.raw(champion.frame_of(columns, len(rows))), champion.raw(old_frame)
     )
 
     answers = predictor.predict_each(rows, serving.ids)  # the whole path, logged

@@ -19,6 +19,8 @@ from prodguard.serving.engine import (
     RequestChecks,
     Scored,
     StoreFeature,
+    _inputs,
+    columns_of,
     records_of,
 )
 from prodguard.serving.models import LoadedModel
@@ -300,6 +302,28 @@ def test_records_of_equal_iloc_to_dict() -> None:
                     or mine[key] == reference[key]
                     or (is_null(mine[key]) and is_null(reference[key]))
                 )
+
+
+def test_model_input_from_columns_equals_the_frame_of_rows() -> None:
+    """The batch's model input built from columns (``_inputs``, ``LoadedModel.frame_of``)
+    equals the frame of the rows ``{**request features, **store features}`` as before."""
+    stage = FeatureLookup(None, [TEMP, SEATS], ["origin", "tailnum"], 0.5, clock=FixedClock(NOW))
+    rows, records = store_records(30)
+    store = stage.assemble_columns(rows, records, None, model())
+    request = pd.DataFrame(
+        {"carrier": ["UA", None, "1"] * 10, "distance": [1400, "12", None] * 10, "temp": 1.0}
+    )
+    places = [n for n in range(30) if not store.problems[n]][:20]
+    columns, inputs = _inputs(columns_of(request), len(request), store, places)
+    old = [{**request.iloc[n].to_dict(), **store.values(p)} for n, p in enumerate(places)]
+    for mine, theirs in zip(inputs, old, strict=True):
+        assert list(mine) == list(theirs)
+        assert all(mine[k] is theirs[k] or mine[k] == theirs[k] for k in mine)
+    pd.testing.assert_frame_equal(model().frame_of(columns, len(places)), model().frame(old))
+    assert records_of(request) == [request.iloc[n].to_dict() for n in range(len(request))]
+    with pytest.raises(IndexError):
+        _inputs(columns_of(request.iloc[:5]), 5, store, places)
+    stage.close()
 
 
 class Fixed:

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -488,12 +488,15 @@ class ModelScoring:
         rows: Sequence[dict[str, Any]],
         ids: Sequence[str],
         inputs: list[dict[str, Any]],
+        columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> tuple[pd.DataFrame, list[tuple[LoadedModel, Scored]]]:
         """The champion's input frame (for shadows) and, per row, the model that answered and
-        its answer."""
+        its answer. ``columns``: the same inputs as columns (the frame is built from them)."""
         champion = state.champion
         assert champion is not None
-        frame = champion.frame(inputs)
+        frame = (
+            champion.frame(inputs) if columns is None else champion.frame_of(columns, len(inputs))
+        )
         answers: list[Any] = [None] * len(rows)
         for model, chosen in self.route(state, rows, ids):
             if model is not champion:
@@ -817,16 +820,15 @@ class Predictor:
         todo = _open(answers)
         if not todo:
             return _done(answers)
-        inputs = _inputs(
-            records_of(self.derive(pd.DataFrame([rows[i] for i in todo]))),
-            store,
-            [position[i] for i in todo],
+        request = self.derive(pd.DataFrame([rows[i] for i in todo]))
+        columns, inputs = _inputs(
+            columns_of(request), len(request), store, [position[i] for i in todo]
         )
         checks_s += time.perf_counter() - started
 
         started = time.perf_counter()
         frame, answered = self.scoring.answer(
-            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs
+            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs, columns
         )
         model_s = time.perf_counter() - started
 
@@ -999,15 +1001,44 @@ def _entity(row: dict[str, Any], feature: StoreFeature) -> str:
     return "|".join(str(row.get(k)) for k in feature.join_keys)
 
 
-def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """``[frame.iloc[n].to_dict() for n in range(len(frame))]`` without a Series per row: the
-    values of one interleaved array (``to_numpy``, the dtype ``iloc`` gives a row), as native
-    Python values (``to_dict``'s boxing)."""
-    columns = list(frame.columns)
+def columns_of(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """Each column's values as ``frame.iloc[n].to_dict()`` gives them for each row ``n``,
+    without a Series per row: one interleaved array (``to_numpy``, the dtype ``iloc`` gives a
+    row), boxed as ``to_dict`` boxes."""
     values = frame.to_numpy()
     if values.dtype.kind in "biuf":  # tolist() gives Python bools, ints and floats
-        return [dict(zip(columns, row, strict=True)) for row in values.tolist()]
-    return [dict(zip(columns, map(_native, row), strict=True)) for row in values]
+        lists = values.T.tolist()
+    else:
+        lists = [list(map(_native, values[:, j])) for j in range(values.shape[1])]
+    return dict(zip(frame.columns, lists, strict=True))
+
+
+def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``[frame.iloc[n].to_dict() for n in range(len(frame))]`` (``columns_of`` by row)."""
+    columns = columns_of(frame)
+    if not columns:
+        return [{} for _ in range(len(frame))]
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+
+
+def _inputs(
+    derived: dict[str, list[Any]], rows: int, store: StoreColumns, places: list[int]
+) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The batch's model input as columns and as each row's dict: the request features (the
+    first ``len(places)`` of their ``rows``), then the store features (which win a clash of
+    names, as ``{**request, **store}``) of the rows at ``places``."""
+    if rows < len(places):
+        raise IndexError(f"the request features gave {rows} rows for {len(places)}")
+    columns = {name: values[: len(places)] for name, values in derived.items()}
+    for name, values in zip(store.names, store.columns, strict=True):
+        columns[name] = [values[place] for place in places]
+    if not columns:
+        return columns, [{} for _ in places]
+    return columns, [
+        dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)
+    ]
 
 
 def _native(value: Any) -> Any:
@@ -1023,19 +1054,6 @@ def _native(value: Any) -> Any:
     if isinstance(value, np.timedelta64):
         return pd.Timedelta(value)
     return None if value is pd.NA else value
-
-
-def _inputs(
-    derived: list[dict[str, Any]], store: StoreColumns, places: list[int]
-) -> list[dict[str, Any]]:
-    """Each row's model input: its request features, then its store features (which win a
-    clash of names, as ``{**request, **store}``)."""
-    names = store.names
-    by_row = list(zip(*store.columns, strict=True)) if names else [()] * len(store.flags)
-    return [
-        {**derived[n], **dict(zip(names, by_row[place], strict=True))}
-        for n, place in enumerate(places)
-    ]
 
 
 def _key(value: Any) -> Any:

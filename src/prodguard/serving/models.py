@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,9 +82,18 @@ class LoadedModel:
             raise ServiceNotReady(
                 f"v{self.version} needs features this service does not provide: {absent}"
             )
+        return self.frame_of({c: [row.get(c) for row in rows] for c in self.columns}, len(rows))
+
+    def frame_of(self, columns: Mapping[str, Sequence[Any]], rows: int) -> pd.DataFrame:
+        """``frame`` of ``rows`` rows given as columns (each at least ``rows`` long)."""
+        absent = [c for c in self.columns if rows and c not in columns]
+        if absent:
+            raise ServiceNotReady(
+                f"v{self.version} needs features this service does not provide: {absent}"
+            )
         data: dict[str, np.ndarray] = {}
         for column in self.columns:
-            values = [row.get(column) for row in rows]
+            values = columns[column][:rows] if rows else ()
             if column in self.categorical:
                 data[column] = np.array([None if is_null(v) else v for v in values], dtype=object)
             else:
