@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,9 @@ Predicate = Callable[[Any], bool]
 def is_null(value: Any) -> bool:
     if value is None:
         return True
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:
+        return False
     if isinstance(value, float):
         return math.isnan(value)
     try:  # pandas NA/NaT, numpy NaN
@@ -42,6 +45,21 @@ def is_null(value: Any) -> bool:
         return bool(pd.isna(value)) if not isinstance(value, (str, bytes)) else False
     except (TypeError, ValueError):
         return False
+
+
+_EXACT_KEYS = (str, int, bool, type(None))
+
+
+def value_key(value: Any) -> tuple[type, Any] | None:
+    """A key under which equal values always get the same verdict (of these checks, of a
+    category lookup by ``str``), or None when the value is not memoised: its type with it for
+    str, int, bool, None and floats (0.0 and -0.0 apart: their strings differ)."""
+    kind = type(value)
+    if kind in _EXACT_KEYS:
+        return (kind, value)
+    if kind is float:
+        return (kind, value) if value else (kind, repr(value))
+    return None
 
 
 def _between(kwargs: dict[str, Any]) -> Predicate:
@@ -171,6 +189,33 @@ class RowContract:
     def check_value(self, column: str, value: Any) -> list[str]:
         """Expectations the value of one column breaks (empty when it is valid)."""
         return [c.describe() for c in self._by_column.get(column, ()) if not c.predicate(value)]
+
+    def violations_of(
+        self, rows: Sequence[Mapping[str, Any]], nullable_when_tolerant: bool = False
+    ) -> list[list[Violation]]:
+        """``violations`` of each row, in the same order; a batch's distinct values of a column
+        are judged once (``value_key``)."""
+        found: list[list[Violation]] = [[] for _ in rows]
+        for column, checks in self._by_column.items():
+            judged: dict[tuple[type, Any], list[Violation]] = {}
+            for index, row in enumerate(rows):
+                if column not in row:
+                    continue
+                value = row[column]
+                key = value_key(value)
+                broken = judged.get(key) if key is not None else None
+                if broken is None:
+                    broken = [
+                        Violation(column, c.describe())
+                        for c in checks
+                        if not c.predicate(value)
+                        and not (nullable_when_tolerant and c.tolerant and is_null(value))
+                    ]
+                    if key is not None:
+                        judged[key] = broken
+                if broken:
+                    found[index].extend(broken)
+        return found
 
     def violations(
         self, row: Mapping[str, Any], nullable_when_tolerant: bool = False

@@ -437,7 +437,8 @@ class FeastStore:
 class _DirectReads:
     """Online reads of a feature service from Feast's online store, one ``online_read`` of the
     store per view (Feast's own read: entity keys serialized by Feast, values decoded by Feast;
-    on Redis one pipelined HMGET per view). The views are resolved in the registry once per
+    on Redis one pipelined HMGET per view), each distinct entity of a batch read and decoded
+    once. The views are resolved in the registry once per
     ``refresh_s`` (Feast's registry cache TTL), not at every call; the output equals
     ``get_online_features(...).to_df(include_event_timestamps=True)`` row by row, without the
     entity columns."""
@@ -472,6 +473,18 @@ class _DirectReads:
 
         records: list[dict[str, Any]] = [{} for _ in entity_rows]
         for view, names, keys in self._resolved():
+            # each distinct entity of the view is read and decoded once (a batch repeats them)
+            places: dict[tuple[Any, ...], int] = {}
+            chosen: list[dict[str, Any]] = []
+            rows = []
+            for row in entity_rows:
+                values = tuple(row.get(k) for k, _ in keys)
+                distinct = tuple((type(v), v) for v in values)
+                place = places.get(distinct)
+                if place is None:
+                    place = places[distinct] = len(chosen)
+                    chosen.append(dict(zip((k for k, _ in keys), values, strict=True)))
+                rows.append(place)
             entity_keys = [
                 EntityKey(
                     join_keys=[k for k, _ in keys],
@@ -479,17 +492,24 @@ class _DirectReads:
                         python_values_to_proto_values([row.get(k)], kind)[0] for k, kind in keys
                     ],
                 )
-                for row in entity_rows
+                for row in chosen
             ]
             found = self._online.online_read(self._store.config, view, entity_keys, list(names))
-            for record, (stamp, values) in zip(records, found, strict=True):
+            decoded = []
+            for stamp, values in found:
                 seconds = int(stamp.timestamp()) if stamp is not None else 0
+                record = {}
                 for name in names:
                     value = values.get(name) if values else None
                     record[name] = (
                         feast_value_type_to_python_type(value) if value is not None else None
                     )
                     record[f"{name}__ts"] = seconds
+                decoded.append(record)
+            if len(decoded) != len(chosen):
+                raise ValueError(f"the online store answered {len(decoded)} of {len(chosen)} rows")
+            for record, place in zip(records, rows, strict=True):
+                record.update(decoded[place])
         return records
 
 

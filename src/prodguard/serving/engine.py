@@ -23,17 +23,19 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
+from pandas.api.types import is_bool, is_float, is_integer
 
 from prodguard.clock import Clock, SystemClock
-from prodguard.contracts.row_checks import RowContract, is_null
+from prodguard.contracts.row_checks import RowContract, is_null, value_key
 from prodguard.errors import (
     DuplicateRequest,
     InputError,
@@ -44,6 +46,7 @@ from prodguard.errors import (
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord, Role
+from prodguard.tasks import Task
 
 _log = logging.getLogger("prodguard.serving")
 LOOKUP_WORKERS = 4
@@ -120,6 +123,22 @@ class LastGood:
             if len(self._values) > self._capacity:
                 self._values.popitem(last=False)
 
+    def remember_many(self, entries: Sequence[tuple[str, str, Any]]) -> None:
+        """``remember`` of each (feature, key, value), in order, under one lock."""
+        values = self._values
+        with self._lock:
+            for feature, key, value in entries:
+                kind = type(value)
+                if kind is float:
+                    if value != value:  # NaN
+                        continue
+                elif kind is not str and kind is not int and is_null(value):
+                    continue
+                values[(feature, key)] = value
+                values.move_to_end((feature, key))
+            while len(values) > self._capacity:
+                values.popitem(last=False)
+
     def get(self, feature: str, key: str) -> Any:
         with self._lock:
             return self._values.get((feature, key))
@@ -139,28 +158,45 @@ class RequestChecks:
         self, row: dict[str, Any], champion: LoadedModel
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """(field, what is wrong) pairs that refuse the row, without its values; and its flags."""
-        problems = [
-            (v.column, v.expectation)
-            for v in self._contract.violations(row, nullable_when_tolerant=True)
-        ]
-        flags = []
+        return self.inspect_all([row], champion)[0]
+
+    def inspect_all(
+        self, rows: Sequence[dict[str, Any]], champion: LoadedModel
+    ) -> list[tuple[list[tuple[str, str]], list[str]]]:
+        """``inspect`` of each row; a batch's distinct values of a column are judged once."""
+        violations = self._contract.violations_of(rows, nullable_when_tolerant=True)
+        problems = [[(v.column, v.expectation) for v in found] for found in violations]
+        flags: list[list[str]] = [[] for _ in rows]
         for column, known in champion.categories.items():
-            value = row.get(column)
-            if column in row and not is_null(value) and str(value) not in known:
+            unseen: dict[tuple[type, Any], bool] = {}
+            refused = (column, f"not one of the {len(known)} values the model knows")
+            flag = f"{column}:unseen"
+            for index, row in enumerate(rows):
+                if column not in row:
+                    continue
+                value = row[column]
+                key = value_key(value)
+                found = unseen.get(key) if key is not None else None
+                if found is None:
+                    found = not is_null(value) and str(value) not in known
+                    if key is not None:
+                        unseen[key] = found
+                if not found:
+                    continue
                 if column in self._critical:
-                    problems.append((column, f"not one of the {len(known)} values the model knows"))
+                    problems[index].append(refused)
                 else:
-                    flags.append(f"{column}:unseen")
-        return list(dict.fromkeys(problems)), flags  # suites may repeat a rule
+                    flags[index].append(flag)
+        # suites may repeat a rule
+        return [(list(dict.fromkeys(p)), f) for p, f in zip(problems, flags, strict=True)]
 
     def check(self, rows: Sequence[dict[str, Any]], champion: LoadedModel) -> list[list[str]]:
         """Every row's flags; refuses the call when any row breaks a check (rows named
         ``rows[i].`` in a batch)."""
         problems: list[tuple[str, str]] = []
         flags = []
-        for index, row in enumerate(rows):
+        for index, (found, flagged) in enumerate(self.inspect_all(rows, champion)):
             where = f"rows[{index}]." if len(rows) > 1 else ""
-            found, flagged = self.inspect(row, champion)
             problems.extend((where + f, p) for f, p in found)
             flags.append(flagged)
         if problems:
@@ -244,47 +280,142 @@ class FeatureLookup:
         champion: LoadedModel,
     ) -> list[Features]:
         """Per row: the store values the model gets, the flags, and the critical problems."""
+        found = self.assemble_columns(rows, fetched, unavailable, champion)
+        return [
+            Features(
+                {n: v for n, v in zip(found.names, values, strict=True) if v is not _REFUSED},
+                flags,
+                problems,
+            )
+            for values, flags, problems in zip(
+                zip(*found.columns, strict=True) if found.names else [()] * len(rows),
+                found.flags,
+                found.problems,
+                strict=True,
+            )
+        ]
+
+    def assemble_columns(
+        self,
+        rows: Sequence[dict[str, Any]],
+        fetched: list[dict[str, Any]] | None,
+        unavailable: str | None,
+        champion: LoadedModel,
+    ) -> StoreColumns:
+        """``assemble`` for a batch, feature by feature: each store feature's column of values
+        (or fallbacks), each row's flags and critical problems (in feature order, as
+        ``assemble``). A batch's distinct values of a feature are checked once."""
         records = fetched if fetched is not None else [{}] * len(rows)
         now = self._clock.now()
-        assembled = []
-        for index, row in enumerate(rows):
-            as_of = min(now, pd.Timestamp(row["event_timestamp"]).to_pydatetime())
-            found = Features()
-            for feature in self._features:
-                value = records[index].get(feature.name)
-                reason = unavailable or self._problem(feature, value, records[index], as_of)
-                key = "|".join(str(row.get(k)) for k in feature.join_keys)
+        as_of: dict[Any, float] = {}  # event time -> the request's time, Unix seconds
+        seconds = []
+        for row in rows:
+            stamp = row["event_timestamp"]
+            moment = value_key(stamp) or (stamp if isinstance(stamp, datetime) else None)
+            known = as_of.get(moment) if moment is not None else None
+            if known is None:
+                known = min(now, pd.Timestamp(stamp).to_pydatetime()).timestamp()
+                if moment is not None:
+                    as_of[moment] = known
+            seconds.append(known)
+        out = StoreColumns(
+            tuple(f.name for f in self._features),
+            [],
+            [[] for _ in rows],
+            [[] for _ in rows],
+        )
+        entities: dict[tuple[str, ...], list[str]] = {}  # join keys -> each row's entity
+        good: list[tuple[str, list[str], list[Any], list[str | None] | None]] = []
+        for feature in self._features:
+            name = feature.name
+            values = [record.get(name) for record in records]
+            keys = entities.get(feature.join_keys)
+            if keys is None:
+                keys = entities[feature.join_keys] = [_entity(row, feature) for row in rows]
+            reasons: list[str | None] = (
+                [unavailable] * len(rows)
+                if unavailable
+                else self._problems(feature, values, records, seconds)
+            )
+            if not any(reasons):
+                good.append((name, keys, values, None))
+                out.columns.append(values)
+                continue
+            good.append((name, keys, values, reasons))
+            critical = name in self._critical
+            fallback = champion.fallbacks.get(name)
+            last_good = self._fallback_overrides.get(name, self._fallback) == "last_good"
+            earlier: dict[str, Any] = {}  # this batch's valid values, remembered below
+            column = []
+            for index, (value, reason) in enumerate(zip(values, reasons, strict=True)):
                 if reason is None:
-                    found.values[feature.name] = value
-                    self._last_good.remember(feature.name, key, value)
-                    continue
-                if feature.name in self._critical:
-                    found.problems.append((feature.name, f"{reason} and marked critical"))
-                    continue
-                fallback = champion.fallbacks.get(feature.name)
-                if self._fallback_overrides.get(feature.name, self._fallback) == "last_good":
-                    remembered = self._last_good.get(feature.name, key)
-                    fallback = remembered if remembered is not None else fallback
-                found.values[feature.name] = fallback
-                found.flags.append(f"{feature.name}:{reason}")
-            assembled.append(found)
-        return assembled
+                    if last_good and not is_null(value):
+                        earlier[keys[index]] = value
+                    column.append(value)
+                elif critical:
+                    out.problems[index].append((name, f"{reason} and marked critical"))
+                    column.append(_REFUSED)
+                else:
+                    chosen = fallback
+                    if last_good:
+                        entity = keys[index]
+                        remembered = (
+                            earlier[entity]
+                            if entity in earlier
+                            else self._last_good.get(name, entity)
+                        )
+                        chosen = remembered if remembered is not None else fallback
+                    column.append(chosen)
+                    out.flags[index].append(f"{name}:{reason}")
+            out.columns.append(column)
+        # row by row, feature by feature: the memory's order as if each row came alone
+        self._last_good.remember_many(
+            [
+                (name, keys[index], values[index])
+                for index in range(len(rows))
+                for name, keys, values, reasons in good
+                if reasons is None or reasons[index] is None
+            ]
+        )
+        return out
 
-    def _problem(
-        self, feature: StoreFeature, value: Any, record: dict[str, Any], as_of: datetime
-    ) -> str | None:
-        stamp = record.get(f"{feature.name}__ts")
-        if stamp is None or is_null(stamp) or stamp == 0:
-            return "missing"
-        age = as_of.timestamp() - float(stamp)
-        if age < 0:
-            return "future"  # observed after the request's time: training never saw that
-        if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
-            return "stale"
-        broken = feature.checks.check_value(feature.name, value)
-        if broken and not (is_null(value) and feature.checks.nullable(feature.name)):
-            return "invalid"
-        return None
+    def _problems(
+        self,
+        feature: StoreFeature,
+        values: list[Any],
+        records: Sequence[dict[str, Any]],
+        as_of: list[float],
+    ) -> list[str | None]:
+        """Each row's reason to degrade the feature (missing, future, stale, invalid) or None."""
+        stamps: list[Any] = [record.get(f"{feature.name}__ts") for record in records]
+        nullable = feature.checks.nullable(feature.name)
+        judged: dict[tuple[type, Any], bool] = {}
+        reasons: list[str | None] = []
+        for value, stamp, now in zip(values, stamps, as_of, strict=True):
+            kind = type(stamp)
+            if kind is int or kind is float:
+                if stamp == 0 or stamp != stamp:
+                    reasons.append("missing")
+                    continue
+            elif stamp is None or is_null(stamp) or stamp == 0:
+                reasons.append("missing")
+                continue
+            age = now - float(stamp)
+            if age < 0:
+                reasons.append("future")  # observed after the request's time
+                continue
+            if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
+                reasons.append("stale")
+                continue
+            key = value_key(value)
+            invalid = judged.get(key) if key is not None else None
+            if invalid is None:
+                broken = feature.checks.check_value(feature.name, value)
+                invalid = bool(broken) and not (is_null(value) and nullable)
+                if key is not None:
+                    judged[key] = invalid
+            reasons.append("invalid" if invalid else None)
+        return reasons
 
     def close(self) -> None:
         self._lookups.shutdown(wait=False, cancel_futures=True)
@@ -297,6 +428,28 @@ class Features:
     values: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # degraded critical features
+
+
+_REFUSED = object()  # a degraded critical feature's place in its column: the row is refused
+
+
+@dataclass
+class StoreColumns:
+    """A batch's store features as the lookup stage assembled them: per feature (``names``)
+    its column of values, per row its flags and critical problems."""
+
+    names: tuple[str, ...]
+    columns: list[list[Any]]
+    flags: list[list[str]]
+    problems: list[list[tuple[str, str]]]
+
+    def values(self, index: int) -> dict[str, Any]:
+        """Row ``index``'s store values (``Features.values``)."""
+        return {
+            n: c[index]
+            for n, c in zip(self.names, self.columns, strict=True)
+            if c[index] is not _REFUSED
+        }
 
 
 @dataclass(frozen=True)
@@ -323,6 +476,10 @@ class ModelScoring:
     def score(self, model: LoadedModel, frame: pd.DataFrame) -> list[Scored]:
         """Each row's answer for the model's task, binary decisions at the threshold in force."""
         outputs = model.predict(frame, self._threshold)
+        scores = outputs.score.tolist()  # Python floats and ints, as ``Outputs.entry``
+        decisions = outputs.decision.tolist()
+        if outputs.task is Task.BINARY:
+            return [Scored(float(p), int(d)) for p, d in zip(scores, decisions, strict=True)]
         return [Scored(*outputs.entry(j)) for j in range(len(outputs))]
 
     def answer(
@@ -331,19 +488,21 @@ class ModelScoring:
         rows: Sequence[dict[str, Any]],
         ids: Sequence[str],
         inputs: list[dict[str, Any]],
+        columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> tuple[pd.DataFrame, list[tuple[LoadedModel, Scored]]]:
         """The champion's input frame (for shadows) and, per row, the model that answered and
-        its answer."""
+        its answer. ``columns``: the same inputs as columns (the frame is built from them)."""
         champion = state.champion
         assert champion is not None
-        frame = champion.frame(inputs)
+        frame = (
+            champion.frame(inputs) if columns is None else champion.frame_of(columns, len(inputs))
+        )
         answers: list[Any] = [None] * len(rows)
         for model, chosen in self.route(state, rows, ids):
-            part = (
-                frame.iloc[chosen]
-                if model is champion
-                else model.frame([inputs[i] for i in chosen])
-            )
+            if model is not champion:
+                part = model.frame([inputs[i] for i in chosen])
+            else:  # every row, in order, unless a canary takes some
+                part = frame if len(chosen) == len(frame) else frame.iloc[chosen]
             for i, scored in zip(chosen, self.score(model, part), strict=True):
                 answers[i] = (model, scored)
         return frame, answers
@@ -413,17 +572,18 @@ class AnswerLog:
         """Per id, the logged answer when the payload is the same (a retried request gets it,
         not a second prediction), refused when it differs, None when the id is new. An answer
         logged before payloads had digests is replayed."""
+        found = self.log.answers(request_ids)
         answers: list[Prediction | RequestIdReused | None] = []
         for request_id, digest in zip(request_ids, digests, strict=True):
-            found = self.log.answer(request_id)
-            if found is None:
+            logged = found.get(request_id)
+            if logged is None:
                 answers.append(None)
-            elif found.digest is not None and found.digest != digest:
+            elif logged.digest is not None and logged.digest != digest:
                 answers.append(
                     RequestIdReused("request_id was already used for a different request")
                 )
             else:
-                answers.append(_prediction(found, replayed=True))
+                answers.append(_prediction(logged, replayed=True))
         return answers
 
     def count_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
@@ -632,8 +792,10 @@ class Predictor:
         if whole:
             flags = self.checks.check(rows, champion)
         else:
-            for i in _open(answers):
-                problems, flags[i] = self.checks.inspect(rows[i], champion)
+            todo = _open(answers)
+            inspected = self.checks.inspect_all([rows[i] for i in todo], champion)
+            for i, (problems, flagged) in zip(todo, inspected, strict=True):
+                flags[i] = flagged
                 if problems:
                     answers[i] = _rejected("invalid request fields", problems)
         checks_s = time.perf_counter() - started
@@ -646,14 +808,11 @@ class Predictor:
         lookup_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        assembled = dict(
-            zip(
-                todo,
-                self.features.assemble([rows[i] for i in todo], fetched, unavailable, champion),
-                strict=True,
-            )
+        store = self.features.assemble_columns(
+            [rows[i] for i in todo], fetched, unavailable, champion
         )
-        critical = {i: found.problems for i, found in assembled.items() if found.problems}
+        position = {i: n for n, i in enumerate(todo)}  # row -> its place in the store columns
+        critical = {i: store.problems[n] for n, i in enumerate(todo) if store.problems[n]}
         if whole and critical:
             raise _rejected("critical features degraded", [p for c in critical.values() for p in c])
         for i, problems in critical.items():
@@ -662,12 +821,14 @@ class Predictor:
         if not todo:
             return _done(answers)
         request = self.derive(pd.DataFrame([rows[i] for i in todo]))
-        inputs = [{**request.iloc[n].to_dict(), **assembled[i].values} for n, i in enumerate(todo)]
+        columns, inputs = _inputs(
+            columns_of(request), len(request), store, [position[i] for i in todo]
+        )
         checks_s += time.perf_counter() - started
 
         started = time.perf_counter()
         frame, answered = self.scoring.answer(
-            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs
+            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs, columns
         )
         model_s = time.perf_counter() - started
 
@@ -686,7 +847,7 @@ class Predictor:
                 "champion" if model.version == champion.version else "canary",
                 scored,
                 inputs[n],
-                flags[i] + assembled[i].flags,
+                flags[i] + store.flags[position[i]],
                 requests[i],
                 latencies,
                 digests[i],
@@ -818,10 +979,14 @@ def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
     )
 
 
+# json.dumps(sort_keys=True, default=str, allow_nan=True), without an encoder per call
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True, default=str, allow_nan=True)
+
+
 def payload_digest(request: dict[str, Any]) -> str:
     """The digest of a request's payload (its source-shaped row, JSON with sorted keys): what
     makes a reused request id the same request or another one."""
-    text = json.dumps(request, sort_keys=True, default=str, allow_nan=True)
+    text = _DIGEST_JSON.encode(request)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -831,9 +996,75 @@ def _sampled(request_id: str, share: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < share
 
 
+def _entity(row: dict[str, Any], feature: StoreFeature) -> str:
+    """The row's entity key of a feature's view (``LastGood``'s key)."""
+    return "|".join(str(row.get(k)) for k in feature.join_keys)
+
+
+def columns_of(frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """Each column's values as ``frame.iloc[n].to_dict()`` gives them for each row ``n``,
+    without a Series per row: one interleaved array (``to_numpy``, the dtype ``iloc`` gives a
+    row), boxed as ``to_dict`` boxes."""
+    values = frame.to_numpy()
+    if values.dtype.kind in "biuf":  # tolist() gives Python bools, ints and floats
+        lists = values.T.tolist()
+    else:
+        lists = [list(map(_native, values[:, j])) for j in range(values.shape[1])]
+    return dict(zip(frame.columns, lists, strict=True))
+
+
+def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``[frame.iloc[n].to_dict() for n in range(len(frame))]`` (``columns_of`` by row)."""
+    columns = columns_of(frame)
+    if not columns:
+        return [{} for _ in range(len(frame))]
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+
+
+def _inputs(
+    derived: dict[str, list[Any]], rows: int, store: StoreColumns, places: list[int]
+) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The batch's model input as columns and as each row's dict: the request features (the
+    first ``len(places)`` of their ``rows``), then the store features (which win a clash of
+    names, as ``{**request, **store}``) of the rows at ``places``."""
+    if rows < len(places):
+        raise IndexError(f"the request features gave {rows} rows for {len(places)}")
+    columns = {name: values[: len(places)] for name, values in derived.items()}
+    for name, values in zip(store.names, store.columns, strict=True):
+        columns[name] = [values[place] for place in places]
+    if not columns:
+        return columns, [{} for _ in places]
+    return columns, [
+        dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)
+    ]
+
+
+def _native(value: Any) -> Any:
+    """A value of an object array as ``Series.to_dict`` gives it (pandas' boxing of scalars)."""
+    if is_float(value):
+        return float(value)
+    if is_integer(value):
+        return int(value)
+    if is_bool(value):
+        return bool(value)
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value)
+    if isinstance(value, np.timedelta64):
+        return pd.Timedelta(value)
+    return None if value is pd.NA else value
+
+
 def _key(value: Any) -> Any:
     return "" if value is None else value
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+    return {
+        k: (v if type(v) in _PLAIN or not hasattr(v, "isoformat") else v.isoformat())
+        for k, v in row.items()
+    }

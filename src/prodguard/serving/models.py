@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,21 +83,30 @@ class LoadedModel:
             raise ServiceNotReady(
                 f"v{self.version} needs features this service does not provide: {absent}"
             )
+        return self.frame_of({c: [row.get(c) for row in rows] for c in self.columns}, len(rows))
+
+    def frame_of(self, columns: Mapping[str, Sequence[Any]], rows: int) -> pd.DataFrame:
+        """``frame`` of ``rows`` rows given as columns (each at least ``rows`` long)."""
+        absent = [c for c in self.columns if rows and c not in columns]
+        if absent:
+            raise ServiceNotReady(
+                f"v{self.version} needs features this service does not provide: {absent}"
+            )
         data: dict[str, np.ndarray] = {}
         for column in self.columns:
-            values = [row.get(column) for row in rows]
+            values = columns[column][:rows] if rows else ()
             if column in self.categorical:
                 data[column] = np.array([None if is_null(v) else v for v in values], dtype=object)
             else:
                 data[column] = np.array([_number(v) for v in values], dtype="float64")
-        return pd.DataFrame(data, columns=list(self.columns))
+        return pd.DataFrame(data, copy=False)  # the arrays are its own: no copy
 
     def raw(self, frame: pd.DataFrame) -> np.ndarray:
-        """The scorer's raw output: class probabilities (n, k) or values (n,). Small batches run
-        on one OpenMP thread: per-tree parallel regions cost more than they save on a few rows
-        (and wreck the p99)."""
-        if len(frame) >= PARALLEL_ROWS:
-            return self._scorer.raw(frame)
+        """The scorer's raw output: class probabilities (n, k) or values (n,). Small batches of
+        the model itself run on one OpenMP thread: per-tree parallel regions cost more than they
+        save on a few rows (and wreck the p99); a compiled scorer sets its own threads."""
+        if len(frame) >= PARALLEL_ROWS or not isinstance(self._scorer, ModelScorer):
+            return self._scorer.raw(frame)  # a compiled scorer sets its own threads
         with _threads().limit(limits=1, user_api="openmp"):
             return self._scorer.raw(frame)
 
@@ -116,6 +126,11 @@ class LoadedModel:
 
 def _number(value: Any) -> float:
     """``pd.to_numeric(errors="coerce")`` of one value as a float, fast for plain numbers."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value)
+    if value is None:
+        return math.nan
     if isinstance(value, (int, float, np.number)) and not isinstance(value, np.datetime64):
         return float(value)
     return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0])

@@ -75,6 +75,10 @@ class PredictionLog(Protocol):
         """The answer the caller got (the champion's, or a canary's)."""
         ...
 
+    def answers(self, request_ids: Sequence[str]) -> dict[str, PredictionRecord]:
+        """``answer`` of many ids at once: the ids answered, with their answer."""
+        ...
+
     def record_feedback(
         self, request_id: str, outcome: dict[str, Any], time: datetime
     ) -> Literal["recorded", "duplicate"]: ...
@@ -191,6 +195,14 @@ class _SqlPredictionLog:
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, records: Sequence[PredictionRecord]) -> None:
+        shared: dict[int, str] = {}  # a call's rows share their latencies: encoded once
+
+        def latencies(value: dict[str, float]) -> str:
+            text = shared.get(id(value))
+            if text is None:
+                text = shared[id(value)] = _dumps(value)
+            return text
+
         rows = [
             (
                 r.request_id,
@@ -201,8 +213,8 @@ class _SqlPredictionLog:
                 r.probability,
                 int(r.decision),
                 _dumps(r.features),
-                _dumps(r.flags),
-                _dumps(r.latencies_ms),
+                "[]" if not r.flags else _dumps(r.flags),
+                latencies(r.latencies_ms),
                 _dumps(r.request),
                 None if r.prediction is None else _dumps(r.prediction),
                 r.digest,
@@ -330,6 +342,20 @@ class _SqlPredictionLog:
             (request_id,),
         )
         return _record(rows[0]) if rows else None
+
+    def answers(self, request_ids: Sequence[str]) -> dict[str, PredictionRecord]:
+        found: dict[str, PredictionRecord] = {}
+        unique = list(dict.fromkeys(request_ids))
+        for start in range(0, len(unique), _IDS_PER_QUERY):
+            chunk = unique[start : start + _IDS_PER_QUERY]
+            _, rows = self._fetch(
+                f"SELECT {_SELECT} FROM predictions p WHERE request_id IN "
+                f"({', '.join('?' * len(chunk))}) AND role IN ('champion', 'canary')",
+                tuple(chunk),
+            )
+            for row in rows:
+                found.setdefault(row[0], _record(row))
+        return found
 
     def window(
         self, start: datetime, end: datetime, role: Roles = None, every: int = 1
@@ -537,7 +563,8 @@ def _where(start: datetime, end: datetime, role: Roles) -> tuple[str, tuple[Any,
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_plain, allow_nan=True)
+    """``json.dumps(value, sort_keys=True, default=_plain, allow_nan=True)``, one encoder."""
+    return _JSON.encode(value)
 
 
 def _plain(value: Any) -> Any:
@@ -546,6 +573,10 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+_JSON = json.JSONEncoder(sort_keys=True, default=_plain, allow_nan=True)
+_IDS_PER_QUERY = 500  # request ids per ``answers`` query (SQLite's bound parameters: 32,766)
 
 
 def _record(row: tuple) -> PredictionRecord:
