@@ -153,7 +153,20 @@ class ServingSettings(_Strict):
     fallback: Literal["median", "last_good"] = "median"
     fallback_overrides: dict[str, Literal["median", "last_good"]] = Field(default_factory=dict)
     critical_features: list[str] = Field(default_factory=list)
-    shadow_sample: float = Field(default=0.1, ge=0, le=1)
+    shadow_sample: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of requests the standby (or, beside a canary, the champion) also "
+        "scores, off the response path: the guard's paired reference.",
+    )
+    shadow_burst: int = Field(
+        default=1000,
+        ge=0,
+        description="Requests after the served versions change (per replica) that the "
+        "reference scores in full, so the guard's paired tests decide within a few hundred "
+        "requests; then shadow_sample (0 turns both off).",
+    )
     max_batch: int = Field(
         default=1000,
         ge=1,

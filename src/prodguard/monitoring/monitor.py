@@ -414,14 +414,23 @@ class Monitor:
 
 
 def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
-    """Rows with any degraded feature among ``frame``, and the degraded rows per feature (the
-    flags read ``feature:reason``)."""
+    """Rows with a feature the feature store could not serve (stale, missing, unavailable:
+    the flags read ``feature:reason``) among ``frame``, and those rows per feature. A category
+    the model never saw (``field:unseen``) is the traffic's, not a source's, and is not
+    counted."""
     flags = frame["flags"].tolist() if len(frame) else []
     features: dict[str, int] = {}
+    degraded = []
     for row in flags:
-        for name in {str(flag).split(":", 1)[0] for flag in row or ()}:
+        names = {
+            name
+            for name, _, reason in (str(flag).partition(":") for flag in row or ())
+            if reason != "unseen"
+        }
+        degraded.append(bool(names))
+        for name in names:
             features[name] = features.get(name, 0) + 1
-    return RateState.of([bool(f) for f in flags]), features
+    return RateState.of(degraded), features
 
 
 def _with_kpi(

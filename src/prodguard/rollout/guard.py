@@ -42,6 +42,7 @@ from prodguard.serving.prediction_log import ANSWERS, Roles
 GUARD_ACTOR = "prodguard-guard"
 INCIDENT_MINUTES = 60  # a data incident is judged on the last hour of answers
 INCIDENT_MIN_ROWS = 20
+MIN_INCIDENT_MARGIN = 0.01  # a baseline degraded on 97 % or more of its rows cannot show more
 PAIRED_TRIGGERS = ("prediction_shift", "kpi")  # differences both versions' bad data cancels
 Action = Literal[
     "none",
@@ -236,9 +237,14 @@ class Guard:
         usual = known.mean if known is not None else 0.0
         settings = self._settings.rollout.triggers
         margin = min(settings.degraded_margin, (1 - usual) / 3)
+        if degraded.n < INCIDENT_MIN_ROWS or margin < MIN_INCIDENT_MARGIN:
+            # too few requests, or (nearly) every request was degraded in staging too: the
+            # baseline leaves no room to tell an incident from the usual
+            self._incident = frozenset()
+            return ""
         # shown above the usual share plus the margin, not merely seen above it in one hour
-        test = RateTest(min(usual, 0.99), 2 * margin, alpha=settings.alpha, null_effect=margin)
-        if degraded.n < INCIDENT_MIN_ROWS or test.decide(degraded).verdict != "fired":
+        test = RateTest(usual, 2 * margin, alpha=settings.alpha, null_effect=margin)
+        if test.decide(degraded).verdict != "fired":
             self._incident = frozenset()
             return ""
         named = sorted(features, key=lambda f: (-features[f], f))
@@ -335,7 +341,12 @@ class Guard:
             waiting.append(f"{decision.rows} of {rollout.bake_min_requests} requests")
         if incident:
             waiting.append(f"model moves held: {incident}")
-        waiting += [t.summary() for t in decision.triggers if t.status != "clean"]
+        # a step passes when no trigger fired on enough requests: waiting for every test to be
+        # shown clean would hold a canary for ~100k labels. A trigger not measured at all (no
+        # baseline, no matured label yet) still holds it.
+        waiting += [
+            t.summary() for t in decision.triggers if t.status != "clean" and t.value is None
+        ]
         if waiting:
             return replace(decision, action="hold", reason="; ".join(waiting))
         if not policy.last_step:
@@ -349,7 +360,7 @@ class Guard:
         try:
             record = self._operations.promote(
                 self._actor,
-                f"baked through {policy.describe()}: all triggers clean",
+                f"baked through {policy.describe()}: no trigger fired",
                 version=version,
                 expected=state,
             )

@@ -32,6 +32,7 @@ from prodguard.rollout.sequential import Decision, MeanState, MeanTest, RateTest
 
 TriggerStatus = Literal["clean", "fired", "inconclusive"]
 LATENCY_SHARE = 0.01  # p99 <= budget  <=>  at most 1 % of requests slower than the budget
+MAX_RATE = 0.999  # the highest budget a rate test can judge (rates live in [0, 1))
 NULL_SHARE = 0.5  # a mean or error-rate test fires beyond this share of its minimum effect
 
 
@@ -180,8 +181,9 @@ def _errors(
     states: PairedStates, baseline: Baseline | None, triggers: TriggerSettings
 ) -> TriggerResult:
     known = _mean(baseline, "rate.failed")
-    reference = min(known[0] if known is not None else 0.0, triggers.error_rate / 2)
-    minimum = triggers.error_rate - reference
+    budget = min(triggers.error_rate, MAX_RATE)  # a budget of 1 would leave no rate above it
+    reference = min(known[0] if known is not None else 0.0, budget / 2)
+    minimum = budget - reference
     test = RateTest(reference, minimum, alpha=triggers.alpha, null_effect=minimum * NULL_SHARE)
     compared = f"failed requests against the staging rate {reference:.4g}"
     return _result("error_rate", test.decide(states.errors), compared)
