@@ -136,7 +136,7 @@ def test_a_data_outage_holds_model_moves_and_opens_a_pipeline_incident(project: 
     moves = len(operations.history())
     decision = build_guard(settings, clock, log).check()[0]
     assert decision.action == "hold" and decision.fired == []
-    assert decision.incident.startswith("data incident: 100% of the last hour's")
+    assert decision.incident.startswith("data incident: 100% of the last ")
     assert "temp" in decision.incident and "model moves held" in decision.reason
     assert operations.state().champion == 2 and len(operations.history()) == moves
     (incident,) = app.alerts(settings, "pipeline_incident")

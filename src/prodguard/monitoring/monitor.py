@@ -270,10 +270,17 @@ class Monitor:
             own, reference=reference, score=MeanState.of(scores), cost=MeanState.of(mine - theirs)
         )
 
-    def degraded(self, start: datetime, end: datetime) -> tuple[RateState, dict[str, int]]:
+    def degraded(
+        self, start: datetime, end: datetime, min_rows: int = 0, oldest: datetime | None = None
+    ) -> tuple[RateState, dict[str, int]]:
         """Answers in ``[start, end)`` with degraded features (a data incident's footprint), and
-        the degraded rows per feature."""
-        return degraded_rows(self._log.window(start, end, role=ANSWERS))
+        the degraded rows per feature; fewer than ``min_rows`` there (a quiet hour): the last
+        ``min_rows`` answers before ``end``, none older than ``oldest``."""
+        frame = self._log.window(start, end, role=ANSWERS)
+        if len(frame) < min_rows and oldest is not None:
+            tail = self._log.tail(min_rows, end, role=ANSWERS)
+            frame = tail[pd.to_datetime(tail["time"], utc=True) >= pd.Timestamp(oldest)]
+        return degraded_rows(frame)
 
     def _costs(self, frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
         if frame.empty or "outcome" not in frame:

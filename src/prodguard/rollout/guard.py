@@ -40,8 +40,8 @@ from prodguard.rollout.triggers import TriggerResult, evaluate_triggers
 from prodguard.serving.prediction_log import ANSWERS, Roles
 
 GUARD_ACTOR = "prodguard-guard"
-INCIDENT_MINUTES = 60  # a data incident is judged on the last hour of answers
-INCIDENT_MIN_ROWS = 20
+INCIDENT_MINUTES = 60  # a data incident is judged on the last hour of answers...
+INCIDENT_MIN_ROWS = 50  # ...or on the last 50 answers when the hour had fewer
 MIN_INCIDENT_MARGIN = 0.01  # a baseline degraded on 97 % or more of its rows cannot show more
 PAIRED_TRIGGERS = ("prediction_shift", "kpi")  # differences both versions' bad data cancels
 Action = Literal[
@@ -231,13 +231,18 @@ class Guard:
     def _data_incident(self, version: int, now: datetime) -> str:
         """A description of the data incident under way ("" when none), alerted once as a
         pipeline incident when it opens."""
-        degraded, features = self._monitor.degraded(now - timedelta(minutes=INCIDENT_MINUTES), now)
+        degraded, features = self._monitor.degraded(
+            now - timedelta(minutes=INCIDENT_MINUTES),
+            now,
+            INCIDENT_MIN_ROWS,
+            oldest=now - timedelta(minutes=self._settings.rollout.guard_minutes),
+        )
         baseline = self._monitor.reference(version).baseline
         known = baseline.metrics.get("rate.degraded") if baseline is not None else None
         usual = known.mean if known is not None else 0.0
         settings = self._settings.rollout.triggers
         margin = min(settings.degraded_margin, (1 - usual) / 3)
-        if degraded.n < INCIDENT_MIN_ROWS or margin < MIN_INCIDENT_MARGIN:
+        if degraded.n < INCIDENT_MIN_ROWS // 2 or margin < MIN_INCIDENT_MARGIN:
             # too few requests, or (nearly) every request was degraded in staging too: the
             # baseline leaves no room to tell an incident from the usual
             self._incident = frozenset()
@@ -249,7 +254,7 @@ class Guard:
             return ""
         named = sorted(features, key=lambda f: (-features[f], f))
         description = (
-            f"data incident: {degraded.rate:.0%} of the last hour's {degraded.n} requests have "
+            f"data incident: {degraded.rate:.0%} of the last {degraded.n} requests have "
             f"degraded features (baseline {usual:.0%}): {', '.join(named[:10])}"
             + (f" and {len(named) - 10} more" if len(named) > 10 else "")
         )
