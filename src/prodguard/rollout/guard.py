@@ -11,11 +11,13 @@ scores of the canary's rows). A change in the world moves every model's scores a
 difference the reference does not share is the model's own. A test starts afresh when the
 version or its reference changes.
 
-A data incident (the last hour's degraded requests shown, by a rate test at ``alpha``, above
-the baseline's share plus ``degraded_margin``: a quarantined, stale or unavailable source) is
-not a model fault: model moves hold (no rollback on an unpaired trigger, no canary step, no
-promotion) and a pipeline incident is alerted naming the features; a paired difference still
-rolls back, since both versions eat the same bad data.
+A data incident (the last hour's answers — the last 50 in a quiet hour — with features the
+store could not serve, shown by a rate test at ``alpha`` above the baseline's share plus
+``degraded_margin``: a quarantined, stale or unavailable source) is not a model fault: model
+moves hold (no rollback on an unpaired trigger, no canary step, no promotion) and a pipeline
+incident is alerted naming the features. A paired difference shown beyond its whole minimum
+effect still rolls back: both versions eat the same bad data, though not alike (degraded inputs
+move two models apart by amounts staging never measured), hence the whole effect, not half.
 
 Safe to run twice: the rollback states the aliases it read, so of two guards one moves and the
 other finds them moved (``moved_elsewhere``), never a double move.
@@ -77,13 +79,15 @@ class GuardDecision:
         return [t for t in self.triggers if t.status == "fired"]
 
     def held_by_incident(self) -> GuardDecision:
-        """During a data incident only a paired difference may move a model: the other fired
+        """During a data incident only a paired difference shown beyond its whole minimum
+        effect may move a model (degraded inputs move two models apart by amounts staging
+        never measured, so beyond half of it is not evidence of a fault): the other fired
         triggers are held (inconclusive, with the incident as reason)."""
         if not self.incident:
             return self
         triggers = [
             t
-            if t.status != "fired" or (self.paired and t.name in PAIRED_TRIGGERS)
+            if t.status != "fired" or (self.paired and _beyond_minimum(t))
             else replace(t, status="inconclusive", reason=f"held: {self.incident}; {t.reason}")
             for t in self.triggers
         ]
@@ -418,6 +422,17 @@ class Guard:
                 details=_evidence(decision),
             )
         )
+
+
+def _beyond_minimum(trigger: TriggerResult) -> bool:
+    """A paired trigger whose interval lies entirely beyond its minimum effect."""
+    if trigger.name not in PAIRED_TRIGGERS:
+        return False
+    low, high = trigger.evidence.get("low"), trigger.evidence.get("high")
+    minimum = trigger.evidence.get("min_effect")
+    if low is None or high is None or minimum is None:
+        return False
+    return bool(low > minimum or high < -minimum)
 
 
 def _evidence(decision: GuardDecision) -> dict[str, Any]:
