@@ -161,7 +161,7 @@ def test_triggers_read_as_a_reviewable_list() -> None:
     lines = describe(TRIGGERS, KpiSettings(name="delay_cost", outcome="delayed"))
     assert lines[0].startswith("sequential tests, alpha 0.01 per trigger")
     assert any("shown beyond 3 baseline sd" in line for line in lines)
-    assert any("by >= 5% of the baseline KPI" in line for line in lines)
+    assert any("by more than 5% of the baseline KPI" in line for line in lines)
     assert any(line.startswith("data incident") for line in lines)
 
 

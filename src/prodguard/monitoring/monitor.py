@@ -242,7 +242,7 @@ class Monitor:
             None,
             len(frame),
             MeanState.of(frame["probability"].to_numpy("float64") if len(frame) else []),
-            MeanState.of(self._costs(frame, spec)),
+            MeanState.of(self._costs(_healthy(frame), spec)),
             RateState(len(frame) + failed, failed),
             RateState.of(totals > latency_budget_ms),
             degraded,
@@ -257,6 +257,9 @@ class Monitor:
             return own
         scores = pairs["probability"].to_numpy("float64")
         scores = scores - pairs["probability_ref"].to_numpy("float64")
+        # costs only of requests served with healthy inputs: a source that failed makes every
+        # model worse, one more than another, and that is the pipeline's fault, not the model's
+        pairs = _healthy(pairs)
         mine = self._costs(pairs, spec)
         theirs = self._costs(
             pairs.assign(
@@ -420,24 +423,36 @@ class Monitor:
         return found[1]
 
 
+def served_degraded(flags: Sequence[str] | None) -> set[str]:
+    """The features of one row that the feature store could not serve (stale, missing,
+    unavailable: flags read ``feature:reason``). A category the model never saw
+    (``field:unseen``) is the traffic's, not a source's, and is not one of them."""
+    return {
+        name
+        for name, _, reason in (str(flag).partition(":") for flag in flags or ())
+        if reason != "unseen"
+    }
+
+
 def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
-    """Rows with a feature the feature store could not serve (stale, missing, unavailable:
-    the flags read ``feature:reason``) among ``frame``, and those rows per feature. A category
-    the model never saw (``field:unseen``) is the traffic's, not a source's, and is not
-    counted."""
+    """Rows with a feature the feature store could not serve among ``frame``, and those rows
+    per feature."""
     flags = frame["flags"].tolist() if len(frame) else []
     features: dict[str, int] = {}
     degraded = []
     for row in flags:
-        names = {
-            name
-            for name, _, reason in (str(flag).partition(":") for flag in row or ())
-            if reason != "unseen"
-        }
+        names = served_degraded(row)
         degraded.append(bool(names))
         for name in names:
             features[name] = features.get(name, 0) + 1
     return RateState.of(degraded), features
+
+
+def _healthy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows served with every feature the store holds (the ones a model's cost judges)."""
+    if frame.empty:
+        return frame
+    return frame[[not served_degraded(flags) for flags in frame["flags"]]]
 
 
 def _with_kpi(
