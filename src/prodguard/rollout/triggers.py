@@ -165,7 +165,7 @@ def _shift(
             "prediction_shift", "inconclusive", None, 0.0, "no staging baseline of the score"
         )
     # Two sound models' paired difference moves with the season by up to about the declared
-    # shift (measured: 0.096 against 3 sd = 0.108 on the flights replay), so the declared
+    # shift (measured: 0.096 against 3 sd = 0.108 on the example replay), so the declared
     # shift is the null: the trigger fires when the difference is shown beyond it.
     minimum = declared * CLEAN_FACTOR
     test = MeanTest(
