@@ -102,7 +102,7 @@ def evaluate_triggers(
         names += [f"psi:{f}" for f in triggers.critical_psi_features]
         return [TriggerResult(n, "inconclusive", None, 0.0, reason) for n in names]
     results = [
-        _shift(states, baseline, reference_baseline, triggers),
+        _shift(states, baseline, reference_baseline, triggers, findings),
         _kpi(states, baseline, triggers, kpi_name),
         _errors(states, baseline, triggers),
         _latency(states, triggers),
@@ -155,8 +155,11 @@ def _shift(
     baseline: Baseline | None,
     reference_baseline: Baseline | None,
     triggers: TriggerSettings,
+    findings: Sequence[Finding] = (),
 ) -> TriggerResult:
     own = _mean(baseline, "score.mean")
+    if own is None and baseline is not None:
+        return _class_shift(findings, triggers)
     declared = triggers.prediction_shift_min
     if declared is None and own is not None and own[1] > 0:
         declared = triggers.prediction_shift_sd * own[1]
@@ -189,6 +192,30 @@ def _shift(
     else:
         state, compared = _shifted(states.score, own[0]), _compared(states, "")
     return _result("prediction_shift", test.decide(state), compared, threshold=declared)
+
+
+def _class_shift(findings: Sequence[Finding], triggers: TriggerSettings) -> TriggerResult:
+    """A multi-class version's shift: the largest move of a class's share or mean probability
+    over the version's traffic, in its own staging sd (``score.shift_sd``), against
+    ``prediction_shift_sd``. A fixed threshold on one growing window, not a sequential test:
+    the per-class paired test is not built yet."""
+    found = next((f for f in findings if f.metric == "score.shift_sd"), None)
+    if found is None or found.value is None:
+        return TriggerResult(
+            "prediction_shift", "inconclusive", None, 0.0, "no per-class score shift measured"
+        )
+    fired = abs(found.value) >= triggers.prediction_shift_sd
+    return TriggerResult(
+        "prediction_shift",
+        "fired" if fired else "clean",
+        found.value,
+        triggers.prediction_shift_sd,
+        f"largest class share or probability shift {found.value:+.3g} staging sd",
+        {
+            "compared": "per-class shares and mean probabilities against the staging baseline "
+            "(in its sd; not a sequential test)"
+        },
+    )
 
 
 def _kpi(
