@@ -264,6 +264,8 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
         now = hour_clock.now() + timedelta(hours=1)
         clock.set(now)
         for decision in guard.check():
+            with (work / "decisions.jsonl").open("a") as out:  # every decision, for review
+                out.write(json.dumps(decision.to_json(), default=str) + "\n")
             if decision.action == "rolled_back":
                 outcome.rollbacks += 1
                 outcome.fired += [t.name for t in decision.fired]
@@ -450,7 +452,14 @@ def main() -> None:
         default=None,
         help="start no episode after this many minutes; report the episodes run",
     )
+    parser.add_argument(
+        "--kinds", default="", help="comma-separated kinds to run (default: every kind)"
+    )
     args = parser.parse_args()
+    kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    unknown = kinds - set(KINDS)
+    if unknown:
+        parser.error(f"unknown kinds {sorted(unknown)}; choose among {sorted(KINDS)}")
 
     from prodguard.telemetry import disable_telemetry
 
@@ -460,6 +469,8 @@ def main() -> None:
     began = time.perf_counter()
     outcomes = []
     for episode in episodes(args.quick, args.seed):
+        if kinds and episode.kind not in kinds:
+            continue
         if args.max_minutes is not None and time.perf_counter() - began > args.max_minutes * 60:
             print(f"  time budget of {args.max_minutes:g} min spent: episodes left out")
             break

@@ -203,7 +203,8 @@ def version_summary(version: Any) -> dict[str, Any]:
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """Aliases with lineage, the standby's age and retention, the declared rollback triggers."""
+    """Aliases with lineage, the standby's age and retention, the declared rollback triggers,
+    the last data incident the guard held model moves for."""
     operations = registry_operations(settings)
     reconciled = operations.reconcile("prodguard status")  # recorded (completed), not undone
     state, traffic = operations.targets()
@@ -226,6 +227,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "standby_hours": settings.rollout.standby_hours,
         "traffic": traffic.to_json() | {"describe": traffic.describe(state.standby is not None)},
         "triggers": describe_triggers(settings.rollout.triggers, settings.monitoring.kpi),
+        "data_incident": next(iter(alerts(settings, "pipeline_incident")[-1:]), None),
         "traffic_fit": traffic_fit(settings),
     }
 

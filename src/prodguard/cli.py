@@ -528,6 +528,13 @@ def status(
     out.print("rollback triggers (prodguard guard):", highlight=False)
     for line in document["triggers"]:
         out.print(f"  - {escape(line)}", highlight=False)
+    incident = document["data_incident"]
+    if incident:
+        out.print(
+            f"[yellow]last data incident[/] ({incident['time'][:19]}): "
+            f"{escape(incident['message'])}",
+            soft_wrap=True,
+        )
     fit = document["traffic_fit"]
     if fit["problems"]:
         out.print(

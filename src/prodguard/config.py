@@ -153,7 +153,20 @@ class ServingSettings(_Strict):
     fallback: Literal["median", "last_good"] = "median"
     fallback_overrides: dict[str, Literal["median", "last_good"]] = Field(default_factory=dict)
     critical_features: list[str] = Field(default_factory=list)
-    shadow_sample: float = Field(default=0.1, ge=0, le=1)
+    shadow_sample: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of requests the standby (or, beside a canary, the champion) also "
+        "scores, off the response path: the guard's paired reference.",
+    )
+    shadow_burst: int = Field(
+        default=1000,
+        ge=0,
+        description="Requests after the served versions change (per replica) that the "
+        "reference scores in full, so the guard's paired tests decide within a few hundred "
+        "requests; then shadow_sample (0 turns both off).",
+    )
     max_batch: int = Field(
         default=1000,
         ge=1,
@@ -325,6 +338,26 @@ class TriggerSettings(_Strict):
     min_requests: int = Field(
         default=200, ge=1, description="Fewer requests of a version: inconclusive, no action."
     )
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Error bound of every sequential trigger decision (false fire, false clean), "
+        "however often the guard looks.",
+    )
+    prediction_shift_min: float | None = Field(
+        default=None,
+        gt=0,
+        description="Smallest prediction shift that matters, in score units (default: "
+        "prediction_shift_sd x the baseline's score sd).",
+    )
+    degraded_margin: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="A data incident: the last hour's share of requests with degraded features "
+        "above the baseline's share by more than this. Model moves hold meanwhile.",
+    )
 
 
 class RolloutSettings(_Strict):
@@ -335,7 +368,10 @@ class RolloutSettings(_Strict):
         "would drop a younger one is refused (lower only with the audited override flag).",
     )
     guard_minutes: float = Field(
-        default=1440, gt=0, description="How far back the guard looks at a version's traffic."
+        default=1440,
+        gt=0,
+        description="How far back the guard looks at a version's traffic when the time it went "
+        "live is unknown (else its tests run from that time).",
     )
     canary_steps: list[float] = Field(
         default_factory=lambda: [5.0, 25.0, 100.0],

@@ -396,24 +396,53 @@ def kpi_cost(
     if cost is not None:
         result = np.asarray(cost(np.asarray(outcomes), outputs.frame()), dtype="float64")
         return float(result.mean()) if result.ndim else float(result) / n
+    costs = kpi_costs(
+        spec,
+        outcomes,
+        outputs,
+        cost_missed=cost_missed,
+        cost_false_alert=cost_false_alert,
+        cost_matrix=cost_matrix,
+    )
+    return float(np.nanmean(costs)) if spec.task is Task.REGRESSION else float(np.mean(costs))
+
+
+def kpi_costs(
+    spec: TaskSpec,
+    outcomes: Sequence[Any] | np.ndarray,
+    outputs: Outputs,
+    *,
+    cost_missed: float = 1.0,
+    cost_false_alert: float = 0.25,
+    cost_matrix: Mapping[str, Mapping[str, float]] | None = None,
+    cost: CostFunction | None = None,
+) -> np.ndarray:
+    """The cost of each labelled prediction (whose mean is ``kpi_cost``; paired cost
+    differences are built from them). A project's ``cost`` function must return one cost per
+    row here; NaN where a regression outcome is not a number."""
+    if cost is not None:
+        result = np.asarray(cost(np.asarray(outcomes), outputs.frame()), dtype="float64")
+        if result.ndim != 1 or len(result) != len(outcomes):
+            raise ValueError("the KPI cost function returned a total, not one cost per row")
+        return result
     if spec.task is Task.BINARY:
         truth = np.array([_truthy(v, spec.positive) for v in outcomes], dtype=bool)
         flagged = outputs.decision.astype(bool)
-        missed = np.count_nonzero(truth & ~flagged)
-        false_alerts = np.count_nonzero(~truth & flagged)
-        return float((cost_missed * missed + cost_false_alert * false_alerts) / n)
+        return cost_missed * (truth & ~flagged) + cost_false_alert * (~truth & flagged)
     if spec.task is Task.REGRESSION:
         actual = pd.to_numeric(pd.Series(list(outcomes)), errors="coerce").to_numpy("float64")
-        return float(np.nanmean(np.abs(actual - outputs.score)))
+        return np.abs(actual - outputs.score)
     actual_labels = [_same_label(v, spec.classes) for v in outcomes]
     if cost_matrix is None:
-        wrong = [a != p for a, p in zip(actual_labels, outputs.predicted, strict=True)]
-        return float(np.mean(wrong))
-    costs = [
-        0.0 if a == p else float(cost_matrix.get(str(a), {}).get(str(p), 1.0))
-        for a, p in zip(actual_labels, outputs.predicted, strict=True)
-    ]
-    return float(np.mean(costs))
+        pairs = zip(actual_labels, outputs.predicted, strict=True)
+        return np.array([float(a != p) for a, p in pairs], dtype="float64")
+    return np.array(
+        [
+            0.0 if a == p else float(cost_matrix.get(str(a), {}).get(str(p), 1.0))
+            for a, p in zip(actual_labels, outputs.predicted, strict=True)
+        ],
+        dtype="float64",
+    )
 
 
 def _truthy(value: Any, positive: Any) -> bool:

@@ -301,7 +301,7 @@ def build_predictor(
         derive=load_request_features(model),
         scoring=scoring,
         answers=answers,
-        shadow=Shadow(scoring, answers, sample, metrics),
+        shadow=Shadow(scoring, answers, sample, metrics, serving.shadow_burst if sample > 0 else 0),
         clock=clock,
         metrics=metrics,
     )

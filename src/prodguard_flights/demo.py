@@ -79,10 +79,6 @@ class FlightsStory:
         "PRODGUARD_ROLLOUT__BAKE_MIN_REQUESTS": "150",
         "PRODGUARD_ROLLOUT__GUARD_MINUTES": "1440",
         "PRODGUARD_ROLLOUT__TRIGGERS__MIN_REQUESTS": "150",
-        # the delay cost of a day of ~900 flights swings by +-30 % with the weather, and the
-        # guard judges the hours since a move: the article's 5 % needs windows with far more
-        # outcomes than the demo's; here the KPI trigger fires when a model doubles the cost
-        "PRODGUARD_ROLLOUT__TRIGGERS__KPI_WORSE_PCT": "100",
         # two cores are shared by the service, the replay driver and the guard: a p99 over the
         # few single requests a canary step sees is its slowest one
         "PRODGUARD_ROLLOUT__TRIGGERS__P99_LATENCY_MS": "1000",

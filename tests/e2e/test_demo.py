@@ -52,11 +52,22 @@ def test_every_story_event_is_on_record(demo: Path) -> None:
     assert rollback.actor == "prodguard-guard" and rollback.from_state["champion"] == faulty
     assert "prediction_shift" in rollback.reason
     assert (rollback.time - promoted.time).total_seconds() <= 24 * 3600  # simulated
+    # no false rollback: the faulty version is the only one the guard ever rolled back
+    rollbacks = [r.from_state["champion"] for r in audit if r.action == "rollback"]
+    assert rollbacks == [faulty]
+    assert "evidence" in rollback.evidence["triggers"][0]  # each decision keeps its evidence
 
     alerts = JsonlSink(settings.paths.alerts_file).read()
     quarantine = [a for a in alerts if a["type"] == "quarantine"]
     assert quarantine and quarantine[0]["source"] == "weather"
     assert quarantine[0]["time"].startswith("2013-07-01")  # simulated time, not wall time
+    # the guard saw a data incident, not a model fault: it held and named the features
+    held = [a for a in alerts if a["type"] == "pipeline_incident"]
+    assert (
+        held
+        and held[0]["time"].startswith("2013-07-0")
+        and "temp" in held[0]["details"]["features"]
+    )
     assert any(a["type"] == "drift_alert" and a["metric"].startswith("psi.") for a in alerts)
     assert any(a["type"] == "rollback" and a["model_version"] == faulty for a in alerts)
     # nothing was lost on the way: every answered request is in the prediction log

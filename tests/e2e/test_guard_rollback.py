@@ -95,7 +95,12 @@ def test_guard_rolls_back_a_faulty_champion_under_load(
     assert len([r for r in audit if r["action"] == "rollback"]) == 1
     assert rollback["from_state"]["champion"] == 3 and rollback["to_state"]["champion"] == 2
     fired = [t for t in rollback["evidence"]["triggers"] if t["status"] == "fired"]
-    assert fired and fired[0]["name"] == "prediction_shift" and fired[0]["value"] > 3
+    # the paired test: v3's scores minus the standby's shadow scores of the same requests
+    # (v3 is v2 shifted by +0.4, clipped to [0, 1]), with its evidence
+    assert fired and fired[0]["name"] == "prediction_shift" and fired[0]["value"] > 0.2
+    evidence = fired[0]["evidence"]
+    assert evidence["compared"].startswith("v3 minus v2 on the same requests")
+    assert evidence["n"] >= 40 and evidence["alpha"] == 0.01 and evidence["verdict"] == "fired"
     promote = audit[-2]
     assert promote["evidence"]["standby_retention_override"] == "rollback drill"
 

@@ -1,5 +1,7 @@
 """The guard on real stores: a faulty champion (scores shifted) is rolled back to the standby
-with an audit record holding the trigger and its evidence; standby retention on promotion."""
+with an audit record holding the trigger and its evidence; a data outage holds model moves and
+opens a pipeline incident, yet a faulty version during one is still rolled back through the
+paired comparison; standby retention on promotion."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 
 from prodguard.clock import FixedClock
 from prodguard.errors import PromotionRefused
+from prodguard.rollout.policy import TrafficPolicy
 from tests.conftest import DAILY_WINDOWS, copy_project, utc
 
 pytestmark = pytest.mark.integration
@@ -21,7 +24,28 @@ def project(drilled: Path, tmp_path: Path) -> Path:
     return copy_project(drilled, tmp_path / "project")
 
 
-def setup(project: Path, promote_faulty: bool):
+WEATHER = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip")
+WEATHER += ("pressure", "visib")
+
+
+class WeatherOutage:
+    """The weather source unavailable (its rows quarantined): no values, no timestamps."""
+
+    def __init__(self, store, clock) -> None:
+        self.store = store
+
+    def online_records(self, rows):
+        records = self.store.online_records(rows)
+        for record in records:
+            for name in WEATHER:
+                record[name], record[f"{name}__ts"] = None, 0.0
+        return records
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def setup(project: Path, promote_faulty: bool, outage: bool = False, paired: bool = False):
     from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import replay_version
@@ -38,7 +62,18 @@ def setup(project: Path, promote_faulty: bool):
         served = 3
     log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
     registry = operations.registry
-    replay_version(settings, registry, served, utc("2013-04-08"), utc("2013-04-09"), log)
+    # paired: the standby scores every request in shadow (as a standby does at its sample)
+    shadow = TrafficPolicy("shadow", version=2) if paired else None
+    replay_version(
+        settings,
+        registry,
+        served,
+        utc("2013-04-08"),
+        utc("2013-04-09"),
+        log,
+        wrap_store=WeatherOutage if outage else None,
+        rollout=shadow,
+    )
     clock.set(utc("2013-04-09"))
     return settings, operations, clock, log
 
@@ -52,7 +87,8 @@ def test_faulty_champion_is_rolled_back_with_trigger_and_evidence(project: Path)
     decision = guard.check()[0]
     assert decision.action == "rolled_back" and decision.version == 3
     fired = {t.name: t for t in decision.fired}
-    assert fired["prediction_shift"].value > 3
+    shift = fired["prediction_shift"]  # the sequential test: effect beyond its minimum, in score
+    assert shift.value > shift.threshold > 0 and shift.evidence["low"] > 0
     assert operations.state().as_dict() == {"champion": 2, "standby": None, "candidate": None}
     record = operations.history(1)[0]
     assert (record.action, record.actor, record.id) == (
@@ -64,12 +100,16 @@ def test_faulty_champion_is_rolled_back_with_trigger_and_evidence(project: Path)
     assert "prediction_shift" in record.reason
     evidence = {t["name"]: t for t in record.evidence["triggers"]}
     assert evidence["prediction_shift"]["status"] == "fired"
+    test = evidence["prediction_shift"]["evidence"]  # every decision's evidence is audited
+    assert test["verdict"] == "fired" and test["alpha"] == 0.01 and test["n"] > 500
+    assert test["low"] <= test["estimate"] <= test["high"] and "staging" in test["compared"]
     assert record.evidence["rows"] == decision.rows > 500
     assert "prodguard.demoted_reason" in operations.registry.version(3).tags
     from prodguard import app
 
     (alert,) = app.alerts(settings, "rollback")
     assert alert["severity"] == "critical" and alert["model_version"] == 3
+    assert alert["details"]["triggers"][0]["evidence"]["verdict"] == "fired"
 
     # the restored champion has no traffic of its own yet: nothing to judge, nothing moves
     moves = len(operations.history())
@@ -86,6 +126,41 @@ def test_healthy_champion_is_left_alone(project: Path) -> None:
     assert decision.action in ("none", "hold") and decision.fired == []
     assert {t.name: t.status for t in decision.triggers}["prediction_shift"] == "clean"
     assert operations.state().champion == 2
+
+
+def test_a_data_outage_holds_model_moves_and_opens_a_pipeline_incident(project: Path) -> None:
+    from prodguard import app
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock, log = setup(project, promote_faulty=False, outage=True)
+    moves = len(operations.history())
+    decision = build_guard(settings, clock, log).check()[0]
+    assert decision.action == "hold" and decision.fired == []
+    assert decision.incident.startswith("data incident: 100% of the last ")
+    assert "temp" in decision.incident and "model moves held" in decision.reason
+    assert operations.state().champion == 2 and len(operations.history()) == moves
+    (incident,) = app.alerts(settings, "pipeline_incident")
+    assert incident["severity"] == "warning" and "not a model fault" in incident["message"]
+    assert set(WEATHER) <= set(incident["details"]["features"])
+    assert not app.alerts(settings, "rollback")
+    assert app.status(settings)["data_incident"]["message"] == incident["message"]
+
+
+def test_a_faulty_version_during_an_outage_is_rolled_back_by_the_paired_test(
+    project: Path,
+) -> None:
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock, log = setup(project, True, outage=True, paired=True)
+    decision = build_guard(settings, clock, log).check()[0]
+    assert decision.incident and decision.paired
+    assert decision.action == "rolled_back" and decision.version == 3
+    shift = next(t for t in decision.fired if t.name == "prediction_shift")
+    assert "v3 minus v2 on the same requests" in shift.evidence["compared"]
+    record = operations.history(1)[0]
+    assert record.action == "rollback" and record.evidence["incident"] == decision.incident
+    fired = [t for t in record.evidence["triggers"] if t["status"] == "fired"]
+    assert fired and all(t["evidence"]["verdict"] == "fired" for t in fired)
 
 
 def test_two_guards_move_once(project: Path) -> None:

@@ -237,6 +237,29 @@ def test_shadow_scores_the_standby_off_the_response_path(tmp_path: Path) -> None
     shadow.close()
 
 
+def test_shadow_scores_every_row_of_a_burst_after_the_versions_change(tmp_path: Path) -> None:
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    answers = AnswerLog(log, "m")
+    shadow = Shadow(ModelScoring(0.5), answers, sample=0.0001, burst=3)
+    inputs = [{"site": "A", "size": 1.0, "temp": 30.0}]
+
+    def serve(state: ServingState, request_id: str) -> bool:
+        champion = state.champion
+        assert champion is not None
+        scored = Scored(0.3, False)
+        record = answers.record(request_id, NOW, champion, "champion", scored, inputs[0], [], {})
+        answers.write([record])
+        shadow.after(state, champion.frame(inputs), [record])
+        shadow.drain()
+        return log.get(request_id, role="shadow") is not None
+
+    first = ServingState(champion=model(1), standby=model(2))
+    assert [serve(first, f"a{i}") for i in range(5)] == [True, True, True, False, False]
+    swapped = ServingState(champion=model(2), standby=model(1))  # a rollback: a new burst
+    assert [serve(swapped, f"b{i}") for i in range(4)] == [True, True, True, False]
+    shadow.close()
+
+
 # ---- composed ---------------------------------------------------------------------------------
 
 

@@ -1,11 +1,19 @@
-"""Rollback triggers: fired, clean or inconclusive, from a version's findings."""
+"""Rollback triggers: sequential tests on a version's paired (or staging) states, fired, clean
+or inconclusive with their evidence; a data incident holds all but paired triggers."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from prodguard.config import KpiSettings, TriggerSettings
-from prodguard.monitoring.baseline import Baseline, Finding, MetricBaseline
+from prodguard.monitoring.baseline import Baseline, MetricBaseline
+from prodguard.monitoring.monitor import PairedStates, degraded_rows
+from prodguard.rollout.guard import GuardDecision
+from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.rollout.triggers import describe, evaluate_triggers
 
 pytestmark = pytest.mark.unit
@@ -14,89 +22,147 @@ TRIGGERS = TriggerSettings(
     kpi_worse_pct=5.0,
     error_rate=0.01,
     p99_latency_ms=100.0,
-    critical_psi_features=["temp"],
     min_requests=100,
 )
-BASELINE = Baseline(
-    model_version=1,
-    start="s",
-    end="e",
-    window={"minutes": 60, "rows": None},
-    metrics={"kpi.delay_cost": MetricBaseline(0.25, 0.01, 20, 0.02)},
-    score_edges=[0.5],
-    score_fractions=[0.5, 0.5],
-    rows=1000,
-    created="c",
-)
+N = 2000
 
 
-def findings(**values: float | None) -> list[Finding]:
-    found = []
-    for metric, value in values.items():
-        name = metric.replace("__", ".")
-        status = "critical" if name.startswith(("psi.", "shift.")) and (value or 0) > 1 else "ok"
-        found.append(Finding(name, value, status, critical=1.0))
-    return found
+def baseline(version: int, score: float) -> Baseline:
+    return Baseline(
+        model_version=version,
+        start="s",
+        end="e",
+        window={"minutes": 60, "rows": None},
+        metrics={
+            "score.mean": MetricBaseline(score, 0.02, 20, 0.04),  # minimum shift 0.06
+            "kpi.delay_cost": MetricBaseline(0.25, 0.01, 20, 0.02),  # minimum 0.0125
+            "rate.failed": MetricBaseline(0.001, 0.001, 20, 0.002),
+        },
+        score_edges=[0.5],
+        score_fractions=[0.5, 0.5],
+        rows=1000,
+        created="c",
+    )
 
 
-def by_name(results):
+VERSION, REFERENCE = baseline(2, 0.30), baseline(1, 0.25)  # staging difference +0.05
+
+
+def noise(mean: float, sd: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(mean, sd, N)
+
+
+def states(paired: bool = True, **change: object) -> PairedStates:
+    healthy = {
+        "score": MeanState.of(noise(0.05, 0.05, 1)),  # paired: the staging difference
+        "cost": MeanState.of(noise(0.0, 0.1, 2)),
+        "errors": RateState(N, 0),
+        "slow": RateState(N, 2),
+        "degraded": RateState(N, 0),
+    }
+    return PairedStates(2, 1 if paired else None, N, **{**healthy, **change})  # type: ignore[arg-type]
+
+
+def judge(found: PairedStates, own: Baseline | None = VERSION, other=REFERENCE) -> dict:
+    results = evaluate_triggers(found, own, other, TRIGGERS, "delay_cost")
     return {r.name: r for r in results}
 
 
-def healthy() -> dict[str, float]:
-    return {
-        "score__shift_sd": 0.5,
-        "kpi__delay_cost": 0.255,
-        "rate__failed": 0.0,
-        "latency__total__p99": 40.0,
-        "psi__temp": 0.05,
-        "shift__temp": 0.1,
-    }
-
-
-def test_a_healthy_version_is_clean() -> None:
-    results = evaluate_triggers(findings(**healthy()), 500, BASELINE, TRIGGERS, "delay_cost")
-    assert {r.status for r in results} == {"clean"}
-    assert by_name(results)["kpi"].value == pytest.approx(2.0)  # 2% worse than baseline
+def test_a_healthy_version_is_clean_with_its_evidence() -> None:
+    results = judge(states())
+    assert {r.status for r in results.values()} == {"clean"}
+    shift = results["prediction_shift"]
+    assert abs(shift.value) < 0.01 and shift.threshold == pytest.approx(0.06)
+    evidence = shift.evidence
+    assert evidence["verdict"] == "clean" and evidence["n"] == N and evidence["alpha"] == 0.01
+    assert evidence["low"] < evidence["estimate"] < evidence["high"] < 0.06
+    assert (
+        "v2 minus v1 on the same requests, net of their staging difference +0.05"
+        in (evidence["compared"])
+    )
 
 
 @pytest.mark.parametrize(
     ("change", "trigger"),
     [
-        ({"score__shift_sd": -3.5}, "prediction_shift"),
-        ({"kpi__delay_cost": 0.27}, "kpi"),
-        ({"rate__failed": 0.02}, "error_rate"),
-        ({"latency__total__p99": 180.0}, "latency_p99"),
-        ({"shift__temp": 4.0}, "psi:temp"),
+        ({"score": MeanState.of(noise(0.05 - 0.08, 0.05, 1))}, "prediction_shift"),
+        ({"cost": MeanState.of(noise(0.03, 0.1, 2))}, "kpi"),
+        ({"errors": RateState(N, 60)}, "error_rate"),
+        ({"slow": RateState(N, 100)}, "latency_p99"),
     ],
 )
-def test_each_trigger_fires_alone(change: dict[str, float], trigger: str) -> None:
-    results = evaluate_triggers(
-        findings(**{**healthy(), **change}), 500, BASELINE, TRIGGERS, "delay_cost"
+def test_each_trigger_fires_alone(change: dict[str, object], trigger: str) -> None:
+    results = judge(states(**change))
+    assert [name for name, r in results.items() if r.status == "fired"] == [trigger]
+    assert results[trigger].evidence["verdict"] == "fired"
+
+
+def test_a_difference_short_of_deciding_is_inconclusive_with_what_is_needed() -> None:
+    # 100 noisy differences 0.09 from the staging difference: the interval spans both the
+    # declared shift (0.06, where it fires) and twice it (within which it is clean)
+    few = MeanState.of(noise(0.05 + 0.09, 0.1, 3)[:100])
+    result = judge(states(score=few))["prediction_shift"]
+    assert result.status == "inconclusive" and result.evidence["more_needed"] > 0
+    assert result.evidence["low"] < 0.06 and result.evidence["high"] > 0.12
+    assert "more to decide at 0.12" in result.reason
+
+
+def test_without_paired_rows_the_staging_baseline_is_the_reference() -> None:
+    # the same scores are a world that moved when paired, a shift against staging when not
+    moved = MeanState.of(noise(0.38, 0.05, 4))
+    assert judge(states(score=MeanState.of(noise(0.05, 0.05, 4))))["prediction_shift"].status == (
+        "clean"
     )
-    assert [r.name for r in results if r.status == "fired"] == [trigger]
+    alone = judge(states(paired=False, score=moved))["prediction_shift"]
+    assert alone.status == "fired" and alone.value == pytest.approx(0.08, abs=0.01)
+    assert "against its staging baseline (no paired reference rows)" in alone.evidence["compared"]
 
 
 def test_too_little_traffic_is_inconclusive_never_clean() -> None:
-    results = evaluate_triggers(findings(**healthy()), 50, BASELINE, TRIGGERS, "delay_cost")
-    assert {r.status for r in results} == {"inconclusive"}
-    assert results[0].reason == "50 requests, 100 needed"
+    few = PairedStates(2, 1, 50, MeanState(), MeanState(), RateState(), RateState(), RateState())
+    results = judge(few)
+    assert {r.status for r in results.values()} == {"inconclusive"}
+    assert results["kpi"].reason == "50 requests, 100 needed"
 
 
-def test_missing_baseline_or_unmatured_kpi_is_inconclusive() -> None:
-    values = {**healthy(), "kpi__delay_cost": None}
-    del values["score__shift_sd"]
-    results = by_name(evaluate_triggers(findings(**values), 500, None, TRIGGERS, "delay_cost"))
+def test_missing_baseline_or_unlabelled_kpi_is_inconclusive() -> None:
+    results = judge(states(paired=False), own=None, other=None)
     assert results["prediction_shift"].status == "inconclusive"
     assert results["kpi"].status == "inconclusive" and results["kpi"].reason == "no KPI baseline"
     assert results["error_rate"].status == "clean"
+    unlabelled = judge(states(cost=MeanState()))["kpi"]
+    assert unlabelled.status == "inconclusive" and "at least 100 before deciding" in (
+        unlabelled.reason
+    )
+
+
+def test_a_data_incident_holds_all_but_paired_differences() -> None:
+    now = datetime(2013, 4, 9, tzinfo=UTC)
+    fired = judge(states(errors=RateState(N, 60), score=MeanState.of(noise(0.2, 0.05, 5))))
+    triggers = list(fired.values())
+    incident = "data incident: weather unavailable"
+    paired = GuardDecision("none", now, 2, triggers, paired=True, incident=incident)
+    held = {t.name: t.status for t in paired.held_by_incident().triggers}
+    assert held["prediction_shift"] == "fired" and held["error_rate"] == "inconclusive"
+    alone = GuardDecision("none", now, 2, triggers, paired=False, incident=incident)
+    assert alone.held_by_incident().fired == []
+    assert "held: data incident" in alone.held_by_incident().triggers[0].reason
+    calm = GuardDecision("none", now, 2, triggers, paired=False)
+    assert calm.held_by_incident() is calm
+
+
+def test_degraded_rows_name_their_features() -> None:
+    frame = pd.DataFrame({"flags": [["temp:unavailable", "dewp:stale"], [], ["temp:stale"]]})
+    rate, features = degraded_rows(frame)
+    assert (rate.n, rate.events) == (3, 2) and features == {"temp": 2, "dewp": 1}
 
 
 def test_triggers_read_as_a_reviewable_list() -> None:
     lines = describe(TRIGGERS, KpiSettings(name="delay_cost", outcome="delayed"))
-    assert lines[0] == "prediction shift: |mean score - baseline| > 3 baseline sd"
-    assert any("worse than baseline by > 5%" in line for line in lines)
-    assert "critical PSI on temp" in lines
+    assert lines[0].startswith("sequential tests, alpha 0.01 per trigger")
+    assert any("shown beyond 3 baseline sd" in line for line in lines)
+    assert any("by more than 5% of the baseline KPI" in line for line in lines)
+    assert any(line.startswith("data incident") for line in lines)
 
 
 def test_drill_gate_needs_a_passed_recent_drill() -> None:
@@ -128,14 +194,17 @@ def test_drill_gate_needs_a_passed_recent_drill() -> None:
         drill_gate(Tags(passed=True, at=old), 4, 168, now)
 
 
-def test_prediction_shift_is_judged_net_of_the_reference() -> None:
-    from prodguard.rollout.triggers import TriggerResult, net_shift
+def test_row_costs_are_the_terms_of_the_kpi() -> None:
+    from prodguard.config import KpiSettings
+    from prodguard.monitoring.measures import BINARY, row_costs
 
-    raw = TriggerResult("prediction_shift", "fired", 3.6, 3.0)
-    world = net_shift(raw, 3.1, "v1 (900 shadow)")  # the standby moved alike: the weather
-    assert world.status == "clean" and world.value == pytest.approx(0.5)
-    assert "+3.60 sd net of +3.10 sd of v1 (900 shadow)" in world.reason
-    fault = net_shift(TriggerResult("prediction_shift", "clean", 2.0, 3.0), -1.5, "v2")
-    assert fault.status == "fired" and fault.value == pytest.approx(3.5)  # opposite ways
-    unknown = TriggerResult("prediction_shift", "inconclusive", None, 3.0, "no baseline")
-    assert net_shift(unknown, 1.0, "v1") is unknown
+    kpi = KpiSettings(name="delay_cost", outcome="delayed", cost_missed=1.0, cost_false_alert=0.25)
+    frame = pd.DataFrame(
+        {
+            "outcome": [{"delayed": 1}, None, {"delayed": 0}, {"delayed": 1}],
+            "probability": [0.2, 0.5, 0.9, 0.8],
+            "decision": [0, 1, 1, 1],
+        }
+    )
+    costs = row_costs(frame, kpi, BINARY, None)  # missed, unlabelled, false alert, caught
+    assert np.isnan(costs[1]) and list(costs[[0, 2, 3]]) == [1.0, 0.25, 0.0]

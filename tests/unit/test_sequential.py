@@ -198,3 +198,13 @@ def test_configuration_mistakes_are_refused() -> None:
             MeanTest(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         RateTest(0.995, 0.01)
+
+
+def test_fired_first_reads_an_interval_beyond_the_null_but_within_the_minimum_as_fired() -> None:
+    low, high = [0.07, -0.01, 0.05], [0.09, 0.01, 0.2]
+    assert list(verdicts(low, high, "two-sided", 0.06, 0.12)) == ["clean", "clean", "continue"]
+    assert list(verdicts(low, high, "two-sided", 0.06, 0.12, fired_first=True)) == [
+        "fired",
+        "clean",
+        "continue",
+    ]

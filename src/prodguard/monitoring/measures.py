@@ -41,6 +41,7 @@ from prodguard.tasks import (
     Task,
     TaskSpec,
     kpi_cost,
+    kpi_costs,
     score_measures,
     score_metric_names,
 )
@@ -228,13 +229,43 @@ def _latency_names() -> list[str]:
     return [f"latency.{s}.p{p}" for s in LATENCY_STAGES for p in PERCENTILES]
 
 
-def _latency(frame: pd.DataFrame, min_rows: int) -> list[Measure]:
+def request_timings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-stage timings of the single-row requests of ``frame`` (batch calls share one timing),
+    with their ``total_ms`` (the three stages) when all are logged."""
     timings = pd.DataFrame(frame["latencies_ms"].tolist())
     if "batch_rows" in timings.columns:
         timings = timings[timings["batch_rows"] == 1]
     stages = [f"{s}_ms" for s in LATENCY_STAGES if s != "total"]
     if set(stages) <= set(timings.columns):
         timings = timings.assign(total_ms=timings[stages].sum(axis=1, min_count=len(stages)))
+    return timings
+
+
+def row_costs(
+    frame: pd.DataFrame, kpi: KpiSettings, spec: TaskSpec, cost: CostFunction | None
+) -> np.ndarray:
+    """The KPI cost of each labelled row of ``frame`` (NaN where there is no outcome yet): the
+    per-request terms whose mean is ``kpi.<name>``, for paired cost differences."""
+    outcomes = frame["outcome"].map(lambda o: o.get(kpi.outcome) if isinstance(o, dict) else None)
+    labelled = outcomes.notna().to_numpy()
+    costs = np.full(len(frame), np.nan)
+    if not labelled.any():
+        return costs
+    outputs = logged_outputs(spec, frame[labelled].reset_index(drop=True))
+    costs[labelled] = kpi_costs(
+        spec,
+        outcomes[labelled].to_numpy(),
+        outputs,
+        cost_missed=kpi.cost_missed,
+        cost_false_alert=kpi.cost_false_alert,
+        cost_matrix=kpi.cost_matrix,
+        cost=cost,
+    )
+    return costs
+
+
+def _latency(frame: pd.DataFrame, min_rows: int) -> list[Measure]:
+    timings = request_timings(frame)
     measures = []
     for stage in LATENCY_STAGES:
         column = f"{stage}_ms"

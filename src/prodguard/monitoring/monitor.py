@@ -12,10 +12,11 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from prodguard.clock import Clock
@@ -28,8 +29,11 @@ from prodguard.monitoring.measures import (
     Measure,
     kpi_cost_function,
     measure,
+    request_timings,
+    row_costs,
 )
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
+from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.serving.prediction_log import ANSWERS, ErrorKind, PredictionLog, Roles
 from prodguard.tasks import TaskSpec
 
@@ -73,6 +77,28 @@ class WindowReport:
             "sampled_every": self.sampled_every,
             "findings": [f.to_json() for f in self.findings],
         }
+
+
+@dataclass(frozen=True)
+class PairedStates:
+    """A version's live traffic as additive test states: paired differences against a
+    reference version on the same requests (``reference`` None: no paired rows, the score and
+    cost states then hold the version's own values), and its own error, latency and degraded
+    rates. ``degraded_features`` counts the degraded rows per feature (from the rows' flags)."""
+
+    version: int
+    reference: int | None
+    rows: int
+    score: MeanState
+    cost: MeanState
+    errors: RateState
+    slow: RateState
+    degraded: RateState
+    degraded_features: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def paired(self) -> bool:
+        return self.reference is not None
 
 
 class Monitor:
@@ -182,6 +208,87 @@ class Monitor:
         reports = self._judge(Window(start, end, frame), every, matured, min_rows)
         found = [r for r in reports if r.model_version in (version, None)]
         return found[0]
+
+    def paired(
+        self,
+        start: datetime,
+        end: datetime,
+        version: int,
+        reference: int | None,
+        roles: Roles,
+        reference_roles: Roles,
+        latency_budget_ms: float,
+        min_pairs: int = 1,
+    ) -> PairedStates:
+        """The version's rows (``roles``) in ``[start, end)`` joined on request id with the
+        reference's rows (``reference_roles``: the standby's shadow rows, or the champion's
+        answers beside a canary): score differences (version minus reference) and, on rows
+        whose outcome was fed back, cost differences. Fewer than ``min_pairs`` pairs (or no
+        reference): the version's own scores and costs, unpaired. Paired reads are not
+        sampled."""
+        frame = self._log.window(start, end, role=roles)
+        frame = frame[frame["version"] == version]
+        spec = self.reference(version).spec
+        failed = self._log.errors(start, end).get("failed", 0)
+        timings = request_timings(frame) if len(frame) else pd.DataFrame()
+        totals = (
+            timings["total_ms"].dropna().to_numpy("float64")
+            if "total_ms" in timings
+            else np.array([])
+        )
+        degraded, features = degraded_rows(frame)
+        own = PairedStates(
+            version,
+            None,
+            len(frame),
+            MeanState.of(frame["probability"].to_numpy("float64") if len(frame) else []),
+            MeanState.of(self._costs(_healthy(frame), spec)),
+            RateState(len(frame) + failed, failed),
+            RateState.of(totals > latency_budget_ms),
+            degraded,
+            features,
+        )
+        if reference is None or reference == version or frame.empty:
+            return own
+        other = self._log.window(start, end, role=reference_roles)
+        other = other[other["version"] == reference].drop_duplicates("request_id")
+        pairs = frame.merge(other, on="request_id", suffixes=("", "_ref"))
+        if len(pairs) < min_pairs:
+            return own
+        scores = pairs["probability"].to_numpy("float64")
+        scores = scores - pairs["probability_ref"].to_numpy("float64")
+        # costs only of requests served with healthy inputs: a source that failed makes every
+        # model worse, one more than another, and that is the pipeline's fault, not the model's
+        pairs = _healthy(pairs)
+        mine = self._costs(pairs, spec)
+        theirs = self._costs(
+            pairs.assign(
+                probability=pairs["probability_ref"],
+                decision=pairs["decision_ref"],
+                prediction=pairs["prediction_ref"],
+            ),
+            self.reference(reference).spec,
+        )
+        return replace(
+            own, reference=reference, score=MeanState.of(scores), cost=MeanState.of(mine - theirs)
+        )
+
+    def degraded(
+        self, start: datetime, end: datetime, min_rows: int = 0, oldest: datetime | None = None
+    ) -> tuple[RateState, dict[str, int]]:
+        """Answers in ``[start, end)`` with degraded features (a data incident's footprint), and
+        the degraded rows per feature; fewer than ``min_rows`` there (a quiet hour): the last
+        ``min_rows`` answers before ``end``, none older than ``oldest``."""
+        frame = self._log.window(start, end, role=ANSWERS)
+        if len(frame) < min_rows and oldest is not None:
+            tail = self._log.tail(min_rows, end, role=ANSWERS)
+            frame = tail[pd.to_datetime(tail["time"], utc=True) >= pd.Timestamp(oldest)]
+        return degraded_rows(frame)
+
+    def _costs(self, frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
+        if frame.empty or "outcome" not in frame:
+            return np.array([])
+        return row_costs(frame.reset_index(drop=True), self._settings.kpi, spec, self._cost)
 
     def _judge(
         self, window: Window, every: int, matured: bool, min_rows: int | None = None
@@ -314,6 +421,38 @@ class Monitor:
             found = (time.monotonic(), self._references(version))
             self._cache[version] = found
         return found[1]
+
+
+def served_degraded(flags: Sequence[str] | None) -> set[str]:
+    """The features of one row that the feature store could not serve (stale, missing,
+    unavailable: flags read ``feature:reason``). A category the model never saw
+    (``field:unseen``) is the traffic's, not a source's, and is not one of them."""
+    return {
+        name
+        for name, _, reason in (str(flag).partition(":") for flag in flags or ())
+        if reason != "unseen"
+    }
+
+
+def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
+    """Rows with a feature the feature store could not serve among ``frame``, and those rows
+    per feature."""
+    flags = frame["flags"].tolist() if len(frame) else []
+    features: dict[str, int] = {}
+    degraded = []
+    for row in flags:
+        names = served_degraded(row)
+        degraded.append(bool(names))
+        for name in names:
+            features[name] = features.get(name, 0) + 1
+    return RateState.of(degraded), features
+
+
+def _healthy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows served with every feature the store holds (the ones a model's cost judges)."""
+    if frame.empty:
+        return frame
+    return frame[[not served_degraded(flags) for flags in frame["flags"]]]
 
 
 def _with_kpi(

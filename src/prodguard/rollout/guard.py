@@ -4,11 +4,20 @@ alerts. Every replica follows the aliases within its poll interval. It also bake
 progress (canary or shadow): a fired trigger aborts it, a clean step that baked long enough and
 saw enough requests moves on (or promotes after the last one), anything inconclusive holds.
 
-The prediction shift is judged net of a reference model on the same traffic when one is
-measured: the champion against the standby's shadow scores, a canary against the champion (its
-answers beside the canary and its shadow scores of the canary's rows). A change
-in the world moves every model's scores alike; only a shift the reference does not share is the
-model's own (a world that changed is the monitors' drift alert, and a rollback would not help).
+Each trigger is a sequential test (``prodguard.rollout.triggers``) on the version's requests
+paired with a reference's answers to the same requests: the champion against the standby's
+shadow scores, a canary against the champion (its answers beside the canary and its shadow
+scores of the canary's rows). A change in the world moves every model's scores alike; only a
+difference the reference does not share is the model's own. A test starts afresh when the
+version or its reference changes.
+
+A data incident (the last hour's answers — the last 50 in a quiet hour — with features the
+store could not serve, shown by a rate test at ``alpha`` above the baseline's share plus
+``degraded_margin``: a quarantined, stale or unavailable source) is not a model fault: model
+moves hold (no rollback on an unpaired trigger, no canary step, no promotion) and a pipeline
+incident is alerted naming the features. A paired difference shown beyond its whole minimum
+effect still rolls back: both versions eat the same bad data, though not alike (degraded inputs
+move two models apart by amounts staging never measured), hence the whole effect, not half.
 
 Safe to run twice: the rollback states the aliases it read, so of two guards one moves and the
 other finds them moved (``moved_elsewhere``), never a double move.
@@ -24,15 +33,19 @@ from prodguard.alerts import Alert, Alerter
 from prodguard.clock import Clock
 from prodguard.config import Settings
 from prodguard.errors import ConcurrentUpdateError, PromotionRefused
-from prodguard.monitoring.monitor import Monitor, WindowReport, replace_finding
+from prodguard.monitoring.monitor import Monitor, PairedStates, WindowReport, replace_finding
 from prodguard.registry.audit import AuditRecord
 from prodguard.registry.operations import AliasState, RegistryOperations
 from prodguard.rollout.policy import TrafficPolicy
-from prodguard.rollout.triggers import TriggerResult, evaluate_triggers, net_shift
+from prodguard.rollout.sequential import RateTest
+from prodguard.rollout.triggers import TriggerResult, evaluate_triggers
 from prodguard.serving.prediction_log import ANSWERS, Roles
 
 GUARD_ACTOR = "prodguard-guard"
-REFERENCE_MIN_ROWS = 50  # a reference's mean score over fewer answers is too noisy to net
+INCIDENT_MINUTES = 60  # a data incident is judged on the last hour of answers...
+INCIDENT_MIN_ROWS = 50  # ...or on the last 50 answers when the hour had fewer
+MIN_INCIDENT_MARGIN = 0.01  # a baseline degraded on 97 % or more of its rows cannot show more
+PAIRED_TRIGGERS = ("prediction_shift", "kpi")  # differences both versions' bad data cancels
 Action = Literal[
     "none",
     "hold",
@@ -58,10 +71,27 @@ class GuardDecision:
     rows: int = 0
     reason: str = ""
     audit_id: int | None = None
+    paired: bool = False  # the triggers compare the version with a reference on the same rows
+    incident: str = ""  # a data incident holding model moves (its description)
 
     @property
     def fired(self) -> list[TriggerResult]:
         return [t for t in self.triggers if t.status == "fired"]
+
+    def held_by_incident(self) -> GuardDecision:
+        """During a data incident only a paired difference shown beyond its whole minimum
+        effect may move a model (degraded inputs move two models apart by amounts staging
+        never measured, so beyond half of it is not evidence of a fault): the other fired
+        triggers are held (inconclusive, with the incident as reason)."""
+        if not self.incident:
+            return self
+        triggers = [
+            t
+            if t.status != "fired" or (self.paired and _beyond_minimum(t))
+            else replace(t, status="inconclusive", reason=f"held: {self.incident}; {t.reason}")
+            for t in self.triggers
+        ]
+        return replace(self, triggers=triggers)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +102,8 @@ class GuardDecision:
             "rows": self.rows,
             "reason": self.reason,
             "audit_id": self.audit_id,
+            "paired": self.paired,
+            "incident": self.incident,
             "triggers": [t.to_json() for t in self.triggers],
         }
 
@@ -93,6 +125,7 @@ class Guard:
         self._clock = clock
         self._actor = actor
         self._stranded: set[int] = set()  # champions alerted as fired without a standby
+        self._incident: frozenset[str] = frozenset()  # the open data incident's features
 
     def check(self) -> list[GuardDecision]:
         """Judge the champion (rolling back on a fired trigger), then a rollout in progress
@@ -106,9 +139,12 @@ class Guard:
         if champion is None:
             return [GuardDecision("no_champion", now, None, reason="no champion is set")]
         live = self._live_start(champion, now)
-        decision = self._evaluate(champion, live, now, ANSWERS)
-        if state.standby is not None:
-            decision = self._net_shift(decision, state.standby, live, now, ("shadow",))
+        if state.standby is not None:  # a new standby is a new reference: a new test
+            since = self._operations.standby_since(state.standby)
+            live = since if since is not None and live < since <= now else live
+        incident = self._data_incident(champion, now)
+        decision = self._evaluate(champion, live, now, ANSWERS, state.standby, ("shadow",))
+        decision = replace(decision, incident=incident).held_by_incident()
         fired = decision.fired
         if fired:
             summary = "; ".join(t.summary() for t in fired)
@@ -122,21 +158,41 @@ class Guard:
                 )
             else:
                 decision = self._roll_back(state, decision, summary)
+        if incident and not fired:
+            decision = replace(decision, action="hold", reason=f"model moves held: {incident}")
         decisions = [decision]
         if policy.active and decision.action != "rolled_back":  # nothing moved since the read
             decisions.append(self._bake(state, policy, now))
         return decisions
 
     def _evaluate(
-        self, version: int, start: datetime, now: datetime, roles: Roles
+        self,
+        version: int,
+        start: datetime,
+        now: datetime,
+        roles: Roles,
+        reference: int | None,
+        reference_roles: Roles,
     ) -> GuardDecision:
-        report = self._judge(version, start, now, roles)
+        """The version's triggers on ``[start, now)``, paired with ``reference``'s rows of the
+        same requests when there are any."""
+        triggers_settings = self._settings.rollout.triggers
+        baseline = self._monitor.reference(version).baseline
+        other = self._monitor.reference(reference).baseline if reference is not None else None
+        states = self._states(version, reference, start, now, roles, reference_roles)
+        findings = []
+        window = f"{start.isoformat()}..{now.isoformat()}"
+        per_class = baseline is not None and "score.mean" not in baseline.metrics
+        if triggers_settings.critical_psi_features or per_class:
+            report = self._judge(version, start, now, roles)
+            findings, window = report.findings, report.window
         triggers = evaluate_triggers(
-            report.findings,
-            report.rows,
-            self._monitor.reference(version).baseline,
-            self._settings.rollout.triggers,
+            states,
+            baseline,
+            other,
+            triggers_settings,
             self._settings.monitoring.kpi.name,
+            findings,
         )
         held = any(t.status == "inconclusive" for t in triggers)
         return GuardDecision(
@@ -144,41 +200,95 @@ class Guard:
             now,
             version,
             triggers,
-            report.window,
-            report.rows,
-            report.reason,
+            window,
+            states.rows,
+            "",
+            paired=states.paired,
         )
 
-    def _net_shift(
+    def _states(
         self,
-        decision: GuardDecision,
-        reference: int,
+        version: int,
+        reference: int | None,
         start: datetime,
         now: datetime,
         roles: Roles,
-    ) -> GuardDecision:
-        """The prediction shift minus the reference's own shift over the same window (each
-        against its own staging baseline); unchanged when the reference is not measured."""
-        shift = next((t for t in decision.triggers if t.name == "prediction_shift"), None)
-        if shift is None or shift.value is None or reference == decision.version:
-            return decision
-        if self._monitor.reference(reference).baseline is None:
-            return decision
-        report = self._monitor.judge(start, now, reference, True, REFERENCE_MIN_ROWS, roles)
-        found = report.finding("score.shift_sd")
-        if found is None or found.value is None:
-            return decision
-        labels = "/".join((roles,) if isinstance(roles, str) else roles or ())
-        netted = net_shift(shift, found.value, f"v{reference} ({report.rows} {labels})")
-        triggers = [netted if t is shift else t for t in decision.triggers]
-        return replace(decision, triggers=triggers)
+        reference_roles: Roles,
+    ) -> PairedStates:
+        """The version's test states; its costs only from requests old enough for feedback to
+        have matured."""
+        budget = self._settings.rollout.triggers.p99_latency_ms
+        states = self._monitor.paired(
+            start, now, version, reference, roles, reference_roles, budget
+        )
+        maturity = timedelta(hours=self._settings.monitoring.kpi.maturity_hours)
+        if maturity.total_seconds() == 0:
+            return states
+        if now - maturity <= start:
+            return replace(states, cost=type(states.cost)())
+        matured = self._monitor.paired(
+            start, now - maturity, version, reference, roles, reference_roles, budget
+        )
+        if matured.paired != states.paired:  # compare like with like
+            return replace(states, cost=type(states.cost)())
+        return replace(states, cost=matured.cost)
+
+    def _data_incident(self, version: int, now: datetime) -> str:
+        """A description of the data incident under way ("" when none), alerted once as a
+        pipeline incident when it opens."""
+        degraded, features = self._monitor.degraded(
+            now - timedelta(minutes=INCIDENT_MINUTES),
+            now,
+            INCIDENT_MIN_ROWS,
+            oldest=now - timedelta(minutes=self._settings.rollout.guard_minutes),
+        )
+        baseline = self._monitor.reference(version).baseline
+        known = baseline.metrics.get("rate.degraded") if baseline is not None else None
+        usual = known.mean if known is not None else 0.0
+        settings = self._settings.rollout.triggers
+        margin = min(settings.degraded_margin, (1 - usual) / 3)
+        if degraded.n < INCIDENT_MIN_ROWS // 2 or margin < MIN_INCIDENT_MARGIN:
+            # too few requests, or (nearly) every request was degraded in staging too: the
+            # baseline leaves no room to tell an incident from the usual
+            self._incident = frozenset()
+            return ""
+        # shown above the usual share plus the margin, not merely seen above it in one hour
+        test = RateTest(usual, 2 * margin, alpha=settings.alpha, null_effect=margin)
+        if test.decide(degraded).verdict != "fired":
+            self._incident = frozenset()
+            return ""
+        named = sorted(features, key=lambda f: (-features[f], f))
+        description = (
+            f"data incident: {degraded.rate:.0%} of the last {degraded.n} requests have "
+            f"degraded features (baseline {usual:.0%}): {', '.join(named[:10])}"
+            + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+        )
+        if frozenset(named) != self._incident:
+            self._incident = frozenset(named)
+            self._alerter.send(
+                Alert(
+                    type="pipeline_incident",
+                    severity="warning",
+                    source="guard",
+                    message=f"{description}; model moves held (not a model fault)",
+                    time=now,
+                    metric="rate.degraded",
+                    value=degraded.rate,
+                    threshold=usual + margin,
+                    model_version=version,
+                    details={"features": {f: features[f] for f in named}, "rows": degraded.n},
+                )
+            )
+        return description
 
     def _live_start(self, version: int, now: datetime) -> datetime:
-        """Since the version became champion, at most ``guard_minutes`` back."""
+        """Since the version became champion: a sequential test's sample grows from the change
+        (a sliding window would re-test overlapping samples, and at low traffic never gather
+        enough); ``guard_minutes`` back when that time is unknown."""
         earliest = now - timedelta(minutes=self._settings.rollout.guard_minutes)
         since = self._operations.live_since(version)
-        # unknown, or later than now (another host's clock): the whole guard window
-        return since if since is not None and earliest < since <= now else earliest
+        # unknown, or later than now (another host's clock): the guard window
+        return since if since is not None and since <= now else earliest
 
     def _judge(self, version: int, start: datetime, now: datetime, roles: Roles) -> WindowReport:
         """The version's traffic in ``[start, now)``; its KPI from the part old enough for
@@ -216,15 +326,15 @@ class Guard:
             return GuardDecision("restarted", now, state.candidate, reason=restarted.describe())
         started = policy.started() or now
         roles: Roles = ("shadow",) if policy.mode == "shadow" else ("canary",)
-        decision = self._evaluate(version, started, now, roles)
-        if state.champion is not None and policy.mode == "canary":
-            # the champion's answers beside the canary, and its shadow scores of canary rows
-            reference_roles: Roles = ("champion", "shadow")
-            decision = self._net_shift(decision, state.champion, started, now, reference_roles)
+        # the champion's answers beside the canary, and its shadow scores of canary rows
+        reference_roles: Roles = ("champion", "shadow")
+        decision = self._evaluate(version, started, now, roles, state.champion, reference_roles)
+        incident = self._data_incident(state.champion or version, now)
+        decision = replace(decision, incident=incident).held_by_incident()
         fired = decision.fired
         if fired:
             summary = "; ".join(t.summary() for t in fired)
-            evidence = {"triggers": [t.to_json() for t in decision.triggers], "rows": decision.rows}
+            evidence = _evidence(decision)
             record = self._set_traffic(
                 TrafficPolicy(), policy, f"rollout of v{version} aborted: {summary}", evidence
             )
@@ -239,7 +349,14 @@ class Guard:
             waiting.append(f"baking {left.total_seconds() / 60:.0f} min more")
         if decision.rows < rollout.bake_min_requests:
             waiting.append(f"{decision.rows} of {rollout.bake_min_requests} requests")
-        waiting += [t.summary() for t in decision.triggers if t.status == "inconclusive"]
+        if incident:
+            waiting.append(f"model moves held: {incident}")
+        # a step passes when no trigger fired on enough requests: waiting for every test to be
+        # shown clean would hold a canary for ~100k labels. A trigger not measured at all (no
+        # baseline, no matured label yet) still holds it.
+        waiting += [
+            t.summary() for t in decision.triggers if t.status != "clean" and t.value is None
+        ]
         if waiting:
             return replace(decision, action="hold", reason="; ".join(waiting))
         if not policy.last_step:
@@ -253,7 +370,7 @@ class Guard:
         try:
             record = self._operations.promote(
                 self._actor,
-                f"baked through {policy.describe()}: all triggers clean",
+                f"baked through {policy.describe()}: no trigger fired",
                 version=version,
                 expected=state,
             )
@@ -272,11 +389,7 @@ class Guard:
         return self._operations.set_traffic(policy, self._actor, reason, evidence, expected)
 
     def _roll_back(self, state: AliasState, decision: GuardDecision, summary: str) -> GuardDecision:
-        evidence = {
-            "triggers": [t.to_json() for t in decision.triggers],
-            "window": decision.window,
-            "rows": decision.rows,
-        }
+        evidence = _evidence(decision)
         try:
             record = self._operations.rollback(
                 self._actor, f"rollback trigger fired: {summary}", evidence, expected=state
@@ -307,6 +420,29 @@ class Guard:
                 threshold=first.threshold if first else None,
                 model_version=version,
                 window=decision.window,
-                details={"triggers": [t.to_json() for t in decision.fired]},
+                details=_evidence(decision),
             )
         )
+
+
+def _beyond_minimum(trigger: TriggerResult) -> bool:
+    """A paired trigger whose interval lies entirely beyond its minimum effect."""
+    if trigger.name not in PAIRED_TRIGGERS:
+        return False
+    low, high = trigger.evidence.get("low"), trigger.evidence.get("high")
+    minimum = trigger.evidence.get("min_effect")
+    if low is None or high is None or minimum is None:
+        return False
+    return bool(low > minimum or high < -minimum)
+
+
+def _evidence(decision: GuardDecision) -> dict[str, Any]:
+    """What an audit record and an alert keep of a decision: every trigger with its test's
+    evidence (effect, interval, n, alpha, observations still needed, what was compared)."""
+    return {
+        "triggers": [t.to_json() for t in decision.triggers],
+        "window": decision.window,
+        "rows": decision.rows,
+        "paired": decision.paired,
+        "incident": decision.incident,
+    }

@@ -179,11 +179,17 @@ def _check(alpha: float, null_effect: float, min_effect: float) -> None:
 
 
 def verdicts(
-    low: ArrayLike, high: ArrayLike, side: Side, null_effect: float, min_effect: float
+    low: ArrayLike,
+    high: ArrayLike,
+    side: Side,
+    null_effect: float,
+    min_effect: float,
+    fired_first: bool = False,
 ) -> np.ndarray:
     """Decisions read off intervals of the (signed) effect, vectorised: ``clean`` when the
     interval lies within the minimum effect, else ``fired`` when it lies beyond the null
-    effect (on the worse side), else ``continue``."""
+    effect (on the worse side), else ``continue``. ``fired_first``: an interval both within
+    the minimum and beyond the null fires (each error bound holds either way)."""
     low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
     if side == "less":  # lower is worse: mirror
         low, high = -high, -low
@@ -193,6 +199,8 @@ def verdicts(
     else:
         clean = high < min_effect
         fired = low > null_effect
+    if fired_first:
+        return VERDICTS[np.where(fired, 1, np.where(clean, 2, 0))]
     return VERDICTS[np.where(clean, 2, np.where(fired, 1, 0))]
 
 
@@ -238,8 +246,10 @@ class MeanTest:
         min_sd: float = 1e-9,
         target_n: float = 500,
         min_n: int = 100,
+        fired_first: bool = False,
     ) -> None:
         _check(alpha, null_effect, min_effect)
+        self.fired_first = fired_first
         if scale is not None and scale <= 0:
             raise ValueError("scale must be positive")
         self.min_effect, self.alpha, self.null_effect, self.side = (
@@ -272,7 +282,7 @@ class MeanTest:
 
     def verdicts(self, n: ArrayLike, total: ArrayLike, squares: ArrayLike) -> np.ndarray:
         _, low, high = self.bounds(n, total, squares)
-        return verdicts(low, high, self.side, self.null_effect, self.min_effect)
+        return verdicts(low, high, self.side, self.null_effect, self.min_effect, self.fired_first)
 
     def _scale(self, state: MeanState) -> float:
         if self.scale is not None:
@@ -298,7 +308,9 @@ class MeanTest:
 
     def decide(self, state: MeanState) -> Decision:
         estimate, low, high = (float(v) for v in self.bounds(state.n, state.total, state.squares))
-        verdict = str(verdicts(low, high, self.side, self.null_effect, self.min_effect))
+        verdict = str(
+            verdicts(low, high, self.side, self.null_effect, self.min_effect, self.fired_first)
+        )
         reason = ""
         if state.n < self.min_n:
             reason = f"{state.n} observations, at least {self.min_n} before deciding"

@@ -596,7 +596,9 @@ class AnswerLog:
 class Shadow:
     """Stage ``shadow``, off the response path: the rollout version in shadow traffic scores
     every row; otherwise the standby (or in a canary the champion, the guard's paired
-    reference) scores a deterministic sample. A full backlog sheds the work."""
+    reference) scores a deterministic sample — every row of the first ``burst`` after the
+    served versions change, when the guard's paired tests need evidence fastest. A full
+    backlog sheds the work."""
 
     def __init__(
         self,
@@ -604,23 +606,41 @@ class Shadow:
         answers: AnswerLog,
         sample: float = 0.0,
         metrics: Metrics | None = None,
+        burst: int = 0,
     ) -> None:
         self._scoring = scoring
         self._answers = answers
         self._sample = sample
         self._metrics = metrics or NoMetrics()
+        self._burst = burst
+        self._since_change: tuple[tuple[int | None, ...], int] = ((), 0)
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
         self._slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
 
     def after(
         self, state: ServingState, frame: pd.DataFrame, records: list[PredictionRecord]
     ) -> None:
+        share = self._share(state, len(records))
         if state.rollout is not None and state.policy.mode == "shadow":
             self._submit(state.rollout, frame, records, share=1.0)
         elif state.rollout is not None and state.policy.mode == "canary":
-            self._submit(state.champion, frame, records, self._sample)
+            self._submit(state.champion, frame, records, share)
         else:
-            self._submit(state.standby, frame, records, self._sample)
+            self._submit(state.standby, frame, records, share)
+
+    def _share(self, state: ServingState, rows: int) -> float:
+        """1 for the first ``burst`` rows served by these versions (counted per process),
+        the configured sample after."""
+        served = tuple(
+            m.version if m is not None else None
+            for m in (state.champion, state.standby, state.rollout)
+        )
+        with self._lock:
+            versions, seen = self._since_change
+            seen = seen if versions == served else 0
+            self._since_change = (served, seen + rows)
+        return 1.0 if seen < self._burst else self._sample
 
     def _submit(
         self,
