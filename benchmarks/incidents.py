@@ -16,8 +16,6 @@ Takes a few minutes on first run (ingest Jan-May, train, replay April twice).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -26,11 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def half(request_id: str) -> bool:
-    return hashlib.blake2b(request_id.encode(), digest_size=8).digest()[0] < 128
+from replay_project import half, replayer, trained_project
 
 
 class Stale:
@@ -59,39 +53,20 @@ def main() -> None:
     from prodguard import app, wiring
     from prodguard.alerts import Alerter, AlertGate, FileGateState, JsonlSink
     from prodguard.clock import FixedClock
-    from prodguard.config import load_settings
     from prodguard.incidents import FileIncidentRecord, IncidentSink
     from prodguard.monitoring.alerting import alerts_of
-    from prodguard.monitoring.jobs import baseline_from_log, replay_version, version_reference
+    from prodguard.monitoring.jobs import baseline_from_log, version_reference
     from prodguard.monitoring.monitor import Monitor
-    from prodguard.serving.prediction_log import SqlitePredictionLog
     from prodguard.telemetry import disable_telemetry
     from prodguard.timewindows import parse_time as t
 
     disable_telemetry()
     work = args.work or Path(tempfile.mkdtemp(prefix="prodguard-incidents-"))
-    project = work / "project"
-    if not (project / "prodguard.yaml").exists():
-        project.mkdir(parents=True, exist_ok=True)
-        for name in ("prodguard.yaml", "expectations", "mlruns_config", "feature_repo"):
-            source = ROOT / name
-            copy = shutil.copytree if source.is_dir() else shutil.copy
-            copy(source, project / name)
-    settings = load_settings(project / "prodguard.yaml", environ={})
-    registry = app.registry_operations(settings).registry
-    began = time.perf_counter()
-    known = registry.versions()
-    if known:
-        version = known[-1].version
-    else:
-        app.ingest(settings, t("2013-01-01"), t("2013-05-01"))
-        app.materialize(settings, until=t("2013-04-01"))
-        version = app.train(settings, t("2013-01-01"), t("2013-04-01"), actor="bench").version
-    print(f"set-up (ingest, materialize, train v{version}): {time.perf_counter() - began:.0f} s")
-    spec = settings.monitoring.window
-    print(f"windows: {spec.minutes:g} min every {spec.step_minutes:g} min, min {spec.min_rows}")
-    reference = version_reference(registry, version)
     april, may = t("2013-04-01"), t("2013-05-01")
+    settings, registry, version = trained_project(
+        work, (t("2013-01-01"), may), (t("2013-01-01"), april), "bench"
+    )
+    reference = version_reference(registry, version)
 
     through = t(args.through)
     marker = work / "ingested_through"
@@ -101,15 +76,10 @@ def main() -> None:
         marker.write_text(through.isoformat())
         print(f"ingested May..{through:%Y-%m-%d}: {time.perf_counter() - began:.0f} s")
 
+    replay = replayer(work, settings, registry, version)
+
     def replayed(name: str, start: Any = april, end: Any = may, **options: Any) -> Any:
-        path = work / f"{name}.db"
-        if not path.exists():
-            log = SqlitePredictionLog(work / f"{name}.partial.db", "NORMAL")
-            result = replay_version(settings, registry, version, start, end, log, **options)
-            log.close()
-            (work / f"{name}.partial.db").rename(path)
-            print(f"  replayed {name}: {result.predicted} predictions in {result.seconds:.0f} s")
-        return SqlitePredictionLog(path, "NORMAL")
+        return replay(name, start, end, **options)
 
     fitted = baseline_from_log(
         settings, replayed("staging_half", keep=half), version, april, may, reference

@@ -15,8 +15,6 @@ requests through the serving path.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import shutil
 import tempfile
 import time
 from datetime import timedelta
@@ -24,13 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from replay_project import half, replayer, trained_project
 
-ROOT = Path(__file__).resolve().parents[1]
 WEATHER = ["temp", "dewp", "humid", "pressure", "wind_speed", "precip", "visib"]
-
-
-def half(request_id: str) -> bool:
-    return hashlib.blake2b(request_id.encode(), digest_size=8).digest()[0] < 128
 
 
 class Celsius:
@@ -58,11 +52,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
 
-    from prodguard import app
     from prodguard.clock import FixedClock
-    from prodguard.config import load_settings
-    from prodguard.monitoring.jobs import REFERENCE_ARTIFACT, baseline_from_log, replay_version
-    from prodguard.monitoring.measures import feature_references
+    from prodguard.monitoring.jobs import baseline_from_log, replay_version, version_reference
     from prodguard.monitoring.monitor import Monitor, VersionReference
     from prodguard.serving.prediction_log import SqlitePredictionLog
     from prodguard.telemetry import disable_telemetry
@@ -70,42 +61,11 @@ def main() -> None:
 
     disable_telemetry()
     work = args.work or Path(tempfile.mkdtemp(prefix="prodguard-quality-"))
-    project = work / "project"
-    if not (project / "prodguard.yaml").exists():
-        project.mkdir(parents=True, exist_ok=True)
-        for name in ("prodguard.yaml", "expectations", "mlruns_config", "feature_repo"):
-            source = ROOT / name
-            copy = shutil.copytree if source.is_dir() else shutil.copy
-            copy(source, project / name)
-    settings = load_settings(project / "prodguard.yaml", environ={})
-    registry = app.registry_operations(settings).registry
-    began = time.perf_counter()
-    known = registry.versions()
-    if known:  # a previous run's work folder: reuse its data, model and logs
-        version = known[-1].version
-    else:
-        app.ingest(settings, t("2013-01-01"), t("2014-01-01"))
-        app.materialize(settings, until=t("2013-04-01"))
-        version = app.train(settings, t("2013-01-01"), t("2013-04-01"), actor="quality").version
-    print(
-        f"set-up (ingest 2013, materialize, train v{version}): {time.perf_counter() - began:.0f} s"
+    settings, registry, version = trained_project(
+        work, (t("2013-01-01"), t("2014-01-01")), (t("2013-01-01"), t("2013-04-01")), "quality"
     )
-    spec = settings.monitoring.window
-    print(
-        f"windows: {spec.minutes:g} min every {spec.step_minutes:g} min, min {spec.min_rows} rows"
-    )
-    stats = registry.load_json_artifact(version, REFERENCE_ARTIFACT)
-    reference = VersionReference(feature_references(stats), None)
-
-    def replayed(name: str, start: Any, end: Any, **options: Any) -> Any:
-        path = work / f"{name}.db"
-        if not path.exists():
-            log = SqlitePredictionLog(work / f"{name}.partial.db", "NORMAL")
-            result = replay_version(settings, registry, version, start, end, log, **options)
-            log.close()
-            (work / f"{name}.partial.db").rename(path)
-            print(f"  replayed {name}: {result.predicted} predictions in {result.seconds:.0f} s")
-        return SqlitePredictionLog(path, "NORMAL")
+    reference = version_reference(registry, version)
+    replayed = replayer(work, settings, registry, version)
 
     def monitor_over(log: Any, baseline: Any, start: Any, end: Any) -> list[Any]:
         clock = FixedClock(end + timedelta(days=2))
