@@ -490,19 +490,7 @@ class MlflowRegistry:
 
     def load_json_artifact(self, version: int, name: str) -> Any:
         """An artifact of the version's prodguard run (training or adoption run)."""
-        info = self.version(version)
-        run_id = info.tags.get(lineage.RUN_ID) or info.run_id
-        with (
-            _wrapped(f"reading artifact {name} of version {version}"),
-            tempfile.TemporaryDirectory() as tmp,
-        ):
-            path = self._mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=name,
-                dst_path=tmp,
-                tracking_uri=self.config.tracking_uri,
-            )
-            return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(self.load_bytes_artifact(version, name).decode("utf-8"))
 
     def load_bytes_artifact(self, version: int, name: str, run_id: str | None = None) -> bytes:
         """A binary artifact of the version's prodguard run, as stored (``run_id``: that run,
