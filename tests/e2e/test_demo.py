@@ -56,6 +56,9 @@ def test_every_story_event_is_on_record(demo: Path) -> None:
     rollbacks = [r.from_state["champion"] for r in audit if r.action == "rollback"]
     assert rollbacks == [faulty]
     assert "evidence" in rollback.evidence["triggers"][0]  # each decision keeps its evidence
+    page = (output / "summary.html").read_text()  # the summary shows incidents and evidence
+    assert "Incidents (alerts grouped by cause)" in page and "source &#x27;weather&#x27;" in page
+    assert "prediction_shift: fired: effect" in page
 
     alerts = JsonlSink(settings.paths.alerts_file).read()
     quarantine = [a for a in alerts if a["type"] == "quarantine"]

@@ -15,7 +15,9 @@ import pandas as pd
 from rich.table import Table
 
 from prodguard import app, wiring
+from prodguard.config import Settings
 from prodguard.demo.runner import DemoRun
+from prodguard.rollout.guard import GUARD_ACTOR
 from prodguard.serving.prediction_log import ANSWERS
 
 MARKERS = {  # event type -> (colour, marker) on the timeline
@@ -181,11 +183,50 @@ def write_summary(run: DemoRun) -> Path:
         ("Timeline", _timeline(run.events.events)),
     ]
     page = run.output / "summary.html"
-    page.write_text(_page(run, plots), encoding="utf-8")
+    tables = [
+        ("Incidents (alerts grouped by cause)", _incidents_table(settings)),
+        ("The guard's decisions and their evidence", _decisions_table(settings)),
+    ]
+    page.write_text(_page(run, plots, tables), encoding="utf-8")
     return page
 
 
-def _page(run: DemoRun, plots: list[tuple[str, str]]) -> str:
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<td><b>{esc(h)}</b></td>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _incidents_table(settings: Settings) -> str:
+    rows = [
+        [
+            i["first_seen"][:16],
+            (i["last_seen"] or "")[:16],
+            i["severity"],
+            i["state"],
+            str(i["members"]),
+            i["cause"],
+        ]
+        for i in app.incidents(settings)
+    ]
+    return _table(["first seen", "last seen", "severity", "state", "alerts", "cause"], rows)
+
+
+def _decisions_table(settings: Settings) -> str:
+    """Every alias or traffic move the guard made, with the tests that decided it."""
+    rows = []
+    for record in wiring.registry_operations(settings).history():
+        if record.actor != GUARD_ACTOR:
+            continue
+        triggers = (record.evidence or {}).get("triggers", [])
+        decided = [t for t in triggers if t.get("status") == "fired"] or triggers
+        evidence = "; ".join(f"{t['name']}: {t.get('reason', '')}" for t in decided)
+        rows.append([record.time.isoformat()[:16], record.action, record.reason, evidence])
+    return _table(["time", "action", "reason", "evidence"], rows)
+
+
+def _page(run: DemoRun, plots: list[tuple[str, str]], tables: list[tuple[str, str]]) -> str:
     esc = html.escape
     counts = Counter(e["type"] for e in run.events.events)
     reports = "".join(
@@ -202,7 +243,7 @@ def _page(run: DemoRun, plots: list[tuple[str, str]]) -> str:
     figures = "".join(
         f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in run.figures.items()
     )
-    sections = "".join(f"<h2>{esc(title)}</h2>{svg}" for title, svg in plots)
+    sections = "".join(f"<h2>{esc(title)}</h2>{svg}" for title, svg in plots + tables)
     badges = " ".join(f"<span class=b>{esc(k)}: {v}</span>" for k, v in sorted(counts.items()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>prodguard demo summary</title>
