@@ -317,6 +317,20 @@ class MonitoringSettings(_Strict):
     )
     kpi: KpiSettings
     reports_max_rows: int = Field(default=20_000, ge=100)
+    calendar_features: dict[str, float] = Field(
+        default_factory=dict,
+        description="Features that cycle with the calendar, with their period in minutes (e.g. "
+        "day_of_week: 10080): their PSI and shift are judged only on windows at least that "
+        "long (a day of the week on a daily window is always one value).",
+    )
+
+    @field_validator("calendar_features")
+    @classmethod
+    def _periods(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(name for name, minutes in value.items() if not minutes > 0)
+        if bad:
+            raise ValueError(f"calendar_features: give each a period in minutes > 0 ({bad})")
+        return value
 
 
 class TriggerSettings(_Strict):

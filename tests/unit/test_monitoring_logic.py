@@ -354,3 +354,18 @@ def test_a_latency_baseline_of_zero_spread_has_a_floor() -> None:
     )
     assert jitter.status == "ok" and jitter.baseline_sd == pytest.approx(1.0)
     assert loaded.status == "critical" and loaded.baseline_sd == pytest.approx(5.0)
+
+
+def test_calendar_features_are_judged_only_on_windows_as_long_as_their_period() -> None:
+    from prodguard.config import MonitoringSettings
+    from prodguard.monitoring.measures import judged_features
+
+    references = {"day_of_week": "dow", "temp": "temp"}
+    calendar = {"day_of_week": 10080.0}
+    assert judged_features(references, calendar, 1440) == {"temp": "temp"}  # type: ignore[arg-type]
+    assert judged_features(references, calendar, 10080) == references  # type: ignore[arg-type]
+    assert judged_features(references, calendar, None) == references  # type: ignore[arg-type]
+    assert judged_features(None, calendar, 1440) is None
+    kpi = {"name": "cost", "outcome": "y"}
+    with pytest.raises(ValueError, match="period in minutes > 0"):
+        MonitoringSettings(kpi=kpi, calendar_features={"day_of_week": 0})  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from prodguard.monitoring.baseline import Baseline, summarise
 from prodguard.monitoring.evidently_report import write_drift_report
 from prodguard.monitoring.measures import (
     feature_references,
+    judged_features,
     kpi_cost_function,
     measure,
     score_reference,
@@ -207,11 +208,12 @@ def baseline_from_log(
         )
     scores = score_reference(frame["probability"].to_numpy("float64"), settings.monitoring.bins)
     staging_stats = reference_stats(_served_features(frame, reference))
-    staging = feature_references(staging_stats)
+    calendar = settings.monitoring.calendar_features
+    staging = judged_features(feature_references(staging_stats), calendar, spec.minutes)
     windows = [
         measure(
             w.frame,
-            features=reference.features,
+            features=judged_features(reference.features, calendar, spec.minutes) or {},
             scores=scores,
             staging=staging,
             kpi=settings.monitoring.kpi,

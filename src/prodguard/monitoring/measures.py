@@ -102,6 +102,21 @@ def score_reference(scores: np.ndarray, bins: int) -> FeatureReference:
     return FeatureReference(fitted, counts / counts.sum())
 
 
+def judged_features(
+    references: Mapping[str, FeatureReference] | None,
+    calendar: Mapping[str, float],
+    window_minutes: float | None,
+) -> dict[str, FeatureReference] | None:
+    """The references a window of ``window_minutes`` can judge: without the calendar features
+    whose period is longer (their share in the window is set by the calendar, not by drift);
+    all of them for windows counted in rows."""
+    if references is None:
+        return None
+    if window_minutes is None:
+        return dict(references)
+    return {n: r for n, r in references.items() if calendar.get(n, 0.0) <= window_minutes}
+
+
 def measure(
     frame: pd.DataFrame,
     *,

@@ -27,6 +27,7 @@ from prodguard.monitoring.measures import (
     BINARY,
     FeatureReference,
     Measure,
+    judged_features,
     kpi_cost_function,
     measure,
     request_timings,
@@ -391,11 +392,14 @@ class Monitor:
                 f"({self._spec.describe()}); re-run `prodguard baseline`"
             )
             baseline = None
+        calendar, minutes = self._settings.calendar_features, self._spec.minutes
         measures: Sequence[Measure] = measure(
             rows,
-            features=reference.features,
+            features=judged_features(reference.features, calendar, minutes) or {},
             scores=baseline.score_reference() if baseline is not None else None,
-            staging=baseline.feature_references() if baseline is not None else None,
+            staging=judged_features(
+                baseline.feature_references() if baseline is not None else None, calendar, minutes
+            ),
             kpi=self._settings.kpi,
             matured=matured,
             errors={k: v // every for k, v in errors.items()},
