@@ -142,6 +142,11 @@ def test_request_errors_are_counted(open_log) -> None:
     log.record_error(T0 + timedelta(minutes=1), "failed", 2)
     log.record_error(T0 + timedelta(days=2), "failed", 2)
     assert log.errors(T0, T0 + timedelta(days=1)) == {"rejected": 1, "failed": 1}
+    log.record_error(T0 + timedelta(minutes=2), "failed", 3)  # another version's failure
+    day = (T0, T0 + timedelta(days=1))
+    assert log.errors(*day, version=2) == {"rejected": 0, "failed": 1}
+    assert log.errors(*day, version=3) == {"rejected": 0, "failed": 1}
+    assert log.errors(*day) == {"rejected": 1, "failed": 2}
 
 
 @pytest.mark.postgres

@@ -220,18 +220,24 @@ class Monitor:
         reference_roles: Roles,
         latency_budget_ms: float,
         min_pairs: int = 1,
+        recent: datetime | None = None,
     ) -> PairedStates:
         """The version's rows (``roles``) in ``[start, end)`` joined on request id with the
         reference's rows (``reference_roles``: the standby's shadow rows, or the champion's
         answers beside a canary): score differences (version minus reference) and, on rows
         whose outcome was fed back, cost differences. Fewer than ``min_pairs`` pairs (or no
         reference): the version's own scores and costs, unpaired. Paired reads are not
-        sampled."""
+        sampled. Failures (of this version) and slow requests count from ``recent`` on when
+        given: the service as it is now, not diluted by a long healthy past."""
         frame = self._log.window(start, end, role=roles)
         frame = frame[frame["version"] == version]
         spec = self.reference(version).spec
-        failed = self._log.errors(start, end).get("failed", 0)
-        timings = request_timings(frame) if len(frame) else pd.DataFrame()
+        since = max(start, recent) if recent is not None else start
+        failed = self._log.errors(since, end, version).get("failed", 0)
+        lately = frame
+        if since > start and len(frame):
+            lately = frame[pd.to_datetime(frame["time"], utc=True) >= pd.Timestamp(since)]
+        timings = request_timings(lately) if len(lately) else pd.DataFrame()
         totals = (
             timings["total_ms"].dropna().to_numpy("float64")
             if "total_ms" in timings
@@ -244,7 +250,7 @@ class Monitor:
             len(frame),
             MeanState.of(frame["probability"].to_numpy("float64") if len(frame) else []),
             MeanState.of(self._costs(_healthy(frame), spec)),
-            RateState(len(frame) + failed, failed),
+            RateState(len(lately) + failed, failed),
             RateState.of(totals > latency_budget_ms),
             degraded,
             features,

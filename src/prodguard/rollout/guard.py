@@ -218,8 +218,9 @@ class Guard:
         """The version's test states; its costs only from requests old enough for feedback to
         have matured."""
         budget = self._settings.rollout.triggers.p99_latency_ms
+        recent = now - timedelta(minutes=self._settings.rollout.guard_minutes)
         states = self._monitor.paired(
-            start, now, version, reference, roles, reference_roles, budget
+            start, now, version, reference, roles, reference_roles, budget, recent=recent
         )
         maturity = timedelta(hours=self._settings.monitoring.kpi.maturity_hours)
         if maturity.total_seconds() == 0:

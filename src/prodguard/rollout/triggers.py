@@ -130,7 +130,8 @@ def _result(
     """``threshold``: the effect the trigger is read against (default its minimum effect)."""
     status: TriggerStatus = "inconclusive" if decision.verdict == "continue" else decision.verdict
     evidence = {**decision.to_json(), "compared": compared}
-    value = decision.estimate if decision.n else None
+    # below a test's first look (its reason says so) the effect is not measured yet
+    value = decision.estimate if decision.n and not decision.reason else None
     reason = decision.summary() + (f" ({decision.reason})" if decision.reason else "")
     bound = decision.min_effect if threshold is None else threshold
     return TriggerResult(name, status, value, bound, reason, evidence)
@@ -161,8 +162,12 @@ def _shift(
     if own is None and baseline is not None:
         return _class_shift(findings, triggers)
     declared = triggers.prediction_shift_min
-    if declared is None and own is not None and own[1] > 0:
-        declared = triggers.prediction_shift_sd * own[1]
+    if declared is None and own is not None and baseline is not None:
+        # the floored sd: a staging period whose windows all had the same mean is no reason
+        # to leave the shift unmeasured
+        declared = triggers.prediction_shift_sd * baseline.metrics["score.mean"].floored_sd(
+            "score.mean"
+        )
     if declared is None:
         return TriggerResult(
             "prediction_shift", "inconclusive", None, 0.0, "no staging baseline of the score"

@@ -93,7 +93,9 @@ class PredictionLog(Protocol):
 
     def count(self, start: datetime, end: datetime, role: Roles = None) -> int: ...
 
-    def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]: ...
+    def errors(
+        self, start: datetime, end: datetime, version: int | None = None
+    ) -> dict[ErrorKind, int]: ...
 
     def close(self) -> None: ...
 
@@ -392,10 +394,16 @@ class _SqlPredictionLog:
         _, rows = self._fetch(f"SELECT COUNT(*) FROM predictions p WHERE {where}", params)
         return int(rows[0][0])
 
-    def errors(self, start: datetime, end: datetime) -> dict[ErrorKind, int]:
+    def errors(
+        self, start: datetime, end: datetime, version: int | None = None
+    ) -> dict[ErrorKind, int]:
+        """Failed and rejected requests in ``[start, end)``; of ``version`` only when given."""
+        where = "time >= ? AND time < ?"
+        params: tuple[Any, ...] = (start.isoformat(), end.isoformat())
+        if version is not None:
+            where, params = where + " AND version = ?", (*params, version)
         _, found = self._fetch(
-            "SELECT kind, COUNT(*) FROM request_errors WHERE time >= ? AND time < ? GROUP BY kind",
-            (start.isoformat(), end.isoformat()),
+            f"SELECT kind, COUNT(*) FROM request_errors WHERE {where} GROUP BY kind", params
         )
         counts: dict[ErrorKind, int] = {"rejected": 0, "failed": 0}
         counts.update({kind: int(n) for kind, n in found})
