@@ -15,8 +15,9 @@ Metric names:
   function); only for matured windows with enough labels;
 - ``latency.<stage>.p50|p95|p99`` in ms (checks, features, model, and their total per request),
   over single-row requests (batch calls share one timing);
-- ``rate.degraded`` (rows with any degraded feature), ``rate.unseen`` (rows with a category the
-  model never saw, flagged ``<field>:unseen``; part of ``rate.degraded``), ``rate.failed`` and
+- ``rate.degraded`` (rows with a feature the store could not serve), ``rate.unseen`` (rows with
+  a category the model never saw, flagged ``<field>:unseen``; not part of ``rate.degraded``:
+  the guard compares live degradation with it), ``rate.failed`` and
   ``rate.rejected``
   (requests that got no prediction, from the log's error counts).
 
@@ -25,7 +26,7 @@ A value of ``None`` carries a reason (too few rows, not matured, no reference).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,17 @@ def score_reference(scores: np.ndarray, bins: int) -> FeatureReference:
     return FeatureReference(fitted, counts / counts.sum())
 
 
+def served_degraded(flags: Sequence[str] | None) -> set[str]:
+    """The features of one row that the feature store could not serve (stale, missing,
+    unavailable: flags read ``feature:reason``). A category the model never saw
+    (``field:unseen``) is the traffic's, not a source's, and is not one of them."""
+    return {
+        name
+        for name, _, reason in (str(flag).partition(":") for flag in flags or ())
+        if reason != "unseen"
+    }
+
+
 def judged_features(
     references: Mapping[str, FeatureReference] | None,
     calendar: Mapping[str, float],
@@ -165,7 +177,8 @@ def measure(
         spec, outputs.score, outputs.decision, outputs.probabilities
     ).items():
         measures.append(Measure(metric, value))
-    measures.append(Measure("rate.degraded", float(frame["flags"].map(bool).mean())))
+    degraded = frame["flags"].map(lambda flags: bool(served_degraded(flags)))
+    measures.append(Measure("rate.degraded", float(degraded.mean())))
     unseen = frame["flags"].map(lambda flags: any(f.endswith(":unseen") for f in flags))
     measures.append(Measure("rate.unseen", float(unseen.mean())))
     measures.append(_kpi(frame, kpi, matured, spec, cost))

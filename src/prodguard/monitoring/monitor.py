@@ -32,6 +32,7 @@ from prodguard.monitoring.measures import (
     measure,
     request_timings,
     row_costs,
+    served_degraded,
 )
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
 from prodguard.rollout.sequential import MeanState, RateState
@@ -431,17 +432,6 @@ class Monitor:
             found = (time.monotonic(), self._references(version))
             self._cache[version] = found
         return found[1]
-
-
-def served_degraded(flags: Sequence[str] | None) -> set[str]:
-    """The features of one row that the feature store could not serve (stale, missing,
-    unavailable: flags read ``feature:reason``). A category the model never saw
-    (``field:unseen``) is the traffic's, not a source's, and is not one of them."""
-    return {
-        name
-        for name, _, reason in (str(flag).partition(":") for flag in flags or ())
-        if reason != "unseen"
-    }
 
 
 def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
