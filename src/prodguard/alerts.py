@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -28,6 +28,7 @@ from prodguard.durable import append_jsonl, locked, read_jsonl, write_json_atomi
 from prodguard.errors import StorageError
 
 Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
 
 _log = logging.getLogger("prodguard.alerts")
 
@@ -133,9 +134,11 @@ class WebhookSink:
 
 
 class PrometheusSink:
-    """Counts alerts in ``prodguard_alerts_total{type, severity}`` of a registry."""
+    """Counts alerts in ``prodguard_alerts_total{type, severity}`` of a registry. The ``types``
+    given start at 0 for every severity: a series born at 1 shows Prometheus no increase, so
+    a rule on ``increase(...)`` would miss the first alert of a type."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, types: Iterable[str] = ()) -> None:
         from prometheus_client import Counter
 
         self.counter = Counter(
@@ -144,6 +147,9 @@ class PrometheusSink:
             ["type", "severity"],
             registry=registry,
         )
+        for kind in types:
+            for severity in SEVERITIES:
+                self.counter.labels(type=kind, severity=severity)
 
     def send(self, alert: Alert) -> None:
         self.counter.labels(type=alert.type, severity=alert.severity).inc()

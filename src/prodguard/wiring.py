@@ -41,6 +41,7 @@ from prodguard.incidents import (
     WebhookChannel,
     feature_sources,
 )
+from prodguard.monitoring.alerting import MONITOR_ALERT_TYPES
 from prodguard.project import load_request_model
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.config import load_registry_config
@@ -91,7 +92,7 @@ def alerter_for(settings: Settings, metrics_registry: Any = None) -> Alerter:
     sinks: list[AlertSink] = [LogSink(), alert_record(settings)]
     sinks.append(incident_sink(settings, metrics_registry))
     if metrics_registry is not None:
-        sinks.append(PrometheusSink(metrics_registry))
+        sinks.append(PrometheusSink(metrics_registry, MONITOR_ALERT_TYPES))
     return Alerter(sinks)
 
 

@@ -119,6 +119,12 @@ def test_prometheus_sink_counts_alerts() -> None:
     sink.send(drift("critical"))
     labels = {"type": "drift_alert", "severity": "critical"}
     assert registry.get_sample_value("prodguard_alerts_total", labels) == 2
+    # the types given start at 0: Prometheus' increase() sees the first alert of a type
+    started = CollectorRegistry()
+    PrometheusSink(started, ["prediction_alert"])
+    for severity in ("warning", "critical"):
+        labels = {"type": "prediction_alert", "severity": severity}
+        assert started.get_sample_value("prodguard_alerts_total", labels) == 0
 
 
 def test_gate_alerts_once_escalates_and_resolves(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ ALERT_TYPES = {
     "latency": "latency_alert",
     "rate": "error_rate_alert",
 }
+# what the monitors send (their counters start at 0: see alerts.PrometheusSink)
+MONITOR_ALERT_TYPES = (*sorted(set(ALERT_TYPES.values())), "monitor_alert", "monitor_inconclusive")
 STATUS_CODES = {
     "ok": 0,
     "warning": 1,
