@@ -98,7 +98,7 @@ def main() -> None:
     from prodguard.features.feast_adapter import feature_contract
     from prodguard.registry.lineage import FAST_PATH_ARTIFACT, Lineage
     from prodguard.serving import fast_path
-    from prodguard.serving.models import load_verified
+    from prodguard.serving.fast_path import load_verified
 
     with tempfile.TemporaryDirectory(prefix="prodguard-fastpath-") as tmp:
         if args.project is None:

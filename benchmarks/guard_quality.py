@@ -207,17 +207,13 @@ def episodes(quick: bool, seed: int) -> list[Episode]:
 
 def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
     from prodguard import wiring
-    from prodguard.alerts import Alerter, AlertGate, FileGateState, JsonlSink
+    from prodguard.alerts import AlertGate, FileGateState
     from prodguard.clock import FixedClock
-    from prodguard.features.feast_adapter import feature_contract
     from prodguard.monitoring.jobs import run_monitor, version_reference
     from prodguard.monitoring.monitor import Monitor
     from prodguard.monitoring.replay import replay
-    from prodguard.registry.audit import AuditLog
-    from prodguard.registry.operations import RegistryOperations
+    from prodguard.rollout.drill import staging_rig
     from prodguard.rollout.guard import Guard
-    from prodguard.rollout.policy import read_targets
-    from prodguard.serving.models import ModelFollower, load_verified
     from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
 
     began = time.perf_counter()
@@ -229,18 +225,9 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
         context["registry"], {faulty: episode.kind} if faulty else {}, context["models"]
     )
     clock = FixedClock(episode.start)
-    operations = RegistryOperations(
-        staging, AuditLog(f"sqlite:///{work / 'audit.db'}"), clock=clock
-    )
     alerts_path = work / "alerts.jsonl"
-    alerter = Alerter([JsonlSink(alerts_path)])
-    contract = feature_contract(context["views"])
-    follower = ModelFollower(
-        targets=lambda: read_targets(staging),
-        load=lambda v: load_verified(staging, contract, v),
-        alerter=alerter,
-        poll_seconds=3600,
-        clock=clock,
+    operations, alerter, follower = staging_rig(
+        staging, context["views"], work / "audit.db", alerts_path, clock
     )
     if episode.kind == "better canary":
         staging.set_alias("champion", STANDBY)

@@ -60,7 +60,8 @@ from prodguard.serving.engine import (
     Shadow,
     StoreFeature,
 )
-from prodguard.serving.models import ModelFollower, ServingState, load_verified
+from prodguard.serving.fast_path import load_verified
+from prodguard.serving.models import ModelFollower, ServingState
 from prodguard.serving.prediction_log import (
     SERVING_CHECKPOINT_S,
     PostgresPredictionLog,

@@ -18,7 +18,8 @@ from prodguard.config import load_settings
 from prodguard.registry import lineage as names
 from prodguard.registry.adoption import AdoptWindows
 from prodguard.registry.config import load_registry_config
-from prodguard.serving.models import LoadedModel, load_verified
+from prodguard.serving.fast_path import load_verified
+from prodguard.serving.models import LoadedModel
 from prodguard.serving.treelite_adapter import PARITY, TreeliteScorer
 from prodguard.tasks import ModelScorer
 from prodguard.training.dataset import build_frame

@@ -14,7 +14,7 @@ from prodguard.config import KpiSettings, load_settings
 from prodguard.errors import PromotionRefused
 from prodguard.monitoring.measures import measure
 from prodguard.rollout.faults import register_faulty
-from prodguard.serving.models import load_verified
+from prodguard.serving.fast_path import load_verified
 from prodguard.serving.prediction_log import SqlitePredictionLog
 from prodguard.tasks import Task, spec_from_tags
 from prodguard.training.trainer import pip_requirements

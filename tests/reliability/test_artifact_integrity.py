@@ -20,7 +20,8 @@ from prodguard.features.feast_adapter import feature_contract
 from prodguard.registry.lineage import ARTIFACT_DIGEST as ARTIFACT_DIGEST_TAG
 from prodguard.rollout.faults import register_faulty
 from prodguard.rollout.policy import read_targets
-from prodguard.serving.models import ModelFollower, load_verified
+from prodguard.serving.fast_path import load_verified
+from prodguard.serving.models import ModelFollower
 from prodguard.training.trainer import pip_requirements
 from tests.e2e.cli import run
 

@@ -34,7 +34,7 @@ from prodguard.errors import RegistryUnavailable
 from prodguard.features.feast_adapter import feature_contract
 from prodguard.registry.operations import RECONCILE_ACTOR, AliasState
 from prodguard.rollout.faults import register_faulty
-from prodguard.serving.models import load_verified
+from prodguard.serving.fast_path import load_verified
 from prodguard.training.trainer import pip_requirements
 from tests.conftest import FLIGHT_REQUEST, create_pg_database, drop_pg_databases
 from tests.e2e.cli import free_port, run, serving

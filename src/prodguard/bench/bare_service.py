@@ -19,7 +19,7 @@ from prodguard import wiring
 from prodguard.config import load_settings
 from prodguard.errors import ServiceNotReady
 from prodguard.registry.lineage import recorded_store_features
-from prodguard.serving.models import load_verified
+from prodguard.serving.fast_path import load_verified
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()

@@ -41,7 +41,8 @@ from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import OnlineFeatures, Predictor
-from prodguard.serving.models import ServingState, load_verified
+from prodguard.serving.fast_path import load_verified
+from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
 from prodguard.tasks import ModelScorer, normalise, spec_from_tags
 from prodguard.training.dataset import build_frame, is_categorical

@@ -44,7 +44,8 @@ from prodguard.registry.ports import Classifier, ModelRegistry
 from prodguard.rollout.faults import faulty_model, score_scale
 from prodguard.rollout.guard import Guard
 from prodguard.rollout.policy import read_targets
-from prodguard.serving.models import ModelFollower, ServingState, load_verified
+from prodguard.serving.fast_path import load_verified
+from prodguard.serving.models import ModelFollower, ServingState
 from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
 from prodguard.tasks import spec_from_tags
 from prodguard.timewindows import parse_time
@@ -175,20 +176,8 @@ def run_drill(
     for path in (log_path, audit_path):
         _remove(path)
     clock = FixedClock(start)
-    operations = RegistryOperations(
-        staging,
-        AuditLog(f"sqlite:///{audit_path}"),
-        clock=clock,
-    )
-    alerter = Alerter([JsonlSink(folder / f"drill-v{version}.alerts.jsonl")])
-    contract = feature_contract(views)
-    follower = ModelFollower(
-        targets=lambda: read_targets(staging),
-        load=lambda v: load_verified(staging, contract, v),
-        alerter=alerter,
-        poll_seconds=3600,
-        clock=clock,
-    )
+    alerts_path = folder / f"drill-v{version}.alerts.jsonl"
+    operations, alerter, follower = staging_rig(staging, views, audit_path, alerts_path, clock)
     follower.refresh()
     operations.promote(
         "prodguard-drill", f"drill: v{version} shifted by {shift:+g}", version=faulty
@@ -257,6 +246,29 @@ def run_drill(
     )
     production.registry.set_version_tag(version, lineage.DRILL, json.dumps(result.to_json()))
     return result
+
+
+def staging_rig(
+    staging: ModelRegistry,
+    views: list[ViewVersion],
+    audit_path: Path,
+    alerts_path: Path,
+    clock: FixedClock,
+) -> tuple[RegistryOperations, Alerter, ModelFollower]:
+    """What a replay on a staging registry moves aliases with (operations audited in
+    ``audit_path``), alerts through (``alerts_path``) and serves from (a follower polling the
+    staging aliases on the simulated ``clock``): the drill's and the guard benchmark's."""
+    operations = RegistryOperations(staging, AuditLog(f"sqlite:///{audit_path}"), clock=clock)
+    alerter = Alerter([JsonlSink(alerts_path)])
+    contract = feature_contract(views)
+    follower = ModelFollower(
+        targets=lambda: read_targets(staging),
+        load=lambda v: load_verified(staging, contract, v),
+        alerter=alerter,
+        poll_seconds=3600,
+        clock=clock,
+    )
+    return operations, alerter, follower
 
 
 def _period(

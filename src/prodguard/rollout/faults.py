@@ -22,7 +22,7 @@ from prodguard.errors import ModelContractError, RegistryError
 from prodguard.registry import lineage
 from prodguard.registry.operations import RegistryOperations
 from prodguard.registry.ports import Classifier
-from prodguard.serving.models import load_verified
+from prodguard.serving.fast_path import load_verified
 from prodguard.tasks import Task, TaskSpec, normalise, shift_output
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -34,8 +34,8 @@ import pandas as pd
 from prodguard.errors import RegistryError, RegistryUnavailable, first_line
 from prodguard.registry import lineage as names
 from prodguard.registry.lineage import Lineage
-from prodguard.registry.ports import BinaryArtifacts
-from prodguard.serving.models import LoadedModel
+from prodguard.registry.ports import BinaryArtifacts, VersionReader
+from prodguard.serving.models import LoadedModel, categories_of, load_checked
 from prodguard.tasks import ModelScorer, Scorer, TaskSpec
 
 _log = logging.getLogger("prodguard.serving")
@@ -45,13 +45,14 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def stats_categories(stats: Mapping[str, Any]) -> dict[str, frozenset[str]]:
-    """The known categories of each categorical feature in a version's reference statistics."""
-    return {
-        name: frozenset(s.get("categories", {}))
-        for name, s in stats.items()
-        if s.get("kind") == "categorical"
-    }
+def load_verified(
+    registry: VersionReader, store_features: Sequence[Sequence[str]], version: int
+) -> LoadedModel:
+    """``models.load_checked``, served by the scorer the version's fast-path record selects
+    (:func:`select`): what every replica, bare endpoint and replay loads."""
+    return load_checked(
+        registry, store_features, version, lambda loaded, found: select(registry, loaded, found)
+    )
 
 
 def compile_version(
@@ -105,7 +106,7 @@ def record(
         columns=found.columns,
         categorical=found.categorical,
         fallbacks=found.fallbacks,
-        categories=stats_categories(stats),
+        categories=categories_of(stats),
         spec=spec,
     )
     from prodguard.serving.treelite_adapter import probe_rows

@@ -164,13 +164,29 @@ def contract_difference(recorded: Sequence[Sequence[str]], current: Sequence[Seq
     return "; ".join(parts)
 
 
-def load_verified(
-    registry: VersionReader, store_features: Sequence[Sequence[str]], version: int
+ScorerChoice = Callable[[LoadedModel, Lineage], tuple[Scorer | None, str]]
+
+
+def categories_of(stats: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """The known categories of each categorical feature in a version's reference statistics."""
+    return {
+        name: frozenset(s.get("categories", {}))
+        for name, s in stats.items()
+        if s.get("kind") == "categorical"
+    }
+
+
+def load_checked(
+    registry: VersionReader,
+    store_features: Sequence[Sequence[str]],
+    version: int,
+    choose: ScorerChoice | None = None,
 ) -> LoadedModel:
     """Load ``version`` if its contract matches ``store_features``, its stored artifact matches
     the digest recorded at registration (the registry loads only from the verified copy:
     ``MlflowRegistry.load_model``), its reference statistics match theirs, and it scores a row
-    with the output its recorded task (``prodguard.task``) declares.
+    with the output its recorded task (``prodguard.task``) declares; ``choose`` picks the scorer
+    it serves with (``serving.fast_path.load_verified``; None: the model itself).
 
     PromotionRefused (ArtifactIntegrityError for a tampered or digest-less artifact) when the
     version itself is at fault; RegistryUnavailable, untouched, when the registry could not be
@@ -204,11 +220,7 @@ def load_verified(
             columns=lineage.columns,
             categorical=lineage.categorical,
             fallbacks=fallbacks,
-            categories={
-                name: frozenset(s.get("categories", {}))
-                for name, s in stats.items()
-                if s.get("kind") == "categorical"
-            },
+            categories=categories_of(stats),
             spec=spec,
         )
         problem = check_model(loaded.pipeline, spec.task) or check_output(
@@ -216,11 +228,10 @@ def load_verified(
         )
         if problem:
             raise PromotionRefused(f"v{version} cannot be served: {problem}")
-        from prodguard.serving.fast_path import select
-
-        scorer, how = select(registry, loaded, lineage)
-        _log.info("v%s scored by %s", version, how)
-        loaded = replace(loaded, scorer=scorer, scoring=how)
+        if choose is not None:
+            scorer, how = choose(loaded, lineage)
+            _log.info("v%s scored by %s", version, how)
+            loaded = replace(loaded, scorer=scorer, scoring=how)
     except (PromotionRefused, RegistryUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure to load or score refuses
