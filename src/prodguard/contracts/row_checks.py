@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prodguard.contracts.suites import Suite
 from prodguard.errors import ContractError
 
 Predicate = Callable[[Any], bool]
+T = TypeVar("T")
 
 
 def is_null(value: Any) -> bool:
@@ -60,6 +61,25 @@ def value_key(value: Any) -> tuple[type, Any] | None:
     if kind is float:
         return (kind, value) if value else (kind, repr(value))
     return None
+
+
+def judged_per_value(
+    rows: Sequence[Mapping[str, Any]], column: str, judge: Callable[[Any], T]
+) -> Iterator[tuple[int, T]]:
+    """``(index, judge(value))`` of each row holding ``column``; a batch's distinct values
+    (``value_key``) are judged once."""
+    judged: dict[tuple[type, Any], T] = {}
+    for index, row in enumerate(rows):
+        if column not in row:
+            continue
+        value = row[column]
+        key = value_key(value)
+        if key is None:
+            yield index, judge(value)
+            continue
+        if key not in judged:
+            judged[key] = judge(value)
+        yield index, judged[key]
 
 
 def _between(kwargs: dict[str, Any]) -> Predicate:
@@ -197,24 +217,19 @@ class RowContract:
         are judged once (``value_key``)."""
         found: list[list[Violation]] = [[] for _ in rows]
         for column, checks in self._by_column.items():
-            judged: dict[tuple[type, Any], list[Violation]] = {}
-            for index, row in enumerate(rows):
-                if column not in row:
-                    continue
-                value = row[column]
-                key = value_key(value)
-                broken = judged.get(key) if key is not None else None
-                if broken is None:
-                    broken = [
-                        Violation(column, c.describe())
-                        for c in checks
-                        if not c.predicate(value)
-                        and not (nullable_when_tolerant and c.tolerant and is_null(value))
-                    ]
-                    if key is not None:
-                        judged[key] = broken
-                if broken:
-                    found[index].extend(broken)
+
+            def broken(
+                value: Any, column: str = column, checks: tuple[RowCheck, ...] = checks
+            ) -> list[Violation]:
+                return [
+                    Violation(column, c.describe())
+                    for c in checks
+                    if not c.predicate(value)
+                    and not (nullable_when_tolerant and c.tolerant and is_null(value))
+                ]
+
+            for index, violations in judged_per_value(rows, column, broken):
+                found[index].extend(violations)
         return found
 
     def violations(

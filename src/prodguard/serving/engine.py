@@ -35,7 +35,7 @@ import pandas as pd
 from pandas.api.types import is_bool, is_float, is_integer
 
 from prodguard.clock import Clock, SystemClock
-from prodguard.contracts.row_checks import RowContract, is_null, value_key
+from prodguard.contracts.row_checks import RowContract, is_null, judged_per_value, value_key
 from prodguard.errors import (
     DuplicateRequest,
     InputError,
@@ -168,19 +168,13 @@ class RequestChecks:
         problems = [[(v.column, v.expectation) for v in found] for found in violations]
         flags: list[list[str]] = [[] for _ in rows]
         for column, known in champion.categories.items():
-            unseen: dict[tuple[type, Any], bool] = {}
             refused = (column, f"not one of the {len(known)} values the model knows")
             flag = f"{column}:unseen"
-            for index, row in enumerate(rows):
-                if column not in row:
-                    continue
-                value = row[column]
-                key = value_key(value)
-                found = unseen.get(key) if key is not None else None
-                if found is None:
-                    found = not is_null(value) and str(value) not in known
-                    if key is not None:
-                        unseen[key] = found
+
+            def unknown(value: Any, known: frozenset[str] = known) -> bool:
+                return not is_null(value) and str(value) not in known
+
+            for index, found in judged_per_value(rows, column, unknown):
                 if not found:
                     continue
                 if column in self._critical:
