@@ -160,6 +160,17 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_ADDRESS = "127.0.0.1:6379"
 
 
+def debian_binary(name: str) -> str:
+    """The path of a binary of Debian's ``prometheus`` package (``.ci/run`` installs it):
+    missing, the test fails under CI and is skipped elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+    return found
+
+
 def create_pg_database(purpose: str) -> tuple[str, str]:
     """A fresh, uniquely named database on the real PostgreSQL server: (name, SQLAlchemy URL
     ``postgresql+psycopg://...``). Drop it with :func:`drop_pg_databases`."""

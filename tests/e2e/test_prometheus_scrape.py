@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -43,7 +42,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import DAILY_WINDOWS, FLIGHT_REQUEST, ROOT, copy_project, utc
+from tests.conftest import (
+    DAILY_WINDOWS,
+    FLIGHT_REQUEST,
+    ROOT,
+    copy_project,
+    debian_binary,
+    utc,
+)
 from tests.e2e.cli import CLI, free_port, get_json, run, serving
 from tests.e2e.test_production import stop, wait_http
 from tests.e2e.test_serving_http import post
@@ -63,12 +69,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("the prometheus binary is missing: .ci/run installs Debian's prometheus")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    return found
+    return debian_binary("prometheus")
 
 
 def rules_for_the_test() -> dict[str, Any]:

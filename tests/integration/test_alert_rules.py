@@ -14,13 +14,14 @@ skipped elsewhere (with the command that installs it).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import debian_binary
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +35,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$replica": 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return found
+    return debian_binary("promtool")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
