@@ -411,6 +411,20 @@ def _record_line(record: AuditRecord) -> None:
         f"(audit #{record.id}, by {record.actor})",
         highlight=False,
     )
+    compared = record.evidence.get("eval")
+    if compared:
+        verdict = "better" if compared["better"] else "[yellow]not better[/]"
+        window = "" if compared["same_window"] else " (each on its own evaluation window)"
+        out.print(
+            f"held-out {compared['metric']}: v{record.evidence['version']} "
+            f"{compared['candidate']:.4g} vs the previous champion's {compared['champion']:.4g}, "
+            f"{verdict}{window}; the guard now compares them on live traffic",
+            soft_wrap=True,
+        )
+
+
+def _headline(found: dict[str, Any] | None) -> str:
+    return f"{found['metric']} {found['value']:.4g}" if found else ""
 
 
 @cli.command()
@@ -495,7 +509,17 @@ def status(
         _print_json(document)
         return
     table = Table(title=f"model {document['model']}")
-    columns = ("alias", "version", "trained on", "rows", "AUC", "feature views", "baseline", "code")
+    columns = (
+        "alias",
+        "version",
+        "task",
+        "trained on",
+        "rows",
+        "held-out",
+        "feature views",
+        "baseline",
+        "code",
+    )
     for column in columns:
         table.add_column(column)
     for alias, summary in document["lineage"].items():
@@ -506,9 +530,10 @@ def status(
         table.add_row(
             alias,
             f"v{summary['version']}",
+            summary["task"] or "binary",
             (summary["train_window"] or "").replace("T00:00:00+00:00", ""),
             summary["rows_train"] or "",
-            summary["eval.auc"] or "",
+            _headline(summary["headline"]),
             views,
             (summary["baseline"] or "-").replace("T00:00:00+00:00", ""),
             (summary["code_version"] or "")[:12],

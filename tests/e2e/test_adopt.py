@@ -196,7 +196,8 @@ def test_an_adopted_model_is_promoted_served_and_drilled(team_project: Path, tmp
     status = json.loads(run(project, "status", "--json").stdout)
     assert status["aliases"] == {"champion": None, "standby": None, "candidate": 1}
     lineage = status["lineage"]["candidate"]
-    assert lineage["train_window"].startswith("2013-01-01") and lineage["eval.auc"]
+    assert lineage["train_window"].startswith("2013-01-01")
+    assert lineage["headline"]["metric"] == "auc"
     audit = json.loads(run(project, "audit", "--json").stdout)
     assert audit[-1]["action"] == "set_candidate" and "models:/team-delay/1" in audit[-1]["reason"]
 

@@ -150,6 +150,8 @@ def test_the_whole_loop(ingested, task: str, tmp_path: Path) -> None:
     assert drill["detect_requests"] >= 20 and drill["standby_answers"] >= 1
     status = json.loads(run(project, *config, "status", "--json").stdout)
     assert status["aliases"]["champion"] == 1  # production aliases never moved
+    headline = status["lineage"]["champion"]["headline"]  # the task's metric, not AUC
+    assert headline["metric"] == ("rmse" if task == "regression" else "macro_f1"), headline
 
     today = date.today()
     reported = step(

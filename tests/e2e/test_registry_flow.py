@@ -24,8 +24,11 @@ def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:
     assert v2["rows_eval"] > 20000 and 0.5 < v2["metrics"]["auc"] < 1
 
     run(project, "promote", "--version", "1", "--reason", "first champion")
-    run(project, "promote", "--reason", "v2 is better")
+    promoted = run(project, "promote", "--reason", "v2 is better").stdout
+    assert "held-out auc: v2" in promoted and "the previous champion's" in promoted
     status = json.loads(run(project, "status", "--json").stdout)
+    assert status["lineage"]["champion"]["headline"]["metric"] == "auc"
+    assert "held-out" in run(project, "status").stdout
     assert status["model"] == "flight-delay"
     assert status["aliases"] == {"champion": 2, "standby": 1, "candidate": None}
     assert status["lineage"]["champion"]["train_window"].startswith("2013-01-01")
@@ -44,7 +47,10 @@ def test_train_promote_rollback_as_a_user(project: Path, mlflow_ui) -> None:
         "rollback",
     ]
     assert audit[-1]["to_state"] == status["aliases"]
-    assert audit[2]["reason"] == "first champion"
+    assert audit[2]["reason"] == "first champion" and "eval" not in audit[2]["evidence"]
+    compared = audit[3]["evidence"]["eval"]  # v2 beside v1 on the held-out metric
+    assert compared["metric"] == "auc"
+    assert compared["candidate"] == pytest.approx(v2["metrics"]["auc"], rel=1e-5)
 
     # what a user sees in the MLflow UI (its REST API)
     base = mlflow_ui(status)

@@ -94,6 +94,35 @@ def test_copied_tags_keep_lineage_but_not_run_drill_or_demotion() -> None:
 def test_summary_decodes_json_keys_and_splits_windows() -> None:
     found = lineage.summary(registered())
     assert found["feature_views"] == {"flights": 2}
-    assert found["eval.auc"] == "0.712346" and found["baseline"] is None
+    assert found["eval"]["auc"] == 0.712346 and found["baseline"] is None
+    assert found["headline"] == {"metric": "auc", "value": 0.712346, "lower_is_better": False}
     start, end = lineage.split_window(found["train_window"])
     assert (start.month, end.month) == (1, 3)
+
+
+def test_promotion_compares_the_tasks_headline_metric_in_its_direction() -> None:
+    better = lineage.compare_headlines(
+        registered(), registered(**{lineage.EVAL_PREFIX + "auc": "0.6"})
+    )
+    assert better is not None and better["metric"] == "auc" and better["better"]
+    assert better["same_window"]
+
+    def regression(rmse: str, window: str) -> dict[str, str]:
+        return {
+            lineage.TASK: "regression",
+            lineage.EVAL_PREFIX + "rmse": rmse,
+            lineage.EVAL_WINDOW: window,
+        }
+
+    lower = lineage.compare_headlines(regression("3.5", "a"), regression("4.0", "b"))
+    assert lower == {
+        "metric": "rmse",
+        "candidate": 3.5,
+        "champion": 4.0,
+        "better": True,
+        "same_window": False,
+    }
+    assert not lineage.compare_headlines(regression("4.5", "a"), regression("4.0", "a"))["better"]
+    # another task, or no metric recorded: nothing to compare
+    assert lineage.compare_headlines(regression("3.5", "a"), registered()) is None
+    assert lineage.compare_headlines({}, registered()) is None

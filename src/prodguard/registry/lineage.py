@@ -98,15 +98,15 @@ SUMMARY_KEYS = (
     "feature_views",
     "suite_digests",
     "code_version",
-    "eval.auc",
-    "eval.log_loss",
-    "eval.precision",
-    "eval.recall",
-    "eval.ece",
     "demoted_reason",
     "baseline",
 )
 _JSON_SUMMARY = frozenset({"feature_views", "suite_digests", "classes"})
+
+# The held-out metric that sums a version up, per task (`status`, `promote`), and the metrics
+# where lower is better.
+HEADLINE_METRICS = {"binary": "auc", "multiclass": "macro_f1", "regression": "rmse"}
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "ece"})
 
 Contract = tuple[tuple[str, str], ...]  # (feature name, kind) pairs, in order
 
@@ -129,14 +129,58 @@ def copied_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def summary(tags: Mapping[str, str]) -> dict[str, Any]:
-    """``SUMMARY_KEYS`` read from ``tags`` (None when absent; JSON ones decoded)."""
+    """``SUMMARY_KEYS`` read from ``tags`` (None when absent; JSON ones decoded), with every
+    held-out metric (``eval``) and the task's headline one (``headline``: metric, value)."""
     found: dict[str, Any] = {}
     for key in SUMMARY_KEYS:
         value: Any = tags.get(PREFIX + key)
         if value is not None and key in _JSON_SUMMARY:
             value = json.loads(value)
         found[key] = value
+    found["eval"] = evaluation(tags)
+    found["headline"] = headline(tags)
     return found
+
+
+def evaluation(tags: Mapping[str, str]) -> dict[str, float]:
+    """The held-out evaluation metrics a version was registered with (unparseable ones out)."""
+    metrics: dict[str, float] = {}
+    for key, value in tags.items():
+        if key.startswith(EVAL_PREFIX):
+            try:
+                metrics[key.removeprefix(EVAL_PREFIX)] = float(value)
+            except ValueError:
+                continue
+    return metrics
+
+
+def headline(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The version's headline metric (``HEADLINE_METRICS`` of its task), if it was recorded."""
+    metric = HEADLINE_METRICS.get(tags.get(TASK, "binary"), "auc")
+    value = evaluation(tags).get(metric)
+    if value is None:
+        return None
+    return {"metric": metric, "value": value, "lower_is_better": metric in LOWER_IS_BETTER}
+
+
+def compare_headlines(
+    candidate: Mapping[str, str], champion: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """The candidate's headline metric beside the champion's (same task and metric), and
+    whether it is better. Each was measured on its own evaluation window, so this informs a
+    promotion; the rollout guard judges both on the same live traffic."""
+    mine, theirs = headline(candidate), headline(champion)
+    if mine is None or theirs is None or mine["metric"] != theirs["metric"]:
+        return None
+    low = mine["lower_is_better"]
+    better = mine["value"] < theirs["value"] if low else mine["value"] > theirs["value"]
+    return {
+        "metric": mine["metric"],
+        "candidate": mine["value"],
+        "champion": theirs["value"],
+        "better": better,
+        "same_window": candidate.get(EVAL_WINDOW) == champion.get(EVAL_WINDOW),
+    }
 
 
 def scoring_path(tags: Mapping[str, str]) -> str:

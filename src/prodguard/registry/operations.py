@@ -306,7 +306,8 @@ class RegistryOperations:
             raise PromotionRefused(
                 "no candidate to promote; train or register one, or pass --version N"
             )
-        demotion = _demotion(self.registry.version(target).tags)
+        tags = self.registry.version(target).tags
+        demotion = _demotion(tags)
         if start.champion == target:
             raise PromotionRefused(f"v{target} is already the champion")
         if self.promotion_check is not None:
@@ -323,7 +324,12 @@ class RegistryOperations:
             candidate = None if current.candidate == target else current.candidate
             return AliasState(champion=target, standby=current.champion, candidate=candidate)
 
-        evidence = {"version": target, **override}
+        evidence: dict[str, Any] = {"version": target, **override}
+        if start.champion is not None:
+            champion = self.registry.version(start.champion).tags
+            compared = lineage.compare_headlines(tags, champion)
+            if compared is not None:
+                evidence["eval"] = compared
         return self._move("promote", plan, actor, reason, evidence, start)
 
     def rollback(
