@@ -23,6 +23,7 @@ from prodguard.incidents import (
     WebhookChannel,
     feature_sources,
 )
+from prodguard.monitoring.alerting import retired
 from tests.unit.test_alerts import Receiver
 
 pytestmark = pytest.mark.unit
@@ -225,6 +226,33 @@ def test_the_gate_delivers_into_incidents(tmp_path: Path, sink: IncidentSink, he
     assert len(gate.update([], cleared)) == 9
     gate.alerter.sweep(T0 + timedelta(hours=60))
     assert [e[0] for e in heard.events] == ["opened", "resolved"]
+
+
+def test_a_version_no_longer_served_resolves_its_conditions_and_incident(
+    tmp_path: Path, sink: IncidentSink, heard: Heard
+) -> None:
+    """v3 rolled back: the monitors never judge it again, so its open conditions resolve as
+    'no longer served' and its incident closes after the gap; v2's stay open."""
+    gate = AlertGate(FileGateState(tmp_path / "open_alerts.json"), Alerter([sink]))
+    gate.update(
+        [
+            ("score.mean|v3", drift("score.mean", version=3, kind="prediction_alert")),
+            ("kpi.cost|v3", drift("kpi.cost", version=3, kind="kpi_alert")),
+            ("score.mean|v2", drift("score.mean", version=2, kind="prediction_alert")),
+        ],
+        [],
+    )
+    later = T0 + timedelta(hours=2)
+    cleared = retired(gate.open_conditions(), {2, 4}, later)
+    assert sorted(key for key, _ in cleared) == ["kpi.cost|v3", "score.mean|v3"]
+    assert all("v3 is no longer served" in alert.message for _, alert in cleared)
+    gate.update([], cleared)
+    assert set(gate.open_conditions()) == {"score.mean|v2"}
+    assert retired(gate.open_conditions(), {2}, later) == []
+    gate.alerter.sweep(later + timedelta(hours=24))
+    states = {i.cause_key: i.state for i in sink.record.incidents()}
+    assert states == {"model:v3": "resolved", "model:v2": "open"}
+    assert ("resolved", "model:v3") in [e[:2] for e in heard.events]
 
 
 def test_feature_sources_are_read_when_first_needed_and_never_guessed() -> None:

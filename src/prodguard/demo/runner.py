@@ -37,6 +37,7 @@ from prodguard.monitoring.jobs import (
     drift_report,
     record_baseline,
     run_monitor,
+    served_versions,
 )
 from prodguard.monitoring.monitor import Monitor
 from prodguard.project import load_loader
@@ -361,7 +362,12 @@ class DemoRun:
         assert self._monitor is not None and self._gate is not None, (
             "monitors are built with the service"
         )
-        done = run_monitor(self._monitor, self._gate, now=self.now)
+        done = run_monitor(
+            self._monitor,
+            self._gate,
+            now=self.now,
+            served=lambda: served_versions(*self._operations.targets()),
+        )
         self.monitor_reports.extend(r.to_json() for r in done.reports)
 
     def drift_report(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,34 @@ def alerts_of(
             elif finding.status == "ok":
                 cleared.append((key, _resolved(finding.metric, report, now, "back within bounds")))
     return raised, cleared
+
+
+def retired(
+    open_conditions: Mapping[str, Any], served: Collection[int], now: datetime
+) -> list[tuple[str, Alert]]:
+    """Resolutions of the open conditions of versions no longer served (rolled back,
+    replaced): the monitors judge only what serves, so nothing else would ever clear them,
+    and their incidents would stay open."""
+    cleared: list[tuple[str, Alert]] = []
+    for key in open_conditions:
+        metric, _, version = key.rpartition("|v")
+        if not version.isdigit() or int(version) in served:
+            continue
+        cleared.append(
+            (
+                key,
+                Alert(
+                    type="resolved",
+                    severity="info",
+                    source="monitor",
+                    message=f"{metric}: v{version} is no longer served",
+                    time=now,
+                    metric=metric,
+                    model_version=int(version),
+                ),
+            )
+        )
+    return cleared
 
 
 def _alert(finding: Finding, report: WindowReport, now: datetime) -> Alert:

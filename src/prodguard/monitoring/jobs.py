@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from prodguard.features.as_of import AsOfFeatures
 from prodguard.features.feast_adapter import ViewVersion, feature_contract
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.loops import repeat
-from prodguard.monitoring.alerting import MonitorGauges, alerts_of
+from prodguard.monitoring.alerting import MonitorGauges, alerts_of, retired
 from prodguard.monitoring.baseline import Baseline, summarise
 from prodguard.monitoring.evidently_report import write_drift_report
 from prodguard.monitoring.measures import (
@@ -37,7 +37,7 @@ from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
 from prodguard.monitoring.windows import WindowSpec, tile
 from prodguard.registry import lineage
-from prodguard.registry.operations import RegistryOperations
+from prodguard.registry.operations import AliasState, RegistryOperations
 from prodguard.registry.ports import VersionReader
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import OnlineFeatures, Predictor
@@ -281,6 +281,12 @@ def build_monitor(
     )
 
 
+def served_versions(aliases: AliasState, policy: TrafficPolicy) -> set[int]:
+    """The versions that serve or score traffic: champion, standby and a rollout's version."""
+    found = {aliases.champion, aliases.standby, policy.version if policy.active else None}
+    return {v for v in found if v is not None}
+
+
 def alert_gate(settings: Settings, metrics_registry: Any = None) -> AlertGate:
     """The gate monitors send through: open conditions in ``storage.url`` (shared by every
     monitor of the deployment), else in the state folder."""
@@ -298,10 +304,12 @@ def run_monitor(
     end: datetime | None = None,
     gauges: MonitorGauges | None = None,
     now: datetime | None = None,
+    served: Callable[[], Collection[int]] | None = None,
 ) -> MonitorRun:
     """One monitoring pass: the latest window, or every closed window of ``[start, end)``;
     alerts go through ``gate`` (de-duplicated; windows judged before alert nothing again),
-    values to ``gauges``."""
+    values to ``gauges``. ``served``: the versions serving now; on a pass over the latest
+    window, the open conditions of any other version resolve (it was rolled back or replaced)."""
     began = time.perf_counter()
     if (start is None) != (end is None):
         raise InputError("give both --start and --end, or neither (the latest window)")
@@ -316,6 +324,8 @@ def run_monitor(
         judged = gate.judged_through()
         fresh = [r for r in reports if judged is None or r.end > judged]
         raised, cleared = alerts_of(fresh, stamp)
+        if served is not None and start is None:
+            cleared += retired(gate.open_conditions(), served(), stamp)
         run.sent = gate.update(raised, cleared, through=max(r.end for r in reports))
     if gate is not None:
         gate.alerter.sweep(stamp)  # incidents quiet for their gap resolve
@@ -359,10 +369,18 @@ def watch(
         start_http_server(metrics_port, addr=metrics_host, registry=registry)
     monitor = build_monitor(settings)
     gate = alert_gate(settings, registry)
+    operations = wiring.registry_operations(settings)
 
     def monitors() -> MonitorRun:
         try:
-            return run_monitor(monitor, gate, start=start, end=end, gauges=gauges)
+            return run_monitor(
+                monitor,
+                gate,
+                start=start,
+                end=end,
+                gauges=gauges,
+                served=lambda: served_versions(*operations.targets()),
+            )
         except (RegistryError, StorageError) as error:
             if every is None:  # a single pass fails with the error, alerted as inconclusive
                 failed(error)
