@@ -512,7 +512,6 @@ def status(
     columns = (
         "alias",
         "version",
-        "task",
         "trained on",
         "rows",
         "held-out",
@@ -530,7 +529,6 @@ def status(
         table.add_row(
             alias,
             f"v{summary['version']}",
-            summary["task"] or "binary",
             (summary["train_window"] or "").replace("T00:00:00+00:00", ""),
             summary["rows_train"] or "",
             _headline(summary["headline"]),
@@ -876,14 +874,24 @@ def bench(
         str, typer.Option(help="Concurrency levels, comma-separated.")
     ] = "1,4,16",
     warmup: Annotated[int, typer.Option(help="Warm-up requests per service.", min=0)] = 100,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="BentoML worker processes of each service (default serving.workers).",
+            min=1,
+            max=64,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Measure end-to-end latency (p50/p95/p99), throughput and every stage of the guarded
-    service against a bare BentoML endpoint scoring the same champion on the same features;
-    print the ratios guarded/bare and the goals. Needs a champion (e.g. after `make demo`).
+    service against a bare BentoML endpoint scoring the same champion on the same features and
+    against the framework floor (an endpoint that answers a constant); print the ratios
+    guarded/bare and guarded/floor and the goals. Needs a champion (e.g. after `make demo`).
 
-    Both services are started here on free loopback ports and stopped afterwards; bench
-    traffic goes to a prediction log of its own. The other benchmarks are in benchmarks/.
+    The three services are started here on free loopback ports, with the same BentoML settings
+    and workers, and stopped afterwards; bench traffic goes to a prediction log of its own. The
+    other benchmarks are in benchmarks/.
     """
 
     try:
@@ -892,7 +900,14 @@ def bench(
         raise InputError("--concurrency takes integers, e.g. 1,4,16") from None
     if not levels or min(levels) < 1:
         raise InputError("--concurrency takes positive integers, e.g. 1,4,16")
-    report = run_bench(_settings(), requests, levels, warmup, progress=lambda line: err.print(line))
+    report = run_bench(
+        _settings(),
+        requests,
+        levels,
+        warmup,
+        progress=lambda line: err.print(line),
+        workers=workers,
+    )
     if as_json:
         _print_json(report.to_json())
         return

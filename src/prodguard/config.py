@@ -174,6 +174,15 @@ class ServingSettings(_Strict):
         description="Rows per /predict_batch (and items per /feedback_batch) call; more: 413.",
     )
     log_sync: Literal["FULL", "NORMAL"] = "FULL"
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="BentoML worker processes of one serve process (up to one per core). Each "
+        "loads the models, follows the registry and writes the shared prediction log; "
+        "max_in_flight and shadow_burst count per worker; the in-service guard runs in the "
+        "first worker only.",
+    )
     max_body_bytes: int = Field(
         default=1_048_576,
         ge=1024,

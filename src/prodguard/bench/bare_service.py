@@ -16,6 +16,7 @@ import bentoml
 from pydantic import BaseModel, Field
 
 from prodguard import wiring
+from prodguard.bench import bench_workers
 from prodguard.config import load_settings
 from prodguard.errors import ServiceNotReady
 from prodguard.registry.lineage import recorded_store_features
@@ -32,7 +33,7 @@ class BareOut(BaseModel):
     version: int
 
 
-@bentoml.service(name="prodguard-bare", traffic={"timeout": 30}, threads=8)
+@bentoml.service(name="prodguard-bare", traffic={"timeout": 30}, threads=8, workers=bench_workers())
 class BareService:
     def __init__(self) -> None:
         registry = wiring.registry_operations(load_settings()).registry

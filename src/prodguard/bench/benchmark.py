@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prodguard import wiring
-from prodguard.bench import workload
+from prodguard.bench import WORKERS_ENV, workload
 from prodguard.bench.load import LevelResult, Samples, drive, merge
 from prodguard.bench.stats import Summary, ratio, summarize
 from prodguard.config import Settings
@@ -204,6 +204,7 @@ def run_bench(
     levels: Sequence[int] = LEVELS,
     warmup: int = WARMUP,
     progress: Callable[[str], None] = lambda _: None,
+    workers: int | None = None,
 ) -> BenchReport:
     """Measure the guarded service and the bare endpoint on this machine (see module doc)."""
 
@@ -212,6 +213,9 @@ def run_bench(
         raise InputError("--requests must be at least 1 and --warmup at least 0")
     if settings.serving is None or settings.model is None or settings.config_path is None:
         raise ConfigError("prodguard.yaml needs 'model' and 'serving' sections to benchmark")
+    if workers is not None and not 1 <= workers <= 64:
+        raise InputError("--workers must be between 1 and 64")
+    workers = workers or settings.serving.workers
     registry = wiring.registry_operations(settings).registry
     aliases = registry.aliases()
     champion = aliases.get("champion")
@@ -237,6 +241,7 @@ def run_bench(
         "standby": aliases.get("standby"),
         "shadow_sample": settings.serving.shadow_sample,
         "log_sync": settings.serving.log_sync,
+        "workers": workers,
         "requests_per_level": requests,
         "warmup": warmup,
         "levels": list(concurrencies),
@@ -248,7 +253,7 @@ def run_bench(
     root = Path(tempfile.mkdtemp(prefix="prodguard-bench-"))
     try:
         data = _overlay(settings, root)
-        env = _environment(settings, data)
+        env = _environment(settings, data, workers)
         cwd = settings.config_path.parent
         log_path = data / "predictions.db"
         port = free_port()
@@ -375,9 +380,11 @@ def _overlay(settings: Settings, root: Path) -> Path:
     return data
 
 
-def _environment(settings: Settings, data: Path) -> dict[str, str]:
+def _environment(settings: Settings, data: Path, workers: int) -> dict[str, str]:
     return {
         **os.environ,
+        "PRODGUARD_SERVING__WORKERS": str(workers),  # the guarded service's
+        WORKERS_ENV: str(workers),  # the bare and floor endpoints
         "PRODGUARD_CONFIG": str(settings.config_path),
         "PRODGUARD_PATHS__DATA_DIR": str(data),
         # the feature store of the settings as given (e.g. the production yaml: Redis online)

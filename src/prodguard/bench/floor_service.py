@@ -10,6 +10,7 @@ from typing import Annotated
 import bentoml
 from pydantic import BaseModel, Field
 
+from prodguard.bench import bench_workers
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -22,7 +23,9 @@ class FloorOut(BaseModel):
     version: int
 
 
-@bentoml.service(name="prodguard-floor", traffic={"timeout": 30}, threads=8)
+@bentoml.service(
+    name="prodguard-floor", traffic={"timeout": 30}, threads=8, workers=bench_workers()
+)
 class FloorService:
     @bentoml.api(route="/predict")
     def predict(

@@ -225,8 +225,8 @@ def _start_guard(settings: Settings) -> threading.Event | None:
     """With rollout.guard_in_service_seconds, the guard runs in a daemon thread of the service;
     returns the event that stops it."""
     every = settings.rollout.guard_in_service_seconds
-    if every is None:
-        return None
+    if every is None or bentoml.server_context.worker_index not in (None, 1):
+        return None  # one guard per service (the first worker's): several would race
 
     stop = threading.Event()
 
@@ -341,6 +341,7 @@ def _status_app() -> FastAPI:
     name="prodguard",
     traffic={"timeout": max(30.0, _settings.serving.request_timeout_s + 30)},
     threads=8,
+    workers=_settings.serving.workers,
 )
 @bentoml.asgi_app(_status_app(), path="/admin")
 class PredictionService:
