@@ -11,7 +11,7 @@ import pytest
 
 from prodguard.config import KpiSettings, TriggerSettings
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
-from prodguard.monitoring.monitor import PairedStates, degraded_rows
+from prodguard.monitoring.monitor import PairedStates, degraded_rows, paired_slower
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.rollout.triggers import describe, evaluate_triggers
@@ -97,6 +97,45 @@ def test_each_trigger_fires_alone(change: dict[str, object], trigger: str) -> No
     assert results[trigger].evidence["verdict"] == "fired"
 
 
+def test_error_rate_and_latency_are_judged_against_the_reference_on_the_same_span() -> None:
+    # the service fails 3 % and a loaded machine slows 10 % of requests over the budget: the
+    # reference on the same span / the same requests suffers alike, so nothing fires...
+    slower = np.zeros(N)
+    slower[:40], slower[40:80] = 1, -1  # discordant both ways
+    busy = states(
+        errors=RateState(N, 60),
+        slow=RateState(N, 200),
+        failures=(RateState(N, 60), RateState(4 * N, 240)),
+        slower=MeanState.of(slower),
+    )
+    calm = judge(busy)
+    assert calm["error_rate"].status != "fired" and calm["latency_p99"].status != "fired"
+    assert "v2's failed requests minus v1's over the same span" in (
+        calm["error_rate"].evidence["compared"]
+    )
+    assert "own model stage" in calm["latency_p99"].evidence["compared"]
+    # ...while the version's own failures and slowness fire, at the bound they fire at
+    slower[:400] = 1
+    worse = judge(
+        states(
+            failures=(RateState(N, 100), RateState(4 * N, 40)), slower=MeanState.of(slower)
+        )
+    )
+    errors, latency = worse["error_rate"], worse["latency_p99"]
+    assert errors.status == "fired" and errors.threshold == pytest.approx(0.005)
+    assert errors.evidence["low"] > 0.005 and errors.value == pytest.approx(0.045)
+    assert latency.status == "fired" and latency.threshold == pytest.approx(0.01)
+    assert latency.evidence["low"] > 0.01 and latency.evidence["min_effect"] == 0.02
+
+
+def test_a_shadow_reference_leaves_the_error_rate_against_staging_saying_why() -> None:
+    result = judge(states(errors=RateState(N, 60)))  # paired, but no failures of the reference
+    assert result["error_rate"].status == "fired"
+    assert "its reference answers no caller" in result["error_rate"].evidence["compared"]
+    # the firing bound (half the budget's distance from staging), not the clean bound
+    assert result["error_rate"].threshold == pytest.approx(0.0045)
+
+
 def test_a_difference_short_of_deciding_is_inconclusive_with_what_is_needed() -> None:
     # 100 noisy differences 0.09 from the staging difference: the interval spans both the
     # declared shift (0.06, where it fires) and twice it (within which it is clean)
@@ -155,6 +194,28 @@ def test_degraded_rows_name_their_features() -> None:
     frame = pd.DataFrame({"flags": [["temp:unavailable", "dewp:stale"], [], ["temp:stale"]]})
     rate, features = degraded_rows(frame)
     assert (rate.n, rate.events) == (3, 2) and features == {"temp": 2, "dewp": 1}
+
+
+def test_paired_latency_counts_the_shared_stages_for_both_and_each_its_model_stage() -> None:
+    answered = {"checks_ms": 5.0, "features_ms": 60.0, "batch_rows": 1}
+    pairs = pd.DataFrame(
+        {
+            "latencies_ms": [
+                {**answered, "model_ms": 50.0},  # 115 ms against 65 + 45 = 110: both slow
+                {**answered, "model_ms": 10.0},  # 75 ms against 65 + 40 = 105: only the reference
+                {"model_ms": 80.0, "batch_rows": 1},  # a shadow version: 145 against 67: only it
+                {**answered, "model_ms": 1.0, "batch_rows": 8},  # a batch call: not timed alone
+            ],
+            "latencies_ms_ref": [
+                {"model_ms": 45.0, "batch_rows": 1},
+                {"model_ms": 40.0, "batch_rows": 1},
+                {**answered, "model_ms": 2.0},
+                {"model_ms": 1.0, "batch_rows": 8},
+            ],
+        }
+    )
+    state = paired_slower(pairs, 100.0)
+    assert (state.n, state.total, state.squares) == (3, 0.0, 2.0)
 
 
 def test_triggers_read_as_a_reviewable_list() -> None:

@@ -86,7 +86,13 @@ class PairedStates:
     """A version's live traffic as additive test states: paired differences against a
     reference version on the same requests (``reference`` None: no paired rows, the score and
     cost states then hold the version's own values), and its own error, latency and degraded
-    rates. ``degraded_features`` counts the degraded rows per feature (from the rows' flags)."""
+    rates. ``degraded_features`` counts the degraded rows per feature (from the rows' flags).
+
+    ``slower``: per paired single-row request, whether the version was slower than the latency
+    budget minus whether the reference was (1, 0 or -1; see ``paired_slower``). ``failures``:
+    the version's and the reference's failed requests among their requests over the same span,
+    when both answered callers in it (a shadow answers no caller: its failures are not logged).
+    """
 
     version: int
     reference: int | None
@@ -97,6 +103,8 @@ class PairedStates:
     slow: RateState
     degraded: RateState
     degraded_features: dict[str, int] = field(default_factory=dict)
+    slower: MeanState = field(default_factory=MeanState)
+    failures: tuple[RateState, RateState] | None = None
 
     @property
     def paired(self) -> bool:
@@ -226,10 +234,13 @@ class Monitor:
         """The version's rows (``roles``) in ``[start, end)`` joined on request id with the
         reference's rows (``reference_roles``: the standby's shadow rows, or the champion's
         answers beside a canary): score differences (version minus reference) and, on rows
-        whose outcome was fed back, cost differences. Fewer than ``min_pairs`` pairs (or no
-        reference): the version's own scores and costs, unpaired. Paired reads are not
-        sampled. Failures (of this version) and slow requests count from ``recent`` on when
-        given: the service as it is now, not diluted by a long healthy past."""
+        whose outcome was fed back, cost differences, and latency differences (``slower``);
+        the version's and the reference's failures over the whole span when both answered
+        callers in it (``failures``). Fewer than ``min_pairs`` pairs (or no reference): the
+        version's own scores and costs, unpaired. Paired reads are not sampled. The version's
+        own failures and slow requests (``errors``, ``slow``: the unpaired tests against budgets)
+        count from ``recent`` on when given: the service as it is now, not diluted by a long
+        healthy past."""
         frame = self._log.window(start, end, role=roles)
         frame = frame[frame["version"] == version]
         spec = self.reference(version).spec
@@ -265,6 +276,16 @@ class Monitor:
             return own
         scores = pairs["probability"].to_numpy("float64")
         scores = scores - pairs["probability_ref"].to_numpy("float64")
+        slower = paired_slower(pairs, latency_budget_ms)
+        failures = None
+        answered = other[other["role"].isin(ANSWERS)]
+        if len(answered) and frame["role"].isin(ANSWERS).any():
+            mine_failed = self._log.errors(start, end, version).get("failed", 0)
+            ref_failed = self._log.errors(start, end, reference).get("failed", 0)
+            failures = (
+                RateState(len(frame) + mine_failed, mine_failed),
+                RateState(len(answered) + ref_failed, ref_failed),
+            )
         # costs only of requests served with healthy inputs: a source that failed makes every
         # model worse, one more than another, and that is the pipeline's fault, not the model's
         pairs = _healthy(pairs)
@@ -278,7 +299,12 @@ class Monitor:
             self.reference(reference).spec,
         )
         return replace(
-            own, reference=reference, score=MeanState.of(scores), cost=MeanState.of(mine - theirs)
+            own,
+            reference=reference,
+            score=MeanState.of(scores),
+            cost=MeanState.of(mine - theirs),
+            slower=slower,
+            failures=failures,
         )
 
     def degraded(
@@ -446,6 +472,26 @@ def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
         for name in names:
             features[name] = features.get(name, 0) + 1
     return RateState.of(degraded), features
+
+
+def paired_slower(pairs: pd.DataFrame, budget_ms: float) -> MeanState:
+    """Per pair of single-row requests (the version's row and the reference's, suffixed
+    ``_ref``), whether the version was slower than ``budget_ms`` minus whether the reference
+    would have been: both with the shared stages (checks, features) of whichever row timed them
+    (a shadow row times only its model stage, scored off the response path) and each its own
+    model stage."""
+    stages = ["checks_ms", "features_ms", "model_ms", "batch_rows"]
+    mine = pd.DataFrame(pairs["latencies_ms"].tolist(), index=pairs.index)
+    theirs = pd.DataFrame(pairs["latencies_ms_ref"].tolist(), index=pairs.index)
+    mine, theirs = mine.reindex(columns=stages), theirs.reindex(columns=stages)
+    shared = (mine["checks_ms"] + mine["features_ms"]).fillna(
+        theirs["checks_ms"] + theirs["features_ms"]
+    )
+    own, other = shared + mine["model_ms"], shared + theirs["model_ms"]
+    single = (mine["batch_rows"] == 1) & (theirs["batch_rows"] == 1)
+    timed = single & own.notna() & other.notna()
+    slower = (own[timed] > budget_ms).astype("float64") - (other[timed] > budget_ms)
+    return MeanState.of(slower.to_numpy("float64"))
 
 
 def _healthy(frame: pd.DataFrame) -> pd.DataFrame:

@@ -12,13 +12,20 @@ trigger fires; promotion after baking needs all clean.
   staging mean;
 - KPI: one-sided test of the version's cost minus its reference's on the same labelled
   requests; without paired rows, its own costs minus the staging KPI;
-- error rate and latency: rate tests against the staging error rate (budget ``error_rate``) and
-  against 1 % of requests slower than ``p99_latency_ms``.
+- error rate: when the version and its reference both answered callers over the span (a
+  canary and the champion beside it), the difference of their failure rates (exact two-rate
+  test, minimum effect ``error_rate``); otherwise (a shadow reference answers no caller, so its
+  failures are not logged) a rate test of the last span against the staging rate;
+- latency: per paired request, whether the version was slower than ``p99_latency_ms`` minus
+  whether the reference was, the shared stages (checks, features) counted for both and each
+  its own model stage (shadow rows carry their scoring time), minimum effect 1 % of requests;
+  without paired timings, a rate test of the last span against 1 % of requests slower.
 
-The prediction shift and the KPI fire when the paired difference is shown beyond the declared
-effect (3 baseline sd; 5 % of the baseline KPI), and are clean when shown within twice it; the
-error-rate test fires when shown above half its budget's distance from the staging rate, and is
-clean when shown within the budget.
+The prediction shift, the KPI and the paired latency fire when the paired difference is shown
+beyond the declared effect (3 baseline sd; 5 % of the baseline KPI; 1 % more requests over the
+budget), and are clean when shown within twice it; the error-rate tests fire when shown above
+half their budget (the paired one: half of ``error_rate`` more failures than the reference), and
+are clean when shown within it. Each result's ``threshold`` is the bound it fires at.
 """
 
 from __future__ import annotations
@@ -30,7 +37,13 @@ from typing import Any, Literal
 from prodguard.config import KpiSettings, TriggerSettings
 from prodguard.monitoring.baseline import Baseline, Finding
 from prodguard.monitoring.monitor import PairedStates
-from prodguard.rollout.sequential import Decision, MeanState, MeanTest, RateTest
+from prodguard.rollout.sequential import (
+    Decision,
+    MeanState,
+    MeanTest,
+    RateDifferenceTest,
+    RateTest,
+)
 
 TriggerStatus = Literal["clean", "fired", "inconclusive"]
 LATENCY_SHARE = 0.01  # p99 <= budget  <=>  at most 1 % of requests slower than the budget
@@ -73,9 +86,11 @@ def describe(triggers: TriggerSettings, kpi: KpiSettings) -> list[str]:
         f"prediction shift: |mean score difference - staging difference| shown beyond {shift}",
         f"business KPI {kpi.name}: shown worse than the reference by more than "
         f"{triggers.kpi_worse_pct:g}% of the baseline KPI (labelled requests served healthy)",
-        f"error rate (5xx) above staging, budget {triggers.error_rate:g}",
-        f"p99 latency of the request path > {triggers.p99_latency_ms:g} ms "
-        f"(more than {LATENCY_SHARE:.0%} of requests slower)",
+        f"error rate (5xx): shown {triggers.error_rate * NULL_SHARE:g} above the reference's "
+        f"on the same span (else above staging), budget {triggers.error_rate:g}",
+        f"latency: shown {LATENCY_SHARE:.0%} more requests slower than "
+        f"{triggers.p99_latency_ms:g} ms than the reference on the same requests (else more than "
+        f"{LATENCY_SHARE:.0%} of requests slower: p99 over the budget)",
         f"data incident (degraded requests > baseline + {triggers.degraded_margin:g}): model "
         "moves hold, a pipeline incident is alerted; only a paired difference beyond its whole "
         "minimum effect may still fire",
@@ -250,17 +265,56 @@ def _errors(
 ) -> TriggerResult:
     known = _mean(baseline, "rate.failed")
     budget = min(triggers.error_rate, MAX_RATE)  # a budget of 1 would leave no rate above it
+    if states.failures is not None:
+        # both answered callers over the same span: a failing service fails both alike, only
+        # the difference is the version's own
+        mine, theirs = states.failures
+        paired = RateDifferenceTest(
+            budget,
+            alpha=triggers.alpha,
+            null_effect=budget * NULL_SHARE,
+            typical=min(max(known[0] if known is not None else 0.0, 1e-3), budget / 2),
+        )
+        compared = (
+            f"v{states.version}'s failed requests minus v{states.reference}'s over the same span"
+            f" ({theirs.events} of {theirs.n} for v{states.reference})"
+        )
+        decision = paired.decide(mine, theirs)
+        return _result("error_rate", decision, compared, threshold=decision.null_effect)
     reference = min(known[0] if known is not None else 0.0, budget / 2)
     minimum = budget - reference
     test = RateTest(reference, minimum, alpha=triggers.alpha, null_effect=minimum * NULL_SHARE)
-    compared = f"failed requests against the staging rate {reference:.4g}"
-    return _result("error_rate", test.decide(states.errors), compared)
+    why = (
+        "its reference answers no caller (a shadow's failures are not logged)"
+        if states.paired
+        else "no paired reference rows"
+    )
+    compared = f"failed requests of the last span against the staging rate {reference:.4g} ({why})"
+    decision = test.decide(states.errors)
+    return _result("error_rate", decision, compared, threshold=decision.null_effect)
 
 
 def _latency(states: PairedStates, triggers: TriggerSettings) -> TriggerResult:
-    test = RateTest(LATENCY_SHARE, LATENCY_SHARE, alpha=triggers.alpha)
-    compared = f"share of requests slower than {triggers.p99_latency_ms:g} ms against 1 %"
-    return _result("latency_p99", test.decide(states.slow), compared)
+    budget = f"{triggers.p99_latency_ms:g} ms"
+    if states.paired and states.slower.n:
+        # the same requests, each version's own model stage: a loaded machine or a slow
+        # feature store slows both alike
+        test = MeanTest(
+            LATENCY_SHARE * CLEAN_FACTOR,
+            alpha=triggers.alpha,
+            null_effect=LATENCY_SHARE,
+            min_n=first_look(triggers),
+            fired_first=True,
+        )
+        compared = _compared(
+            states, f": share of requests slower than {budget} (shared stages, own model stage)"
+        )
+        decision = test.decide(states.slower)
+    else:
+        test = RateTest(LATENCY_SHARE, LATENCY_SHARE, alpha=triggers.alpha)
+        compared = f"share of the last span's requests slower than {budget} against 1 %"
+        decision = test.decide(states.slow)
+    return _result("latency_p99", decision, compared, threshold=decision.null_effect)
 
 
 def _psi(findings: Sequence[Finding], triggers: TriggerSettings) -> list[TriggerResult]:
