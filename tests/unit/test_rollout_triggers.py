@@ -3,6 +3,7 @@ or inconclusive with their evidence; a data incident holds all but paired trigge
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -11,10 +12,16 @@ import pytest
 
 from prodguard.config import KpiSettings, TriggerSettings
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
-from prodguard.monitoring.monitor import PairedStates, degraded_rows, paired_slower
+from prodguard.monitoring.monitor import (
+    PairedStates,
+    class_scores,
+    degraded_rows,
+    paired_slower,
+)
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.rollout.triggers import describe, evaluate_triggers
+from prodguard.tasks import Task, TaskSpec
 
 pytestmark = pytest.mark.unit
 TRIGGERS = TriggerSettings(
@@ -110,16 +117,15 @@ def test_error_rate_and_latency_are_judged_against_the_reference_on_the_same_spa
     )
     calm = judge(busy)
     assert calm["error_rate"].status != "fired" and calm["latency_p99"].status != "fired"
-    assert "v2's failed requests minus v1's over the same span" in (
-        calm["error_rate"].evidence["compared"]
+    assert (
+        "v2's failed requests minus v1's over the same span"
+        in (calm["error_rate"].evidence["compared"])
     )
     assert "own model stage" in calm["latency_p99"].evidence["compared"]
     # ...while the version's own failures and slowness fire, at the bound they fire at
     slower[:400] = 1
     worse = judge(
-        states(
-            failures=(RateState(N, 100), RateState(4 * N, 40)), slower=MeanState.of(slower)
-        )
+        states(failures=(RateState(N, 100), RateState(4 * N, 40)), slower=MeanState.of(slower))
     )
     errors, latency = worse["error_rate"], worse["latency_p99"]
     assert errors.status == "fired" and errors.threshold == pytest.approx(0.005)
@@ -134,6 +140,70 @@ def test_a_shadow_reference_leaves_the_error_rate_against_staging_saying_why() -
     assert "its reference answers no caller" in result["error_rate"].evidence["compared"]
     # the firing bound (half the budget's distance from staging), not the clean bound
     assert result["error_rate"].threshold == pytest.approx(0.0045)
+
+
+CLASSES = ("early", "on_time", "late")
+
+
+def class_baseline(version: int, means: tuple[float, ...]) -> Baseline:
+    metrics = {
+        f"score.proba.{c}": MetricBaseline(m, 0.02, 20, 0.04)  # declared shift 0.06
+        for c, m in zip(CLASSES, means, strict=True)
+    }
+    return replace(baseline(version, 0.0), metrics=metrics)
+
+
+def class_states(paired: bool, shifts: dict[str, float], seed: int = 9) -> PairedStates:
+    centre = {"early": 0.05, "on_time": -0.1, "late": 0.05}  # paired: the staging difference
+    classes = {
+        f"score.proba.{c}": MeanState.of(noise(centre[c] + shifts.get(c, 0.0), 0.05, seed + i))
+        for i, c in enumerate(CLASSES)
+    }
+    return replace(states(paired), score=MeanState(), classes=classes)
+
+
+def test_multiclass_shift_is_one_paired_sequential_test_per_class_alpha_split() -> None:
+    own = class_baseline(2, (0.25, 0.5, 0.25))
+    other = class_baseline(1, (0.2, 0.6, 0.2))  # staging differences +0.05, -0.1, +0.05
+    healthy = judge(class_states(True, {}), own, other)["prediction_shift"]
+    assert healthy.status == "clean" and healthy.evidence["alpha"] == pytest.approx(0.01 / 3)
+    assert set(healthy.evidence["classes"]) == {f"score.proba.{c}" for c in CLASSES}
+    # the late class drifts 0.08 from its staging difference, net of it: only it fires
+    late = judge(class_states(True, {"late": 0.08}), own, other)["prediction_shift"]
+    assert late.status == "fired" and late.evidence["metric"] == "score.proba.late"
+    assert late.threshold == pytest.approx(0.06) and late.value == pytest.approx(0.08, abs=0.01)
+    assert "one test per class at alpha 0.01 / 3" in late.evidence["compared"]
+    verdicts = {m: e["verdict"] for m, e in late.evidence["classes"].items()}
+    assert verdicts["score.proba.late"] == "fired" and verdicts["score.proba.early"] == "clean"
+    # unpaired: the version's own class probabilities against its staging means
+    alone = replace(
+        class_states(False, {}),
+        classes={
+            f"score.proba.{c}": MeanState.of(noise(m, 0.05, 20))
+            for c, m in zip(CLASSES, (0.25, 0.5, 0.25), strict=True)
+        },
+    )
+    assert judge(alone, own, other)["prediction_shift"].status == "clean"
+    assert judge(class_states(True, {}), None, other)["prediction_shift"].status == "inconclusive"
+
+
+def test_class_scores_read_logged_probabilities_or_predicted_shares() -> None:
+    spec = TaskSpec(Task.MULTICLASS, CLASSES)
+    logged = pd.DataFrame(
+        {
+            "probability": [0.7, 0.6],
+            "decision": [2, 0],
+            "prediction": [
+                {"class": "late", "probabilities": {"early": 0.1, "on_time": 0.2, "late": 0.7}},
+                {"class": "early", "probabilities": {"early": 0.6, "on_time": 0.3, "late": 0.1}},
+            ],
+        }
+    )
+    found = class_scores(logged, spec)
+    assert list(found["score.proba.late"]) == [0.7, 0.1]
+    shares = class_scores(logged.assign(prediction=[None, None]), spec)
+    assert list(shares["score.share.late"]) == [1.0, 0.0]
+    assert class_scores(logged, TaskSpec(Task.BINARY)) == {}
 
 
 def test_a_difference_short_of_deciding_is_inconclusive_with_what_is_needed() -> None:

@@ -29,6 +29,7 @@ from prodguard.monitoring.measures import (
     Measure,
     judged_features,
     kpi_cost_function,
+    logged_outputs,
     measure,
     request_timings,
     row_costs,
@@ -37,7 +38,7 @@ from prodguard.monitoring.measures import (
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.serving.prediction_log import ANSWERS, ErrorKind, PredictionLog, Roles
-from prodguard.tasks import TaskSpec
+from prodguard.tasks import Task, TaskSpec
 
 _log = logging.getLogger("prodguard.monitoring")
 REFERENCE_TTL_S = 60.0
@@ -88,6 +89,10 @@ class PairedStates:
     cost states then hold the version's own values), and its own error, latency and degraded
     rates. ``degraded_features`` counts the degraded rows per feature (from the rows' flags).
 
+    ``classes`` (multiclass): per class score metric (``score.proba.<class>``, or
+    ``score.share.<class>`` when no probabilities were logged), the paired differences of the
+    rows' values (or the version's own values, unpaired).
+
     ``slower``: per paired single-row request, whether the version was slower than the latency
     budget minus whether the reference was (1, 0 or -1; see ``paired_slower``). ``failures``:
     the version's and the reference's failed requests among their requests over the same span,
@@ -105,6 +110,7 @@ class PairedStates:
     degraded_features: dict[str, int] = field(default_factory=dict)
     slower: MeanState = field(default_factory=MeanState)
     failures: tuple[RateState, RateState] | None = None
+    classes: dict[str, MeanState] = field(default_factory=dict)  # multiclass: see class_scores
 
     @property
     def paired(self) -> bool:
@@ -266,6 +272,7 @@ class Monitor:
             RateState.of(totals > latency_budget_ms),
             degraded,
             features,
+            classes={m: MeanState.of(v) for m, v in class_scores(frame, spec).items()},
         )
         if reference is None or reference == version or frame.empty:
             return own
@@ -277,6 +284,18 @@ class Monitor:
         scores = pairs["probability"].to_numpy("float64")
         scores = scores - pairs["probability_ref"].to_numpy("float64")
         slower = paired_slower(pairs, latency_budget_ms)
+        as_reference = pairs.assign(
+            probability=pairs["probability_ref"],
+            decision=pairs["decision_ref"],
+            prediction=pairs["prediction_ref"],
+        )
+        mine_classes = class_scores(pairs, spec)
+        their_classes = class_scores(as_reference, self.reference(reference).spec)
+        classes = {
+            m: MeanState.of(v - their_classes[m])
+            for m, v in mine_classes.items()
+            if m in their_classes
+        }
         failures = None
         answered = other[other["role"].isin(ANSWERS)]
         if len(answered) and frame["role"].isin(ANSWERS).any():
@@ -288,16 +307,9 @@ class Monitor:
             )
         # costs only of requests served with healthy inputs: a source that failed makes every
         # model worse, one more than another, and that is the pipeline's fault, not the model's
-        pairs = _healthy(pairs)
-        mine = self._costs(pairs, spec)
-        theirs = self._costs(
-            pairs.assign(
-                probability=pairs["probability_ref"],
-                decision=pairs["decision_ref"],
-                prediction=pairs["prediction_ref"],
-            ),
-            self.reference(reference).spec,
-        )
+        healthy = _healthy(pairs).index
+        mine = self._costs(pairs.loc[healthy], spec)
+        theirs = self._costs(as_reference.loc[healthy], self.reference(reference).spec)
         return replace(
             own,
             reference=reference,
@@ -305,6 +317,7 @@ class Monitor:
             cost=MeanState.of(mine - theirs),
             slower=slower,
             failures=failures,
+            classes=classes,
         )
 
     def degraded(
@@ -472,6 +485,22 @@ def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
         for name in names:
             features[name] = features.get(name, 0) + 1
     return RateState.of(degraded), features
+
+
+def class_scores(frame: pd.DataFrame, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """A multiclass version's per-row value of each class score metric: its probability
+    (``score.proba.<class>``), or whether it was the predicted class (``score.share.<class>``)
+    when the rows logged no probabilities; NaN where a row has none. Empty for other tasks."""
+    if spec.task is not Task.MULTICLASS or frame.empty:
+        return {}
+    outputs = logged_outputs(spec, frame.reset_index(drop=True))
+    probabilities = outputs.probabilities
+    if probabilities is not None and np.isfinite(probabilities).any():
+        return {f"score.proba.{c}": probabilities[:, j] for j, c in enumerate(spec.classes)}
+    decisions = outputs.decision
+    return {
+        f"score.share.{c}": (decisions == j).astype("float64") for j, c in enumerate(spec.classes)
+    }
 
 
 def paired_slower(pairs: pd.DataFrame, budget_ms: float) -> MeanState:

@@ -508,7 +508,8 @@ class RateDifferenceTest:
         known = version.n > 0 and reference.n > 0
         verdict = str(verdicts(low, high, "greater", self.null_effect, self.min_effect))
         verdict = verdict if known else "continue"
-        more = None if verdict != "continue" else max(self.needed(version, reference) - version.n, 0)
+        needed = self.needed(version, reference) if verdict == "continue" else None
+        more = None if needed is None else max(needed - version.n, 0)
         return Decision(
             verdict,  # type: ignore[arg-type]
             version.rate - reference.rate if known else math.nan,
