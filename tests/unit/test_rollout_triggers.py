@@ -16,7 +16,7 @@ from prodguard.monitoring.monitor import (
     PairedStates,
     class_scores,
     degraded_rows,
-    paired_slower,
+    paired_slow,
 )
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.sequential import MeanState, RateState
@@ -107,13 +107,11 @@ def test_each_trigger_fires_alone(change: dict[str, object], trigger: str) -> No
 def test_error_rate_and_latency_are_judged_against_the_reference_on_the_same_span() -> None:
     # the service fails 3 % and a loaded machine slows 10 % of requests over the budget: the
     # reference on the same span / the same requests suffers alike, so nothing fires...
-    slower = np.zeros(N)
-    slower[:40], slower[40:80] = 1, -1  # discordant both ways
     busy = states(
         errors=RateState(N, 60),
         slow=RateState(N, 200),
         failures=(RateState(N, 60), RateState(4 * N, 240)),
-        slower=MeanState.of(slower),
+        slow_pairs=(RateState(N, 200), RateState(N, 190)),
     )
     calm = judge(busy)
     assert calm["error_rate"].status != "fired" and calm["latency_p99"].status != "fired"
@@ -121,17 +119,22 @@ def test_error_rate_and_latency_are_judged_against_the_reference_on_the_same_spa
         "v2's failed requests minus v1's over the same span"
         in (calm["error_rate"].evidence["compared"])
     )
-    assert "own model stage" in calm["latency_p99"].evidence["compared"]
+    assert "own model stage; 190 of 2000 for v1" in calm["latency_p99"].evidence["compared"]
     # ...while the version's own failures and slowness fire, at the bound they fire at
-    slower[:400] = 1
     worse = judge(
-        states(failures=(RateState(N, 100), RateState(4 * N, 40)), slower=MeanState.of(slower))
+        states(
+            failures=(RateState(N, 100), RateState(4 * N, 40)),
+            slow_pairs=(RateState(N, 600), RateState(N, 190)),
+        )
     )
     errors, latency = worse["error_rate"], worse["latency_p99"]
     assert errors.status == "fired" and errors.threshold == pytest.approx(0.005)
     assert errors.evidence["low"] > 0.005 and errors.value == pytest.approx(0.045)
     assert latency.status == "fired" and latency.threshold == pytest.approx(0.01)
-    assert latency.evidence["low"] > 0.01 and latency.evidence["min_effect"] == 0.02
+    assert latency.evidence["low"] > 0.01 and latency.value == pytest.approx(0.205)
+    # a gross regression is shown on a few timed pairs (exact test: no first look to wait for)
+    few = judge(states(slow_pairs=(RateState(25, 25), RateState(25, 0))))["latency_p99"]
+    assert few.status == "fired" and few.evidence["n"] == 25
 
 
 def test_a_shadow_reference_leaves_the_error_rate_against_staging_saying_why() -> None:
@@ -284,8 +287,8 @@ def test_paired_latency_counts_the_shared_stages_for_both_and_each_its_model_sta
             ],
         }
     )
-    state = paired_slower(pairs, 100.0)
-    assert (state.n, state.total, state.squares) == (3, 0.0, 2.0)
+    assert paired_slow(pairs, 100.0) == (RateState(3, 2), RateState(3, 2))
+    assert paired_slow(pairs.iloc[3:], 100.0) is None
 
 
 def test_triggers_read_as_a_reviewable_list() -> None:

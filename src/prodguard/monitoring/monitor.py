@@ -93,8 +93,8 @@ class PairedStates:
     ``score.share.<class>`` when no probabilities were logged), the paired differences of the
     rows' values (or the version's own values, unpaired).
 
-    ``slower``: per paired single-row request, whether the version was slower than the latency
-    budget minus whether the reference was (1, 0 or -1; see ``paired_slower``). ``failures``:
+    ``slow_pairs``: on the paired single-row requests, the version's and the reference's
+    requests slower than the latency budget (see ``paired_slow``). ``failures``:
     the version's and the reference's failed requests among their requests over the same span,
     when both answered callers in it (a shadow answers no caller: its failures are not logged).
     """
@@ -108,7 +108,7 @@ class PairedStates:
     slow: RateState
     degraded: RateState
     degraded_features: dict[str, int] = field(default_factory=dict)
-    slower: MeanState = field(default_factory=MeanState)
+    slow_pairs: tuple[RateState, RateState] | None = None
     failures: tuple[RateState, RateState] | None = None
     classes: dict[str, MeanState] = field(default_factory=dict)  # multiclass: see class_scores
 
@@ -240,7 +240,7 @@ class Monitor:
         """The version's rows (``roles``) in ``[start, end)`` joined on request id with the
         reference's rows (``reference_roles``: the standby's shadow rows, or the champion's
         answers beside a canary): score differences (version minus reference) and, on rows
-        whose outcome was fed back, cost differences, and latency differences (``slower``);
+        whose outcome was fed back, cost differences, and slow requests of each (``slow_pairs``);
         the version's and the reference's failures over the whole span when both answered
         callers in it (``failures``). Fewer than ``min_pairs`` pairs (or no reference): the
         version's own scores and costs, unpaired. Paired reads are not sampled. The version's
@@ -283,7 +283,7 @@ class Monitor:
             return own
         scores = pairs["probability"].to_numpy("float64")
         scores = scores - pairs["probability_ref"].to_numpy("float64")
-        slower = paired_slower(pairs, latency_budget_ms)
+        slow_pairs = paired_slow(pairs, latency_budget_ms)
         as_reference = pairs.assign(
             probability=pairs["probability_ref"],
             decision=pairs["decision_ref"],
@@ -315,7 +315,7 @@ class Monitor:
             reference=reference,
             score=MeanState.of(scores),
             cost=MeanState.of(mine - theirs),
-            slower=slower,
+            slow_pairs=slow_pairs,
             failures=failures,
             classes=classes,
         )
@@ -503,12 +503,12 @@ def class_scores(frame: pd.DataFrame, spec: TaskSpec) -> dict[str, np.ndarray]:
     }
 
 
-def paired_slower(pairs: pd.DataFrame, budget_ms: float) -> MeanState:
-    """Per pair of single-row requests (the version's row and the reference's, suffixed
-    ``_ref``), whether the version was slower than ``budget_ms`` minus whether the reference
-    would have been: both with the shared stages (checks, features) of whichever row timed them
-    (a shadow row times only its model stage, scored off the response path) and each its own
-    model stage."""
+def paired_slow(pairs: pd.DataFrame, budget_ms: float) -> tuple[RateState, RateState] | None:
+    """Of the pairs of single-row requests (the version's row and the reference's, suffixed
+    ``_ref``) that both timed their model stage, the version's requests slower than
+    ``budget_ms`` and the reference's: both with the shared stages (checks, features) of
+    whichever row timed them (a shadow row times only its model stage, scored off the response
+    path) and each its own model stage. None when no pair was timed."""
     stages = ["checks_ms", "features_ms", "model_ms", "batch_rows"]
     mine = pd.DataFrame(pairs["latencies_ms"].tolist(), index=pairs.index)
     theirs = pd.DataFrame(pairs["latencies_ms_ref"].tolist(), index=pairs.index)
@@ -519,8 +519,9 @@ def paired_slower(pairs: pd.DataFrame, budget_ms: float) -> MeanState:
     own, other = shared + mine["model_ms"], shared + theirs["model_ms"]
     single = (mine["batch_rows"] == 1) & (theirs["batch_rows"] == 1)
     timed = single & own.notna() & other.notna()
-    slower = (own[timed] > budget_ms).astype("float64") - (other[timed] > budget_ms)
-    return MeanState.of(slower.to_numpy("float64"))
+    if not timed.any():
+        return None
+    return RateState.of(own[timed] > budget_ms), RateState.of(other[timed] > budget_ms)
 
 
 def _healthy(frame: pd.DataFrame) -> pd.DataFrame:

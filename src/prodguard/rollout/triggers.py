@@ -16,9 +16,9 @@ trigger fires; promotion after baking needs all clean.
   canary and the champion beside it), the difference of their failure rates (exact two-rate
   test, minimum effect ``error_rate``); otherwise (a shadow reference answers no caller, so its
   failures are not logged) a rate test of the last span against the staging rate;
-- latency: per paired request, whether the version was slower than ``p99_latency_ms`` minus
-  whether the reference was, the shared stages (checks, features) counted for both and each
-  its own model stage (shadow rows carry their scoring time), minimum effect 1 % of requests;
+- latency: on the paired single-row requests, the share slower than ``p99_latency_ms`` of the
+  version minus the reference's (exact two-rate test), the shared stages (checks, features)
+  counted for both and each its own model stage (shadow rows carry their scoring time);
   without paired timings, a rate test of the last span against 1 % of requests slower.
 
 The prediction shift, the KPI and the paired latency fire when the paired difference is shown
@@ -354,24 +354,26 @@ def _errors(
 
 def _latency(states: PairedStates, triggers: TriggerSettings) -> TriggerResult:
     budget = f"{triggers.p99_latency_ms:g} ms"
-    if states.paired and states.slower.n:
+    if states.slow_pairs is not None:
         # the same requests, each version's own model stage: a loaded machine or a slow
         # feature store slows both alike
-        test = MeanTest(
+        mine, theirs = states.slow_pairs
+        paired = RateDifferenceTest(
             LATENCY_SHARE * CLEAN_FACTOR,
             alpha=triggers.alpha,
             null_effect=LATENCY_SHARE,
-            min_n=first_look(triggers),
-            fired_first=True,
+            typical=LATENCY_SHARE,
         )
         compared = _compared(
-            states, f": share of requests slower than {budget} (shared stages, own model stage)"
+            states,
+            f": share of requests slower than {budget} (shared stages, own model stage; "
+            f"{theirs.events} of {theirs.n} for v{states.reference})",
         )
-        decision = test.decide(states.slower)
+        decision = paired.decide(mine, theirs)
     else:
-        test = RateTest(LATENCY_SHARE, LATENCY_SHARE, alpha=triggers.alpha)
+        alone = RateTest(LATENCY_SHARE, LATENCY_SHARE, alpha=triggers.alpha)
         compared = f"share of the last span's requests slower than {budget} against 1 %"
-        decision = test.decide(states.slow)
+        decision = alone.decide(states.slow)
     return _result("latency_p99", decision, compared, threshold=decision.null_effect)
 
 
