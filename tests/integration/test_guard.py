@@ -86,7 +86,8 @@ def setup(
     log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
     registry = operations.registry
     # paired: the standby scores every request in shadow (as a standby does at its sample)
-    shadow = TrafficPolicy("shadow", version=2) if paired else None
+    standby = operations.state().standby
+    shadow = TrafficPolicy("shadow", version=standby) if paired else None
     replay_version(
         settings,
         registry,
