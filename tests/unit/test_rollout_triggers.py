@@ -140,7 +140,7 @@ def test_error_rate_and_latency_are_judged_against_the_reference_on_the_same_spa
 def test_a_shadow_reference_leaves_the_error_rate_against_staging_saying_why() -> None:
     result = judge(states(errors=RateState(N, 60)))  # paired, but no failures of the reference
     assert result["error_rate"].status == "fired"
-    assert "its reference answers no caller" in result["error_rate"].evidence["compared"]
+    assert "a shadow answers no caller" in result["error_rate"].evidence["compared"]
     # the firing bound (half the budget's distance from staging), not the clean bound
     assert result["error_rate"].threshold == pytest.approx(0.0045)
 

@@ -343,7 +343,7 @@ def _errors(
     minimum = budget - reference
     test = RateTest(reference, minimum, alpha=triggers.alpha, null_effect=minimum * NULL_SHARE)
     why = (
-        "its reference answers no caller (a shadow's failures are not logged)"
+        "a shadow answers no caller: its failures are not logged"
         if states.paired
         else "no paired reference rows"
     )
