@@ -181,6 +181,7 @@ class Outcome:
     aborted: int = 0
     promoted: int = 0
     alerts: int = 0
+    incidents: int = 0  # the alerts grouped by cause, as `prodguard incidents` does
     detected_requests: int | None = None
     detected_minutes: float | None = None
     fired: list[str] = field(default_factory=list)
@@ -209,6 +210,7 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
     from prodguard import wiring
     from prodguard.alerts import AlertGate, FileGateState
     from prodguard.clock import FixedClock
+    from prodguard.incidents import FileIncidentRecord, Grouping, IncidentSink, feature_sources
     from prodguard.monitoring.jobs import run_monitor, version_reference
     from prodguard.monitoring.monitor import Monitor
     from prodguard.monitoring.replay import replay
@@ -239,6 +241,14 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
         staging.set_alias("champion", STANDBY)
         operations.promote("bench", "episode", version=CHAMPION)
     follower.refresh()
+    # alerts grouped into incidents as `prodguard incidents` groups them (same grouping, gap)
+    incidents = IncidentSink(
+        FileGateState(work / "open_incidents.json"),
+        FileIncidentRecord(work / "incidents.jsonl"),
+        Grouping(settings.sources, lambda: feature_sources(context["views"])),
+        gap=timedelta(hours=settings.alerts.incident_gap_hours),
+    )
+    alerter.sinks.append(incidents)
     log = SqlitePredictionLog(work / "log.db", "NORMAL")
     monitor = Monitor(log, lambda v: version_reference(staging, v), settings.monitoring, clock)
     guard = Guard(operations, monitor, settings, alerter, clock, actor="bench")
@@ -268,6 +278,7 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
         follower.refresh()
         if now.hour == 0:  # the monitors, once a simulated day
             run_monitor(monitor, gate)
+            alerter.sweep(now)
         # a fault rolled back: the episode has told what it can
         return faulty is None or outcome.detected_minutes is None
 
@@ -307,6 +318,7 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
     if alerts_path.exists():
         sent = [json.loads(line) for line in alerts_path.read_text().splitlines() if line]
         outcome.alerts = sum(1 for a in sent if a.get("severity") != "info")
+    outcome.incidents = sum(1 for i in incidents.record.incidents() if i.severity != "info")
     outcome.seconds = time.perf_counter() - began
     return outcome
 
@@ -397,6 +409,7 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
             row["promoted"] = sum(o.promoted for o in found)
             days = sum(o.episode.days for o in found)
             row["alerts/week"] = round(sum(o.alerts for o in found) / days * 7, 1)
+            row["incidents/week"] = round(sum(o.incidents for o in found) / days * 7, 1)
         triggers = sorted({name for o in found for name in o.fired})
         row["triggers fired"] = ",".join(triggers) or "-"
         rows.append(row)
@@ -409,8 +422,9 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
     print(
         f"\nbenign episodes with a false rollback or aborted good canary: {wrong}/{len(benign)}"
         f" ({wrong / max(len(benign), 1):.0%}); model rollbacks during data incidents: "
-        f"{sum(o.rollbacks for o in data)}; alerts per benign week: "
-        f"{sum(o.alerts for o in benign) / max(days, 1) * 7:.1f}"
+        f"{sum(o.rollbacks for o in data)}; incidents per benign week: "
+        f"{sum(o.incidents for o in benign) / max(days, 1) * 7:.1f} (from "
+        f"{sum(o.alerts for o in benign) / max(days, 1) * 7:.1f} alerts)"
     )
     big = [
         o
@@ -466,6 +480,7 @@ def main() -> None:
         print(
             f"  {episode.name:28s} {outcome.requests:5d} req  rollbacks {outcome.rollbacks} "
             f"aborted {outcome.aborted} promoted {outcome.promoted} alerts {outcome.alerts} "
+            f"incidents {outcome.incidents} "
             f"detected {outcome.detected_requests} req / {outcome.detected_minutes} min "
             f"{','.join(outcome.fired)}  ({outcome.seconds:.0f} s)",
             flush=True,

@@ -5,6 +5,7 @@ paired comparison; standby retention on promotion."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,13 +46,35 @@ class WeatherOutage:
         return getattr(self.store, name)
 
 
-def setup(project: Path, promote_faulty: bool, outage: bool = False, paired: bool = False):
+class SlowStore:
+    """The feature store 30 ms slow on every lookup: any version would be as slow."""
+
+    def __init__(self, store, clock) -> None:
+        self.store = store
+
+    def online_records(self, rows):
+        time.sleep(0.03)
+        return self.store.online_records(rows)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def setup(
+    project: Path,
+    promote_faulty: bool,
+    outage: bool = False,
+    paired: bool = False,
+    slow: bool = False,
+):
     from prodguard import wiring
     from prodguard.config import load_settings
     from prodguard.monitoring.jobs import replay_version
     from prodguard.serving.prediction_log import SqlitePredictionLog
 
-    settings = load_settings(project / "prodguard.yaml", environ=ENV)
+    # slow: a latency budget (20 ms) every request over a 30 ms feature lookup misses
+    budget = {"PRODGUARD_ROLLOUT__TRIGGERS__P99_LATENCY_MS": "20"} if slow else {}
+    settings = load_settings(project / "prodguard.yaml", environ={**ENV, **budget})
     wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     clock = FixedClock(utc("2013-04-08"))
     operations = wiring.registry_operations(settings)
@@ -63,7 +86,8 @@ def setup(project: Path, promote_faulty: bool, outage: bool = False, paired: boo
     log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
     registry = operations.registry
     # paired: the standby scores every request in shadow (as a standby does at its sample)
-    shadow = TrafficPolicy("shadow", version=2) if paired else None
+    standby = operations.state().standby
+    shadow = TrafficPolicy("shadow", version=standby) if paired else None
     replay_version(
         settings,
         registry,
@@ -71,8 +95,9 @@ def setup(project: Path, promote_faulty: bool, outage: bool = False, paired: boo
         utc("2013-04-08"),
         utc("2013-04-09"),
         log,
-        wrap_store=WeatherOutage if outage else None,
+        wrap_store=WeatherOutage if outage else SlowStore if slow else None,
         rollout=shadow,
+        single_share=0.1 if slow else None,
     )
     clock.set(utc("2013-04-09"))
     return settings, operations, clock, log
@@ -230,3 +255,24 @@ def test_drill_rehearses_a_rollback_in_staging_and_gates_promotion(project: Path
     check(2)  # a passed, fresh drill
     with pytest.raises(PromotionRefused, match="v1 has no rollback drill"):
         check(1)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_a_slow_feature_store_is_not_the_models_latency(project: Path, paired: bool) -> None:
+    """Every request misses the latency budget on a slow feature lookup: judged against the
+    standby on the same requests (the lookup shared, each its own model stage) the champion is
+    no slower and stays; judged alone against the budget it is rolled back."""
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock, log = setup(project, False, paired=paired, slow=True)
+    decision = build_guard(settings, clock, log).check()[0]
+    latency = {t.name: t for t in decision.triggers}["latency_p99"]
+    if paired:
+        assert latency.status != "fired" and decision.action != "rolled_back"
+        evidence = latency.evidence
+        assert "own model stage" in evidence["compared"] and evidence["n"] >= 20
+        assert abs(evidence["estimate"]) < 0.05  # both over the budget on the same requests
+    else:
+        assert latency.status == "fired" and decision.action == "rolled_back"
+        assert latency.threshold == 0.0  # fired when shown above 1 %: the bound it fired at
+        assert "against 1 %" in latency.evidence["compared"]

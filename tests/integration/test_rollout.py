@@ -183,6 +183,24 @@ def test_a_healthy_canary_bakes_steps_up_and_is_promoted(project) -> None:
     assert actions == ["traffic", "traffic", "promote", "traffic"]
 
 
+def test_a_shadow_rollout_measures_its_latency_and_is_promoted(project) -> None:
+    """A shadow answers no caller: its latency is its own scoring time (logged on its shadow
+    rows) plus the shared stages of the same requests, so baking does not wait for it."""
+    from prodguard.rollout.jobs import build_guard
+
+    settings, operations, clock = project
+    operations.start_rollout("shadow", "tests", version=4)
+    serve_day(settings, operations, "2013-04-08", operations.traffic())
+    clock.set(utc("2013-04-09"))
+    rollout = build_guard(settings, clock).check()[1]
+    latency = {t.name: t for t in rollout.triggers}["latency_p99"]
+    assert latency.value is not None and latency.status != "fired"
+    assert "v4 minus v2 on the same requests" in latency.evidence["compared"]
+    assert "own model stage" in latency.evidence["compared"]
+    assert rollout.action == "promoted", rollout.reason
+    assert operations.state().champion == 4
+
+
 def test_a_new_candidate_restarts_the_analysis(project) -> None:
     from prodguard.rollout.jobs import build_guard
 

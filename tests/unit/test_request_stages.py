@@ -260,6 +260,36 @@ def test_shadow_scores_every_row_of_a_burst_after_the_versions_change(tmp_path: 
     shadow.close()
 
 
+def test_a_canary_burst_counts_the_rows_the_reference_scores_and_restarts_each_step(
+    tmp_path: Path,
+) -> None:
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    answers = AnswerLog(log, "m")
+    shadow = Shadow(ModelScoring(0.5), answers, sample=0.0001, burst=2)
+    inputs = [{"site": "A", "size": 1.0, "temp": 30.0}]
+    champion, canary = model(1), model(2)
+    policy = TrafficPolicy(mode="canary", version=2, steps=(5.0, 100.0), step_started="t0")
+
+    def serve(policy: TrafficPolicy, request_id: str, answered_by: LoadedModel) -> bool:
+        state = ServingState(champion=champion, rollout=canary, policy=policy)
+        role = "canary" if answered_by is canary else "champion"
+        scored = Scored(0.3, False)
+        record = answers.record(request_id, NOW, answered_by, role, scored, inputs[0], [], {})
+        answers.write([record])
+        shadow.after(state, answered_by.frame(inputs), [record])
+        shadow.drain()
+        return log.get(request_id, role="shadow") is not None
+
+    # the champion's own answers are not rows it scores: they do not use up the burst
+    assert [serve(policy, f"c{i}", champion) for i in range(5)] == [False] * 5
+    assert [serve(policy, f"k{i}", canary) for i in range(3)] == [True, True, False]
+    step = replace(policy, step=1, step_started="t1")  # a new canary step: a new burst
+    assert [serve(step, f"s{i}", canary) for i in range(3)] == [True, True, False]
+    timed = log.get("k0", role="shadow")
+    assert timed.latencies_ms["batch_rows"] == 1 and timed.latencies_ms["model_ms"] >= 0
+    shadow.close()
+
+
 # ---- composed ---------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ or inconclusive with their evidence; a data incident holds all but paired trigge
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -11,10 +12,16 @@ import pytest
 
 from prodguard.config import KpiSettings, TriggerSettings
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
-from prodguard.monitoring.monitor import PairedStates, degraded_rows
+from prodguard.monitoring.monitor import (
+    PairedStates,
+    class_scores,
+    degraded_rows,
+    paired_slow,
+)
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.rollout.triggers import describe, evaluate_triggers
+from prodguard.tasks import Task, TaskSpec
 
 pytestmark = pytest.mark.unit
 TRIGGERS = TriggerSettings(
@@ -97,6 +104,111 @@ def test_each_trigger_fires_alone(change: dict[str, object], trigger: str) -> No
     assert results[trigger].evidence["verdict"] == "fired"
 
 
+def test_error_rate_and_latency_are_judged_against_the_reference_on_the_same_span() -> None:
+    # the service fails 3 % and a loaded machine slows 10 % of requests over the budget: the
+    # reference on the same span / the same requests suffers alike, so nothing fires...
+    busy = states(
+        errors=RateState(N, 60),
+        slow=RateState(N, 200),
+        failures=(RateState(N, 60), RateState(4 * N, 240)),
+        slow_pairs=(RateState(N, 200), RateState(N, 190)),
+    )
+    calm = judge(busy)
+    assert calm["error_rate"].status != "fired" and calm["latency_p99"].status != "fired"
+    assert (
+        "v2's failed requests minus v1's over the same span"
+        in (calm["error_rate"].evidence["compared"])
+    )
+    assert "own model stage; 190 of 2000 for v1" in calm["latency_p99"].evidence["compared"]
+    # ...while the version's own failures and slowness fire, at the bound they fire at
+    worse = judge(
+        states(
+            failures=(RateState(N, 100), RateState(4 * N, 40)),
+            slow_pairs=(RateState(N, 600), RateState(N, 190)),
+        )
+    )
+    errors, latency = worse["error_rate"], worse["latency_p99"]
+    assert errors.status == "fired" and errors.threshold == pytest.approx(0.005)
+    assert errors.evidence["low"] > 0.005 and errors.value == pytest.approx(0.045)
+    assert latency.status == "fired" and latency.threshold == pytest.approx(0.01)
+    assert latency.evidence["low"] > 0.01 and latency.value == pytest.approx(0.205)
+    # a gross regression is shown on a few timed pairs (exact test: no first look to wait for)
+    few = judge(states(slow_pairs=(RateState(25, 25), RateState(25, 0))))["latency_p99"]
+    assert few.status == "fired" and few.evidence["n"] == 25
+
+
+def test_a_shadow_reference_leaves_the_error_rate_against_staging_saying_why() -> None:
+    result = judge(states(errors=RateState(N, 60)))  # paired, but no failures of the reference
+    assert result["error_rate"].status == "fired"
+    assert "a shadow answers no caller" in result["error_rate"].evidence["compared"]
+    # the firing bound (half the budget's distance from staging), not the clean bound
+    assert result["error_rate"].threshold == pytest.approx(0.0045)
+
+
+CLASSES = ("early", "on_time", "late")
+
+
+def class_baseline(version: int, means: tuple[float, ...]) -> Baseline:
+    metrics = {
+        f"score.proba.{c}": MetricBaseline(m, 0.02, 20, 0.04)  # declared shift 0.06
+        for c, m in zip(CLASSES, means, strict=True)
+    }
+    return replace(baseline(version, 0.0), metrics=metrics)
+
+
+def class_states(paired: bool, shifts: dict[str, float], seed: int = 9) -> PairedStates:
+    centre = {"early": 0.05, "on_time": -0.1, "late": 0.05}  # paired: the staging difference
+    classes = {
+        f"score.proba.{c}": MeanState.of(noise(centre[c] + shifts.get(c, 0.0), 0.05, seed + i))
+        for i, c in enumerate(CLASSES)
+    }
+    return replace(states(paired), score=MeanState(), classes=classes)
+
+
+def test_multiclass_shift_is_one_paired_sequential_test_per_class_alpha_split() -> None:
+    own = class_baseline(2, (0.25, 0.5, 0.25))
+    other = class_baseline(1, (0.2, 0.6, 0.2))  # staging differences +0.05, -0.1, +0.05
+    healthy = judge(class_states(True, {}), own, other)["prediction_shift"]
+    assert healthy.status == "clean" and healthy.evidence["alpha"] == pytest.approx(0.01 / 3)
+    assert set(healthy.evidence["classes"]) == {f"score.proba.{c}" for c in CLASSES}
+    # the late class drifts 0.08 from its staging difference, net of it: only it fires
+    late = judge(class_states(True, {"late": 0.08}), own, other)["prediction_shift"]
+    assert late.status == "fired" and late.evidence["metric"] == "score.proba.late"
+    assert late.threshold == pytest.approx(0.06) and late.value == pytest.approx(0.08, abs=0.01)
+    assert "one test per class at alpha 0.01 / 3" in late.evidence["compared"]
+    verdicts = {m: e["verdict"] for m, e in late.evidence["classes"].items()}
+    assert verdicts["score.proba.late"] == "fired" and verdicts["score.proba.early"] == "clean"
+    # unpaired: the version's own class probabilities against its staging means
+    alone = replace(
+        class_states(False, {}),
+        classes={
+            f"score.proba.{c}": MeanState.of(noise(m, 0.05, 20))
+            for c, m in zip(CLASSES, (0.25, 0.5, 0.25), strict=True)
+        },
+    )
+    assert judge(alone, own, other)["prediction_shift"].status == "clean"
+    assert judge(class_states(True, {}), None, other)["prediction_shift"].status == "inconclusive"
+
+
+def test_class_scores_read_logged_probabilities_or_predicted_shares() -> None:
+    spec = TaskSpec(Task.MULTICLASS, CLASSES)
+    logged = pd.DataFrame(
+        {
+            "probability": [0.7, 0.6],
+            "decision": [2, 0],
+            "prediction": [
+                {"class": "late", "probabilities": {"early": 0.1, "on_time": 0.2, "late": 0.7}},
+                {"class": "early", "probabilities": {"early": 0.6, "on_time": 0.3, "late": 0.1}},
+            ],
+        }
+    )
+    found = class_scores(logged, spec)
+    assert list(found["score.proba.late"]) == [0.7, 0.1]
+    shares = class_scores(logged.assign(prediction=[None, None]), spec)
+    assert list(shares["score.share.late"]) == [1.0, 0.0]
+    assert class_scores(logged, TaskSpec(Task.BINARY)) == {}
+
+
 def test_a_difference_short_of_deciding_is_inconclusive_with_what_is_needed() -> None:
     # 100 noisy differences 0.09 from the staging difference: the interval spans both the
     # declared shift (0.06, where it fires) and twice it (within which it is clean)
@@ -155,6 +267,28 @@ def test_degraded_rows_name_their_features() -> None:
     frame = pd.DataFrame({"flags": [["temp:unavailable", "dewp:stale"], [], ["temp:stale"]]})
     rate, features = degraded_rows(frame)
     assert (rate.n, rate.events) == (3, 2) and features == {"temp": 2, "dewp": 1}
+
+
+def test_paired_latency_counts_the_shared_stages_for_both_and_each_its_model_stage() -> None:
+    answered = {"checks_ms": 5.0, "features_ms": 60.0, "batch_rows": 1}
+    pairs = pd.DataFrame(
+        {
+            "latencies_ms": [
+                {**answered, "model_ms": 50.0},  # 115 ms against 65 + 45 = 110: both slow
+                {**answered, "model_ms": 10.0},  # 75 ms against 65 + 40 = 105: only the reference
+                {"model_ms": 80.0, "batch_rows": 1},  # a shadow version: 145 against 67: only it
+                {**answered, "model_ms": 1.0, "batch_rows": 8},  # a batch call: not timed alone
+            ],
+            "latencies_ms_ref": [
+                {"model_ms": 45.0, "batch_rows": 1},
+                {"model_ms": 40.0, "batch_rows": 1},
+                {**answered, "model_ms": 2.0},
+                {"model_ms": 1.0, "batch_rows": 8},
+            ],
+        }
+    )
+    assert paired_slow(pairs, 100.0) == (RateState(3, 2), RateState(3, 2))
+    assert paired_slow(pairs.iloc[3:], 100.0) is None
 
 
 def test_triggers_read_as_a_reviewable_list() -> None:

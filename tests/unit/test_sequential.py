@@ -14,7 +14,14 @@ import math
 import numpy as np
 import pytest
 
-from prodguard.rollout.sequential import MeanState, MeanTest, RateState, RateTest, verdicts
+from prodguard.rollout.sequential import (
+    MeanState,
+    MeanTest,
+    RateDifferenceTest,
+    RateState,
+    RateTest,
+    verdicts,
+)
 
 pytestmark = pytest.mark.unit
 SEQUENCES, BATCHES, BATCH = 2000, 200, 10
@@ -120,6 +127,53 @@ def test_type_one_error_and_power_of_the_rate_test() -> None:
         else:
             assert (np.quantile(first["fired"], 0.95, method="higher") + 1) * 100 <= 10_000
             assert (first["clean"] < BATCHES).mean() <= ALPHA
+
+
+def test_type_one_error_and_power_of_the_rate_difference_test() -> None:
+    """Two streams of requests over the same span (the version's and its reference's), checked
+    after every 500 of each: at equal rates (1 %) against a null of +0.5 point it fires in at
+    most alpha of 200 sequences (exact: no tolerance); a version failing 4 % against 1 %
+    fires in 95 % of them within 10,000 requests, and is never shown clean."""
+    test = RateDifferenceTest(0.01, null_effect=0.005, typical=0.01)
+    looks, step, sequences = 20, 500, 200
+    rng = np.random.default_rng(8)
+    memo: dict[tuple[int, int, int, int], str] = {}
+
+    def verdict(n: int, mine: int, theirs: int) -> str:
+        key = (n, mine, n, theirs)
+        if key not in memo:
+            memo[key] = test.decide(RateState(n, mine), RateState(n, theirs)).verdict
+        return memo[key]
+
+    for rate, expect in ((0.01, "null"), (0.04, "worse")):
+        mine = np.cumsum(rng.binomial(step, rate, (sequences, looks)), axis=1)
+        theirs = np.cumsum(rng.binomial(step, 0.01, (sequences, looks)), axis=1)
+        found = np.array(
+            [
+                [verdict((j + 1) * step, mine[i, j], theirs[i, j]) for j in range(looks)]
+                for i in range(sequences)
+            ]
+        )
+        fired = (found == "fired").any(axis=1)
+        if expect == "null":
+            assert fired.mean() <= ALPHA
+        else:
+            first = np.where(found == "fired", np.arange(looks), looks).min(axis=1)
+            assert (np.quantile(first, 0.95, method="higher") + 1) * step <= 10_000
+            assert not (found == "clean").any()
+
+
+def test_rate_difference_evidence_and_unknown_reference() -> None:
+    test = RateDifferenceTest(0.02, null_effect=0.01)
+    decision = test.decide(RateState(5000, 400), RateState(5000, 50))
+    assert decision.verdict == "fired" and decision.estimate == pytest.approx(0.07)
+    assert 0.01 < decision.low < 0.07 < decision.high and decision.n == 5000
+    calm = test.decide(RateState(20_000, 20), RateState(20_000, 20))
+    assert calm.verdict == "clean" and calm.high < 0.02
+    unknown = test.decide(RateState(1000, 3), RateState())
+    assert unknown.verdict == "continue" and "no requests of the reference" in unknown.reason
+    short = test.decide(RateState(100, 1), RateState(100, 1))
+    assert short.verdict == "continue" and short.more_needed > 0
 
 
 def test_state_is_additive_and_serialisable() -> None:

@@ -29,6 +29,7 @@ from prodguard.monitoring.measures import (
     Measure,
     judged_features,
     kpi_cost_function,
+    logged_outputs,
     measure,
     request_timings,
     row_costs,
@@ -37,7 +38,7 @@ from prodguard.monitoring.measures import (
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.serving.prediction_log import ANSWERS, ErrorKind, PredictionLog, Roles
-from prodguard.tasks import TaskSpec
+from prodguard.tasks import Task, TaskSpec
 
 _log = logging.getLogger("prodguard.monitoring")
 REFERENCE_TTL_S = 60.0
@@ -86,7 +87,17 @@ class PairedStates:
     """A version's live traffic as additive test states: paired differences against a
     reference version on the same requests (``reference`` None: no paired rows, the score and
     cost states then hold the version's own values), and its own error, latency and degraded
-    rates. ``degraded_features`` counts the degraded rows per feature (from the rows' flags)."""
+    rates. ``degraded_features`` counts the degraded rows per feature (from the rows' flags).
+
+    ``classes`` (multiclass): per class score metric (``score.proba.<class>``, or
+    ``score.share.<class>`` when no probabilities were logged), the paired differences of the
+    rows' values (or the version's own values, unpaired).
+
+    ``slow_pairs``: on the paired single-row requests, the version's and the reference's
+    requests slower than the latency budget (see ``paired_slow``). ``failures``:
+    the version's and the reference's failed requests among their requests over the same span,
+    when both answered callers in it (a shadow answers no caller: its failures are not logged).
+    """
 
     version: int
     reference: int | None
@@ -97,6 +108,9 @@ class PairedStates:
     slow: RateState
     degraded: RateState
     degraded_features: dict[str, int] = field(default_factory=dict)
+    slow_pairs: tuple[RateState, RateState] | None = None
+    failures: tuple[RateState, RateState] | None = None
+    classes: dict[str, MeanState] = field(default_factory=dict)  # multiclass: see class_scores
 
     @property
     def paired(self) -> bool:
@@ -226,10 +240,13 @@ class Monitor:
         """The version's rows (``roles``) in ``[start, end)`` joined on request id with the
         reference's rows (``reference_roles``: the standby's shadow rows, or the champion's
         answers beside a canary): score differences (version minus reference) and, on rows
-        whose outcome was fed back, cost differences. Fewer than ``min_pairs`` pairs (or no
-        reference): the version's own scores and costs, unpaired. Paired reads are not
-        sampled. Failures (of this version) and slow requests count from ``recent`` on when
-        given: the service as it is now, not diluted by a long healthy past."""
+        whose outcome was fed back, cost differences, and slow requests of each (``slow_pairs``);
+        the version's and the reference's failures over the whole span when both answered
+        callers in it (``failures``). Fewer than ``min_pairs`` pairs (or no reference): the
+        version's own scores and costs, unpaired. Paired reads are not sampled. The version's
+        own failures and slow requests (``errors``, ``slow``: the unpaired tests against budgets)
+        count from ``recent`` on when given: the service as it is now, not diluted by a long
+        healthy past."""
         frame = self._log.window(start, end, role=roles)
         frame = frame[frame["version"] == version]
         spec = self.reference(version).spec
@@ -255,6 +272,7 @@ class Monitor:
             RateState.of(totals > latency_budget_ms),
             degraded,
             features,
+            classes={m: MeanState.of(v) for m, v in class_scores(frame, spec).items()},
         )
         if reference is None or reference == version or frame.empty:
             return own
@@ -265,20 +283,41 @@ class Monitor:
             return own
         scores = pairs["probability"].to_numpy("float64")
         scores = scores - pairs["probability_ref"].to_numpy("float64")
+        slow_pairs = paired_slow(pairs, latency_budget_ms)
+        as_reference = pairs.assign(
+            probability=pairs["probability_ref"],
+            decision=pairs["decision_ref"],
+            prediction=pairs["prediction_ref"],
+        )
+        mine_classes = class_scores(pairs, spec)
+        their_classes = class_scores(as_reference, self.reference(reference).spec)
+        classes = {
+            m: MeanState.of(v - their_classes[m])
+            for m, v in mine_classes.items()
+            if m in their_classes
+        }
+        failures = None
+        answered = other[other["role"].isin(ANSWERS)]
+        if len(answered) and frame["role"].isin(ANSWERS).any():
+            mine_failed = self._log.errors(start, end, version).get("failed", 0)
+            ref_failed = self._log.errors(start, end, reference).get("failed", 0)
+            failures = (
+                RateState(len(frame) + mine_failed, mine_failed),
+                RateState(len(answered) + ref_failed, ref_failed),
+            )
         # costs only of requests served with healthy inputs: a source that failed makes every
         # model worse, one more than another, and that is the pipeline's fault, not the model's
-        pairs = _healthy(pairs)
-        mine = self._costs(pairs, spec)
-        theirs = self._costs(
-            pairs.assign(
-                probability=pairs["probability_ref"],
-                decision=pairs["decision_ref"],
-                prediction=pairs["prediction_ref"],
-            ),
-            self.reference(reference).spec,
-        )
+        healthy = _healthy(pairs).index
+        mine = self._costs(pairs.loc[healthy], spec)
+        theirs = self._costs(as_reference.loc[healthy], self.reference(reference).spec)
         return replace(
-            own, reference=reference, score=MeanState.of(scores), cost=MeanState.of(mine - theirs)
+            own,
+            reference=reference,
+            score=MeanState.of(scores),
+            cost=MeanState.of(mine - theirs),
+            slow_pairs=slow_pairs,
+            failures=failures,
+            classes=classes,
         )
 
     def degraded(
@@ -446,6 +485,43 @@ def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
         for name in names:
             features[name] = features.get(name, 0) + 1
     return RateState.of(degraded), features
+
+
+def class_scores(frame: pd.DataFrame, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """A multiclass version's per-row value of each class score metric: its probability
+    (``score.proba.<class>``), or whether it was the predicted class (``score.share.<class>``)
+    when the rows logged no probabilities; NaN where a row has none. Empty for other tasks."""
+    if spec.task is not Task.MULTICLASS or frame.empty:
+        return {}
+    outputs = logged_outputs(spec, frame.reset_index(drop=True))
+    probabilities = outputs.probabilities
+    if probabilities is not None and np.isfinite(probabilities).any():
+        return {f"score.proba.{c}": probabilities[:, j] for j, c in enumerate(spec.classes)}
+    decisions = outputs.decision
+    return {
+        f"score.share.{c}": (decisions == j).astype("float64") for j, c in enumerate(spec.classes)
+    }
+
+
+def paired_slow(pairs: pd.DataFrame, budget_ms: float) -> tuple[RateState, RateState] | None:
+    """Of the pairs of single-row requests (the version's row and the reference's, suffixed
+    ``_ref``) that both timed their model stage, the version's requests slower than
+    ``budget_ms`` and the reference's: both with the shared stages (checks, features) of
+    whichever row timed them (a shadow row times only its model stage, scored off the response
+    path) and each its own model stage. None when no pair was timed."""
+    stages = ["checks_ms", "features_ms", "model_ms", "batch_rows"]
+    mine = pd.DataFrame(pairs["latencies_ms"].tolist(), index=pairs.index)
+    theirs = pd.DataFrame(pairs["latencies_ms_ref"].tolist(), index=pairs.index)
+    mine, theirs = mine.reindex(columns=stages), theirs.reindex(columns=stages)
+    shared = (mine["checks_ms"] + mine["features_ms"]).fillna(
+        theirs["checks_ms"] + theirs["features_ms"]
+    )
+    own, other = shared + mine["model_ms"], shared + theirs["model_ms"]
+    single = (mine["batch_rows"] == 1) & (theirs["batch_rows"] == 1)
+    timed = single & own.notna() & other.notna()
+    if not timed.any():
+        return None
+    return RateState.of(own[timed] > budget_ms), RateState.of(other[timed] > budget_ms)
 
 
 def _healthy(frame: pd.DataFrame) -> pd.DataFrame:

@@ -182,8 +182,7 @@ class Guard:
         states = self._states(version, reference, start, now, roles, reference_roles)
         findings = []
         window = f"{start.isoformat()}..{now.isoformat()}"
-        per_class = baseline is not None and "score.mean" not in baseline.metrics
-        if triggers_settings.critical_psi_features or per_class:
+        if triggers_settings.critical_psi_features:
             report = self._judge(version, start, now, roles)
             findings, window = report.findings, report.window
         triggers = evaluate_triggers(

@@ -48,6 +48,11 @@ p^k (1 - p)^(n - k))`` is a nonnegative martingale with mean 1, so by Ville's in
 fixed in advance; it sets where the test is most sensitive). A p99 latency budget is the rate
 test "share of requests slower than the budget <= 1 %".
 
+``RateDifferenceTest`` — a version's rate minus its reference's over the same span (failed
+requests of a canary and of the champion answering beside it): each rate's beta-binomial
+confidence sequence at ``alpha / 2``, their difference's interval by a union bound; **exact**,
+and on additive ``RateState`` pairs.
+
 Not covered: dependence between observations beyond a martingale structure (e.g. many requests
 of one entity sharing one cause are one observation's worth of evidence, not many), and
 references that change while the test runs (start a new test when the reference changes).
@@ -382,17 +387,7 @@ class RateTest:
 
     def interval(self, state: RateState) -> tuple[float, float]:
         """The rates not rejected at this n (an interval: ``log M_n`` is convex in p)."""
-        if state.n == 0:
-            return 0.0, 1.0
-        centre = min(max(state.rate, 1e-12), 1 - 1e-12)
-
-        def excess(p: float) -> float:
-            return float(self.log_evidence(state.n, state.events, p)) - self._threshold
-
-        tiny = 1e-15
-        low = 0.0 if excess(tiny) < 0 else brentq(excess, tiny, centre, xtol=1e-12)
-        high = 1.0 if excess(1 - tiny) < 0 else brentq(excess, centre, 1 - tiny, xtol=1e-12)
-        return low, high
+        return _rate_interval(state, self.a, self.b, self.alpha)
 
     def needed(self, state: RateState) -> int:
         """Trials until the interval is narrow enough to decide at the current rate (at least
@@ -430,4 +425,100 @@ class RateTest:
             self.null_effect,
             self.min_effect,
             more,
+        )
+
+
+def _rate_interval(state: RateState, a: float, b: float, alpha: float) -> tuple[float, float]:
+    """The beta-binomial mixture's confidence sequence for a rate at this n: the rates ``p``
+    with ``M_n(p) < 1 / alpha`` (an interval: ``log M_n`` is convex in p)."""
+    if state.n == 0:
+        return 0.0, 1.0
+    n, k, threshold = state.n, state.events, math.log(1 / alpha)
+    log_mix = float(betaln(a + k, b + n - k) - betaln(a, b))
+    centre = min(max(state.rate, 1e-12), 1 - 1e-12)
+
+    def excess(p: float) -> float:
+        return log_mix - k * math.log(p) - (n - k) * math.log1p(-p) - threshold
+
+    tiny = 1e-15
+    low = 0.0 if excess(tiny) < 0 else brentq(excess, tiny, centre, xtol=1e-12)
+    high = 1.0 if excess(1 - tiny) < 0 else brentq(excess, centre, 1 - tiny, xtol=1e-12)
+    return low, high
+
+
+class RateDifferenceTest:
+    """Anytime-valid test of the difference of two rates, a version's minus its reference's
+    over the same span (e.g. failed requests of a canary and of the champion beside it); higher
+    is worse. **Exact** for independent Bernoulli observations: each rate has the beta-binomial
+    confidence sequence of ``RateTest`` at ``alpha / 2``, so both hold at every n at once with
+    probability at least ``1 - alpha`` (a union bound), and so does their difference
+    ``[low_v - high_r, high_v - low_r]``. ``fired`` when the difference is shown above
+    ``null_effect``, ``clean`` when shown below ``min_effect``. Each prior is ``Beta`` with mean
+    ``typical`` (a rate that is usual for both) and ``prior_weight`` pseudo-observations."""
+
+    def __init__(
+        self,
+        min_effect: float,
+        *,
+        alpha: float = 0.01,
+        null_effect: float = 0.0,
+        typical: float = 0.01,
+        prior_weight: float = 10.0,
+    ) -> None:
+        _check(alpha, null_effect, min_effect)
+        if not 0 < typical < 1 or min_effect >= 1:
+            raise ValueError("typical must be a rate in (0, 1) and min_effect below 1")
+        self.min_effect, self.alpha, self.null_effect = min_effect, alpha, null_effect
+        self.a, self.b = typical * prior_weight, (1 - typical) * prior_weight
+
+    def interval(self, version: RateState, reference: RateState) -> tuple[float, float]:
+        v_low, v_high = _rate_interval(version, self.a, self.b, self.alpha / 2)
+        r_low, r_high = _rate_interval(reference, self.a, self.b, self.alpha / 2)
+        return v_low - r_high, v_high - r_low
+
+    def needed(self, version: RateState, reference: RateState) -> int:
+        """Trials of the version until the interval is narrow enough to decide, at the current
+        rates and the current ratio of the reference's trials to the version's."""
+        ratio = reference.n / version.n if version.n and reference.n else 1.0
+        rates = [
+            max(s.rate if s.n else 0.0, self.a / (self.a + self.b)) for s in (version, reference)
+        ]
+        width = self.min_effect - self.null_effect
+
+        def too_wide(n: int) -> bool:
+            states = [
+                RateState(m, round(rate * m))
+                for m, rate in zip((n, max(1, round(n * ratio))), rates, strict=True)
+            ]
+            low, high = self.interval(*states)
+            return high - low > width
+
+        if too_wide(10**9):
+            return MAX_N
+        low, high = 1, 2
+        while too_wide(high):
+            low, high = high, high * 2
+        while high - low > max(1, low // 100):
+            middle = (low + high) // 2
+            low, high = (middle, high) if too_wide(middle) else (low, middle)
+        return high
+
+    def decide(self, version: RateState, reference: RateState) -> Decision:
+        low, high = self.interval(version, reference)
+        known = version.n > 0 and reference.n > 0
+        verdict = str(verdicts(low, high, "greater", self.null_effect, self.min_effect))
+        verdict = verdict if known else "continue"
+        needed = self.needed(version, reference) if verdict == "continue" else None
+        more = None if needed is None else max(needed - version.n, 0)
+        return Decision(
+            verdict,  # type: ignore[arg-type]
+            version.rate - reference.rate if known else math.nan,
+            low,
+            high,
+            version.n,
+            self.alpha,
+            self.null_effect,
+            self.min_effect,
+            more,
+            "" if known else "no requests of the reference in the span",
         )

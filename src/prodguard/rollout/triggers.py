@@ -12,25 +12,38 @@ trigger fires; promotion after baking needs all clean.
   staging mean;
 - KPI: one-sided test of the version's cost minus its reference's on the same labelled
   requests; without paired rows, its own costs minus the staging KPI;
-- error rate and latency: rate tests against the staging error rate (budget ``error_rate``) and
-  against 1 % of requests slower than ``p99_latency_ms``.
+- error rate: when the version and its reference both answered callers over the span (a
+  canary and the champion beside it), the difference of their failure rates (exact two-rate
+  test, minimum effect ``error_rate``); otherwise (a shadow reference answers no caller, so its
+  failures are not logged) a rate test of the last span against the staging rate;
+- latency: on the paired single-row requests, the share slower than ``p99_latency_ms`` of the
+  version minus the reference's (exact two-rate test), the shared stages (checks, features)
+  counted for both and each its own model stage (shadow rows carry their scoring time);
+  without paired timings, a rate test of the last span against 1 % of requests slower.
 
-The prediction shift and the KPI fire when the paired difference is shown beyond the declared
-effect (3 baseline sd; 5 % of the baseline KPI), and are clean when shown within twice it; the
-error-rate test fires when shown above half its budget's distance from the staging rate, and is
-clean when shown within the budget.
+The prediction shift, the KPI and the paired latency fire when the paired difference is shown
+beyond the declared effect (3 baseline sd; 5 % of the baseline KPI; 1 % more requests over the
+budget), and are clean when shown within twice it; the error-rate tests fire when shown above
+half their budget (the paired one: half of ``error_rate`` more failures than the reference), and
+are clean when shown within it. Each result's ``threshold`` is the bound it fires at.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from prodguard.config import KpiSettings, TriggerSettings
 from prodguard.monitoring.baseline import Baseline, Finding
 from prodguard.monitoring.monitor import PairedStates
-from prodguard.rollout.sequential import Decision, MeanState, MeanTest, RateTest
+from prodguard.rollout.sequential import (
+    Decision,
+    MeanState,
+    MeanTest,
+    RateDifferenceTest,
+    RateTest,
+)
 
 TriggerStatus = Literal["clean", "fired", "inconclusive"]
 LATENCY_SHARE = 0.01  # p99 <= budget  <=>  at most 1 % of requests slower than the budget
@@ -73,9 +86,11 @@ def describe(triggers: TriggerSettings, kpi: KpiSettings) -> list[str]:
         f"prediction shift: |mean score difference - staging difference| shown beyond {shift}",
         f"business KPI {kpi.name}: shown worse than the reference by more than "
         f"{triggers.kpi_worse_pct:g}% of the baseline KPI (labelled requests served healthy)",
-        f"error rate (5xx) above staging, budget {triggers.error_rate:g}",
-        f"p99 latency of the request path > {triggers.p99_latency_ms:g} ms "
-        f"(more than {LATENCY_SHARE:.0%} of requests slower)",
+        f"error rate (5xx): shown {triggers.error_rate * NULL_SHARE:g} above the reference's "
+        f"on the same span (else above staging), budget {triggers.error_rate:g}",
+        f"latency: shown {LATENCY_SHARE:.0%} more requests slower than "
+        f"{triggers.p99_latency_ms:g} ms than the reference on the same requests (else more than "
+        f"{LATENCY_SHARE:.0%} of requests slower: p99 over the budget)",
         f"data incident (degraded requests > baseline + {triggers.degraded_margin:g}): model "
         "moves hold, a pipeline incident is alerted; only a paired difference beyond its whole "
         "minimum effect may still fire",
@@ -102,7 +117,7 @@ def evaluate_triggers(
         names += [f"psi:{f}" for f in triggers.critical_psi_features]
         return [TriggerResult(n, "inconclusive", None, 0.0, reason) for n in names]
     results = [
-        _shift(states, baseline, reference_baseline, triggers, findings),
+        _shift(states, baseline, reference_baseline, triggers),
         _kpi(states, baseline, triggers, kpi_name),
         _errors(states, baseline, triggers),
         _latency(states, triggers),
@@ -156,11 +171,10 @@ def _shift(
     baseline: Baseline | None,
     reference_baseline: Baseline | None,
     triggers: TriggerSettings,
-    findings: Sequence[Finding] = (),
 ) -> TriggerResult:
     own = _mean(baseline, "score.mean")
-    if own is None and baseline is not None:
-        return _class_shift(findings, triggers)
+    if own is None and states.classes:
+        return _class_shift(states, baseline, reference_baseline, triggers)
     declared = triggers.prediction_shift_min
     if declared is None and own is not None and baseline is not None:
         # the floored sd: a staging period whose windows all had the same mean is no reason
@@ -172,54 +186,113 @@ def _shift(
         return TriggerResult(
             "prediction_shift", "inconclusive", None, 0.0, "no staging baseline of the score"
         )
+    if own is None and not states.paired:
+        return TriggerResult(
+            "prediction_shift", "inconclusive", None, declared, "no staging baseline of the score"
+        )
+    decision, compared = _shift_decision(
+        states,
+        states.score,
+        "score.mean",
+        own,
+        reference_baseline,
+        declared,
+        triggers.alpha,
+        triggers,
+    )
+    return _result("prediction_shift", decision, compared, threshold=declared)
+
+
+def _shift_decision(
+    states: PairedStates,
+    state: MeanState,
+    metric: str,
+    own: tuple[float, float] | None,
+    reference_baseline: Baseline | None,
+    declared: float,
+    alpha: float,
+    triggers: TriggerSettings,
+) -> tuple[Decision, str]:
+    """One score metric's shift test: paired, net of the two versions' staging difference;
+    unpaired, against the version's staging mean."""
     # Two sound models' paired difference moves with the season by up to about the declared
     # shift (measured: 0.096 against 3 sd = 0.108 on the example replay), so the declared
     # shift is the null: the trigger fires when the difference is shown beyond it.
-    minimum = declared * CLEAN_FACTOR
     test = MeanTest(
-        minimum,
-        alpha=triggers.alpha,
+        declared * CLEAN_FACTOR,
+        alpha=alpha,
         null_effect=declared,
         side="two-sided",
         min_n=first_look(triggers),
         fired_first=True,  # shown beyond the declared shift fires, even if within twice it
     )
     if states.paired:
-        other = _mean(reference_baseline, "score.mean")
+        other = _mean(reference_baseline, metric)
         staging = own[0] - other[0] if own is not None and other is not None else 0.0
         note = "" if own is not None and other is not None else "; staging difference unknown"
-        state = _shifted(states.score, staging)
         compared = _compared(states, f", net of their staging difference {staging:+.4g}{note}")
-    elif own is None:
-        return TriggerResult(
-            "prediction_shift", "inconclusive", None, minimum, "no staging baseline of the score"
-        )
-    else:
-        state, compared = _shifted(states.score, own[0]), _compared(states, "")
-    return _result("prediction_shift", test.decide(state), compared, threshold=declared)
+        return test.decide(_shifted(state, staging)), compared
+    assert own is not None  # the caller judges an unpaired version only with its baseline
+    return test.decide(_shifted(state, own[0])), _compared(states, "")
 
 
-def _class_shift(findings: Sequence[Finding], triggers: TriggerSettings) -> TriggerResult:
-    """A multi-class version's shift: the largest move of a class's share or mean probability
-    over the version's traffic, in its own staging sd (``score.shift_sd``), against
-    ``prediction_shift_sd``. A fixed threshold on one growing window, not a sequential test:
-    the per-class paired test is not built yet."""
-    found = next((f for f in findings if f.metric == "score.shift_sd"), None)
-    if found is None or found.value is None:
+def _class_shift(
+    states: PairedStates,
+    baseline: Baseline | None,
+    reference_baseline: Baseline | None,
+    triggers: TriggerSettings,
+) -> TriggerResult:
+    """A multi-class version's shift: one two-sided test per class score (its probability, or
+    its share of predictions when no probabilities were logged), each at ``alpha / classes``
+    (Bonferroni: the chance that any class fires for a version as good as its reference stays
+    within ``alpha``, however often the guard looks). Fired when any class fires, clean when
+    every class is clean; the result shows the class that decided (or the most shifted)."""
+    known = {m: _mean(baseline, m) for m in states.classes}
+    metrics = [m for m, k in known.items() if k is not None]
+    if baseline is None or not metrics:
         return TriggerResult(
-            "prediction_shift", "inconclusive", None, 0.0, "no per-class score shift measured"
+            "prediction_shift", "inconclusive", None, 0.0, "no staging baseline of the classes"
         )
-    fired = abs(found.value) >= triggers.prediction_shift_sd
-    return TriggerResult(
+    alpha = triggers.alpha / len(metrics)
+    decided = []
+    for metric in metrics:
+        own = known[metric]
+        assert own is not None
+        declared = triggers.prediction_shift_min
+        if declared is None:
+            declared = triggers.prediction_shift_sd * baseline.metrics[metric].floored_sd(metric)
+        decision, compared = _shift_decision(
+            states,
+            states.classes[metric],
+            metric,
+            own,
+            reference_baseline,
+            declared,
+            alpha,
+            triggers,
+        )
+        decided.append((metric, decision, declared, compared))
+
+    def strength(item: tuple[str, Decision, float, str]) -> float:
+        estimate = item[1].estimate
+        return abs(estimate) / item[2] if estimate == estimate else 0.0
+
+    verdicts = [d.verdict for _, d, _, _ in decided]
+    wanted = "fired" if "fired" in verdicts else "continue" if "continue" in verdicts else "clean"
+    metric, decision, declared, compared = max(
+        (item for item in decided if item[1].verdict == wanted), key=strength
+    )
+    result = _result(
         "prediction_shift",
-        "fired" if fired else "clean",
-        found.value,
-        triggers.prediction_shift_sd,
-        f"largest class share or probability shift {found.value:+.3g} staging sd",
-        {
-            "compared": "per-class shares and mean probabilities against the staging baseline "
-            "(in its sd; not a sequential test)"
-        },
+        decision,
+        f"{metric}: {compared} (one test per class at alpha {triggers.alpha:g} / {len(metrics)})",
+        threshold=declared,
+    )
+    per_class = {m: {**d.to_json(), "declared": x} for m, d, x, _ in decided}
+    return replace(
+        result,
+        reason=f"{metric} {result.reason}",
+        evidence={**result.evidence, "metric": metric, "classes": per_class},
     )
 
 
@@ -250,17 +323,58 @@ def _errors(
 ) -> TriggerResult:
     known = _mean(baseline, "rate.failed")
     budget = min(triggers.error_rate, MAX_RATE)  # a budget of 1 would leave no rate above it
+    if states.failures is not None:
+        # both answered callers over the same span: a failing service fails both alike, only
+        # the difference is the version's own
+        mine, theirs = states.failures
+        paired = RateDifferenceTest(
+            budget,
+            alpha=triggers.alpha,
+            null_effect=budget * NULL_SHARE,
+            typical=min(max(known[0] if known is not None else 0.0, 1e-3), budget / 2),
+        )
+        compared = (
+            f"v{states.version}'s failed requests minus v{states.reference}'s over the same span"
+            f" ({theirs.events} of {theirs.n} for v{states.reference})"
+        )
+        decision = paired.decide(mine, theirs)
+        return _result("error_rate", decision, compared, threshold=decision.null_effect)
     reference = min(known[0] if known is not None else 0.0, budget / 2)
     minimum = budget - reference
     test = RateTest(reference, minimum, alpha=triggers.alpha, null_effect=minimum * NULL_SHARE)
-    compared = f"failed requests against the staging rate {reference:.4g}"
-    return _result("error_rate", test.decide(states.errors), compared)
+    why = (
+        "a shadow answers no caller: its failures are not logged"
+        if states.paired
+        else "no paired reference rows"
+    )
+    compared = f"failed requests of the last span against the staging rate {reference:.4g} ({why})"
+    decision = test.decide(states.errors)
+    return _result("error_rate", decision, compared, threshold=decision.null_effect)
 
 
 def _latency(states: PairedStates, triggers: TriggerSettings) -> TriggerResult:
-    test = RateTest(LATENCY_SHARE, LATENCY_SHARE, alpha=triggers.alpha)
-    compared = f"share of requests slower than {triggers.p99_latency_ms:g} ms against 1 %"
-    return _result("latency_p99", test.decide(states.slow), compared)
+    budget = f"{triggers.p99_latency_ms:g} ms"
+    if states.slow_pairs is not None:
+        # the same requests, each version's own model stage: a loaded machine or a slow
+        # feature store slows both alike
+        mine, theirs = states.slow_pairs
+        paired = RateDifferenceTest(
+            LATENCY_SHARE * CLEAN_FACTOR,
+            alpha=triggers.alpha,
+            null_effect=LATENCY_SHARE,
+            typical=LATENCY_SHARE,
+        )
+        compared = _compared(
+            states,
+            f": share of requests slower than {budget} (shared stages, own model stage; "
+            f"{theirs.events} of {theirs.n} for v{states.reference})",
+        )
+        decision = paired.decide(mine, theirs)
+    else:
+        alone = RateTest(LATENCY_SHARE, LATENCY_SHARE, alpha=triggers.alpha)
+        compared = f"share of the last span's requests slower than {budget} against 1 %"
+        decision = alone.decide(states.slow)
+    return _result("latency_p99", decision, compared, threshold=decision.null_effect)
 
 
 def _psi(findings: Sequence[Finding], triggers: TriggerSettings) -> list[TriggerResult]:

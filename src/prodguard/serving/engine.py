@@ -590,9 +590,12 @@ class AnswerLog:
 class Shadow:
     """Stage ``shadow``, off the response path: the rollout version in shadow traffic scores
     every row; otherwise the standby (or in a canary the champion, the guard's paired
-    reference) scores a deterministic sample — every row of the first ``burst`` after the
-    served versions change, when the guard's paired tests need evidence fastest. A full
-    backlog sheds the work."""
+    reference) scores a deterministic sample — every row of the first ``burst`` rows it scores
+    after the served versions or the traffic policy change (a new canary step), when the
+    guard's paired tests need evidence fastest. The burst is counted in rows the reference
+    scores (in a 5 % canary: canary rows, not requests), per process. Each shadow row carries
+    its scoring time (``model_ms``, ``batch_rows``), so the guard can compare latencies on the
+    same requests. A full backlog sheds the work."""
 
     def __init__(
         self,
@@ -607,7 +610,7 @@ class Shadow:
         self._sample = sample
         self._metrics = metrics or NoMetrics()
         self._burst = burst
-        self._since_change: tuple[tuple[int | None, ...], int] = ((), 0)
+        self._since_change: tuple[object, int] = ((), 0)  # (what is served, rows scored since)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodguard-shadow")
         self._slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
@@ -615,35 +618,48 @@ class Shadow:
     def after(
         self, state: ServingState, frame: pd.DataFrame, records: list[PredictionRecord]
     ) -> None:
-        share = self._share(state, len(records))
         if state.rollout is not None and state.policy.mode == "shadow":
-            self._submit(state.rollout, frame, records, share=1.0)
+            self._submit(state, state.rollout, frame, records, every_row=True)
         elif state.rollout is not None and state.policy.mode == "canary":
-            self._submit(state.champion, frame, records, share)
+            self._submit(state, state.champion, frame, records)
         else:
-            self._submit(state.standby, frame, records, share)
+            self._submit(state, state.standby, frame, records)
 
-    def _share(self, state: ServingState, rows: int) -> float:
-        """1 for the first ``burst`` rows served by these versions (counted per process),
-        the configured sample after."""
-        served = tuple(
-            m.version if m is not None else None
-            for m in (state.champion, state.standby, state.rollout)
+    def _bursting(self, state: ServingState) -> bool:
+        """Whether the reference still scores every row: fewer than ``burst`` rows scored
+        since the served versions or the traffic policy last changed (counted per process)."""
+        served = (
+            tuple(
+                m.version if m is not None else None
+                for m in (state.champion, state.standby, state.rollout)
+            ),
+            state.policy,
         )
         with self._lock:
-            versions, seen = self._since_change
-            seen = seen if versions == served else 0
-            self._since_change = (served, seen + rows)
-        return 1.0 if seen < self._burst else self._sample
+            key, scored = self._since_change
+            if key != served:
+                self._since_change = (served, 0)
+                scored = 0
+        return scored < self._burst
+
+    def _scored(self, rows: int) -> None:
+        with self._lock:
+            key, scored = self._since_change
+            self._since_change = (key, scored + rows)
 
     def _submit(
         self,
+        state: ServingState,
         model: LoadedModel | None,
         frame: pd.DataFrame,
         records: list[PredictionRecord],
-        share: float,
+        every_row: bool = False,
     ) -> None:
-        if model is None or share <= 0:
+        if model is None:
+            return
+        bursting = not every_row and self._bursting(state)
+        share = 1.0 if every_row or bursting else self._sample
+        if share <= 0:
             return
         chosen = [
             i
@@ -655,6 +671,8 @@ class Shadow:
         if not self._slots.acquire(blocking=False):
             self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
             return
+        if bursting:
+            self._scored(len(chosen))
         future = self._pool.submit(self._score, model, frame.iloc[chosen], records, chosen)
         future.add_done_callback(lambda _: self._slots.release())
 
@@ -666,7 +684,9 @@ class Shadow:
         chosen: list[int],
     ) -> None:
         try:
+            started = time.perf_counter()
             scored = self._scoring.score(model, frame[list(model.columns)])
+            timing = {"model_ms": (time.perf_counter() - started) * 1000, "batch_rows": len(chosen)}
             self._answers.write(
                 [
                     self._answers.record(
@@ -678,6 +698,7 @@ class Shadow:
                         records[i].features,
                         records[i].flags,
                         records[i].request,
+                        timing,
                     )
                     for i, answer in zip(chosen, scored, strict=True)
                 ]
