@@ -60,6 +60,7 @@ references that change while the test runs (start a new test when the reference 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -428,6 +429,7 @@ class RateTest:
         )
 
 
+@functools.lru_cache(maxsize=4096)  # the guard re-checks the same states; needed() probes many
 def _rate_interval(state: RateState, a: float, b: float, alpha: float) -> tuple[float, float]:
     """The beta-binomial mixture's confidence sequence for a rate at this n: the rates ``p``
     with ``M_n(p) < 1 / alpha`` (an interval: ``log M_n`` is convex in p)."""
