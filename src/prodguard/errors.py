@@ -107,6 +107,19 @@ class ServiceNotReady(ProdguardError):
     """The service has no champion loaded yet."""
 
 
+class ModelFailed(ProdguardError):
+    """A served model raised while scoring: the failure is charged to its version (the guard's
+    error rate; in a canary, the canary's, not the champion's). The message names the version
+    and the exception's type only, never the request's values."""
+
+    def __init__(self, version: int, exc: BaseException) -> None:
+        self.version = version
+        super().__init__(
+            f"model v{version} failed to score the request ({type(exc).__name__}); the service "
+            "log has the traceback"
+        )
+
+
 class TrainingError(ProdguardError):
     """A model cannot be trained or evaluated on the requested window."""
 

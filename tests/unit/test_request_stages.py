@@ -12,7 +12,7 @@ import pytest
 from prodguard.clock import FixedClock
 from prodguard.contracts.row_checks import RowContract
 from prodguard.contracts.suites import Suite
-from prodguard.errors import RequestRejected
+from prodguard.errors import ModelFailed, RequestRejected
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import (
     AnswerLog,
@@ -354,3 +354,30 @@ def test_predict_each_answers_every_row_on_its_own(tmp_path: Path) -> None:
     again = served.predict_each([row(), row(size=-1.0)], ["ok", "new"])
     assert again[0].replayed and isinstance(again[1], RequestRejected)
     served.close()
+
+
+class Broken(Linear):
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        raise ValueError(f"cannot score {frame['temp'].tolist()}")  # values in the message
+
+
+def test_a_failing_canary_model_is_charged_with_its_own_failure(tmp_path: Path) -> None:
+    """A model that raises fails the request with a ModelFailed naming its version (never the
+    request's values), counted as `failed` for that version: in a canary, the canary's error
+    rate, not the champion's."""
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    broken = replace(model(2), pipeline=Broken())
+    canary = TrafficPolicy(mode="canary", version=2, steps=(50.0,))
+    serving = predictor(log, ServingState(champion=model(1), rollout=broken, policy=canary))
+    outcomes: dict[int, int] = {}
+    for i in range(40):
+        try:
+            answer = serving.predict([row("A")], [f"r{i}"])[0]
+            outcomes[answer.version] = outcomes.get(answer.version, 0) + 1
+        except ModelFailed as exc:
+            assert exc.version == 2 and "v2" in str(exc) and "80" not in str(exc)
+            outcomes[-2] = outcomes.get(-2, 0) + 1
+    assert outcomes.get(1, 0) > 0 and outcomes.get(-2, 0) > 0 and 2 not in outcomes
+    start, end = NOW.replace(hour=0), NOW.replace(hour=23)
+    assert log.errors(start, end, 2)["failed"] == outcomes[-2]
+    assert log.errors(start, end, 1).get("failed", 0) == 0

@@ -26,6 +26,7 @@ from prodguard.errors import (
     DuplicateRequest,
     FeedbackConflict,
     InputError,
+    ModelFailed,
     ProdguardError,
     PromotionRefused,
     RequestRejected,
@@ -181,6 +182,8 @@ def _status(exc: ProdguardError) -> HTTPStatus:
         return HTTPStatus.NOT_FOUND
     if isinstance(exc, RequestRejected):
         return HTTPStatus.UNPROCESSABLE_ENTITY
+    if isinstance(exc, ModelFailed):
+        return HTTPStatus.INTERNAL_SERVER_ERROR
     if isinstance(exc, InputError):
         return HTTPStatus.BAD_REQUEST
     if not isinstance(exc, ServiceNotReady):

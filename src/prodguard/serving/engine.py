@@ -39,6 +39,7 @@ from prodguard.contracts.row_checks import RowContract, is_null, judged_per_valu
 from prodguard.errors import (
     DuplicateRequest,
     InputError,
+    ModelFailed,
     ProdguardError,
     RequestRejected,
     ServiceNotReady,
@@ -493,12 +494,19 @@ class ModelScoring:
         )
         answers: list[Any] = [None] * len(rows)
         for model, chosen in self.route(state, rows, ids):
-            if model is not champion:
-                part = model.frame([inputs[i] for i in chosen])
-            else:  # every row, in order, unless a canary takes some
-                part = frame if len(chosen) == len(frame) else frame.iloc[chosen]
-            for i, scored in zip(chosen, self.score(model, part), strict=True):
-                answers[i] = (model, scored)
+            try:
+                if model is not champion:
+                    part = model.frame([inputs[i] for i in chosen])
+                else:  # every row, in order, unless a canary takes some
+                    part = frame if len(chosen) == len(frame) else frame.iloc[chosen]
+                scored = self.score(model, part)
+            except ProdguardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's own failure, charged to it
+                _log.exception("model v%s failed to score", model.version)
+                raise ModelFailed(model.version, exc) from exc
+            for i, answer in zip(chosen, scored, strict=True):
+                answers[i] = (model, answer)
         return frame, answers
 
     def route(
@@ -785,7 +793,8 @@ class Predictor:
             answers = self._predict(rows, ids, state, stages, whole)
         except ProdguardError as exc:
             kind: ErrorKind = "rejected" if isinstance(exc, InputError) else "failed"
-            self.answers.count_error(self._clock.now(), kind, version)
+            charged = exc.version if isinstance(exc, ModelFailed) else version
+            self.answers.count_error(self._clock.now(), kind, charged)
             raise
         for answer in answers:
             if not isinstance(answer, Prediction):
