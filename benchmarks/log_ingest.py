@@ -1,0 +1,134 @@
+"""Prediction log ingest: rows/s through ``PredictionLog.write`` and bytes per prediction.
+
+    .venv/bin/python benchmarks/log_ingest.py [--rows 4000] [--threads 1 8]
+        [--backends sqlite postgres]
+
+Each write is one request's champion record (what ``/predict`` logs), committed before it
+returns, from 1 and from 8 threads sharing one log object (one replica). SQLite is the serving
+writer's setting (WAL, ``synchronous=FULL``: an fsync per commit); PostgreSQL is the machine's
+server (127.0.0.1:5432) in a database of the benchmark's own, dropped afterwards. Then it prints
+the storage per prediction (table + indexes, no feedback) of what was written. Figures only;
+nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+T0 = datetime(2013, 5, 1, tzinfo=UTC)
+
+
+def record(i: int, prefix: str) -> Any:
+    from prodguard.serving.prediction_log import PredictionRecord
+
+    return PredictionRecord(
+        request_id=f"{prefix}-{i:08d}-{uuid.uuid4().hex[:8]}",
+        time=T0 + timedelta(seconds=i * 0.37),
+        model="m",
+        version=2,
+        role="champion",
+        probability=0.3125,
+        decision=0,
+        features={f"f{k}": 10.5 + k for k in range(12)} | {"carrier": "UA", "origin": "EWR"},
+        flags=[],
+        latencies_ms={"checks": 0.05, "features": 0.4, "model": 0.2, "total": 1.1},
+        request={"id": i, "carrier": "UA", "origin": "EWR", "dest": "ORD", "hour": 9},
+        digest="d" * 16,
+    )
+
+
+def ingest(log: Any, rows: int, threads: int, prefix: str) -> float:
+    """Rows per second of ``rows`` one-record writes from ``threads`` threads."""
+    per = rows // threads
+    batches = [[record(t * per + i, prefix) for i in range(per)] for t in range(threads)]
+    started = threading.Barrier(threads + 1)
+
+    def run(mine: list) -> None:
+        started.wait()
+        for one in mine:
+            log.write([one])
+
+    workers = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for worker in workers:
+        worker.start()
+    started.wait()
+    began = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    return per * threads / (time.perf_counter() - began)
+
+
+def sqlite_bytes(path: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, size = (
+            conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size")
+        )
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * size
+
+
+def pg_bytes(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+            "AND c.relkind = 'r' AND (c.relname LIKE 'prediction%')"
+        ).fetchone()
+    return int(row[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
+    args = parser.parse_args()
+    from prodguard.serving.prediction_log import PostgresPredictionLog, SqlitePredictionLog
+
+    for backend in args.backends:
+        with tempfile.TemporaryDirectory() as folder:
+            if backend == "sqlite":
+                path = Path(folder) / "predictions.db"
+                log: Any = SqlitePredictionLog(path, "FULL")
+                url = name = ""
+            else:
+                import psycopg
+
+                name = f"bench_log_{uuid.uuid4().hex[:8]}"
+                with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                    admin.execute(f'CREATE DATABASE "{name}"')
+                url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+                log = PostgresPredictionLog(url)
+            try:
+                written = 0
+                for threads in args.threads:
+                    rate = ingest(log, args.rows, threads, f"t{threads}")
+                    written += args.rows // threads * threads
+                    print(f"{backend:8s} {threads:2d} thread(s): {rate:8,.0f} rows/s")
+                size = sqlite_bytes(path) if backend == "sqlite" else pg_bytes(url)
+                print(
+                    f"{backend:8s} storage: {size / written:,.0f} bytes per prediction "
+                    f"({written:,} rows, table + indexes)"
+                )
+            finally:
+                log.close()
+                if name:
+                    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
