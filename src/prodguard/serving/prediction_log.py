@@ -589,12 +589,7 @@ class _SqlPredictionLog:
 
     def _frame(self, query: str, params: tuple[Any, ...]) -> pd.DataFrame:
         columns, rows = self._fetch(query, params)
-        frame = pd.DataFrame.from_records(rows, columns=columns)
-        for column in ("features", "flags", "latencies_ms", "request"):
-            frame[column] = frame[column].map(json.loads)
-        frame["prediction"] = frame["prediction"].map(lambda v: json.loads(v) if v else None)
-        frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
-        return frame
+        return decoded(pd.DataFrame.from_records(rows, columns=columns))
 
 
 class SqlitePredictionLog(_SqlPredictionLog):
@@ -930,6 +925,15 @@ def _where(start: datetime, end: datetime, role: Roles) -> tuple[str, tuple[Any,
         where += f" AND p.role IN ({', '.join('?' * len(roles))})"
         params = (*params, *roles)
     return where, params
+
+
+def decoded(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the log as stored (JSON text) -> the frame ``window`` returns (values)."""
+    for column in ("features", "flags", "latencies_ms", "request"):
+        frame[column] = frame[column].map(json.loads)
+    frame["prediction"] = frame["prediction"].map(lambda v: json.loads(v) if v else None)
+    frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
+    return frame
 
 
 def _dumps(value: Any) -> str:
