@@ -1,19 +1,24 @@
 """Prediction log ingest: rows/s through ``PredictionLog.write`` and bytes per prediction.
 
-    .venv/bin/python benchmarks/log_ingest.py [--rows 4000] [--threads 1 8]
-        [--backends sqlite postgres]
+    .venv/bin/python benchmarks/log_ingest.py [--rows 2000] [--threads 1 8]
+        [--backends sqlite postgres] [--storage-rows 50000] [--rounds 3]
 
 Each write is one request's champion record (what ``/predict`` logs), committed before it
-returns, from 1 and from 8 threads sharing one log object (one replica). SQLite is the serving
-writer's setting (WAL, ``synchronous=FULL``: an fsync per commit); PostgreSQL is the machine's
-server (127.0.0.1:5432) in a database of the benchmark's own, dropped afterwards. Then it prints
-the storage per prediction (table + indexes, no feedback) of what was written. Figures only;
-nothing here asserts a time.
+returns, from 1 and from 8 threads sharing one log object (one replica); the median of
+``--rounds`` runs (fsyncs on a shared disk vary by 10x from one second to the next). SQLite
+is the serving writer's setting (WAL, ``synchronous=FULL``: an fsync per commit); PostgreSQL is
+the machine's server (127.0.0.1:5432) in a database of the benchmark's own, dropped afterwards.
+Then it adds
+``--storage-rows`` predictions over a week (writes of 1,000) and prints the storage per
+prediction: table + indexes (PostgreSQL: partitions, their index and ``prediction_ids``), no
+feedback. Figures only; nothing here asserts a time. Run it with ``PYTHONPATH`` on an older
+tree (``git archive <rev> src``) for a baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import threading
 import time
@@ -43,6 +48,33 @@ def record(i: int, prefix: str) -> Any:
         request={"id": i, "carrier": "UA", "origin": "EWR", "dest": "ORD", "hour": 9},
         digest="d" * 16,
     )
+
+
+def week(i: int, rows: int) -> Any:
+    """The ``i``-th of ``rows`` storage rows, in time order over a week (seven daily
+    partitions)."""
+    from dataclasses import replace
+
+    return replace(record(i, "s"), request_id=f"s-{i:09d}", time=T0 + timedelta(days=7) * i / rows)
+
+
+def reads(log: Any, backend: str, rows: int) -> None:
+    """Seconds (best of 3) of the monitor's and the service's reads on the storage rows: one
+    day of the week sampled 1 in 10, counted, the last 1,000 answers, 500 answers by id."""
+    day = (T0 + timedelta(days=3), T0 + timedelta(days=4))
+    ids = [week(i, rows).request_id for i in range(0, rows, max(1, rows // 500))][:500]
+    for name, call in (
+        ("window 1 day, every 10", lambda: log.window(*day, role="champion", every=10)),
+        ("count 1 day", lambda: log.count(*day, role="champion")),
+        ("tail 1,000", lambda: log.tail(1000, day[1])),
+        ("answers of 500 ids", lambda: log.answers(ids)),
+    ):
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - began)
+        print(f"{backend:8s} read {name}: {best * 1000:8.1f} ms ({rows:,} rows in the log)")
 
 
 def ingest(log: Any, rows: int, threads: int, prefix: str) -> float:
@@ -92,7 +124,9 @@ def pg_bytes(url: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--storage-rows", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
     args = parser.parse_args()
@@ -113,16 +147,26 @@ def main() -> None:
                 url = f"postgresql://postgres@127.0.0.1:5432/{name}"
                 log = PostgresPredictionLog(url)
             try:
-                written = 0
                 for threads in args.threads:
-                    rate = ingest(log, args.rows, threads, f"t{threads}")
-                    written += args.rows // threads * threads
-                    print(f"{backend:8s} {threads:2d} thread(s): {rate:8,.0f} rows/s")
-                size = sqlite_bytes(path) if backend == "sqlite" else pg_bytes(url)
-                print(
-                    f"{backend:8s} storage: {size / written:,.0f} bytes per prediction "
-                    f"({written:,} rows, table + indexes)"
-                )
+                    rates = sorted(
+                        ingest(log, args.rows, threads, f"t{threads}r{k}")
+                        for k in range(args.rounds)
+                    )
+                    print(
+                        f"{backend:8s} {threads:2d} thread(s): {statistics.median(rates):8,.0f} "
+                        f"rows/s (median of {args.rounds}; {rates[0]:,.0f}-{rates[-1]:,.0f})",
+                        flush=True,
+                    )
+                if not args.storage_rows:
+                    continue
+                size = sqlite_bytes if backend == "sqlite" else pg_bytes
+                where: Any = path if backend == "sqlite" else url
+                empty, n = size(where), args.storage_rows
+                for start in range(0, n, 1000):
+                    log.write([week(i, n) for i in range(start, min(n, start + 1000))])
+                per = (size(where) - empty) / n
+                print(f"{backend:8s} storage: {per:,.0f} bytes per prediction ({n:,} rows)")
+                reads(log, backend, n)
             finally:
                 log.close()
                 if name:

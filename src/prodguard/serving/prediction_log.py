@@ -234,14 +234,14 @@ class _SqlPredictionLog:
     _integrity: type[Exception] = Exception  # ...and its unique-violation error
     _sample_column = "rowid"  # a unique row key: samples are numbered, then joined back
     _ids = "predictions"  # the table that holds every logged request id + role, unique
-    _by_id = "predictions p"  # predictions p looked up by ...
-    _key = "p"  # ... the request_id and role of this alias
     where: str = ""  # shown in messages (never credentials)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the connection
-        self._turn = threading.Condition()  # the queue and who leads the next commit
-        self._leading = False
+        queue = threading.Lock()
+        self._turn = threading.Condition(queue)  # the queue and who leads the next commit
+        self._arrived = threading.Condition(queue)  # a write queued while the leader gathers
+        self._leading = self._gathering = False
         self._shared = 1  # writes in the last commit
         self._queue: list[_Write] = []  # writes waiting for the next group commit
 
@@ -294,14 +294,16 @@ class _SqlPredictionLog:
         # again (at most _GATHER_S, like PostgreSQL's commit_delay): a lone writer never waits.
         with self._turn:
             self._queue.append(pending)
-            self._turn.notify_all()
+            if self._gathering:
+                self._arrived.notify()
             while not pending.done and self._leading:
                 self._turn.wait()
             if not pending.done:
                 self._leading = True
                 if self._shared > 1:
-                    last = self._shared
-                    self._turn.wait_for(lambda: len(self._queue) >= last, _GATHER_S)
+                    last, self._gathering = self._shared, True
+                    self._arrived.wait_for(lambda: len(self._queue) >= last, _GATHER_S)
+                    self._gathering = False
                 batch, self._queue = self._queue, []
                 self._shared = len(batch)
         if not pending.done:
@@ -502,20 +504,17 @@ class _SqlPredictionLog:
                     f"prediction log read failed: {redact(first_line(exc))}"
                 ) from None
 
+    def _by_request(self, condition: str, params: tuple[Any, ...]) -> list[tuple]:
+        """The rows whose ``request_id`` and ``role`` meet ``condition`` (on those names)."""
+        _, rows = self._fetch(f"SELECT {_SELECT} FROM predictions p WHERE {condition}", params)
+        return rows
+
     def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
-        _, rows = self._fetch(
-            f"SELECT {_SELECT} FROM {self._by_id} WHERE {self._key}.request_id = ? "
-            f"AND {self._key}.role = ?",
-            (request_id, role),
-        )
+        rows = self._by_request("request_id = ? AND role = ?", (request_id, role))
         return _record(rows[0]) if rows else None
 
     def answer(self, request_id: str) -> PredictionRecord | None:
-        _, rows = self._fetch(
-            f"SELECT {_SELECT} FROM {self._by_id} WHERE {self._key}.request_id = ? "
-            f"AND {self._key}.role IN ('champion', 'canary') LIMIT 1",
-            (request_id,),
-        )
+        rows = self._by_request(f"request_id = ? AND role IN {_ANSWER_ROLES}", (request_id,))
         return _record(rows[0]) if rows else None
 
     def answers(self, request_ids: Sequence[str]) -> dict[str, PredictionRecord]:
@@ -523,9 +522,8 @@ class _SqlPredictionLog:
         unique = list(dict.fromkeys(request_ids))
         for start in range(0, len(unique), _IDS_PER_QUERY):
             chunk = unique[start : start + _IDS_PER_QUERY]
-            _, rows = self._fetch(
-                f"SELECT {_SELECT} FROM {self._by_id} WHERE {self._key}.request_id IN "
-                f"({', '.join('?' * len(chunk))}) AND {self._key}.role IN ('champion', 'canary')",
+            rows = self._by_request(
+                f"request_id IN ({', '.join('?' * len(chunk))}) AND role IN {_ANSWER_ROLES}",
                 tuple(chunk),
             )
             for row in rows:
@@ -671,17 +669,29 @@ class PostgresPredictionLog(_SqlPredictionLog):
     Exactly once: a unique key of a partitioned table must contain the partition key, so the
     partitions cannot refuse a second (request_id, role) logged at another time (a retry comes
     later). The unpartitioned ``prediction_ids`` (request_id, role) -> (time, id) holds that
-    key for the whole log, in the same transaction as the row; lookups by request id go through
-    it to the one partition (runtime pruning). Narrow rows: ~110 bytes a prediction with its
-    index, pruned with the partitions they point to.
+    key for the whole log, in the same transaction as the row; lookups by request id read it
+    first (a new id, the common case, ends there), then the rows by (time, id) in their
+    partitions only. Its narrow rows cost ~120 bytes a prediction with their index; retention
+    deletes them with the partitions they point to (an id is unique within the retention).
 
     A ``predictions`` table of an earlier release (unpartitioned) becomes the first partition,
     ``predictions_legacy`` (up to the day after its last row), on first open: one line logged."""
 
     _sample_column = "id"
     _ids = "prediction_ids"
-    _by_id = "prediction_ids k JOIN predictions p ON p.time = k.time AND p.id = k.id"
-    _key = "k"
+
+    def _by_request(self, condition: str, params: tuple[Any, ...]) -> list[tuple]:
+        """``prediction_ids`` first (a new id, the common case, ends there), then the rows by
+        their (time, id): the planner reads only the partitions of those times."""
+        _, keys = self._fetch(f"SELECT time, id FROM prediction_ids WHERE {condition}", params)
+        if not keys:
+            return []
+        times, ids = (list(column) for column in zip(*keys, strict=True))
+        _, rows = self._fetch(  # ids are unique: no other row matches both lists
+            f"SELECT {_SELECT} FROM predictions p WHERE p.time = ANY(?) AND p.id = ANY(?)",
+            (times, ids),
+        )
+        return rows
 
     def __init__(self, url: str, connect_timeout_s: int = 5) -> None:
         import psycopg
@@ -950,6 +960,7 @@ def _plain(value: Any) -> Any:
 
 
 _JSON = json.JSONEncoder(sort_keys=True, default=_plain, allow_nan=True)
+_ANSWER_ROLES = "('champion', 'canary')"  # roles whose prediction the caller got (ANSWERS)
 _IDS_PER_QUERY = 500  # request ids per ``answers`` query (SQLite's bound parameters: 32,766)
 
 
