@@ -310,6 +310,12 @@ class _SqlPredictionLog:
             try:
                 with self._lock:
                     self._commit(batch)
+            except BaseException as exc:  # not the driver's (those fail the batch in _commit)
+                for write in batch:  # ... still: no follower may return as if committed
+                    write.error = write.error or StorageError(
+                        f"prediction log write failed: {first_line(exc)}"
+                    )
+                raise
             finally:
                 with self._turn:
                     self._leading = False
