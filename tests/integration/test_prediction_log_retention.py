@@ -201,7 +201,7 @@ def test_partitions_are_made_per_day_and_ahead(pg_database) -> None:
 
 
 @pytest.mark.postgres
-def test_a_legacy_table_becomes_a_partition_and_retention_drops_it(pg_database) -> None:
+def test_a_legacy_table_becomes_a_partition_and_retention_drops_it(pg_database, caplog) -> None:
     import psycopg
 
     from tests.integration.test_prediction_log_backends import (
@@ -217,6 +217,10 @@ def test_a_legacy_table_becomes_a_partition_and_retention_drops_it(pg_database) 
     log = PostgresPredictionLog(url)
     try:
         assert partitions(url) == ["predictions_default", "predictions_legacy"]
+        said = [r.getMessage() for r in caplog.records if "predictions_legacy" in r.getMessage()]
+        assert len(said) == 1 and "(1 rows) is now the partition" in said[0]
+        PostgresPredictionLog(url).close()  # the next open finds it partitioned: no message
+        assert len([r for r in caplog.records if "predictions_legacy" in r.getMessage()]) == 1
         from prodguard.errors import DuplicateRequest
 
         with pytest.raises(DuplicateRequest):  # its ids keep the log exactly-once
