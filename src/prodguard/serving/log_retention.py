@@ -13,6 +13,7 @@ next prune writes the same file again (its name is the day and the log's first r
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -92,7 +93,7 @@ def export_part(log: RetainedLog, part: Expired, folder: Path) -> tuple[Path | N
     def write(tmp: Path) -> None:
         nonlocal written
         with pq.ParquetWriter(tmp, schema) as writer:
-            for page_columns, page in (first, *pages):
+            for page_columns, page in itertools.chain([first], pages):  # one page in memory
                 by_name = dict(zip(page_columns, zip(*page, strict=True), strict=True))
                 table = pa.table({c: list(by_name[c]) for c in EXPORTED}, schema=schema)
                 writer.write_table(table)
