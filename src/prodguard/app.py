@@ -30,6 +30,7 @@ from prodguard.registry import lineage
 from prodguard.registry.config import RegistryConfig
 from prodguard.rollout.traffic_fit import misfits
 from prodguard.rollout.triggers import describe as describe_triggers
+from prodguard.serving.log_retention import PruneResult, RetainedLog, cutoff, prune
 from prodguard.serving.prediction_log import ANSWERS
 from prodguard.wiring import (
     alert_record,
@@ -310,3 +311,26 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
         "BENTOML_HOME": str(bentoml_home(settings, port)),
     }
     return [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)], env
+
+
+# ---- prediction log ----------------------------------------------------------------------
+
+
+def prune_log(settings: Settings, export: Path | None = None) -> PruneResult:
+    """``prodguard log prune``: drop the predictions older than ``storage.log_retention_days``
+    (never what monitors still read: the monitoring window plus the KPI maturity), each day
+    exported to parquet in ``export`` first when given."""
+    days = settings.storage.log_retention_days
+    if days is None:
+        raise ConfigError(
+            "storage.log_retention_days is not set (the log keeps everything); set it to prune"
+        )
+    monitoring = settings.monitoring
+    keep = timedelta(hours=monitoring.kpi.maturity_hours, minutes=monitoring.window.minutes or 0)
+    log = prediction_log(settings)
+    try:
+        if not isinstance(log, RetainedLog):
+            raise ConfigError(f"the prediction log {type(log).__name__} has no retention")
+        return prune(log, cutoff(clock_for(settings).now(), days, keep), export)
+    finally:
+        log.close()

@@ -749,6 +749,39 @@ def rollout_abort(
     out.print(f"rollout aborted (audit #{record.id})", highlight=False)
 
 
+log_cli = typer.Typer(
+    help="The prediction log: retention (storage.log_retention_days).", no_args_is_help=True
+)
+cli.add_typer(log_cli, name="log")
+
+
+@log_cli.command("prune")
+def log_prune(
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            help="Export each day to DIR/predictions-<day>-<first row>.parquet (with its "
+            "feedback; read back with serving.log_retention.read_export) before dropping it."
+        ),
+    ] = None,
+) -> None:
+    """Drop the predictions older than storage.log_retention_days, with their feedback and the
+    old request errors: whole daily partitions on PostgreSQL, rows on SQLite.
+
+    Never what monitors still read: the cutoff is the earlier of now - retention and now -
+    (monitoring.window.minutes + monitoring.kpi.maturity_hours), whole days (UTC). With
+    --export, a day is dropped only after its file is on disk (fsynced); run it daily (cron).
+    """
+
+    result = use_cases.prune_log(_settings(), export)
+    out.print(
+        f"{result.dropped} predictions and {result.errors_dropped} request errors older than "
+        f"{result.before} dropped"
+        + (f"; {len(result.exported)} files exported to {export}" if export else ""),
+        highlight=False,
+    )
+
+
 @cli.command()
 def guard(
     once: Annotated[bool, typer.Option("--once", help="One check, then exit (default).")] = False,

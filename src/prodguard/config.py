@@ -237,6 +237,14 @@ class StorageSettings(_Strict):
         "postgresql+psycopg://user:password@host:5432/db, from the environment. Unset: SQLite "
         "and files in the data folder (one host).",
     )
+    log_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Predictions (with their feedback) and request errors older than this many "
+        "days are dropped by `prodguard log prune` (optionally exported to parquet first); "
+        "never what monitors still read (monitoring.window.minutes + kpi.maturity_hours). "
+        "Unset: the log keeps everything.",
+    )
 
     @field_validator("url")
     @classmethod

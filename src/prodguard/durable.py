@@ -36,7 +36,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` a temporary file beside ``path``, fsync it, rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -57,7 +57,7 @@ def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    _replace_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    replace_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def write_json_atomic(document: Any, path: Path) -> None:
@@ -66,7 +66,7 @@ def write_json_atomic(document: Any, path: Path) -> None:
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def append_jsonl(record: dict[str, Any], path: Path) -> None:

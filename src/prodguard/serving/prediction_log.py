@@ -4,7 +4,10 @@ Every acknowledged prediction is committed before the response leaves: PostgreSQ
 production, shared by every replica; SQLite in WAL mode by default (``synchronous=FULL`` fsyncs
 each commit and survives a power loss, ``NORMAL`` does not fsync commits and survives a crash or
 kill -9 of the process but not of the machine).
-Concurrent writes share one commit (group commit), each still all-or-nothing.
+Concurrent writes share one commit (group commit: one multi-row insert, COPY on PostgreSQL),
+each still all-or-nothing. On PostgreSQL the predictions are partitioned by day (see
+``PostgresPredictionLog``); ``prodguard log prune`` (``serving.log_retention``) drops what is
+older than ``storage.log_retention_days``.
 Feedback (observed outcomes) is keyed by request id; repeating the same feedback is idempotent,
 a different outcome for the same request is a conflict.
 """
@@ -14,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -123,25 +128,7 @@ _JOINED = (
 _INSERT = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # Times are ISO 8601 text in UTC (one format, so text order is time order) on both backends,
 # and the JSON columns are text: both return the same rows and frames.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    {serial}
-    request_id TEXT NOT NULL,
-    role TEXT NOT NULL,
-    time TEXT NOT NULL,
-    model TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    probability {real} NOT NULL,
-    decision INTEGER NOT NULL,
-    features TEXT NOT NULL,
-    flags TEXT NOT NULL,
-    latencies_ms TEXT NOT NULL,
-    request TEXT NOT NULL,
-    prediction TEXT,
-    request_digest TEXT,
-    PRIMARY KEY (request_id, role)
-);
-CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+_RECORDS = """
 CREATE TABLE IF NOT EXISTS request_errors (
     time TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -154,6 +141,65 @@ CREATE TABLE IF NOT EXISTS feedback (
     outcome TEXT NOT NULL
 )
 """
+# SQLite: one table, its primary key keeps every request id + role once.
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    time TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    decision INTEGER NOT NULL,
+    features TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    latencies_ms TEXT NOT NULL,
+    request TEXT NOT NULL,
+    prediction TEXT,
+    request_digest TEXT,
+    PRIMARY KEY (request_id, role)
+);
+CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+"""
+    + _RECORDS
+)
+
+# PostgreSQL: predictions partitioned by day (PostgresPredictionLog), the ids that keep them
+# exactly-once, then the same request_errors and feedback.
+_PG_SCHEMA = (
+    """
+CREATE SEQUENCE IF NOT EXISTS predictions_id_seq;
+CREATE TABLE IF NOT EXISTS predictions (
+    id BIGINT NOT NULL DEFAULT nextval('predictions_id_seq'),
+    request_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    time TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    probability DOUBLE PRECISION NOT NULL,
+    decision INTEGER NOT NULL,
+    features TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    latencies_ms TEXT NOT NULL,
+    request TEXT NOT NULL,
+    prediction TEXT,
+    request_digest TEXT
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS predictions_default PARTITION OF predictions DEFAULT;
+CREATE INDEX IF NOT EXISTS predictions_time_id ON predictions (time, id) INCLUDE (role);
+CREATE TABLE IF NOT EXISTS prediction_ids (
+    request_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    time TEXT NOT NULL,
+    id BIGINT NOT NULL,
+    PRIMARY KEY (request_id, role)
+);
+"""
+    + _RECORDS
+)
+_RETRY_PARTITION_S = 60.0  # after a partition creation gave up on a busy table
+_GATHER_S = 0.002  # a leader's longest wait for the writers of the last shared commit
 
 # Columns added since the first release, added on open to a log that lacks them (nullable: old
 # rows keep NULL).
@@ -167,6 +213,18 @@ class _Write:
     error: ProdguardError | None = None
 
 
+@dataclass(frozen=True)
+class Expired:
+    """Rows of the log older than a retention cutoff, removed together: ``table`` holds them
+    in ``[start, end)`` (ISO text; '' for no lower bound); ``whole``: the table holds nothing
+    else and is dropped (a PostgreSQL partition)."""
+
+    table: str
+    start: str
+    end: str
+    whole: bool
+
+
 class _SqlPredictionLog:
     """The log on a DB-API connection, shared by the SQLite and PostgreSQL backends: one
     connection per process behind a lock, with group commit. Backends give the connection,
@@ -175,11 +233,16 @@ class _SqlPredictionLog:
     _errors: tuple[type[Exception], ...] = ()  # the driver's errors
     _integrity: type[Exception] = Exception  # ...and its unique-violation error
     _sample_column = "rowid"  # a unique row key: samples are numbered, then joined back
+    _ids = "predictions"  # the table that holds every logged request id + role, unique
     where: str = ""  # shown in messages (never credentials)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the connection
-        self._queue_lock = threading.Lock()
+        queue = threading.Lock()
+        self._turn = threading.Condition(queue)  # the queue and who leads the next commit
+        self._arrived = threading.Condition(queue)  # a write queued while the leader gathers
+        self._leading = self._gathering = False
+        self._shared = 1  # writes in the last commit
         self._queue: list[_Write] = []  # writes waiting for the next group commit
 
     # -- backend hooks ---------------------------------------------------------------------
@@ -224,35 +287,72 @@ class _SqlPredictionLog:
             for r in records
         ]
         pending = _Write(rows)
-        with self._queue_lock:
+        # Leader and followers: a writer that finds no commit under way leads one with every
+        # write queued so far; the others wait for the commit that holds theirs (woken when a
+        # commit ends: the done return, one of the rest leads the next with all queued since).
+        # After a shared commit, a leader gives the writers of the last one a moment to queue
+        # again (at most _GATHER_S, like PostgreSQL's commit_delay): a lone writer never waits.
+        with self._turn:
             self._queue.append(pending)
-        with self._lock:
-            if not pending.done:  # else an earlier writer committed it with its own
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+            if self._gathering:
+                self._arrived.notify()
+            while not pending.done and self._leading:
+                self._turn.wait()
+            if not pending.done:
+                self._leading = True
+                if self._shared > 1:
+                    last, self._gathering = self._shared, True
+                    self._arrived.wait_for(lambda: len(self._queue) >= last, _GATHER_S)
+                    self._gathering = False
+                batch, self._queue = self._queue, []
+                self._shared = len(batch)
+        if not pending.done:
+            try:
+                with self._lock:
+                    self._commit(batch)
+            except BaseException as exc:  # not the driver's (those fail the batch in _commit)
+                for write in batch:  # ... still: no follower may return as if committed
+                    write.error = write.error or StorageError(
+                        f"prediction log write failed: {first_line(exc)}"
+                    )
+                raise
+            finally:
+                with self._turn:
+                    self._leading = False
+                    for write in batch:
+                        write.done = True
+                    self._turn.notify_all()
         if pending.error is not None:
             raise pending.error
 
     def _commit(self, batch: list[_Write]) -> None:
-        """Group commit: the writers queued meanwhile share one transaction (one fsync), each
-        in a savepoint of its own so that a duplicate refuses only its own records. Every
+        """Group commit: the writers queued meanwhile share one transaction (one fsync) and
+        one multi-row insert. A duplicate id+role in it undoes that insert, and the batch is
+        inserted again write by write, each in a savepoint of its own, so that a duplicate
+        refuses only its own records. A failed commit fails every writer of the batch; every
         writer returns after the commit that holds its records."""
-        insert = self._sql(_INSERT)
+        rows = [row for write in batch for row in write.rows]
         conn = None
         try:
             conn = self._connection()
+            self._prepare(conn, rows)
             self._begin(conn)
-            for write in batch:
-                conn.execute("SAVEPOINT write")
-                try:
-                    conn.cursor().executemany(insert, write.rows)
-                except self._integrity:
-                    conn.execute("ROLLBACK TO SAVEPOINT write")
-                    write.error = DuplicateRequest(
-                        "a prediction was already logged for one of these request ids; use new ids"
-                    )
-                conn.execute("RELEASE SAVEPOINT write")
+            try:
+                self._insert(conn, rows)
+            except self._integrity:
+                self._end(conn, commit=False)
+                self._begin(conn)
+                for write in batch:
+                    conn.execute("SAVEPOINT write")
+                    try:
+                        self._insert(conn, write.rows)
+                    except self._integrity:
+                        conn.execute("ROLLBACK TO SAVEPOINT write")
+                        write.error = DuplicateRequest(
+                            "a prediction was already logged for one of these request ids; "
+                            "use new ids"
+                        )
+                    conn.execute("RELEASE SAVEPOINT write")
             self._end(conn, commit=True)
         except self._errors as exc:
             if conn is not None:
@@ -262,8 +362,12 @@ class _SqlPredictionLog:
                 write.error = StorageError(
                     f"prediction log write failed: {redact(first_line(exc))}"
                 )
-        for write in batch:
-            write.done = True
+
+    def _prepare(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Before a batch's transaction: what its rows need (PostgreSQL: their partitions)."""
+
+    def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        conn.cursor().executemany(self._sql(_INSERT), rows)
 
     def record_feedback(
         self, request_id: str, outcome: dict[str, Any], time: datetime
@@ -271,7 +375,7 @@ class _SqlPredictionLog:
         text = _dumps(outcome)
         with self._transaction("feedback write") as conn:
             known = conn.execute(
-                self._sql("SELECT 1 FROM predictions WHERE request_id = ? LIMIT 1"), (request_id,)
+                self._sql(f"SELECT 1 FROM {self._ids} WHERE request_id = ? LIMIT 1"), (request_id,)
             ).fetchone()
             if known is None:
                 raise UnknownRequest("no prediction was logged for this request id")
@@ -318,6 +422,82 @@ class _SqlPredictionLog:
                         self._end(conn, commit=False)
                 raise StorageError(f"{action} failed: {redact(first_line(exc))}") from None
 
+    # -- retention (serving.log_retention) ---------------------------------------------------
+    def maintain(self) -> None:
+        """Bring the storage layout up to date before a prune (PostgreSQL: partitions)."""
+
+    def expired(self, before: str) -> list[Expired]:
+        """What holds predictions older than the day ``before`` (YYYY-MM-DD): one per day."""
+        _, days = self._fetch(
+            "SELECT DISTINCT substr(time, 1, 10) FROM predictions WHERE time < ?", (before,)
+        )
+        return [Expired("predictions", d, _next_day(d), whole=False) for (d,) in sorted(days)]
+
+    def pages(self, part: Expired, size: int = 50_000) -> Iterator[tuple[list[str], list[tuple]]]:
+        """The rows of ``part`` with their feedback, ``size`` at a time in (time, key) order
+        (keyset pages on the time index); the last column, ``row_key``, is the log's own key."""
+        key = self._sample_column
+        after: tuple[str, Any] = ("", -1)
+        while True:
+            columns, rows = self._fetch(
+                f"SELECT {_SELECT}, f.outcome AS outcome, f.time AS feedback_time, "
+                f"p.{key} AS row_key FROM {part.table} p "
+                "LEFT JOIN feedback f ON f.request_id = p.request_id "
+                "WHERE p.time >= ? AND p.time < ? "
+                f"AND (p.time > ? OR (p.time = ? AND p.{key} > ?)) ORDER BY p.time, p.{key} "
+                "LIMIT ?",
+                (part.start, part.end, after[0], after[0], after[1], size),
+            )
+            if not rows:
+                return
+            yield columns, rows
+            after = (rows[-1][2], rows[-1][-1])
+
+    def drop(self, part: Expired, expected: int | None = None) -> int:
+        """Removes the rows of ``part``, the ids that keep them unique, and feedback left with
+        no prediction; one transaction. ``expected``: the rows exported — if more arrived
+        since, nothing is removed (StorageError)."""
+        span = "time >= ? AND time < ?"
+        bounds = (part.start, part.end)
+        with self._transaction("prediction log prune") as conn:
+            self._lock_for_removal(conn, part)
+            rows = conn.execute(
+                self._sql(f"SELECT COUNT(*) FROM {part.table} WHERE {span}"), bounds
+            ).fetchone()[0]
+            if expected is not None and rows != expected:
+                raise StorageError(
+                    f"{rows - expected} predictions arrived in {part.table} after its export; "
+                    "run the prune again"
+                )
+            conn.execute(
+                self._sql(
+                    f"DELETE FROM feedback WHERE request_id IN (SELECT request_id FROM "
+                    f"{part.table} WHERE {span}) AND NOT EXISTS (SELECT 1 FROM {self._ids} k "
+                    "WHERE k.request_id = feedback.request_id AND (k.time < ? OR k.time >= ?))"
+                ),
+                (*bounds, *bounds),
+            )
+            self._remove(conn, part)
+        return int(rows)
+
+    def _lock_for_removal(self, conn: Any, part: Expired) -> None:
+        """SQLite: the transaction holds the write lock already."""
+
+    def _remove(self, conn: Any, part: Expired) -> None:
+        conn.execute(
+            self._sql(f"DELETE FROM {part.table} WHERE time >= ? AND time < ?"),
+            (part.start, part.end),
+        )
+
+    def drop_errors(self, before: str) -> int:
+        """Request errors older than the day ``before``: their count."""
+        with self._transaction("prediction log prune") as conn:
+            return int(
+                conn.execute(
+                    self._sql("DELETE FROM request_errors WHERE time < ?"), (before,)
+                ).rowcount
+            )
+
     # -- reads -----------------------------------------------------------------------------
     def _fetch(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple]]:
         with self._lock:
@@ -330,19 +510,17 @@ class _SqlPredictionLog:
                     f"prediction log read failed: {redact(first_line(exc))}"
                 ) from None
 
+    def _by_request(self, condition: str, params: tuple[Any, ...]) -> list[tuple]:
+        """The rows whose ``request_id`` and ``role`` meet ``condition`` (on those names)."""
+        _, rows = self._fetch(f"SELECT {_SELECT} FROM predictions p WHERE {condition}", params)
+        return rows
+
     def get(self, request_id: str, role: Role = "champion") -> PredictionRecord | None:
-        _, rows = self._fetch(
-            f"SELECT {_SELECT} FROM predictions p WHERE request_id = ? AND role = ?",
-            (request_id, role),
-        )
+        rows = self._by_request("request_id = ? AND role = ?", (request_id, role))
         return _record(rows[0]) if rows else None
 
     def answer(self, request_id: str) -> PredictionRecord | None:
-        _, rows = self._fetch(
-            f"SELECT {_SELECT} FROM predictions p WHERE request_id = ? "
-            "AND role IN ('champion', 'canary') LIMIT 1",
-            (request_id,),
-        )
+        rows = self._by_request(f"request_id = ? AND role IN {_ANSWER_ROLES}", (request_id,))
         return _record(rows[0]) if rows else None
 
     def answers(self, request_ids: Sequence[str]) -> dict[str, PredictionRecord]:
@@ -350,9 +528,8 @@ class _SqlPredictionLog:
         unique = list(dict.fromkeys(request_ids))
         for start in range(0, len(unique), _IDS_PER_QUERY):
             chunk = unique[start : start + _IDS_PER_QUERY]
-            _, rows = self._fetch(
-                f"SELECT {_SELECT} FROM predictions p WHERE request_id IN "
-                f"({', '.join('?' * len(chunk))}) AND role IN ('champion', 'canary')",
+            rows = self._by_request(
+                f"request_id IN ({', '.join('?' * len(chunk))}) AND role IN {_ANSWER_ROLES}",
                 tuple(chunk),
             )
             for row in rows:
@@ -369,17 +546,22 @@ class _SqlPredictionLog:
             return self._frame(f"{_JOINED} WHERE {where} ORDER BY p.time", params)
         # The k-th, 2k-th, ... row of the window in time order, numbered in SQL (the time index
         # gives the order): floor(n / k) rows whatever the row ids of other roles or windows, and
-        # only those rows are read and joined with their feedback.
+        # only those rows are read and joined with their feedback. Joined back on (time, key):
+        # on PostgreSQL the (time, id) index of the partition that holds the row.
         key = self._sample_column
         numbered = (
-            f"SELECT p.{key} AS sample_key, ROW_NUMBER() OVER (ORDER BY p.time, p.{key}) AS n "
-            f"FROM predictions p WHERE {where}"
+            f"SELECT p.time AS sample_time, p.{key} AS sample_key, "
+            f"ROW_NUMBER() OVER (ORDER BY p.time, p.{key}) AS n FROM predictions p WHERE {where}"
         )
         sampled = _JOINED.replace(
             "FROM predictions p",
-            f"FROM ({numbered}) s JOIN predictions p ON p.{key} = s.sample_key",
+            f"FROM ({numbered}) s JOIN predictions p "
+            f"ON p.time = s.sample_time AND p.{key} = s.sample_key",
         )
-        return self._frame(f"{sampled} WHERE s.n % ? = 0 ORDER BY p.time", (*params, every))
+        # The window's bounds again on the rows joined back: only its partitions are read.
+        return self._frame(
+            f"{sampled} WHERE {where} AND s.n % ? = 0 ORDER BY p.time", (*params, *params, every)
+        )
 
     def tail(self, rows: int, before: datetime, role: Roles = ANSWERS) -> pd.DataFrame:
         """The last ``rows`` predictions of ``role`` logged before ``before``, oldest first."""
@@ -411,12 +593,7 @@ class _SqlPredictionLog:
 
     def _frame(self, query: str, params: tuple[Any, ...]) -> pd.DataFrame:
         columns, rows = self._fetch(query, params)
-        frame = pd.DataFrame.from_records(rows, columns=columns)
-        for column in ("features", "flags", "latencies_ms", "request"):
-            frame[column] = frame[column].map(json.loads)
-        frame["prediction"] = frame["prediction"].map(lambda v: json.loads(v) if v else None)
-        frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
-        return frame
+        return decoded(pd.DataFrame.from_records(rows, columns=columns))
 
 
 class SqlitePredictionLog(_SqlPredictionLog):
@@ -447,7 +624,7 @@ class SqlitePredictionLog(_SqlPredictionLog):
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
             if checkpoint_every_s is not None:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._conn.executescript(_SCHEMA.format(serial="", real="REAL"))
+            self._conn.executescript(_SCHEMA)
             for column, kind in _MIGRATIONS.items():
                 if column not in self._columns():
                     with contextlib.suppress(sqlite3.OperationalError):  # another opener won
@@ -486,9 +663,41 @@ class SqlitePredictionLog(_SqlPredictionLog):
 class PostgresPredictionLog(_SqlPredictionLog):
     """The production backend: every replica writes, every monitor and guard reads, one
     PostgreSQL database. Commits are durable (the server's ``synchronous_commit``). A lost
-    connection fails the call in hand with a StorageError; the next call reconnects."""
+    connection fails the call in hand with a StorageError; the next call reconnects.
+
+    ``predictions`` is partitioned by day (``PARTITION BY RANGE (time)``): a writer creates the
+    partition of a day it meets and the next day's ahead (under a short lock timeout; if that
+    fails, rows land in ``predictions_default``, the safety net, until the next creation moves
+    them), and retention drops whole partitions. Every read uses the one index of the
+    partitions, ``(time, id) INCLUDE (role)``: windows, counts and tails by time range, the
+    sample numbered in index order (no sort) and joined back on (time, id).
+
+    Exactly once: a unique key of a partitioned table must contain the partition key, so the
+    partitions cannot refuse a second (request_id, role) logged at another time (a retry comes
+    later). The unpartitioned ``prediction_ids`` (request_id, role) -> (time, id) holds that
+    key for the whole log, in the same transaction as the row; lookups by request id read it
+    first (a new id, the common case, ends there), then the rows by (time, id) in their
+    partitions only. Its narrow rows cost ~120 bytes a prediction with their index; retention
+    deletes them with the partitions they point to (an id is unique within the retention).
+
+    A ``predictions`` table of an earlier release (unpartitioned) becomes the first partition,
+    ``predictions_legacy`` (up to the day after its last row), on first open: one line logged."""
 
     _sample_column = "id"
+    _ids = "prediction_ids"
+
+    def _by_request(self, condition: str, params: tuple[Any, ...]) -> list[tuple]:
+        """``prediction_ids`` first (a new id, the common case, ends there), then the rows by
+        their (time, id): the planner reads only the partitions of those times."""
+        _, keys = self._fetch(f"SELECT time, id FROM prediction_ids WHERE {condition}", params)
+        if not keys:
+            return []
+        times, ids = (list(column) for column in zip(*keys, strict=True))
+        _, rows = self._fetch(  # ids are unique: no other row matches both lists
+            f"SELECT {_SELECT} FROM predictions p WHERE p.time = ANY(?) AND p.id = ANY(?)",
+            (times, ids),
+        )
+        return rows
 
     def __init__(self, url: str, connect_timeout_s: int = 5) -> None:
         import psycopg
@@ -501,25 +710,61 @@ class PostgresPredictionLog(_SqlPredictionLog):
         self._timeout = connect_timeout_s
         self.where = redact(url)
         self._conn: Any = None
+        self._ranges: list[tuple[str, str]] = []  # [from, to) of each day's (or older) partition
+        self._days: set[str] = set()  # days known to have a partition
+        self._retry_at = 0.0  # no partition creation before (monotonic): the last one waited
         with self._lock:
             try:
                 conn = self._connection()
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(7460211)")  # one creator at a time
-                    for statement in _SCHEMA.format(
-                        serial="id BIGSERIAL,", real="DOUBLE PRECISION"
-                    ).split(";"):
+                    kind = conn.execute(
+                        "SELECT relkind FROM pg_class WHERE oid = to_regclass('predictions')"
+                    ).fetchone()
+                    if kind is not None and kind[0] == "r":
+                        self._partition_legacy(conn)
+                    for statement in _PG_SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                    for column, kind in _MIGRATIONS.items():
-                        conn.execute(
-                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {column} {kind}"
-                        )
+                self._ranges = self._partitions(conn)
             except psycopg.Error as exc:
                 raise StorageError(
                     f"prediction log {self.where} cannot be opened ({redact(first_line(exc))}); "
                     "start PostgreSQL or fix storage.url"
                 ) from None
+
+    def _partition_legacy(self, conn: Any) -> None:
+        """The unpartitioned table of an earlier release becomes the partition of everything
+        up to the day after its last row; its ids fill ``prediction_ids``."""
+        for column, kind in _MIGRATIONS.items():
+            conn.execute(f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {column} {kind}")
+        rows, last = conn.execute("SELECT COUNT(*), MAX(time) FROM predictions").fetchone()
+        conn.execute("ALTER SEQUENCE IF EXISTS predictions_id_seq OWNED BY NONE")  # ids go on
+        conn.execute("ALTER TABLE predictions RENAME TO predictions_legacy")
+        conn.execute("ALTER INDEX IF EXISTS predictions_pkey RENAME TO predictions_legacy_pkey")
+        conn.execute("ALTER INDEX IF EXISTS predictions_time RENAME TO predictions_legacy_time")
+        for statement in _PG_SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if not rows:
+            conn.execute("DROP TABLE predictions_legacy")
+            return
+        conn.execute(
+            "INSERT INTO prediction_ids (request_id, role, time, id) "
+            "SELECT request_id, role, time, id FROM predictions_legacy"
+        )
+        end = _next_day(last[:10])  # a date: DDL takes no parameters
+        conn.execute(
+            "ALTER TABLE predictions ATTACH PARTITION predictions_legacy "
+            f"FOR VALUES FROM (MINVALUE) TO ('{end}')"
+        )
+        _log.warning(
+            "prediction log %s: the unpartitioned predictions table of an earlier release "
+            "(%d rows) is now the partition predictions_legacy, up to %s",
+            self.where,
+            rows,
+            end,
+        )
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -536,6 +781,134 @@ class PostgresPredictionLog(_SqlPredictionLog):
 
     def _end(self, conn: Any, commit: bool) -> None:
         conn.execute("COMMIT" if commit else "ROLLBACK")
+
+    def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Ids first (their unique key refuses a duplicate), then the rows; both by COPY."""
+        ids = [
+            key
+            for (key,) in conn.execute(
+                "SELECT nextval('predictions_id_seq') FROM generate_series(1, %s)", (len(rows),)
+            )
+        ]
+        cursor = conn.cursor()
+        with cursor.copy("COPY prediction_ids (request_id, role, time, id) FROM STDIN") as copy:
+            for key, row in zip(ids, rows, strict=True):
+                copy.write_row((row[0], row[1], row[2], key))
+        with cursor.copy(f"COPY predictions (id, {', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for key, row in zip(ids, rows, strict=True):
+                copy.write_row((key, *row))
+
+    # -- partitions ------------------------------------------------------------------------
+    def _prepare(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """The partitions of the batch's days, and of the day after each, ahead."""
+        for day in sorted({row[2][:10] for row in rows} - self._days):
+            if time.monotonic() < self._retry_at:
+                return  # a creation was postponed: these rows go to the default partition
+            for wanted in (day, _next_day(day)):
+                if not self._covered(wanted):
+                    self._add_partition(conn, wanted)
+            if self._covered(day):
+                self._days.add(day)
+
+    def _covered(self, day: str) -> bool:
+        return any(lo <= day and _next_day(day) <= hi for lo, hi in self._ranges)
+
+    def _partitions(self, conn: Any) -> list[tuple[str, str]]:
+        """[from, to) of every partition but the default (from '' for MINVALUE)."""
+        found = conn.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'predictions'::regclass"
+        ).fetchall()
+        return [_bounds(expr) for (expr,) in found if expr != "DEFAULT"]
+
+    def _add_partition(self, conn: Any, day: str) -> None:
+        """Creates the partition of ``day`` (rows of that day in the default partition move
+        into it). Under a lock timeout: a busy table skips it (rows land in the default
+        partition meanwhile) instead of holding up the writers queued behind the lock."""
+        name = f"predictions_{day.replace('-', '')}"
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '1s'")
+                conn.execute("SELECT pg_advisory_xact_lock(7460211)")
+                self._ranges = self._partitions(conn)
+                if self._covered(day):
+                    return
+                bounds = (day, _next_day(day))
+                conn.execute("CREATE TEMP TABLE moved (LIKE predictions) ON COMMIT DROP")
+                conn.execute(
+                    "WITH d AS (DELETE FROM predictions_default WHERE time >= %s AND time < %s "
+                    "RETURNING *) INSERT INTO moved SELECT * FROM d",
+                    bounds,
+                )
+                conn.execute(  # DDL takes no parameters: both are dates checked by _next_day
+                    f"CREATE TABLE {name} PARTITION OF predictions "
+                    f"FOR VALUES FROM ('{bounds[0]}') TO ('{bounds[1]}')"
+                )
+                conn.execute("INSERT INTO predictions SELECT * FROM moved")
+            self._ranges.append(bounds)
+        except self._psycopg.errors.LockNotAvailable:
+            self._retry_at = time.monotonic() + _RETRY_PARTITION_S
+            _log.warning("prediction log: partition %s postponed (table busy)", name)
+
+    def maintain(self) -> None:
+        """Rows in the default partition move into partitions of their days."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                days = conn.execute(
+                    "SELECT DISTINCT substr(time, 1, 10) FROM predictions_default"
+                ).fetchall()
+                self._days -= {day for (day,) in days}
+                for (day,) in days:
+                    self._add_partition(conn, day)
+            except self._psycopg.Error as exc:
+                raise StorageError(
+                    f"prediction log maintenance failed: {redact(first_line(exc))}"
+                ) from None
+
+    def expired(self, before: str) -> list[Expired]:
+        """Whole partitions older than the day ``before``, then old rows of the default one."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                self._ranges = self._partitions(conn)
+                found = conn.execute(
+                    "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'predictions'::regclass"
+                ).fetchall()
+            except self._psycopg.Error as exc:
+                raise StorageError(
+                    f"prediction log read failed: {redact(first_line(exc))}"
+                ) from None
+        parts = []
+        for name, expr in found:
+            if expr == "DEFAULT":
+                continue
+            lo, hi = _bounds(expr)
+            if hi <= before:
+                parts.append(Expired(name, lo, hi, whole=True))
+        parts.sort(key=lambda part: part.start)
+        return [*parts, Expired("predictions_default", "", before, whole=False)]
+
+    def _remove(self, conn: Any, part: Expired) -> None:
+        conn.execute(
+            f"DELETE FROM prediction_ids k USING {part.table} p WHERE k.request_id = "
+            "p.request_id AND k.role = p.role AND p.time >= %s AND p.time < %s",
+            (part.start, part.end),
+        )
+        if part.whole:
+            conn.execute(f"DROP TABLE {part.table}")
+            self._days.clear()
+        else:
+            conn.execute(
+                f"DELETE FROM {part.table} WHERE time >= %s AND time < %s", (part.start, part.end)
+            )
+
+    def _lock_for_removal(self, conn: Any, part: Expired) -> None:
+        conn.execute("SET LOCAL lock_timeout = '2s'")
+        mode = "ACCESS EXCLUSIVE" if part.whole else "EXCLUSIVE"  # EXCLUSIVE: reads go on
+        conn.execute(f"LOCK TABLE {part.table} IN {mode} MODE")
 
     def close(self) -> None:
         with self._lock:
@@ -570,6 +943,15 @@ def _where(start: datetime, end: datetime, role: Roles) -> tuple[str, tuple[Any,
     return where, params
 
 
+def decoded(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the log as stored (JSON text) -> the frame ``window`` returns (values)."""
+    for column in ("features", "flags", "latencies_ms", "request"):
+        frame[column] = frame[column].map(json.loads)
+    frame["prediction"] = frame["prediction"].map(lambda v: json.loads(v) if v else None)
+    frame["outcome"] = frame["outcome"].map(lambda v: json.loads(v) if v else None)
+    return frame
+
+
 def _dumps(value: Any) -> str:
     """``json.dumps(value, sort_keys=True, default=_plain, allow_nan=True)``, one encoder."""
     return _JSON.encode(value)
@@ -584,6 +966,7 @@ def _plain(value: Any) -> Any:
 
 
 _JSON = json.JSONEncoder(sort_keys=True, default=_plain, allow_nan=True)
+_ANSWER_ROLES = "('champion', 'canary')"  # roles whose prediction the caller got (ANSWERS)
 _IDS_PER_QUERY = 500  # request ids per ``answers`` query (SQLite's bound parameters: 32,766)
 
 
@@ -603,3 +986,20 @@ def _record(row: tuple) -> PredictionRecord:
         prediction=json.loads(row[11]) if row[11] else None,
         digest=row[12],
     )
+
+
+def _next_day(day: str) -> str:
+    """The day after ``day`` (YYYY-MM-DD); a ValueError for anything else."""
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+_BOUND = re.compile(r"FOR VALUES FROM \((.*)\) TO \((.*)\)")
+
+
+def _bounds(expression: str) -> tuple[str, str]:
+    """``FOR VALUES FROM ('a') TO ('b')`` -> ('a', 'b'); MINVALUE -> ''."""
+    match = _BOUND.fullmatch(expression)
+    if match is None:
+        raise StorageError(f"prediction log: unexpected partition bound {expression}")
+    lo, hi = (v.strip("'") if v != "MINVALUE" else "" for v in match.groups())
+    return lo, hi
