@@ -185,7 +185,7 @@ def test_a_summary_round_trips_through_json() -> None:
     again = Summary.from_json(json.loads(json.dumps(summary.to_json())))
     assert again.to_json() == summary.to_json()
     for stage, sketch in summary.latency.items():
-        assert again.latency[stage].get_quantile_value(0.95) == sketch.get_quantile_value(0.95)
+        assert again.latency[stage].quantile(0.95) == sketch.quantile(0.95)
 
 
 def test_summaries_on_other_bins_do_not_merge() -> None:

@@ -20,6 +20,7 @@ references the counts were taken on: summaries on other bins are not merged.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,46 +90,98 @@ class Moments:
         return self.n, self.total / unit, self.squares / unit
 
     def to_json(self) -> list[Any]:
-        return [self.n, hex(self.total), hex(self.squares), self.missing]
+        return [self.n, _compact(self.total), _compact(self.squares), self.missing]
 
     @classmethod
     def from_json(cls, document: Sequence[Any]) -> Moments:
         n, total, squares, missing = document
-        return cls(int(n), int(total, 16), int(squares, 16), int(missing))
+        return cls(int(n), _expand(total), _expand(squares), int(missing))
 
 
-def new_sketch() -> DDSketch:
-    return DDSketch(LATENCY_ACCURACY)
+def _compact(value: int) -> str:
+    """An exact sum as text: hex digits without the trailing zero bits, and their count."""
+    if value == 0:
+        return "0"
+    zeros = (value & -value).bit_length() - 1
+    return f"{value >> zeros:x}p{zeros}"
 
 
-def sketch_to_json(sketch: DDSketch) -> dict[str, Any]:
-    """The sketch's non-empty bins (the library has no serialisation here without protobuf)."""
-
-    def bins(store: Any) -> dict[str, float]:
-        return {str(store.offset + i): count for i, count in enumerate(store.bins) if count}
-
-    return {
-        "positive": bins(sketch._store),
-        "negative": bins(sketch._negative_store),
-        "zero": sketch._zero_count,
-        "count": sketch._count,
-        "sum": sketch._sum,
-        "min": sketch._min,
-        "max": sketch._max,
-    }
+def _expand(text: str) -> int:
+    digits, _, zeros = text.partition("p")
+    return int(digits, 16) << int(zeros or 0)
 
 
-def sketch_from_json(document: Mapping[str, Any]) -> DDSketch:
-    sketch = new_sketch()
-    for store, stored in ((sketch._store, "positive"), (sketch._negative_store, "negative")):
-        for key, count in document[stored].items():
-            store.add(int(key), float(count))
-    sketch._zero_count = float(document["zero"])
-    sketch._count = float(document["count"])
-    sketch._sum = float(document["sum"])
-    sketch._min = float(document["min"])
-    sketch._max = float(document["max"])
-    return sketch
+@dataclass
+class Sketch:
+    """A DDSketch of latencies (``ddsketch``'s logarithmic mapping at ``LATENCY_ACCURACY``) as
+    its bins: counts per key from ``offset`` (dense), values too small to map in ``zero``.
+    Merging adds the bins — as ``DDSketch.merge`` does, without rebuilding sketches per bucket;
+    a quantile is read from a ``DDSketch`` holding the merged bins (within the relative
+    accuracy of the value at its rank). Latencies are not negative (a negative one counts as
+    zero)."""
+
+    offset: int = 0
+    bins: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    zero: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Sketch:
+        sketch = DDSketch(LATENCY_ACCURACY)
+        for value in np.maximum(np.asarray(values, dtype="float64"), 0.0).tolist():
+            sketch.add(value)
+        store = sketch._store
+        return cls(
+            int(store.offset),
+            np.asarray(store.bins, dtype="float64"),
+            float(sketch._zero_count),
+            float(sketch._min),
+            float(sketch._max),
+        )
+
+    @property
+    def count(self) -> float:
+        return float(self.bins.sum()) + self.zero
+
+    def merge(self, other: Sketch) -> Sketch:
+        if not other.bins.size:
+            return Sketch(self.offset, self.bins, self.zero + other.zero, *self._range(other))
+        if not self.bins.size:
+            return Sketch(other.offset, other.bins, self.zero + other.zero, *self._range(other))
+        offset = min(self.offset, other.offset)
+        end = max(self.offset + self.bins.size, other.offset + other.bins.size)
+        bins = np.zeros(end - offset)
+        bins[self.offset - offset : self.offset - offset + self.bins.size] += self.bins
+        bins[other.offset - offset : other.offset - offset + other.bins.size] += other.bins
+        return Sketch(offset, bins, self.zero + other.zero, *self._range(other))
+
+    def _range(self, other: Sketch) -> tuple[float, float]:
+        return min(self.low, other.low), max(self.high, other.high)
+
+    def quantile(self, q: float) -> float | None:
+        sketch = DDSketch(LATENCY_ACCURACY)
+        for index in np.flatnonzero(self.bins).tolist():
+            sketch._store.add(self.offset + index, float(self.bins[index]))
+        sketch._zero_count = self.zero
+        sketch._count = self.count
+        sketch._min, sketch._max = self.low, self.high
+        return sketch.get_quantile_value(q)
+
+    def to_json(self) -> list[Any]:
+        """The non-empty bins as keys and counts (a bucket's few values spread over a range)."""
+        nonzero = np.flatnonzero(self.bins)
+        keys = (nonzero + self.offset).tolist()
+        return [keys, self.bins[nonzero].tolist(), self.zero, self.low, self.high]
+
+    @classmethod
+    def from_json(cls, document: Sequence[Any]) -> Sketch:
+        keys, counts, zero, low, high = document
+        if not keys:
+            return cls(0, np.zeros(0), float(zero), low, high)
+        bins = np.zeros(keys[-1] - keys[0] + 1)
+        bins[np.asarray(keys) - keys[0]] = counts
+        return cls(int(keys[0]), bins, float(zero), low, high)
 
 
 def _add_counts(left: Mapping[str, int], right: Mapping[str, int]) -> dict[str, int]:
@@ -154,7 +207,7 @@ class Summary:
     score: Moments = field(default_factory=Moments)
     decisions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="int64"))
     probabilities: list[Moments] = field(default_factory=list)
-    latency: dict[str, DDSketch] = field(default_factory=dict)
+    latency: dict[str, Sketch] = field(default_factory=dict)
     slow: int = 0  # single-row requests whose total latency exceeded the budget
     timed: int = 0  # single-row requests with a total latency
     kpi: Moments = field(default_factory=Moments)
@@ -172,12 +225,10 @@ class Summary:
         for key, value in other.counts.items():
             mine = counts.get(key)
             counts[key] = value.copy() if mine is None else mine + value
-        latency = {k: _copy_sketch(v) for k, v in self.latency.items()}
+        latency = dict(self.latency)
         for stage, sketch in other.latency.items():
-            if stage in latency:
-                latency[stage].merge(sketch)
-            else:
-                latency[stage] = _copy_sketch(sketch)
+            mine = latency.get(stage)
+            latency[stage] = sketch if mine is None else mine.merge(sketch)
         paired = dict(self.paired)
         for version, moments in other.paired.items():
             paired[version] = paired.get(version, Moments()).merge(moments)
@@ -223,7 +274,7 @@ class Summary:
             "score": self.score.to_json(),
             "decisions": self.decisions.tolist(),
             "probabilities": [m.to_json() for m in self.probabilities],
-            "latency": {k: sketch_to_json(v) for k, v in self.latency.items()},
+            "latency": {k: v.to_json() for k, v in self.latency.items()},
             "slow": self.slow,
             "timed": self.timed,
             "kpi": self.kpi.to_json(),
@@ -244,7 +295,7 @@ class Summary:
             score=Moments.from_json(document["score"]),
             decisions=np.asarray(document["decisions"], dtype="int64"),
             probabilities=[Moments.from_json(m) for m in document["probabilities"]],
-            latency={k: sketch_from_json(v) for k, v in document["latency"].items()},
+            latency={k: Sketch.from_json(v) for k, v in document["latency"].items()},
             slow=int(document["slow"]),
             timed=int(document["timed"]),
             kpi=Moments.from_json(document["kpi"]),
@@ -257,17 +308,88 @@ def _at(moments: Sequence[Moments], index: int) -> Moments:
     return moments[index] if index < len(moments) else Moments()
 
 
-def _copy_sketch(sketch: DDSketch) -> DDSketch:
-    copy = new_sketch()
-    copy.merge(sketch)
-    return copy
-
-
 def merge_all(summaries: Iterable[Summary]) -> Summary:
-    total = Summary()
-    for summary in summaries:
-        total = total.merge(summary)
-    return total
+    """The merge of many summaries (a window's buckets) in one pass per field: the same result
+    as merging them pairwise, without a new summary per bucket."""
+    found = list(summaries)
+    if len(found) <= 2:
+        total = Summary()
+        for summary in found:
+            total = total.merge(summary)
+        return total
+    prints = {s.fingerprint for s in found if s.fingerprint}
+    if len(prints) > 1:
+        raise StorageError(
+            "window aggregates taken on different reference bins cannot be merged; "
+            "rebuild them with `prodguard aggregates rebuild`"
+        )
+    counts: dict[str, list[np.ndarray]] = {}
+    sketches: dict[str, list[Sketch]] = {}
+    for summary in found:
+        for key, value in summary.counts.items():
+            counts.setdefault(key, []).append(value)
+        for stage, sketch in summary.latency.items():
+            sketches.setdefault(stage, []).append(sketch)
+    classes = max(len(s.probabilities) for s in found)
+    size = max(len(s.decisions) for s in found)
+    decisions = np.zeros(size, dtype="int64")
+    for summary in found:
+        decisions[: len(summary.decisions)] += summary.decisions
+    paired: dict[int, list[Moments]] = {}
+    for summary in found:
+        for version, moments in summary.paired.items():
+            paired.setdefault(version, []).append(moments)
+    return Summary(
+        fingerprint=next(iter(prints), ""),
+        rows=sum(s.rows for s in found),
+        counts={k: np.add.reduce(v) for k, v in counts.items()},
+        nulls=_sum_counts(s.nulls for s in found),
+        degraded=sum(s.degraded for s in found),
+        unseen=sum(s.unseen for s in found),
+        degraded_features=_sum_counts(s.degraded_features for s in found),
+        score=_sum_moments(s.score for s in found),
+        decisions=decisions,
+        probabilities=[
+            _sum_moments(_at(s.probabilities, j) for s in found) for j in range(classes)
+        ],
+        latency={stage: _merge_sketches(v) for stage, v in sketches.items()},
+        slow=sum(s.slow for s in found),
+        timed=sum(s.timed for s in found),
+        kpi=_sum_moments(s.kpi for s in found),
+        errors=_sum_counts(s.errors for s in found),
+        paired={version: _sum_moments(v) for version, v in paired.items()},
+    )
+
+
+def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for found in counts:
+        total.update(found)
+    return dict(total)
+
+
+def _sum_moments(moments: Iterable[Moments]) -> Moments:
+    listed = list(moments)
+    return Moments(
+        sum(m.n for m in listed),
+        sum(m.total for m in listed),
+        sum(m.squares for m in listed),
+        sum(m.missing for m in listed),
+    )
+
+
+def _merge_sketches(sketches: Sequence[Sketch]) -> Sketch:
+    filled = [s for s in sketches if s.bins.size]
+    zero = sum(s.zero for s in sketches)
+    low = min(s.low for s in sketches)
+    high = max(s.high for s in sketches)
+    if not filled:
+        return Sketch(0, np.zeros(0), zero, low, high)
+    offset = min(s.offset for s in filled)
+    bins = np.zeros(max(s.offset + s.bins.size for s in filled) - offset)
+    for sketch in filled:
+        bins[sketch.offset - offset : sketch.offset - offset + sketch.bins.size] += sketch.bins
+    return Sketch(offset, bins, zero, low, high)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from prodguard.config import KpiSettings
-from prodguard.monitoring.aggregates import Moments, Summary, exact, new_sketch
+from prodguard.monitoring.aggregates import Moments, Sketch, Summary, exact
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
 from prodguard.serving.prediction_log import ErrorKind
 from prodguard.tasks import (
@@ -303,9 +303,7 @@ def summarise(
             continue
         values = timings[column].dropna().to_numpy("float64")
         if values.size:
-            sketch = summary.latency[stage] = new_sketch()
-            for value in values.tolist():
-                sketch.add(value)
+            summary.latency[stage] = Sketch.of(values)
     if "total_ms" in timings:
         totals = timings["total_ms"].dropna().to_numpy("float64")
         summary.timed = int(totals.size)
@@ -467,5 +465,5 @@ def _latency(
                 measures.append(Measure(name, float(np.percentile(exact_values, p))))
             else:
                 assert sketch is not None
-                measures.append(Measure(name, sketch.get_quantile_value(p / 100)))
+                measures.append(Measure(name, sketch.quantile(p / 100)))
     return measures
