@@ -227,8 +227,8 @@ class Summary:
             counts[key] = value.copy() if mine is None else mine + value
         latency = dict(self.latency)
         for stage, sketch in other.latency.items():
-            mine = latency.get(stage)
-            latency[stage] = sketch if mine is None else mine.merge(sketch)
+            found = latency.get(stage)
+            latency[stage] = sketch if found is None else found.merge(sketch)
         paired = dict(self.paired)
         for version, moments in other.paired.items():
             paired[version] = paired.get(version, Moments()).merge(moments)

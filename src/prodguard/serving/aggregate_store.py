@@ -39,6 +39,7 @@ from prodguard.monitoring.aggregates import (
     Summary,
     bucket_of,
     buckets_within,
+    merge_all,
 )
 from prodguard.monitoring.measures import kpi_moments, summarise
 from prodguard.monitoring.monitor import REFERENCE_TTL_S, VersionReference, version_bins
@@ -60,7 +61,9 @@ CREATE TABLE IF NOT EXISTS window_aggregates (
     seconds INTEGER NOT NULL,
     version INTEGER NOT NULL,
     role TEXT NOT NULL,
-    summary TEXT NOT NULL
+    summary TEXT NOT NULL,
+    span INTEGER NOT NULL,
+    parts INTEGER
 );
 CREATE INDEX IF NOT EXISTS window_aggregates_bucket ON window_aggregates (bucket);
 CREATE TABLE IF NOT EXISTS aggregate_coverage (
@@ -71,6 +74,19 @@ CREATE TABLE IF NOT EXISTS aggregate_coverage (
     closed INTEGER NOT NULL
 )
 """
+
+
+ROLLUP_SECONDS = 3600  # closed hours are read as one summary per version and role
+
+
+def _merged(rows: Sequence[tuple]) -> dict[Key, Summary]:
+    """Rows ``(bucket, version, role, summary)`` merged per key."""
+    found: dict[Key, list[Summary]] = defaultdict(list)
+    for bucket, version, role, text in rows:
+        found[Key(datetime.fromisoformat(bucket), int(version), str(role))].append(
+            Summary.from_json(json.loads(text))
+        )
+    return {key: merge_all(summaries) for key, summaries in found.items()}
 
 
 class _SqlAggregateStore:
@@ -114,40 +130,122 @@ class _SqlAggregateStore:
         with self._transaction("write") as conn:
             self._insert(conn, partials)
 
-    def _insert(self, conn: Any, partials: Mapping[Key, Summary]) -> None:
+    def _insert(
+        self,
+        conn: Any,
+        partials: Mapping[Key, Summary],
+        span: int | None = None,
+        parts: int | None = None,
+    ) -> None:
         rows = [
-            (k.bucket.isoformat(), self.bucket_seconds, k.version, k.role, json.dumps(s.to_json()))
+            (
+                k.bucket.isoformat(),
+                self.bucket_seconds,
+                k.version,
+                k.role,
+                json.dumps(s.to_json()),
+                span or self.bucket_seconds,
+                parts,
+            )
             for k, s in partials.items()
         ]
         conn.cursor().executemany(
             self._sql(
-                "INSERT INTO window_aggregates (bucket, seconds, version, role, summary) "
-                "VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO window_aggregates (bucket, seconds, version, role, summary, span, "
+                "parts) VALUES (?, ?, ?, ?, ?, ?, ?)"
             ),
             rows,
         )
 
-    def read(self, start: datetime, end: datetime) -> dict[Key, Summary]:
-        """The summaries of the buckets starting in ``[start, end)``, partials merged."""
+    def _base(self, start: datetime, end: datetime, skip: Sequence[str] = ()) -> list[tuple]:
+        """The partials of the buckets starting in ``[start, end)``, but those of the hours
+        ``skip`` (``YYYY-MM-DDTHH``)."""
+        if start >= end:
+            return []
+        outside = f" AND substr(bucket, 1, 13) NOT IN ({', '.join('?' * len(skip))})"
         with self._transaction("read") as conn:
-            rows = (
+            return list(
                 conn.cursor()
                 .execute(
                     self._sql(
                         "SELECT bucket, version, role, summary FROM window_aggregates "
-                        "WHERE bucket >= ? AND bucket < ? AND seconds = ?"
+                        "WHERE bucket >= ? AND bucket < ? AND seconds = ? AND span = seconds"
+                        + (outside if skip else "")
                     ),
-                    (start.isoformat(), end.isoformat(), self.bucket_seconds),
+                    (start.isoformat(), end.isoformat(), self.bucket_seconds, *skip),
                 )
                 .fetchall()
             )
-        merged: dict[Key, Summary] = {}
-        for bucket, version, role, text in rows:
-            key = Key(datetime.fromisoformat(bucket), int(version), str(role))
-            summary = Summary.from_json(json.loads(text))
-            found = merged.get(key)
-            merged[key] = summary if found is None else found.merge(summary)
+
+    def read(self, start: datetime, end: datetime) -> dict[Key, Summary]:
+        """The summaries of ``[start, end)`` (whole buckets), partials merged: of each whole
+        hour inside, its roll-up (one row per version and role) when it still holds every
+        partial of the hour, else its partials — rolled up for the next read."""
+        if self.bucket_seconds >= ROLLUP_SECONDS:
+            return _merged(self._base(start, end))
+        first, last = buckets_within(start, end, ROLLUP_SECONDS)
+        if first >= last:
+            return _merged(self._base(start, end))
+        with self._transaction("read") as conn:
+            cursor = conn.cursor()
+            window = (first.isoformat(), last.isoformat(), self.bucket_seconds)
+            counts = dict(
+                cursor.execute(
+                    self._sql(
+                        "SELECT substr(bucket, 1, 13), COUNT(*) FROM window_aggregates "
+                        "WHERE bucket >= ? AND bucket < ? AND seconds = ? AND span = seconds "
+                        "GROUP BY substr(bucket, 1, 13)"
+                    ),
+                    window,
+                ).fetchall()
+            )
+            rolled = cursor.execute(
+                self._sql(
+                    "SELECT bucket, version, role, summary, parts FROM window_aggregates "
+                    "WHERE bucket >= ? AND bucket < ? AND seconds = ? AND span = ?"
+                ),
+                (*window, ROLLUP_SECONDS),
+            ).fetchall()
+        stale = {bucket[:13] for bucket, *_, parts in rolled if counts.get(bucket[:13]) != parts}
+        fresh = {bucket[:13] for bucket, *_ in rolled} - stale
+        merged = _merged(
+            [row[:4] for row in rolled if row[0][:13] in fresh]
+            + self._base(start, first)
+            + self._base(last, end)
+        )
+        partials = self._base(first, last, skip=sorted(fresh))
+        rollups: dict[str, list[tuple]] = defaultdict(list)
+        for row in partials:
+            rollups[row[0][:13]].append(row)
+        for rows in rollups.values():
+            merged.update(_merged(rows))
+        self._roll_up(rollups, stale)
         return merged
+
+    def _roll_up(self, partials: Mapping[str, list[tuple]], stale: set[str]) -> None:
+        """Replace the roll-ups of the hours read from their partials (a failure only costs
+        the next read its speed)."""
+        try:
+            with self._transaction("roll-up") as conn:
+                for hour in sorted(stale | set(partials)):
+                    conn.cursor().execute(
+                        self._sql(
+                            "DELETE FROM window_aggregates WHERE seconds = ? AND span = ? "
+                            "AND substr(bucket, 1, 13) = ?"
+                        ),
+                        (self.bucket_seconds, ROLLUP_SECONDS, hour),
+                    )
+                for hour, rows in partials.items():
+                    start = datetime.fromisoformat(f"{hour}:00:00+00:00")
+                    by_key: dict[Key, list[Summary]] = defaultdict(list)
+                    for _, version, role, text in rows:
+                        by_key[Key(start, int(version), str(role))].append(
+                            Summary.from_json(json.loads(text))
+                        )
+                    summed = {key: merge_all(found) for key, found in by_key.items()}
+                    self._insert(conn, summed, span=ROLLUP_SECONDS, parts=len(rows))
+        except StorageError as exc:
+            _log.warning("window aggregates not rolled up: %s", exc)
 
     def replace(self, start: datetime, end: datetime, summaries: Mapping[Key, Summary]) -> None:
         """A rebuild: the buckets of ``[start, end)`` (whole buckets) become ``summaries``, the
@@ -159,7 +257,7 @@ class _SqlAggregateStore:
                 self._sql(
                     "DELETE FROM window_aggregates WHERE bucket >= ? AND bucket < ? AND seconds = ?"
                 ),
-                (start.isoformat(), end.isoformat(), self.bucket_seconds),
+                (start.isoformat(), end.isoformat(), self.bucket_seconds),  # roll-ups too
             )
             self._insert(conn, summaries)
             interval = f"rebuild:{start.isoformat()}:{end.isoformat()}"
@@ -241,7 +339,7 @@ class _SqlAggregateStore:
             rows = cursor.execute(
                 self._sql(
                     "SELECT bucket, version, role, summary FROM window_aggregates "
-                    "WHERE bucket >= ? AND bucket < ? AND seconds = ?"
+                    "WHERE bucket >= ? AND bucket < ? AND seconds = ? AND span = seconds"
                 ),
                 params,
             ).fetchall()
@@ -253,7 +351,8 @@ class _SqlAggregateStore:
                 merged[key] = summary if found is None else found.merge(summary)
             cursor.execute(
                 self._sql(
-                    "DELETE FROM window_aggregates WHERE bucket >= ? AND bucket < ? AND seconds = ?"
+                    "DELETE FROM window_aggregates WHERE bucket >= ? AND bucket < ? "
+                    "AND seconds = ? AND span = seconds"
                 ),
                 params,
             )
