@@ -201,3 +201,62 @@ def test_buckets_align_on_the_epoch() -> None:
         datetime(2026, 3, 1, 10, 10, tzinfo=UTC),
     )
     assert buckets_within(moment, moment + timedelta(seconds=20), 60) == (moment, moment)
+
+
+def test_bucket_seconds_must_divide_a_day() -> None:
+    from pydantic import ValidationError
+
+    from prodguard.config import AggregateSettings
+
+    with pytest.raises(ValidationError, match="does not divide a day; choose e.g. 10, 30, 60"):
+        AggregateSettings(bucket_seconds=7)
+    assert AggregateSettings(bucket_seconds=300).bucket_seconds == 300
+
+
+def test_a_replica_flushes_closed_buckets_and_vouches_only_for_them(tmp_path) -> None:
+    from prodguard.clock import FixedClock
+    from prodguard.config import AggregateSettings
+    from prodguard.monitoring.monitor import VersionReference
+    from prodguard.serving.aggregate_store import Aggregator, SqliteAggregateStore
+    from prodguard.serving.prediction_log import PredictionRecord
+
+    frame = _frame(300, 5)
+    features, scores = _references(frame)
+    reference = VersionReference(features, None)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    clock = FixedClock(start - timedelta(seconds=30))
+    store = SqliteAggregateStore(tmp_path / "aggregates.db", 60)
+    aggregator = Aggregator(
+        store, lambda v: reference, AggregateSettings(), KPI, None, 5.0, clock, "a", False
+    )
+    records = [
+        PredictionRecord(
+            f"r{i // 2}",  # each request answered by v2, then scored by v3 in shadow
+            start + timedelta(seconds=i),
+            "m",
+            2 + i % 2,
+            "shadow" if i % 2 else "champion",
+            0.5 + i / 1000,
+            0,
+            {"distance": float(i), "carrier": "AA"},
+            latencies_ms={"checks_ms": 1.0, "features_ms": 1.0, "model_ms": 1.0},
+        )
+        for i in range(150)
+    ]
+    aggregator.add(records)
+    clock.set(start + timedelta(seconds=150))  # two buckets closed, the third open
+    aggregator.flush()
+    assert {k.bucket.minute for k in store.read(start, start + timedelta(minutes=5))} == {0, 1}
+    end = start + timedelta(minutes=3)
+    assert store.span(start, end) == (start, start + timedelta(minutes=2))
+    # readers stop at the last bucket flushed whole (a crash would lose the open one only);
+    # a clean shutdown flushes the open bucket and closes the interval
+    aggregator.close()
+    summaries = store.read(start, end)
+    assert sum(s.rows for s in summaries.values()) == 150
+    assert store.span(start, end) == (start, end)
+    paired = merge_all(s for k, s in summaries.items() if k.role == "champion").paired[3]
+    assert paired.n == 75 and paired.mean() == pytest.approx(-0.001)  # v2 minus v3
+    shadow = merge_all(s for k, s in summaries.items() if k.role == "shadow").paired[2]
+    assert shadow.n == 75 and shadow.total == -paired.total
+    store.close()
