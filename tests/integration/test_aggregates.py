@@ -30,7 +30,7 @@ from prodguard.serving.aggregate_store import (
     summarise_log,
 )
 from prodguard.serving.prediction_log import ANSWERS, SqlitePredictionLog
-from tests.conftest import DAILY_WINDOWS, copy_project, utc
+from tests.conftest import DAILY_WINDOWS, FLIGHT_REQUEST, copy_project, utc
 
 pytestmark = pytest.mark.integration
 START, END = utc("2013-04-04"), utc("2013-04-07")
@@ -40,6 +40,7 @@ BUCKET = 60
 class Replayed:
     def __init__(self, settings: Settings, root: Path, tmp: Path) -> None:
         self.settings = settings
+        self.root = root
         self.registry = wiring.registry_operations(settings).registry
         self.log = SqlitePredictionLog(tmp / "predictions.db", "NORMAL")
         self.live = SqliteAggregateStore(tmp / "live.db", BUCKET)
@@ -188,7 +189,7 @@ def test_monitor_passes_from_aggregates_find_what_the_rows_find(binary: Replayed
     by_rows = binary.monitor(later, aggregates=False)
     by_aggregates = binary.monitor(later, aggregates=True)
     daily_rows, daily = by_rows.over(START, END), by_aggregates.over(START, END)
-    assert by_aggregates._used_aggregates == 3  # every daily window from the summaries
+    assert by_aggregates.windows_from_aggregates == 3  # every daily window from the summaries
     compared = assert_same_findings(binary.log, daily_rows, daily)
     metrics = {f.metric for r in daily for f in r.findings if f.value is not None}
     assert {"psi.distance", "shift.distance", "score.psi", "score.mean", "rate.degraded"} <= (
@@ -203,7 +204,7 @@ def test_monitor_passes_from_aggregates_find_what_the_rows_find(binary: Replayed
     latest_rows = binary.monitor(now, aggregates=False).latest()
     monitor = binary.monitor(now, aggregates=True)
     assert_same_findings(binary.log, latest_rows, monitor.latest())
-    assert monitor._used_aggregates == 2  # the current window and the matured one (its KPI)
+    assert monitor.windows_from_aggregates == 2  # the current window and the matured one (its KPI)
 
     again = binary.monitor(later, aggregates=True).over(START, END)  # from the hourly roll-ups
     assert [r.to_json() for r in again] == [r.to_json() for r in daily]
@@ -213,7 +214,7 @@ def test_windows_the_aggregates_do_not_cover_are_read_from_rows(binary: Replayed
     binary.rebuild()
     monitor = binary.monitor(utc("2013-04-20"), aggregates=True)
     reports = monitor.over(START - timedelta(days=1), END)  # April 3: never aggregated
-    assert monitor._used_aggregates == 3
+    assert monitor.windows_from_aggregates == 3
     assert reports[0].status == "insufficient_data" and reports[0].rows == 0
 
 
@@ -272,8 +273,41 @@ def test_a_multiclass_model_measures_the_same_from_aggregates(
     later = utc("2013-04-20")
     monitor = found.monitor(later, aggregates=True)
     daily = monitor.over(START, END)
-    assert monitor._used_aggregates == 3
+    assert monitor.windows_from_aggregates == 3
     assert_same_findings(found.log, found.monitor(later, aggregates=False).over(START, END), daily)
     metrics = {f.metric for r in daily for f in r.findings if f.value is not None}
     assert {"score.share.late", "score.proba.early", "kpi.delay_cost", "psi.distance"} <= metrics
     json.dumps([r.to_json() for r in daily])  # reports stay serialisable
+
+
+def test_a_serving_replica_with_aggregates_on_summarises_what_it_answers(binary: Replayed) -> None:
+    environ = {**DAILY_WINDOWS, "PRODGUARD_MONITORING__AGGREGATES__ENABLED": "true"}
+    settings = load_settings(binary.root / "prodguard.yaml", environ=environ)
+    when = utc("2013-04-10") + timedelta(hours=12, seconds=5)
+    serving = wiring.build_serving(settings, clock=FixedClock(when))
+    serving.follower.refresh()
+    try:
+        requests = [
+            serving.request_model(**{**FLIGHT_REQUEST, "request_id": f"agg{i}", "distance": d})
+            for i, d in enumerate((200.0, 800.0, 1400.0, 2500.0))
+        ]
+        answers = serving.predictor.predict(
+            [r.to_row() for r in requests], [r.request_id for r in requests]
+        )
+        serving.log.record_feedback(answers[0].request_id, {"delayed": 1}, when)
+    finally:
+        serving.predictor.close()
+        serving.log.close()  # the replica's shutdown: its buckets flushed, its interval closed
+    store = wiring.aggregate_store(settings)
+    assert store is not None
+    try:
+        bucket = when.replace(second=0)
+        summaries = store.read(bucket, bucket + timedelta(minutes=1))
+        champion = [s for k, s in summaries.items() if k.role == "champion"]
+        assert sum(s.rows for s in champion) == len(answers) == 4
+        assert sum(s.kpi.count for s in champion) == 1
+        # it started in the middle of this bucket (another replica may have served its start):
+        # monitors read the bucket from the log
+        assert store.span(bucket, bucket + timedelta(minutes=1)) == (bucket, bucket)
+    finally:
+        store.close()

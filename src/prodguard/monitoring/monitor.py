@@ -157,7 +157,7 @@ class Monitor:
         self._cache: dict[int, tuple[float, VersionReference]] = {}
         self._cost = kpi_cost_function(settings.kpi)
         self._aggregates = aggregates if self._spec.minutes is not None else None
-        self._used_aggregates = 0  # windows measured from aggregates (tests, benchmarks)
+        self.windows_from_aggregates = 0  # windows measured from aggregates (tests, benchmarks)
 
     @property
     def spec(self) -> WindowSpec:
@@ -257,7 +257,7 @@ class Monitor:
                 summed[version] = merged
         except ProdguardError:
             return None  # other bins, or unreadable references: the rows say why
-        self._used_aggregates += 1
+        self.windows_from_aggregates += 1
         return summed, {"rejected": errors["rejected"], "failed": errors["failed"]}
 
     def _summarise(self, version: int, rows: pd.DataFrame) -> Summary:
