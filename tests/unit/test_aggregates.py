@@ -47,6 +47,12 @@ def test_moments_are_exact_and_merge_in_any_order() -> None:
     assert math.isnan(forward.mean())  # a missing value: NaN, as numpy.mean
     assert forward.count == len(values)
     assert Moments.from_json(json.loads(json.dumps(forward.to_json()))) == forward
+    n, total, squares = forward.sums()  # MeanState's fields, for the paired tests
+    assert (n, total, squares) == (
+        len(finite),
+        pytest.approx(finite.sum(), rel=1e-12),
+        pytest.approx(np.square(finite).sum(), rel=1e-12),
+    )
 
 
 def merge_all_moments(parts: list[Moments]) -> Moments:

@@ -259,9 +259,6 @@ class Summary:
             paired=paired,
         )
 
-    def __add__(self, other: Summary) -> Summary:
-        return self.merge(other)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "fingerprint": self.fingerprint,

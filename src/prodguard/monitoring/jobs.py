@@ -279,6 +279,7 @@ def build_monitor(
         settings.monitoring,
         clock or wiring.clock_for(settings),
         aggregates=wiring.aggregate_store(settings) if log is None else None,
+        latency_budget_ms=settings.rollout.triggers.p99_latency_ms,
     )
 
 

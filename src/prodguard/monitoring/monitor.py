@@ -146,9 +146,11 @@ class Monitor:
         settings: MonitoringSettings,
         clock: Clock,
         aggregates: AggregateReader | None = None,
+        latency_budget_ms: float | None = None,
     ) -> None:
         """``aggregates``: time windows are measured from the window summaries where they
-        cover the window (the raw log for the rest of it), not from rows."""
+        cover the window (the raw log for the rest of it), not from rows; the log's parts are
+        summarised as replicas do, counting requests over ``latency_budget_ms``."""
         self._log = log
         self._references = references
         self._settings = settings
@@ -157,6 +159,7 @@ class Monitor:
         self._cache: dict[int, tuple[float, VersionReference]] = {}
         self._cost = kpi_cost_function(settings.kpi)
         self._aggregates = aggregates if self._spec.minutes is not None else None
+        self._budget = latency_budget_ms
         self.windows_from_aggregates = 0  # windows measured from aggregates (tests, benchmarks)
 
     @property
@@ -263,7 +266,12 @@ class Monitor:
     def _summarise(self, version: int, rows: pd.DataFrame) -> Summary:
         reference = self.reference(version)
         return summarise(
-            rows, reference.bins, reference.spec, kpi=self._settings.kpi, cost=self._cost
+            rows,
+            reference.bins,
+            reference.spec,
+            kpi=self._settings.kpi,
+            cost=self._cost,
+            latency_budget_ms=self._budget,
         )
 
     def _judge_summed(

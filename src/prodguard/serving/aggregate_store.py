@@ -327,10 +327,6 @@ class _SqlAggregateStore:
                 reached = until
         return (low, high) if reached >= high else (start, start)
 
-    def covered(self, start: datetime, end: datetime) -> bool:
-        low, high = self.span(start, end)
-        return (low, high) == buckets_within(start, end, self.bucket_seconds) and low < high
-
     def compact(self, start: datetime, end: datetime) -> int:
         """Fold the partials of each key of ``[start, end)`` into one row; the rows removed."""
         with self._transaction("compaction") as conn:
