@@ -25,14 +25,19 @@ from prodguard.features.feast_adapter import render_store_config
 from prodguard.ingestion.ledger import Ledger
 from prodguard.ingestion.pipeline import BatchResult, Ingestor, read_batch_file
 from prodguard.ingestion.quarantine import Quarantine
+from prodguard.monitoring.aggregates import bucket_of
+from prodguard.monitoring.measures import kpi_cost_function
+from prodguard.monitoring.monitor import read_version_reference
 from prodguard.project import load_loader, load_request_model
 from prodguard.registry import lineage
 from prodguard.registry.config import RegistryConfig
 from prodguard.rollout.traffic_fit import misfits
 from prodguard.rollout.triggers import describe as describe_triggers
+from prodguard.serving.aggregate_store import summarise_log
 from prodguard.serving.log_retention import PruneResult, RetainedLog, cutoff, prune
 from prodguard.serving.prediction_log import ANSWERS
 from prodguard.wiring import (
+    aggregate_store,
     alert_record,
     alerter_for,
     clock_for,
@@ -334,3 +339,52 @@ def prune_log(settings: Settings, export: Path | None = None) -> PruneResult:
         return prune(log, cutoff(clock_for(settings).now(), days, keep), export)
     finally:
         log.close()
+
+
+@dataclass(frozen=True)
+class AggregatesRebuilt:
+    start: datetime
+    end: datetime
+    summaries: int
+    rows: int
+    seconds: float
+
+
+def rebuild_aggregates(settings: Settings, start: datetime, end: datetime) -> AggregatesRebuilt:
+    """Summarise ``[start, end)`` (widened to whole buckets) from the raw prediction log into
+    the aggregate store, replacing what was there: the aggregates of a log written before they
+    were on, or of what a crashed replica had not flushed. For past ranges: a replica still
+    flushing buckets of the range would add to the rebuilt ones."""
+    began = time.perf_counter()
+    if end <= start:
+        raise InputError("--end must be after --start")
+    store = aggregate_store(settings)
+    if store is None:
+        raise ConfigError(
+            "window aggregates are off; set monitoring.aggregates.enabled: true in prodguard.yaml"
+        )
+    monitoring = settings.monitoring
+    seconds = monitoring.aggregates.bucket_seconds
+    low = bucket_of(start, seconds)
+    high = bucket_of(end, seconds)
+    if high < end:
+        high += timedelta(seconds=seconds)
+    registry = registry_operations(settings).registry
+    log = prediction_log(settings)
+    try:
+        summaries = summarise_log(
+            log,
+            low,
+            high,
+            lambda version: read_version_reference(registry, version),
+            seconds,
+            monitoring.kpi,
+            kpi_cost_function(monitoring.kpi),
+            settings.rollout.triggers.p99_latency_ms,
+        )
+        store.replace(low, high, summaries)
+    finally:
+        log.close()
+        store.close()
+    rows = sum(s.rows for s in summaries.values())
+    return AggregatesRebuilt(low, high, len(summaries), rows, time.perf_counter() - began)

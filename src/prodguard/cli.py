@@ -703,6 +703,35 @@ def monitor(
     )
 
 
+aggregates_cli = typer.Typer(
+    help="Window aggregates: the per-bucket summaries monitors read instead of raw rows "
+    "(monitoring.aggregates).",
+    no_args_is_help=True,
+)
+cli.add_typer(aggregates_cli, name="aggregates")
+
+
+@aggregates_cli.command("rebuild")
+def aggregates_rebuild(
+    start: Annotated[str, typer.Option(help="First instant (ISO 8601; widened to its bucket).")],
+    end: Annotated[str, typer.Option(help="End instant, excluded (widened to its bucket).")],
+) -> None:
+    """Summarise [start, end) from the raw prediction log into the aggregate store.
+
+    For a log written before aggregates were on, or the part a crashed replica had not
+    flushed: the range's buckets are replaced and count as covered. Rebuild past ranges only
+    (a replica still writing buckets of the range would add to them).
+    """
+
+    first, last = _window(start, end)
+    rebuilt = use_cases.rebuild_aggregates(_settings(), first, last)
+    out.print(
+        f"rebuilt {rebuilt.summaries} summaries of {rebuilt.rows} predictions in "
+        f"{rebuilt.start.isoformat()}..{rebuilt.end.isoformat()} ({rebuilt.seconds:.1f} s)",
+        highlight=False,
+    )
+
+
 rollout_cli = typer.Typer(
     help="Canary and shadow rollouts of the candidate (baked and promoted by `prodguard guard`).",
     no_args_is_help=True,

@@ -86,6 +86,10 @@ class PathSettings(_Strict):
         return self.data_dir / "predictions.db"
 
     @property
+    def aggregates(self) -> Path:
+        return self.data_dir / "aggregates.db"
+
+    @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 
@@ -323,8 +327,49 @@ class BandSettings(_Strict):
         return self
 
 
+class AggregateSettings(_Strict):
+    """Window aggregates: each serving replica summarises what it logs per time bucket, model
+    version and role (feature bin counts, exact score and cost sums, latency sketches, error
+    counts), and monitors measure time windows from the summaries instead of raw rows."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Replicas write window summaries and monitors read them (off: every pass "
+        "reads the window's raw rows).",
+    )
+    bucket_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Length of a summary's time bucket in seconds; must divide a day (buckets "
+        "align on midnight UTC) and be the same for every replica and monitor.",
+    )
+    flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="A replica writes the buckets that closed this often (and all on shutdown); "
+        "a crash loses at most this much plus the open bucket (rebuild it from the log).",
+    )
+    pairing_capacity: int = Field(
+        default=50_000,
+        ge=100,
+        description="Requests a replica remembers to pair its shadow scores with its answers.",
+    )
+
+    @field_validator("bucket_seconds")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 86400 % value:
+            raise ValueError(
+                f"{value} s does not divide a day; choose e.g. 10, 30, 60, 300 or 900 seconds"
+            )
+        return value
+
+
 class MonitoringSettings(_Strict):
     window: WindowSettings = WindowSettings()
+    aggregates: AggregateSettings = AggregateSettings()
     bins: int = Field(default=10, ge=2, le=100, description="Quantile bins of the score PSI.")
     psi: BandSettings = BandSettings(warning=0.1, critical=0.25)
     spread: BandSettings = Field(

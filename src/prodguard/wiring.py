@@ -8,6 +8,7 @@ benchmark ask this module for their components; nothing below it imports it.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,8 @@ from prodguard.incidents import (
     feature_sources,
 )
 from prodguard.monitoring.alerting import MONITOR_ALERT_TYPES
+from prodguard.monitoring.measures import kpi_cost_function
+from prodguard.monitoring.monitor import read_version_reference
 from prodguard.project import load_request_model
 from prodguard.registry.audit import AuditLog
 from prodguard.registry.config import load_registry_config
@@ -49,6 +52,13 @@ from prodguard.registry.mlflow_adapter import MlflowRegistry
 from prodguard.registry.operations import ObservedTargets, RegistryOperations, default_actor
 from prodguard.registry.ports import ModelRegistry
 from prodguard.rollout.policy import drill_gate
+from prodguard.serving.aggregate_store import (
+    AggregateStore,
+    AggregatingLog,
+    Aggregator,
+    PostgresAggregateStore,
+    SqliteAggregateStore,
+)
 from prodguard.serving.engine import (
     AnswerLog,
     FeatureLookup,
@@ -182,6 +192,39 @@ def prediction_log(settings: Settings, serving: bool = False) -> PredictionLog:
     return SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
 
 
+def aggregate_store(settings: Settings) -> AggregateStore | None:
+    """The window aggregates (``monitoring.aggregates``): tables in ``storage.url``, else a
+    SQLite file next to the prediction log; None when they are off."""
+    aggregates = settings.monitoring.aggregates
+    if not aggregates.enabled:
+        return None
+    if settings.storage.url:
+        return PostgresAggregateStore(settings.storage.url, aggregates.bucket_seconds)
+    return SqliteAggregateStore(settings.paths.aggregates, aggregates.bucket_seconds)
+
+
+def aggregating(
+    settings: Settings, log: PredictionLog, registry: ModelRegistry, clock: Clock
+) -> PredictionLog:
+    """``log`` as a serving replica writes it: with aggregates on, what it commits is also
+    summarised into the aggregate store (off the request path)."""
+    store = aggregate_store(settings)
+    if store is None:
+        return log
+    monitoring = settings.monitoring
+    aggregator = Aggregator(
+        store,
+        lambda version: read_version_reference(registry, version),
+        monitoring.aggregates,
+        monitoring.kpi,
+        kpi_cost_function(monitoring.kpi),
+        settings.rollout.triggers.p99_latency_ms,
+        clock,
+        interval=f"replica {default_actor()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+    )
+    return AggregatingLog(log, aggregator)
+
+
 @dataclass
 class Serving:
     """Everything the service needs, built from the settings."""
@@ -219,7 +262,7 @@ def build_serving(
         clock=clock,
         on_swap=getattr(metrics, "swapped", None),
     )
-    log = prediction_log(settings, serving=True)
+    log = aggregating(settings, prediction_log(settings, serving=True), registry, clock)
     predictor = build_predictor(
         settings,
         store,

@@ -32,7 +32,12 @@ from prodguard.monitoring.measures import (
     measure,
     score_reference,
 )
-from prodguard.monitoring.monitor import Monitor, VersionReference, WindowReport
+from prodguard.monitoring.monitor import (
+    Monitor,
+    VersionReference,
+    WindowReport,
+    read_version_reference,
+)
 from prodguard.monitoring.psi import CategoricalBins
 from prodguard.monitoring.replay import SINGLE_SHARE, ReplayResult, replay
 from prodguard.monitoring.windows import WindowSpec, tile
@@ -53,12 +58,7 @@ _log = logging.getLogger("prodguard.monitoring")
 
 def version_reference(registry: VersionReader, version: int) -> VersionReference:
     """A version's training feature bins and (if recorded) its staging baseline."""
-    stats = registry.load_json_artifact(version, lineage.REFERENCE_STATS_JSON)
-    baseline = None
-    tags = registry.version(version).tags
-    if lineage.BASELINE in tags:
-        baseline = Baseline.from_json(registry.load_json_artifact(version, lineage.BASELINE_JSON))
-    return VersionReference(feature_references(stats), baseline, spec_from_tags(tags))
+    return read_version_reference(registry, version)
 
 
 def resolve_version(
@@ -278,6 +278,8 @@ def build_monitor(
         lambda version: version_reference(registry, version),
         settings.monitoring,
         clock or wiring.clock_for(settings),
+        aggregates=wiring.aggregate_store(settings) if log is None else None,
+        latency_budget_ms=settings.rollout.triggers.p99_latency_ms,
     )
 
 

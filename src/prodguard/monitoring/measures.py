@@ -26,6 +26,9 @@ A value of ``None`` carries a reason (too few rows, not matured, no reference).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from prodguard.config import KpiSettings
+from prodguard.monitoring.aggregates import Moments, Sketch, Summary, exact
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
 from prodguard.serving.prediction_log import ErrorKind
 from prodguard.tasks import (
@@ -41,9 +45,7 @@ from prodguard.tasks import (
     Outputs,
     Task,
     TaskSpec,
-    kpi_cost,
     kpi_costs,
-    score_measures,
     score_metric_names,
 )
 
@@ -81,11 +83,17 @@ class FeatureReference:
             np.asarray(stats["bin_fractions"], dtype="float64"),
         )
 
-    def psi(self, values: pd.Series) -> float | None:
+    def counts(self, values: pd.Series) -> np.ndarray:
+        """The non-null values per bin."""
         if isinstance(self.bins, CategoricalBins):
-            counts = self.bins.counts(values.tolist())
-        else:
-            counts = self.bins.counts(pd.to_numeric(values, errors="coerce").to_numpy("float64"))
+            return self.bins.counts(values.tolist())
+        return self.bins.counts(pd.to_numeric(values, errors="coerce").to_numpy("float64"))
+
+    def psi(self, values: pd.Series) -> float | None:
+        return self.psi_of_counts(self.counts(values))
+
+    def psi_of_counts(self, counts: np.ndarray) -> float | None:
+        """PSI of counted values (of one window, or of merged buckets); None: none counted."""
         total = counts.sum()
         if total == 0:
             return None
@@ -143,8 +151,49 @@ def measure(
     cost: CostFunction | None = None,
 ) -> list[Measure]:
     """Every metric of one window (``frame``: champion rows of one model version, whose task
-    is ``spec``; ``cost``: the project's KPI cost function, if it names one)."""
-    rows = len(frame)
+    is ``spec``; ``cost``: the project's KPI cost function, if it names one): the rows'
+    summary measured, latency percentiles exact from the rows."""
+    bins = window_bins(features, scores, staging)
+    summary = summarise(frame, bins, spec, kpi=kpi, cost=cost)
+    timings = request_timings(frame) if len(frame) else pd.DataFrame()
+    exact_latencies = {
+        stage: timings[f"{stage}_ms"].dropna().to_numpy("float64")
+        if f"{stage}_ms" in timings
+        else np.array([])
+        for stage in LATENCY_STAGES
+    }
+    return measure_summary(
+        summary,
+        features=features,
+        scores=scores,
+        staging=staging,
+        kpi=kpi,
+        matured=matured,
+        errors=errors,
+        min_rows=min_rows,
+        spec=spec,
+        latencies=exact_latencies,
+    )
+
+
+def measure_summary(
+    summary: Summary,
+    *,
+    features: Mapping[str, FeatureReference],
+    scores: FeatureReference | None,
+    staging: Mapping[str, FeatureReference] | None = None,
+    kpi: KpiSettings,
+    matured: bool,
+    errors: Mapping[ErrorKind, int],
+    min_rows: int,
+    spec: TaskSpec = BINARY,
+    latencies: Mapping[str, np.ndarray] | None = None,
+) -> list[Measure]:
+    """Every metric of one window from its (merged) summary: the same names and values as
+    from its rows — PSI from the same counts, means exact; latency percentiles from the
+    summary's sketches (within ``LATENCY_ACCURACY`` of a rank's value), or exact from
+    ``latencies`` (per stage, the rows' values) when given."""
+    rows = summary.rows
     measures = [Measure("rows", float(rows))]
     attempts = rows + sum(errors.values())
     for kind in ("failed", "rejected"):
@@ -157,33 +206,159 @@ def measure(
         names += [f"kpi.{kpi.name}"] + _latency_names()
         return measures + [Measure(n, None, short) for n in names]
 
-    served = pd.DataFrame(frame["features"].tolist())
     for prefix, references in (("psi", features), ("shift", staging or {})):
         for name, reference in references.items():
             metric = f"{prefix}.{name}"
-            if name not in served.columns:
+            counts = summary.counts.get(metric)
+            if counts is None:
                 measures.append(Measure(metric, None, "feature not in the logged inputs"))
                 continue
-            value = reference.psi(served[name])
+            value = reference.psi_of_counts(counts)
             measures.append(Measure(metric, value, "" if value is not None else "all null"))
 
-    probability = frame["probability"].to_numpy("float64")
     if scores is None:
         measures.append(Measure("score.psi", None, "no staging score reference (no baseline)"))
     else:
-        measures.append(Measure("score.psi", scores.psi(pd.Series(probability))))
-    outputs = logged_outputs(spec, frame)
-    for metric, value in score_measures(
-        spec, outputs.score, outputs.decision, outputs.probabilities
-    ).items():
+        measures.append(Measure("score.psi", scores.psi_of_counts(summary.counts["score"])))
+    for metric, value in summary_score_measures(spec, summary).items():
         measures.append(Measure(metric, value))
-    degraded = frame["flags"].map(lambda flags: bool(served_degraded(flags)))
-    measures.append(Measure("rate.degraded", float(degraded.mean())))
-    unseen = frame["flags"].map(lambda flags: any(f.endswith(":unseen") for f in flags))
-    measures.append(Measure("rate.unseen", float(unseen.mean())))
-    measures.append(_kpi(frame, kpi, matured, spec, cost))
-    measures.extend(_latency(frame, min_rows))
+    measures.append(Measure("rate.degraded", summary.degraded / rows))
+    measures.append(Measure("rate.unseen", summary.unseen / rows))
+    measures.append(_kpi(summary, kpi, matured, spec))
+    measures.extend(_latency(summary, min_rows, latencies))
     return measures
+
+
+def window_bins(
+    features: Mapping[str, FeatureReference],
+    scores: FeatureReference | None,
+    staging: Mapping[str, FeatureReference] | None,
+) -> dict[str, FeatureReference]:
+    """The bins a window's summary counts on, keyed as its ``counts``."""
+    bins = {f"psi.{name}": reference for name, reference in features.items()}
+    bins.update({f"shift.{name}": reference for name, reference in (staging or {}).items()})
+    if scores is not None:
+        bins["score"] = scores
+    return bins
+
+
+def bins_fingerprint(bins: Mapping[str, FeatureReference]) -> str:
+    """A digest of the bins (edges, categories) a summary counts on: summaries on other bins
+    are not merged."""
+    described = {
+        key: [float(e) for e in reference.bins.edges]
+        if isinstance(reference.bins, NumericBins)
+        else list(reference.bins.categories)
+        for key, reference in sorted(bins.items())
+    }
+    text = json.dumps(described, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def summarise(
+    frame: pd.DataFrame,
+    bins: Mapping[str, FeatureReference],
+    spec: TaskSpec,
+    *,
+    kpi: KpiSettings | None = None,
+    cost: CostFunction | None = None,
+    latency_budget_ms: float | None = None,
+) -> Summary:
+    """The summary of log rows of one model version (``frame``, with their feedback): counts
+    on ``bins`` (keyed ``psi.<feature>``, ``shift.<feature>``, ``score``), and, given ``kpi``,
+    the labelled rows' costs."""
+    summary = Summary(fingerprint=bins_fingerprint(bins), rows=len(frame))
+    if frame.empty:
+        return summary
+    served = pd.DataFrame(frame["features"].tolist())
+    for key, reference in bins.items():
+        if key == "score":
+            summary.counts[key] = reference.counts(frame["probability"])
+            continue
+        name = key.partition(".")[2]
+        if name in served.columns:
+            summary.counts[key] = reference.counts(served[name])
+    for name in served.columns:
+        summary.nulls[str(name)] = int(served[name].isna().sum())
+    outputs = logged_outputs(spec, frame)
+    summary.score = Moments.of(outputs.score)
+    if spec.task is Task.MULTICLASS:
+        summary.decisions = np.bincount(
+            outputs.decision.astype("int64"), minlength=len(spec.classes)
+        )
+        assert outputs.probabilities is not None
+        summary.probabilities = [
+            Moments.of(outputs.probabilities[:, j]) for j in range(len(spec.classes))
+        ]
+    for flags in frame["flags"]:
+        names = served_degraded(flags)
+        summary.degraded += bool(names)
+        for name in names:
+            summary.degraded_features[name] = summary.degraded_features.get(name, 0) + 1
+        summary.unseen += any(str(f).endswith(":unseen") for f in flags or ())
+    timings = request_timings(frame)
+    for stage in LATENCY_STAGES:
+        column = f"{stage}_ms"
+        if column not in timings:
+            continue
+        values = timings[column].dropna().to_numpy("float64")
+        if values.size:
+            summary.latency[stage] = Sketch.of(values)
+    if "total_ms" in timings:
+        totals = timings["total_ms"].dropna().to_numpy("float64")
+        summary.timed = int(totals.size)
+        if latency_budget_ms is not None:
+            summary.slow = int(np.count_nonzero(totals > latency_budget_ms))
+    if kpi is not None and "outcome" in frame:
+        summary.kpi = kpi_moments(frame, kpi, spec, cost)
+    return summary
+
+
+def kpi_moments(
+    frame: pd.DataFrame, kpi: KpiSettings, spec: TaskSpec, cost: CostFunction | None
+) -> Moments:
+    """The KPI costs of the labelled rows of ``frame`` (``kpi.<name>`` is their mean; the
+    regression default skips costs it cannot compute). A project cost function that returns
+    one total counts as the sum of its rows' costs."""
+    outcomes = frame["outcome"].map(lambda o: o.get(kpi.outcome) if isinstance(o, dict) else None)
+    labelled = outcomes.notna().to_numpy()
+    if not labelled.any():
+        return Moments()
+    outputs = logged_outputs(spec, frame[labelled].reset_index(drop=True))
+    truth = outcomes[labelled].to_numpy()
+    if cost is not None:
+        result = np.asarray(cost(np.asarray(truth), outputs.frame()), dtype="float64")
+        if result.ndim == 0:
+            total = float(result)
+            finite = math.isfinite(total)
+            n = int(labelled.sum())
+            return Moments(n if finite else 0, exact(total) if finite else 0, 0, 0 if finite else n)
+        return Moments.of(result)
+    return Moments.of(
+        kpi_costs(
+            spec,
+            truth,
+            outputs,
+            cost_missed=kpi.cost_missed,
+            cost_false_alert=kpi.cost_false_alert,
+            cost_matrix=kpi.cost_matrix,
+        )
+    )
+
+
+def summary_score_measures(spec: TaskSpec, summary: Summary) -> dict[str, float]:
+    """``prodguard.tasks.score_measures`` of the summarised rows (means exact)."""
+    if spec.task is not Task.MULTICLASS:
+        return {"score.mean": summary.score.mean()}
+    out = {}
+    rows = max(summary.rows, 1)
+    for j, c in enumerate(spec.classes):
+        out[f"score.share.{c}"] = float(
+            (summary.decisions[j] if j < len(summary.decisions) else 0) / rows
+        )
+        if j < len(summary.probabilities):
+            out[f"score.proba.{c}"] = summary.probabilities[j].mean()
+    return out
 
 
 def kpi_cost_function(kpi: KpiSettings) -> CostFunction | None:
@@ -222,35 +397,16 @@ def logged_outputs(spec: TaskSpec, frame: pd.DataFrame) -> Outputs:
     return Outputs(spec.task, score, decision, predicted, probabilities, spec.classes)
 
 
-def _kpi(
-    frame: pd.DataFrame,
-    kpi: KpiSettings,
-    matured: bool,
-    spec: TaskSpec,
-    cost: CostFunction | None,
-) -> Measure:
+def _kpi(summary: Summary, kpi: KpiSettings, matured: bool, spec: TaskSpec) -> Measure:
     metric = f"kpi.{kpi.name}"
     if not matured:
         return Measure(metric, None, f"not matured ({kpi.maturity_hours:g} h after window end)")
-    outcomes = frame["outcome"].map(lambda o: o.get(kpi.outcome) if isinstance(o, dict) else None)
-    labelled = outcomes.notna().to_numpy()
-    if int(labelled.sum()) < kpi.min_labelled:
+    labelled = summary.kpi.count
+    if labelled < kpi.min_labelled:
         return Measure(
-            metric,
-            None,
-            f"insufficient data: {int(labelled.sum())} labelled, {kpi.min_labelled} needed",
+            metric, None, f"insufficient data: {labelled} labelled, {kpi.min_labelled} needed"
         )
-    outputs = logged_outputs(spec, frame[labelled].reset_index(drop=True))
-    value = kpi_cost(
-        spec,
-        outcomes[labelled].to_numpy(),
-        outputs,
-        cost_missed=kpi.cost_missed,
-        cost_false_alert=kpi.cost_false_alert,
-        cost_matrix=kpi.cost_matrix,
-        cost=cost,
-    )
-    return Measure(metric, value)
+    return Measure(metric, summary.kpi.mean(skip_missing=spec.task is Task.REGRESSION))
 
 
 def _latency_names() -> list[str]:
@@ -258,11 +414,12 @@ def _latency_names() -> list[str]:
 
 
 def request_timings(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per-stage timings of the single-row requests of ``frame`` (batch calls share one timing),
-    with their ``total_ms`` (the three stages) when all are logged."""
+    """Per-stage timings of the single-row requests of ``frame`` (batch calls share one timing;
+    a row logged without ``batch_rows`` counts as single), with their ``total_ms`` (the three
+    stages) when all are logged. Row by row, so that buckets summarised apart add up."""
     timings = pd.DataFrame(frame["latencies_ms"].tolist())
     if "batch_rows" in timings.columns:
-        timings = timings[timings["batch_rows"] == 1]
+        timings = timings[timings["batch_rows"].isna() | (timings["batch_rows"] == 1)]
     stages = [f"{s}_ms" for s in LATENCY_STAGES if s != "total"]
     if set(stages) <= set(timings.columns):
         timings = timings.assign(total_ms=timings[stages].sum(axis=1, min_count=len(stages)))
@@ -292,16 +449,21 @@ def row_costs(
     return costs
 
 
-def _latency(frame: pd.DataFrame, min_rows: int) -> list[Measure]:
-    timings = request_timings(frame)
+def _latency(
+    summary: Summary, min_rows: int, latencies: Mapping[str, np.ndarray] | None
+) -> list[Measure]:
     measures = []
     for stage in LATENCY_STAGES:
-        column = f"{stage}_ms"
-        values = timings[column].dropna().to_numpy("float64") if column in timings else np.array([])
+        sketch = summary.latency.get(stage)
+        exact_values = latencies.get(stage) if latencies is not None else None
+        size = exact_values.size if exact_values is not None else int(sketch.count if sketch else 0)
         for p in PERCENTILES:
             name = f"latency.{stage}.p{p}"
-            if values.size < max(20, min_rows // 10):
-                measures.append(Measure(name, None, f"insufficient data: {values.size} requests"))
+            if size < max(20, min_rows // 10):
+                measures.append(Measure(name, None, f"insufficient data: {size} requests"))
+            elif exact_values is not None:
+                measures.append(Measure(name, float(np.percentile(exact_values, p))))
             else:
-                measures.append(Measure(name, float(np.percentile(values, p))))
+                assert sketch is not None
+                measures.append(Measure(name, sketch.quantile(p / 100)))
     return measures

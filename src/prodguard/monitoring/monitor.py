@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -22,23 +24,31 @@ import pandas as pd
 from prodguard.clock import Clock
 from prodguard.config import MonitoringSettings
 from prodguard.errors import ProdguardError
+from prodguard.monitoring.aggregates import AggregateReader, Summary, merge_all
 from prodguard.monitoring.baseline import Baseline, Finding, Status, evaluate, worst
 from prodguard.monitoring.measures import (
     BINARY,
     FeatureReference,
     Measure,
+    bins_fingerprint,
+    feature_references,
     judged_features,
     kpi_cost_function,
     logged_outputs,
     measure,
+    measure_summary,
     request_timings,
     row_costs,
     served_degraded,
+    summarise,
+    window_bins,
 )
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
+from prodguard.registry import lineage
+from prodguard.registry.ports import VersionReader
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.serving.prediction_log import ANSWERS, ErrorKind, PredictionLog, Roles
-from prodguard.tasks import Task, TaskSpec
+from prodguard.tasks import Task, TaskSpec, spec_from_tags
 
 _log = logging.getLogger("prodguard.monitoring")
 REFERENCE_TTL_S = 60.0
@@ -49,6 +59,31 @@ class VersionReference:
     features: dict[str, FeatureReference]
     baseline: Baseline | None
     spec: TaskSpec = BINARY  # the version's task
+
+    @cached_property
+    def bins(self) -> dict[str, FeatureReference]:
+        """Every bin a window summary of this version counts on: the training features', the
+        staging features' and the staging scores' (``measures.window_bins``)."""
+        baseline = self.baseline
+        return window_bins(
+            self.features,
+            baseline.score_reference() if baseline is not None else None,
+            baseline.feature_references() if baseline is not None else None,
+        )
+
+
+def version_bins(reference: VersionReference) -> dict[str, FeatureReference]:
+    return reference.bins
+
+
+def read_version_reference(registry: VersionReader, version: int) -> VersionReference:
+    """A version's training feature bins and (if recorded) its staging baseline."""
+    stats = registry.load_json_artifact(version, lineage.REFERENCE_STATS_JSON)
+    baseline = None
+    tags = registry.version(version).tags
+    if lineage.BASELINE in tags:
+        baseline = Baseline.from_json(registry.load_json_artifact(version, lineage.BASELINE_JSON))
+    return VersionReference(feature_references(stats), baseline, spec_from_tags(tags))
 
 
 @dataclass(frozen=True)
@@ -124,7 +159,12 @@ class Monitor:
         references: Callable[[int], VersionReference],
         settings: MonitoringSettings,
         clock: Clock,
+        aggregates: AggregateReader | None = None,
+        latency_budget_ms: float | None = None,
     ) -> None:
+        """``aggregates``: time windows are measured from the window summaries where they
+        cover the window (the raw log for the rest of it), not from rows; the log's parts are
+        summarised as replicas do, counting requests over ``latency_budget_ms``."""
         self._log = log
         self._references = references
         self._settings = settings
@@ -132,6 +172,9 @@ class Monitor:
         self._clock = clock
         self._cache: dict[int, tuple[float, VersionReference]] = {}
         self._cost = kpi_cost_function(settings.kpi)
+        self._aggregates = aggregates if self._spec.minutes is not None else None
+        self._budget = latency_budget_ms
+        self.windows_from_aggregates = 0  # windows measured from aggregates (tests, benchmarks)
 
     @property
     def spec(self) -> WindowSpec:
@@ -144,16 +187,13 @@ class Monitor:
         """The window ending now; its KPI from the window that matured most recently."""
         now = self._clock.now()
         maturity = timedelta(hours=self._settings.kpi.maturity_hours)
-        current, every = self._read_latest(now)
-        reports = self._judge(current, every, matured=maturity.total_seconds() == 0)
+        reports = self._latest_reports(now, matured=maturity.total_seconds() == 0)
         if maturity.total_seconds() > 0:
-            matured, matured_every = self._read_latest(now - maturity)
+            matured = self._latest_reports(now - maturity, matured=True)
+            label = f"{matured[0].start.isoformat()}..{matured[0].end.isoformat()}"
             kpi = f"kpi.{self._settings.kpi.name}"
-            by_version = {
-                r.model_version: r.finding(kpi)
-                for r in self._judge(matured, matured_every, matured=True)
-            }
-            reports = [_with_kpi(r, by_version.get(r.model_version), kpi, matured) for r in reports]
+            by_version = {r.model_version: r.finding(kpi) for r in matured}
+            reports = [_with_kpi(r, by_version.get(r.model_version), kpi, label) for r in reports]
         return reports
 
     def over(self, start: datetime, end: datetime) -> list[WindowReport]:
@@ -163,8 +203,128 @@ class Monitor:
         maturity = timedelta(hours=self._settings.kpi.maturity_hours)
         now = self._clock.now()
         reports: list[WindowReport] = []
+        if self._aggregates is not None and self._spec.minutes is not None:
+            for low, high in self._time_windows(start, end):
+                matured = high + maturity <= now
+                summed = self._summaries(low, high)
+                if summed is not None:
+                    reports.extend(self._judge_summed(low, high, *summed, matured))
+                    continue
+                every = self._every(low, high, ANSWERS) if self._spec.rows is None else 1
+                window = Window(low, high, self._log.window(low, high, role=ANSWERS, every=every))
+                reports.extend(self._judge(window, every, matured))
+            return reports
         for window, every in self._windows(start, end):
             reports.extend(self._judge(window, every, matured=window.end + maturity <= now))
+        return reports
+
+    def _latest_reports(self, now: datetime, matured: bool) -> list[WindowReport]:
+        if self._aggregates is not None and self._spec.minutes is not None:
+            start = now - timedelta(minutes=self._spec.minutes)
+            summed = self._summaries(start, now)
+            if summed is not None:
+                return self._judge_summed(start, now, *summed, matured)
+        window, every = self._read_latest(now)
+        return self._judge(window, every, matured)
+
+    def _time_windows(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+        assert self._spec.minutes is not None
+        length = timedelta(minutes=self._spec.minutes)
+        step = timedelta(minutes=self._spec.step_minutes or self._spec.minutes)
+        low = start
+        while low + length <= end:
+            yield low, low + length
+            low += step
+
+    def _summaries(
+        self, start: datetime, end: datetime
+    ) -> tuple[dict[int, Summary], dict[ErrorKind, int]] | None:
+        """The answers of ``[start, end)`` summarised per version, with the request errors:
+        the aggregates' whole buckets merged, the edges they do not hold (the window's partial
+        buckets, what replicas have not flushed yet) summarised from the raw log. None — read
+        the window's rows — when the aggregates do not cover it, the edges are larger than a
+        window's ``max_rows``, or summaries were taken on other reference bins."""
+        assert self._aggregates is not None
+        low, high = self._aggregates.span(start, end)
+        if low >= high:
+            return None
+        edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
+        if sum(self._log.count(a, b, role=ANSWERS) for a, b in edges) > self._spec.max_rows:
+            return None
+        parts: dict[int, list[Summary]] = {}
+        errors: Counter[str] = Counter()
+        for key, summary in self._aggregates.read(low, high).items():
+            errors.update(summary.errors)
+            if key.role in ANSWERS:
+                parts.setdefault(key.version, []).append(summary)
+        for a, b in edges:
+            errors.update(self._log.errors(a, b))
+            frame = self._log.window(a, b, role=ANSWERS)
+            for version, rows in frame.groupby("version", sort=True) if len(frame) else ():
+                parts.setdefault(int(version), []).append(self._summarise(int(version), rows))
+        summed: dict[int, Summary] = {}
+        try:
+            for version, summaries in parts.items():
+                merged = merge_all(summaries)
+                if not merged.rows:
+                    continue  # feedback or pairs only
+                wanted = bins_fingerprint(self.reference(version).bins)
+                if merged.fingerprint != wanted:
+                    return None
+                summed[version] = merged
+        except ProdguardError:
+            return None  # other bins, or unreadable references: the rows say why
+        self.windows_from_aggregates += 1
+        return summed, {"rejected": errors["rejected"], "failed": errors["failed"]}
+
+    def _summarise(self, version: int, rows: pd.DataFrame) -> Summary:
+        reference = self.reference(version)
+        return summarise(
+            rows,
+            reference.bins,
+            reference.spec,
+            kpi=self._settings.kpi,
+            cost=self._cost,
+            latency_budget_ms=self._budget,
+        )
+
+    def _judge_summed(
+        self,
+        start: datetime,
+        end: datetime,
+        summed: Mapping[int, Summary],
+        errors: Mapping[ErrorKind, int],
+        matured: bool,
+    ) -> list[WindowReport]:
+        """The reports of a window from its summaries (as ``_judge`` from its rows)."""
+        if not summed:
+            return [
+                WindowReport(
+                    start, end, None, 0, "insufficient_data", reason="no predictions in the window"
+                )
+            ]
+        reports = []
+        for version, summary in sorted(summed.items()):
+            try:
+                reports.append(
+                    self._version_report(
+                        start,
+                        end,
+                        version,
+                        summary,
+                        errors,
+                        1,
+                        matured,
+                        self._spec.min_rows,
+                        any_size=False,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - a failing monitor is inconclusive
+                _log.exception("monitor failed on window %s..%s", start, end)
+                reason = f"monitor failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                reports.append(
+                    WindowReport(start, end, version, summary.rows, "inconclusive", reason=reason)
+                )
         return reports
 
     def _windows(self, start: datetime, end: datetime) -> Iterator[tuple[Window, int]]:
@@ -379,50 +539,62 @@ class Monitor:
             ]
         reports = []
         for version, rows in frame.groupby("version", sort=True):
-            version = int(version)
-            try:
-                reference = self.reference(version)
-            except ProdguardError as exc:
-                reports.append(
-                    WindowReport(
-                        window.start,
-                        window.end,
-                        version,
-                        len(rows),
-                        "inconclusive",
-                        reason=f"references of v{version} unreadable: {exc}",
-                        sampled_every=every,
-                    )
-                )
-                continue
-            findings = self._findings(
-                rows, reference, errors, matured, every, needed, any_size=min_rows is not None
-            )
-            counted = len(rows) * every
-            short = counted < needed
-            status = "insufficient_data" if short else worst(findings)
-            reason = f"{counted} predictions, {needed} needed" if short else ""
-            if status == "inconclusive":  # e.g. features logged as nulls only: say which
-                unjudged = [f"{f.metric} ({f.reason})" for f in findings if f.status == status]
-                more = f" and {len(unjudged) - 5} more" if len(unjudged) > 5 else ""
-                reason = f"could not judge {', '.join(unjudged[:5])}{more}"
             reports.append(
-                WindowReport(
+                self._version_report(
                     window.start,
                     window.end,
-                    version,
-                    counted,
-                    status,
-                    findings,
-                    reason,
-                    sampled_every=every,
+                    int(version),
+                    rows,
+                    errors,
+                    every,
+                    matured,
+                    needed,
+                    any_size=min_rows is not None,
                 )
             )
         return reports
 
+    def _version_report(
+        self,
+        start: datetime,
+        end: datetime,
+        version: int,
+        rows: pd.DataFrame | Summary,
+        errors: Mapping[ErrorKind, int],
+        every: int,
+        matured: bool,
+        needed: int,
+        any_size: bool,
+    ) -> WindowReport:
+        """One version's report of a window, from its rows or from their summary."""
+        counted = (rows.rows if isinstance(rows, Summary) else len(rows)) * every
+        try:
+            reference = self.reference(version)
+        except ProdguardError as exc:
+            return WindowReport(
+                start,
+                end,
+                version,
+                counted // every,
+                "inconclusive",
+                reason=f"references of v{version} unreadable: {exc}",
+                sampled_every=every,
+            )
+        findings = self._findings(rows, reference, errors, matured, every, needed, any_size)
+        short = counted < needed
+        status = "insufficient_data" if short else worst(findings)
+        reason = f"{counted} predictions, {needed} needed" if short else ""
+        if status == "inconclusive":  # e.g. features logged as nulls only: say which
+            unjudged = [f"{f.metric} ({f.reason})" for f in findings if f.status == status]
+            more = f" and {len(unjudged) - 5} more" if len(unjudged) > 5 else ""
+            reason = f"could not judge {', '.join(unjudged[:5])}{more}"
+        return WindowReport(
+            start, end, version, counted, status, findings, reason, sampled_every=every
+        )
+
     def _findings(
         self,
-        rows: pd.DataFrame,
+        rows: pd.DataFrame | Summary,
         reference: VersionReference,
         errors: Mapping[ErrorKind, int],
         matured: bool,
@@ -439,20 +611,39 @@ class Monitor:
             )
             baseline = None
         calendar, minutes = self._settings.calendar_features, self._spec.minutes
-        measures: Sequence[Measure] = measure(
-            rows,
-            features=judged_features(reference.features, calendar, minutes) or {},
-            scores=baseline.score_reference() if baseline is not None else None,
-            staging=judged_features(
-                baseline.feature_references() if baseline is not None else None, calendar, minutes
-            ),
-            kpi=self._settings.kpi,
-            matured=matured,
-            errors={k: v // every for k, v in errors.items()},
-            min_rows=max(1, min_rows // every),
-            spec=reference.spec,
-            cost=self._cost,
+        features = judged_features(reference.features, calendar, minutes) or {}
+        scores = baseline.score_reference() if baseline is not None else None
+        staging = judged_features(
+            baseline.feature_references() if baseline is not None else None, calendar, minutes
         )
+        kpi = self._settings.kpi
+        sampled_errors = {k: v // every for k, v in errors.items()}
+        measures: Sequence[Measure]
+        if isinstance(rows, Summary):
+            measures = measure_summary(
+                rows,
+                features=features,
+                scores=scores,
+                staging=staging,
+                kpi=kpi,
+                matured=matured,
+                errors=sampled_errors,
+                min_rows=max(1, min_rows // every),
+                spec=reference.spec,
+            )
+        else:
+            measures = measure(
+                rows,
+                features=features,
+                scores=scores,
+                staging=staging,
+                kpi=kpi,
+                matured=matured,
+                errors=sampled_errors,
+                min_rows=max(1, min_rows // every),
+                spec=reference.spec,
+                cost=self._cost,
+            )
         findings = evaluate(measures, baseline, self._settings.psi, self._settings.spread)
         if reason:
             findings = [
@@ -531,21 +722,17 @@ def _healthy(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[[not served_degraded(flags) for flags in frame["flags"]]]
 
 
-def _with_kpi(
-    report: WindowReport, kpi: Finding | None, metric: str, matured: Window
-) -> WindowReport:
+def _with_kpi(report: WindowReport, kpi: Finding | None, metric: str, label: str) -> WindowReport:
     """The report with its KPI taken from the matured window (or why there is none)."""
     if kpi is None:
         kpi = Finding(
             metric,
             None,
             "insufficient_data",
-            reason=f"no matured predictions of this version in {matured.label}",
+            reason=f"no matured predictions of this version in {label}",
         )
     else:
-        kpi = Finding(
-            **{**kpi.to_json(), "reason": (kpi.reason + f" (window {matured.label})").strip()}
-        )
+        kpi = Finding(**{**kpi.to_json(), "reason": (kpi.reason + f" (window {label})").strip()})
     return replace_finding(report, kpi)
 
 

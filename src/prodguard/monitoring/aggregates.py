@@ -1,0 +1,428 @@
+"""Window aggregates that merge: what a monitor needs of a span of predictions, as summaries
+that add up.
+
+A ``Summary`` holds, for the predictions of one model version and role in one time bucket:
+the request count; per judged feature the counts on the version's reference bins (training:
+``psi.<feature>``, staging: ``shift.<feature>``, and the staging score bins: ``score``) and the
+null count; degraded and unseen rows (and degraded rows per feature); the score's moments (and
+per class for multiclass models: predicted-class counts, probability moments); a DDSketch per
+latency stage (mergeable quantiles with a relative accuracy) and the requests above the latency
+budget; the labelled predictions' KPI cost moments (from feedback); request errors per kind;
+and the paired score differences against each other version that scored the same requests.
+
+Every field merges by addition, so the summary of a window is the sum of its buckets' and does
+not depend on the order they are merged in. Sums are kept **exact** (``Moments``: integers in
+units of 2**-1074, the smallest float64 step): a mean from merged buckets is the correctly
+rounded mean of the values, equal to the one computed from rows. ``fingerprint`` names the
+references the counts were taken on: summaries on other bins are not merged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+from ddsketch import DDSketch
+
+from prodguard.errors import StorageError
+
+_SCALE = 1074  # every finite float64 is an integer multiple of 2**-1074
+LATENCY_ACCURACY = 0.01  # relative accuracy of the latency sketches
+ERRORS_ROLE = "errors"  # the key's role of request error counts (version -1: unknown)
+
+
+def exact(value: float) -> int:
+    """``value`` (finite) as an integer number of 2**-1074."""
+    numerator, denominator = float(value).as_integer_ratio()
+    return numerator << (_SCALE - denominator.bit_length() + 1)
+
+
+@dataclass
+class Moments:
+    """Additive, exact moments of a sample: finite values ``n`` with their ``total`` and sum of
+    (rounded) squares in units of 2**-1074, and the non-finite values ``missing``."""
+
+    n: int = 0
+    total: int = 0
+    squares: int = 0
+    missing: int = 0
+
+    @classmethod
+    def of(cls, values: Iterable[float] | np.ndarray) -> Moments:
+        array = np.asarray(values, dtype="float64").ravel()
+        finite = array[np.isfinite(array)]
+        squares = np.square(finite)
+        squares = squares[np.isfinite(squares)]
+        return cls(
+            int(finite.size),
+            sum(map(exact, finite.tolist())),
+            sum(map(exact, squares.tolist())),
+            int(array.size - finite.size),
+        )
+
+    def merge(self, other: Moments) -> Moments:
+        return Moments(
+            self.n + other.n,
+            self.total + other.total,
+            self.squares + other.squares,
+            self.missing + other.missing,
+        )
+
+    @property
+    def count(self) -> int:
+        return self.n + self.missing
+
+    def mean(self, skip_missing: bool = False) -> float:
+        """The correctly rounded mean; NaN when a value was missing (as ``numpy.mean``) unless
+        ``skip_missing`` (as ``numpy.nanmean``), or when there is none."""
+        if (self.missing and not skip_missing) or not self.n:
+            return math.nan
+        return self.total / (self.n << _SCALE)
+
+    def sums(self) -> tuple[int, float, float]:
+        """``n``, the sum and the sum of squares as floats (``MeanState``'s fields)."""
+        unit = 1 << _SCALE
+        return self.n, self.total / unit, self.squares / unit
+
+    def to_json(self) -> list[Any]:
+        return [self.n, _compact(self.total), _compact(self.squares), self.missing]
+
+    @classmethod
+    def from_json(cls, document: Sequence[Any]) -> Moments:
+        n, total, squares, missing = document
+        return cls(int(n), _expand(total), _expand(squares), int(missing))
+
+
+def _compact(value: int) -> str:
+    """An exact sum as text: hex digits without the trailing zero bits, and their count."""
+    if value == 0:
+        return "0"
+    zeros = (value & -value).bit_length() - 1
+    return f"{value >> zeros:x}p{zeros}"
+
+
+def _expand(text: str) -> int:
+    digits, _, zeros = text.partition("p")
+    return int(digits, 16) << int(zeros or 0)
+
+
+@dataclass
+class Sketch:
+    """A DDSketch of latencies (``ddsketch``'s logarithmic mapping at ``LATENCY_ACCURACY``) as
+    its bins: counts per key from ``offset`` (dense), values too small to map in ``zero``.
+    Merging adds the bins — as ``DDSketch.merge`` does, without rebuilding sketches per bucket;
+    a quantile is read from a ``DDSketch`` holding the merged bins (within the relative
+    accuracy of the value at its rank). Latencies are not negative (a negative one counts as
+    zero)."""
+
+    offset: int = 0
+    bins: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    zero: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Sketch:
+        sketch = DDSketch(LATENCY_ACCURACY)
+        for value in np.maximum(np.asarray(values, dtype="float64"), 0.0).tolist():
+            sketch.add(value)
+        store = sketch._store
+        return cls(
+            int(store.offset),
+            np.asarray(store.bins, dtype="float64"),
+            float(sketch._zero_count),
+            float(sketch._min),
+            float(sketch._max),
+        )
+
+    @property
+    def count(self) -> float:
+        return float(self.bins.sum()) + self.zero
+
+    def merge(self, other: Sketch) -> Sketch:
+        if not other.bins.size:
+            return Sketch(self.offset, self.bins, self.zero + other.zero, *self._range(other))
+        if not self.bins.size:
+            return Sketch(other.offset, other.bins, self.zero + other.zero, *self._range(other))
+        offset = min(self.offset, other.offset)
+        end = max(self.offset + self.bins.size, other.offset + other.bins.size)
+        bins = np.zeros(end - offset)
+        bins[self.offset - offset : self.offset - offset + self.bins.size] += self.bins
+        bins[other.offset - offset : other.offset - offset + other.bins.size] += other.bins
+        return Sketch(offset, bins, self.zero + other.zero, *self._range(other))
+
+    def _range(self, other: Sketch) -> tuple[float, float]:
+        return min(self.low, other.low), max(self.high, other.high)
+
+    def quantile(self, q: float) -> float | None:
+        sketch = DDSketch(LATENCY_ACCURACY)
+        for index in np.flatnonzero(self.bins).tolist():
+            sketch._store.add(self.offset + index, float(self.bins[index]))
+        sketch._zero_count = self.zero
+        sketch._count = self.count
+        sketch._min, sketch._max = self.low, self.high
+        return sketch.get_quantile_value(q)
+
+    def to_json(self) -> list[Any]:
+        """The non-empty bins as keys and counts (a bucket's few values spread over a range)."""
+        nonzero = np.flatnonzero(self.bins)
+        keys = (nonzero + self.offset).tolist()
+        return [keys, self.bins[nonzero].tolist(), self.zero, self.low, self.high]
+
+    @classmethod
+    def from_json(cls, document: Sequence[Any]) -> Sketch:
+        keys, counts, zero, low, high = document
+        if not keys:
+            return cls(0, np.zeros(0), float(zero), low, high)
+        bins = np.zeros(keys[-1] - keys[0] + 1)
+        bins[np.asarray(keys) - keys[0]] = counts
+        return cls(int(keys[0]), bins, float(zero), low, high)
+
+
+def _add_counts(left: Mapping[str, int], right: Mapping[str, int]) -> dict[str, int]:
+    out = dict(left)
+    for key, value in right.items():
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+@dataclass
+class Summary:
+    """The mergeable summary of one model version's predictions (of one role) over a span.
+    ``counts`` are keyed ``psi.<feature>``, ``shift.<feature>`` and ``score``; ``nulls`` by
+    feature; ``probabilities`` per class index (multiclass); ``paired`` by the other version."""
+
+    fingerprint: str = ""
+    rows: int = 0
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    nulls: dict[str, int] = field(default_factory=dict)
+    degraded: int = 0
+    unseen: int = 0
+    degraded_features: dict[str, int] = field(default_factory=dict)
+    score: Moments = field(default_factory=Moments)
+    decisions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="int64"))
+    probabilities: list[Moments] = field(default_factory=list)
+    latency: dict[str, Sketch] = field(default_factory=dict)
+    slow: int = 0  # single-row requests whose total latency exceeded the budget
+    timed: int = 0  # single-row requests with a total latency
+    kpi: Moments = field(default_factory=Moments)
+    errors: dict[str, int] = field(default_factory=dict)
+    paired: dict[int, Moments] = field(default_factory=dict)
+
+    def merge(self, other: Summary) -> Summary:
+        """The summary of both spans (raises StorageError for summaries on other bins)."""
+        if self.fingerprint and other.fingerprint and self.fingerprint != other.fingerprint:
+            raise StorageError(
+                "window aggregates taken on different reference bins cannot be merged; "
+                "rebuild them with `prodguard aggregates rebuild`"
+            )
+        counts = dict(self.counts)
+        for key, value in other.counts.items():
+            mine = counts.get(key)
+            counts[key] = value.copy() if mine is None else mine + value
+        latency = dict(self.latency)
+        for stage, sketch in other.latency.items():
+            found = latency.get(stage)
+            latency[stage] = sketch if found is None else found.merge(sketch)
+        paired = dict(self.paired)
+        for version, moments in other.paired.items():
+            paired[version] = paired.get(version, Moments()).merge(moments)
+        size = max(len(self.decisions), len(other.decisions))
+        decisions = np.zeros(size, dtype="int64")
+        decisions[: len(self.decisions)] += self.decisions
+        decisions[: len(other.decisions)] += other.decisions
+        classes = max(len(self.probabilities), len(other.probabilities))
+        probabilities = [
+            _at(self.probabilities, j).merge(_at(other.probabilities, j)) for j in range(classes)
+        ]
+        return Summary(
+            fingerprint=self.fingerprint or other.fingerprint,
+            rows=self.rows + other.rows,
+            counts=counts,
+            nulls=_add_counts(self.nulls, other.nulls),
+            degraded=self.degraded + other.degraded,
+            unseen=self.unseen + other.unseen,
+            degraded_features=_add_counts(self.degraded_features, other.degraded_features),
+            score=self.score.merge(other.score),
+            decisions=decisions,
+            probabilities=probabilities,
+            latency=latency,
+            slow=self.slow + other.slow,
+            timed=self.timed + other.timed,
+            kpi=self.kpi.merge(other.kpi),
+            errors=_add_counts(self.errors, other.errors),
+            paired=paired,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "rows": self.rows,
+            "counts": {k: v.tolist() for k, v in self.counts.items()},
+            "nulls": self.nulls,
+            "degraded": self.degraded,
+            "unseen": self.unseen,
+            "degraded_features": self.degraded_features,
+            "score": self.score.to_json(),
+            "decisions": self.decisions.tolist(),
+            "probabilities": [m.to_json() for m in self.probabilities],
+            "latency": {k: v.to_json() for k, v in self.latency.items()},
+            "slow": self.slow,
+            "timed": self.timed,
+            "kpi": self.kpi.to_json(),
+            "errors": self.errors,
+            "paired": {str(k): v.to_json() for k, v in self.paired.items()},
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Summary:
+        return cls(
+            fingerprint=document["fingerprint"],
+            rows=int(document["rows"]),
+            counts={k: np.asarray(v, dtype="int64") for k, v in document["counts"].items()},
+            nulls=dict(document["nulls"]),
+            degraded=int(document["degraded"]),
+            unseen=int(document["unseen"]),
+            degraded_features=dict(document["degraded_features"]),
+            score=Moments.from_json(document["score"]),
+            decisions=np.asarray(document["decisions"], dtype="int64"),
+            probabilities=[Moments.from_json(m) for m in document["probabilities"]],
+            latency={k: Sketch.from_json(v) for k, v in document["latency"].items()},
+            slow=int(document["slow"]),
+            timed=int(document["timed"]),
+            kpi=Moments.from_json(document["kpi"]),
+            errors=dict(document["errors"]),
+            paired={int(k): Moments.from_json(v) for k, v in document["paired"].items()},
+        )
+
+
+def _at(moments: Sequence[Moments], index: int) -> Moments:
+    return moments[index] if index < len(moments) else Moments()
+
+
+def merge_all(summaries: Iterable[Summary]) -> Summary:
+    """The merge of many summaries (a window's buckets) in one pass per field: the same result
+    as merging them pairwise, without a new summary per bucket."""
+    found = list(summaries)
+    if len(found) <= 2:
+        total = Summary()
+        for summary in found:
+            total = total.merge(summary)
+        return total
+    prints = {s.fingerprint for s in found if s.fingerprint}
+    if len(prints) > 1:
+        raise StorageError(
+            "window aggregates taken on different reference bins cannot be merged; "
+            "rebuild them with `prodguard aggregates rebuild`"
+        )
+    counts: dict[str, list[np.ndarray]] = {}
+    sketches: dict[str, list[Sketch]] = {}
+    for summary in found:
+        for key, value in summary.counts.items():
+            counts.setdefault(key, []).append(value)
+        for stage, sketch in summary.latency.items():
+            sketches.setdefault(stage, []).append(sketch)
+    classes = max(len(s.probabilities) for s in found)
+    size = max(len(s.decisions) for s in found)
+    decisions = np.zeros(size, dtype="int64")
+    for summary in found:
+        decisions[: len(summary.decisions)] += summary.decisions
+    paired: dict[int, list[Moments]] = {}
+    for summary in found:
+        for version, moments in summary.paired.items():
+            paired.setdefault(version, []).append(moments)
+    return Summary(
+        fingerprint=next(iter(prints), ""),
+        rows=sum(s.rows for s in found),
+        counts={k: np.add.reduce(v) for k, v in counts.items()},
+        nulls=_sum_counts(s.nulls for s in found),
+        degraded=sum(s.degraded for s in found),
+        unseen=sum(s.unseen for s in found),
+        degraded_features=_sum_counts(s.degraded_features for s in found),
+        score=_sum_moments(s.score for s in found),
+        decisions=decisions,
+        probabilities=[
+            _sum_moments(_at(s.probabilities, j) for s in found) for j in range(classes)
+        ],
+        latency={stage: _merge_sketches(v) for stage, v in sketches.items()},
+        slow=sum(s.slow for s in found),
+        timed=sum(s.timed for s in found),
+        kpi=_sum_moments(s.kpi for s in found),
+        errors=_sum_counts(s.errors for s in found),
+        paired={version: _sum_moments(v) for version, v in paired.items()},
+    )
+
+
+def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for found in counts:
+        total.update(found)
+    return dict(total)
+
+
+def _sum_moments(moments: Iterable[Moments]) -> Moments:
+    listed = list(moments)
+    return Moments(
+        sum(m.n for m in listed),
+        sum(m.total for m in listed),
+        sum(m.squares for m in listed),
+        sum(m.missing for m in listed),
+    )
+
+
+def _merge_sketches(sketches: Sequence[Sketch]) -> Sketch:
+    filled = [s for s in sketches if s.bins.size]
+    zero = sum(s.zero for s in sketches)
+    low = min(s.low for s in sketches)
+    high = max(s.high for s in sketches)
+    if not filled:
+        return Sketch(0, np.zeros(0), zero, low, high)
+    offset = min(s.offset for s in filled)
+    bins = np.zeros(max(s.offset + s.bins.size for s in filled) - offset)
+    for sketch in filled:
+        bins[sketch.offset - offset : sketch.offset - offset + sketch.bins.size] += sketch.bins
+    return Sketch(offset, bins, zero, low, high)
+
+
+@dataclass(frozen=True)
+class Key:
+    """Whose summary: the bucket's start (UTC), the model version, the role."""
+
+    bucket: datetime
+    version: int
+    role: str
+
+
+def bucket_of(time: datetime, seconds: int) -> datetime:
+    """The start of the bucket of ``seconds`` holding ``time`` (buckets align on the epoch)."""
+    stamp = time.astimezone(UTC).timestamp()
+    return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
+
+
+def buckets_within(start: datetime, end: datetime, seconds: int) -> tuple[datetime, datetime]:
+    """The whole buckets inside ``[start, end)``: from the first bucket boundary at or after
+    ``start`` to the last one at or before ``end`` (empty when none fits)."""
+    first = bucket_of(start, seconds)
+    if first < start:
+        first += timedelta(seconds=seconds)
+    last = bucket_of(end, seconds)
+    return (first, last) if first < last else (start, start)
+
+
+class AggregateReader(Protocol):
+    """What monitors read: merged summaries of whole buckets, and where aggregates exist."""
+
+    bucket_seconds: int
+
+    def read(self, start: datetime, end: datetime) -> dict[Key, Summary]:
+        """The summaries of the buckets starting in ``[start, end)``, partials merged."""
+        ...
+
+    def span(self, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+        """The whole buckets of ``[start, end)`` held completely (an empty span: none)."""
+        ...
