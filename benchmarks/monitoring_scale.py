@@ -1,0 +1,846 @@
+"""Monitoring at scale (issue 21): ingest, storage, monitor pass, guard check and peak memory at
+1M and 10M predictions per 7-day window (prints figures and a table; asserts nothing).
+
+The rows are the flights project's real logged rows: April 1-14 2013 replayed once through the
+real request path (v2 champion answering, v1 standby scoring every request in shadow; outcomes
+fed back as they became known), then replicated with new request ids and times spread evenly
+over a simulated span of 8 days ending at the simulated "now" (the 7-day window, and the day
+before it that the matured KPI window also reads). Each answered prediction gets the standby's
+shadow row with probability ``serving.shadow_sample`` (0.1 in the example project) and its
+outcome 12 h after it was answered (older than that: fed back; younger: still waiting).
+
+- **ingest**: several writer processes (replicas) each call ``PredictionLog.write`` with one
+  prediction per call (as ``/predict`` does), for ``--ingest-seconds``, on the loaded table;
+  rows/s summed over the writers.
+- **bulk load**: loading 10M rows one call at a time would take hours here, so the bulk of each
+  scale is loaded with ``COPY`` of replicated rows straight into prodguard's tables (the
+  schema the log created); the output says so. The ingest slice is deleted again after.
+- **storage**: ``pg_total_relation_size`` of predictions + feedback per answered prediction.
+- **monitor pass**: ``run_monitor(build_monitor(...))`` as ``prodguard monitor`` runs it (the
+  latest 7-day window and the matured one), in a child process, with its peak RSS
+  (``ru_maxrss``) and the RSS it had before the pass.
+- **guard check**: ``build_guard(...).check()`` as ``prodguard guard`` builds it, with v2
+  promoted over v1 one simulated day before "now" (so its paired tests read a day of traffic),
+  in a child process, with its peak RSS.
+- **100M/day**: a 7-day window of ~700M rows (~0.9 TB) does not fit this disk; that line is
+  extrapolated linearly from the two measured scales and marked so.
+
+Run: .venv/bin/python benchmarks/monitoring_scale.py [--rows 1000000,10000000]
+[--writers 1,4,8] [--backend postgres|sqlite] [--json PATH] [--work DIR] [--keep]
+The first run ingests Jan-May 2013, trains v1/v2 and replays the seed (several minutes); the
+work folder is reused by later runs. PostgreSQL: database ``prodguard_scale`` on
+``--postgres`` (dropped at the end unless ``--keep``). SQLite: a file in the work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = ("2013-04-01", "2013-04-15")  # the replayed traffic every row is copied from
+CHAMPION, STANDBY = 2, 1  # v2 (trained Jan-Mar) answers, v1 (Jan-Feb) is its standby
+NOW = datetime(2026, 11, 30, tzinfo=UTC)  # the simulated "now" the monitor and guard run at
+SPAN_DAYS = 8  # the 7-day window and the day before it (the matured KPI window reaches back 1 d)
+OUTCOME_HOURS = 12  # feedback arrives this long after the answer
+GUARD_LIVE_HOURS = 24  # the champion was promoted this long before "now"
+DATABASE = "prodguard_scale"
+PER_DAY_100M = 100_000_000
+
+
+# ---- the project and the seed rows -------------------------------------------------------------
+
+
+def prepare(work: Path) -> tuple[Any, Path]:
+    """(settings, seed log): the project copied into ``work``, Jan-May 2013 ingested, v1
+    (Jan-Feb) and v2 (Jan-Mar) trained, v2 baselined on the seed period, and the seed period
+    replayed once with v2 answering and v1 in shadow (all reused by later runs)."""
+    from prodguard import app, wiring
+    from prodguard.config import load_settings
+    from prodguard.monitoring.jobs import baseline_from_log, replay_version, version_reference
+    from prodguard.registry import lineage
+    from prodguard.rollout.policy import TrafficPolicy
+    from prodguard.serving.prediction_log import SqlitePredictionLog
+    from prodguard.timewindows import parse_time as t
+
+    project = work / "project"
+    if not (project / "prodguard.yaml").exists():
+        project.mkdir(parents=True, exist_ok=True)
+        for name in ("prodguard.yaml", "expectations", "mlruns_config", "feature_repo"):
+            source = ROOT / name
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
+    settings = load_settings(project / "prodguard.yaml", environ={})
+    registry = wiring.registry_operations(settings).registry
+    began = time.perf_counter()
+    if len(registry.versions()) < 2:
+        app.ingest(settings, t("2013-01-01"), t("2013-06-01"))
+        app.materialize(settings, until=t("2013-06-01"))
+        app.train(settings, t("2013-01-01"), t("2013-03-01"), actor="bench")
+        app.train(settings, t("2013-01-01"), t("2013-04-01"), actor="bench")
+    seed = work / "seed.db"
+    start, end = t(SEED[0]), t(SEED[1])
+    if not seed.exists():
+        partial = work / "seed.partial.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{partial}{suffix}").unlink(missing_ok=True)
+        log = SqlitePredictionLog(partial, "NORMAL")
+        shadow = TrafficPolicy("shadow", STANDBY)
+        result = replay_version(settings, registry, CHAMPION, start, end, log, rollout=shadow)
+        log.close()
+        partial.rename(seed)
+        print(f"seed replayed: {result.predicted} predictions in {result.seconds:.0f} s")
+    if lineage.BASELINE not in registry.version(CHAMPION).tags:
+        log = SqlitePredictionLog(seed, "NORMAL")
+        reference = version_reference(registry, CHAMPION)
+        baseline = baseline_from_log(settings, log, CHAMPION, start, end, reference)
+        log.close()
+        registry.log_json_artifact(CHAMPION, lineage.BASELINE_JSON, baseline.to_json())
+        registry.set_version_tag(CHAMPION, lineage.BASELINE, f"{SEED[0]}/{SEED[1]}")
+    print(
+        f"set-up (ingest, train v1/v2, seed replay, baseline): {time.perf_counter() - began:.0f} s"
+    )
+    return settings, seed
+
+
+@dataclass(frozen=True)
+class SeedRow:
+    """One seed request: its answer and standby shadow row (columns after request_id, role and
+    time, as the log stores them) and its outcome as fed back (None: none known)."""
+
+    request_id: str
+    answer: tuple[Any, ...]
+    shadow: tuple[Any, ...] | None
+    outcome: str | None
+
+
+def seed_rows(seed: Path) -> list[SeedRow]:
+    """The seed log's answered requests in time order, with their shadow rows and outcomes."""
+    from prodguard.serving.prediction_log import COLUMNS
+
+    rest = ", ".join(COLUMNS[3:])
+    conn = sqlite3.connect(seed)
+    try:
+        shadows = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                f"SELECT request_id, {rest} FROM predictions WHERE role = 'shadow'"
+            )
+        }
+        outcomes = dict(conn.execute("SELECT request_id, outcome FROM feedback"))
+        answers = conn.execute(
+            f"SELECT request_id, {rest} FROM predictions WHERE role = 'champion' ORDER BY time"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [SeedRow(r[0], r[1:], shadows.get(r[0]), outcomes.get(r[0])) for r in answers]
+
+
+# ---- the replicated rows -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scale:
+    """``rows`` answered predictions per 7-day window, over ``SPAN_DAYS`` ending at ``NOW``."""
+
+    rows: int
+    shadow_share: float
+
+    @property
+    def total(self) -> int:  # answered predictions in the whole span
+        return self.rows * SPAN_DAYS // 7
+
+    @property
+    def start(self) -> datetime:
+        return NOW - timedelta(days=SPAN_DAYS)
+
+    def shadowed(self, k: int) -> bool:
+        """A deterministic ``shadow_share`` of the requests (a multiplicative hash of ``k``)."""
+        return (k * 2654435761) % 2**32 < self.shadow_share * 2**32
+
+
+def replicated(
+    scale: Scale, seeds: list[SeedRow]
+) -> Iterator[tuple[str, str, str, SeedRow, bool, str | None]]:
+    """(request id, time, role, seed, shadow?, feedback time) of every row of the span, in time
+    order: the k-th answer copies seed ``k mod len(seeds)`` at ``start + k * span / total``;
+    its shadow row follows it; feedback time None for shadow rows and unmatured answers."""
+    step = timedelta(days=SPAN_DAYS) / scale.total
+    outcome_after = timedelta(hours=OUTCOME_HOURS)
+    for k in range(scale.total):
+        seed = seeds[k % len(seeds)]
+        when = scale.start + k * step
+        rid = f"r{k:010d}-{seed.request_id}"
+        matured = when + outcome_after
+        feedback = matured.isoformat() if matured < NOW and seed.outcome is not None else None
+        yield rid, when.isoformat(), "champion", seed, False, feedback
+        if seed.shadow is not None and scale.shadowed(k):
+            yield rid, when.isoformat(), "shadow", seed, True, None
+
+
+def _copy_text(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        text = text.replace("\r", "\\r")
+    return text
+
+
+# ---- backends: bulk load (COPY / one transaction), the write path's log, storage ---------------
+
+
+class Backend:
+    """Where the log lives. ``bulk_load`` writes replicated rows into prodguard's tables
+    directly (not the write path); ``open_log`` is prodguard's own ``PredictionLog``."""
+
+    name = ""
+
+    def target(self) -> str:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """An empty log (prodguard creates its tables)."""
+        raise NotImplementedError
+
+    def bulk_load(self, scale: Scale, seeds: list[SeedRow]) -> None:
+        raise NotImplementedError
+
+    def storage_bytes(self) -> int:
+        raise NotImplementedError
+
+    def scalar(self, query: str) -> int:
+        raise NotImplementedError
+
+    def delete_after(self, when: datetime) -> None:
+        """Drop rows logged at or after ``when`` (the ingest slice)."""
+        raise NotImplementedError
+
+    def drop(self) -> None:
+        raise NotImplementedError
+
+
+def open_log(backend: str, target: str) -> Any:
+    """prodguard's log on ``target`` as serving, monitors and the guard open it."""
+    from prodguard.serving.prediction_log import PostgresPredictionLog, SqlitePredictionLog
+
+    if backend == "postgres":
+        return PostgresPredictionLog(target)
+    return SqlitePredictionLog(Path(target), "NORMAL")
+
+
+class PostgresBackend(Backend):
+    name = "postgres"
+
+    def __init__(self, server: str, database: str) -> None:
+        self.server, self.database = server.rstrip("/"), database
+
+    def target(self) -> str:
+        return f"{self.server}/{self.database}"
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(f"{self.server}/postgres", autocommit=True)
+
+    def reset(self) -> None:
+        with self._admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {self.database}")
+        open_log(self.name, self.target()).close()
+
+    def bulk_load(self, scale: Scale, seeds: list[SeedRow]) -> None:
+        import psycopg
+
+        from prodguard.serving.prediction_log import COLUMNS
+
+        answers = ["\t".join(_copy_text(v) for v in s.answer) for s in seeds]
+        shadows = [
+            None if s.shadow is None else "\t".join(_copy_text(v) for v in s.shadow) for s in seeds
+        ]
+        outcomes = [None if s.outcome is None else _copy_text(s.outcome) for s in seeds]
+        index = {id(s): i for i, s in enumerate(seeds)}
+        with psycopg.connect(self.target()) as conn:
+            with conn.cursor() as cur:
+                predictions = f"COPY predictions ({', '.join(COLUMNS)}) FROM STDIN"
+                feedback_lines: list[str] = []
+                with cur.copy(predictions) as copy:
+                    lines: list[str] = []
+                    for rid, when, role, seed, shadow, fed in replicated(scale, seeds):
+                        i = index[id(seed)]
+                        rest = shadows[i] if shadow else answers[i]
+                        lines.append(f"{rid}\t{role}\t{when}\t{rest}\n")
+                        if fed is not None:
+                            feedback_lines.append(f"{rid}\t{fed}\t{outcomes[i]}\n")
+                        if len(lines) >= 20_000:
+                            copy.write("".join(lines))
+                            lines = []
+                    copy.write("".join(lines))
+                with cur.copy("COPY feedback (request_id, time, outcome) FROM STDIN") as copy:
+                    for start in range(0, len(feedback_lines), 50_000):
+                        copy.write("".join(feedback_lines[start : start + 50_000]))
+            conn.commit()
+            conn.autocommit = True
+            conn.execute("VACUUM ANALYZE predictions")
+            conn.execute("VACUUM ANALYZE feedback")
+
+    def storage_bytes(self) -> int:
+        return self.scalar(
+            "SELECT pg_total_relation_size('predictions') + pg_total_relation_size('feedback')"
+        )
+
+    def scalar(self, query: str) -> int:
+        import psycopg
+
+        with psycopg.connect(self.target()) as conn:
+            row = conn.execute(query).fetchone()
+        return int(row[0])
+
+    def delete_after(self, when: datetime) -> None:
+        import psycopg
+
+        with psycopg.connect(self.target()) as conn:
+            conn.execute("DELETE FROM predictions WHERE time >= %s", (when.isoformat(),))
+
+    def drop(self) -> None:
+        with self._admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def target(self) -> str:
+        return str(self.path)
+
+    def reset(self) -> None:
+        self.drop()
+        open_log(self.name, self.target()).close()
+
+    def bulk_load(self, scale: Scale, seeds: list[SeedRow]) -> None:
+        from prodguard.serving.prediction_log import COLUMNS
+
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            insert = (
+                f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(COLUMNS))})"
+            )
+            rows: list[tuple[Any, ...]] = []
+            feedback: list[tuple[str, str, str]] = []
+            for rid, when, role, seed, shadow, fed in replicated(scale, seeds):
+                rest = seed.shadow if shadow else seed.answer
+                rows.append((rid, role, when, *rest))  # type: ignore[misc]
+                if fed is not None and seed.outcome is not None:
+                    feedback.append((rid, fed, seed.outcome))
+                if len(rows) >= 20_000:
+                    conn.executemany(insert, rows)
+                    rows = []
+            conn.executemany(insert, rows)
+            conn.executemany(
+                "INSERT INTO feedback (request_id, time, outcome) VALUES (?, ?, ?)", feedback
+            )
+            conn.execute("COMMIT")
+            conn.execute("ANALYZE")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def storage_bytes(self) -> int:
+        return sum(
+            Path(f"{self.path}{suffix}").stat().st_size
+            for suffix in ("", "-wal")
+            if Path(f"{self.path}{suffix}").exists()
+        )
+
+    def scalar(self, query: str) -> int:
+        conn = sqlite3.connect(self.path)
+        try:
+            return int(conn.execute(query).fetchone()[0])
+        finally:
+            conn.close()
+
+    def delete_after(self, when: datetime) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute("DELETE FROM predictions WHERE time >= ?", (when.isoformat(),))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+
+# ---- the reads: monitor pass and guard check, each in a process of its own ----------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux: ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _settings(project: str) -> Any:
+    from prodguard.config import load_settings
+    from prodguard.telemetry import disable_telemetry
+
+    disable_telemetry()
+    return load_settings(Path(project), environ={})
+
+
+def monitor_pass(project: str, backend: str, target: str) -> dict[str, Any]:
+    """One ``prodguard monitor`` pass (the latest 7-day window and the matured one) at ``NOW``:
+    ``run_monitor(build_monitor(...))`` with no alert gate."""
+    from prodguard.clock import FixedClock
+    from prodguard.monitoring.jobs import build_monitor, run_monitor
+
+    settings = _settings(project)
+    monitor = build_monitor(settings, FixedClock(NOW), open_log(backend, target))
+    before = peak_rss_mb()
+    run = run_monitor(monitor, None)
+    return {
+        "seconds": run.seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": before,
+        "reports": [
+            {
+                "version": r.model_version,
+                "rows": r.rows,
+                "status": r.status,
+                "sampled_every": r.sampled_every,
+            }
+            for r in run.reports
+        ],
+    }
+
+
+def guard_check(project: str, backend: str, target: str) -> dict[str, Any]:
+    """One ``prodguard guard`` check at ``NOW``: ``build_guard(...).check()`` (v2 champion for
+    ``GUARD_LIVE_HOURS``, v1 standby scoring in shadow)."""
+    from prodguard.clock import FixedClock
+    from prodguard.rollout.jobs import build_guard
+
+    settings = _settings(project)
+    guard = build_guard(settings, FixedClock(NOW), open_log(backend, target))
+    before = peak_rss_mb()
+    began = time.perf_counter()
+    decisions = guard.check()
+    seconds = time.perf_counter() - began
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": before,
+        "decisions": [
+            {
+                "action": d.action,
+                "version": d.version,
+                "rows": d.rows,
+                "paired": d.paired,
+                "triggers": {t.name: t.status for t in d.triggers},
+            }
+            for d in decisions
+        ],
+    }
+
+
+def in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``function(*args)`` in a fresh process (its peak RSS is its own)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def ensure_aliases(project: str) -> None:
+    """v2 champion since ``NOW - GUARD_LIVE_HOURS`` with v1 standby (audited at those simulated
+    times); a rollback by an earlier guard check is undone the same way."""
+    from prodguard import wiring
+    from prodguard.clock import FixedClock
+
+    operations = wiring.registry_operations(_settings(project))
+    state = operations.state()
+    if state.champion == CHAMPION and state.standby == STANDBY:
+        return
+    why = "scale benchmark set-up"
+    if state.champion != STANDBY:
+        operations.clock = FixedClock(NOW - timedelta(hours=GUARD_LIVE_HOURS + 24))
+        operations.promote(
+            "bench", why, version=STANDBY, override_retention=why, override_demoted=why
+        )
+    operations.clock = FixedClock(NOW - timedelta(hours=GUARD_LIVE_HOURS))
+    operations.promote("bench", why, version=CHAMPION, override_retention=why, override_demoted=why)
+
+
+# ---- the write path: writer processes (replicas) ------------------------------------------------
+
+
+def _seed_records(seed: str) -> list[Any]:
+    """The seed's answers as ``PredictionRecord``s (what a replica hands the log)."""
+    from prodguard.serving.prediction_log import PredictionRecord, SqlitePredictionLog
+
+    log = SqlitePredictionLog(Path(seed), "NORMAL")
+    try:
+        frame = log.window(datetime(2000, 1, 1, tzinfo=UTC), NOW, role="champion")
+    finally:
+        log.close()
+    return [
+        PredictionRecord(
+            request_id=row["request_id"],
+            time=datetime.fromisoformat(row["time"]),
+            model=row["model"],
+            version=int(row["version"]),
+            role=row["role"],
+            probability=float(row["probability"]),
+            decision=int(row["decision"]),
+            features=row["features"],
+            flags=row["flags"],
+            latencies_ms=row["latencies_ms"],
+            request=row["request"],
+            prediction=row["prediction"],
+            digest=row["request_digest"],
+        )
+        for row in frame.to_dict("records")
+    ]
+
+
+def _writer(
+    backend: str,
+    target: str,
+    seed: str,
+    writer: int,
+    threads: int,
+    per_call: int,
+    seconds: float,
+    run: str,
+    go: Any,
+    ready: Any,
+    results: Any,
+) -> None:
+    """A replica: ``threads`` request threads sharing one log, each writing ``per_call``
+    predictions per ``PredictionLog.write`` (new ids, times from ``NOW`` on) for ``seconds``."""
+    import threading
+    from dataclasses import replace
+
+    from prodguard.telemetry import disable_telemetry
+
+    disable_telemetry()
+    records = _seed_records(seed)
+    log = open_log(backend, target)
+    counts = [0] * threads
+
+    def serve(thread: int) -> None:
+        i, n = 0, len(records)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            batch = [
+                replace(
+                    records[(i + j) % n],
+                    request_id=f"ingest-{run}-w{writer}-t{thread}-{i + j:09d}",
+                    time=NOW + timedelta(microseconds=i + j),
+                )
+                for j in range(per_call)
+            ]
+            log.write(batch)
+            i += per_call
+        counts[thread] = i
+
+    ready.put(writer)
+    go.wait()
+    began = time.perf_counter()
+    workers = [threading.Thread(target=serve, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put((sum(counts), time.perf_counter() - began))
+    log.close()
+
+
+def ingest(
+    backend: str,
+    target: str,
+    seed: Path,
+    writers: int,
+    threads: int,
+    per_call: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Rows/s of ``writers`` replica processes writing at once through ``PredictionLog.write``."""
+    context = multiprocessing.get_context("spawn")
+    run = f"{writers}x{threads}x{per_call}-{time.time_ns()}"  # ids of their own in every run
+    go, ready, results = context.Event(), context.Queue(), context.Queue()
+    processes = [
+        context.Process(
+            target=_writer,
+            args=(
+                backend,
+                target,
+                str(seed),
+                w,
+                threads,
+                per_call,
+                seconds,
+                run,
+                go,
+                ready,
+                results,
+            ),
+        )
+        for w in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.get(timeout=300)
+    go.set()
+    done = [results.get(timeout=seconds + 300) for _ in processes]
+    for process in processes:
+        process.join()
+    rows = sum(n for n, _ in done)
+    elapsed = max(s for _, s in done)
+    return {
+        "writers": writers,
+        "threads": threads,
+        "per_call": per_call,
+        "rows": rows,
+        "seconds": elapsed,
+        "rows_per_s": rows / elapsed,
+    }
+
+
+# ---- one scale, the table, the extrapolation ---------------------------------------------------
+
+
+@dataclass
+class ScaleResult:
+    rows: int  # answered predictions per 7-day window
+    rows_stored: int = 0  # predictions + shadow rows in the span
+    feedback_rows: int = 0
+    load_seconds: float = 0.0
+    storage_bytes: int = 0
+    monitor: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)
+    ingest: list[dict[str, Any]] = field(default_factory=list)
+    extrapolated: bool = False
+
+    @property
+    def bytes_per_prediction(self) -> float:
+        return self.storage_bytes / max(1, self.rows * SPAN_DAYS // 7)
+
+
+def run_scale(
+    args: argparse.Namespace,
+    backend: Backend,
+    project: str,
+    seed: Path,
+    seeds: list[SeedRow],
+    rows: int,
+    shadow_share: float,
+) -> ScaleResult:
+    scale = Scale(rows, shadow_share)
+    result = ScaleResult(rows)
+    print(f"\n== {rows:,} answered predictions per 7-day window ({backend.name}) ==")
+    backend.reset()
+    began = time.perf_counter()
+    backend.bulk_load(scale, seeds)
+    result.load_seconds = time.perf_counter() - began
+    result.rows_stored, result.feedback_rows = counts(backend)
+    result.storage_bytes = backend.storage_bytes()
+    print(
+        f"bulk load (COPY of replicated rows straight into the log's tables, NOT the write "
+        f"path): {result.rows_stored:,} rows + {result.feedback_rows:,} feedback over "
+        f"{SPAN_DAYS} simulated days in {result.load_seconds:.0f} s"
+    )
+    print(
+        f"storage: {result.storage_bytes / 1e9:.2f} GB, "
+        f"{result.bytes_per_prediction / 1000:.2f} KB per answered prediction "
+        "(with its shadow share and feedback)"
+    )
+    result.monitor = in_child(monitor_pass, project, backend.name, backend.target())
+    print(
+        f"monitor pass: {result.monitor['seconds']:.1f} s, peak RSS "
+        f"{result.monitor['peak_rss_mb']:.0f} MB (before the pass "
+        f"{result.monitor['rss_before_mb']:.0f} MB); reports {result.monitor['reports']}"
+    )
+    ensure_aliases(project)
+    result.guard = in_child(guard_check, project, backend.name, backend.target())
+    print(
+        f"guard check: {result.guard['seconds']:.1f} s, peak RSS "
+        f"{result.guard['peak_rss_mb']:.0f} MB; decisions {result.guard['decisions']}"
+    )
+    for writers in args.writers:
+        found = ingest(
+            backend.name,
+            backend.target(),
+            seed,
+            writers,
+            args.threads,
+            args.per_call,
+            args.ingest_seconds,
+        )
+        result.ingest.append(found)
+        print(
+            f"ingest through PredictionLog.write: {writers} writer process(es) x "
+            f"{args.threads} thread(s), {args.per_call} prediction(s) per call: "
+            f"{found['rows_per_s']:,.0f} rows/s ({found['rows']:,} rows in "
+            f"{found['seconds']:.1f} s)"
+        )
+    backend.delete_after(NOW)
+    return result
+
+
+def counts(backend: Backend) -> tuple[int, int]:
+    """Rows in predictions and feedback."""
+    return backend.scalar("SELECT COUNT(*) FROM predictions"), backend.scalar(
+        "SELECT COUNT(*) FROM feedback"
+    )
+
+
+def extrapolate(results: list[ScaleResult], rows: int) -> ScaleResult:
+    """A line through the two largest measured scales, evaluated at ``rows`` (times, memory,
+    storage); ingest is not extrapolated (it depends on the writers, not on the window)."""
+    low, high = sorted(results, key=lambda r: r.rows)[-2:]
+
+    def line(a: float, b: float) -> float:
+        return a + (b - a) * (rows - low.rows) / (high.rows - low.rows)
+
+    def part(key: str) -> dict[str, Any]:
+        return {
+            "seconds": line(low.__dict__[key]["seconds"], high.__dict__[key]["seconds"]),
+            "peak_rss_mb": line(
+                low.__dict__[key]["peak_rss_mb"], high.__dict__[key]["peak_rss_mb"]
+            ),
+        }
+
+    found = ScaleResult(rows, extrapolated=True)
+    found.storage_bytes = int(line(low.storage_bytes, high.storage_bytes))
+    found.monitor, found.guard = part("monitor"), part("guard")
+    return found
+
+
+def table(results: list[ScaleResult], backend: str) -> str:
+    writers = sorted({i["writers"] for r in results for i in r.ingest})
+    head = (
+        "| rows per 7-day window | monitor pass | guard check | peak RSS monitor | peak RSS guard "
+        "| storage per prediction | "
+        + " | ".join(f"ingest {w} writer{'s' if w > 1 else ''}" for w in writers)
+        + " |"
+    )
+    lines = [f"backend: {backend}", head, "|" + "---|" * (6 + len(writers))]
+    for r in results:
+        mark = " (extrapolated)" if r.extrapolated else ""
+        by_writers = {i["writers"]: i["rows_per_s"] for i in r.ingest}
+        lines.append(
+            f"| {r.rows:,}{mark} | {r.monitor['seconds']:.1f} s | {r.guard['seconds']:.1f} s "
+            f"| {r.monitor['peak_rss_mb']:,.0f} MB | {r.guard['peak_rss_mb']:,.0f} MB "
+            f"| {r.bytes_per_prediction / 1000:.2f} KB | "
+            + " | ".join(f"{by_writers[w]:,.0f}/s" if w in by_writers else "-" for w in writers)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rows",
+        default="1000000,10000000",
+        help="answered predictions per 7-day window, comma-separated",
+    )
+    parser.add_argument("--writers", default="1,4,8", help="writer processes, comma-separated")
+    parser.add_argument("--threads", type=int, default=1, help="request threads per writer")
+    parser.add_argument(
+        "--per-call",
+        type=int,
+        default=1,
+        help="predictions per PredictionLog.write call (1: /predict)",
+    )
+    parser.add_argument("--ingest-seconds", type=float, default=15.0)
+    parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="server URL (no database); the benchmark makes its own database",
+    )
+    parser.add_argument("--database", default=DATABASE)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the database of the last scale")
+    args = parser.parse_args()
+    args.writers = [int(w) for w in args.writers.split(",") if w]
+    scales = [int(float(r)) for r in args.rows.split(",") if r]
+
+    from prodguard.telemetry import disable_telemetry
+
+    disable_telemetry()
+    work = args.work or Path(tempfile.mkdtemp(prefix="prodguard-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    settings, seed = prepare(work)
+    project = str(settings.config_path)
+    seeds = seed_rows(seed)
+    shadow_share = settings.serving.shadow_sample if settings.serving else 0.0
+    print(
+        f"seed: {len(seeds):,} real answers (April 1-14 2013, v{CHAMPION}; v{STANDBY} in shadow "
+        f"on {shadow_share:.0%} of the copies); simulated now {NOW:%Y-%m-%d %H:%M} UTC; "
+        f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    backend: Backend = (
+        PostgresBackend(args.postgres, args.database)
+        if args.backend == "postgres"
+        else SqliteBackend(work / "scale_log.db")
+    )
+    results: list[ScaleResult] = []
+    try:
+        for rows in sorted(scales):
+            results.append(run_scale(args, backend, project, seed, seeds, rows, shadow_share))
+    finally:
+        if not args.keep:
+            backend.drop()
+    per_window_100m = PER_DAY_100M * 7
+    if len(results) >= 2:
+        results.append(extrapolate(results, per_window_100m))
+        print(
+            f"\n100M predictions/day = {per_window_100m:,} per 7-day window: "
+            f"~{results[-1].storage_bytes / 1e12:.2f} TB here, more than this disk; that line is "
+            "EXTRAPOLATED linearly from the two largest measured scales, not measured"
+        )
+    print()
+    print(table(results, args.backend))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "backend": args.backend,
+                    "now": NOW.isoformat(),
+                    "span_days": SPAN_DAYS,
+                    "seed_answers": len(seeds),
+                    "bulk_load": "COPY of replicated rows (not the write path)",
+                    "results": [
+                        {**asdict(r), "bytes_per_prediction": r.bytes_per_prediction}
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
+        print(f"\nfigures written to {args.json}")
+    print(f"work folder: {work}")
+
+
+if __name__ == "__main__":
+    main()
