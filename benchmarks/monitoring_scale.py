@@ -35,6 +35,7 @@ work folder is reused by later runs. PostgreSQL: database ``prodguard_scale`` on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -189,6 +190,30 @@ def replicated(
             yield rid, when.isoformat(), "shadow", seed, True, None
 
 
+def replace_record(seed: SeedRow, request_id: str, when: datetime) -> Any:
+    """The seed's answer as the ``PredictionRecord`` a replica hands the log, with a new id
+    and time."""
+    from prodguard.serving.prediction_log import PredictionRecord
+
+    model, version, probability, decision, features, flags, latencies, request, *rest = seed.answer
+    prediction, digest = rest
+    return PredictionRecord(
+        request_id=request_id,
+        time=when,
+        model=model,
+        version=int(version),
+        role="champion",
+        probability=float(probability),
+        decision=int(decision),
+        features=json.loads(features),
+        flags=json.loads(flags),
+        latencies_ms=json.loads(latencies),
+        request=json.loads(request),
+        prediction=json.loads(prediction) if prediction else None,
+        digest=digest,
+    )
+
+
 def _copy_text(value: Any) -> str:
     if value is None:
         return "\\N"
@@ -262,43 +287,85 @@ class PostgresBackend(Backend):
         open_log(self.name, self.target()).close()
 
     def bulk_load(self, scale: Scale, seeds: list[SeedRow]) -> None:
+        """COPY into the tables the log created: each simulated day gets a first row through
+        ``PredictionLog.write`` (whatever the log makes per day, e.g. a partition, exists),
+        removed again; the row ids are taken from the log's sequence, and a table of request
+        ids (``prediction_ids``) is filled too when the log keeps one."""
         import psycopg
 
         from prodguard.serving.prediction_log import COLUMNS
 
+        probes = [
+            replace_record(seeds[0], f"bulk-probe-{day}", scale.start + timedelta(days=day))
+            for day in range(SPAN_DAYS + 1)
+        ]
+        log = open_log(self.name, self.target())
+        log.write(probes)
+        log.close()
         answers = ["\t".join(_copy_text(v) for v in s.answer) for s in seeds]
         shadows = [
             None if s.shadow is None else "\t".join(_copy_text(v) for v in s.shadow) for s in seeds
         ]
         outcomes = [None if s.outcome is None else _copy_text(s.outcome) for s in seeds]
         index = {id(s): i for i, s in enumerate(seeds)}
-        with psycopg.connect(self.target()) as conn:
-            with conn.cursor() as cur:
-                predictions = f"COPY predictions ({', '.join(COLUMNS)}) FROM STDIN"
-                feedback_lines: list[str] = []
-                with cur.copy(predictions) as copy:
-                    lines: list[str] = []
-                    for rid, when, role, seed, shadow, fed in replicated(scale, seeds):
-                        i = index[id(seed)]
-                        rest = shadows[i] if shadow else answers[i]
-                        lines.append(f"{rid}\t{role}\t{when}\t{rest}\n")
-                        if fed is not None:
-                            feedback_lines.append(f"{rid}\t{fed}\t{outcomes[i]}\n")
-                        if len(lines) >= 20_000:
-                            copy.write("".join(lines))
-                            lines = []
-                    copy.write("".join(lines))
-                with cur.copy("COPY feedback (request_id, time, outcome) FROM STDIN") as copy:
-                    for start in range(0, len(feedback_lines), 50_000):
-                        copy.write("".join(feedback_lines[start : start + 50_000]))
-            conn.commit()
-            conn.autocommit = True
-            conn.execute("VACUUM ANALYZE predictions")
-            conn.execute("VACUUM ANALYZE feedback")
+        with psycopg.connect(self.target(), autocommit=True) as conn:
+            ids_table = conn.execute("SELECT to_regclass('prediction_ids')").fetchone()[0]
+            sequence = (
+                conn.execute("SELECT pg_get_serial_sequence('predictions', 'id')").fetchone()[0]
+                or "predictions_id_seq"
+            )
+            conn.execute("DELETE FROM predictions WHERE request_id LIKE 'bulk-probe-%%'")
+            if ids_table:
+                conn.execute("DELETE FROM prediction_ids WHERE request_id LIKE 'bulk-probe-%%'")
+            rows = scale.total + sum(1 for k in range(scale.total) if scale.shadowed(k))
+            first = (
+                conn.execute(
+                    "SELECT setval(%s, nextval(%s) + %s)", (sequence, sequence, rows)
+                ).fetchone()[0]
+                - rows
+            )
+        statements = {
+            "predictions": f"COPY predictions ({', '.join(('id', *COLUMNS))}) FROM STDIN",
+            "feedback": "COPY feedback (request_id, time, outcome) FROM STDIN",
+        }
+        if ids_table:
+            statements["prediction_ids"] = (
+                "COPY prediction_ids (request_id, role, time, id) FROM STDIN"
+            )
+        # one streaming COPY per table side by side, each committed when its connection closes
+        with contextlib.ExitStack() as connections, contextlib.ExitStack() as copying:
+            copies = {
+                table: copying.enter_context(
+                    connections.enter_context(psycopg.connect(self.target())).cursor().copy(query)
+                )
+                for table, query in statements.items()
+            }
+            lines: dict[str, list[str]] = {t: [] for t in statements}
+            for n, (rid, when, role, seed, shadow, fed) in enumerate(replicated(scale, seeds)):
+                i = index[id(seed)]
+                rest = shadows[i] if shadow else answers[i]
+                lines["predictions"].append(f"{first + n}\t{rid}\t{role}\t{when}\t{rest}\n")
+                if ids_table:
+                    lines["prediction_ids"].append(f"{rid}\t{role}\t{when}\t{first + n}\n")
+                if fed is not None:
+                    lines["feedback"].append(f"{rid}\t{fed}\t{outcomes[i]}\n")
+                if n % 20_000 == 0:
+                    for table, found in lines.items():
+                        copies[table].write("".join(found))
+                        found.clear()
+            for table, found in lines.items():
+                copies[table].write("".join(found))
+        with psycopg.connect(self.target(), autocommit=True) as conn:
+            for table in statements:
+                conn.execute(f"VACUUM ANALYZE {table}")
 
     def storage_bytes(self) -> int:
+        """Predictions (every partition, indexes, TOAST), feedback and any id table."""
         return self.scalar(
-            "SELECT pg_total_relation_size('predictions') + pg_total_relation_size('feedback')"
+            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) FROM "
+            "pg_partition_tree('predictions')), pg_total_relation_size('predictions')) + "
+            "pg_total_relation_size('feedback') + "
+            "coalesce(pg_total_relation_size(to_regclass('prediction_ids')), 0)"
         )
 
     def scalar(self, query: str) -> int:
@@ -393,7 +460,14 @@ class SqliteBackend(Backend):
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far (Linux: ``ru_maxrss`` in KiB)."""
+    """This process's peak resident set so far: ``VmHWM`` of ``/proc/self/status`` on Linux
+    (``ru_maxrss`` carries the forking parent's peak over ``exec`` there: a child started from
+    a big parent would report the parent's), else ``ru_maxrss`` (KiB)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -489,35 +563,6 @@ def ensure_aliases(project: str) -> None:
 # ---- the write path: writer processes (replicas) ------------------------------------------------
 
 
-def _seed_records(seed: str) -> list[Any]:
-    """The seed's answers as ``PredictionRecord``s (what a replica hands the log)."""
-    from prodguard.serving.prediction_log import PredictionRecord, SqlitePredictionLog
-
-    log = SqlitePredictionLog(Path(seed), "NORMAL")
-    try:
-        frame = log.window(datetime(2000, 1, 1, tzinfo=UTC), NOW, role="champion")
-    finally:
-        log.close()
-    return [
-        PredictionRecord(
-            request_id=row["request_id"],
-            time=datetime.fromisoformat(row["time"]),
-            model=row["model"],
-            version=int(row["version"]),
-            role=row["role"],
-            probability=float(row["probability"]),
-            decision=int(row["decision"]),
-            features=row["features"],
-            flags=row["flags"],
-            latencies_ms=row["latencies_ms"],
-            request=row["request"],
-            prediction=row["prediction"],
-            digest=row["request_digest"],
-        )
-        for row in frame.to_dict("records")
-    ]
-
-
 def _writer(
     backend: str,
     target: str,
@@ -534,24 +579,23 @@ def _writer(
     """A replica: ``threads`` request threads sharing one log, each writing ``per_call``
     predictions per ``PredictionLog.write`` (new ids, times from ``NOW`` on) for ``seconds``."""
     import threading
-    from dataclasses import replace
 
     from prodguard.telemetry import disable_telemetry
 
     disable_telemetry()
-    records = _seed_records(seed)
+    seeds = seed_rows(Path(seed))
     log = open_log(backend, target)
     counts = [0] * threads
 
     def serve(thread: int) -> None:
-        i, n = 0, len(records)
+        i, n = 0, len(seeds)
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             batch = [
-                replace(
-                    records[(i + j) % n],
-                    request_id=f"ingest-{run}-w{writer}-t{thread}-{i + j:09d}",
-                    time=NOW + timedelta(microseconds=i + j),
+                replace_record(
+                    seeds[(i + j) % n],
+                    f"ingest-{run}-w{writer}-t{thread}-{i + j:09d}",
+                    NOW + timedelta(microseconds=i + j),
                 )
                 for j in range(per_call)
             ]
@@ -637,6 +681,7 @@ class ScaleResult:
     guard: dict[str, Any] = field(default_factory=dict)
     ingest: list[dict[str, Any]] = field(default_factory=list)
     extrapolated: bool = False
+    load: dict[str, float] = field(default_factory=dict)  # 1-min load average at each step
 
     @property
     def bytes_per_prediction(self) -> float:
@@ -671,19 +716,24 @@ def run_scale(
         f"{result.bytes_per_prediction / 1000:.2f} KB per answered prediction "
         "(with its shadow share and feedback)"
     )
+    result.load["monitor"] = os.getloadavg()[0]
     result.monitor = in_child(monitor_pass, project, backend.name, backend.target())
     print(
         f"monitor pass: {result.monitor['seconds']:.1f} s, peak RSS "
         f"{result.monitor['peak_rss_mb']:.0f} MB (before the pass "
-        f"{result.monitor['rss_before_mb']:.0f} MB); reports {result.monitor['reports']}"
+        f"{result.monitor['rss_before_mb']:.0f} MB; load {result.load['monitor']:.1f}); "
+        f"reports {result.monitor['reports']}"
     )
     ensure_aliases(project)
+    result.load["guard"] = os.getloadavg()[0]
     result.guard = in_child(guard_check, project, backend.name, backend.target())
     print(
         f"guard check: {result.guard['seconds']:.1f} s, peak RSS "
-        f"{result.guard['peak_rss_mb']:.0f} MB; decisions {result.guard['decisions']}"
+        f"{result.guard['peak_rss_mb']:.0f} MB (load {result.load['guard']:.1f}); "
+        f"decisions {result.guard['decisions']}"
     )
     for writers in args.writers:
+        load = os.getloadavg()[0]
         found = ingest(
             backend.name,
             backend.target(),
@@ -693,12 +743,12 @@ def run_scale(
             args.per_call,
             args.ingest_seconds,
         )
-        result.ingest.append(found)
+        result.ingest.append({**found, "load": load})
         print(
             f"ingest through PredictionLog.write: {writers} writer process(es) x "
             f"{args.threads} thread(s), {args.per_call} prediction(s) per call: "
             f"{found['rows_per_s']:,.0f} rows/s ({found['rows']:,} rows in "
-            f"{found['seconds']:.1f} s)"
+            f"{found['seconds']:.1f} s; load {load:.1f})"
         )
     backend.delete_after(NOW)
     return result
@@ -713,18 +763,18 @@ def counts(backend: Backend) -> tuple[int, int]:
 
 def extrapolate(results: list[ScaleResult], rows: int) -> ScaleResult:
     """A line through the two largest measured scales, evaluated at ``rows`` (times, memory,
-    storage); ingest is not extrapolated (it depends on the writers, not on the window)."""
+    storage), never below the larger measured value; ingest is not extrapolated (it depends on
+    the writers, not on the window)."""
     low, high = sorted(results, key=lambda r: r.rows)[-2:]
 
     def line(a: float, b: float) -> float:
         return a + (b - a) * (rows - low.rows) / (high.rows - low.rows)
 
     def part(key: str) -> dict[str, Any]:
-        return {
-            "seconds": line(low.__dict__[key]["seconds"], high.__dict__[key]["seconds"]),
-            "peak_rss_mb": line(
-                low.__dict__[key]["peak_rss_mb"], high.__dict__[key]["peak_rss_mb"]
-            ),
+        a, b = getattr(low, key), getattr(high, key)
+        return {  # never below what was measured (a sampled read's memory stays flat)
+            name: max(line(a[name], b[name]), a[name], b[name])
+            for name in ("seconds", "peak_rss_mb")
         }
 
     found = ScaleResult(rows, extrapolated=True)
