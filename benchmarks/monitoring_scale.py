@@ -257,12 +257,19 @@ class Backend:
         raise NotImplementedError
 
 
-def open_log(backend: str, target: str) -> Any:
-    """prodguard's log on ``target`` as serving, monitors and the guard open it."""
-    from prodguard.serving.prediction_log import PostgresPredictionLog, SqlitePredictionLog
+def open_log(backend: str, target: str, serving: bool = False) -> Any:
+    """prodguard's log on ``target`` as monitors and the guard open it, or (``serving``) as a
+    replica does (SQLite: ``synchronous=FULL``, checkpoints off the request path)."""
+    from prodguard.serving.prediction_log import (
+        SERVING_CHECKPOINT_S,
+        PostgresPredictionLog,
+        SqlitePredictionLog,
+    )
 
     if backend == "postgres":
         return PostgresPredictionLog(target)
+    if serving:
+        return SqlitePredictionLog(Path(target), "FULL", checkpoint_every_s=SERVING_CHECKPOINT_S)
     return SqlitePredictionLog(Path(target), "NORMAL")
 
 
@@ -584,7 +591,7 @@ def _writer(
 
     disable_telemetry()
     seeds = seed_rows(Path(seed))
-    log = open_log(backend, target)
+    log = open_log(backend, target, serving=True)
     counts = [0] * threads
 
     def serve(thread: int) -> None:
