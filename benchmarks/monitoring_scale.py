@@ -790,6 +790,14 @@ def extrapolate(results: list[ScaleResult], rows: int) -> ScaleResult:
     return found
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 600 else f"{value / 3600:.1f} h"
+
+
+def _megabytes(value: float) -> str:
+    return f"{value:,.0f} MB" if value < 10_000 else f"{value / 1024:,.0f} GB"
+
+
 def table(results: list[ScaleResult], backend: str) -> str:
     writers = sorted({i["writers"] for r in results for i in r.ingest})
     head = (
@@ -803,8 +811,9 @@ def table(results: list[ScaleResult], backend: str) -> str:
         mark = " (extrapolated)" if r.extrapolated else ""
         by_writers = {i["writers"]: i["rows_per_s"] for i in r.ingest}
         lines.append(
-            f"| {r.rows:,}{mark} | {r.monitor['seconds']:.1f} s | {r.guard['seconds']:.1f} s "
-            f"| {r.monitor['peak_rss_mb']:,.0f} MB | {r.guard['peak_rss_mb']:,.0f} MB "
+            f"| {r.rows:,}{mark} | {_seconds(r.monitor['seconds'])} "
+            f"| {_seconds(r.guard['seconds'])} "
+            f"| {_megabytes(r.monitor['peak_rss_mb'])} | {_megabytes(r.guard['peak_rss_mb'])} "
             f"| {r.bytes_per_prediction / 1000:.2f} KB | "
             + " | ".join(f"{by_writers[w]:,.0f}/s" if w in by_writers else "-" for w in writers)
             + " |"
