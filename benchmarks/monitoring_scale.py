@@ -232,6 +232,7 @@ class Backend:
     directly (not the write path); ``open_log`` is prodguard's own ``PredictionLog``."""
 
     name = ""
+    loads_with = ""  # how ``bulk_load`` writes, for the output
 
     def target(self) -> str:
         raise NotImplementedError
@@ -275,6 +276,7 @@ def open_log(backend: str, target: str, serving: bool = False) -> Any:
 
 class PostgresBackend(Backend):
     name = "postgres"
+    loads_with = "COPY"
 
     def __init__(self, server: str, database: str) -> None:
         self.server, self.database = server.rstrip("/"), database
@@ -395,6 +397,7 @@ class PostgresBackend(Backend):
 
 class SqliteBackend(Backend):
     name = "sqlite"
+    loads_with = "INSERTs in one transaction"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -714,9 +717,9 @@ def run_scale(
     result.rows_stored, result.feedback_rows = counts(backend)
     result.storage_bytes = backend.storage_bytes()
     print(
-        f"bulk load (COPY of replicated rows straight into the log's tables, NOT the write "
-        f"path): {result.rows_stored:,} rows + {result.feedback_rows:,} feedback over "
-        f"{SPAN_DAYS} simulated days in {result.load_seconds:.0f} s"
+        f"bulk load ({backend.loads_with} of replicated rows straight into the log's tables, "
+        f"NOT the write path): {result.rows_stored:,} rows + {result.feedback_rows:,} feedback "
+        f"over {SPAN_DAYS} simulated days in {result.load_seconds:.0f} s"
     )
     print(
         f"storage: {result.storage_bytes / 1e9:.2f} GB, "
@@ -895,7 +898,7 @@ def main() -> None:
                     "now": NOW.isoformat(),
                     "span_days": SPAN_DAYS,
                     "seed_answers": len(seeds),
-                    "bulk_load": "COPY of replicated rows (not the write path)",
+                    "bulk_load": f"{backend.loads_with} of replicated rows (not the write path)",
                     "results": [
                         {**asdict(r), "bytes_per_prediction": r.bytes_per_prediction}
                         for r in results
