@@ -258,6 +258,12 @@ class Backend:
         raise NotImplementedError
 
 
+def _value(conn: Any, query: str, params: tuple[Any, ...] | None = None) -> Any:
+    """The first column of the first row ``query`` returns."""
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
 def open_log(backend: str, target: str, serving: bool = False) -> Any:
     """prodguard's log on ``target`` as monitors and the guard open it, or (``serving``) as a
     replica does (SQLite: ``synchronous=FULL``, checkpoints off the request path)."""
@@ -318,21 +324,17 @@ class PostgresBackend(Backend):
         outcomes = [None if s.outcome is None else _copy_text(s.outcome) for s in seeds]
         index = {id(s): i for i, s in enumerate(seeds)}
         with psycopg.connect(self.target(), autocommit=True) as conn:
-            ids_table = conn.execute("SELECT to_regclass('prediction_ids')").fetchone()[0]
+            ids_table = _value(conn, "SELECT to_regclass('prediction_ids')")
             sequence = (
-                conn.execute("SELECT pg_get_serial_sequence('predictions', 'id')").fetchone()[0]
+                _value(conn, "SELECT pg_get_serial_sequence('predictions', 'id')")
                 or "predictions_id_seq"
             )
-            conn.execute("DELETE FROM predictions WHERE request_id LIKE 'bulk-probe-%%'")
+            conn.execute("DELETE FROM predictions WHERE request_id LIKE 'bulk-probe-%'")
             if ids_table:
-                conn.execute("DELETE FROM prediction_ids WHERE request_id LIKE 'bulk-probe-%%'")
+                conn.execute("DELETE FROM prediction_ids WHERE request_id LIKE 'bulk-probe-%'")
             rows = scale.total + sum(1 for k in range(scale.total) if scale.shadowed(k))
-            first = (
-                conn.execute(
-                    "SELECT setval(%s, nextval(%s) + %s)", (sequence, sequence, rows)
-                ).fetchone()[0]
-                - rows
-            )
+            query = "SELECT setval(%s, nextval(%s) + %s)"
+            first = _value(conn, query, (sequence, sequence, rows)) - rows
         statements = {
             "predictions": f"COPY predictions ({', '.join(('id', *COLUMNS))}) FROM STDIN",
             "feedback": "COPY feedback (request_id, time, outcome) FROM STDIN",
@@ -381,8 +383,7 @@ class PostgresBackend(Backend):
         import psycopg
 
         with psycopg.connect(self.target()) as conn:
-            row = conn.execute(query).fetchone()
-        return int(row[0])
+            return int(_value(conn, query))
 
     def delete_after(self, when: datetime) -> None:
         import psycopg
