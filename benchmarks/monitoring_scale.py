@@ -482,22 +482,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _settings(project: str) -> Any:
+def _settings(project: str, backend: str = "", target: str = "", aggregates: bool = False) -> Any:
+    """The project's settings as a deployment on ``target`` has them: PostgreSQL as
+    ``storage.url`` (SQLite: the project's own log file), window aggregates on or off."""
     from prodguard.config import load_settings
     from prodguard.telemetry import disable_telemetry
 
     disable_telemetry()
-    return load_settings(Path(project), environ={})
+    environ = {"PRODGUARD_STORAGE__URL": target} if backend == "postgres" else {}
+    if aggregates:
+        environ["PRODGUARD_MONITORING__AGGREGATES__ENABLED"] = "true"
+    return load_settings(Path(project), environ=environ)
 
 
-def monitor_pass(project: str, backend: str, target: str) -> dict[str, Any]:
+def monitor_pass(project: str, backend: str, target: str, aggregates: bool) -> dict[str, Any]:
     """One ``prodguard monitor`` pass (the latest 7-day window and the matured one) at ``NOW``:
-    ``run_monitor(build_monitor(...))`` with no alert gate."""
+    ``run_monitor(build_monitor(settings))`` with no alert gate."""
     from prodguard.clock import FixedClock
     from prodguard.monitoring.jobs import build_monitor, run_monitor
 
-    settings = _settings(project)
-    monitor = build_monitor(settings, FixedClock(NOW), open_log(backend, target))
+    settings = _settings(project, backend, target, aggregates)
+    monitor = build_monitor(settings, FixedClock(NOW))
     before = peak_rss_mb()
     run = run_monitor(monitor, None)
     return {
@@ -516,14 +521,14 @@ def monitor_pass(project: str, backend: str, target: str) -> dict[str, Any]:
     }
 
 
-def guard_check(project: str, backend: str, target: str) -> dict[str, Any]:
-    """One ``prodguard guard`` check at ``NOW``: ``build_guard(...).check()`` (v2 champion for
-    ``GUARD_LIVE_HOURS``, v1 standby scoring in shadow)."""
+def guard_check(project: str, backend: str, target: str, aggregates: bool) -> dict[str, Any]:
+    """One ``prodguard guard`` check at ``NOW``: ``build_guard(settings).check()`` (v2 champion
+    for ``GUARD_LIVE_HOURS``, v1 standby scoring in shadow)."""
     from prodguard.clock import FixedClock
     from prodguard.rollout.jobs import build_guard
 
-    settings = _settings(project)
-    guard = build_guard(settings, FixedClock(NOW), open_log(backend, target))
+    settings = _settings(project, backend, target, aggregates)
+    guard = build_guard(settings, FixedClock(NOW))
     before = peak_rss_mb()
     began = time.perf_counter()
     decisions = guard.check()
@@ -542,6 +547,24 @@ def guard_check(project: str, backend: str, target: str) -> dict[str, Any]:
             }
             for d in decisions
         ],
+    }
+
+
+def rebuild_aggregates(project: str, backend: str, target: str) -> dict[str, Any]:
+    """``prodguard aggregates rebuild`` over the simulated span: the window aggregates summarised
+    from the raw log (what the replicas would have written live)."""
+    from prodguard import app
+
+    settings = _settings(project, backend, target, aggregates=True)
+    began = time.perf_counter()
+    rebuilt = app.rebuild_aggregates(  # type: ignore[attr-defined]  # issue 21's aggregates
+        settings, NOW - timedelta(days=SPAN_DAYS), NOW
+    )
+    return {
+        "seconds": time.perf_counter() - began,
+        "peak_rss_mb": peak_rss_mb(),
+        "summaries": rebuilt.summaries,
+        "rows": rebuilt.rows,
     }
 
 
@@ -690,6 +713,9 @@ class ScaleResult:
     storage_bytes: int = 0
     monitor: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] = field(default_factory=dict)
+    rebuild: dict[str, Any] = field(default_factory=dict)  # --aggregates: their rebuild
+    monitor_aggregates: dict[str, Any] = field(default_factory=dict)  # ...and reads from them
+    guard_aggregates: dict[str, Any] = field(default_factory=dict)
     ingest: list[dict[str, Any]] = field(default_factory=list)
     extrapolated: bool = False
     load: dict[str, float] = field(default_factory=dict)  # 1-min load average at each step
@@ -727,22 +753,19 @@ def run_scale(
         f"{result.bytes_per_prediction / 1000:.2f} KB per answered prediction "
         "(with its shadow share and feedback)"
     )
-    result.load["monitor"] = os.getloadavg()[0]
-    result.monitor = in_child(monitor_pass, project, backend.name, backend.target())
-    print(
-        f"monitor pass: {result.monitor['seconds']:.1f} s, peak RSS "
-        f"{result.monitor['peak_rss_mb']:.0f} MB (before the pass "
-        f"{result.monitor['rss_before_mb']:.0f} MB; load {result.load['monitor']:.1f}); "
-        f"reports {result.monitor['reports']}"
-    )
     ensure_aliases(project)
-    result.load["guard"] = os.getloadavg()[0]
-    result.guard = in_child(guard_check, project, backend.name, backend.target())
-    print(
-        f"guard check: {result.guard['seconds']:.1f} s, peak RSS "
-        f"{result.guard['peak_rss_mb']:.0f} MB (load {result.load['guard']:.1f}); "
-        f"decisions {result.guard['decisions']}"
-    )
+    result.monitor, result.guard = reads(project, backend, result, aggregates=False)
+    if args.aggregates:
+        result.rebuild = in_child(rebuild_aggregates, project, backend.name, backend.target())
+        print(
+            f"aggregates rebuilt from the raw log (prodguard aggregates rebuild): "
+            f"{result.rebuild['summaries']:,} summaries of {result.rebuild['rows']:,} rows in "
+            f"{result.rebuild['seconds']:.0f} s, peak RSS {result.rebuild['peak_rss_mb']:.0f} MB"
+        )
+        ensure_aliases(project)
+        result.monitor_aggregates, result.guard_aggregates = reads(
+            project, backend, result, aggregates=True
+        )
     for writers in args.writers:
         load = os.getloadavg()[0]
         found = ingest(
@@ -765,6 +788,28 @@ def run_scale(
     return result
 
 
+def reads(
+    project: str, backend: Backend, result: ScaleResult, aggregates: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A monitor pass, then a guard check, each in a process of its own (with the window
+    aggregates when ``aggregates``)."""
+    how = " from aggregates" if aggregates else ""
+    result.load["monitor" + how] = os.getloadavg()[0]
+    monitor = in_child(monitor_pass, project, backend.name, backend.target(), aggregates)
+    print(
+        f"monitor pass{how}: {monitor['seconds']:.1f} s, peak RSS {monitor['peak_rss_mb']:.0f} MB "
+        f"(before the pass {monitor['rss_before_mb']:.0f} MB; load "
+        f"{result.load['monitor' + how]:.1f}); reports {monitor['reports']}"
+    )
+    result.load["guard" + how] = os.getloadavg()[0]
+    guard = in_child(guard_check, project, backend.name, backend.target(), aggregates)
+    print(
+        f"guard check{how}: {guard['seconds']:.1f} s, peak RSS {guard['peak_rss_mb']:.0f} MB "
+        f"(load {result.load['guard' + how]:.1f}); decisions {guard['decisions']}"
+    )
+    return monitor, guard
+
+
 def counts(backend: Backend) -> tuple[int, int]:
     """Rows in predictions and feedback."""
     return backend.scalar("SELECT COUNT(*) FROM predictions"), backend.scalar(
@@ -783,6 +828,8 @@ def extrapolate(results: list[ScaleResult], rows: int) -> ScaleResult:
 
     def part(key: str) -> dict[str, Any]:
         a, b = getattr(low, key), getattr(high, key)
+        if not a or not b:
+            return {}
         return {  # never below what was measured (a sampled read's memory stays flat)
             name: max(line(a[name], b[name]), a[name], b[name])
             for name in ("seconds", "peak_rss_mb")
@@ -791,6 +838,8 @@ def extrapolate(results: list[ScaleResult], rows: int) -> ScaleResult:
     found = ScaleResult(rows, extrapolated=True)
     found.storage_bytes = int(line(low.storage_bytes, high.storage_bytes))
     found.monitor, found.guard = part("monitor"), part("guard")
+    found.monitor_aggregates = part("monitor_aggregates")
+    found.guard_aggregates = part("guard_aggregates")
     return found
 
 
@@ -804,21 +853,29 @@ def _megabytes(value: float) -> str:
 
 def table(results: list[ScaleResult], backend: str) -> str:
     writers = sorted({i["writers"] for r in results for i in r.ingest})
+    reads = [("monitor", "monitor pass"), ("guard", "guard check")]
+    if any(r.monitor_aggregates for r in results):
+        reads += [("monitor_aggregates", "monitor (aggregates)")]
+        reads += [("guard_aggregates", "guard (aggregates)")]
     head = (
-        "| rows per 7-day window | monitor pass | guard check | peak RSS monitor | peak RSS guard "
-        "| storage per prediction | "
+        "| rows per 7-day window | "
+        + " | ".join(f"{name} | peak RSS" for _, name in reads)
+        + " | storage per prediction | "
         + " | ".join(f"ingest {w} writer{'s' if w > 1 else ''}" for w in writers)
         + " |"
     )
-    lines = [f"backend: {backend}", head, "|" + "---|" * (6 + len(writers))]
+    lines = [f"backend: {backend}", head, "|" + "---|" * (2 + 2 * len(reads) + len(writers))]
     for r in results:
         mark = " (extrapolated)" if r.extrapolated else ""
         by_writers = {i["writers"]: i["rows_per_s"] for i in r.ingest}
+        measured = [getattr(r, key) for key, _ in reads]
         lines.append(
-            f"| {r.rows:,}{mark} | {_seconds(r.monitor['seconds'])} "
-            f"| {_seconds(r.guard['seconds'])} "
-            f"| {_megabytes(r.monitor['peak_rss_mb'])} | {_megabytes(r.guard['peak_rss_mb'])} "
-            f"| {r.bytes_per_prediction / 1000:.2f} KB | "
+            f"| {r.rows:,}{mark} | "
+            + " | ".join(
+                f"{_seconds(m['seconds'])} | {_megabytes(m['peak_rss_mb'])}" if m else "- | -"
+                for m in measured
+            )
+            + f" | {r.bytes_per_prediction / 1000:.2f} KB | "
             + " | ".join(f"{by_writers[w]:,.0f}/s" if w in by_writers else "-" for w in writers)
             + " |"
         )
@@ -851,6 +908,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the database of the last scale")
+    parser.add_argument(
+        "--aggregates",
+        action="store_true",
+        help="also rebuild the window aggregates from the raw log (app.rebuild_aggregates) and "
+        "run the monitor pass and guard check with monitoring.aggregates on (issue 21)",
+    )
     args = parser.parse_args()
     args.writers = [int(w) for w in args.writers.split(",") if w]
     scales = [int(float(r)) for r in args.rows.split(",") if r]
@@ -872,7 +935,7 @@ def main() -> None:
     backend: Backend = (
         PostgresBackend(args.postgres, args.database)
         if args.backend == "postgres"
-        else SqliteBackend(work / "scale_log.db")
+        else SqliteBackend(settings.paths.prediction_log)
     )
     results: list[ScaleResult] = []
     try:
