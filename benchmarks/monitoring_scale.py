@@ -482,20 +482,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _settings(project: str, backend: str = "", target: str = "", aggregates: bool = False) -> Any:
+def _settings(
+    project: str, backend: str = "", target: str = "", aggregates: int | None = None
+) -> Any:
     """The project's settings as a deployment on ``target`` has them: PostgreSQL as
-    ``storage.url`` (SQLite: the project's own log file), window aggregates on or off."""
+    ``storage.url`` (SQLite: the project's own log file), window aggregates off (None) or on
+    with buckets of ``aggregates`` seconds (0: the project's setting)."""
     from prodguard.config import load_settings
     from prodguard.telemetry import disable_telemetry
 
     disable_telemetry()
     environ = {"PRODGUARD_STORAGE__URL": target} if backend == "postgres" else {}
-    if aggregates:
+    if aggregates is not None:
         environ["PRODGUARD_MONITORING__AGGREGATES__ENABLED"] = "true"
+        if aggregates:
+            environ["PRODGUARD_MONITORING__AGGREGATES__BUCKET_SECONDS"] = str(aggregates)
     return load_settings(Path(project), environ=environ)
 
 
-def monitor_pass(project: str, backend: str, target: str, aggregates: bool) -> dict[str, Any]:
+def monitor_pass(project: str, backend: str, target: str, aggregates: int | None) -> dict[str, Any]:
     """One ``prodguard monitor`` pass (the latest 7-day window and the matured one) at ``NOW``:
     ``run_monitor(build_monitor(settings))`` with no alert gate."""
     from prodguard.clock import FixedClock
@@ -521,7 +526,7 @@ def monitor_pass(project: str, backend: str, target: str, aggregates: bool) -> d
     }
 
 
-def guard_check(project: str, backend: str, target: str, aggregates: bool) -> dict[str, Any]:
+def guard_check(project: str, backend: str, target: str, aggregates: int | None) -> dict[str, Any]:
     """One ``prodguard guard`` check at ``NOW``: ``build_guard(settings).check()`` (v2 champion
     for ``GUARD_LIVE_HOURS``, v1 standby scoring in shadow)."""
     from prodguard.clock import FixedClock
@@ -550,12 +555,12 @@ def guard_check(project: str, backend: str, target: str, aggregates: bool) -> di
     }
 
 
-def rebuild_aggregates(project: str, backend: str, target: str) -> dict[str, Any]:
+def rebuild_aggregates(project: str, backend: str, target: str, bucket: int) -> dict[str, Any]:
     """``prodguard aggregates rebuild`` over the simulated span: the window aggregates summarised
     from the raw log (what the replicas would have written live)."""
     from prodguard import app
 
-    settings = _settings(project, backend, target, aggregates=True)
+    settings = _settings(project, backend, target, bucket)
     began = time.perf_counter()
     rebuilt = app.rebuild_aggregates(  # type: ignore[attr-defined]  # issue 21's aggregates
         settings, NOW - timedelta(days=SPAN_DAYS), NOW
@@ -754,9 +759,11 @@ def run_scale(
         "(with its shadow share and feedback)"
     )
     ensure_aliases(project)
-    result.monitor, result.guard = reads(project, backend, result, aggregates=False)
-    if args.aggregates:
-        result.rebuild = in_child(rebuild_aggregates, project, backend.name, backend.target())
+    result.monitor, result.guard = reads(project, backend, result, None)
+    if args.aggregates is not None:
+        result.rebuild = in_child(
+            rebuild_aggregates, project, backend.name, backend.target(), args.aggregates
+        )
         print(
             f"aggregates rebuilt from the raw log (prodguard aggregates rebuild): "
             f"{result.rebuild['summaries']:,} summaries of {result.rebuild['rows']:,} rows in "
@@ -764,7 +771,7 @@ def run_scale(
         )
         ensure_aliases(project)
         result.monitor_aggregates, result.guard_aggregates = reads(
-            project, backend, result, aggregates=True
+            project, backend, result, args.aggregates
         )
     for writers in args.writers:
         load = os.getloadavg()[0]
@@ -789,11 +796,11 @@ def run_scale(
 
 
 def reads(
-    project: str, backend: Backend, result: ScaleResult, aggregates: bool
+    project: str, backend: Backend, result: ScaleResult, aggregates: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A monitor pass, then a guard check, each in a process of its own (with the window
-    aggregates when ``aggregates``)."""
-    how = " from aggregates" if aggregates else ""
+    aggregates when ``aggregates`` is not None: see ``_settings``)."""
+    how = "" if aggregates is None else " from aggregates"
     result.load["monitor" + how] = os.getloadavg()[0]
     monitor = in_child(monitor_pass, project, backend.name, backend.target(), aggregates)
     print(
@@ -910,9 +917,14 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database of the last scale")
     parser.add_argument(
         "--aggregates",
-        action="store_true",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="BUCKET_SECONDS",
         help="also rebuild the window aggregates from the raw log (app.rebuild_aggregates) and "
-        "run the monitor pass and guard check with monitoring.aggregates on (issue 21)",
+        "run the monitor pass and guard check with monitoring.aggregates on (issue 21), with "
+        "buckets of BUCKET_SECONDS (default: the project's setting)",
     )
     args = parser.parse_args()
     args.writers = [int(w) for w in args.writers.split(",") if w]
