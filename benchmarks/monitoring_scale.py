@@ -864,13 +864,10 @@ def table(results: list[ScaleResult], backend: str) -> str:
     if any(r.monitor_aggregates for r in results):
         reads += [("monitor_aggregates", "monitor (aggregates)")]
         reads += [("guard_aggregates", "guard (aggregates)")]
-    head = (
-        "| rows per 7-day window | "
-        + " | ".join(f"{name} | peak RSS" for _, name in reads)
-        + " | storage per prediction | "
-        + " | ".join(f"ingest {w} writer{'s' if w > 1 else ''}" for w in writers)
-        + " |"
-    )
+    columns = ["rows per 7-day window", *(f"{name} | peak RSS" for _, name in reads)]
+    columns += ["storage per prediction"]
+    columns += [f"ingest {w} writer{'s' if w > 1 else ''}" for w in writers]
+    head = "| " + " | ".join(columns) + " |"
     lines = [f"backend: {backend}", head, "|" + "---|" * (2 + 2 * len(reads) + len(writers))]
     for r in results:
         mark = " (extrapolated)" if r.extrapolated else ""
@@ -882,9 +879,8 @@ def table(results: list[ScaleResult], backend: str) -> str:
                 f"{_seconds(m['seconds'])} | {_megabytes(m['peak_rss_mb'])}" if m else "- | -"
                 for m in measured
             )
-            + f" | {r.bytes_per_prediction / 1000:.2f} KB | "
-            + " | ".join(f"{by_writers[w]:,.0f}/s" if w in by_writers else "-" for w in writers)
-            + " |"
+            + f" | {r.bytes_per_prediction / 1000:.2f} KB |"
+            + "".join(f" {by_writers[w]:,.0f}/s |" if w in by_writers else " - |" for w in writers)
         )
     return "\n".join(lines)
 
