@@ -24,6 +24,9 @@ from prodguard.incidents import (
     feature_sources,
 )
 from prodguard.monitoring.alerting import retired
+from prodguard.monitoring.baseline import Finding
+from prodguard.monitoring.jobs import run_monitor
+from prodguard.monitoring.monitor import WindowReport
 from tests.unit.test_alerts import Receiver
 
 pytestmark = pytest.mark.unit
@@ -381,3 +384,38 @@ def test_a_data_incident_belongs_to_the_source_feeding_most_degraded_rows() -> N
     assert GROUPING.cause_of(listed).key == "source:src_b"
     unknown = replace(incident, details={"features": {"request_only": 5}})
     assert GROUPING.cause_of(unknown).key == "model:v2"
+
+
+class _Windows:
+    """The monitor's latest window as fixed reports (run_monitor's orchestration alone)."""
+
+    def __init__(self, reports: list[WindowReport]) -> None:
+        self.reports = reports
+
+    def latest(self) -> list[WindowReport]:
+        return self.reports
+
+    def now(self) -> datetime:
+        return T0 + timedelta(hours=3)
+
+
+def test_a_version_still_in_the_window_is_judged_not_retired(tmp_path: Path) -> None:
+    """v1 was replaced but its rows are still in the window: each pass judges it (its condition
+    holds, alerted once), never retires it, so nothing flaps; v3, neither served nor in the
+    window, resolves once."""
+    gate = AlertGate(FileGateState(tmp_path / "open_alerts.json"), Alerter([]))
+    gate.update([("score.mean|v3", drift("score.mean", version=3, kind="prediction_alert"))], [])
+    window = (T0, T0 + timedelta(hours=3))
+    reports = [
+        WindowReport(
+            *window, 1, 500, "critical", [Finding("score.mean", 0.9, "critical", 0.5, 0.6)]
+        ),
+        WindowReport(*window, 2, 500, "ok", [Finding("score.mean", 0.3, "ok", 0.5, 0.6)]),
+    ]
+    first = run_monitor(_Windows(reports), gate, served=lambda: {2})
+    assert sorted((a.type, a.model_version) for a in first.sent) == [
+        ("prediction_alert", 1),
+        ("resolved", 3),
+    ]
+    again = run_monitor(_Windows(reports), gate, served=lambda: {2})
+    assert again.sent == [] and set(gate.open_conditions()) == {"score.mean|v1"}

@@ -311,7 +311,9 @@ def run_monitor(
     """One monitoring pass: the latest window, or every closed window of ``[start, end)``;
     alerts go through ``gate`` (de-duplicated; windows judged before alert nothing again),
     values to ``gauges``. ``served``: the versions serving now; on a pass over the latest
-    window, the open conditions of any other version resolve (it was rolled back or replaced)."""
+    window, the open conditions of a version neither served nor in the window resolve (it was
+    rolled back or replaced, and its rows have left the window: nothing else would clear them).
+    A version still in the window is judged as before, so its conditions do not flap."""
     began = time.perf_counter()
     if (start is None) != (end is None):
         raise InputError("give both --start and --end, or neither (the latest window)")
@@ -326,8 +328,9 @@ def run_monitor(
         judged = gate.judged_through()
         fresh = [r for r in reports if judged is None or r.end > judged]
         raised, cleared = alerts_of(fresh, stamp)
-        if served is not None and start is None:
-            cleared += retired(gate.open_conditions(), served(), stamp)
+        if served is not None and start is None:  # judged in this pass: alerts_of decides
+            judged_now = {r.model_version for r in reports if r.model_version is not None}
+            cleared += retired(gate.open_conditions(), set(served()) | judged_now, stamp)
         run.sent = gate.update(raised, cleared, through=max(r.end for r in reports))
     if gate is not None:
         gate.alerter.sweep(stamp)  # incidents quiet for their gap resolve
