@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from replay_project import example_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 WEATHER = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip")
 WEATHER += ("pressure", "visib")
 SWAPPED = ("dep_hour", "temp")
@@ -328,20 +328,13 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
 
 def prepare(work: Path) -> dict[str, Any]:
     from prodguard import app, wiring
-    from prodguard.config import load_settings
     from prodguard.features.as_of import AsOfFeatures
     from prodguard.ingestion.offline import OfflineStore
     from prodguard.monitoring.jobs import record_baseline
     from prodguard.registry.lineage import BASELINE as BASELINE_TAG
     from prodguard.timewindows import parse_time as t
 
-    project = work / "project"
-    if not (project / "prodguard.yaml").exists():
-        project.mkdir(parents=True, exist_ok=True)
-        for name in ("prodguard.yaml", "expectations", "mlruns_config", "feature_repo"):
-            source = ROOT / name
-            (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
-    settings = load_settings(project / "prodguard.yaml", environ={})
+    settings = example_settings(work)
     registry = wiring.registry_operations(settings).registry
     began = time.perf_counter()
     if len(registry.versions()) < 2:

@@ -40,7 +40,6 @@ import json
 import multiprocessing
 import os
 import resource
-import shutil
 import sqlite3
 import tempfile
 import time
@@ -50,7 +49,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from replay_project import example_settings
+
 SEED = ("2013-04-01", "2013-04-15")  # the replayed traffic every row is copied from
 CHAMPION, STANDBY = 2, 1  # v2 (trained Jan-Mar) answers, v1 (Jan-Feb) is its standby
 NOW = datetime(2026, 11, 30, tzinfo=UTC)  # the simulated "now" the monitor and guard run at
@@ -69,20 +69,13 @@ def prepare(work: Path) -> tuple[Any, Path]:
     (Jan-Feb) and v2 (Jan-Mar) trained, v2 baselined on the seed period, and the seed period
     replayed once with v2 answering and v1 in shadow (all reused by later runs)."""
     from prodguard import app, wiring
-    from prodguard.config import load_settings
     from prodguard.monitoring.jobs import baseline_from_log, replay_version, version_reference
     from prodguard.registry import lineage
     from prodguard.rollout.policy import TrafficPolicy
     from prodguard.serving.prediction_log import SqlitePredictionLog
     from prodguard.timewindows import parse_time as t
 
-    project = work / "project"
-    if not (project / "prodguard.yaml").exists():
-        project.mkdir(parents=True, exist_ok=True)
-        for name in ("prodguard.yaml", "expectations", "mlruns_config", "feature_repo"):
-            source = ROOT / name
-            (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
-    settings = load_settings(project / "prodguard.yaml", environ={})
+    settings = example_settings(work)
     registry = wiring.registry_operations(settings).registry
     began = time.perf_counter()
     if len(registry.versions()) < 2:

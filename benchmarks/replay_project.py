@@ -21,13 +21,9 @@ def half(request_id: str) -> bool:
     return hashlib.blake2b(request_id.encode(), digest_size=8).digest()[0] < 128
 
 
-def trained_project(
-    work: Path, ingest: tuple[datetime, datetime], train: tuple[datetime, datetime], actor: str
-) -> tuple[Any, Any, int]:
-    """(settings, registry, version): the project copied into ``work``, ``ingest`` ingested,
-    materialized to the end of training, a version trained on ``train``; a previous run's
-    folder is reused as it is."""
-    from prodguard import app
+def example_settings(work: Path) -> Any:
+    """The settings of the example project copied into ``work/project`` (a previous run's copy
+    is reused as it is)."""
     from prodguard.config import load_settings
 
     project = work / "project"
@@ -37,7 +33,18 @@ def trained_project(
             source = ROOT / name
             copy = shutil.copytree if source.is_dir() else shutil.copy
             copy(source, project / name)
-    settings = load_settings(project / "prodguard.yaml", environ={})
+    return load_settings(project / "prodguard.yaml", environ={})
+
+
+def trained_project(
+    work: Path, ingest: tuple[datetime, datetime], train: tuple[datetime, datetime], actor: str
+) -> tuple[Any, Any, int]:
+    """(settings, registry, version): the project copied into ``work``, ``ingest`` ingested,
+    materialized to the end of training, a version trained on ``train``; a previous run's
+    folder is reused as it is."""
+    from prodguard import app
+
+    settings = example_settings(work)
     registry = app.registry_operations(settings).registry
     began = time.perf_counter()
     known = registry.versions()
