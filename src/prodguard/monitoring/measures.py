@@ -138,7 +138,7 @@ def judged_features(
 
 
 def measure(
-    frame: pd.DataFrame,
+    window: pd.DataFrame | Summary,
     *,
     features: Mapping[str, FeatureReference],
     scores: FeatureReference | None,
@@ -150,18 +150,21 @@ def measure(
     spec: TaskSpec = BINARY,
     cost: CostFunction | None = None,
 ) -> list[Measure]:
-    """Every metric of one window (``frame``: champion rows of one model version, whose task
-    is ``spec``; ``cost``: the project's KPI cost function, if it names one): the rows'
-    summary measured, latency percentiles exact from the rows."""
-    bins = window_bins(features, scores, staging)
-    summary = summarise(frame, bins, spec, kpi=kpi, cost=cost)
-    timings = request_timings(frame) if len(frame) else pd.DataFrame()
-    exact_latencies = {
-        stage: timings[f"{stage}_ms"].dropna().to_numpy("float64")
-        if f"{stage}_ms" in timings
-        else np.array([])
-        for stage in LATENCY_STAGES
-    }
+    """Every metric of one window of one model version, whose task is ``spec``: its rows (the
+    rows' summary measured, latency percentiles exact from the rows; ``cost``: the project's
+    KPI cost function, if it names one) or its merged ``Summary`` (window aggregates)."""
+    if isinstance(window, Summary):
+        summary, exact_latencies = window, None
+    else:
+        bins = window_bins(features, scores, staging)
+        summary = summarise(window, bins, spec, kpi=kpi, cost=cost)
+        timings = request_timings(window) if len(window) else pd.DataFrame()
+        exact_latencies = {
+            stage: timings[f"{stage}_ms"].dropna().to_numpy("float64")
+            if f"{stage}_ms" in timings
+            else np.array([])
+            for stage in LATENCY_STAGES
+        }
     return measure_summary(
         summary,
         features=features,

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -29,14 +29,12 @@ from prodguard.monitoring.baseline import Baseline, Finding, Status, evaluate, w
 from prodguard.monitoring.measures import (
     BINARY,
     FeatureReference,
-    Measure,
     bins_fingerprint,
     feature_references,
     judged_features,
     kpi_cost_function,
     logged_outputs,
     measure,
-    measure_summary,
     request_timings,
     row_costs,
     served_degraded,
@@ -618,32 +616,18 @@ class Monitor:
         )
         kpi = self._settings.kpi
         sampled_errors = {k: v // every for k, v in errors.items()}
-        measures: Sequence[Measure]
-        if isinstance(rows, Summary):
-            measures = measure_summary(
-                rows,
-                features=features,
-                scores=scores,
-                staging=staging,
-                kpi=kpi,
-                matured=matured,
-                errors=sampled_errors,
-                min_rows=max(1, min_rows // every),
-                spec=reference.spec,
-            )
-        else:
-            measures = measure(
-                rows,
-                features=features,
-                scores=scores,
-                staging=staging,
-                kpi=kpi,
-                matured=matured,
-                errors=sampled_errors,
-                min_rows=max(1, min_rows // every),
-                spec=reference.spec,
-                cost=self._cost,
-            )
+        measures = measure(
+            rows,  # the window's rows, or its merged summary (window aggregates)
+            features=features,
+            scores=scores,
+            staging=staging,
+            kpi=kpi,
+            matured=matured,
+            errors=sampled_errors,
+            min_rows=max(1, min_rows // every),
+            spec=reference.spec,
+            cost=self._cost,
+        )
         findings = evaluate(measures, baseline, self._settings.psi, self._settings.spread)
         if reason:
             findings = [
