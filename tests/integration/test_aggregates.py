@@ -20,7 +20,12 @@ from prodguard.config import Settings, load_settings
 from prodguard.monitoring.aggregates import LATENCY_ACCURACY, Key, Summary, merge_all
 from prodguard.monitoring.jobs import replay_version
 from prodguard.monitoring.measures import kpi_cost_function, request_timings
-from prodguard.monitoring.monitor import Monitor, WindowReport, read_version_reference
+from prodguard.monitoring.monitor import (
+    Monitor,
+    PairedStates,
+    WindowReport,
+    read_version_reference,
+)
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.aggregate_store import (
     AggregatingLog,
@@ -85,7 +90,30 @@ class Replayed:
             self.settings.monitoring,
             FixedClock(now),
             aggregates=self.rebuilt if aggregates else None,
+            latency_budget_ms=self.settings.rollout.triggers.p99_latency_ms,
         )
+
+    def paired_states(
+        self, aggregates: bool, version: int, reference: int, shadow: bool
+    ) -> PairedStates:
+        """The guard's states of ``version`` (a shadow rollout: its shadow rows against the
+        champion's answers; the champion: its answers against the shadow scores) over a span
+        that starts and ends mid-bucket, failures and slow requests of its last two hours."""
+        start = START + timedelta(hours=3, seconds=97)
+        end = END - timedelta(minutes=7, seconds=13)
+        monitor = self.monitor(END, aggregates)
+        states = monitor.paired(
+            start,
+            end,
+            version,
+            reference,
+            ("shadow",) if shadow else ANSWERS,
+            ANSWERS if shadow else ("shadow",),
+            self.settings.rollout.triggers.p99_latency_ms,
+            recent=end - timedelta(hours=2),
+        )
+        assert monitor.pairs_from_aggregates == aggregates
+        return states
 
 
 def replay_into_aggregates(settings: Settings, root: Path, tmp: Path, **replay) -> Replayed:
@@ -210,6 +238,42 @@ def test_monitor_passes_from_aggregates_find_what_the_rows_find(binary: Replayed
     assert [r.to_json() for r in again] == [r.to_json() for r in daily]
 
 
+def assert_same_states(from_rows: PairedStates, from_aggregates: PairedStates) -> None:
+    """Counts exactly; sums to the last bits (exact sums rounded once against float sums)."""
+    rows, summed = from_rows.__dict__, from_aggregates.__dict__
+    assert rows.keys() == summed.keys()
+    for name, expected in rows.items():
+        got = summed[name]
+        if name in ("score", "cost"):
+            assert got.n == expected.n, name
+            assert got.total == pytest.approx(expected.total, rel=1e-12, abs=1e-12), name
+            assert got.squares == pytest.approx(expected.squares, rel=1e-12, abs=1e-12), name
+        elif name == "classes":
+            assert got.keys() == expected.keys()
+            for metric, state in expected.items():
+                assert got[metric].n == state.n, metric
+                assert got[metric].total == pytest.approx(state.total, rel=1e-12, abs=1e-12)
+        else:
+            assert got == expected, name
+
+
+def test_the_guard_reads_the_same_paired_states_from_aggregates(binary: Replayed) -> None:
+    binary.rebuild()
+    for version, reference, shadow in ((3, 2, True), (2, 3, False)):
+        from_rows = binary.paired_states(False, version, reference, shadow)
+        from_aggregates = binary.paired_states(True, version, reference, shadow)
+        assert from_rows.paired and from_rows.rows > 1000
+        assert from_rows.score.n == from_rows.rows  # every request scored by both
+        assert from_rows.cost.n > 500  # labelled requests served healthy
+        assert from_rows.slow_pairs is not None and from_rows.slow_pairs[0].n > 20  # single calls
+        assert_same_states(from_rows, from_aggregates)
+    # the guard's look for a data incident: degraded answers per feature
+    start, end = START + timedelta(hours=2, seconds=41), END - timedelta(minutes=3)
+    degraded = binary.monitor(END, aggregates=False).degraded(start, end)
+    assert degraded[0].n > 1000
+    assert binary.monitor(END, aggregates=True).degraded(start, end) == degraded
+
+
 def test_windows_the_aggregates_do_not_cover_are_read_from_rows(binary: Replayed) -> None:
     binary.rebuild()
     monitor = binary.monitor(utc("2013-04-20"), aggregates=True)
@@ -264,7 +328,14 @@ def test_a_multiclass_model_measures_the_same_from_aggregates(
     settings = load_settings(root / "prodguard.yaml", environ=environ)
     wiring.feature_store(settings).materialize(until=utc("2013-05-01"))
     trained = app.train(settings, utc("2013-01-01"), utc("2013-01-22"), actor="tests")
-    found = replay_into_aggregates(settings, root, tmp_path, version=trained.version)
+    other = app.train(settings, utc("2013-01-08"), utc("2013-01-29"), actor="tests")
+    found = replay_into_aggregates(
+        settings,
+        root,
+        tmp_path,
+        version=trained.version,
+        rollout=TrafficPolicy("shadow", version=other.version),
+    )
     rebuilt = found.rebuild()
     live = found.live.read(START, END)
     for key, summary in live.items():
@@ -278,6 +349,12 @@ def test_a_multiclass_model_measures_the_same_from_aggregates(
     metrics = {f.metric for r in daily for f in r.findings if f.value is not None}
     assert {"score.share.late", "score.proba.early", "kpi.delay_cost", "psi.distance"} <= metrics
     json.dumps([r.to_json() for r in daily])  # reports stay serialisable
+    # the guard's paired states of the version in shadow, per class score
+    from_rows = found.paired_states(False, other.version, trained.version, shadow=True)
+    assert from_rows.paired and set(from_rows.classes) == {
+        f"score.proba.{c}" for c in ("early", "on_time", "late")
+    }
+    assert_same_states(from_rows, found.paired_states(True, other.version, trained.version, True))
 
 
 def test_a_serving_replica_with_aggregates_on_summarises_what_it_answers(binary: Replayed) -> None:

@@ -16,6 +16,7 @@ from prodguard.config import KpiSettings
 from prodguard.monitoring.aggregates import (
     LATENCY_ACCURACY,
     Moments,
+    Slow,
     Summary,
     bucket_of,
     buckets_within,
@@ -188,8 +189,20 @@ def test_a_summary_round_trips_through_json() -> None:
     features, scores = _references(frame)
     summary = summarise(frame, window_bins(features, scores, None), TaskSpec(Task.BINARY, (0, 1)))
     summary = summary.merge(Summary(errors={"failed": 2}, paired={3: Moments.of([0.1, -0.2])}))
+    summary = summary.merge(
+        Summary(
+            healthy_kpi=Moments.of([1.0, 0.0]),
+            pair_costs={3: Moments.of([0.5, -1.0])},
+            pair_classes={3: {"score.proba.a": Moments.of([0.1])}},
+            pair_slow={3: Slow(4, 1, 2)},
+        )
+    )
     again = Summary.from_json(json.loads(json.dumps(summary.to_json())))
     assert again.to_json() == summary.to_json()
+    assert again.pair_slow == {3: Slow(4, 1, 2)}
+    # summaries stored before the guard's pair fields existed still read
+    older = {k: v for k, v in summary.to_json().items() if not k.startswith(("pair_", "healthy"))}
+    assert Summary.from_json(older).pair_costs == {}
     for stage, sketch in summary.latency.items():
         assert again.latency[stage].quantile(0.95) == sketch.quantile(0.95)
 
@@ -265,4 +278,56 @@ def test_a_replica_flushes_closed_buckets_and_vouches_only_for_them(tmp_path) ->
     assert paired.n == 75 and paired.mean() == pytest.approx(-0.001)  # v2 minus v3
     shadow = merge_all(s for k, s in summaries.items() if k.role == "shadow").paired[2]
     assert shadow.n == 75 and shadow.total == -paired.total
+    store.close()
+
+
+def test_a_replica_pairs_the_costs_of_labelled_requests_even_when_the_shadow_comes_later(
+    tmp_path,
+) -> None:
+    from prodguard.clock import FixedClock
+    from prodguard.config import AggregateSettings
+    from prodguard.monitoring.monitor import VersionReference
+    from prodguard.serving.aggregate_store import Aggregator, SqliteAggregateStore
+    from prodguard.serving.prediction_log import PredictionRecord
+
+    frame = _frame(300, 5)
+    features, _ = _references(frame)
+    reference = VersionReference(features, None)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    clock = FixedClock(start)
+    store = SqliteAggregateStore(tmp_path / "aggregates.db", 60)
+    aggregator = Aggregator(
+        store, lambda v: reference, AggregateSettings(), KPI, None, 5.0, clock, "a", False
+    )
+
+    def record(request: str, version: int, decision: int, flags: list[str]) -> PredictionRecord:
+        role = "champion" if version == 2 else "shadow"
+        return PredictionRecord(
+            request, start, "m", version, role, 0.4 + 0.2 * decision, decision, {}, flags
+        )
+
+    # r1: both scored, then labelled; r2: labelled before its shadow score was logged;
+    # r3: served with a degraded feature (its costs are not the model's to answer for)
+    r1 = [record("r1", 2, 1, []), record("r1", 3, 0, [])]
+    r2 = record("r2", 2, 0, [])
+    r3 = [record("r3", 2, 0, ["distance:stale"]), record("r3", 3, 1, ["distance:stale"])]
+    aggregator.add([*r1, r2, *r3])
+    aggregator.feedback(r1[0], r1[1], {"label": 1})
+    aggregator.feedback(r2, None, {"label": 0})
+    aggregator.await_shadow(r2, {"label": 0})
+    aggregator.feedback(r3[0], r3[1], {"label": 1})
+    aggregator.flush()
+    aggregator.add([record("r2", 3, 1, [])])  # the shadow of r2 arrives after its label
+    aggregator.close()
+    summaries = store.read(start, start + timedelta(minutes=1))
+    champion = merge_all(s for k, s in summaries.items() if k.role == "champion")
+    shadow = merge_all(s for k, s in summaries.items() if k.role == "shadow")
+    assert champion.kpi.n == shadow.kpi.n == 3  # every labelled request, each version's cost
+    assert champion.healthy_kpi.n == shadow.healthy_kpi.n == 2  # not r3
+    # r1: v2 caught the positive (cost 0), v3 missed it (cost_missed); r2: v3's false alert
+    missed, false_alert = KPI.cost_missed, KPI.cost_false_alert
+    assert champion.pair_costs[3].n == 2
+    assert champion.pair_costs[3].mean() == pytest.approx((-missed - false_alert) / 2)
+    assert shadow.pair_costs[2].total == -champion.pair_costs[3].total
+    assert champion.paired[3].n == 3  # score differences of every pair, labelled or not
     store.close()

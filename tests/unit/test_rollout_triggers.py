@@ -11,13 +11,10 @@ import pandas as pd
 import pytest
 
 from prodguard.config import KpiSettings, TriggerSettings
+from prodguard.monitoring.aggregates import Slow
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
-from prodguard.monitoring.monitor import (
-    PairedStates,
-    class_scores,
-    degraded_rows,
-    paired_slow,
-)
+from prodguard.monitoring.measures import class_scores, paired_slow
+from prodguard.monitoring.monitor import PairedStates, degraded_rows
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.sequential import MeanState, RateState
 from prodguard.rollout.triggers import describe, evaluate_triggers
@@ -287,7 +284,7 @@ def test_paired_latency_counts_the_shared_stages_for_both_and_each_its_model_sta
             ],
         }
     )
-    assert paired_slow(pairs, 100.0) == (RateState(3, 2), RateState(3, 2))
+    assert paired_slow(pairs, 100.0) == Slow(3, 2, 2)
     assert paired_slow(pairs.iloc[3:], 100.0) is None
 
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from ddsketch import DDSketch
@@ -184,11 +184,16 @@ class Sketch:
         return cls(int(keys[0]), bins, float(zero), low, high)
 
 
-def _add_counts(left: Mapping[str, int], right: Mapping[str, int]) -> dict[str, int]:
-    out = dict(left)
-    for key, value in right.items():
-        out[key] = out.get(key, 0) + value
-    return out
+class Slow(NamedTuple):
+    """Of the single-row requests both versions of a pair timed: how many, and how many were
+    slower than the latency budget for this version and for the other one."""
+
+    timed: int = 0
+    mine: int = 0
+    other: int = 0
+
+    def add(self, other: Slow) -> Slow:
+        return Slow(self.timed + other.timed, self.mine + other.mine, self.other + other.other)
 
 
 @dataclass
@@ -213,51 +218,14 @@ class Summary:
     kpi: Moments = field(default_factory=Moments)
     errors: dict[str, int] = field(default_factory=dict)
     paired: dict[int, Moments] = field(default_factory=dict)
+    healthy_kpi: Moments = field(default_factory=Moments)  # costs of requests served healthy
+    pair_costs: dict[int, Moments] = field(default_factory=dict)
+    pair_classes: dict[int, dict[str, Moments]] = field(default_factory=dict)
+    pair_slow: dict[int, Slow] = field(default_factory=dict)
 
     def merge(self, other: Summary) -> Summary:
         """The summary of both spans (raises StorageError for summaries on other bins)."""
-        if self.fingerprint and other.fingerprint and self.fingerprint != other.fingerprint:
-            raise StorageError(
-                "window aggregates taken on different reference bins cannot be merged; "
-                "rebuild them with `prodguard aggregates rebuild`"
-            )
-        counts = dict(self.counts)
-        for key, value in other.counts.items():
-            mine = counts.get(key)
-            counts[key] = value.copy() if mine is None else mine + value
-        latency = dict(self.latency)
-        for stage, sketch in other.latency.items():
-            found = latency.get(stage)
-            latency[stage] = sketch if found is None else found.merge(sketch)
-        paired = dict(self.paired)
-        for version, moments in other.paired.items():
-            paired[version] = paired.get(version, Moments()).merge(moments)
-        size = max(len(self.decisions), len(other.decisions))
-        decisions = np.zeros(size, dtype="int64")
-        decisions[: len(self.decisions)] += self.decisions
-        decisions[: len(other.decisions)] += other.decisions
-        classes = max(len(self.probabilities), len(other.probabilities))
-        probabilities = [
-            _at(self.probabilities, j).merge(_at(other.probabilities, j)) for j in range(classes)
-        ]
-        return Summary(
-            fingerprint=self.fingerprint or other.fingerprint,
-            rows=self.rows + other.rows,
-            counts=counts,
-            nulls=_add_counts(self.nulls, other.nulls),
-            degraded=self.degraded + other.degraded,
-            unseen=self.unseen + other.unseen,
-            degraded_features=_add_counts(self.degraded_features, other.degraded_features),
-            score=self.score.merge(other.score),
-            decisions=decisions,
-            probabilities=probabilities,
-            latency=latency,
-            slow=self.slow + other.slow,
-            timed=self.timed + other.timed,
-            kpi=self.kpi.merge(other.kpi),
-            errors=_add_counts(self.errors, other.errors),
-            paired=paired,
-        )
+        return merge_all((self, other))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -277,6 +245,13 @@ class Summary:
             "kpi": self.kpi.to_json(),
             "errors": self.errors,
             "paired": {str(k): v.to_json() for k, v in self.paired.items()},
+            "healthy_kpi": self.healthy_kpi.to_json(),
+            "pair_costs": {str(k): v.to_json() for k, v in self.pair_costs.items()},
+            "pair_classes": {
+                str(k): {m: v.to_json() for m, v in by_metric.items()}
+                for k, by_metric in self.pair_classes.items()
+            },
+            "pair_slow": {str(k): list(v) for k, v in self.pair_slow.items()},
         }
 
     @classmethod
@@ -298,6 +273,15 @@ class Summary:
             kpi=Moments.from_json(document["kpi"]),
             errors=dict(document["errors"]),
             paired={int(k): Moments.from_json(v) for k, v in document["paired"].items()},
+            healthy_kpi=Moments.from_json(document.get("healthy_kpi", [0, "0", "0", 0])),
+            pair_costs={
+                int(k): Moments.from_json(v) for k, v in document.get("pair_costs", {}).items()
+            },
+            pair_classes={
+                int(k): {m: Moments.from_json(v) for m, v in by_metric.items()}
+                for k, by_metric in document.get("pair_classes", {}).items()
+            },
+            pair_slow={int(k): Slow(*v) for k, v in document.get("pair_slow", {}).items()},
         )
 
 
@@ -309,11 +293,8 @@ def merge_all(summaries: Iterable[Summary]) -> Summary:
     """The merge of many summaries (a window's buckets) in one pass per field: the same result
     as merging them pairwise, without a new summary per bucket."""
     found = list(summaries)
-    if len(found) <= 2:
-        total = Summary()
-        for summary in found:
-            total = total.merge(summary)
-        return total
+    if not found:
+        return Summary()
     prints = {s.fingerprint for s in found if s.fingerprint}
     if len(prints) > 1:
         raise StorageError(
@@ -332,10 +313,6 @@ def merge_all(summaries: Iterable[Summary]) -> Summary:
     decisions = np.zeros(size, dtype="int64")
     for summary in found:
         decisions[: len(summary.decisions)] += summary.decisions
-    paired: dict[int, list[Moments]] = {}
-    for summary in found:
-        for version, moments in summary.paired.items():
-            paired.setdefault(version, []).append(moments)
     return Summary(
         fingerprint=next(iter(prints), ""),
         rows=sum(s.rows for s in found),
@@ -354,8 +331,43 @@ def merge_all(summaries: Iterable[Summary]) -> Summary:
         timed=sum(s.timed for s in found),
         kpi=_sum_moments(s.kpi for s in found),
         errors=_sum_counts(s.errors for s in found),
-        paired={version: _sum_moments(v) for version, v in paired.items()},
+        paired=_by_version(s.paired for s in found),
+        healthy_kpi=_sum_moments(s.healthy_kpi for s in found),
+        pair_costs=_by_version(s.pair_costs for s in found),
+        pair_classes=_pair_classes(s.pair_classes for s in found),
+        pair_slow=_pair_slow(s.pair_slow for s in found),
     )
+
+
+def _by_version(found: Iterable[Mapping[int, Moments]]) -> dict[int, Moments]:
+    listed: dict[int, list[Moments]] = {}
+    for by_version in found:
+        for version, moments in by_version.items():
+            listed.setdefault(version, []).append(moments)
+    return {version: _sum_moments(v) for version, v in listed.items()}
+
+
+def _pair_classes(
+    found: Iterable[Mapping[int, Mapping[str, Moments]]],
+) -> dict[int, dict[str, Moments]]:
+    listed: dict[int, dict[str, list[Moments]]] = {}
+    for by_version in found:
+        for version, by_metric in by_version.items():
+            metrics = listed.setdefault(version, {})
+            for metric, moments in by_metric.items():
+                metrics.setdefault(metric, []).append(moments)
+    return {
+        version: {metric: _sum_moments(v) for metric, v in metrics.items()}
+        for version, metrics in listed.items()
+    }
+
+
+def _pair_slow(found: Iterable[Mapping[int, Slow]]) -> dict[int, Slow]:
+    total: dict[int, Slow] = {}
+    for by_version in found:
+        for version, slow in by_version.items():
+            total[version] = total.get(version, Slow()).add(slow)
+    return total
 
 
 def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:

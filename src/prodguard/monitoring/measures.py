@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 from prodguard.config import KpiSettings
-from prodguard.monitoring.aggregates import Moments, Sketch, Summary, exact
+from prodguard.monitoring.aggregates import Moments, Sketch, Slow, Summary, exact
 from prodguard.monitoring.psi import CategoricalBins, NumericBins, psi_from_fractions
-from prodguard.serving.prediction_log import ErrorKind
+from prodguard.serving.prediction_log import ANSWERS, ErrorKind
 from prodguard.tasks import (
     CostFunction,
     Outputs,
@@ -314,7 +314,153 @@ def summarise(
             summary.slow = int(np.count_nonzero(totals > latency_budget_ms))
     if kpi is not None and "outcome" in frame:
         summary.kpi = kpi_moments(frame, kpi, spec, cost)
+        summary.healthy_kpi = kpi_moments(frame[healthy_rows(frame)], kpi, spec, cost)
     return summary
+
+
+def healthy_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Which rows were served with every feature the store holds (the ones a model's cost is
+    judged on: a source that failed makes every model worse, and that is not the model's
+    fault)."""
+    return np.array([not served_degraded(flags) for flags in frame["flags"]], dtype=bool)
+
+
+PAIRED = "_ref"  # the suffix of the other version's columns in a frame of pairs
+
+
+def pair_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The requests of ``frame`` scored by an answering version and a shadow one, on both
+    sides: each answer with the shadow row of its request (columns suffixed ``_ref``), and each
+    shadow row with its answer. The outcome is the request's, on both sides."""
+    answers = frame[frame["role"].isin(ANSWERS)]
+    shadows = frame[frame["role"] == "shadow"]
+    if answers.empty or shadows.empty:
+        return frame.iloc[0:0].join(frame.iloc[0:0].add_suffix(PAIRED))
+    ahead = answers.merge(shadows, on="request_id", suffixes=("", PAIRED))
+    behind = shadows.merge(answers, on="request_id", suffixes=("", PAIRED))
+    if "outcome" in frame:
+        behind = behind.assign(outcome=behind[f"outcome{PAIRED}"])
+    return pd.concat([ahead, behind], ignore_index=True)
+
+
+def summarise_pairs(
+    pairs: pd.DataFrame,
+    spec: TaskSpec,
+    other_spec: TaskSpec,
+    *,
+    scores: bool = True,
+    kpi: KpiSettings | None = None,
+    cost: CostFunction | None = None,
+    latency_budget_ms: float | None = None,
+) -> Summary:
+    """What the guard's paired tests read of pairs of one version's rows with another
+    version's rows of the same requests (``pair_rows``; one version on each side): the score
+    differences (per class score metric for multiclass models), the timed single-row pairs with
+    the requests of each side over ``latency_budget_ms`` (``scores``), and, given ``kpi``, the
+    cost differences of the labelled requests served healthy (by this version's row)."""
+    summary = Summary()
+    if pairs.empty:
+        return summary
+    other = int(pairs[f"version{PAIRED}"].iloc[0])
+    theirs = pairs.assign(
+        probability=pairs[f"probability{PAIRED}"],
+        decision=pairs[f"decision{PAIRED}"],
+        prediction=pairs[f"prediction{PAIRED}"],
+    )
+    if scores:
+        difference = pairs["probability"].to_numpy("float64")
+        difference = difference - theirs["probability"].to_numpy("float64")
+        summary.paired[other] = Moments.of(difference)
+        mine_classes, their_classes = class_scores(pairs, spec), class_scores(theirs, other_spec)
+        if mine_classes:
+            summary.pair_classes[other] = {
+                m: Moments.of(v - their_classes[m])
+                for m, v in mine_classes.items()
+                if m in their_classes
+            }
+        slow = paired_slow(pairs, latency_budget_ms) if latency_budget_ms is not None else None
+        if slow is not None:
+            summary.pair_slow[other] = slow
+    if kpi is not None and "outcome" in pairs:
+        healthy = healthy_rows(pairs)
+        mine = row_costs(pairs[healthy].reset_index(drop=True), kpi, spec, cost)
+        costs = mine - row_costs(theirs[healthy].reset_index(drop=True), kpi, other_spec, cost)
+        if np.isfinite(costs).any():
+            summary.pair_costs[other] = Moments.of(costs[np.isfinite(costs)])
+    return summary
+
+
+def summarise_all_pairs(
+    frame: pd.DataFrame,
+    by: Sequence[str],
+    specs: Callable[[int], TaskSpec],
+    *,
+    scores: bool = True,
+    kpi: KpiSettings | None = None,
+    cost: CostFunction | None = None,
+    latency_budget_ms: float | None = None,
+) -> dict[tuple[Any, ...], Summary]:
+    """The pair summaries of ``frame``'s rows (``pair_rows``), grouped by this side's ``by``
+    columns (e.g. bucket, version and role) and the other side's version."""
+    pairs = pair_rows(frame)
+    found: dict[tuple[Any, ...], Summary] = {}
+    if pairs.empty:
+        return found
+    for group, rows in pairs.groupby([*by, f"version{PAIRED}"], sort=False):
+        key = tuple(group)[:-1]
+        version, other = int(rows["version"].iloc[0]), int(rows[f"version{PAIRED}"].iloc[0])
+        summary = summarise_pairs(
+            rows,
+            specs(version),
+            specs(other),
+            scores=scores,
+            kpi=kpi,
+            cost=cost,
+            latency_budget_ms=latency_budget_ms,
+        )
+        found[key] = found[key].merge(summary) if key in found else summary
+    return found
+
+
+def class_scores(frame: pd.DataFrame, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """A multiclass version's per-row value of each class score metric: its probability
+    (``score.proba.<class>``), or whether it was the predicted class (``score.share.<class>``)
+    when the rows logged no probabilities; NaN where a row has none. Empty for other tasks."""
+    if spec.task is not Task.MULTICLASS or frame.empty:
+        return {}
+    outputs = logged_outputs(spec, frame.reset_index(drop=True))
+    probabilities = outputs.probabilities
+    if probabilities is not None and np.isfinite(probabilities).any():
+        return {f"score.proba.{c}": probabilities[:, j] for j, c in enumerate(spec.classes)}
+    decisions = outputs.decision
+    return {
+        f"score.share.{c}": (decisions == j).astype("float64") for j, c in enumerate(spec.classes)
+    }
+
+
+def paired_slow(pairs: pd.DataFrame, budget_ms: float) -> Slow | None:
+    """Of the pairs of single-row requests (the version's row and the reference's, suffixed
+    ``_ref``) that both timed their model stage, how many, and the version's and the
+    reference's requests slower than ``budget_ms``: both with the shared stages (checks,
+    features) of whichever row timed them (a shadow row times only its model stage, scored off
+    the response path) and each its own model stage. None when no pair was timed."""
+    stages = ["checks_ms", "features_ms", "model_ms", "batch_rows"]
+    mine = pd.DataFrame(pairs["latencies_ms"].tolist(), index=pairs.index)
+    theirs = pd.DataFrame(pairs[f"latencies_ms{PAIRED}"].tolist(), index=pairs.index)
+    mine, theirs = mine.reindex(columns=stages), theirs.reindex(columns=stages)
+    shared = (mine["checks_ms"] + mine["features_ms"]).fillna(
+        theirs["checks_ms"] + theirs["features_ms"]
+    )
+    own, other = shared + mine["model_ms"], shared + theirs["model_ms"]
+    single = (mine["batch_rows"] == 1) & (theirs["batch_rows"] == 1)
+    timed = single & own.notna() & other.notna()
+    if not timed.any():
+        return None
+    return Slow(
+        int(timed.sum()),
+        int((own[timed] > budget_ms).sum()),
+        int((other[timed] > budget_ms).sum()),
+    )
 
 
 def kpi_moments(

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -24,7 +24,14 @@ import pandas as pd
 from prodguard.clock import Clock
 from prodguard.config import MonitoringSettings
 from prodguard.errors import ProdguardError
-from prodguard.monitoring.aggregates import AggregateReader, Summary, merge_all
+from prodguard.monitoring.aggregates import (
+    ERRORS_ROLE,
+    AggregateReader,
+    Moments,
+    Slow,
+    Summary,
+    merge_all,
+)
 from prodguard.monitoring.baseline import Baseline, Finding, Status, evaluate, worst
 from prodguard.monitoring.measures import (
     BINARY,
@@ -33,12 +40,11 @@ from prodguard.monitoring.measures import (
     feature_references,
     judged_features,
     kpi_cost_function,
-    logged_outputs,
     measure,
-    request_timings,
     row_costs,
     served_degraded,
     summarise,
+    summarise_all_pairs,
     window_bins,
 )
 from prodguard.monitoring.windows import Window, WindowSpec, latest_window, tile
@@ -173,6 +179,7 @@ class Monitor:
         self._aggregates = aggregates if self._spec.minutes is not None else None
         self._budget = latency_budget_ms
         self.windows_from_aggregates = 0  # windows measured from aggregates (tests, benchmarks)
+        self.pairs_from_aggregates = False  # the last paired states read aggregates
 
     @property
     def spec(self) -> WindowSpec:
@@ -395,95 +402,104 @@ class Monitor:
         min_pairs: int = 1,
         recent: datetime | None = None,
     ) -> PairedStates:
-        """The version's rows (``roles``) in ``[start, end)`` joined on request id with the
-        reference's rows (``reference_roles``: the standby's shadow rows, or the champion's
-        answers beside a canary): score differences (version minus reference) and, on rows
-        whose outcome was fed back, cost differences, and slow requests of each (``slow_pairs``);
-        the version's and the reference's failures over the whole span when both answered
-        callers in it (``failures``). Fewer than ``min_pairs`` pairs (or no reference): the
-        version's own scores and costs, unpaired. Paired reads are not sampled. The version's
-        own failures and slow requests (``errors``, ``slow``: the unpaired tests against budgets)
-        count from ``recent`` on when given: the service as it is now, not diluted by a long
-        healthy past."""
-        frame = self._log.window(start, end, role=roles)
-        frame = frame[frame["version"] == version]
-        spec = self.reference(version).spec
+        """The version's rows (``roles``) in ``[start, end)`` paired on request id with the
+        reference's rows of the same requests (an answer and a shadow score of it: the
+        standby's shadow rows, the champion's shadow scores beside a canary, the champion's
+        answers beside a shadow rollout): score differences (version minus reference) and, on
+        labelled requests served healthy, cost differences, and slow requests of each
+        (``slow_pairs``); the version's and the reference's failures over the whole span when
+        both answered callers in it (``failures``, when ``reference_roles`` answer). Fewer than
+        ``min_pairs`` pairs (or no reference): the version's own scores and costs, unpaired.
+        The version's own failures and slow requests (``errors``, ``slow``: the unpaired tests
+        against budgets) count from ``recent`` on when given: the service as it is now, not
+        diluted by a long healthy past. Not sampled: read from the window aggregates' whole
+        buckets where they hold the span (with the same latency budget), the rest from rows."""
         since = max(start, recent) if recent is not None else start
-        failed = self._log.errors(since, end, version).get("failed", 0)
-        lately = frame
-        if since > start and len(frame):
-            lately = frame[pd.to_datetime(frame["time"], utc=True) >= pd.Timestamp(since)]
-        timings = request_timings(lately) if len(lately) else pd.DataFrame()
-        totals = (
-            timings["total_ms"].dropna().to_numpy("float64")
-            if "total_ms" in timings
-            else np.array([])
-        )
-        degraded, features = degraded_rows(frame)
-        own = PairedStates(
+        self.pairs_from_aggregates = False
+        parts: list[Part] = []
+        for low, high in ((start, since), (since, end)):
+            if low < high:
+                parts += self._parts(low, high, {version, reference} - {None}, latency_budget_ms)
+        answering = reference is not None and bool(role_names(reference_roles) & set(ANSWERS))
+        return fold_states(
+            parts,
             version,
-            None,
-            len(frame),
-            MeanState.of(frame["probability"].to_numpy("float64") if len(frame) else []),
-            MeanState.of(self._costs(_healthy(frame), spec)),
-            RateState(len(lately) + failed, failed),
-            RateState.of(totals > latency_budget_ms),
-            degraded,
-            features,
-            classes={m: MeanState.of(v) for m, v in class_scores(frame, spec).items()},
+            reference,
+            role_names(roles),
+            since,
+            min_pairs,
+            reference_answers=answering,
+            spec=self.reference(version).spec,
         )
-        if reference is None or reference == version or frame.empty:
-            return own
-        other = self._log.window(start, end, role=reference_roles)
-        other = other[other["version"] == reference].drop_duplicates("request_id")
-        pairs = frame.merge(other, on="request_id", suffixes=("", "_ref"))
-        if len(pairs) < min_pairs:
-            return own
-        scores = pairs["probability"].to_numpy("float64")
-        scores = scores - pairs["probability_ref"].to_numpy("float64")
-        slow_pairs = paired_slow(pairs, latency_budget_ms)
-        as_reference = pairs.assign(
-            probability=pairs["probability_ref"],
-            decision=pairs["decision_ref"],
-            prediction=pairs["prediction_ref"],
-        )
-        mine_classes = class_scores(pairs, spec)
-        their_classes = class_scores(as_reference, self.reference(reference).spec)
-        classes = {
-            m: MeanState.of(v - their_classes[m])
-            for m, v in mine_classes.items()
-            if m in their_classes
-        }
-        failures = None
-        answered = other[other["role"].isin(ANSWERS)]
-        if len(answered) and frame["role"].isin(ANSWERS).any():
-            mine_failed = self._log.errors(start, end, version).get("failed", 0)
-            ref_failed = self._log.errors(start, end, reference).get("failed", 0)
-            failures = (
-                RateState(len(frame) + mine_failed, mine_failed),
-                RateState(len(answered) + ref_failed, ref_failed),
+
+    def _parts(
+        self, start: datetime, end: datetime, versions: set[int | None], budget_ms: float
+    ) -> list[Part]:
+        """The summaries of ``[start, end)`` with their pairs and errors: the aggregates' whole
+        buckets, and the rest of the span (all of it without aggregates) from the raw log."""
+        parts: list[Part] = []
+        edges = [(start, end)]
+        if self._aggregates is not None and budget_ms == self._budget:
+            low, high = self._aggregates.span(start, end)
+            if low < high:
+                edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
+                self.pairs_from_aggregates = True
+                for key, summary in self._aggregates.read(low, high).items():
+                    if key.version in versions:
+                        parts.append(Part(key.bucket, key.version, key.role, summary))
+        for a, b in edges:
+            frame = self._log.window(a, b)
+            frame = frame[frame["version"].isin(versions)] if len(frame) else frame
+            for (version, role), rows in frame.groupby(["version", "role"]) if len(frame) else ():
+                spec = self.reference(int(version)).spec
+                summary = summarise(
+                    rows,
+                    {},
+                    spec,
+                    kpi=self._settings.kpi,
+                    cost=self._cost,
+                    latency_budget_ms=budget_ms,
+                )
+                parts.append(Part(a, int(version), str(role), summary))
+            pairs = summarise_all_pairs(
+                frame,
+                ["version", "role"],
+                lambda v: self.reference(v).spec,
+                kpi=self._settings.kpi,
+                cost=self._cost,
+                latency_budget_ms=budget_ms,
             )
-        # costs only of requests served with healthy inputs: a source that failed makes every
-        # model worse, one more than another, and that is the pipeline's fault, not the model's
-        healthy = _healthy(pairs).index
-        mine = self._costs(pairs.loc[healthy], spec)
-        theirs = self._costs(as_reference.loc[healthy], self.reference(reference).spec)
-        return replace(
-            own,
-            reference=reference,
-            score=MeanState.of(scores),
-            cost=MeanState.of(mine - theirs),
-            slow_pairs=slow_pairs,
-            failures=failures,
-            classes=classes,
-        )
+            parts += [Part(a, int(v), str(r), summary) for (v, r), summary in pairs.items()]
+            for version in versions:
+                assert version is not None
+                failed = self._log.errors(a, b, version)
+                errors = {str(kind): n for kind, n in failed.items()}
+                parts.append(Part(a, version, ERRORS_ROLE, Summary(errors=errors)))
+        return parts
 
     def degraded(
         self, start: datetime, end: datetime, min_rows: int = 0, oldest: datetime | None = None
     ) -> tuple[RateState, dict[str, int]]:
         """Answers in ``[start, end)`` with degraded features (a data incident's footprint), and
         the degraded rows per feature; fewer than ``min_rows`` there (a quiet hour): the last
-        ``min_rows`` answers before ``end``, none older than ``oldest``."""
+        ``min_rows`` answers before ``end``, none older than ``oldest``. From the window
+        aggregates' whole buckets where they hold the span, the rest from rows."""
+        if self._aggregates is not None:
+            low, high = self._aggregates.span(start, end)
+            if low < high:
+                summaries = [
+                    s for k, s in self._aggregates.read(low, high).items() if k.role in ANSWERS
+                ]
+                edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
+                frames = [self._log.window(a, b, role=ANSWERS) for a, b in edges]
+                state, features = degraded_rows(pd.concat(frames) if frames else pd.DataFrame())
+                rows = state.n + sum(s.rows for s in summaries)
+                if rows >= min_rows or oldest is None:
+                    counted: Counter[str] = Counter(features)
+                    for summary in summaries:
+                        counted.update(summary.degraded_features)
+                    degraded = state.events + sum(s.degraded for s in summaries)
+                    return RateState(rows, degraded), dict(counted)
         frame = self._log.window(start, end, role=ANSWERS)
         if len(frame) < min_rows and oldest is not None:
             tail = self._log.tail(min_rows, end, role=ANSWERS)
@@ -662,48 +678,132 @@ def degraded_rows(frame: pd.DataFrame) -> tuple[RateState, dict[str, int]]:
     return RateState.of(degraded), features
 
 
-def class_scores(frame: pd.DataFrame, spec: TaskSpec) -> dict[str, np.ndarray]:
-    """A multiclass version's per-row value of each class score metric: its probability
-    (``score.proba.<class>``), or whether it was the predicted class (``score.share.<class>``)
-    when the rows logged no probabilities; NaN where a row has none. Empty for other tasks."""
-    if spec.task is not Task.MULTICLASS or frame.empty:
-        return {}
-    outputs = logged_outputs(spec, frame.reset_index(drop=True))
-    probabilities = outputs.probabilities
-    if probabilities is not None and np.isfinite(probabilities).any():
-        return {f"score.proba.{c}": probabilities[:, j] for j, c in enumerate(spec.classes)}
-    decisions = outputs.decision
-    return {
-        f"score.share.{c}": (decisions == j).astype("float64") for j, c in enumerate(spec.classes)
-    }
+@dataclass(frozen=True)
+class Part:
+    """A summary of one version's rows of one role (or its request errors: ``ERRORS_ROLE``)
+    from ``time`` on: a window aggregate's bucket, or a span of the raw log."""
+
+    time: datetime
+    version: int
+    role: str
+    summary: Summary
 
 
-def paired_slow(pairs: pd.DataFrame, budget_ms: float) -> tuple[RateState, RateState] | None:
-    """Of the pairs of single-row requests (the version's row and the reference's, suffixed
-    ``_ref``) that both timed their model stage, the version's requests slower than
-    ``budget_ms`` and the reference's: both with the shared stages (checks, features) of
-    whichever row timed them (a shadow row times only its model stage, scored off the response
-    path) and each its own model stage. None when no pair was timed."""
-    stages = ["checks_ms", "features_ms", "model_ms", "batch_rows"]
-    mine = pd.DataFrame(pairs["latencies_ms"].tolist(), index=pairs.index)
-    theirs = pd.DataFrame(pairs["latencies_ms_ref"].tolist(), index=pairs.index)
-    mine, theirs = mine.reindex(columns=stages), theirs.reindex(columns=stages)
-    shared = (mine["checks_ms"] + mine["features_ms"]).fillna(
-        theirs["checks_ms"] + theirs["features_ms"]
+def role_names(roles: Roles) -> frozenset[str]:
+    """The roles a ``Roles`` selects (None: every role)."""
+    if roles is None:
+        return frozenset(("champion", "canary", "shadow"))
+    return frozenset((roles,) if isinstance(roles, str) else roles)
+
+
+def fold_states(
+    parts: Sequence[Part],
+    version: int,
+    reference: int | None,
+    roles: frozenset[str],
+    since: datetime,
+    min_pairs: int,
+    reference_answers: bool,
+    spec: TaskSpec,
+) -> PairedStates:
+    """The version's test states from the summaries of its span (``Monitor.paired``): its own
+    rows of ``roles``, paired with ``reference`` when at least ``min_pairs`` of them are; its
+    failures and slow requests from ``since`` on; both versions' failures over the span when
+    both answered callers (``reference_answers``)."""
+    mine = [p for p in parts if p.version == version and p.role in roles]
+    recent = [p for p in mine if p.time >= since]
+    failed = _failed(parts, version, since)
+    rows = sum(p.summary.rows for p in mine)
+    degraded_features: Counter[str] = Counter()
+    for part in mine:
+        degraded_features.update(part.summary.degraded_features)
+    own = PairedStates(
+        version,
+        None,
+        rows,
+        _mean_state(p.summary.score for p in mine),
+        _mean_state(p.summary.healthy_kpi for p in mine),
+        RateState(sum(p.summary.rows for p in recent) + failed, failed),
+        RateState(sum(p.summary.timed for p in recent), sum(p.summary.slow for p in recent)),
+        RateState(rows, sum(p.summary.degraded for p in mine)),
+        dict(degraded_features),
+        classes=_own_classes([p.summary for p in mine], spec),
     )
-    own, other = shared + mine["model_ms"], shared + theirs["model_ms"]
-    single = (mine["batch_rows"] == 1) & (theirs["batch_rows"] == 1)
-    timed = single & own.notna() & other.notna()
-    if not timed.any():
-        return None
-    return RateState.of(own[timed] > budget_ms), RateState.of(other[timed] > budget_ms)
+    if reference is None or reference == version or not rows:
+        return own
+    pairs = _mean_state(p.summary.paired.get(reference, Moments()) for p in mine)
+    counted = sum(p.summary.paired.get(reference, Moments()).count for p in mine)
+    if not counted or counted < min_pairs:
+        return own
+    slow = Slow()
+    classes: dict[str, MeanState] = {}
+    for part in mine:
+        slow = slow.add(part.summary.pair_slow.get(reference, Slow()))
+        for metric, moments in part.summary.pair_classes.get(reference, {}).items():
+            classes[metric] = classes.get(metric, MeanState()) + MeanState(*moments.sums())
+    failures = None
+    answered = sum(p.summary.rows for p in parts if p.version == reference and p.role in ANSWERS)
+    if reference_answers and answered and any(p.role in ANSWERS for p in mine):
+        everything = [p for p in parts if p.role == ERRORS_ROLE]
+        mine_failed = sum(
+            p.summary.errors.get("failed", 0) for p in everything if p.version == version
+        )
+        ref_failed = sum(
+            p.summary.errors.get("failed", 0) for p in everything if p.version == reference
+        )
+        failures = (
+            RateState(rows + mine_failed, mine_failed),
+            RateState(answered + ref_failed, ref_failed),
+        )
+    return replace(
+        own,
+        reference=reference,
+        score=pairs,
+        cost=_mean_state(p.summary.pair_costs.get(reference, Moments()) for p in mine),
+        slow_pairs=(
+            (RateState(slow.timed, slow.mine), RateState(slow.timed, slow.other))
+            if slow.timed
+            else None
+        ),
+        failures=failures,
+        classes=classes,
+    )
 
 
-def _healthy(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows served with every feature the store holds (the ones a model's cost judges)."""
-    if frame.empty:
-        return frame
-    return frame[[not served_degraded(flags) for flags in frame["flags"]]]
+def _failed(parts: Sequence[Part], version: int, since: datetime | None) -> int:
+    """The version's failed requests among ``parts`` (from ``since`` on when given)."""
+    return sum(
+        p.summary.errors.get("failed", 0)
+        for p in parts
+        if p.version == version and p.role == ERRORS_ROLE and (since is None or p.time >= since)
+    )
+
+
+def _mean_state(moments: Iterable[Moments]) -> MeanState:
+    total = MeanState()
+    for found in moments:
+        total = total + MeanState(*found.sums())
+    return total
+
+
+def _own_classes(summaries: Sequence[Summary], spec: TaskSpec) -> dict[str, MeanState]:
+    """A multiclass version's own class score states (``class_scores`` of its rows): its
+    probabilities when any were logged, else its predicted shares. Empty for other tasks."""
+    rows = sum(s.rows for s in summaries)
+    if spec.task is not Task.MULTICLASS or not rows:
+        return {}
+    names = [str(c) for c in spec.classes]
+    probabilities = [
+        _mean_state(s.probabilities[j] for s in summaries if j < len(s.probabilities))
+        for j in range(len(names))
+    ]
+    if any(state.n for state in probabilities):
+        return {f"score.proba.{c}": state for c, state in zip(names, probabilities, strict=True)}
+    shares = {}
+    for j, c in enumerate(names):
+        chosen = sum(int(s.decisions[j]) for s in summaries if j < len(s.decisions))
+        shares[f"score.share.{c}"] = MeanState(rows, float(chosen), float(chosen))
+    return shares
 
 
 def _with_kpi(report: WindowReport, kpi: Finding | None, metric: str, label: str) -> WindowReport:

@@ -35,13 +35,17 @@ from prodguard.errors import ProdguardError, StorageError, first_line, redact
 from prodguard.monitoring.aggregates import (
     ERRORS_ROLE,
     Key,
-    Moments,
     Summary,
     bucket_of,
     buckets_within,
     merge_all,
 )
-from prodguard.monitoring.measures import kpi_moments, summarise
+from prodguard.monitoring.measures import (
+    healthy_rows,
+    kpi_moments,
+    summarise,
+    summarise_all_pairs,
+)
 from prodguard.monitoring.monitor import REFERENCE_TTL_S, VersionReference, version_bins
 from prodguard.serving.prediction_log import (
     ANSWERS,
@@ -429,9 +433,9 @@ AggregateStore = SqliteAggregateStore | PostgresAggregateStore
 
 _Pending = (
     tuple[Literal["answers"], Sequence[PredictionRecord]]
-    | tuple[Literal["feedback"], PredictionRecord, dict[str, Any]]
+    | tuple[Literal["feedback"], PredictionRecord, PredictionRecord | None, dict[str, Any]]
     | tuple[Literal["error"], datetime, ErrorKind, int | None]
-    | tuple[Literal["awaited"], str, dict[str, Any]]
+    | tuple[Literal["awaited"], PredictionRecord, dict[str, Any]]
 )
 
 
@@ -469,7 +473,7 @@ class Aggregator:
         self._open: dict[Key, Summary] = {}
         self._recent: OrderedDict[str, tuple[PredictionRecord | None, PredictionRecord | None]]
         self._recent = OrderedDict()
-        self._awaited: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._awaited: OrderedDict[str, tuple[PredictionRecord, dict[str, Any]]] = OrderedDict()
         self._process_lock = threading.Lock()
         self._start = bucket_of(clock.now(), self._seconds) + timedelta(seconds=self._seconds)
         self._until = self._start
@@ -487,18 +491,22 @@ class Aggregator:
         with self._queue_lock:
             self._queue.append(("answers", list(records)))
 
-    def feedback(self, answer: PredictionRecord, outcome: dict[str, Any]) -> None:
+    def feedback(
+        self, answer: PredictionRecord, shadow: PredictionRecord | None, outcome: dict[str, Any]
+    ) -> None:
+        """The outcome of an answer (and of the shadow score of its request, when logged)."""
         with self._queue_lock:
-            self._queue.append(("feedback", answer, outcome))
+            self._queue.append(("feedback", answer, shadow, outcome))
 
     def error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
         with self._queue_lock:
             self._queue.append(("error", time, kind, version))
 
-    def await_shadow(self, request_id: str, outcome: dict[str, Any]) -> None:
-        """An outcome for the shadow score of ``request_id`` when it is logged (bounded)."""
+    def await_shadow(self, answer: PredictionRecord, outcome: dict[str, Any]) -> None:
+        """The outcome of ``answer``'s request, for the shadow score of it when that is logged
+        (the shadow runs off the response path; remembered within ``pairing_capacity``)."""
         with self._queue_lock:
-            self._queue.append(("awaited", request_id, outcome))
+            self._queue.append(("awaited", answer, outcome))
 
     # -- the background work ---------------------------------------------------------------
     def _run(self) -> None:
@@ -536,13 +544,14 @@ class Aggregator:
         with self._queue_lock:
             queued, self._queue = self._queue, []
         answers: list[PredictionRecord] = []
+        pairs: list[tuple[PredictionRecord, PredictionRecord]] = []
         for item in queued:
             if item[0] == "answers":
                 answers.extend(item[1])
             elif item[0] == "feedback":
-                self._feedback(item[1], item[2])
+                self._feedback(item[1], item[2], item[3])
             elif item[0] == "awaited":
-                self._awaited[item[1]] = item[2]
+                self._awaited[item[1].request_id] = (item[1], item[2])
                 while len(self._awaited) > self._settings.pairing_capacity:
                     self._awaited.popitem(last=False)
             else:
@@ -558,11 +567,12 @@ class Aggregator:
             groups[Key(bucket_of(record.time, self._seconds), record.version, record.role)].append(
                 record
             )
-            self._pair(record)
+            pairs += self._pair(record)
             if record.role == "shadow" and record.request_id in self._awaited:
-                self._feedback(record, self._awaited.pop(record.request_id))
-        for key, records in groups.items():
-            try:
+                answer, outcome = self._awaited.pop(record.request_id)
+                self._feedback(answer, record, outcome, answered=False)
+        try:
+            for key, records in groups.items():
                 reference = self._reference(key.version)
                 summary = summarise(
                     records_frame(records),
@@ -570,10 +580,10 @@ class Aggregator:
                     reference.spec,
                     latency_budget_ms=self._budget,
                 )
-            except ProdguardError as exc:
-                self._fail(f"v{key.version}'s references unreadable: {exc}")
-                return
-            self._merge(key, summary)
+                self._merge(key, summary)
+            self._summarise_pairs(pairs, outcome=None)
+        except ProdguardError as exc:
+            self._fail(f"references unreadable: {exc}")
 
     def _reference(self, version: int) -> VersionReference:
         """The version's references, re-read after ``REFERENCE_TTL_S`` (a baseline recorded
@@ -590,34 +600,78 @@ class Aggregator:
             _log.warning("window aggregates stop at %s: %s", self._until.isoformat(), reason)
         self._failed = True
 
-    def _feedback(self, answer: PredictionRecord, outcome: dict[str, Any]) -> None:
+    def _feedback(
+        self,
+        answer: PredictionRecord,
+        shadow: PredictionRecord | None,
+        outcome: dict[str, Any],
+        answered: bool = True,
+    ) -> None:
+        """The costs of the labelled answer and its shadow score (``answered`` False: the
+        answer's were counted when its outcome came), and their paired cost differences."""
+        records = [answer, shadow] if answered else [shadow]
         try:
-            spec = self._reference(answer.version).spec
+            for record in records:
+                if record is None:
+                    continue
+                spec = self._reference(record.version).spec
+                frame = records_frame([record]).assign(outcome=[outcome])
+                healthy = frame[healthy_rows(frame)]
+                key = Key(bucket_of(record.time, self._seconds), record.version, record.role)
+                self._merge(
+                    key,
+                    Summary(
+                        kpi=kpi_moments(frame, self._kpi, spec, self._cost),
+                        healthy_kpi=kpi_moments(healthy, self._kpi, spec, self._cost),
+                    ),
+                )
+            if shadow is not None:
+                self._summarise_pairs([(answer, shadow)], outcome=outcome)
         except ProdguardError as exc:
-            self._fail(f"v{answer.version}'s references unreadable: {exc}")
-            return
-        frame = records_frame([answer]).assign(outcome=[outcome])
-        moments = kpi_moments(frame, self._kpi, spec, self._cost)
-        key = Key(bucket_of(answer.time, self._seconds), answer.version, answer.role)
-        self._merge(key, Summary(kpi=moments))
+            self._fail(f"references unreadable: {exc}")
 
-    def _pair(self, record: PredictionRecord) -> None:
-        """Paired score differences of a request scored by an answering version and a shadow
-        one, on both sides (each version minus the other)."""
+    def _pair(self, record: PredictionRecord) -> list[tuple[PredictionRecord, PredictionRecord]]:
+        """The answer and the shadow score of ``record``'s request once both are logged."""
         answer, shadow = self._recent.pop(record.request_id, (None, None))
         if record.role in ANSWERS:
             answer = record
         else:
             shadow = record
         if answer is not None and shadow is not None:
-            for mine, other in ((answer, shadow), (shadow, answer)):
-                key = Key(bucket_of(mine.time, self._seconds), mine.version, mine.role)
-                difference = Moments.of([mine.probability - other.probability])
-                self._merge(key, Summary(paired={other.version: difference}))
-            return
+            return [(answer, shadow)]
         self._recent[record.request_id] = (answer, shadow)
         while len(self._recent) > self._settings.pairing_capacity:
             self._recent.popitem(last=False)
+        return []
+
+    def _summarise_pairs(
+        self,
+        pairs: Sequence[tuple[PredictionRecord, PredictionRecord]],
+        outcome: dict[str, Any] | None,
+    ) -> None:
+        """Pairs of an answer and a shadow score, on both sides: their score differences and
+        timings (``outcome`` None), or the cost differences of their labelled request."""
+        if not pairs:
+            return
+        answers = records_frame([a for a, _ in pairs])
+        shadows = records_frame([s for _, s in pairs])
+        if outcome is not None:
+            answers = answers.assign(outcome=[outcome] * len(pairs))
+            shadows = shadows.assign(outcome=[outcome] * len(pairs))
+        frame = pd.concat([answers, shadows], ignore_index=True)
+        times = [a.time for a, _ in pairs] + [s.time for _, s in pairs]
+        frame = frame.assign(bucket=[bucket_of(t, self._seconds) for t in times])
+        found = summarise_all_pairs(
+            frame,
+            ["bucket", "version", "role"],
+            lambda v: self._reference(v).spec,
+            scores=outcome is None,
+            kpi=self._kpi if outcome is not None else None,
+            cost=self._cost,
+            latency_budget_ms=self._budget,
+        )
+        for (bucket, version, role), summary in found.items():
+            self._merge(Key(bucket, int(version), str(role)), summary)
 
     def _merge(self, key: Key, summary: Summary) -> None:
         found = self._open.get(key)
@@ -678,13 +732,12 @@ class AggregatingLog:
         status = self.inner.record_feedback(request_id, outcome, time)
         if status == "recorded":  # the outcome of the answer and of a shadow score of it
             answer = self.inner.answer(request_id)
-            if answer is not None:
-                self.aggregator.feedback(answer, outcome)
+            if answer is None:
+                return status
             shadow = self.inner.get(request_id, "shadow")
-            if shadow is not None:
-                self.aggregator.feedback(shadow, outcome)
-            else:  # not scored yet (the shadow runs off the response path), or never
-                self.aggregator.await_shadow(request_id, outcome)
+            self.aggregator.feedback(answer, shadow, outcome)
+            if shadow is None:  # not scored yet (the shadow runs off the response path), or never
+                self.aggregator.await_shadow(answer, outcome)
         return status
 
     def record_error(self, time: datetime, kind: ErrorKind, version: int | None) -> None:
@@ -749,8 +802,17 @@ def summarise_log(
                     cost=cost,
                     latency_budget_ms=latency_budget_ms,
                 )
-            for key, paired in _paired(frame).items():
-                summaries[key] = summaries[key].merge(Summary(paired=paired))
+            pairs = summarise_all_pairs(
+                frame,
+                ["bucket", "version", "role"],
+                lambda v: references(v).spec,
+                kpi=kpi,
+                cost=cost,
+                latency_budget_ms=latency_budget_ms,
+            )
+            for (bucket, version, role), paired in pairs.items():
+                key = Key(bucket, int(version), str(role))
+                summaries[key] = summaries[key].merge(paired)
         versions = sorted({int(v) for v in frame["version"]}) if len(frame) else []
         bucket = low
         while bucket < upper:
@@ -758,27 +820,6 @@ def summarise_log(
             bucket += step
         low = upper
     return summaries
-
-
-def _paired(frame: pd.DataFrame) -> dict[Key, dict[int, Moments]]:
-    """Score differences of the requests scored by an answer and a shadow row, both sides."""
-    answers = frame[frame["role"].isin(ANSWERS)]
-    shadows = frame[frame["role"] == "shadow"]
-    pairs = answers.merge(shadows, on="request_id", suffixes=("", "_other"))
-    found: dict[Key, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in pairs.itertuples(index=False):
-        for mine, other in (("", "_other"), ("_other", "")):
-            key = Key(
-                getattr(row, f"bucket{mine}"),
-                int(getattr(row, f"version{mine}")),
-                str(getattr(row, f"role{mine}")),
-            )
-            difference = getattr(row, f"probability{mine}") - getattr(row, f"probability{other}")
-            found[key][int(getattr(row, f"version{other}"))].append(difference)
-    return {
-        key: {version: Moments.of(values) for version, values in by_version.items()}
-        for key, by_version in found.items()
-    }
 
 
 def _errors(
