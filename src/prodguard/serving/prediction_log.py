@@ -198,6 +198,14 @@ CREATE TABLE IF NOT EXISTS prediction_ids (
 """
     + _RECORDS
 )
+_PG_TYPES = {"version": "int4", "probability": "float8", "decision": "int4"}
+_PG_INSERT = (  # %b: binary arrays, nothing to quote or parse as text
+    "WITH r AS MATERIALIZED (SELECT nextval('predictions_id_seq') AS id, * FROM unnest("
+    + ", ".join(f"%b::{_PG_TYPES.get(c, 'text')}[]" for c in COLUMNS)
+    + f") AS u ({', '.join(COLUMNS)})), k AS (INSERT INTO prediction_ids "
+    "(request_id, role, time, id) SELECT request_id, role, time, id FROM r) "
+    f"INSERT INTO predictions (id, {', '.join(COLUMNS)}) SELECT id, {', '.join(COLUMNS)} FROM r"
+)
 _RETRY_PARTITION_S = 60.0  # after a partition creation gave up on a busy table
 _GATHER_S = 0.002  # a leader's longest wait for the writers of the last shared commit
 
@@ -274,8 +282,8 @@ class _SqlPredictionLog:
                 r.role,
                 r.time.isoformat(),
                 r.model,
-                r.version,
-                r.probability,
+                int(r.version),
+                float(r.probability),
                 int(r.decision),
                 _dumps(r.features),
                 "[]" if not r.flags else _dumps(r.flags),
@@ -294,8 +302,8 @@ class _SqlPredictionLog:
         # again (at most _GATHER_S, like PostgreSQL's commit_delay): a lone writer never waits.
         with self._turn:
             self._queue.append(pending)
-            if self._gathering:
-                self._arrived.notify()
+            if self._gathering and len(self._queue) >= self._shared:
+                self._arrived.notify()  # the leader wakes once, when its batch is complete
             while not pending.done and self._leading:
                 self._turn.wait()
             if not pending.done:
@@ -336,11 +344,9 @@ class _SqlPredictionLog:
         try:
             conn = self._connection()
             self._prepare(conn, rows)
-            self._begin(conn)
             try:
-                self._insert(conn, rows)
+                self._insert_committed(conn, rows)
             except self._integrity:
-                self._end(conn, commit=False)
                 self._begin(conn)
                 for write in batch:
                     conn.execute("SAVEPOINT write")
@@ -353,7 +359,7 @@ class _SqlPredictionLog:
                             "use new ids"
                         )
                     conn.execute("RELEASE SAVEPOINT write")
-            self._end(conn, commit=True)
+                self._end(conn, commit=True)
         except self._errors as exc:
             if conn is not None:
                 with contextlib.suppress(*self._errors):
@@ -365,6 +371,16 @@ class _SqlPredictionLog:
 
     def _prepare(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """Before a batch's transaction: what its rows need (PostgreSQL: their partitions)."""
+
+    def _insert_committed(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """``rows`` inserted and committed in one transaction, or none of them (undone)."""
+        self._begin(conn)
+        try:
+            self._insert(conn, rows)
+        except self._integrity:
+            self._end(conn, commit=False)
+            raise
+        self._end(conn, commit=True)
 
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         conn.cursor().executemany(self._sql(_INSERT), rows)
@@ -782,21 +798,16 @@ class PostgresPredictionLog(_SqlPredictionLog):
     def _end(self, conn: Any, commit: bool) -> None:
         conn.execute("COMMIT" if commit else "ROLLBACK")
 
+    def _insert_committed(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """One statement on the autocommit connection: its own transaction, committed (and
+        flushed: ``synchronous_commit`` as the server sets it) when it returns, or undone."""
+        self._insert(conn, rows)
+
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Ids first (their unique key refuses a duplicate), then the rows; both by COPY."""
-        ids = [
-            key
-            for (key,) in conn.execute(
-                "SELECT nextval('predictions_id_seq') FROM generate_series(1, %s)", (len(rows),)
-            )
-        ]
-        cursor = conn.cursor()
-        with cursor.copy("COPY prediction_ids (request_id, role, time, id) FROM STDIN") as copy:
-            for key, row in zip(ids, rows, strict=True):
-                copy.write_row((row[0], row[1], row[2], key))
-        with cursor.copy(f"COPY predictions (id, {', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for key, row in zip(ids, rows, strict=True):
-                copy.write_row((key, *row))
+        """One statement, one round trip: the rows as one array per column (binary), their
+        ids from the sequence, into ``prediction_ids`` (whose unique key refuses a duplicate)
+        and ``predictions`` at once."""
+        conn.execute(_PG_INSERT, [list(column) for column in zip(*rows, strict=True)])
 
     # -- partitions ------------------------------------------------------------------------
     def _prepare(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
