@@ -13,6 +13,18 @@ Then it adds
 prediction: table + indexes (PostgreSQL: partitions, their index and ``prediction_ids``), no
 feedback. Figures only; nothing here asserts a time. Run it with ``PYTHONPATH`` on an older
 tree (``git archive <rev> src``) for a baseline.
+
+    .venv/bin/python benchmarks/log_ingest.py --processes 1 8 16 --threads 8 [--seconds 10]
+        [--rounds 1] [--ceiling 100000]
+
+``--processes``: PostgreSQL only, several replicas at once: each count of writer processes,
+each with ``--threads`` request threads sharing its log, writes one record per call for
+``--seconds``. Per line: rows/s summed, rows per commit (``pg_stat_database.xact_commit``,
+whose counters the server flushes about once a second: approximate), CPU per 1,000 rows of the
+writer processes (with the benchmark's own record building, ~3 us a row) and of their server
+backends (``/proc``), and how busy the whole machine was (``/proc/stat``: 100 % means the
+figure is bounded by CPU, the benchmark's or another's). ``--ceiling`` then COPies that many
+encoded rows in one transaction: the server's CPU per row without per-commit costs.
 """
 
 from __future__ import annotations
