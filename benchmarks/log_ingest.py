@@ -13,6 +13,18 @@ Then it adds
 prediction: table + indexes (PostgreSQL: partitions, their index and ``prediction_ids``), no
 feedback. Figures only; nothing here asserts a time. Run it with ``PYTHONPATH`` on an older
 tree (``git archive <rev> src``) for a baseline.
+
+    .venv/bin/python benchmarks/log_ingest.py --processes 1 8 16 --threads 8 [--seconds 10]
+        [--rounds 1] [--ceiling 100000]
+
+``--processes``: PostgreSQL only, several replicas at once: each count of writer processes,
+each with ``--threads`` request threads sharing its log, writes one record per call for
+``--seconds``. Per line: rows/s summed, rows per commit (``pg_stat_database.xact_commit``,
+whose counters the server flushes about once a second: approximate), CPU per 1,000 rows of the
+writer processes (with the benchmark's own record building, ~3 us a row) and of their server
+backends (``/proc``), and how busy the whole machine was (``/proc/stat``: 100 % means the
+figure is bounded by CPU, the benchmark's or another's). ``--ceiling`` then COPies that many
+encoded rows in one transaction: the server's CPU per row without per-commit costs.
 """
 
 from __future__ import annotations
@@ -99,6 +111,168 @@ def ingest(log: Any, rows: int, threads: int, prefix: str) -> float:
     return per * threads / (time.perf_counter() - began)
 
 
+# ---- several writer processes (replicas) into one PostgreSQL ------------------------------------
+
+
+def _replica(
+    url: str, threads: int, seconds: float, name: str, go: Any, done: Any, out: Any
+) -> None:
+    """A replica: ``threads`` request threads sharing one log, one-record writes for
+    ``seconds``; puts (rows, seconds, CPU seconds of this process)."""
+    from prodguard.serving.prediction_log import PostgresPredictionLog
+
+    log = PostgresPredictionLog(url)
+    log.write([record(0, f"{name}-warm")])  # connected, partitions made
+    template = record(0, name)
+    counts = [0] * threads
+
+    def serve(thread: int) -> None:
+        from dataclasses import replace
+
+        i, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            when = T0 + timedelta(microseconds=i)
+            log.write([replace(template, request_id=f"{name}-{thread}-{i:09d}", time=when)])
+            i += 1
+        counts[thread] = i
+
+    out.put(("ready", 0, 0.0, 0.0))
+    go.wait()
+    cpu, began = time.process_time(), time.perf_counter()
+    workers = [threading.Thread(target=serve, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    out.put(("done", sum(counts), time.perf_counter() - began, time.process_time() - cpu))
+    done.wait()  # the server's CPU is read while the connections still exist
+    log.close()
+
+
+def _server_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of every server process connected to the benchmark's database."""
+    import os
+
+    import psycopg
+
+    tick = os.sysconf("SC_CLK_TCK")
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ]
+    cpu = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _commits(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return int(
+            conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()[0]
+        )
+
+
+def replicas(url: str, writers: int, threads: int, seconds: float) -> dict[str, float]:
+    """``writers`` processes of ``threads`` threads each, writing at once for ``seconds``:
+    rows/s, rows per commit, CPU per 1,000 rows of the writers and of their server backends,
+    and how busy the machine was."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    go, done, out = context.Event(), context.Event(), context.Queue()
+    run = f"p{writers}x{threads}-{time.time_ns()}"
+    processes = [
+        context.Process(target=_replica, args=(url, threads, seconds, f"{run}-{w}", go, done, out))
+        for w in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        out.get(timeout=300)
+    server, commits, machine = _server_cpu(url), _commits(url), _machine()
+    go.set()
+    results = [out.get(timeout=seconds + 300) for _ in processes]
+    busy = [b - a for a, b in zip(machine, _machine(), strict=True)]
+    after, commits = _server_cpu(url), _commits(url) - commits - 2  # the two reads' own
+    done.set()
+    for process in processes:
+        process.join()
+    rows = sum(r[1] for r in results)
+    return {
+        "rows_per_s": rows / max(r[2] for r in results),
+        "rows_per_commit": rows / max(commits, 1),
+        "writer_cpu_ms": 1e6 * sum(r[3] for r in results) / rows,
+        "server_cpu_ms": 1e6 * sum(after[p] - server.get(p, after[p]) for p in after) / rows,
+        "machine_busy": busy[0] / busy[1],
+    }
+
+
+def ceiling(url: str, rows: int) -> dict[str, float]:
+    """The server's side alone: ``rows`` records encoded ahead, then COPied in one
+    transaction as a group commit writes them (ids from the sequence, ``prediction_ids``, then
+    ``predictions``): the server's rows/s and CPU per 1,000 rows, the bound of any client here."""
+    import json
+    import os
+
+    import psycopg
+
+    from prodguard.serving.prediction_log import COLUMNS, PostgresPredictionLog
+
+    PostgresPredictionLog(url).close()  # the tables
+    name, dumps = f"bulk{time.time_ns()}", json.JSONEncoder(sort_keys=True).encode
+    encoded = [
+        (r.request_id, r.role, r.time.isoformat(), r.model, r.version, r.probability,
+         r.decision, dumps(r.features), dumps(r.flags), dumps(r.latencies_ms), dumps(r.request),
+         None, r.digest)
+        for r in (record(i, name) for i in range(rows))
+    ]  # fmt: skip
+    tick = os.sysconf("SC_CLK_TCK")
+    with psycopg.connect(url, autocommit=True) as conn:
+        stat = Path(f"/proc/{conn.info.backend_pid}/stat")
+
+        def cpu() -> float:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        before, began = cpu(), time.perf_counter()
+        with conn.transaction():
+            ids = [
+                key
+                for (key,) in conn.execute(
+                    "SELECT nextval('predictions_id_seq') FROM generate_series(1, %s)", (rows,)
+                )
+            ]
+            cursor = conn.cursor()
+            with cursor.copy("COPY prediction_ids (request_id, role, time, id) FROM STDIN") as c:
+                for key, row in zip(ids, encoded, strict=True):
+                    c.write_row((row[0], row[1], row[2], key))
+            with cursor.copy(f"COPY predictions (id, {', '.join(COLUMNS)}) FROM STDIN") as c:
+                for key, row in zip(ids, encoded, strict=True):
+                    c.write_row((key, *row))
+        elapsed, used = time.perf_counter() - began, cpu() - before
+    return {"rows_per_s": rows / elapsed, "server_cpu_ms": 1e6 * used / rows}
+
+
 def sqlite_bytes(path: Path) -> int:
     import sqlite3
 
@@ -130,7 +304,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        help="PostgreSQL only: writer processes (replicas) of --threads threads each, "
+        "writing for --seconds, instead of threads sharing one log",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--ceiling", type=int, default=0, help="then ROWS in one bulk COPY: the server's bound"
+    )
     args = parser.parse_args()
+    if args.processes:
+        many(args)
+        return
     from prodguard.serving.prediction_log import PostgresPredictionLog, SqlitePredictionLog
 
     for backend in args.backends:
@@ -176,6 +364,41 @@ def main() -> None:
                 if name:
                     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
                         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def many(args: argparse.Namespace) -> None:
+    """--processes: each count of writer processes x each --threads, --rounds times."""
+    import os
+
+    import psycopg
+
+    name = f"bench_log_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        for processes in args.processes:
+            for threads in args.threads:
+                for _ in range(args.rounds):
+                    r = replicas(url, processes, threads, args.seconds)
+                    print(
+                        f"postgres {processes:2d}x{threads:<2d} {r['rows_per_s']:8,.0f} rows/s, "
+                        f"{r['rows_per_commit']:6.1f} rows/commit, CPU per 1,000 rows: writers "
+                        f"{r['writer_cpu_ms']:6.0f} ms, server {r['server_cpu_ms']:5.0f} ms; "
+                        f"machine {r['machine_busy']:4.0%} busy, load {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
+        if args.ceiling:
+            r = ceiling(url, args.ceiling)
+            print(
+                f"postgres bulk COPY of {args.ceiling:,} rows: {r['rows_per_s']:8,.0f} rows/s, "
+                f"server CPU {r['server_cpu_ms']:.0f} ms per 1,000 rows "
+                f"(load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

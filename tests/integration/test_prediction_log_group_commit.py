@@ -75,6 +75,43 @@ def test_concurrent_writers_with_duplicates_log_each_id_exactly_once(open_log) -
     assert not {r for r in refused if r.startswith("w")} & set(counts)  # all or nothing
 
 
+def test_writes_queued_behind_a_commit_are_led_by_one_of_them(open_log, monkeypatch) -> None:  # noqa: F811
+    """A commit is under way (held at its start) while 5 more writers queue: when it ends, only
+    its own writer returns, and one of the 5 leads the next commit with all 5 — nobody waits
+    for a commit that never comes, every write is stored once."""
+    log = open_log()
+    commit, sizes = log._commit, []
+    entered, release = threading.Event(), threading.Event()
+
+    def held(batch) -> None:
+        sizes.append(len(batch))
+        if len(sizes) == 1:
+            entered.set()
+            release.wait(timeout=60)
+        commit(batch)
+
+    monkeypatch.setattr(log, "_commit", held)
+    first = threading.Thread(target=log.write, args=([record(0, request_id="first")],))
+    first.start()
+    assert entered.wait(timeout=60)
+    queued = [
+        threading.Thread(target=log.write, args=([record(i, request_id=f"q{i}")],))
+        for i in range(5)
+    ]
+    for thread in queued:
+        thread.start()
+    for _ in range(6000):  # until all 5 are queued behind the held commit
+        with log._turn:
+            if len(log._queue) == 5:
+                break
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in [first, *queued]:
+        thread.join(timeout=60)
+    assert sizes == [1, 5]
+    assert stored(log) == Counter({"first": 1, **{f"q{i}": 1 for i in range(5)}})
+
+
 @pytest.mark.postgres
 def test_a_failed_commit_fails_exactly_its_writes(pg_database) -> None:
     """A write the server refuses (a trigger raising for one request id, as a full disk or a

@@ -4,10 +4,11 @@ Every acknowledged prediction is committed before the response leaves: PostgreSQ
 production, shared by every replica; SQLite in WAL mode by default (``synchronous=FULL`` fsyncs
 each commit and survives a power loss, ``NORMAL`` does not fsync commits and survives a crash or
 kill -9 of the process but not of the machine).
-Concurrent writes share one commit (group commit: one multi-row insert, COPY on PostgreSQL),
-each still all-or-nothing. On PostgreSQL the predictions are partitioned by day (see
-``PostgresPredictionLog``); ``prodguard log prune`` (``serving.log_retention``) drops what is
-older than ``storage.log_retention_days``.
+Concurrent writes share one commit (group commit: one multi-row insert; on PostgreSQL one
+statement of binary column arrays into both of its tables), each still all-or-nothing. On
+PostgreSQL the predictions are partitioned by day (see ``PostgresPredictionLog``);
+``prodguard log prune`` (``serving.log_retention``) drops what is older than
+``storage.log_retention_days``.
 Feedback (observed outcomes) is keyed by request id; repeating the same feedback is idempotent,
 a different outcome for the same request is a conflict.
 """
@@ -198,6 +199,14 @@ CREATE TABLE IF NOT EXISTS prediction_ids (
 """
     + _RECORDS
 )
+_PG_TYPES = {"version": "int4", "probability": "float8", "decision": "int4"}
+_PG_INSERT = (  # %b: binary arrays, nothing to quote or parse as text
+    "WITH r AS MATERIALIZED (SELECT nextval('predictions_id_seq') AS id, * FROM unnest("
+    + ", ".join(f"%b::{_PG_TYPES.get(c, 'text')}[]" for c in COLUMNS)
+    + f") AS u ({', '.join(COLUMNS)})), k AS (INSERT INTO prediction_ids "
+    "(request_id, role, time, id) SELECT request_id, role, time, id FROM r) "
+    f"INSERT INTO predictions (id, {', '.join(COLUMNS)}) SELECT id, {', '.join(COLUMNS)} FROM r"
+)
 _RETRY_PARTITION_S = 60.0  # after a partition creation gave up on a busy table
 _GATHER_S = 0.002  # a leader's longest wait for the writers of the last shared commit
 
@@ -211,6 +220,10 @@ class _Write:
     rows: list[tuple[Any, ...]]
     done: bool = False
     error: ProdguardError | None = None
+    wake: Any = field(default_factory=threading.Lock)  # held until a leader releases it
+
+    def __post_init__(self) -> None:
+        self.wake.acquire()
 
 
 @dataclass(frozen=True)
@@ -238,9 +251,8 @@ class _SqlPredictionLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the connection
-        queue = threading.Lock()
-        self._turn = threading.Condition(queue)  # the queue and who leads the next commit
-        self._arrived = threading.Condition(queue)  # a write queued while the leader gathers
+        self._turn = threading.Lock()  # the queue and who leads the next commit
+        self._arrived = threading.Condition(self._turn)  # a write queued while one gathers
         self._leading = self._gathering = False
         self._shared = 1  # writes in the last commit
         self._queue: list[_Write] = []  # writes waiting for the next group commit
@@ -274,8 +286,8 @@ class _SqlPredictionLog:
                 r.role,
                 r.time.isoformat(),
                 r.model,
-                r.version,
-                r.probability,
+                int(r.version),
+                float(r.probability),
                 int(r.decision),
                 _dumps(r.features),
                 "[]" if not r.flags else _dumps(r.flags),
@@ -288,40 +300,50 @@ class _SqlPredictionLog:
         ]
         pending = _Write(rows)
         # Leader and followers: a writer that finds no commit under way leads one with every
-        # write queued so far; the others wait for the commit that holds theirs (woken when a
-        # commit ends: the done return, one of the rest leads the next with all queued since).
+        # write queued so far; the others wait on their own lock until a leader releases it:
+        # their commit ended (done), or it is their turn to lead the next with all queued
+        # since (the first still queued when a commit ends). Only the writers of a commit
+        # wake up when it ends, and none of them contends for the queue again.
         # After a shared commit, a leader gives the writers of the last one a moment to queue
         # again (at most _GATHER_S, like PostgreSQL's commit_delay): a lone writer never waits.
         with self._turn:
             self._queue.append(pending)
-            if self._gathering:
-                self._arrived.notify()
-            while not pending.done and self._leading:
-                self._turn.wait()
-            if not pending.done:
-                self._leading = True
-                if self._shared > 1:
-                    last, self._gathering = self._shared, True
-                    self._arrived.wait_for(lambda: len(self._queue) >= last, _GATHER_S)
-                    self._gathering = False
-                batch, self._queue = self._queue, []
-                self._shared = len(batch)
-        if not pending.done:
-            try:
-                with self._lock:
-                    self._commit(batch)
-            except BaseException as exc:  # not the driver's (those fail the batch in _commit)
-                for write in batch:  # ... still: no follower may return as if committed
-                    write.error = write.error or StorageError(
-                        f"prediction log write failed: {first_line(exc)}"
-                    )
-                raise
-            finally:
-                with self._turn:
-                    self._leading = False
-                    for write in batch:
-                        write.done = True
-                    self._turn.notify_all()
+            follow, self._leading = self._leading, True
+            if self._gathering and len(self._queue) >= self._shared:
+                self._arrived.notify()  # the leader wakes once, when its batch is complete
+        if follow:
+            pending.wake.acquire()
+            if pending.done:
+                if pending.error is not None:
+                    raise pending.error
+                return
+        with self._turn:
+            if self._shared > 1:
+                last, self._gathering = self._shared, True
+                self._arrived.wait_for(lambda: len(self._queue) >= last, _GATHER_S)
+                self._gathering = False
+            batch, self._queue = self._queue, []
+            self._shared = len(batch)
+        try:
+            with self._lock:
+                self._commit(batch)
+        except BaseException as exc:  # not the driver's (those fail the batch in _commit)
+            for write in batch:  # ... still: no follower may return as if committed
+                write.error = write.error or StorageError(
+                    f"prediction log write failed: {first_line(exc)}"
+                )
+            raise
+        finally:
+            with self._turn:
+                for write in batch:
+                    write.done = True
+                after = self._queue[0] if self._queue else None
+                self._leading = after is not None  # ... and leads the next
+            for write in batch:
+                if write is not pending:
+                    write.wake.release()
+            if after is not None:
+                after.wake.release()
         if pending.error is not None:
             raise pending.error
 
@@ -336,11 +358,9 @@ class _SqlPredictionLog:
         try:
             conn = self._connection()
             self._prepare(conn, rows)
-            self._begin(conn)
             try:
-                self._insert(conn, rows)
+                self._insert_committed(conn, rows)
             except self._integrity:
-                self._end(conn, commit=False)
                 self._begin(conn)
                 for write in batch:
                     conn.execute("SAVEPOINT write")
@@ -353,7 +373,7 @@ class _SqlPredictionLog:
                             "use new ids"
                         )
                     conn.execute("RELEASE SAVEPOINT write")
-            self._end(conn, commit=True)
+                self._end(conn, commit=True)
         except self._errors as exc:
             if conn is not None:
                 with contextlib.suppress(*self._errors):
@@ -365,6 +385,16 @@ class _SqlPredictionLog:
 
     def _prepare(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """Before a batch's transaction: what its rows need (PostgreSQL: their partitions)."""
+
+    def _insert_committed(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """``rows`` inserted and committed in one transaction, or none of them (undone)."""
+        self._begin(conn)
+        try:
+            self._insert(conn, rows)
+        except self._integrity:
+            self._end(conn, commit=False)
+            raise
+        self._end(conn, commit=True)
 
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         conn.cursor().executemany(self._sql(_INSERT), rows)
@@ -782,21 +812,16 @@ class PostgresPredictionLog(_SqlPredictionLog):
     def _end(self, conn: Any, commit: bool) -> None:
         conn.execute("COMMIT" if commit else "ROLLBACK")
 
+    def _insert_committed(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """One statement on the autocommit connection: its own transaction, committed (and
+        flushed: ``synchronous_commit`` as the server sets it) when it returns, or undone."""
+        self._insert(conn, rows)
+
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Ids first (their unique key refuses a duplicate), then the rows; both by COPY."""
-        ids = [
-            key
-            for (key,) in conn.execute(
-                "SELECT nextval('predictions_id_seq') FROM generate_series(1, %s)", (len(rows),)
-            )
-        ]
-        cursor = conn.cursor()
-        with cursor.copy("COPY prediction_ids (request_id, role, time, id) FROM STDIN") as copy:
-            for key, row in zip(ids, rows, strict=True):
-                copy.write_row((row[0], row[1], row[2], key))
-        with cursor.copy(f"COPY predictions (id, {', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for key, row in zip(ids, rows, strict=True):
-                copy.write_row((key, *row))
+        """One statement, one round trip: the rows as one array per column (binary), their
+        ids from the sequence, into ``prediction_ids`` (whose unique key refuses a duplicate)
+        and ``predictions`` at once."""
+        conn.execute(_PG_INSERT, [list(column) for column in zip(*rows, strict=True)])
 
     # -- partitions ------------------------------------------------------------------------
     def _prepare(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
