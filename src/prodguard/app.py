@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -324,7 +324,8 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
 def prune_log(settings: Settings, export: Path | None = None) -> PruneResult:
     """``prodguard log prune``: drop the predictions older than ``storage.log_retention_days``
     (never what monitors still read: the monitoring window plus the KPI maturity), each day
-    exported to parquet in ``export`` first when given."""
+    exported to parquet in ``export`` first when given, and the window aggregates of those days
+    (summaries the raw log can no longer rebuild)."""
     days = settings.storage.log_retention_days
     if days is None:
         raise ConfigError(
@@ -336,9 +337,17 @@ def prune_log(settings: Settings, export: Path | None = None) -> PruneResult:
     try:
         if not isinstance(log, RetainedLog):
             raise ConfigError(f"the prediction log {type(log).__name__} has no retention")
-        return prune(log, cutoff(clock_for(settings).now(), days, keep), export)
+        result = prune(log, cutoff(clock_for(settings).now(), days, keep), export)
     finally:
         log.close()
+    store = aggregate_store(settings)
+    if store is None:
+        return result
+    try:
+        before = datetime.fromisoformat(result.before).replace(tzinfo=UTC)
+        return replace(result, aggregates_dropped=store.drop_before(before))
+    finally:
+        store.close()
 
 
 @dataclass(frozen=True)

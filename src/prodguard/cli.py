@@ -794,8 +794,9 @@ def log_prune(
         ),
     ] = None,
 ) -> None:
-    """Drop the predictions older than storage.log_retention_days, with their feedback and the
-    old request errors: whole daily partitions on PostgreSQL, rows on SQLite.
+    """Drop the predictions older than storage.log_retention_days, with their feedback, the
+    old request errors and the window aggregates of those days: whole daily partitions on
+    PostgreSQL, rows on SQLite.
 
     Never what monitors still read: the cutoff is the earlier of now - retention and now -
     (monitoring.window.minutes + monitoring.kpi.maturity_hours), whole days (UTC). With
@@ -806,6 +807,11 @@ def log_prune(
     out.print(
         f"{result.dropped} predictions and {result.errors_dropped} request errors older than "
         f"{result.before} dropped"
+        + (
+            f", with {result.aggregates_dropped} window summaries"
+            if result.aggregates_dropped
+            else ""
+        )
         + (f"; {len(result.exported)} files exported to {export}" if export else ""),
         highlight=False,
     )

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from prodguard import wiring
 from prodguard.errors import ConfigError, StorageError
+from prodguard.monitoring.aggregates import Key, Summary
 from prodguard.serving.log_retention import cutoff, prune, read_export
 from prodguard.serving.prediction_log import PostgresPredictionLog, SqlitePredictionLog
 from tests.conftest import utc
@@ -127,17 +129,36 @@ def test_prune_log_use_case_keeps_unmatured_rows(project: Path, tmp_path: Path) 
     now.write_text("2013-05-20T12:00:00+00:00")
     settings = load_settings(
         project / "prodguard.yaml",
-        environ={"PRODGUARD_CLOCK__FILE": str(now), "PRODGUARD_STORAGE__LOG_RETENTION_DAYS": "1"},
+        environ={
+            "PRODGUARD_CLOCK__FILE": str(now),
+            "PRODGUARD_STORAGE__LOG_RETENTION_DAYS": "1",
+            "PRODGUARD_MONITORING__AGGREGATES__ENABLED": "true",
+        },
     )
     assert settings.monitoring.window.minutes == 10080 and settings.monitoring.kpi.maturity_hours
     log = SqlitePredictionLog(settings.paths.prediction_log, "NORMAL")
+    store = wiring.aggregate_store(settings)
+    assert store is not None
     try:
         days_of_traffic(log, 19)  # 2013-05-01 .. 2013-05-19
+        # the window aggregates of a replica that ran from May 1 to 19
+        old, kept = Key(utc("2013-05-05"), 1, "champion"), Key(utc("2013-05-15"), 1, "champion")
+        store.add({old: Summary(rows=4), kept: Summary(rows=4)})
+        store.cover("replica", utc("2013-05-01"), utc("2013-05-19"), closed=False)
         result = prune_log(settings, tmp_path / "export")
         assert result.before == "2013-05-12"
         assert log.window(*EVERYTHING)["time"].min() >= "2013-05-12"
         assert len(read_export(tmp_path / "export")) == result.dropped == 11 * 4 + 22
+        assert result.aggregates_dropped == 1  # the summaries of the days that went
+        assert set(store.read(utc("2013-05-01"), utc("2013-05-20"))) == {kept}
+        # the open interval starts at the cutoff now: the days before it are no longer covered
+        assert store.span(utc("2013-05-12"), utc("2013-05-19")) == (
+            utc("2013-05-12"),
+            utc("2013-05-19"),
+        )
+        assert store.span(utc("2013-05-10"), utc("2013-05-19")) == (utc("2013-05-10"),) * 2
     finally:
+        store.close()
         log.close()
     unset = load_settings(project / "prodguard.yaml", environ={})
     with pytest.raises(ConfigError, match="log_retention_days is not set"):

@@ -286,6 +286,26 @@ class _SqlAggregateStore:
                 (self.bucket_seconds, start.isoformat(), end.isoformat()),
             )
 
+    def drop_before(self, before: datetime) -> int:
+        """Retention: the summaries of buckets before ``before`` (roll-ups too) and the
+        coverage intervals that ended by then (those still open past it start there now); the
+        summaries dropped."""
+        with self._transaction("retention") as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql("DELETE FROM window_aggregates WHERE bucket < ?"), (before.isoformat(),)
+            )
+            dropped = int(cursor.rowcount)
+            cursor.execute(
+                self._sql("DELETE FROM aggregate_coverage WHERE closed = 1 AND until <= ?"),
+                (before.isoformat(),),
+            )
+            cursor.execute(
+                self._sql("UPDATE aggregate_coverage SET start = ? WHERE start < ? AND until > ?"),
+                (before.isoformat(), before.isoformat(), before.isoformat()),
+            )
+        return dropped
+
     def cover(self, interval: str, start: datetime, until: datetime, closed: bool) -> None:
         """Record (or advance) the live interval ``interval``: aggregated from ``start``,
         flushed whole until ``until``; ``closed`` when its replica stopped cleanly."""

@@ -49,6 +49,7 @@ class PruneResult:
     dropped: int  # predictions dropped
     errors_dropped: int  # request errors dropped
     exported: list[Path] = field(default_factory=list)
+    aggregates_dropped: int = 0  # window aggregates (monitoring.aggregates) of those days
 
 
 def cutoff(now: datetime, retention_days: float, keep: timedelta) -> str:
