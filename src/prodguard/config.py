@@ -356,6 +356,14 @@ class AggregateSettings(_Strict):
         ge=100,
         description="Requests a replica remembers to pair its shadow scores with its answers.",
     )
+    edge_rows: int = Field(
+        default=20_000,
+        ge=0,
+        description="Rows a window or a guard check reads from the raw log beyond the "
+        "aggregates (its partial buckets at each end, what replicas have not flushed yet); "
+        "beyond it, only the whole buckets are measured (at high traffic a window then ends up "
+        "to a bucket plus flush_seconds earlier).",
+    )
 
     @field_validator("bucket_seconds")
     @classmethod

@@ -274,6 +274,44 @@ def test_the_guard_reads_the_same_paired_states_from_aggregates(binary: Replayed
     assert binary.monitor(END, aggregates=True).degraded(start, end) == degraded
 
 
+def test_busy_edges_are_left_out_and_the_window_states_the_whole_buckets_it_measured(
+    binary: Replayed,
+) -> None:
+    binary.rebuild()
+    # half a bucket after an answer: the window's last edge holds rows
+    hour = binary.log.window(utc("2013-04-06T13:00"), utc("2013-04-06T15:00"), role=ANSWERS)
+    now = datetime.fromisoformat(hour["time"].iloc[0]) + timedelta(seconds=30)
+    assert now.second == 30
+    monitoring = binary.settings.monitoring
+    busy = monitoring.model_copy(
+        update={"aggregates": monitoring.aggregates.model_copy(update={"edge_rows": 0})}
+    )
+    budget = binary.settings.rollout.triggers.p99_latency_ms
+    monitor = Monitor(
+        binary.log,
+        binary.references,
+        busy,
+        FixedClock(now),
+        aggregates=binary.rebuilt,
+        latency_budget_ms=budget,
+    )
+    whole = now.replace(second=0)
+    reports = monitor.latest()
+    assert monitor.windows_from_aggregates == 2
+    assert (reports[0].start, reports[0].end) == (
+        whole - timedelta(days=1) + timedelta(minutes=1),
+        whole,
+    )
+    every = binary.monitor(now, aggregates=True).latest()
+    assert (every[0].start, every[0].end) == (now - timedelta(days=1), now)
+    assert 0 < reports[0].rows <= every[0].rows
+    states = monitor.paired(now - timedelta(hours=5), now, 2, 3, ANSWERS, ("shadow",), budget)
+    assert monitor.pairs_from_aggregates and 0 < states.rows
+    assert states.rows == binary.log.count(
+        whole - timedelta(hours=5) + timedelta(minutes=1), whole, role=ANSWERS
+    )
+
+
 def test_windows_the_aggregates_do_not_cover_are_read_from_rows(binary: Replayed) -> None:
     binary.rebuild()
     monitor = binary.monitor(utc("2013-04-20"), aggregates=True)

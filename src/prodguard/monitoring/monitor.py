@@ -213,7 +213,7 @@ class Monitor:
                 matured = high + maturity <= now
                 summed = self._summaries(low, high)
                 if summed is not None:
-                    reports.extend(self._judge_summed(low, high, *summed, matured))
+                    reports.extend(self._judge_summed(*summed, matured))
                     continue
                 every = self._every(low, high, ANSWERS) if self._spec.rows is None else 1
                 window = Window(low, high, self._log.window(low, high, role=ANSWERS, every=every))
@@ -228,7 +228,7 @@ class Monitor:
             start = now - timedelta(minutes=self._spec.minutes)
             summed = self._summaries(start, now)
             if summed is not None:
-                return self._judge_summed(start, now, *summed, matured)
+                return self._judge_summed(*summed, matured)
         window, every = self._read_latest(now)
         return self._judge(window, every, matured)
 
@@ -243,19 +243,19 @@ class Monitor:
 
     def _summaries(
         self, start: datetime, end: datetime
-    ) -> tuple[dict[int, Summary], dict[ErrorKind, int]] | None:
-        """The answers of ``[start, end)`` summarised per version, with the request errors:
-        the aggregates' whole buckets merged, the edges they do not hold (the window's partial
-        buckets, what replicas have not flushed yet) summarised from the raw log. None — read
-        the window's rows — when the aggregates do not cover it, the edges are larger than a
-        window's ``max_rows``, or summaries were taken on other reference bins."""
+    ) -> tuple[datetime, datetime, dict[int, Summary], dict[ErrorKind, int]] | None:
+        """The answers of ``[start, end)`` summarised per version, with the request errors and
+        the span measured: the aggregates' whole buckets merged, the edges they do not hold
+        (the window's partial buckets, what replicas have not flushed yet) summarised from the
+        raw log — or left out when they hold more than ``aggregates.edge_rows`` rows (the
+        span is then the whole buckets). None — read the window's rows — when the aggregates
+        do not cover it, or summaries were taken on other reference bins."""
         assert self._aggregates is not None
         low, high = self._aggregates.span(start, end)
         if low >= high:
             return None
-        edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
-        if sum(self._log.count(a, b, role=ANSWERS) for a, b in edges) > self._spec.max_rows:
-            return None
+        edges = self._edges(start, low, high, end, ANSWERS)
+        measured = (start, end) if edges or (start, end) == (low, high) else (low, high)
         parts: dict[int, list[Summary]] = {}
         errors: Counter[str] = Counter()
         for key, summary in self._aggregates.read(low, high).items():
@@ -280,7 +280,17 @@ class Monitor:
         except ProdguardError:
             return None  # other bins, or unreadable references: the rows say why
         self.windows_from_aggregates += 1
-        return summed, {"rejected": errors["rejected"], "failed": errors["failed"]}
+        return (*measured, summed, {"rejected": errors["rejected"], "failed": errors["failed"]})
+
+    def _edges(
+        self, start: datetime, low: datetime, high: datetime, end: datetime, roles: Roles
+    ) -> list[tuple[datetime, datetime]]:
+        """The parts of ``[start, end)`` outside the aggregates' span ``[low, high)``, read from
+        rows; none when they hold more than ``aggregates.edge_rows`` rows (high traffic: the
+        whole buckets alone are measured, not a sample of the rows)."""
+        edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
+        rows = sum(self._log.count(a, b, role=roles) for a, b in edges)
+        return edges if rows <= self._settings.aggregates.edge_rows else []
 
     def _summarise(self, version: int, rows: pd.DataFrame) -> Summary:
         reference = self.reference(version)
@@ -442,7 +452,7 @@ class Monitor:
         if self._aggregates is not None and budget_ms == self._budget:
             low, high = self._aggregates.span(start, end)
             if low < high:
-                edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
+                edges = self._edges(start, low, high, end, None)
                 self.pairs_from_aggregates = True
                 for key, summary in self._aggregates.read(low, high).items():
                     if key.version in versions:
@@ -490,7 +500,7 @@ class Monitor:
                 summaries = [
                     s for k, s in self._aggregates.read(low, high).items() if k.role in ANSWERS
                 ]
-                edges = [(a, b) for a, b in ((start, low), (high, end)) if a < b]
+                edges = self._edges(start, low, high, end, ANSWERS)
                 frames = [self._log.window(a, b, role=ANSWERS) for a, b in edges]
                 state, features = degraded_rows(pd.concat(frames) if frames else pd.DataFrame())
                 rows = state.n + sum(s.rows for s in summaries)
