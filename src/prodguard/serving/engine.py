@@ -44,6 +44,7 @@ from prodguard.errors import (
     RequestRejected,
     ServiceNotReady,
 )
+from prodguard.features.request_frame import request_frame
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord, Role
@@ -870,7 +871,7 @@ class Predictor:
         todo = _open(answers)
         if not todo:
             return _done(answers)
-        request = self.derive(pd.DataFrame([rows[i] for i in todo]))
+        request = self.derive(request_frame([rows[i] for i in todo]))
         columns, inputs = _inputs(
             columns_of(request), len(request), store, [position[i] for i in todo]
         )
