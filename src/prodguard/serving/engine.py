@@ -406,8 +406,8 @@ class FeatureLookup:
             key = value_key(value)
             invalid = judged.get(key) if key is not None else None
             if invalid is None:
-                broken = feature.checks.check_value(feature.name, value)
-                invalid = bool(broken) and not (is_null(value) and nullable)
+                broken = feature.checks.breaks(feature.name, value)
+                invalid = broken and not (is_null(value) and nullable)
                 if key is not None:
                     judged[key] = invalid
             reasons.append("invalid" if invalid else None)
