@@ -10,8 +10,8 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 
-from prodguard.serving.engine import ModelScoring, ServingState
-from prodguard.serving.models import LoadedModel
+from prodguard.serving.engine import ModelScoring
+from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.treelite_adapter import fast_scorer, probe_rows
 from prodguard.tasks import Task
 from prodguard.training.model import prepare

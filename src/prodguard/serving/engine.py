@@ -929,9 +929,9 @@ class Predictor:
             for flag in record.flags:
                 feature, _, reason = flag.partition(":")
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
-        if frame is None:  # nothing to shadow-score with
-            pass
-        elif len(written) == len(records):
+        if frame is None:  # no standby or rollout version: nothing shadow-scores
+            return _done(answers)
+        if len(written) == len(records):
             self.shadow.after(state, frame, records)
         elif written:  # some ids were answered concurrently: only the rows logged here
             logged = {id(record) for record in written}
