@@ -11,8 +11,9 @@ source asked about just after the time the online store is materialized up to). 
 median and p99 of each stage (``checks``, ``features``, ``model``, ``log``, ``total``, in ms)
 and of the process's CPU time per call (``cpu``: all its threads; steadier than the wall clock
 on a shared machine) for ``predict_each`` of 1,000 and 100 rows (what ``/predict_batch``
-calls) and ``predict`` of one row (``/predict``), without HTTP. Figures only; nothing here
-asserts a time.
+calls) and ``predict`` of one row (``/predict``), without HTTP; and, apart, the project's
+``request_features`` alone on a one-row frame (the part of ``checks`` that is the project's).
+Figures only; nothing here asserts a time.
 
 To compare two versions of the code in one run, run it alternately with each one first on the
 path (``PYTHONPATH=<tree>/src``) against the same project.
@@ -97,16 +98,40 @@ def main(argv: list[str] | None = None) -> int:
             "batch_100": summary([call(100) for _ in range(args.rounds * 2)]),
             "single": summary([call(1) for _ in range(args.singles)]),
         }
+        project = project_features(built.predictor.derive, bodies, parse, args.singles)
         built.predictor.close()
         built.log.close()
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({**results, "request_features_single": project}, indent=2))
     else:
         print(f"{'call':<11} " + " ".join(f"{s + ' p50/p99':>17}" for s in STAGES))
         for name, figures in results.items():
             cells = [f"{figures[s]['p50']:.2f} / {figures[s]['p99']:.2f}" for s in STAGES]
             print(f"{name:<11} " + " ".join(f"{c:>17}" for c in cells))
+        print(
+            f"of the single call's checks, the project's request_features on its one-row frame: "
+            f"{project['p50']:.2f} / {project['p99']:.2f}"
+        )
     return 0
+
+
+def project_features(derive: Any, bodies: list[Any], parse: Any, calls: int) -> dict[str, float]:
+    """p50 and p99 (ms) of the project's ``request_features`` alone on a one-row frame of
+    request rows (``pd.DataFrame([row])``, built outside the timing): the part of the
+    ``checks`` stage that is the project's, not prodguard's."""
+    import pandas as pd
+
+    times = []
+    for number in range(calls):
+        frame = pd.DataFrame([parse(bodies[number % len(bodies)]).to_row()])
+        started = time.perf_counter()
+        derive(frame)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {
+        "p50": round(statistics.median(times), 3),
+        "p99": round(times[min(len(times) - 1, int(0.99 * len(times)))], 3),
+    }
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, Any]:

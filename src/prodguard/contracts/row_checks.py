@@ -168,6 +168,12 @@ class RowContract:
         self._by_column: dict[str, tuple[RowCheck, ...]] = {}
         for check in self.checks:
             self._by_column[check.column] = (*self._by_column.get(check.column, ()), check)
+        self._nullable = {
+            column: not any(
+                c.type == "expect_column_values_to_not_be_null" and not c.tolerant for c in checks
+            )
+            for column, checks in self._by_column.items()
+        }
 
     @classmethod
     def from_suites(cls, suites: Iterable[Suite]) -> RowContract:
@@ -201,14 +207,15 @@ class RowContract:
 
     def nullable(self, column: str) -> bool:
         """No strict (``mostly`` = 1) not-null expectation on the column."""
-        return not any(
-            c.type == "expect_column_values_to_not_be_null" and not c.tolerant
-            for c in self._by_column.get(column, ())
-        )
+        return self._nullable.get(column, True)
 
     def check_value(self, column: str, value: Any) -> list[str]:
         """Expectations the value of one column breaks (empty when it is valid)."""
         return [c.describe() for c in self._by_column.get(column, ()) if not c.predicate(value)]
+
+    def breaks(self, column: str, value: Any) -> bool:
+        """Whether the value of one column breaks an expectation (``check_value`` not empty)."""
+        return any(not c.predicate(value) for c in self._by_column.get(column, ()))
 
     def violations_of(
         self, rows: Sequence[Mapping[str, Any]], nullable_when_tolerant: bool = False

@@ -44,10 +44,11 @@ from prodguard.errors import (
     RequestRejected,
     ServiceNotReady,
 )
+from prodguard.features.request_frame import request_frame
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
 from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord, Role
-from prodguard.tasks import Task
+from prodguard.tasks import Outputs, Task
 
 _log = logging.getLogger("prodguard.serving")
 LOOKUP_WORKERS = 4
@@ -405,8 +406,8 @@ class FeatureLookup:
             key = value_key(value)
             invalid = judged.get(key) if key is not None else None
             if invalid is None:
-                broken = feature.checks.check_value(feature.name, value)
-                invalid = bool(broken) and not (is_null(value) and nullable)
+                broken = feature.checks.breaks(feature.name, value)
+                invalid = broken and not (is_null(value) and nullable)
                 if key is not None:
                     judged[key] = invalid
             reasons.append("invalid" if invalid else None)
@@ -470,36 +471,33 @@ class ModelScoring:
 
     def score(self, model: LoadedModel, frame: pd.DataFrame) -> list[Scored]:
         """Each row's answer for the model's task, binary decisions at the threshold in force."""
-        outputs = model.predict(frame, self._threshold)
-        scores = outputs.score.tolist()  # Python floats and ints, as ``Outputs.entry``
-        decisions = outputs.decision.tolist()
-        if outputs.task is Task.BINARY:
-            return [Scored(float(p), int(d)) for p, d in zip(scores, decisions, strict=True)]
-        return [Scored(*outputs.entry(j)) for j in range(len(outputs))]
+        return _scored(model.predict(frame, self._threshold))
+
+    def score_columns(
+        self, model: LoadedModel, columns: Mapping[str, Sequence[Any]], rows: int
+    ) -> list[Scored]:
+        """``score`` of ``model.frame_of(columns, rows)``; the fast path reads the columns
+        without a DataFrame (``LoadedModel.predict_columns``)."""
+        return _scored(model.predict_columns(columns, rows, self._threshold))
 
     def answer(
         self,
         state: ServingState,
         rows: Sequence[dict[str, Any]],
         ids: Sequence[str],
-        inputs: list[dict[str, Any]],
-        columns: Mapping[str, Sequence[Any]] | None = None,
-    ) -> tuple[pd.DataFrame, list[tuple[LoadedModel, Scored]]]:
-        """The champion's input frame (for shadows) and, per row, the model that answered and
-        its answer. ``columns``: the same inputs as columns (the frame is built from them)."""
-        champion = state.champion
-        assert champion is not None
-        frame = (
-            champion.frame(inputs) if columns is None else champion.frame_of(columns, len(inputs))
-        )
+        columns: Mapping[str, Sequence[Any]],
+    ) -> list[tuple[LoadedModel, Scored]]:
+        """Per row, the model that answered and its answer. ``columns``: the rows' model input
+        as columns (``_inputs``)."""
         answers: list[Any] = [None] * len(rows)
         for model, chosen in self.route(state, rows, ids):
+            part = (  # every row, in order, unless a canary takes some
+                columns
+                if len(chosen) == len(rows)
+                else {name: [values[i] for i in chosen] for name, values in columns.items()}
+            )
             try:
-                if model is not champion:
-                    part = model.frame([inputs[i] for i in chosen])
-                else:  # every row, in order, unless a canary takes some
-                    part = frame if len(chosen) == len(frame) else frame.iloc[chosen]
-                scored = self.score(model, part)
+                scored = self.score_columns(model, part, len(chosen))
             except ProdguardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's own failure, charged to it
@@ -507,7 +505,7 @@ class ModelScoring:
                 raise ModelFailed(model.version, exc) from exc
             for i, answer in zip(chosen, scored, strict=True):
                 answers[i] = (model, answer)
-        return frame, answers
+        return answers
 
     def route(
         self, state: ServingState, rows: Sequence[dict[str, Any]], ids: Sequence[str]
@@ -526,6 +524,15 @@ class ModelScoring:
         if not self._sticky_fields:
             return request_id
         return "|".join(str(row.get(f)) for f in self._sticky_fields)
+
+
+def _scored(outputs: Outputs) -> list[Scored]:
+    """Each row's ``Scored`` of a model's outputs (Python floats and ints, as ``entry``)."""
+    if outputs.task is Task.BINARY:
+        scores = outputs.score.tolist()
+        decisions = outputs.decision.tolist()
+        return [Scored(float(p), int(d)) for p, d in zip(scores, decisions, strict=True)]
+    return [Scored(*outputs.entry(j)) for j in range(len(outputs))]
 
 
 class AnswerLog:
@@ -864,17 +871,20 @@ class Predictor:
         todo = _open(answers)
         if not todo:
             return _done(answers)
-        request = self.derive(pd.DataFrame([rows[i] for i in todo]))
+        request = self.derive(request_frame([rows[i] for i in todo]))
         columns, inputs = _inputs(
             columns_of(request), len(request), store, [position[i] for i in todo]
         )
         checks_s += time.perf_counter() - started
 
         started = time.perf_counter()
-        frame, answered = self.scoring.answer(
-            state, [rows[i] for i in todo], [request_ids[i] for i in todo], inputs, columns
+        answered = self.scoring.answer(
+            state, [rows[i] for i in todo], [request_ids[i] for i in todo], columns
         )
         model_s = time.perf_counter() - started
+        # the shadow's input (the champion's frame), only when a version may shadow-score
+        shadowed = state.standby is not None or state.rollout is not None
+        frame = champion.frame_of(columns, len(todo)) if shadowed else None
 
         now = self._clock.now()
         latencies = {
@@ -919,6 +929,8 @@ class Predictor:
             for flag in record.flags:
                 feature, _, reason = flag.partition(":")
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
+        if frame is None:  # no standby or rollout version: nothing shadow-scores
+            return _done(answers)
         if len(written) == len(records):
             self.shadow.after(state, frame, records)
         elif written:  # some ids were answered concurrently: only the rows logged here

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,16 @@ def _threads() -> Any:
     return ThreadpoolController()
 
 
+@runtime_checkable
+class ColumnScorer(Protocol):
+    """A scorer that also reads the model input as ``LoadedModel.inputs_of`` gives it (lists
+    in contract order), with the same raw output as ``raw`` of the frame of those values."""
+
+    def raw(self, frame: Any) -> np.ndarray: ...
+
+    def raw_columns(self, values: Sequence[Sequence[Any]]) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     version: int
@@ -87,19 +97,28 @@ class LoadedModel:
 
     def frame_of(self, columns: Mapping[str, Sequence[Any]], rows: int) -> pd.DataFrame:
         """``frame`` of ``rows`` rows given as columns (each at least ``rows`` long)."""
+        data: dict[str, np.ndarray] = {
+            column: np.array(values, dtype=object if column in self.categorical else "float64")
+            for column, values in zip(self.columns, self.inputs_of(columns, rows), strict=True)
+        }
+        return pd.DataFrame(data, copy=False)  # the arrays are its own: no copy
+
+    def inputs_of(self, columns: Mapping[str, Sequence[Any]], rows: int) -> list[list[Any]]:
+        """The values of ``frame_of``'s columns, in contract order, as lists: categoricals as
+        they are (None when missing), numerics as floats (NaN when missing or not a number)."""
         absent = [c for c in self.columns if rows and c not in columns]
         if absent:
             raise ServiceNotReady(
                 f"v{self.version} needs features this service does not provide: {absent}"
             )
-        data: dict[str, np.ndarray] = {}
+        out: list[list[Any]] = []
         for column in self.columns:
             values = columns[column][:rows] if rows else ()
             if column in self.categorical:
-                data[column] = np.array([None if is_null(v) else v for v in values], dtype=object)
+                out.append([None if is_null(v) else v for v in values])
             else:
-                data[column] = np.array([_number(v) for v in values], dtype="float64")
-        return pd.DataFrame(data, copy=False)  # the arrays are its own: no copy
+                out.append([_number(v) for v in values])
+        return out
 
     def raw(self, frame: pd.DataFrame) -> np.ndarray:
         """The scorer's raw output: class probabilities (n, k) or values (n,). Small batches of
@@ -118,6 +137,22 @@ class LoadedModel:
         if spec.task is Task.REGRESSION and isinstance(self._scorer, ModelScorer):
             interval = self._scorer.interval(frame)
         return normalise(spec, self.raw(frame), interval)
+
+    def predict_columns(
+        self, columns: Mapping[str, Sequence[Any]], rows: int, threshold: float | None = None
+    ) -> Outputs:
+        """``predict(frame_of(columns, rows), threshold)``; a scorer that reads columns (the
+        fast path: ``ColumnScorer``) gets ``inputs_of`` them instead of a DataFrame."""
+        read = self._column_scorer
+        if read is None:
+            return self.predict(self.frame_of(columns, rows), threshold)
+        spec = self.spec if threshold is None else replace(self.spec, threshold=threshold)
+        return normalise(spec, read(self.inputs_of(columns, rows)))
+
+    @functools.cached_property
+    def _column_scorer(self) -> Callable[[list[list[Any]]], np.ndarray] | None:
+        scorer = self._scorer
+        return scorer.raw_columns if isinstance(scorer, ColumnScorer) else None
 
     def score(self, frame: pd.DataFrame) -> list[float]:
         """Each row's score: P(positive), the value, or the predicted class's probability."""

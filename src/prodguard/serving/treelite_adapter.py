@@ -16,6 +16,9 @@ HistGradientBoosting (node ids of type uint32 break ``make_node``), categorical 
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any
@@ -60,6 +63,21 @@ class Encoding:
                 out[:, index] = [lookup.get(v, np.nan) for v in values]
         return out
 
+    def matrix(self, values: Sequence[Sequence[Any]]) -> np.ndarray:
+        """The estimator's input matrix (n, k) from contract-order lists of values as
+        ``LoadedModel.inputs_of`` gives them (categoricals None when missing, numerics floats):
+        ``contract_matrix`` of their frame, in the estimator's column order, without pandas."""
+        picked = [
+            values[index] if lookup is None else [lookup.get(v, math.nan) for v in values[index]]
+            for index, lookup in self._steps
+        ]
+        return np.array(picked, dtype="float64").T
+
+    @functools.cached_property
+    def _steps(self) -> tuple[tuple[int, dict[Any, float] | None], ...]:
+        """Each estimator column's contract index and its lookup (None: a number)."""
+        return tuple((int(index), self.lookups.get(int(index))) for index in self.order)
+
 
 @dataclass(frozen=True)
 class TreeliteScorer:
@@ -75,10 +93,18 @@ class TreeliteScorer:
     def raw(self, frame: Any) -> np.ndarray:
         return self.raw_matrix(self.encoding.contract_matrix(frame))
 
+    def raw_columns(self, values: Sequence[Sequence[Any]]) -> np.ndarray:
+        """``raw`` of the frame of ``values`` (``models.ColumnScorer``), built without it."""
+        return self._estimator_raw(self.encoding.matrix(values))
+
     def raw_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        return self._estimator_raw(matrix[:, self.encoding.order])
+
+    def _estimator_raw(self, x: np.ndarray) -> np.ndarray:
+        """The raw output of the estimator-order matrix ``x``."""
         from treelite import gtil
 
-        x = np.ascontiguousarray(matrix[:, self.encoding.order], dtype="float64")
+        x = np.ascontiguousarray(x, dtype="float64")
         out = np.asarray(gtil.predict(self.model, x, nthread=1), dtype="float64")
         out = out.reshape(len(x), -1)
         if not self.classifier:
