@@ -306,7 +306,7 @@ def test_busy_edges_are_left_out_and_the_window_states_the_whole_buckets_it_meas
     assert (every[0].start, every[0].end) == (now - timedelta(days=1), now)
     assert 0 < reports[0].rows <= every[0].rows
     states = monitor.paired(now - timedelta(hours=5), now, 2, 3, ANSWERS, ("shadow",), budget)
-    assert monitor.pairs_from_aggregates and 0 < states.rows
+    assert monitor.pairs_from_aggregates and states.rows > 0
     assert states.rows == binary.log.count(
         whole - timedelta(hours=5) + timedelta(minutes=1), whole, role=ANSWERS
     )

@@ -266,15 +266,17 @@ def summarise(
     kpi: KpiSettings | None = None,
     cost: CostFunction | None = None,
     latency_budget_ms: float | None = None,
+    features: bool = True,
 ) -> Summary:
     """The summary of log rows of one model version (``frame``, with their feedback): counts
     on ``bins`` (keyed ``psi.<feature>``, ``shift.<feature>``, ``score``), and, given ``kpi``,
-    the labelled rows' costs."""
+    the labelled rows' costs. ``features`` False (what the guard's tests read): no bin counts,
+    null counts or latency sketches."""
     summary = Summary(fingerprint=bins_fingerprint(bins), rows=len(frame))
     if frame.empty:
         return summary
-    served = pd.DataFrame(frame["features"].tolist())
-    for key, reference in bins.items():
+    served = pd.DataFrame(frame["features"].tolist()) if features else pd.DataFrame()
+    for key, reference in bins.items() if features else ():
         if key == "score":
             summary.counts[key] = reference.counts(frame["probability"])
             continue
@@ -300,7 +302,7 @@ def summarise(
             summary.degraded_features[name] = summary.degraded_features.get(name, 0) + 1
         summary.unseen += any(str(f).endswith(":unseen") for f in flags or ())
     timings = request_timings(frame)
-    for stage in LATENCY_STAGES:
+    for stage in LATENCY_STAGES if features else ():
         column = f"{stage}_ms"
         if column not in timings:
             continue

@@ -469,6 +469,7 @@ class Monitor:
                     kpi=self._settings.kpi,
                     cost=self._cost,
                     latency_budget_ms=budget_ms,
+                    features=False,
                 )
                 parts.append(Part(a, int(version), str(role), summary))
             pairs = summarise_all_pairs(
