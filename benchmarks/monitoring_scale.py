@@ -22,11 +22,18 @@ outcome 12 h after it was answered (older than that: fed back; younger: still wa
 - **guard check**: ``build_guard(...).check()`` as ``prodguard guard`` builds it, with v2
   promoted over v1 one simulated day before "now" (so its paired tests read a day of traffic),
   in a child process, with its peak RSS.
-- **100M/day**: a 7-day window of ~700M rows (~0.9 TB) does not fit this disk; that line is
-  extrapolated linearly from the two measured scales and marked so.
+- **--aggregates [SECONDS]**: the window aggregates are then rebuilt from the raw log (what the
+  replicas would have written live) and the monitor pass and guard check run again reading
+  them; **--multiply K** then merges every summary with itself K times — the aggregates of K
+  times the traffic (700 on 1M rows a week: 100M predictions a day) — and runs them again (the
+  raw log keeps its rows: the partial buckets at a window's ends are read at the measured
+  scale's traffic, and at most ``monitoring.aggregates.edge_rows`` of them at any traffic).
+- **100M/day from rows**: a 7-day window of ~700M rows (~0.9 TB) does not fit this disk; that
+  line is extrapolated linearly from the two measured scales and marked so.
 
 Run: .venv/bin/python benchmarks/monitoring_scale.py [--rows 1000000,10000000]
 [--writers 1,4,8] [--backend postgres|sqlite] [--json PATH] [--work DIR] [--keep]
+[--aggregates [SECONDS] [--multiply K]]
 The first run ingests Jan-May 2013, trains v1/v2 and replays the seed (several minutes); the
 work folder is reused by later runs. PostgreSQL: database ``prodguard_scale`` on
 ``--postgres`` (dropped at the end unless ``--keep``). SQLite: a file in the work folder.
@@ -566,6 +573,28 @@ def rebuild_aggregates(project: str, backend: str, target: str, bucket: int) -> 
     }
 
 
+def multiply_aggregates(
+    project: str, backend: str, target: str, bucket: int, times: int
+) -> dict[str, Any]:
+    """The rebuilt aggregates of the span, each summary merged with itself ``times`` times:
+    the summaries a window of ``times`` x the traffic would have (every count, sum and sketch
+    bin ``times`` as large), written back in their place."""
+    from prodguard import wiring
+    from prodguard.monitoring.aggregates import merge_all
+
+    settings = _settings(project, backend, target, bucket)
+    store = wiring.aggregate_store(settings)
+    assert store is not None
+    began = time.perf_counter()
+    start, end = NOW - timedelta(days=SPAN_DAYS), NOW
+    try:
+        found = store.read(start, end)
+        store.replace(start, end, {k: merge_all([s] * times) for k, s in found.items()})
+    finally:
+        store.close()
+    return {"seconds": time.perf_counter() - began, "summaries": len(found)}
+
+
 def in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """``function(*args)`` in a fresh process (its peak RSS is its own)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -714,6 +743,9 @@ class ScaleResult:
     rebuild: dict[str, Any] = field(default_factory=dict)  # --aggregates: their rebuild
     monitor_aggregates: dict[str, Any] = field(default_factory=dict)  # ...and reads from them
     guard_aggregates: dict[str, Any] = field(default_factory=dict)
+    multiplied: int = 0  # --multiply: the aggregates of that many times the traffic...
+    monitor_multiplied: dict[str, Any] = field(default_factory=dict)  # ...and reads from them
+    guard_multiplied: dict[str, Any] = field(default_factory=dict)
     ingest: list[dict[str, Any]] = field(default_factory=list)
     extrapolated: bool = False
     load: dict[str, float] = field(default_factory=dict)  # 1-min load average at each step
@@ -766,6 +798,25 @@ def run_scale(
         result.monitor_aggregates, result.guard_aggregates = reads(
             project, backend, result, args.aggregates
         )
+        if args.multiply > 1:
+            multiplied = in_child(
+                multiply_aggregates,
+                project,
+                backend.name,
+                backend.target(),
+                args.aggregates,
+                args.multiply,
+            )
+            result.multiplied = args.multiply
+            print(
+                f"aggregates of {args.multiply} x the traffic ({rows * args.multiply / 7:,.0f} "
+                f"predictions a day): {multiplied['summaries']:,} summaries multiplied in "
+                f"{multiplied['seconds']:.0f} s (the raw log keeps its rows: the partial buckets "
+                "at a window's ends are read at this scale's traffic)"
+            )
+            result.monitor_multiplied, result.guard_multiplied = reads(
+                project, backend, result, args.aggregates, f" from aggregates x{args.multiply}"
+            )
     for writers in args.writers:
         load = os.getloadavg()[0]
         found = ingest(
@@ -789,11 +840,16 @@ def run_scale(
 
 
 def reads(
-    project: str, backend: Backend, result: ScaleResult, aggregates: int | None
+    project: str,
+    backend: Backend,
+    result: ScaleResult,
+    aggregates: int | None,
+    how: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A monitor pass, then a guard check, each in a process of its own (with the window
     aggregates when ``aggregates`` is not None: see ``_settings``)."""
-    how = "" if aggregates is None else " from aggregates"
+    if how is None:
+        how = "" if aggregates is None else " from aggregates"
     result.load["monitor" + how] = os.getloadavg()[0]
     monitor = in_child(monitor_pass, project, backend.name, backend.target(), aggregates)
     print(
@@ -840,6 +896,8 @@ def extrapolate(results: list[ScaleResult], rows: int) -> ScaleResult:
     found.monitor, found.guard = part("monitor"), part("guard")
     found.monitor_aggregates = part("monitor_aggregates")
     found.guard_aggregates = part("guard_aggregates")
+    found.monitor_multiplied = part("monitor_multiplied")
+    found.guard_multiplied = part("guard_multiplied")
     return found
 
 
@@ -857,6 +915,10 @@ def table(results: list[ScaleResult], backend: str) -> str:
     if any(r.monitor_aggregates for r in results):
         reads += [("monitor_aggregates", "monitor (aggregates)")]
         reads += [("guard_aggregates", "guard (aggregates)")]
+    times = max((r.multiplied for r in results), default=0)
+    if times:
+        reads += [("monitor_multiplied", f"monitor (aggregates x{times})")]
+        reads += [("guard_multiplied", f"guard (aggregates x{times})")]
     columns = ["rows per 7-day window", *(f"{name} | peak RSS" for _, name in reads)]
     columns += ["storage per prediction"]
     columns += [f"ingest {w} writer{'s' if w > 1 else ''}" for w in writers]
@@ -904,6 +966,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the database of the last scale")
+    parser.add_argument(
+        "--multiply",
+        type=int,
+        default=1,
+        help="with --aggregates: then multiply every rebuilt summary by this factor (the "
+        "aggregates of that many times the traffic, e.g. 700 on 1M rows a week: 100M a day) "
+        "and run the monitor pass and guard check again",
+    )
     parser.add_argument(
         "--aggregates",
         type=int,
