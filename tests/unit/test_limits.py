@@ -148,6 +148,20 @@ def test_admin_routes_are_checked_before_anything_is_read() -> None:
     assert refused == ["admin_disabled"]
 
 
+def test_headers_are_read_case_blind_and_the_first_of_a_repeated_one_counts() -> None:
+    app = _App()
+    boundary, refused, _ = _boundary(app)
+    repeated = [("Authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer wrong")]
+    assert asyncio.run(_request(boundary, "/admin/promote", headers=repeated))[0] == 200
+    swapped = list(reversed(repeated))
+    assert asyncio.run(_request(boundary, "/admin/promote", headers=swapped))[0] == 401
+    # a declared length over the limit is refused even when another follows it
+    status, _, _ = asyncio.run(
+        _request(boundary, body=b"x" * 2000, headers=[("Content-Length", "10")])
+    )
+    assert status == 413 and app.calls == 1 and refused == ["unauthorized", "body_size"]
+
+
 def test_bodies_over_the_limit_are_413_declared_or_chunked() -> None:
     app = _App()
     boundary, refused, _ = _boundary(app)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import bentoml
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from prodguard import app, wiring
 from prodguard.config import Settings, load_settings
@@ -43,8 +43,17 @@ from prodguard.serving.models import ServingState
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
-# BentoML 1.4 reads `model_fields` on instances, which pydantic 2.11+ flags on every request
-warnings.filterwarnings("ignore", message=".*model_fields.*", category=DeprecationWarning)
+
+
+def _quiet_model_fields() -> None:
+    """BentoML 1.4 reads ``model_fields`` on the request's instance, which pydantic 2.11+ flags
+    on every request: ignored (in front of the filters: Feast, imported when the service
+    starts, puts ``once`` for every DeprecationWarning there, which would print it to the log
+    at each request — the registry of warnings shown is reset whenever the filters change)."""
+    warnings.filterwarnings("ignore", message=".*model_fields.*", category=DeprecationWarning)
+
+
+_quiet_model_fields()
 _settings = load_settings()
 if _settings.serving is None:
     raise SystemExit("prodguard.yaml has no 'serving' section")
@@ -65,6 +74,7 @@ RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 ]
 _log = logging.getLogger("prodguard.serving")
+JSON = "application/json"
 
 
 class PredictionOut(BaseModel):
@@ -312,12 +322,23 @@ class _Metrics:
             labelnames=["reason"],
         )
 
+        # the labelled series, looked up once (``labels`` validates and locks at every call)
+        self._stages: dict[str, Any] = {}
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+
     def observe(self, stage: str, seconds: float) -> None:
-        self.stage.labels(stage=stage).observe(seconds)
+        series = self._stages.get(stage)
+        if series is None:
+            series = self._stages[stage] = self.stage.labels(stage=stage)
+        series.observe(seconds)
 
     def count(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
-        counter = self.counters[name]
-        (counter.labels(**labels) if labels else counter).inc(amount)
+        key = (name, tuple(labels.items()))
+        series = self._series.get(key)
+        if series is None:
+            counter = self.counters[name]
+            series = self._series[key] = counter.labels(**labels) if labels else counter
+        series.inc(amount)
 
     def swapped(self, state: ServingState) -> None:
         self.swaps.inc()
@@ -351,6 +372,7 @@ class PredictionService:
     def __init__(self) -> None:
         self.metrics = _Metrics()
         self.serving = wiring.build_serving(_settings, metrics=self.metrics)
+        _quiet_model_fields()  # again: building the serving imported Feast
         follower = self.serving.follower
         follower.start()
         self.serving.predictor.warm_up({})
@@ -397,22 +419,27 @@ class PredictionService:
         self._errors.shutdown(wait=True)
         self.serving.log.close()
 
-    def _answer(self, requests: list[Any], ctx: bentoml.Context) -> list[PredictionOut]:
+    def _answer(self, request: Any) -> Response:
+        """The answer as the response itself: its JSON is what BentoML would write for the
+        ``PredictionOut``, sent in one piece with its length (BentoML streams a returned model
+        in chunks, one more message through every middleware), ``Server-Timing`` among its
+        headers (none for a replayed answer)."""
         stages: dict[str, float] = {}
-        answers = self.serving.predictor.predict(
-            [r.to_row() for r in requests], [r.request_id for r in requests], stages
+        (answer,) = self.serving.predictor.predict([request.to_row()], [request.request_id], stages)
+        return Response(
+            _out(answer).model_dump_json(),
+            media_type=JSON,
+            headers={"Server-Timing": server_timing(stages)} if stages else None,
         )
-        if stages:  # not for a replayed answer
-            ctx.response.headers["Server-Timing"] = server_timing(stages)
-        return [_out(a) for a in answers]
 
+    # no context: the response carries its own status and headers
     @bentoml.api(route="/predict", input_spec=RequestModel)
-    def predict(self, ctx: bentoml.Context, **fields: Any) -> PredictionOut:
+    def predict(self, **fields: Any) -> PredictionOut:
         """Predict one request: features from the online store, checked, champion's answer."""
         try:
-            return self._answer([RequestModel(**fields)], ctx)[0]
+            return self._answer(RequestModel(**fields))  # type: ignore[return-value]
         except ProdguardError as exc:
-            return error_response(exc, ctx)  # type: ignore[return-value]
+            return error_response(exc)  # type: ignore[return-value]
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(

@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 _log = logging.getLogger("prodguard.serving")
 
@@ -160,11 +160,26 @@ class Limits:
     hooks: Hooks = field(default_factory=Hooks)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+class _Headers(NamedTuple):
+    """The request headers the boundary decides on, read in one pass over the scope's list."""
+
+    content_length: str | None = None
+    authorization: str | None = None
+    expect: str | None = None
+
+
+_WANTED = {b"content-length": 0, b"authorization": 1, b"expect": 2}  # -> field of _Headers
+
+
+def _headers(scope: Scope) -> _Headers:
+    found: list[str | None] = [None, None, None]
     for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+        index = _WANTED.get(key)
+        if index is None:
+            index = _WANTED.get(key.lower())
+        if index is not None and found[index] is None:  # the first one, as before
+            found[index] = value.decode("latin-1")
+    return _Headers(*found)
 
 
 class Boundary:
@@ -181,27 +196,30 @@ class Boundary:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
+        headers = _headers(scope)
         admin = path.startswith(ADMIN_PREFIX) or path == ADMIN_PREFIX.rstrip("/")
         if admin:
-            refusal = check_token(_header(scope, b"authorization"), self.limits.admin_token)
+            refusal = check_token(headers.authorization, self.limits.admin_token)
             if refusal is not None:
-                await self._refuse(refusal, scope, receive, send)
+                await self._refuse(refusal, scope, receive, send, headers)
                 return
-        refusal = body_refusal(_header(scope, b"content-length"), self.limits.max_body_bytes)
+        refusal = body_refusal(headers.content_length, self.limits.max_body_bytes)
         if refusal is not None:
-            await self._refuse(refusal, scope, receive, send)
+            await self._refuse(refusal, scope, receive, send, headers)
             return
         if admin or scope.get("method") != "POST":
-            await self._run(scope, receive, send)
+            await self._run(scope, receive, send, headers)
             return
         if not self.in_flight.enter():
-            await self._refuse(overloaded(self.limits.max_in_flight), scope, receive, send)
+            await self._refuse(overloaded(self.limits.max_in_flight), scope, receive, send, headers)
             return
-        await self._deadline(scope, receive, send)
+        await self._deadline(scope, receive, send, headers)
 
     # ---- the deadline ----------------------------------------------------------------------
 
-    async def _deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _deadline(
+        self, scope: Scope, receive: Receive, send: Send, headers: _Headers
+    ) -> None:
         answered = False  # by the boundary: the service's late answer is dropped
         started = False
 
@@ -213,10 +231,20 @@ class Boundary:
                 started = True
             await send(message)
 
-        task = asyncio.ensure_future(self._run(scope, receive, guarded))
+        # the request runs as a task of its own, so that the boundary can answer at the deadline
+        # while the work goes on; one future wakes this coroutine at whichever comes first (a
+        # timer and a done callback: what asyncio.wait does, without its per-call sets)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(scope, receive, guarded, headers))
         task.add_done_callback(self._finished)
-        done, _ = await asyncio.wait({task}, timeout=self.limits.timeout_s)
-        if task in done or started:
+        woken = loop.create_future()
+        timer = loop.call_later(self.limits.timeout_s, _wake, woken)
+        task.add_done_callback(lambda _: _wake(woken))
+        try:
+            await woken
+        finally:
+            timer.cancel()
+        if task.done() or started:
             await task  # finished, or its answer is already on the way
             return
         answered = True
@@ -232,11 +260,11 @@ class Boundary:
 
     # ---- the body ----------------------------------------------------------------------------
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, headers: _Headers) -> None:
         """The service, given a body without ``Content-Length`` (chunked) only once it has been
         read whole within the limit; past the limit the request gets a 413 and nothing more is
         read. A declared length was checked already, and the server holds the body to it."""
-        if _header(scope, b"content-length") is None and scope.get("method") in BODY_METHODS:
+        if headers.content_length is None and scope.get("method") in BODY_METHODS:
             limit = self.limits.max_body_bytes
             chunks: list[bytes] = []
             seen = 0
@@ -248,7 +276,7 @@ class Boundary:
                 seen += len(chunks[-1])
                 if seen > limit:
                     if message.get("more_body"):
-                        await self._refuse(too_large(limit), scope, receive, send)
+                        await self._refuse(too_large(limit), scope, receive, send, headers)
                     else:
                         await self._answer(too_large(limit), send)
                     return
@@ -259,8 +287,10 @@ class Boundary:
 
     # ---- answers -----------------------------------------------------------------------------
 
-    async def _refuse(self, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("method") in BODY_METHODS and not _expects_continue(scope):
+    async def _refuse(
+        self, refusal: Refusal, scope: Scope, receive: Receive, send: Send, headers: _Headers
+    ) -> None:
+        if scope.get("method") in BODY_METHODS and (headers.expect or "").lower() != "100-continue":
             await _drain(receive)
         await self._answer(refusal, send)
 
@@ -296,8 +326,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _expects_continue(scope: Scope) -> bool:
-    return (_header(scope, b"expect") or "").lower() == "100-continue"
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _drain(receive: Receive) -> None:
