@@ -1,5 +1,5 @@
 """The bare baseline: a BentoML endpoint that scores features supplied in the request with the
-champion — the same loaded model and the same ``LoadedModel.frame`` / ``score`` as the guarded
+champion — the same loaded model and the same ``LoadedModel.predict_columns`` as the guarded
 service, and nothing else: no request checks, no feature store, no prediction log, no
 monitoring, no hot swap. ``prodguard bench`` runs it with ``bentoml serve`` next to the guarded
 service, with the same BentoML settings (threads, timeout), to price the guard.
@@ -51,7 +51,8 @@ class BareService:
     ) -> BareOut:
         """Score one row of model features."""
         began = time.perf_counter()
-        probability = self.model.score(self.model.frame([features]))[0]
+        columns = {name: [value] for name, value in features.items()}
+        probability = float(self.model.predict_columns(columns, 1).score[0])
         seconds = time.perf_counter() - began
         ctx.response.headers["Server-Timing"] = (
             f"model;dur={seconds * 1000:.3f}, total;dur={seconds * 1000:.3f}"
