@@ -13,6 +13,7 @@ from prodguard.clock import FixedClock
 from prodguard.contracts.row_checks import RowContract
 from prodguard.contracts.suites import Suite
 from prodguard.errors import ModelFailed, RequestRejected
+from prodguard.features.request_columns import columns_of_rows
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import (
     AnswerLog,
@@ -229,11 +230,11 @@ def test_shadow_scores_the_standby_off_the_response_path(tmp_path: Path) -> None
     inputs = [{"site": "A", "size": 1.0, "temp": 30.0}]
     record = answers.record("r1", NOW, model(1), "champion", Scored(0.3, False), inputs[0], [], {})
     answers.write([record])
-    shadow.after(state, model(1).frame(inputs), [record])
+    shadow.after(state, columns_of_rows(inputs), [record])
     shadow.drain()
     logged = log.get("r1", role="shadow")
     assert logged.version == 2 and logged.probability == pytest.approx(0.4)
-    shadow.after(ServingState(champion=model(1)), model(1).frame(inputs), [record])  # no standby
+    shadow.after(ServingState(champion=model(1)), columns_of_rows(inputs), [record])  # no standby
     shadow.close()
 
 
@@ -249,7 +250,7 @@ def test_shadow_scores_every_row_of_a_burst_after_the_versions_change(tmp_path: 
         scored = Scored(0.3, False)
         record = answers.record(request_id, NOW, champion, "champion", scored, inputs[0], [], {})
         answers.write([record])
-        shadow.after(state, champion.frame(inputs), [record])
+        shadow.after(state, columns_of_rows(inputs), [record])
         shadow.drain()
         return log.get(request_id, role="shadow") is not None
 
@@ -276,7 +277,7 @@ def test_a_canary_burst_counts_the_rows_the_reference_scores_and_restarts_each_s
         scored = Scored(0.3, False)
         record = answers.record(request_id, NOW, answered_by, role, scored, inputs[0], [], {})
         answers.write([record])
-        shadow.after(state, answered_by.frame(inputs), [record])
+        shadow.after(state, columns_of_rows(inputs), [record])
         shadow.drain()
         return log.get(request_id, role="shadow") is not None
 
