@@ -38,10 +38,7 @@ def derive_columns(
 ) -> tuple[dict[str, list[Any]], int]:
     """The request features of ``rows`` by the columns form, as lists (arrays are listed), and
     the number of rows they give (``len(rows)`` when there are no request features)."""
-    derived = {
-        name: values.tolist() if isinstance(values, np.ndarray) else values
-        for name, values in derive(columns_of_rows(rows)).items()
-    }
+    derived = {name: _listed(values) for name, values in derive(columns_of_rows(rows)).items()}
     count = min((len(values) for values in derived.values()), default=len(rows))
     return derived, count
 
@@ -66,8 +63,7 @@ def first_difference(
     if extra:
         return f"column '{extra[0]}' is not given by model.request_features"
     for column in expected.columns:
-        values = got[column]
-        values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        values = _listed(got[column])
         wanted = expected[column].tolist()
         if len(values) != len(wanted):
             return f"column '{column}' has {len(values)} values for {len(wanted)} rows"
@@ -96,6 +92,13 @@ def check_request_columns(
             f"{SETTING} does not give what model.request_features gives on {len(rows)} rows of "
             f"the source: {problem}; make the two forms agree or remove {SETTING}"
         )
+
+
+def _listed(values: Sequence[Any]) -> list[Any]:
+    """A column's values as a list (an array's as Python values), a list as it is."""
+    if type(values) is list:
+        return values
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
 def _same(want: Any, value: Any) -> bool:

@@ -20,6 +20,9 @@ from prodguard.training.settings_checks import check_entity_keys, check_label
 RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
 ROW_ID = "__prodguard_row"
 _log = logging.getLogger(__name__)
+# (request_features, request_features_columns, source file) -> the file's (mtime, size) when
+# the two forms were last found equal on it: a process builds predictors often (replays)
+_CHECKED: dict[tuple[str, str, str], tuple[int, int]] = {}
 
 
 class HistoricalFeatures(Protocol):
@@ -54,7 +57,13 @@ def load_request_columns(settings: Settings) -> RequestColumns | None:
     if model.request_features_columns is None:
         return None
     columns_form = import_object(model.request_features_columns, "model.request_features_columns")
-    rows = OfflineStore(settings.paths.offline_dir).read(model.source)
+    offline = OfflineStore(settings.paths.offline_dir)
+    path = offline.path(model.source)
+    stat = path.stat() if path.exists() else None
+    checked = (model.request_features, model.request_features_columns, str(path))
+    if stat is not None and _CHECKED.get(checked) == (stat.st_mtime_ns, stat.st_size):
+        return columns_form  # these rows were checked already
+    rows = offline.read(model.source)
     if rows is None or rows.empty:
         _log.warning(
             "model.request_features_columns is not used: no ingested '%s' rows to check it "
@@ -68,7 +77,9 @@ def load_request_columns(settings: Settings) -> RequestColumns | None:
         columns_form,
         rows.rename(columns={timestamp: "event_timestamp"}),
     )
-    return columns_form  # type: ignore[no-any-return]
+    if stat is not None:
+        _CHECKED[checked] = (stat.st_mtime_ns, stat.st_size)
+    return columns_form
 
 
 def store_feature_names(store: HistoricalFeatures) -> list[str]:
