@@ -1,19 +1,21 @@
 """The request path in-process: ``Predictor`` stages for one row and for batches.
 
     .venv/bin/python benchmarks/request_path.py [--config prodguard.yaml] [--rounds 15]
-        [--singles 500] [--json]
+        [--singles 500] [--no-standby] [--json]
 
 On a served project (``make demo``, or ingest, materialize, train, promote) it builds the
 serving objects as ``prodguard serve`` does (``wiring.build_serving``: the project's registry,
 online store and models), with a prediction log of its own in a temporary folder and no shadow
-scoring, and asks the benchmark's requests (``prodguard.bench.workload``: rows of the model's
-source asked about just after the time the online store is materialized up to). It prints the
-median and p99 of each stage (``checks``, ``features``, ``model``, ``log``, ``total``, in ms)
-and of the process's CPU time per call (``cpu``: all its threads; steadier than the wall clock
-on a shared machine) for ``predict_each`` of 1,000 and 100 rows (what ``/predict_batch``
-calls) and ``predict`` of one row (``/predict``), without HTTP; and, apart, the project's
-``request_features`` alone on a one-row frame (the part of ``checks`` that is the project's).
-Figures only; nothing here asserts a time.
+scoring (``--no-standby``: as if no standby were loaded), and asks the benchmark's requests
+(``prodguard.bench.workload``: rows of the model's source asked about just after the time the
+online store is materialized up to). It prints the median and p99 of each stage (``checks``,
+``features``, ``model``, ``log``, ``total``, in ms) and of the process's CPU time per call
+(``cpu``: all its threads; steadier than the wall clock on a shared machine) for
+``predict_each`` of 1,000 and 100 rows (what ``/predict_batch`` calls) and ``predict`` of one
+row (``/predict``), without HTTP; and, apart, the project's ``request_features`` alone on a
+one-row frame (the part of ``checks`` that is the project's), and its
+``request_features_columns`` on one row's columns when the project has one. Figures only;
+nothing here asserts a time.
 
 To compare two versions of the code in one run, run it alternately with each one first on the
 path (``PYTHONPATH=<tree>/src``) against the same project.
@@ -22,6 +24,7 @@ path (``PYTHONPATH=<tree>/src``) against the same project.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="prodguard.yaml")
     parser.add_argument("--rounds", type=int, default=15, help="calls per batch size")
     parser.add_argument("--singles", type=int, default=500, help="one-row calls")
+    parser.add_argument(
+        "--no-standby", action="store_true", help="serve as if no standby were loaded"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -72,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         if champion is None:
             print("there is no champion: run `make demo` first", file=sys.stderr)
             return 2
+        if args.no_standby:
+            served = dataclasses.replace(built.follower.state, standby=None)
+            built.predictor.state = lambda: served
+        standby = built.predictor.state().standby
+        print(f"standby: {'v' + str(standby.version) if standby else 'none'}", file=sys.stderr)
         bodies = guarded_bodies(settings, at, 1000, champion.categories, "path-")
         parse = built.request_model.model_validate
         built.predictor.warm_up(parse(bodies[0]).to_row())
@@ -99,10 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             "single": summary([call(1) for _ in range(args.singles)]),
         }
         project = project_features(built.predictor.derive, bodies, parse, args.singles)
+        columns_form = getattr(built.predictor, "derive_columns", None)  # older trees: none
+        if columns_form is not None:
+            project_columns = project_features(columns_form, bodies, parse, args.singles, True)
         built.predictor.close()
         built.log.close()
     if args.json:
-        print(json.dumps({**results, "request_features_single": project}, indent=2))
+        extra = {"request_features_columns_single": project_columns} if columns_form else {}
+        print(json.dumps({**results, "request_features_single": project, **extra}, indent=2))
     else:
         print(f"{'call':<11} " + " ".join(f"{s + ' p50/p99':>17}" for s in STAGES))
         for name, figures in results.items():
@@ -112,18 +127,27 @@ def main(argv: list[str] | None = None) -> int:
             f"of the single call's checks, the project's request_features on its one-row frame: "
             f"{project['p50']:.2f} / {project['p99']:.2f}"
         )
+        if columns_form is not None:
+            print(
+                "its request_features_columns on one row's columns: "
+                f"{project_columns['p50']:.3f} / {project_columns['p99']:.3f}"
+            )
     return 0
 
 
-def project_features(derive: Any, bodies: list[Any], parse: Any, calls: int) -> dict[str, float]:
+def project_features(
+    derive: Any, bodies: list[Any], parse: Any, calls: int, columns: bool = False
+) -> dict[str, float]:
     """p50 and p99 (ms) of the project's ``request_features`` alone on a one-row frame of
     request rows (``pd.DataFrame([row])``, built outside the timing): the part of the
-    ``checks`` stage that is the project's, not prodguard's."""
+    ``checks`` stage that is the project's, not prodguard's; ``columns``: of its columns form
+    on the row's columns (``{field: [value]}``)."""
     import pandas as pd
 
     times = []
     for number in range(calls):
-        frame = pd.DataFrame([parse(bodies[number % len(bodies)]).to_row()])
+        row = parse(bodies[number % len(bodies)]).to_row()
+        frame = {k: [v] for k, v in row.items()} if columns else pd.DataFrame([row])
         started = time.perf_counter()
         derive(frame)
         times.append((time.perf_counter() - started) * 1000)

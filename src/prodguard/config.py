@@ -119,6 +119,12 @@ class ModelSettings(_Strict):
     request_features: str = Field(
         description="'module:function' deriving model features from request fields."
     )
+    request_features_columns: str | None = Field(
+        default=None,
+        description="Optional 'module:function': request_features on columns (dict column -> "
+        "list of values in and out), used by the serving path; checked against "
+        "request_features on real rows when serving and training.",
+    )
     task: Literal["binary", "multiclass", "regression"] = Field(
         default="binary", description="What the model predicts (see docs: Tasks)."
     )
@@ -135,7 +141,7 @@ class ModelSettings(_Strict):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     evaluation_days: int = Field(default=30, ge=1)
 
-    @field_validator("request_features", "trainer")
+    @field_validator("request_features", "request_features_columns", "trainer")
     @classmethod
     def _dotted(cls, value: str | None) -> str | None:
         return None if value is None else ProjectSettings._dotted(value)

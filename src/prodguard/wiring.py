@@ -78,7 +78,7 @@ from prodguard.serving.prediction_log import (
     PredictionLog,
     SqlitePredictionLog,
 )
-from prodguard.training.dataset import load_request_features
+from prodguard.training.dataset import load_request_columns, load_request_features
 
 
 def clock_for(settings: Settings) -> Clock:
@@ -344,6 +344,7 @@ def build_predictor(
             clock=clock,
         ),
         derive=load_request_features(model),
+        derive_columns=load_request_columns(settings),
         scoring=scoring,
         answers=answers,
         shadow=Shadow(scoring, answers, sample, metrics, serving.shadow_burst if sample > 0 else 0),

@@ -6,8 +6,10 @@ The feature store adds weather at the origin, plane specs and the carrier's rece
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -16,6 +18,7 @@ LOCAL_TZ = "America/New_York"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 REQUEST_FEATURES = ["carrier", "origin", "dest", "distance", "dep_hour", "day_of_week"]
+_LOCAL = ZoneInfo(LOCAL_TZ)
 
 
 def request_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -37,6 +40,30 @@ def request_features(frame: pd.DataFrame) -> pd.DataFrame:
         },
         index=frame.index,
     )
+
+
+def request_features_columns(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``request_features`` on columns (``model.request_features_columns``): what the serving
+    path calls, without pandas; prodguard checks it gives the same values on the source."""
+    local = [_local(value) for value in columns["event_timestamp"]]
+    return {
+        "carrier": [str(value) for value in columns["carrier"]],
+        "origin": [str(value) for value in columns["origin"]],
+        "dest": [str(value) for value in columns["dest"]],
+        "distance": [math.nan if value is None else float(value) for value in columns["distance"]],
+        "dep_hour": [math.nan if at is None else float(at.hour) for at in local],
+        "day_of_week": [math.nan if at is None else float(at.weekday()) for at in local],
+    }
+
+
+def _local(value: Any) -> datetime | None:
+    """A time as ``pd.to_datetime(..., utc=True)`` reads it (naive = UTC), in the local zone."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    stamp = value if isinstance(value, datetime) else pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(_LOCAL)
 
 
 class FlightRequest(BaseModel):

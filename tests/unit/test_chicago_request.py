@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from prodguard.config import load_settings
+from prodguard.features.request_columns import derive_columns, first_difference
+from prodguard.features.request_frame import request_frame
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -64,3 +66,26 @@ def test_a_project_folder_is_importable(tmp_path) -> None:
     config = tmp_path / "prodguard.yaml"
     config.write_text(text.replace("prodguard_chicago.loader:ChicagoLoader", f"{module}:Loader"))
     assert type(load_loader(load_settings(config, environ={}))).__module__ == module
+
+
+def test_the_columns_form_gives_the_frame_forms_values_on_the_ridership(features) -> None:
+    from prodguard_chicago.loader import ChicagoLoader
+
+    ridership = ChicagoLoader().table("ridership")
+    assert len(ridership) > 1000 and ridership["event_timestamp"].notna().all()
+    assert (
+        first_difference(features.request_features, features.request_features_columns, ridership)
+        is None
+    )
+    days = [date(2013, 3, 10), date(2013, 7, 4), date(2013, 11, 3), date(2014, 1, 20)]
+    served = [features.RidershipRequest(service_date=day).to_row() for day in days]
+    derived, count = derive_columns(features.request_features_columns, served)
+    assert count == 4 and derived == features.request_features(request_frame(served)).to_dict(
+        "list"
+    )
+    assert derived["holiday"] == [0.0, 1.0, 0.0, 1.0]  # Independence Day, MLK Day
+    missing = pd.DataFrame({"event_timestamp": [None, "2015-12-25T06:00:00Z"]})
+    assert (
+        first_difference(features.request_features, features.request_features_columns, missing)
+        is None
+    )

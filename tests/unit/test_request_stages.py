@@ -13,11 +13,13 @@ from prodguard.clock import FixedClock
 from prodguard.contracts.row_checks import RowContract
 from prodguard.contracts.suites import Suite
 from prodguard.errors import ModelFailed, RequestRejected
+from prodguard.features.request_columns import RequestColumns, columns_of_rows
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import (
     AnswerLog,
     FeatureLookup,
     ModelScoring,
+    Prediction,
     Predictor,
     RequestChecks,
     RequestIdReused,
@@ -61,7 +63,13 @@ def contract(*expectations: dict) -> RowContract:
     return RowContract.from_suites([Suite("s", Path("s.json"), tuple(expectations), "d")])
 
 
-def predictor(log: SqlitePredictionLog, state: ServingState, **checks) -> Predictor:
+def predictor(
+    log: SqlitePredictionLog,
+    state: ServingState,
+    derive_columns: RequestColumns | None = None,
+    shadow_sample: float = 0.0,
+    **checks,
+) -> Predictor:
     answers = AnswerLog(log, "m")
     scoring = ModelScoring(0.5)
     return Predictor(
@@ -71,8 +79,9 @@ def predictor(log: SqlitePredictionLog, state: ServingState, **checks) -> Predic
         derive=lambda frame: frame[["site", "size"]],
         scoring=scoring,
         answers=answers,
-        shadow=Shadow(scoring, answers),
+        shadow=Shadow(scoring, answers, shadow_sample),
         clock=FixedClock(NOW),
+        derive_columns=derive_columns,
     )
 
 
@@ -229,11 +238,33 @@ def test_shadow_scores_the_standby_off_the_response_path(tmp_path: Path) -> None
     inputs = [{"site": "A", "size": 1.0, "temp": 30.0}]
     record = answers.record("r1", NOW, model(1), "champion", Scored(0.3, False), inputs[0], [], {})
     answers.write([record])
-    shadow.after(state, model(1).frame(inputs), [record])
+    shadow.after(state, columns_of_rows(inputs), [record])
     shadow.drain()
     logged = log.get("r1", role="shadow")
     assert logged.version == 2 and logged.probability == pytest.approx(0.4)
-    shadow.after(ServingState(champion=model(1)), model(1).frame(inputs), [record])  # no standby
+    shadow.after(ServingState(champion=model(1)), columns_of_rows(inputs), [record])  # no standby
+    shadow.close()
+
+
+def test_shadow_scores_the_sampled_rows_at_their_places_in_the_batchs_columns(
+    tmp_path: Path,
+) -> None:
+    """The batch's input columns hold every row answered; the records given (rows logged by
+    this call) are at ``places`` in them: the shadow scores each record's own inputs."""
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    answers = AnswerLog(log, "m")
+    shadow = Shadow(ModelScoring(0.5), answers, sample=1.0)
+    state = ServingState(champion=model(1), standby=model(2, shift=10.0))
+    inputs = [{"site": "A", "size": 1.0, "temp": t} for t in (10.0, 20.0, 30.0)]
+    records = [
+        answers.record(f"r{i}", NOW, model(1), "champion", Scored(0.3, False), inputs[i], [], {})
+        for i in (0, 2)
+    ]
+    answers.write(records)
+    shadow.after(state, columns_of_rows(inputs), records, [0, 2])
+    shadow.drain()
+    assert log.get("r0", role="shadow").probability == pytest.approx(0.2)
+    assert log.get("r2", role="shadow").probability == pytest.approx(0.4)
     shadow.close()
 
 
@@ -249,7 +280,7 @@ def test_shadow_scores_every_row_of_a_burst_after_the_versions_change(tmp_path: 
         scored = Scored(0.3, False)
         record = answers.record(request_id, NOW, champion, "champion", scored, inputs[0], [], {})
         answers.write([record])
-        shadow.after(state, champion.frame(inputs), [record])
+        shadow.after(state, columns_of_rows(inputs), [record])
         shadow.drain()
         return log.get(request_id, role="shadow") is not None
 
@@ -276,7 +307,7 @@ def test_a_canary_burst_counts_the_rows_the_reference_scores_and_restarts_each_s
         scored = Scored(0.3, False)
         record = answers.record(request_id, NOW, answered_by, role, scored, inputs[0], [], {})
         answers.write([record])
-        shadow.after(state, answered_by.frame(inputs), [record])
+        shadow.after(state, columns_of_rows(inputs), [record])
         shadow.drain()
         return log.get(request_id, role="shadow") is not None
 
@@ -310,6 +341,42 @@ def test_predictor_composes_the_stages_and_times_each(tmp_path: Path) -> None:
         served.predict([row(), row(size=-1.0)], ["n1", "n2"])
     assert log.get("n1") is None
     served.close()
+
+
+def test_the_columns_form_answers_logs_and_shadows_as_the_frame_form(tmp_path: Path) -> None:
+    """A predictor given the project's columns form (no frame on the request path) answers,
+    logs and shadow-scores exactly as one given only the frame form."""
+    state = ServingState(champion=model(1), standby=model(2, shift=10.0))
+    rows = [row("A"), row("Zed", size=3.0), row(size=-1.0), row("A", size=5.0)]
+    ids = ["a", "z", "bad", "a5"]
+    logged = []
+    for name, columns in (
+        ("frame", None),
+        ("columns", lambda c: {k: c[k] for k in ("site", "size")}),
+    ):
+        log = SqlitePredictionLog(tmp_path / f"{name}.db")
+        served = predictor(log, state, derive_columns=columns, shadow_sample=1.0)
+        answers = served.predict_each(rows, ids)
+        one = served.predict([row("A", size=7.0)], ["single"])
+        served.drain()
+        logged.append(
+            (
+                [
+                    (a.probability, a.decision, a.flags) if isinstance(a, Prediction) else str(a)
+                    for a in answers
+                ],
+                one[0].probability,
+                [
+                    (r.features, r.flags, r.probability, r.version)
+                    for i in [*ids, "single"]
+                    for role in ("champion", "shadow")
+                    if (r := log.get(i, role=role)) is not None
+                ],
+            )
+        )
+        served.close()
+    assert logged[0] == logged[1]
+    assert [version for *_, version in logged[1][2]] == [1, 2, 1, 2, 1, 2, 1, 2]
 
 
 def test_a_reused_request_id_with_another_payload_is_refused(tmp_path: Path) -> None:

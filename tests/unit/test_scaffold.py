@@ -1,5 +1,6 @@
 """What `prodguard init` drafts from a profile of the data."""
 
+import importlib.util
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 
 from prodguard.contracts.suites import read_suite
+from prodguard.features.request_columns import first_difference
 from prodguard.scaffold import drafts
 from prodguard.scaffold.profile import profile, profile_column
 
@@ -58,3 +60,36 @@ def test_the_drafted_suite_is_a_valid_suite(tmp_path: Path) -> None:
         "expect_column_values_to_be_in_set",
     }
     assert [c.name for c in plan.store_columns(source)] == ["weather"]
+
+
+def test_the_drafts_suggested_columns_form_gives_the_frame_forms_values(
+    tmp_path: Path, flights_loader
+) -> None:
+    frame = pd.DataFrame(
+        {
+            "day": pd.date_range("2020-01-01", periods=4, tz="UTC"),
+            "station": ["a", "b", "a", "b"],
+            "rides": [10.0, 12.0, 9.0, None],
+        }
+    )
+    source = drafts.Source("rides", tmp_path / "rides.csv", "day", profile(frame), timedelta(1), 4)
+    plan = drafts.Plan("p", "p_project", "regression", "station", "rides", [source])
+    lines = drafts.features(plan).splitlines()
+    start = lines.index(
+        "# def request_features_columns(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:"
+    )
+    end = lines.index("", start)
+    assert all(line.startswith("#") for line in lines[start:end])
+    lines[start:end] = [line.removeprefix("#").removeprefix(" ") for line in lines[start:end]]
+    path = tmp_path / "drafted_features.py"
+    path.write_text("\n".join(lines) + "\n")
+    spec = importlib.util.spec_from_file_location("drafted_features", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stamps = flights_loader.table("flights")["event_timestamp"].iloc[::50]
+    rows = pd.DataFrame(
+        {"event_timestamp": [*stamps, None, "2020-03-08T07:30:00", "2020-06-01T12:00:00+02:00"]}
+    )
+    assert len(rows) > 6000
+    assert first_difference(module.request_features, module.request_features_columns, rows) is None

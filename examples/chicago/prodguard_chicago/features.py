@@ -4,8 +4,10 @@ day's games. ``event_timestamp`` of a request row is the service day's local mid
 
 from __future__ import annotations
 
-from datetime import date
+import math
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 from pandas.tseries.holiday import USFederalHolidayCalendar
@@ -15,6 +17,8 @@ from prodguard_chicago.loader import CITY, LOCAL_TZ, STATION
 
 EARLIEST, LATEST = date(2000, 1, 1), date(2100, 1, 1)
 _HOLIDAYS = USFederalHolidayCalendar().holidays(EARLIEST, LATEST)
+_HOLIDAY_DAYS = frozenset(day.date() for day in _HOLIDAYS)
+_LOCAL = ZoneInfo(LOCAL_TZ)
 
 
 def request_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -31,6 +35,27 @@ def request_features(frame: pd.DataFrame) -> pd.DataFrame:
         },
         index=frame.index,
     )
+
+
+def request_features_columns(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``request_features`` on columns (``model.request_features_columns``): what the serving
+    path calls, without pandas; prodguard checks it gives the same values on the source."""
+    local = [_local(value) for value in columns["event_timestamp"]]
+    return {
+        "day_of_week": [math.nan if at is None else float(at.weekday()) for at in local],
+        "month": [math.nan if at is None else float(at.month) for at in local],
+        "holiday": [float(at is not None and at.date() in _HOLIDAY_DAYS) for at in local],
+    }
+
+
+def _local(value: Any) -> datetime | None:
+    """A time as ``pd.to_datetime(..., utc=True)`` reads it (naive = UTC), in the local zone."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    stamp = value if isinstance(value, datetime) else pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(_LOCAL)
 
 
 class RidershipRequest(BaseModel):

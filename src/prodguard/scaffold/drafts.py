@@ -268,6 +268,23 @@ def request_features(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# Optional: the same features on columns (dict column -> list of values, one per row), which the
+# serving path then calls instead of the frame form, without pandas (a one-row frame costs far
+# more than the work). Set ``model.request_features_columns:
+# {plan.package}.features:request_features_columns`` in prodguard.yaml; prodguard checks on the
+# source's rows that both forms give the same values and refuses to serve or train if not.
+#
+# def request_features_columns(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+#     stamps = [pd.Timestamp(value) for value in columns["event_timestamp"]]
+#     stamps = [s if s.tzinfo is not None else s.tz_localize("UTC") for s in stamps]
+#     utc = [s.tz_convert("UTC") for s in stamps]
+#     return {{
+#         "at_hour": [float(s.hour) for s in utc],
+#         "at_day_of_week": [float(s.dayofweek) for s in utc],
+#         "at_month": [float(s.month) for s in utc],
+#     }}
+
+
 class Request(BaseModel):
     """One prediction request."""
 

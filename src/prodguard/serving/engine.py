@@ -44,6 +44,7 @@ from prodguard.errors import (
     RequestRejected,
     ServiceNotReady,
 )
+from prodguard.features.request_columns import RequestColumns, derive_columns
 from prodguard.features.request_frame import request_frame
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
@@ -631,14 +632,21 @@ class Shadow:
         self._slots = threading.BoundedSemaphore(SHADOW_BACKLOG)
 
     def after(
-        self, state: ServingState, frame: pd.DataFrame, records: list[PredictionRecord]
+        self,
+        state: ServingState,
+        columns: Mapping[str, Sequence[Any]],
+        records: list[PredictionRecord],
+        places: Sequence[int] | None = None,
     ) -> None:
+        """Shadow-score ``records`` (answered by the request path) whose model inputs are in
+        ``columns`` (the batch's input columns: record ``n``'s values at ``places[n]``, or at
+        ``n``); the frame of the sampled rows is built in the shadow's thread."""
         if state.rollout is not None and state.policy.mode == "shadow":
-            self._submit(state, state.rollout, frame, records, every_row=True)
+            self._submit(state, state.rollout, columns, records, places, every_row=True)
         elif state.rollout is not None and state.policy.mode == "canary":
-            self._submit(state, state.champion, frame, records)
+            self._submit(state, state.champion, columns, records, places)
         else:
-            self._submit(state, state.standby, frame, records)
+            self._submit(state, state.standby, columns, records, places)
 
     def _bursting(self, state: ServingState) -> bool:
         """Whether the reference still scores every row: fewer than ``burst`` rows scored
@@ -666,8 +674,9 @@ class Shadow:
         self,
         state: ServingState,
         model: LoadedModel | None,
-        frame: pd.DataFrame,
+        columns: Mapping[str, Sequence[Any]],
         records: list[PredictionRecord],
+        places: Sequence[int] | None,
         every_row: bool = False,
     ) -> None:
         if model is None:
@@ -688,19 +697,23 @@ class Shadow:
             return
         if bursting:
             self._scored(len(chosen))
-        future = self._pool.submit(self._score, model, frame.iloc[chosen], records, chosen)
+        at = chosen if places is None else [places[i] for i in chosen]
+        future = self._pool.submit(self._score, model, columns, at, records, chosen)
         future.add_done_callback(lambda _: self._slots.release())
 
     def _score(
         self,
         model: LoadedModel,
-        frame: pd.DataFrame,
+        columns: Mapping[str, Sequence[Any]],
+        at: list[int],
         records: list[PredictionRecord],
         chosen: list[int],
     ) -> None:
         try:
+            sampled = {c: [columns[c][i] for i in at] for c in model.columns if c in columns}
+            frame = model.frame_of(sampled, len(at))  # the model's own frame of those rows
             started = time.perf_counter()
-            scored = self._scoring.score(model, frame[list(model.columns)])
+            scored = self._scoring.score(model, frame)
             timing = {"model_ms": (time.perf_counter() - started) * 1000, "batch_rows": len(chosen)}
             self._answers.write(
                 [
@@ -747,12 +760,16 @@ class Predictor:
         shadow: Shadow,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        derive_columns: RequestColumns | None = None,
     ) -> None:
-        """``derive``: the request features of source-shaped request rows."""
+        """``derive``: the request features of a frame of source-shaped request rows;
+        ``derive_columns``, when given, the same on columns (checked equal to ``derive``:
+        ``features.request_columns``), which the request path then uses instead."""
         self.state = state
         self.checks = checks
         self.features = features
         self.derive = derive
+        self.derive_columns = derive_columns
         self.scoring = scoring
         self.answers = answers
         self.shadow = shadow
@@ -871,10 +888,8 @@ class Predictor:
         todo = _open(answers)
         if not todo:
             return _done(answers)
-        request = self.derive(request_frame([rows[i] for i in todo]))
-        columns, inputs = _inputs(
-            columns_of(request), len(request), store, [position[i] for i in todo]
-        )
+        derived, count = self._request_features([rows[i] for i in todo])
+        columns, inputs = _inputs(derived, count, store, [position[i] for i in todo])
         checks_s += time.perf_counter() - started
 
         started = time.perf_counter()
@@ -882,9 +897,6 @@ class Predictor:
             state, [rows[i] for i in todo], [request_ids[i] for i in todo], columns
         )
         model_s = time.perf_counter() - started
-        # the shadow's input (the champion's frame), only when a version may shadow-score
-        shadowed = state.standby is not None or state.rollout is not None
-        frame = champion.frame_of(columns, len(todo)) if shadowed else None
 
         now = self._clock.now()
         latencies = {
@@ -929,15 +941,23 @@ class Predictor:
             for flag in record.flags:
                 feature, _, reason = flag.partition(":")
                 self._metrics.count("degradations", {"feature": feature, "reason": reason})
-        if frame is None:  # no standby or rollout version: nothing shadow-scores
+        if state.standby is None and state.rollout is None:  # nothing shadow-scores
             return _done(answers)
         if len(written) == len(records):
-            self.shadow.after(state, frame, records)
+            self.shadow.after(state, columns, records)
         elif written:  # some ids were answered concurrently: only the rows logged here
             logged = {id(record) for record in written}
             kept = [n for n, record in enumerate(records) if id(record) in logged]
-            self.shadow.after(state, frame.iloc[kept], written)
+            self.shadow.after(state, columns, written, kept)
         return _done(answers)
+
+    def _request_features(self, rows: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], int]:
+        """The request features of ``rows`` as columns, and how many rows they give: by the
+        project's columns form when it has one, else by its frame form."""
+        if self.derive_columns is not None:
+            return derive_columns(self.derive_columns, rows)
+        request = self.derive(request_frame(rows))
+        return columns_of(request), len(request)
 
     def _replay(
         self,

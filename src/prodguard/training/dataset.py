@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,12 +12,17 @@ import pandas as pd
 
 from prodguard.config import ModelSettings, Settings
 from prodguard.errors import ConfigError, NoDataError, TrainingError
+from prodguard.features.request_columns import RequestColumns, check_request_columns
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import import_object
 from prodguard.training.settings_checks import check_entity_keys, check_label
 
 RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
 ROW_ID = "__prodguard_row"
+_log = logging.getLogger(__name__)
+# (request_features, request_features_columns, source file) -> the file's (mtime, size) when
+# the two forms were last found equal on it: a process builds predictors often (replays)
+_CHECKED: dict[tuple[str, str, str], tuple[int, int]] = {}
 
 
 class HistoricalFeatures(Protocol):
@@ -40,6 +46,40 @@ class TrainingFrame:
 
 def load_request_features(model: ModelSettings) -> RequestFeatures:
     return import_object(model.request_features, "model.request_features")
+
+
+def load_request_columns(settings: Settings) -> RequestColumns | None:
+    """The columns form of the request features (``model.request_features_columns``) for the
+    serving path, once checked against ``model.request_features`` on the ingested rows of the
+    model's source; None when it is not set, or (logged) when there are no rows to check it on
+    yet, so the frame form serves. ConfigError when the two forms differ."""
+    model = _model(settings)
+    if model.request_features_columns is None:
+        return None
+    columns_form = import_object(model.request_features_columns, "model.request_features_columns")
+    offline = OfflineStore(settings.paths.offline_dir)
+    path = offline.path(model.source)
+    stat = path.stat() if path.exists() else None
+    checked = (model.request_features, model.request_features_columns, str(path))
+    if stat is not None and _CHECKED.get(checked) == (stat.st_mtime_ns, stat.st_size):
+        return columns_form  # these rows were checked already
+    rows = offline.read(model.source)
+    if rows is None or rows.empty:
+        _log.warning(
+            "model.request_features_columns is not used: no ingested '%s' rows to check it "
+            "against model.request_features; the frame form serves",
+            model.source,
+        )
+        return None
+    timestamp = settings.sources[model.source].timestamp
+    check_request_columns(
+        load_request_features(model),
+        columns_form,
+        rows.rename(columns={timestamp: "event_timestamp"}),
+    )
+    if stat is not None:
+        _CHECKED[checked] = (stat.st_mtime_ns, stat.st_size)
+    return columns_form
 
 
 def store_feature_names(store: HistoricalFeatures) -> list[str]:
@@ -93,7 +133,13 @@ def build_frame(
         )
     joined = joined.sort_values(ROW_ID).reset_index(drop=True)
     derive = request_features or load_request_features(model)
-    request = derive(labelled.rename(columns={timestamp: "event_timestamp"}))
+    source_rows = labelled.rename(columns={timestamp: "event_timestamp"})
+    if request_features is None and model.request_features_columns is not None:
+        columns_form = import_object(
+            model.request_features_columns, "model.request_features_columns"
+        )
+        check_request_columns(derive, columns_form, source_rows)
+    request = derive(source_rows)
     store_features = joined[store_feature_names(store)]
     overlap = sorted(set(request.columns) & set(store_features.columns))
     if overlap:
