@@ -390,6 +390,9 @@ def _environment(settings: Settings, data: Path, workers: int) -> dict[str, str]
         # the feature store of the settings as given (e.g. the production yaml: Redis online)
         "PRODGUARD_FEATURE_STORE__CONFIG": str(settings.feature_store.config),
         "PRODGUARD_ROLLOUT__GUARD_IN_SERVICE_SECONDS": "null",  # no rollback on bench traffic
+        # the steady state: the reference scores shadow_sample of the requests, not every one
+        # of the first shadow_burst after the service starts (a transient after each change)
+        "PRODGUARD_SERVING__SHADOW_BURST": "0",
         "BENTOML_DO_NOT_TRACK": "true",
         "DO_NOT_TRACK": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
