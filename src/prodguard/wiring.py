@@ -292,9 +292,11 @@ def build_predictor(
     clock: Clock | None = None,
     metrics: Metrics | None = None,
     shadow_sample: float | None = None,
+    shed_shadow: bool = True,
 ) -> Predictor:
     """The request path of the settings over ``store`` (Feast, or a replay's as-of store);
-    ``views`` default to the feature store's current versions."""
+    ``views`` default to the feature store's current versions. ``shed_shadow`` False (a
+    replay): shadow work waits for a backlog slot instead of being dropped."""
     serving = serving_settings(settings)
     model = settings.model
     assert model is not None
@@ -347,7 +349,14 @@ def build_predictor(
         derive_columns=load_request_columns(settings),
         scoring=scoring,
         answers=answers,
-        shadow=Shadow(scoring, answers, sample, metrics, serving.shadow_burst if sample > 0 else 0),
+        shadow=Shadow(
+            scoring,
+            answers,
+            sample,
+            metrics,
+            serving.shadow_burst if sample > 0 else 0,
+            shed=shed_shadow,
+        ),
         clock=clock,
         metrics=metrics,
     )

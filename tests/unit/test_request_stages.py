@@ -16,6 +16,7 @@ from prodguard.errors import ModelFailed, RequestRejected
 from prodguard.features.request_columns import RequestColumns, columns_of_rows
 from prodguard.rollout.policy import TrafficPolicy
 from prodguard.serving.engine import (
+    SHADOW_BACKLOG,
     AnswerLog,
     FeatureLookup,
     ModelScoring,
@@ -244,6 +245,38 @@ def test_shadow_scores_the_standby_off_the_response_path(tmp_path: Path) -> None
     assert logged.version == 2 and logged.probability == pytest.approx(0.4)
     shadow.after(ServingState(champion=model(1)), columns_of_rows(inputs), [record])  # no standby
     shadow.close()
+
+
+@pytest.mark.parametrize("shed", [True, False])
+def test_a_full_shadow_backlog_sheds_work_unless_told_to_wait(tmp_path: Path, shed: bool) -> None:
+    """Serving sheds shadow work when the backlog is full (callers never wait for it); a
+    replay waits for a slot instead, so its shadow rows are complete whatever the load."""
+    import time
+
+    log = SqlitePredictionLog(tmp_path / "p.db")
+    answers = AnswerLog(log, "m")
+    inputs = [{"site": "A", "size": 1.0, "temp": 30.0}]
+    calls = SHADOW_BACKLOG + 40
+    records = [
+        answers.record(f"r{i}", NOW, model(1), "champion", Scored(0.3, False), inputs[0], [], {})
+        for i in range(calls)
+    ]
+    answers.write(records)
+    write = answers.write
+
+    def slow_write(found: list) -> None:  # fault: a slow disk under the shadow's writes
+        time.sleep(0.002)
+        write(found)
+
+    answers.write = slow_write  # type: ignore[method-assign]
+    shadow = Shadow(ModelScoring(0.5), answers, sample=1.0, shed=shed)
+    state = ServingState(champion=model(1), standby=model(2, shift=10.0))
+    for record in records:
+        shadow.after(state, columns_of_rows(inputs), [record])
+    shadow.drain()
+    shadow.close()
+    scored = sum(log.get(r.request_id, role="shadow") is not None for r in records)
+    assert scored == calls if not shed else SHADOW_BACKLOG <= scored < calls
 
 
 def test_shadow_scores_the_sampled_rows_at_their_places_in_the_batchs_columns(

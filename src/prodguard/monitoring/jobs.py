@@ -143,7 +143,14 @@ def replay_predictor(
         if wrap_store is not None:
             store = wrap_store(store, clock)
         return wiring.build_predictor(
-            settings, store, state, log, views=views, clock=clock, shadow_sample=0.0
+            settings,
+            store,
+            state,
+            log,
+            views=views,
+            clock=clock,
+            shadow_sample=0.0,
+            shed_shadow=False,  # a replay's shadow rows are complete, whatever the machine's load
         )
 
     return predictor_for

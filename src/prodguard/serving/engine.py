@@ -611,7 +611,8 @@ class Shadow:
     guard's paired tests need evidence fastest. The burst is counted in rows the reference
     scores (in a 5 % canary: canary rows, not requests), per process. Each shadow row carries
     its scoring time (``model_ms``, ``batch_rows``), so the guard can compare latencies on the
-    same requests. A full backlog sheds the work."""
+    same requests. A full backlog sheds the work (``shed``; a replay waits for a slot instead:
+    its shadow rows are its evidence, and nobody waits for its answers)."""
 
     def __init__(
         self,
@@ -620,7 +621,9 @@ class Shadow:
         sample: float = 0.0,
         metrics: Metrics | None = None,
         burst: int = 0,
+        shed: bool = True,
     ) -> None:
+        self._shed = shed
         self._scoring = scoring
         self._answers = answers
         self._sample = sample
@@ -692,7 +695,7 @@ class Shadow:
         ]
         if not chosen:
             return
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=not self._shed):
             self._metrics.count("shadow_dropped", {}, len(chosen))  # backlog full: shed load
             return
         if bursting:
