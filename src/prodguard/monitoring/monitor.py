@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from prodguard.clock import Clock
@@ -41,7 +40,6 @@ from prodguard.monitoring.measures import (
     judged_features,
     kpi_cost_function,
     measure,
-    row_costs,
     served_degraded,
     summarise,
     summarise_all_pairs,
@@ -516,11 +514,6 @@ class Monitor:
             tail = self._log.tail(min_rows, end, role=ANSWERS)
             frame = tail[pd.to_datetime(tail["time"], utc=True) >= pd.Timestamp(oldest)]
         return degraded_rows(frame)
-
-    def _costs(self, frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray:
-        if frame.empty or "outcome" not in frame:
-            return np.array([])
-        return row_costs(frame.reset_index(drop=True), self._settings.kpi, spec, self._cost)
 
     def _judge(
         self, window: Window, every: int, matured: bool, min_rows: int | None = None
