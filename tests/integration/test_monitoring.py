@@ -220,6 +220,7 @@ def test_baseline_replays_staging_and_is_stored_with_the_version(
 ) -> None:
     from prodguard import wiring
     from prodguard.config import load_settings
+    from prodguard.monitoring.baseline import SAMPLE_SIZE, pair_spread
     from prodguard.monitoring.jobs import (
         build_monitor,
         record_baseline,
@@ -243,6 +244,14 @@ def test_baseline_replays_staging_and_is_stored_with_the_version(
     stored = version_reference(registry, 2).baseline
     assert stored == b
     assert version_reference(registry, 1).baseline is None
+    # v1 baselined on the same staging requests: the two samples pair request by request
+    other = record_baseline(settings, utc("2013-04-01"), utc("2013-04-08"), version=1).baseline
+    assert len(b.sample_keys) == len(b.score_sample["score.mean"]) == SAMPLE_SIZE
+    assert set(other.sample_keys) == set(b.sample_keys)  # the same requests, in any order
+    spread = pair_spread(b, other, "score.mean")
+    assert spread is not None and spread.n == SAMPLE_SIZE and 0.01 < spread.sd < 0.5
+    means = b.metrics["score.mean"].mean - other.metrics["score.mean"].mean
+    assert abs(spread.mean - means) < 4 * spread.sd / SAMPLE_SIZE**0.5 + 0.01
 
     # the staging log monitored against its own baseline: within bounds, nearly everywhere
     staging = SqlitePredictionLog(result.log_path, "NORMAL")

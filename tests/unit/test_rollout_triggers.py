@@ -12,7 +12,7 @@ import pytest
 
 from prodguard.config import KpiSettings, TriggerSettings
 from prodguard.monitoring.aggregates import Slow
-from prodguard.monitoring.baseline import Baseline, MetricBaseline
+from prodguard.monitoring.baseline import Baseline, MetricBaseline, pair_spread, score_sample
 from prodguard.monitoring.measures import class_scores, paired_slow
 from prodguard.monitoring.monitor import PairedStates, degraded_rows
 from prodguard.rollout.guard import GuardDecision
@@ -339,3 +339,68 @@ def test_row_costs_are_the_terms_of_the_kpi() -> None:
     )
     costs = row_costs(frame, kpi, BINARY, None)  # missed, unlabelled, false alert, caught
     assert np.isnan(costs[1]) and list(costs[[0, 2, 3]]) == [1.0, 0.25, 0.0]
+
+
+def sampled(base: Baseline, scores: np.ndarray, keys: list[str] | None = None) -> Baseline:
+    keys = keys if keys is not None else [f"r{i}" for i in range(len(scores))]
+    sample_keys, sample = score_sample(keys, {"score.mean": scores})
+    return replace(base, sample_keys=sample_keys, score_sample=sample)
+
+
+def test_a_baseline_samples_the_same_staging_requests_in_every_version() -> None:
+    keys = [f"20130401-{i}" for i in range(5000)]
+    rng = np.random.default_rng(7)
+    mine, _ = score_sample(keys, {"score.mean": rng.random(5000)}, size=300)
+    # another version's replay of the same requests, logged in another order, with extras
+    shuffled = [keys[i] for i in rng.permutation(5000)] + ["other-1", "other-2"]
+    theirs, sample = score_sample(shuffled, {"score.mean": rng.random(5002)}, size=300)
+    assert len(mine) == 300 and set(mine) <= set(keys)
+    assert len(set(mine) & set(theirs)) >= 299  # the extras may displace one key at most
+    assert len(sample["score.mean"]) == 300
+    # a metric missing on a sampled request is left out, the others kept
+    holes = np.where(np.arange(5000) % 2 == 0, np.nan, 0.5)
+    _, partial = score_sample(keys, {"score.mean": rng.random(5000), "score.proba.a": holes})
+    assert set(partial) == {"score.mean"}
+
+
+def test_pair_spread_measures_two_versions_disagreement_on_shared_requests() -> None:
+    rng = np.random.default_rng(8)
+    scores = rng.random(400)
+    noisy = scores + rng.normal(0.02, 0.1, 400)
+    spread = pair_spread(sampled(VERSION, noisy), sampled(REFERENCE, scores), "score.mean")
+    assert spread is not None and spread.n == 400
+    assert spread.mean == pytest.approx(0.02, abs=0.015) and spread.sd == pytest.approx(0.1, 0.1)
+    # baselined on other requests (another period): nothing to compare
+    elsewhere = sampled(REFERENCE, scores, [f"x{i}" for i in range(400)])
+    assert pair_spread(sampled(VERSION, noisy), elsewhere, "score.mean") is None
+    assert pair_spread(VERSION, REFERENCE, "score.mean") is None  # no sample (older baselines)
+    # the sample survives the registry's JSON
+    stored = Baseline.from_json(sampled(VERSION, noisy).to_json())
+    assert stored.sample_keys[:3] == sampled(VERSION, noisy).sample_keys[:3]
+    older = {k: v for k, v in VERSION.to_json().items() if k not in ("sample_keys", "score_sample")}
+    assert Baseline.from_json(older).score_sample == {}
+
+
+def test_a_version_that_scored_staging_like_its_reference_is_judged_at_a_finer_shift() -> None:
+    rng = np.random.default_rng(9)
+    scores = rng.random(400)
+    alike = sampled(VERSION, scores + 0.05), sampled(REFERENCE, scores)  # staging diff +0.05
+    # a +0.03 shift beyond the staging difference, under the 3 sd (0.06) declared shift
+    shifted = states(score=MeanState.of(noise(0.05 + 0.03, 0.002, 10)))
+    fine = judge(shifted, *alike)["prediction_shift"]
+    assert fine.status == "fired" and fine.threshold == pytest.approx(0.005)  # the score floor
+    assert "differences on 400 staging requests both scored" in fine.evidence["compared"]
+    unshifted = states(score=MeanState.of(noise(0.05, 0.002, 11)))
+    assert judge(unshifted, *alike)["prediction_shift"].status == "clean"
+    # versions that disagreed in staging (sd 0.1 per request) keep the 3 sd declared shift
+    apart = sampled(VERSION, scores + rng.normal(0.05, 0.1, 400)), sampled(REFERENCE, scores)
+    coarse = judge(shifted, *apart)["prediction_shift"]
+    assert coarse.status == "clean" and coarse.threshold == pytest.approx(0.06)
+    assert "staging requests" not in coarse.evidence["compared"]
+    # a declared prediction_shift_min is the user's: kept as it is
+    declared = TRIGGERS.model_copy(update={"prediction_shift_min": 0.05})
+    kept = evaluate_triggers(shifted, *alike, declared, "delay_cost")[0]
+    assert kept.threshold == pytest.approx(0.05) and kept.status == "clean"
+    # unpaired (no reference rows): judged against staging as before
+    alone = judge(states(paired=False, score=MeanState.of(noise(0.33, 0.002, 12))), *alike)
+    assert alone["prediction_shift"].threshold == pytest.approx(0.06)

@@ -22,13 +22,20 @@ and of every feature (``shift.*``). Thresholds, per metric:
 ``score.shift_sd`` reports the mean score's deviation in baseline standard deviations (the
 rollback trigger's "prediction shift > 3 sd"); for a multiclass model, the largest deviation
 among its predicted-class shares.
+
+A baseline also keeps the scores of a sample of its staging requests (``sample_keys``,
+``score_sample``): the ``SAMPLE_SIZE`` requests whose keys hash lowest, so two versions
+baselined on the same staging requests keep the same ones, and ``pair_spread`` measures how
+much the two versions disagree request by request (what bounds the guard's declared shift
+between them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -57,6 +64,8 @@ RELATIVE_FLOOR = {
     "shift": 0.2,
     "score.psi": 0.2,
 }
+SAMPLE_SIZE = 1000  # staging requests whose scores a baseline keeps (see pair_spread)
+MIN_SAMPLE_PAIRS = 100  # shared sample requests below which two baselines are not compared
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class Baseline:
     created: str
     feature_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # staging features
     details: dict[str, Any] = field(default_factory=dict)
+    # the scores of a sample of the staging requests (see score_sample): keys, and per score
+    # metric ("score.mean", multiclass "score.proba.<class>") the values in the keys' order
+    sample_keys: list[str] = field(default_factory=list)
+    score_sample: dict[str, list[float]] = field(default_factory=dict)
 
     def score_reference(self) -> FeatureReference:
         return FeatureReference(
@@ -120,6 +133,52 @@ class Baseline:
                 "the stored baseline has another format; re-run `prodguard baseline` for this "
                 "version"
             ) from None
+
+
+def score_sample(
+    keys: Sequence[str], scores: Mapping[str, np.ndarray], size: int = SAMPLE_SIZE
+) -> tuple[list[str], dict[str, list[float]]]:
+    """The scores of the ``size`` requests whose keys hash lowest (a bottom-k sample: two
+    versions baselined on the same requests keep the same keys, whatever else each logged).
+    ``keys`` name the requests (the same key for the same request in every version's replay);
+    a metric with a missing value among the sampled requests is left out."""
+    ranks = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest()) for k in keys),
+        dtype="uint64",
+        count=len(keys),
+    )
+    chosen = np.sort(np.argsort(ranks, kind="stable")[:size])
+    sample = {}
+    for metric, values in scores.items():
+        picked = np.asarray(values, dtype="float64")[chosen]
+        if np.isfinite(picked).all():
+            sample[metric] = [float(v) for v in picked]
+    return [keys[i] for i in chosen], sample
+
+
+class PairSpread(NamedTuple):
+    """Two versions' per-request score differences on the staging requests both sampled."""
+
+    n: int
+    mean: float
+    sd: float
+
+
+def pair_spread(own: Baseline, other: Baseline, metric: str) -> PairSpread | None:
+    """How much two versions' ``metric`` differs request by request on the staging requests
+    both baselines sampled; None when they share fewer than ``MIN_SAMPLE_PAIRS`` (baselined on
+    other periods or requests) or one of them has no sample of the metric."""
+    mine, theirs = own.score_sample.get(metric), other.score_sample.get(metric)
+    if mine is None or theirs is None:
+        return None
+    where = {key: i for i, key in enumerate(other.sample_keys)}
+    pairs = [
+        (v, theirs[where[k]]) for k, v in zip(own.sample_keys, mine, strict=True) if k in where
+    ]
+    if len(pairs) < MIN_SAMPLE_PAIRS:
+        return None
+    differences = np.subtract(*np.asarray(pairs, dtype="float64").T)
+    return PairSpread(len(pairs), float(differences.mean()), float(differences.std(ddof=1)))
 
 
 def summarise(windows: Sequence[Sequence[Measure]]) -> dict[str, MetricBaseline]:

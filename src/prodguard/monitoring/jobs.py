@@ -23,9 +23,10 @@ from prodguard.features.feast_adapter import ViewVersion, feature_contract
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.loops import repeat
 from prodguard.monitoring.alerting import MonitorGauges, alerts_of, retired
-from prodguard.monitoring.baseline import Baseline, summarise
+from prodguard.monitoring.baseline import Baseline, score_sample, summarise
 from prodguard.monitoring.evidently_report import write_drift_report
 from prodguard.monitoring.measures import (
+    class_scores,
     feature_references,
     judged_features,
     kpi_cost_function,
@@ -239,6 +240,10 @@ def baseline_from_log(
             f"the staging period gives {len(judged)} full window(s) of {spec.describe()}; a spread "
             "needs at least 2 (ideally 20+): choose a longer period or smaller windows"
         )
+    prefix = f"v{version}-"  # replay_version's request ids: the same key in every version's
+    keys = [r.removeprefix(prefix) for r in frame["request_id"].astype(str)]
+    values = {"score.mean": frame["probability"].to_numpy("float64")}
+    sample_keys, sample = score_sample(keys, {**values, **class_scores(frame, reference.spec)})
     return Baseline(
         model_version=version,
         start=start.isoformat(),
@@ -251,6 +256,8 @@ def baseline_from_log(
         created=datetime.now(UTC).isoformat(),
         feature_stats=staging_stats,
         details={"windows": len(judged), "windows_short": len(windows) - len(judged)},
+        sample_keys=sample_keys,
+        score_sample=sample,
     )
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from prodguard.config import KpiSettings, TriggerSettings
-from prodguard.monitoring.baseline import Baseline, Finding
+from prodguard.monitoring.baseline import Baseline, Finding, pair_spread
 from prodguard.monitoring.monitor import PairedStates
 from prodguard.rollout.sequential import (
     Decision,
@@ -50,6 +50,7 @@ LATENCY_SHARE = 0.01  # p99 <= budget  <=>  at most 1 % of requests slower than 
 MAX_RATE = 0.999  # the highest budget a rate test can judge (rates live in [0, 1))
 NULL_SHARE = 0.5  # the error-rate test fires beyond this share of its minimum effect
 CLEAN_FACTOR = 2.0  # shift and KPI: fired beyond the declared effect, clean within twice it
+PAIR_SPREAD_FACTOR = 1.5  # the declared shift between versions: at most this x their disagreement
 MIN_FIRST_LOOK = 30  # the range of a mean test's first look (see first_look)
 MAX_FIRST_LOOK = 100
 
@@ -175,21 +176,14 @@ def _shift(
     own = _mean(baseline, "score.mean")
     if own is None and states.classes:
         return _class_shift(states, baseline, reference_baseline, triggers)
-    declared = triggers.prediction_shift_min
-    if declared is None and own is not None and baseline is not None:
-        # the floored sd: a staging period whose windows all had the same mean is no reason
-        # to leave the shift unmeasured
-        declared = triggers.prediction_shift_sd * baseline.metrics["score.mean"].floored_sd(
-            "score.mean"
-        )
-    if declared is None:
-        return TriggerResult(
-            "prediction_shift", "inconclusive", None, 0.0, "no staging baseline of the score"
-        )
-    if own is None and not states.paired:
-        return TriggerResult(
-            "prediction_shift", "inconclusive", None, declared, "no staging baseline of the score"
-        )
+    if own is None or baseline is None:
+        if triggers.prediction_shift_min is None or not states.paired:
+            threshold = triggers.prediction_shift_min or 0.0
+            reason = "no staging baseline of the score"
+            return TriggerResult("prediction_shift", "inconclusive", None, threshold, reason)
+        declared, note = triggers.prediction_shift_min, ""
+    else:
+        declared, note = _declared(states, "score.mean", baseline, reference_baseline, triggers)
     decision, compared = _shift_decision(
         states,
         states.score,
@@ -200,7 +194,45 @@ def _shift(
         triggers.alpha,
         triggers,
     )
-    return _result("prediction_shift", decision, compared, threshold=declared)
+    return _result("prediction_shift", decision, compared + note, threshold=declared)
+
+
+def _declared(
+    states: PairedStates,
+    metric: str,
+    baseline: Baseline,
+    reference_baseline: Baseline | None,
+    triggers: TriggerSettings,
+) -> tuple[float, str]:
+    """The shift a version's ``metric`` is judged at, and a note when a pair bound set it.
+
+    ``prediction_shift_min`` when declared; else ``prediction_shift_sd`` x the baseline's sd
+    (floored: a staging period whose windows all had the same mean is no reason to leave the
+    shift unmeasured), but, against a reference whose baseline sampled the same staging
+    requests, at most ``PAIR_SPREAD_FACTOR`` x the sd of their per-request differences there
+    (never below the metric's floor). Two versions that scored those requests alike cannot
+    drift apart with the traffic mix further than their disagreement allows (for a mix moved by
+    a chi-square divergence D from staging, the paired mean moves at most sqrt(D) x that sd),
+    so a version that agreed with its reference in staging is judged at a finer shift."""
+    if triggers.prediction_shift_min is not None:
+        return triggers.prediction_shift_min, ""
+    known = baseline.metrics[metric]
+    declared = triggers.prediction_shift_sd * known.floored_sd(metric)
+    spread = (
+        pair_spread(baseline, reference_baseline, metric)
+        if states.paired and reference_baseline is not None
+        else None
+    )
+    if spread is None:
+        return declared, ""
+    bound = max(PAIR_SPREAD_FACTOR * spread.sd, known.floor(metric))
+    if bound >= declared:
+        return declared, ""
+    return bound, (
+        f"; declared shift {bound:.4g} (< {triggers.prediction_shift_sd:g} sd = {declared:.4g}): "
+        f"{PAIR_SPREAD_FACTOR:g} x the sd of the two versions' differences on {spread.n} "
+        "staging requests both scored"
+    )
 
 
 def _shift_decision(
@@ -258,9 +290,7 @@ def _class_shift(
     for metric in metrics:
         own = known[metric]
         assert own is not None
-        declared = triggers.prediction_shift_min
-        if declared is None:
-            declared = triggers.prediction_shift_sd * baseline.metrics[metric].floored_sd(metric)
+        declared, note = _declared(states, metric, baseline, reference_baseline, triggers)
         decision, compared = _shift_decision(
             states,
             states.classes[metric],
@@ -271,7 +301,7 @@ def _class_shift(
             alpha,
             triggers,
         )
-        decided.append((metric, decision, declared, compared))
+        decided.append((metric, decision, declared, compared + note))
 
     def strength(item: tuple[str, Decision, float, str]) -> float:
         estimate = item[1].estimate
