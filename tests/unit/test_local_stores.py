@@ -40,6 +40,23 @@ def test_offline_read_of_corrupt_file(tmp_path) -> None:
         OfflineStore(tmp_path).read("s")
 
 
+def test_offline_sample_reads_only_row_groups_spread_over_the_source(tmp_path) -> None:
+    store = OfflineStore(tmp_path)
+    frame = pd.DataFrame({"k": [f"r{i}" for i in range(10_000)], "v": range(10_000)})
+    frame.to_parquet(store.path("s"), index=False, row_group_size=500)  # 20 groups
+    sample = store.sample("s", 1200)
+    assert 1200 <= len(sample) < 10_000 and list(sample.columns) == ["k", "v"]
+    assert sample["v"].min() == 0 and sample["v"].max() == 9999  # first and last groups
+    assert (
+        sample["v"].is_monotonic_increasing and len(set(sample["v"] // 500)) == len(sample) // 500
+    )
+    assert store.sample("s", 20_000).equals(store.read("s"))  # fewer rows than asked: all
+    assert store.sample("missing", 10) is None
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(StorageError, match="unreadable"):
+        store.sample("bad", 10)
+
+
 def test_quarantine_keeps_batch_reason_and_validation(tmp_path) -> None:
     quarantine = Quarantine(tmp_path)
     frame = batch(["a"], [1])

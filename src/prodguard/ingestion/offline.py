@@ -7,9 +7,11 @@ rows, and a crash never leaves a half-written file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prodguard.durable import locked, write_parquet_atomic
@@ -37,6 +39,27 @@ class OfflineStore:
             return None
         try:
             return pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
+
+    def sample(self, source: str, rows: int) -> pd.DataFrame | None:
+        """At least ``rows`` rows (all when fewer) from row groups spread over the source,
+        reading only those groups: memory bounded by the groups read, whatever the source's
+        size. None when nothing was ingested."""
+        path = self.path(source)
+        if not path.exists():
+            return None
+        try:
+            import pyarrow.parquet as pq
+
+            file = pq.ParquetFile(path)
+            groups = file.metadata.num_row_groups
+            if groups <= 1 or file.metadata.num_rows <= rows:
+                return file.read().to_pandas()
+            per_group = file.metadata.num_rows / groups
+            wanted = min(groups, math.ceil(rows / per_group) + 1)
+            picked = sorted({int(i) for i in np.linspace(0, groups - 1, wanted)})
+            return file.read_row_groups(picked).to_pandas()
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
             raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from prodguard.config import ModelSettings, Settings
 from prodguard.errors import ConfigError, NoDataError, TrainingError
-from prodguard.features.request_columns import RequestColumns, check_request_columns
+from prodguard.features.request_columns import SAMPLE_ROWS, RequestColumns, check_request_columns
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import import_object
 from prodguard.training.settings_checks import check_entity_keys, check_label
@@ -63,7 +63,7 @@ def load_request_columns(settings: Settings) -> RequestColumns | None:
     checked = (model.request_features, model.request_features_columns, str(path))
     if stat is not None and _CHECKED.get(checked) == (stat.st_mtime_ns, stat.st_size):
         return columns_form  # these rows were checked already
-    rows = offline.read(model.source)
+    rows = offline.sample(model.source, SAMPLE_ROWS)  # not the whole source: a serve start
     if rows is None or rows.empty:
         _log.warning(
             "model.request_features_columns is not used: no ingested '%s' rows to check it "
