@@ -2,6 +2,7 @@
 Figures only: nothing here asserts a time."""
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,6 +108,19 @@ def test_the_floor_ratios_and_the_batch_are_reported(report: dict) -> None:
     names = {"p50 / floor", "p99 / floor", "throughput c=16 / floor", "model stage p50 ms"}
     assert names | {f"predict_batch {batch['rows']} rows server p50 ms"} <= set(report["goals"])
     assert all(goal["by"] > 0 for goal in report["goals"].values())
+    # each floor ratio in its parts: the guarded request's server stages and HTTP layer
+    where = report["goals"]["p50 / floor"]["where"]
+    parts = re.fullmatch(
+        r"p50 at c=1: guarded ([\d.]+) ms = server ([\d.]+) ms \(checks .*\) \+ HTTP and "
+        r"framework ([\d.]+) ms; floor ([\d.]+) ms, all HTTP and framework",
+        where,
+    )
+    assert parts is not None, where
+    guarded, server, http, floor = (float(x) for x in parts.groups())
+    assert guarded == pytest.approx(g["p50"], abs=0.006) and floor == pytest.approx(
+        f["p50"], abs=0.006
+    )
+    assert 0 < server < guarded and http > 0
 
 
 def test_bench_traffic_stays_out_of_the_project_log(report: dict) -> None:

@@ -70,7 +70,11 @@ def test_ratios_and_goals_come_from_the_printed_figures() -> None:
 
 def test_the_floor_its_ratios_and_the_issue_goals_are_in_the_json() -> None:
     guarded = ServiceRun(
-        6.5, [level(1, 3.0, 8.0, 2.0, model=0.2, log=0.1), level(16, 40.0, 90.0, 2.0)]
+        6.5,
+        [
+            level(1, 3.0, 8.0, 2.0, model=0.2, log=0.1, total=1.0, http=2.0),
+            level(16, 40.0, 90.0, 2.0),
+        ],
     )
     bare = ServiceRun(5.0, [level(1, 2.5, 5.0, 1.0), level(16, 30.0, 60.0, 1.0)])
     floor = ServiceRun(4.0, [level(1, 1.5, 3.0, 1.0), level(16, 20.0, 40.0, 1.0)])
@@ -82,7 +86,13 @@ def test_the_floor_its_ratios_and_the_issue_goals_are_in_the_json() -> None:
     assert ratios["throughput_c16"] == 0.5  # 50 req/s against 100
     assert document["ratios"]["p50"] == 1.2  # guarded / bare stays beside it
     goals = document["goals"]
+    where = goals["p50 / floor"].pop("where")  # the ratio in its parts
     assert goals["p50 / floor"] == {"value": 2.0, "goal": "<= 1.5", "met": False, "by": 1.333}
+    assert where == (
+        "p50 at c=1: guarded 3.00 ms = server 1.00 ms (model 0.20, log 0.10) + HTTP and "
+        "framework 2.00 ms; floor 1.50 ms, all HTTP and framework"
+    )
+    assert goals["throughput c=16 / floor"].pop("where").startswith("p50 at c=16: guarded 40")
     assert not goals["p99 / floor"]["met"] and goals["p99 / floor"]["by"] == 1.333
     assert goals["throughput c=16 / floor"] == {
         "value": 0.5,

@@ -56,6 +56,7 @@ class Goal:
     value: float
     limit: float
     at_most: bool  # value must be <= limit (else >=)
+    where: str = ""  # where the measured value comes from (the stages behind a ratio)
 
     @property
     def met(self) -> bool:
@@ -76,6 +77,7 @@ class Goal:
             "goal": f"{bound} {self.limit:g}",
             "met": self.met,
             "by": self.by,
+            **({"where": self.where} if self.where else {}),
         }
 
 
@@ -164,9 +166,15 @@ class BenchReport:
         if self.floor is not None:  # the framework floor (issue 19)
             floor = self.ratios("floor")
             goals += [
-                Goal("p50 / floor", floor["p50"], 1.5, True),
-                Goal("p99 / floor", floor["p99"], 2.0, True),
-                Goal(f"throughput c={high} / floor", floor[f"throughput_c{high}"], 0.6, False),
+                Goal("p50 / floor", floor["p50"], 1.5, True, self._where("p50")),
+                Goal("p99 / floor", floor["p99"], 2.0, True, self._where("p99")),
+                Goal(
+                    f"throughput c={high} / floor",
+                    floor[f"throughput_c{high}"],
+                    0.6,
+                    False,
+                    self._where("p50", high),
+                ),
             ]
         if "model" in stages:
             goals.append(Goal("model stage p50 ms", stages["model"].p50, 0.3, True))
@@ -174,6 +182,24 @@ class BenchReport:
             name = f"predict_batch {self.batch.rows} rows server p50 ms"
             goals.append(Goal(name, self.batch.server.p50, 25.0, True))
         return goals
+
+    def _where(self, stat: str, concurrency: int | None = None) -> str:
+        """A floor ratio in its parts: the guarded request's server stages and its HTTP layer
+        (client minus server) against the floor's whole request, at ``concurrency`` (default:
+        one request at a time)."""
+        assert self.floor is not None
+        at = self.concurrencies[0] if concurrency is None else concurrency
+        level, floor = self.guarded.level(at), self.floor.level(at)
+        named = [s for s in ("checks", "features", "model", "log") if s in level.stages]
+        parts = ", ".join(f"{s} {getattr(level.stages[s], stat):.2f}" for s in named)
+        server = level.stages.get("total")
+        http = level.stages.get("http")
+        return (
+            f"{stat} at c={at}: guarded {getattr(level.latency, stat):.2f} ms"
+            + (f" = server {getattr(server, stat):.2f} ms ({parts})" if server else "")
+            + (f" + HTTP and framework {getattr(http, stat):.2f} ms" if http else "")
+            + f"; floor {getattr(floor.latency, stat):.2f} ms, all HTTP and framework"
+        )
 
     def to_json(self) -> dict[str, Any]:
         document = {

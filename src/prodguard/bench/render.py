@@ -68,4 +68,6 @@ def goals_table(report: BenchReport) -> Table:
         shown = goal.to_json()
         verdict = "[green]yes[/]" if goal.met else "[red]no[/]"
         table.add_row(goal.name, f"{goal.value:g}", shown["goal"], verdict, f"{goal.by:g}x")
+    # a missed ratio in its parts (server stages, HTTP layer, the floor's request)
+    table.caption = "\n".join(sorted({g.where for g in report.goals() if g.where and not g.met}))
     return table
