@@ -178,6 +178,7 @@ class Episode:
 class Outcome:
     episode: Episode
     rollbacks: int = 0
+    during_incident: int = 0  # of them, decided while the guard's window held incident requests
     aborted: int = 0
     promoted: int = 0
     alerts: int = 0
@@ -256,6 +257,7 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
     outcome = Outcome(episode)
     end = episode.start + timedelta(days=episode.days)
     incident = (episode.start + timedelta(hours=6), episode.start + timedelta(hours=30))
+    window = timedelta(minutes=settings.rollout.guard_minutes)  # the guard's look back
 
     def after_hour(hour_clock: FixedClock) -> bool:
         now = hour_clock.now() + timedelta(hours=1)
@@ -265,6 +267,8 @@ def run_episode(context: dict[str, Any], episode: Episode) -> Outcome:
                 out.write(json.dumps(decision.to_json(), default=str) + "\n")
             if decision.action == "rolled_back":
                 outcome.rollbacks += 1
+                if episode.klass == "data" and incident[0] <= now <= incident[1] + window:
+                    outcome.during_incident += 1
                 outcome.fired += [t.name for t in decision.fired]
                 if faulty is not None and outcome.detected_minutes is None:
                     answers = log.window(episode.start, now, role=ANSWERS)
@@ -414,8 +418,9 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
     days = sum(o.episode.days for o in benign)
     print(
         f"\nbenign episodes with a false rollback or aborted good canary: {wrong}/{len(benign)}"
-        f" ({wrong / max(len(benign), 1):.0%}); model rollbacks during data incidents: "
-        f"{sum(o.rollbacks for o in data)}; incidents per benign week: "
+        f" ({wrong / max(len(benign), 1):.0%}); model rollbacks during data incidents (the "
+        f"incident and the guard's window after it): {sum(o.during_incident for o in data)} "
+        f"(in data episodes at all: {sum(o.rollbacks for o in data)}); incidents per benign week: "
         f"{sum(o.incidents for o in benign) / max(days, 1) * 7:.1f} (from "
         f"{sum(o.alerts for o in benign) / max(days, 1) * 7:.1f} alerts)"
     )
