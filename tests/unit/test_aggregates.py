@@ -377,3 +377,63 @@ def test_a_replica_pairs_the_costs_of_labelled_requests_even_when_the_shadow_com
     assert shadow.pair_costs[2].total == -champion.pair_costs[3].total
     assert champion.paired[3].n == 3  # score differences of every pair, labelled or not
     store.close()
+
+
+def test_a_replica_summarises_its_queue_once_a_bucket_closed_or_the_queue_is_long(
+    tmp_path, monkeypatch
+) -> None:
+    from prodguard.clock import FixedClock
+    from prodguard.config import AggregateSettings
+    from prodguard.monitoring.monitor import VersionReference
+    from prodguard.serving import aggregate_store
+    from prodguard.serving.aggregate_store import Aggregator, SqliteAggregateStore
+    from prodguard.serving.prediction_log import PredictionRecord
+
+    features, _ = _references(_frame(300, 5))
+    reference = VersionReference(features, None)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    clock = FixedClock(start)
+    store = SqliteAggregateStore(tmp_path / "aggregates.db", 60)
+    summarised: list[int] = []
+
+    def counted(frame: pd.DataFrame, *args, **kwargs) -> Summary:
+        summarised.append(len(frame))
+        return summarise(frame, *args, **kwargs)
+
+    monkeypatch.setattr(aggregate_store, "summarise", counted)
+    aggregator = Aggregator(
+        store, lambda v: reference, AggregateSettings(), KPI, None, 5.0, clock, "a", False
+    )
+    records = [
+        PredictionRecord(
+            f"r{i}",
+            start + timedelta(seconds=i),
+            "m",
+            2,
+            "champion",
+            0.5,
+            0,
+            {"distance": float(i), "carrier": "AA"},
+            latencies_ms={"checks_ms": 1.0, "features_ms": 1.0, "model_ms": 1.0},
+        )
+        for i in range(90)
+    ]
+    aggregator.flush()  # its first look
+    for second in range(0, 60, 10):  # it looks every 10 s, the bucket still open
+        clock.set(start + timedelta(seconds=second))
+        aggregator.add(records[second : second + 10])
+        aggregator.flush()
+    assert summarised == []  # the queue waits: nothing to append before the bucket closes
+    clock.set(start + timedelta(seconds=61))
+    aggregator.flush()
+    assert summarised == [60]  # one batch: the bucket's rows at once
+    assert [s.rows for s in store.read(start, start + timedelta(minutes=1)).values()] == [60]
+    monkeypatch.setattr(aggregate_store, "SUMMARISE_ROWS", 20)
+    aggregator.add(records[60:85])
+    aggregator.flush()  # a long queue does not wait (memory)
+    assert summarised == [60, 25]
+    aggregator.add(records[85:])
+    aggregator.close()  # and all on shutdown
+    assert summarised == [60, 25, 5]
+    assert sum(s.rows for s in store.read(start, start + timedelta(minutes=2)).values()) == 90
+    store.close()
