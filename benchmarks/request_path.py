@@ -1,7 +1,7 @@
 """The request path in-process: ``Predictor`` stages for one row and for batches.
 
     .venv/bin/python benchmarks/request_path.py [--config prodguard.yaml] [--rounds 15]
-        [--singles 500] [--no-standby] [--json]
+        [--singles 500] [--no-standby] [--aggregates] [--json]
 
 On a served project (``make demo``, or ingest, materialize, train, promote) it builds the
 serving objects as ``prodguard serve`` does (``wiring.build_serving``: the project's registry,
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-standby", action="store_true", help="serve as if no standby were loaded"
     )
+    parser.add_argument(
+        "--aggregates", action="store_true", help="with the replica's window aggregates on"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -72,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     built = wiring.build_serving(settings)
     with tempfile.TemporaryDirectory(prefix="prodguard-request-path-") as folder:
         built.log = SqlitePredictionLog(Path(folder) / "predictions.db")
+        if args.aggregates:  # as `serve` wraps it, the aggregate store in the temporary folder
+            environ = {
+                "PRODGUARD_PATHS__DATA_DIR": folder,
+                "PRODGUARD_MONITORING__AGGREGATES__ENABLED": "1",
+            }
+            on = load_settings(Path(args.config), environ={**os.environ, **environ})
+            registry = wiring.registry_operations(settings).registry
+            built.log = wiring.aggregating(on, built.log, registry, built.clock)
         built.predictor.answers.log = built.log
         built.follower.refresh()
         champion = built.follower.state.champion

@@ -11,15 +11,18 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 import pytest
+from ddsketch import DDSketch
 
 from prodguard.config import KpiSettings
 from prodguard.monitoring.aggregates import (
     LATENCY_ACCURACY,
     Moments,
+    Sketch,
     Slow,
     Summary,
     bucket_of,
     buckets_within,
+    exact,
     merge_all,
 )
 from prodguard.monitoring.measures import (
@@ -54,6 +57,49 @@ def test_moments_are_exact_and_merge_in_any_order() -> None:
         pytest.approx(finite.sum(), rel=1e-12),
         pytest.approx(np.square(finite).sum(), rel=1e-12),
     )
+
+
+def test_sketches_and_sums_count_at_once_what_each_value_gives() -> None:
+    """``Sketch.of`` holds the bins ``DDSketch.add`` fills value by value, and ``Moments.of``
+    the sums of ``exact`` — for values on a bin's edge (where numpy's logarithm may round
+    otherwise than the C library's), next to it, zero, negative and subnormal ones."""
+    mapping = DDSketch(LATENCY_ACCURACY)._mapping
+    edges = np.array([math.pow(2.0, k / mapping._multiplier) for k in range(-400, 1200)])
+    rng = np.random.default_rng(11)
+    values = np.concatenate(
+        [
+            rng.gamma(2, 1.5, 3000),
+            edges,
+            np.nextafter(edges, 0),
+            np.nextafter(edges, np.inf),
+            [0.0, -2.0, 1e-310, 5e-324, 2.3e-308, 1e150],
+            [1.3877300389129667e-19],  # on an edge where numpy's AVX-512 log rounds otherwise
+        ]
+    )
+    sketch = DDSketch(LATENCY_ACCURACY)
+    for value in np.maximum(values, 0.0).tolist():
+        sketch.add(value)
+    store = sketch._store
+    expected = Sketch(store.offset, np.asarray(store.bins, float), sketch._zero_count, 0.0, 1e150)
+    assert Sketch.of(values).to_json() == expected.to_json()
+    assert Sketch.of(values[:0]).to_json() == Sketch().to_json()
+    signed = np.concatenate([values, -values, rng.normal(0, 1e-3, 1000), [-0.0, -5e-324]])
+    squares = np.square(signed)
+    squares = squares[np.isfinite(squares)]
+    moments = Moments.of(signed)
+    assert moments.total == sum(map(exact, signed.tolist()))
+    assert moments.squares == sum(map(exact, squares.tolist()))
+
+
+def test_categorical_counts_look_each_text_up_once_and_bin_as_the_values_do() -> None:
+    bins = CategoricalBins(("1", "AA", "B6"))
+    reference = FeatureReference(bins, np.array([0.3, 0.3, 0.4, 0.0]))
+    texts = pd.Series(["AA", "B6", "AA", None, "ZZ", math.nan, "1"] * 5)
+    mixed = pd.Series(["AA", 1, 1.0, True, None, math.nan, "1"] * 5)  # 1.0 and True: unseen
+    assert reference.counts(texts).tolist() == [5, 10, 5, 5]
+    assert reference.counts(mixed).tolist() == [10, 5, 0, 10]
+    for values in (texts, mixed):
+        assert reference.counts(values).tolist() == bins.counts(values.tolist()).tolist()
 
 
 def merge_all_moments(parts: list[Moments]) -> Moments:
@@ -330,4 +376,64 @@ def test_a_replica_pairs_the_costs_of_labelled_requests_even_when_the_shadow_com
     assert champion.pair_costs[3].mean() == pytest.approx((-missed - false_alert) / 2)
     assert shadow.pair_costs[2].total == -champion.pair_costs[3].total
     assert champion.paired[3].n == 3  # score differences of every pair, labelled or not
+    store.close()
+
+
+def test_a_replica_summarises_its_queue_once_a_bucket_closed_or_the_queue_is_long(
+    tmp_path, monkeypatch
+) -> None:
+    from prodguard.clock import FixedClock
+    from prodguard.config import AggregateSettings
+    from prodguard.monitoring.monitor import VersionReference
+    from prodguard.serving import aggregate_store
+    from prodguard.serving.aggregate_store import Aggregator, SqliteAggregateStore
+    from prodguard.serving.prediction_log import PredictionRecord
+
+    features, _ = _references(_frame(300, 5))
+    reference = VersionReference(features, None)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    clock = FixedClock(start)
+    store = SqliteAggregateStore(tmp_path / "aggregates.db", 60)
+    summarised: list[int] = []
+
+    def counted(frame: pd.DataFrame, *args, **kwargs) -> Summary:
+        summarised.append(len(frame))
+        return summarise(frame, *args, **kwargs)
+
+    monkeypatch.setattr(aggregate_store, "summarise", counted)
+    aggregator = Aggregator(
+        store, lambda v: reference, AggregateSettings(), KPI, None, 5.0, clock, "a", False
+    )
+    records = [
+        PredictionRecord(
+            f"r{i}",
+            start + timedelta(seconds=i),
+            "m",
+            2,
+            "champion",
+            0.5,
+            0,
+            {"distance": float(i), "carrier": "AA"},
+            latencies_ms={"checks_ms": 1.0, "features_ms": 1.0, "model_ms": 1.0},
+        )
+        for i in range(90)
+    ]
+    aggregator.flush()  # its first look
+    for second in range(0, 60, 10):  # it looks every 10 s, the bucket still open
+        clock.set(start + timedelta(seconds=second))
+        aggregator.add(records[second : second + 10])
+        aggregator.flush()
+    assert summarised == []  # the queue waits: nothing to append before the bucket closes
+    clock.set(start + timedelta(seconds=61))
+    aggregator.flush()
+    assert summarised == [60]  # one batch: the bucket's rows at once
+    assert [s.rows for s in store.read(start, start + timedelta(minutes=1)).values()] == [60]
+    monkeypatch.setattr(aggregate_store, "SUMMARISE_ROWS", 20)
+    aggregator.add(records[60:85])
+    aggregator.flush()  # a long queue does not wait (memory)
+    assert summarised == [60, 25]
+    aggregator.add(records[85:])
+    aggregator.close()  # and all on shutdown
+    assert summarised == [60, 25, 5]
+    assert sum(s.rows for s in store.read(start, start + timedelta(minutes=2)).values()) == 90
     store.close()

@@ -34,6 +34,7 @@ from prodguard.errors import StorageError
 _SCALE = 1074  # every finite float64 is an integer multiple of 2**-1074
 LATENCY_ACCURACY = 0.01  # relative accuracy of the latency sketches
 ERRORS_ROLE = "errors"  # the key's role of request error counts (version -1: unknown)
+_MAPPING = DDSketch(LATENCY_ACCURACY)._mapping  # the sketches' value-to-key mapping
 
 
 def exact(value: float) -> int:
@@ -59,10 +60,7 @@ class Moments:
         squares = np.square(finite)
         squares = squares[np.isfinite(squares)]
         return cls(
-            int(finite.size),
-            sum(map(exact, finite.tolist())),
-            sum(map(exact, squares.tolist())),
-            int(array.size - finite.size),
+            int(finite.size), _exact_sum(finite), _exact_sum(squares), int(array.size - finite.size)
         )
 
     def merge(self, other: Moments) -> Moments:
@@ -98,6 +96,21 @@ class Moments:
         return cls(int(n), _expand(total), _expand(squares), int(missing))
 
 
+def _exact_sum(values: np.ndarray) -> int:
+    """``sum(map(exact, values))`` (finite values) without a Python call per value: each value
+    is its 53-bit significand (an integer) times a power of two, and the significands of each
+    power are summed as integers. A subnormal's shift is negative: its significand is a
+    multiple of the power it is divided by."""
+    significands, exponents = np.frexp(values)
+    integers = (significands * 2.0**53).astype("int64")  # exact: a float has 53 bits
+    shifts = exponents.astype("int64") + (_SCALE - 53)
+    total = 0
+    for shift in np.unique(shifts).tolist():
+        part = sum(integers[shifts == shift].tolist())
+        total += part << shift if shift >= 0 else part >> -shift
+    return total
+
+
 def _compact(value: int) -> str:
     """An exact sum as text: hex digits without the trailing zero bits, and their count."""
     if value == 0:
@@ -128,16 +141,19 @@ class Sketch:
 
     @classmethod
     def of(cls, values: np.ndarray) -> Sketch:
-        sketch = DDSketch(LATENCY_ACCURACY)
-        for value in np.maximum(np.asarray(values, dtype="float64"), 0.0).tolist():
-            sketch.add(value)
-        store = sketch._store
+        """The sketch of ``values`` (finite): ``DDSketch.add`` of each, its bins counted at
+        once."""
+        present = np.maximum(np.asarray(values, dtype="float64"), 0.0)
+        if not present.size:
+            return cls()
+        keys = _keys(present[present > _MAPPING.min_possible])
+        offset = int(keys.min()) if keys.size else 0
         return cls(
-            int(store.offset),
-            np.asarray(store.bins, dtype="float64"),
-            float(sketch._zero_count),
-            float(sketch._min),
-            float(sketch._max),
+            offset,
+            np.bincount(keys - offset).astype("float64") if keys.size else np.zeros(0),
+            float(present.size - keys.size),
+            float(present.min()),
+            float(present.max()),
         )
 
     @property
@@ -182,6 +198,19 @@ class Sketch:
         bins = np.zeros(keys[-1] - keys[0] + 1)
         bins[np.asarray(keys) - keys[0]] = counts
         return cls(int(keys[0]), bins, float(zero), low, high)
+
+
+def _keys(values: np.ndarray) -> np.ndarray:
+    """The keys ``_MAPPING.key`` gives ``values`` (positive): ``ceil(log(v, 2) * multiplier)``
+    computed by numpy, whose logarithm may differ from the C library's in the last bit: the
+    values that land within a hair of a bin edge are mapped again one by one, as ``key``
+    does."""
+    scaled = np.log(values) / math.log(2.0) * _MAPPING._multiplier
+    keys = np.ceil(scaled)
+    edge = np.abs(scaled - np.rint(scaled)) <= 1e-9 * np.maximum(np.abs(scaled), 1.0)
+    for i in np.flatnonzero(edge).tolist():
+        keys[i] = math.ceil(math.log(float(values[i]), 2) * _MAPPING._multiplier)
+    return (keys + _MAPPING._offset).astype("int64")
 
 
 class Slow(NamedTuple):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +87,7 @@ class FeatureReference:
     def counts(self, values: pd.Series) -> np.ndarray:
         """The non-null values per bin."""
         if isinstance(self.bins, CategoricalBins):
-            return self.bins.counts(values.tolist())
+            return _categorical_counts(self.bins, values.tolist())
         return self.bins.counts(pd.to_numeric(values, errors="coerce").to_numpy("float64"))
 
     def psi(self, values: pd.Series) -> float | None:
@@ -98,6 +99,21 @@ class FeatureReference:
         if total == 0:
             return None
         return psi_from_fractions(self.fractions, counts / total)
+
+
+def _categorical_counts(bins: CategoricalBins, values: list[Any]) -> np.ndarray:
+    """``bins.counts(values)`` with each distinct text looked up once (served categories
+    repeat). Values other than texts and nulls are counted one by one: equal ones of other
+    types (``1``, ``1.0``) would be tallied together but are binned by their own text."""
+    tally = Counter(values)
+    if not all(isinstance(v, str) or v is None or (isinstance(v, float) and v != v) for v in tally):
+        return bins.counts(values)
+    index = {category: i for i, category in enumerate(bins.categories)}
+    counts = np.zeros(len(index) + 1, dtype="int64")
+    for value, n in tally.items():
+        if isinstance(value, str):
+            counts[index.get(value, len(index))] += n
+    return counts
 
 
 def feature_references(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, FeatureReference]:
@@ -283,8 +299,7 @@ def summarise(
         name = key.partition(".")[2]
         if name in served.columns:
             summary.counts[key] = reference.counts(served[name])
-    for name in served.columns:
-        summary.nulls[str(name)] = int(served[name].isna().sum())
+    summary.nulls = {str(name): int(n) for name, n in served.isna().sum().items()}
     outputs = logged_outputs(spec, frame)
     summary.score = Moments.of(outputs.score)
     if spec.task is Task.MULTICLASS:
@@ -295,12 +310,12 @@ def summarise(
         summary.probabilities = [
             Moments.of(outputs.probabilities[:, j]) for j in range(len(spec.classes))
         ]
-    for flags in frame["flags"]:
-        names = served_degraded(flags)
-        summary.degraded += bool(names)
+    for flags, rows in Counter(tuple(flags or ()) for flags in frame["flags"]).items():
+        names = served_degraded(flags)  # rows share few sets of flags: each is read once
+        summary.degraded += rows * bool(names)
         for name in names:
-            summary.degraded_features[name] = summary.degraded_features.get(name, 0) + 1
-        summary.unseen += any(str(f).endswith(":unseen") for f in flags or ())
+            summary.degraded_features[name] = summary.degraded_features.get(name, 0) + rows
+        summary.unseen += rows * any(str(f).endswith(":unseen") for f in flags)
     timings = request_timings(frame)
     for stage in LATENCY_STAGES if features else ():
         column = f"{stage}_ms"
