@@ -1014,25 +1014,28 @@ def encode_rows(rows: Sequence[dict[str, Any]], encoder: json.JSONEncoder = _JSO
 
 
 def _texts(values: list[Any], encoder: json.JSONEncoder) -> list[str]:
-    """Each value as ``encoder.encode`` writes it. A column of one kind of plain value (str,
-    float, int or bool; None allowed) is written by the encoder's own string function, or
-    numbers in one list (their texts hold no comma), once per distinct value when values
-    repeat; others value by value."""
+    """Each value as ``encoder.encode`` writes it: a column of strings by the encoder's own
+    string function, one of numbers and bools by one encoding of the whole list (their texts
+    hold no comma), None allowed in both, each distinct value once when a column of one kind
+    repeats its values; anything else value by value."""
     kinds = set(map(type, values))
     kinds.discard(type(None))
-    if len(kinds) != 1 or not kinds <= _PLAIN:
-        return [encoder.encode(value) for value in values]
-    distinct = list(dict.fromkeys(values))  # NaNs by identity; 0.0 and -0.0 fall together
     if kinds == {str}:
+        distinct = list(dict.fromkeys(values))
         texts = [_STRING(value) if value is not None else "null" for value in distinct]
-    elif 2 * len(distinct) > len(values) or (kinds == {float} and 0.0 in distinct):
-        return encoder.encode(values)[1:-1].split(", ")  # mostly distinct, or a signed zero
+    elif not kinds <= _NUMBERS or not kinds:
+        return [encoder.encode(value) for value in values]
+    elif len(kinds) > 1:  # 1, 1.0 and True are one key of a dict: not looked up
+        return encoder.encode(values)[1:-1].split(", ")
     else:
+        distinct = list(dict.fromkeys(values))  # NaNs by identity; 0.0 and -0.0 fall together
+        if 2 * len(distinct) > len(values) or (kinds == {float} and 0.0 in distinct):
+            return encoder.encode(values)[1:-1].split(", ")  # mostly distinct, or a zero
         texts = encoder.encode(distinct)[1:-1].split(", ")
     return list(map(dict(zip(distinct, texts, strict=True)).__getitem__, values))
 
 
-_PLAIN = frozenset({str, float, int, bool})
+_NUMBERS = frozenset({float, int, bool})
 _ANSWER_ROLES = "('champion', 'canary')"  # roles whose prediction the caller got (ANSWERS)
 _IDS_PER_QUERY = 500  # request ids per ``answers`` query (SQLite's bound parameters: 32,766)
 
