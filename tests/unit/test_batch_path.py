@@ -448,14 +448,15 @@ def test_rows_encoded_by_column_equal_the_encoder_row_by_row() -> None:
     import json
 
     from prodguard.serving.engine import _DIGEST_JSON, payload_digests
-    from prodguard.serving.prediction_log import _dumps, encode_rows
+    from prodguard.serving.prediction_log import _COLUMNWISE_ROWS, _dumps, encode_rows
 
     for column in encoded_columns():
+        column = column * (_COLUMNWISE_ROWS // len(column) + 1)  # column-wise: enough rows
         rows = [{"b": value, "a%s": 1, "é": "x", "z": value} for value in column]
         assert encode_rows(rows) == [_dumps(row) for row in rows]
         assert encode_rows(rows, _DIGEST_JSON) == [_DIGEST_JSON.encode(row) for row in rows]
     # rows of different keys, non-str keys, no keys: row by row
-    for rows in ([{"a": 1}, {"b": 2}], [{1: "a"}, {1: "b"}], [{}, {}], []):
+    for rows in ([{"a": 1}, {"b": 2}] * 40, [{1: "a"}, {1: "b"}] * 40, [{}] * 80, [], [{"a": 1}]):
         assert encode_rows(rows) == [_dumps(row) for row in rows]
     rows = [{"carrier": "UA", "dep": 1.5, "at": "2013-05-01T10:00:00+00:00"}] * 3
     digest = json.dumps(rows[0], sort_keys=True, default=str, allow_nan=True)
