@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline
 
 from prodguard.serving.engine import ModelScoring
 from prodguard.serving.models import LoadedModel, ServingState
-from prodguard.serving.treelite_adapter import fast_scorer, probe_rows
+from prodguard.serving.treelite_adapter import ESTIMATOR_ROWS, PARITY, fast_scorer, probe_rows
 from prodguard.tasks import Task
 from prodguard.training.model import prepare
 from tests.integration import test_fast_path as base
@@ -70,10 +70,12 @@ def test_columns_score_exactly_as_the_frame_of_them(task, flights) -> None:
     scorer = fast.scorer
     assert scorer is not None
     assert np.array_equal(scorer.raw_columns(fast.inputs_of(columns, len(rows))), scorer.raw(frame))
-    # each row alone (a one-row /predict) as in the batch
+    # each row alone (a one-row /predict: GTIL) as in the batch (the estimator itself from
+    # ESTIMATOR_ROWS rows on), within the parity
+    assert len(rows) >= ESTIMATOR_ROWS and scorer.estimator is not None
     for n in (0, 1, len(rows) - 1):
         alone = fast.predict_columns(columns_of_rows([rows[n]]), 1, 0.3)
-        assert alone.score.tolist() == [by_frame.score[n]]
+        assert abs(alone.score[0] - by_frame.score[n]) <= PARITY
     # the model itself on the frame agrees within the fast path's parity
     itself = LoadedModel(1, pipeline, COLUMNS, frozenset(CATEGORICAL), fast.fallbacks, {}, spec)
     assert np.max(np.abs(itself.raw(frame) - scorer.raw(frame))) <= 1e-6
@@ -109,3 +111,30 @@ def test_a_missing_input_column_is_named(flights) -> None:
     del columns["distance"]
     with pytest.raises(Exception, match=r"needs features this service does not provide.*distance"):
         fast.predict_columns(columns, 1)
+
+
+@pytest.mark.parametrize("task", [Task.BINARY, Task.MULTICLASS, Task.REGRESSION])
+def test_large_batches_score_by_the_estimator_within_parity_of_the_model(task, flights) -> None:
+    """From ESTIMATOR_ROWS rows on the fast path scores by the model's own estimator on the
+    encoded matrix (faster than GTIL there); both paths stay within PARITY of the model, and
+    a batch just below the size is GTIL's, exactly."""
+    train, held_out = flights
+    pipeline, spec = fitted(task, train)
+    fast = with_fast_path(loaded_model(pipeline, spec, train))
+    scorer = fast.scorer
+    assert scorer is not None and scorer.estimator is not None
+    rows = asked(fast, held_out)
+    while len(rows) < ESTIMATOR_ROWS + 50:
+        rows += rows
+    columns = columns_of_rows(rows)
+    frame = fast.frame_of(columns, len(rows))
+    itself = LoadedModel(1, pipeline, COLUMNS, frozenset(CATEGORICAL), fast.fallbacks, {}, spec)
+    expected = itself.raw(frame)
+    matrix = scorer.encoding.matrix(fast.inputs_of(columns, len(rows)))
+    large = scorer.raw_columns(fast.inputs_of(columns, len(rows)))
+    assert np.array_equal(large, scorer.own_raw(matrix))  # the estimator's, at this size
+    assert np.max(np.abs(large - expected)) <= PARITY
+    assert np.max(np.abs(scorer.gtil_raw(matrix) - expected)) <= PARITY
+    small = ESTIMATOR_ROWS - 1
+    below = scorer.raw_columns(fast.inputs_of(columns, small))
+    assert np.array_equal(below, scorer.gtil_raw(matrix[:small]))

@@ -103,17 +103,37 @@ def test_value_keys_keep_apart_what_a_check_tells_apart() -> None:
     assert value_key(np.float64(1.0)) is None  # not memoised: judged each time
 
 
-def test_batch_violations_equal_row_by_row() -> None:
-    rows = request_rows()
+def one_kind_rows(count: int = 60) -> list[dict]:
+    """Rows holding every column, each column of one kind (str, float, int, bool; None)."""
+    columns = {
+        "carrier": ["UA", "ua", None, "AA", "Zed", "1"],
+        "tailnum": ["N1", None, "N2"],
+        "distance": [1400.0, -3.0, 9000.0, None, float("nan"), 12.5],
+        "dep": [0, -1, 3, None],
+        "flag": [True, False, None],
+    }
+    return [
+        {
+            column: values[(i * (k + 3)) % len(values)]
+            for k, (column, values) in enumerate(columns.items())
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("make", [request_rows, one_kind_rows])
+def test_batch_violations_equal_row_by_row(make) -> None:
+    rows = make()
     for tolerant in (False, True):
         assert RULES.violations_of(rows, nullable_when_tolerant=tolerant) == [
             RULES.violations(row, nullable_when_tolerant=tolerant) for row in rows
         ]
 
 
+@pytest.mark.parametrize("make", [request_rows, one_kind_rows])
 @pytest.mark.parametrize("critical", [frozenset(), frozenset({"carrier"})])
-def test_batch_checks_equal_row_by_row(critical) -> None:
-    rows = request_rows()
+def test_batch_checks_equal_row_by_row(critical, make) -> None:
+    rows = make()
     checks = RequestChecks(RULES, critical)
     assert checks.inspect_all(rows, model()) == [
         old_inspect(RULES, critical, row, model()) for row in rows
@@ -134,6 +154,22 @@ SEATS = StoreFeature(
     0.0,
     ("tailnum",),
     contract(expectation("not_be_null", "seats"), expectation("be_between", "seats", min_value=1)),
+)
+
+
+DEW = StoreFeature(  # temp's view: the same stamps and TTL (their verdicts are shared)
+    "dew",
+    "weather",
+    3600.0,
+    ("origin",),
+    contract(expectation("be_between", "dew", min_value=-50, max_value=50)),
+)
+HOURLY = StoreFeature(  # the same stamps as temp's, another TTL
+    "hourly",
+    "weather",
+    60.0,
+    ("origin",),
+    contract(expectation("not_be_null", "hourly")),
 )
 
 
@@ -212,6 +248,10 @@ def store_records(count: int) -> tuple[list[dict], list[dict]]:
                 "temp__ts": stamps[i % len(stamps)],
                 "seats": seats[i % len(seats)],
                 "seats__ts": stamps[(i * 3 + 1) % len(stamps)],
+                "dew": temps[(i + 1) % len(temps)],
+                "dew__ts": stamps[i % len(stamps)],
+                "hourly": temps[(i + 2) % len(temps)],
+                "hourly__ts": stamps[i % len(stamps)],
             }
         )
     return rows, records
@@ -228,7 +268,12 @@ def store_records(count: int) -> tuple[list[dict], list[dict]]:
 @pytest.mark.parametrize("unavailable", [None, "unavailable"])
 def test_batch_degradation_equals_row_by_row(options, unavailable) -> None:
     stage = FeatureLookup(
-        None, [TEMP, SEATS], ["origin", "tailnum"], 0.5, clock=FixedClock(NOW), **options
+        None,
+        [TEMP, SEATS, DEW, HOURLY],
+        ["origin", "tailnum"],
+        0.5,
+        clock=FixedClock(NOW),
+        **options,
     )
     memory = LastGood()
     champion = model()
@@ -243,7 +288,10 @@ def test_batch_degradation_equals_row_by_row(options, unavailable) -> None:
             assert list(found.values) == list(values)
             for name, value in values.items():
                 assert found.values[name] is value or found.values[name] == value
-    assert list(stage._last_good._values.items()) == list(memory._values.items())
+    if "last_good" in (options.get("fallback"), *options.get("fallback_overrides", {}).values()):
+        assert list(stage._last_good._values.items()) == list(memory._values.items())
+    else:  # no feature reads the memory: nothing is remembered
+        assert not stage._last_good._values
     stage.close()
 
 
@@ -351,3 +399,69 @@ def test_batch_scores_equal_each_entry(classes) -> None:
     assert found == expected
     assert [type(s.probability) for s in found] == [float] * 7
     assert [type(s.decision) for s in found] == [int] * 7
+
+
+ODD_VALUES = [
+    1.0,
+    -0.0,
+    0.0,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    1e300,
+    5e-324,
+    0.1,
+    True,
+    False,
+    None,
+    0,
+    -1,
+    2**70,
+    'x\u00e9"\\%s\n',
+    "",
+    np.float64(1.5),
+    np.int64(3),
+    np.float32(0.1),
+    datetime(2013, 1, 1, tzinfo=UTC),
+    {"k": 1, "a": [1, None]},
+    [1, "a"],
+    (1, 2),
+    pd.NA,
+]
+
+
+def encoded_columns() -> list[list]:
+    """Columns of one kind each (repeated or distinct values, with None), and mixed ones."""
+    repeated = [[v, None, v, v] for v in ODD_VALUES]
+    return [
+        *[column * 3 for column in repeated],
+        [0.0, -0.0, 0.0, 1.5],
+        [1.5, 2.5, 1.5, float("nan"), float("nan")],
+        [1, 1.0, True, 1, 1],
+        ["a", "b", "a", "a", "a"],
+        [float(n) / 7 for n in range(5)],
+        ODD_VALUES[:5],
+    ]
+
+
+def test_rows_encoded_by_column_equal_the_encoder_row_by_row() -> None:
+    import json
+
+    from prodguard.serving.engine import _DIGEST_JSON, payload_digests
+    from prodguard.serving.prediction_log import _COLUMNWISE_ROWS, _dumps, encode_rows
+
+    for column in encoded_columns():
+        column = column * (_COLUMNWISE_ROWS // len(column) + 1)  # column-wise: enough rows
+        rows = [{"b": value, "a%s": 1, "é": "x", "z": value} for value in column]
+        assert encode_rows(rows) == [_dumps(row) for row in rows]
+        assert encode_rows(rows, _DIGEST_JSON) == [_DIGEST_JSON.encode(row) for row in rows]
+    # rows of different keys, non-str keys, no keys: row by row
+    for rows in ([{"a": 1}, {"b": 2}] * 40, [{1: "a"}, {1: "b"}] * 40, [{}] * 80, [], [{"a": 1}]):
+        assert encode_rows(rows) == [_dumps(row) for row in rows]
+    rows = [{"carrier": "UA", "dep": 1.5, "at": "2013-05-01T10:00:00+00:00"}] * 3
+    digest = json.dumps(rows[0], sort_keys=True, default=str, allow_nan=True)
+    import hashlib
+
+    assert (
+        payload_digests(rows) == [hashlib.blake2b(digest.encode(), digest_size=16).hexdigest()] * 3
+    )

@@ -68,6 +68,10 @@ def judged_per_value(
 ) -> Iterator[tuple[int, T]]:
     """``(index, judge(value))`` of each row holding ``column``; a batch's distinct values
     (``value_key``) are judged once."""
+    verdicts = _judged_column(rows, column, judge)
+    if verdicts is not None:
+        yield from enumerate(verdicts)
+        return
     judged: dict[tuple[type, Any], T] = {}
     for index, row in enumerate(rows):
         if column not in row:
@@ -80,6 +84,31 @@ def judged_per_value(
         if key not in judged:
             judged[key] = judge(value)
         yield index, judged[key]
+
+
+def _judged_column(
+    rows: Sequence[Mapping[str, Any]], column: str, judge: Callable[[Any], T]
+) -> list[T] | None:
+    """Each row's verdict when every row holds ``column`` and its values are of one kind of
+    ``value_key`` (str, int, bool or float, None allowed; no float zero, whose signs it keeps
+    apart): the distinct values judged once, found by the value itself. None otherwise."""
+    try:
+        values = [row[column] for row in rows]
+    except (KeyError, TypeError):
+        return None
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if len(kinds) > 1 or not kinds <= _ONE_KIND:
+        return None
+    distinct: dict[Any, Any] = dict.fromkeys(values)
+    if kinds == {float} and 0.0 in distinct:
+        return None
+    for value in distinct:
+        distinct[value] = judge(value)
+    return list(map(distinct.__getitem__, values))
+
+
+_ONE_KIND = frozenset({str, int, bool, float})
 
 
 def _between(kwargs: dict[str, Any]) -> Predicate:

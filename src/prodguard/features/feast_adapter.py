@@ -435,10 +435,12 @@ class FeastStore:
 
 
 class _DirectReads:
-    """Online reads of a feature service from Feast's online store, one ``online_read`` of the
-    store per view (Feast's own read: entity keys serialized by Feast, values decoded by Feast;
-    on Redis one pipelined HMGET per view), each distinct entity of a batch read and decoded
-    once. The views are resolved in the registry once per
+    """Online reads of a feature service from Feast's online store, one read of the store per
+    view (entity keys serialized by Feast, values decoded by Feast; on Redis the store's own
+    ``online_read``, one pipelined HMGET per view; on SQLite ``online_read``'s query, each
+    distinct stored value of a call parsed and decoded once instead of once per row), each
+    distinct entity of a batch read and decoded once. The views are resolved in the registry
+    once per
     ``refresh_s`` (Feast's registry cache TTL), not at every call; the output equals
     ``get_online_features(...).to_df(include_event_timestamps=True)`` row by row, without the
     entity columns."""
@@ -448,6 +450,9 @@ class _DirectReads:
         self._service = service
         self._refresh_s = refresh_s
         self._online = online
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        self._sqlite = type(online) is SqliteOnlineStore  # read by ``_sqlite_read``
         self._views: list[tuple[Any, tuple[str, ...], tuple[tuple[str, Any], ...]]] = []
         self._resolved_at = -float("inf")
         self._lock = threading.Lock()
@@ -469,13 +474,13 @@ class _DirectReads:
 
     def read(self, entity_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+        from feast.type_map import python_values_to_proto_values
 
         records: list[dict[str, Any]] = [{} for _ in entity_rows]
         for view, names, keys in self._resolved():
             # each distinct entity of the view is read and decoded once (a batch repeats them)
             places: dict[tuple[Any, ...], int] = {}
-            chosen: list[dict[str, Any]] = []
+            chosen: list[tuple[Any, ...]] = []
             rows = []
             for row in entity_rows:
                 values = tuple(row.get(k) for k, _ in keys)
@@ -483,34 +488,121 @@ class _DirectReads:
                 place = places.get(distinct)
                 if place is None:
                     place = places[distinct] = len(chosen)
-                    chosen.append(dict(zip((k for k, _ in keys), values, strict=True)))
+                    chosen.append(values)
                 rows.append(place)
-            entity_keys = [
-                EntityKey(
-                    join_keys=[k for k, _ in keys],
-                    entity_values=[
-                        python_values_to_proto_values([row.get(k)], kind)[0] for k, kind in keys
-                    ],
-                )
-                for row in chosen
+            protos = [  # per join key, its values of the distinct entities, converted at once
+                python_values_to_proto_values([values[i] for values in chosen], kind)
+                for i, (_, kind) in enumerate(keys)
             ]
-            found = self._online.online_read(self._store.config, view, entity_keys, list(names))
-            decoded = []
-            for stamp, values in found:
-                seconds = int(stamp.timestamp()) if stamp is not None else 0
-                record = {}
-                for name in names:
-                    value = values.get(name) if values else None
-                    record[name] = (
-                        feast_value_type_to_python_type(value) if value is not None else None
-                    )
-                    record[f"{name}__ts"] = seconds
-                decoded.append(record)
+            entity_keys = [
+                EntityKey(join_keys=[k for k, _ in keys], entity_values=list(values))
+                for values in zip(*protos, strict=True)
+            ]
+            decoded = self._decoded(view, entity_keys, names)
             if len(decoded) != len(chosen):
                 raise ValueError(f"the online store answered {len(decoded)} of {len(chosen)} rows")
             for record, place in zip(records, rows, strict=True):
                 record.update(decoded[place])
         return records
+
+    def _decoded(
+        self, view: Any, entity_keys: list[Any], names: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
+        """Each entity's record of the view: every feature's value (None when absent) and its
+        ``__ts``. Each distinct stored value and event time of the call is decoded once."""
+        from feast.type_map import feast_value_type_to_python_type
+
+        if not self._sqlite:
+            found: list[tuple[datetime | None, dict[str, Any] | None]] = self._online.online_read(
+                self._store.config, view, entity_keys, list(names)
+            )
+            decode = feast_value_type_to_python_type
+        else:
+            found = self._sqlite_read(view, entity_keys)
+            decode = _decode_stored
+        values_of: dict[Any, Any] = {}  # stored value (bytes) -> its Python value
+        seconds_of: dict[Any, int] = {}  # event time -> Unix seconds
+        decoded = []
+        for stamp, values in found:
+            seconds = seconds_of.get(stamp)
+            if seconds is None:
+                seconds = seconds_of[stamp] = _seconds(stamp)
+            record: dict[str, Any] = {}
+            for name in names:
+                value = values.get(name) if values else None
+                if value is None:
+                    record[name] = None
+                elif not self._sqlite:  # a ValueProto of its own
+                    record[name] = decode(value)
+                else:
+                    known = values_of.get(value, _UNSEEN)
+                    if known is _UNSEEN:
+                        known = values_of[value] = decode(value)
+                    record[name] = known
+                record[f"{name}__ts"] = seconds
+            decoded.append(record)
+        return decoded
+
+    def _sqlite_read(
+        self, view: Any, entity_keys: list[Any]
+    ) -> list[tuple[datetime | None, dict[str, bytes] | None]]:
+        """``SqliteOnlineStore.online_read``'s query and rows (its entity keys, table, order and
+        event times), with each value left as its stored bytes (``_decoded`` parses each
+        distinct one once) instead of a ``ValueProto`` parsed per row."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+        config = self._store.config
+        serialized = [
+            serialize_entity_key(
+                key, entity_key_serialization_version=config.entity_key_serialization_version
+            )
+            for key in entity_keys
+        ]
+        table = _quote_id(
+            _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+        )
+        cursor = self._online._get_conn(config).cursor()
+        cursor.execute(
+            f"SELECT entity_key, feature_name, value, event_ts FROM {table} "  # noqa: S608
+            f"WHERE entity_key IN ({','.join('?' * len(serialized))}) ORDER BY entity_key",
+            serialized,
+        )
+        grouped: dict[bytes, list[tuple[Any, ...]]] = {}
+        for row in cursor.fetchall():
+            grouped.setdefault(row[0], []).append(row)
+        found: list[tuple[datetime | None, dict[str, bytes] | None]] = []
+        for key in serialized:
+            group = grouped.get(key)
+            if not group:
+                found.append((None, None))
+            else:  # the event time of its last row, as Feast's
+                found.append((_utc(group[-1][3]), {row[1]: row[2] for row in group}))
+        return found
+
+
+_UNSEEN = object()
+
+
+def _utc(stamp: datetime) -> datetime:
+    """An event time as Feast's SQLite store gives it: in UTC (a naive one read as UTC)."""
+    if stamp.tzinfo is not None:
+        return stamp.astimezone(UTC)
+    return stamp.replace(tzinfo=UTC)
+
+
+def _seconds(stamp: datetime | None) -> int:
+    return int(stamp.timestamp()) if stamp is not None else 0
+
+
+def _decode_stored(data: bytes) -> Any:
+    """A value as Feast's SQLite store keeps it, decoded as Feast decodes it."""
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.type_map import feast_value_type_to_python_type
+
+    value = Value()
+    value.ParseFromString(data)
+    return feast_value_type_to_python_type(value)
 
 
 def _glob_escape(pattern: bytes) -> bytes:

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,7 +49,13 @@ from prodguard.features.request_columns import RequestColumns, derive_columns
 from prodguard.features.request_frame import request_frame
 from prodguard.rollout.policy import in_canary
 from prodguard.serving.models import LoadedModel, ServingState
-from prodguard.serving.prediction_log import ErrorKind, PredictionLog, PredictionRecord, Role
+from prodguard.serving.prediction_log import (
+    ErrorKind,
+    PredictionLog,
+    PredictionRecord,
+    Role,
+    encode_rows,
+)
 from prodguard.tasks import Outputs, Task
 
 _log = logging.getLogger("prodguard.serving")
@@ -227,6 +234,10 @@ class FeatureLookup:
         self._critical = frozenset(critical)
         self._clock = clock or SystemClock()
         self._last_good = LastGood()
+        self._remembers = any(  # a feature reads the memory of last good values
+            self._fallback_overrides.get(f.name, self._fallback) == "last_good"
+            for f in self._features
+        )
         self._lookups = ThreadPoolExecutor(
             max_workers=LOOKUP_WORKERS, thread_name_prefix="prodguard-lookup"
         )
@@ -301,8 +312,94 @@ class FeatureLookup:
     ) -> StoreColumns:
         """``assemble`` for a batch, feature by feature: each store feature's column of values
         (or fallbacks), each row's flags and critical problems (in feature order, as
-        ``assemble``). A batch's distinct values of a feature are checked once."""
+        ``assemble``). The stamps' verdicts (missing, future, stale) are worked out once for
+        the features that share their stamps (a view's), a batch's distinct values of a
+        feature are checked once, and valid values are remembered only when a feature falls
+        back to its last good value (nothing else reads the memory)."""
         records = fetched if fetched is not None else [{}] * len(rows)
+        seconds = self._request_seconds(rows)
+        out = StoreColumns(
+            tuple(f.name for f in self._features),
+            [],
+            [[] for _ in rows],
+            [[] for _ in rows],
+        )
+        entities: dict[tuple[str, ...], list[str]] = {}  # join keys -> each row's entity
+
+        def entity_keys(feature: StoreFeature) -> list[str]:
+            keys = entities.get(feature.join_keys)
+            if keys is None:
+                keys = entities[feature.join_keys] = [_entity(row, feature) for row in rows]
+            return keys
+
+        stamped: list[tuple[float, list[Any], list[str | None]]] = []  # the stamps' verdicts
+        good: list[tuple[str, list[str], list[Any], list[str | None] | None]] = []
+        for feature in self._features:
+            name = feature.name
+            values = [record.get(name) for record in records]
+            reasons: list[str | None] = (
+                [unavailable] * len(rows)
+                if unavailable
+                else self._problems(feature, values, records, seconds, stamped)
+            )
+            if not any(reasons):
+                if self._remembers:
+                    good.append((name, entity_keys(feature), values, None))
+                out.columns.append(values)
+                continue
+            if self._remembers:
+                good.append((name, entity_keys(feature), values, reasons))
+            critical = name in self._critical
+            fallback = champion.fallbacks.get(name)
+            last_good = self._fallback_overrides.get(name, self._fallback) == "last_good"
+            if not critical:  # a degraded critical feature refuses its row: no flag
+                flagged: dict[str, str] = {}  # reason -> its flag
+                for index, reason in enumerate(reasons):
+                    if reason is not None:
+                        flag = flagged.get(reason)
+                        if flag is None:
+                            flag = flagged[reason] = f"{name}:{reason}"
+                        out.flags[index].append(flag)
+            if not critical and not last_good:
+                out.columns.append(
+                    [
+                        value if reason is None else fallback
+                        for value, reason in zip(values, reasons, strict=True)
+                    ]
+                )
+                continue
+            keys = entity_keys(feature)
+            earlier: dict[str, Any] = {}  # this batch's valid values, remembered below
+            column = []
+            for index, (value, reason) in enumerate(zip(values, reasons, strict=True)):
+                if reason is None:
+                    if last_good and not is_null(value):
+                        earlier[keys[index]] = value
+                    column.append(value)
+                elif critical:
+                    out.problems[index].append((name, f"{reason} and marked critical"))
+                    column.append(_REFUSED)
+                else:
+                    entity = keys[index]
+                    remembered = (
+                        earlier[entity] if entity in earlier else self._last_good.get(name, entity)
+                    )
+                    column.append(remembered if remembered is not None else fallback)
+            out.columns.append(column)
+        if good:  # row by row, feature by feature: the memory's order as if each row came alone
+            self._last_good.remember_many(
+                [
+                    (name, keys[index], values[index])
+                    for index in range(len(rows))
+                    for name, keys, values, reasons in good
+                    if reasons is None or reasons[index] is None
+                ]
+            )
+        return out
+
+    def _request_seconds(self, rows: Sequence[dict[str, Any]]) -> list[float]:
+        """Each row's request time (its event time, at the latest now), Unix seconds; each
+        distinct time converted once."""
         now = self._clock.now()
         as_of: dict[Any, float] = {}  # event time -> the request's time, Unix seconds
         seconds = []
@@ -315,66 +412,7 @@ class FeatureLookup:
                 if moment is not None:
                     as_of[moment] = known
             seconds.append(known)
-        out = StoreColumns(
-            tuple(f.name for f in self._features),
-            [],
-            [[] for _ in rows],
-            [[] for _ in rows],
-        )
-        entities: dict[tuple[str, ...], list[str]] = {}  # join keys -> each row's entity
-        good: list[tuple[str, list[str], list[Any], list[str | None] | None]] = []
-        for feature in self._features:
-            name = feature.name
-            values = [record.get(name) for record in records]
-            keys = entities.get(feature.join_keys)
-            if keys is None:
-                keys = entities[feature.join_keys] = [_entity(row, feature) for row in rows]
-            reasons: list[str | None] = (
-                [unavailable] * len(rows)
-                if unavailable
-                else self._problems(feature, values, records, seconds)
-            )
-            if not any(reasons):
-                good.append((name, keys, values, None))
-                out.columns.append(values)
-                continue
-            good.append((name, keys, values, reasons))
-            critical = name in self._critical
-            fallback = champion.fallbacks.get(name)
-            last_good = self._fallback_overrides.get(name, self._fallback) == "last_good"
-            earlier: dict[str, Any] = {}  # this batch's valid values, remembered below
-            column = []
-            for index, (value, reason) in enumerate(zip(values, reasons, strict=True)):
-                if reason is None:
-                    if last_good and not is_null(value):
-                        earlier[keys[index]] = value
-                    column.append(value)
-                elif critical:
-                    out.problems[index].append((name, f"{reason} and marked critical"))
-                    column.append(_REFUSED)
-                else:
-                    chosen = fallback
-                    if last_good:
-                        entity = keys[index]
-                        remembered = (
-                            earlier[entity]
-                            if entity in earlier
-                            else self._last_good.get(name, entity)
-                        )
-                        chosen = remembered if remembered is not None else fallback
-                    column.append(chosen)
-                    out.flags[index].append(f"{name}:{reason}")
-            out.columns.append(column)
-        # row by row, feature by feature: the memory's order as if each row came alone
-        self._last_good.remember_many(
-            [
-                (name, keys[index], values[index])
-                for index in range(len(rows))
-                for name, keys, values, reasons in good
-                if reasons is None or reasons[index] is None
-            ]
-        )
-        return out
+        return seconds
 
     def _problems(
         self,
@@ -382,28 +420,26 @@ class FeatureLookup:
         values: list[Any],
         records: Sequence[dict[str, Any]],
         as_of: list[float],
+        stamped: list[tuple[float, list[Any], list[str | None]]],
     ) -> list[str | None]:
-        """Each row's reason to degrade the feature (missing, future, stale, invalid) or None."""
+        """Each row's reason to degrade the feature (missing, future, stale, invalid) or None.
+        ``stamped``: the stamps' verdicts worked out so far in the batch, (TTL, stamps,
+        verdicts), reused for a feature with the same stamps and TTL (its view's)."""
         stamps: list[Any] = [record.get(f"{feature.name}__ts") for record in records]
+        ttl = feature.ttl_seconds
+        verdicts = next(
+            (v for t, known, v in stamped if t == ttl and _same_stamps(known, stamps)), None
+        )
+        if verdicts is None:
+            verdicts = _stamp_verdicts(stamps, as_of, ttl)
+            stamped.append((ttl, stamps, verdicts))
+        reasons = list(verdicts)
         nullable = feature.checks.nullable(feature.name)
         judged: dict[tuple[type, Any], bool] = {}
-        reasons: list[str | None] = []
-        for value, stamp, now in zip(values, stamps, as_of, strict=True):
-            kind = type(stamp)
-            if kind is int or kind is float:
-                if stamp == 0 or stamp != stamp:
-                    reasons.append("missing")
-                    continue
-            elif stamp is None or is_null(stamp) or stamp == 0:
-                reasons.append("missing")
+        for index, verdict in enumerate(verdicts):
+            if verdict is not None:
                 continue
-            age = now - float(stamp)
-            if age < 0:
-                reasons.append("future")  # observed after the request's time
-                continue
-            if feature.ttl_seconds > 0 and age > feature.ttl_seconds:
-                reasons.append("stale")
-                continue
+            value = values[index]
             key = value_key(value)
             invalid = judged.get(key) if key is not None else None
             if invalid is None:
@@ -411,7 +447,8 @@ class FeatureLookup:
                 invalid = broken and not (is_null(value) and nullable)
                 if key is not None:
                     judged[key] = invalid
-            reasons.append("invalid" if invalid else None)
+            if invalid:
+                reasons[index] = "invalid"
         return reasons
 
     def close(self) -> None:
@@ -842,7 +879,7 @@ class Predictor:
             raise ServiceNotReady("no champion is loaded yet; promote a version or wait")
         request_ids = [i or uuid.uuid4().hex for i in ids]
         requests = [_jsonable(row) for row in rows]
-        digests = [payload_digest(request) for request in requests]
+        digests = payload_digests(requests)
         answers: list[Prediction | InputError | None] = [None] * len(rows)
         seen: set[str] = set()
         for i, request_id in enumerate(request_ids):
@@ -940,10 +977,9 @@ class Predictor:
             stages.update(timed)
         for (version, role), count in Counter((r.version, r.role) for r in written).items():
             self._metrics.count("predictions", {"version": str(version), "role": role}, count)
-        for record in written:
-            for flag in record.flags:
-                feature, _, reason = flag.partition(":")
-                self._metrics.count("degradations", {"feature": feature, "reason": reason})
+        for flag, count in Counter(chain.from_iterable(r.flags for r in written)).items():
+            feature, _, reason = flag.partition(":")
+            self._metrics.count("degradations", {"feature": feature, "reason": reason}, count)
         if state.standby is None and state.rollout is None:  # nothing shadow-scores
             return _done(answers)
         if len(written) == len(records):
@@ -1062,17 +1098,57 @@ def _prediction(record: PredictionRecord, replayed: bool = False) -> Prediction:
 _DIGEST_JSON = json.JSONEncoder(sort_keys=True, default=str, allow_nan=True)
 
 
-def payload_digest(request: dict[str, Any]) -> str:
-    """The digest of a request's payload (its source-shaped row, JSON with sorted keys): what
-    makes a reused request id the same request or another one."""
-    text = _DIGEST_JSON.encode(request)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+def payload_digests(requests: Sequence[dict[str, Any]]) -> list[str]:
+    """The digest of each request's payload (its source-shaped row, JSON with sorted keys):
+    what makes a reused request id the same request or another one. The JSON of a batch's
+    rows is written column by column (``prediction_log.encode_rows``: the same text)."""
+    return [
+        hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        for text in encode_rows(requests, _DIGEST_JSON)
+    ]
 
 
 def _sampled(request_id: str, share: float) -> bool:
     """Deterministic sampling by request id (the same request is always in or out)."""
     digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def _stamp_verdicts(stamps: list[Any], as_of: list[float], ttl: float) -> list[str | None]:
+    """Each row's verdict on its stamp (Unix seconds of the value's event time) at its request
+    time ``as_of``: missing (no stamp, 0 or NaN), future (observed after the request), stale
+    (older than a positive ``ttl``) or None."""
+    verdicts: list[str | None] = []
+    for stamp, now in zip(stamps, as_of, strict=True):
+        kind = type(stamp)
+        if kind is int or kind is float:
+            if stamp == 0 or stamp != stamp:
+                verdicts.append("missing")
+                continue
+        elif stamp is None or is_null(stamp) or stamp == 0:
+            verdicts.append("missing")
+            continue
+        age = now - float(stamp)
+        if age < 0:
+            verdicts.append("future")  # observed after the request's time
+        elif ttl > 0 and age > ttl:
+            verdicts.append("stale")
+        else:
+            verdicts.append(None)
+    return verdicts
+
+
+def _same_stamps(known: list[Any], stamps: list[Any]) -> bool:
+    """Whether two columns of stamps are the same stamps: plain numbers (or None) equal one by
+    one (what ``_stamp_verdicts`` reads of them is then the same)."""
+    if known is stamps:
+        return True
+    if len(known) != len(stamps) or not set(map(type, stamps)) <= _STAMP_KINDS:
+        return False
+    return set(map(type, known)) <= _STAMP_KINDS and known == stamps
+
+
+_STAMP_KINDS = frozenset({int, float, type(None)})
 
 
 def _entity(row: dict[str, Any], feature: StoreFeature) -> str:
@@ -1111,8 +1187,9 @@ def _inputs(
     if rows < len(places):
         raise IndexError(f"the request features gave {rows} rows for {len(places)}")
     columns = {name: values[: len(places)] for name, values in derived.items()}
+    every = len(places) == len(store.flags)  # places rise: every row of the store, in order
     for name, values in zip(store.names, store.columns, strict=True):
-        columns[name] = [values[place] for place in places]
+        columns[name] = values if every else [values[place] for place in places]
     if not columns:
         return columns, [{} for _ in places]
     return columns, [

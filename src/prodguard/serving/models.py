@@ -114,8 +114,16 @@ class LoadedModel:
         out: list[list[Any]] = []
         for column in self.columns:
             values = columns[column][:rows] if rows else ()
+            kinds = set(map(type, values))
             if column in self.categorical:
-                out.append([None if is_null(v) else v for v in values])
+                if kinds <= _TEXT:  # as they are (None stays None)
+                    out.append(list(values))
+                else:
+                    out.append([None if is_null(v) else v for v in values])
+            elif kinds <= _FLOAT:
+                out.append(list(values))
+            elif kinds <= _PLAIN_NUMBER:
+                out.append([math.nan if v is None else float(v) for v in values])
             else:
                 out.append([_number(v) for v in values])
         return out
@@ -157,6 +165,11 @@ class LoadedModel:
     def score(self, frame: pd.DataFrame) -> list[float]:
         """Each row's score: P(positive), the value, or the predicted class's probability."""
         return [float(v) for v in self.predict(frame).score]
+
+
+_TEXT = frozenset({str, type(None)})
+_FLOAT = frozenset({float})
+_PLAIN_NUMBER = frozenset({float, int, type(None)})
 
 
 def _number(value: Any) -> float:

@@ -280,6 +280,8 @@ class _SqlPredictionLog:
                 text = shared[id(value)] = _dumps(value)
             return text
 
+        features = encode_rows([r.features for r in records])
+        requests = encode_rows([r.request for r in records])
         rows = [
             (
                 r.request_id,
@@ -289,14 +291,14 @@ class _SqlPredictionLog:
                 int(r.version),
                 float(r.probability),
                 int(r.decision),
-                _dumps(r.features),
+                feature_text,
                 "[]" if not r.flags else _dumps(r.flags),
                 latencies(r.latencies_ms),
-                _dumps(r.request),
+                request_text,
                 None if r.prediction is None else _dumps(r.prediction),
                 r.digest,
             )
-            for r in records
+            for r, feature_text, request_text in zip(records, features, requests, strict=True)
         ]
         pending = _Write(rows)
         # Leader and followers: a writer that finds no commit under way leads one with every
@@ -991,6 +993,52 @@ def _plain(value: Any) -> Any:
 
 
 _JSON = json.JSONEncoder(sort_keys=True, default=_plain, allow_nan=True)
+_STRING = json.encoder.encode_basestring_ascii  # how the encoder writes a str (ensure_ascii)
+
+
+def encode_rows(rows: Sequence[dict[str, Any]], encoder: json.JSONEncoder = _JSON) -> list[str]:
+    """``[encoder.encode(row) for row in rows]`` for an encoder with ``sort_keys=True`` and
+    the default separators, ensure_ascii and allow_nan (``_dumps``'s, or one with another
+    ``default``), the same text: when the rows hold the same str keys, each key is encoded
+    once and each row is one ``%`` of a template with its values' texts (str, int, float,
+    bool and None written as the encoder writes them, anything else by the encoder). Below
+    ``_COLUMNWISE_ROWS`` rows, row by row (measured: 8 us a row by the encoder, ~50 us of
+    fixed cost column-wise)."""
+    if len(rows) < _COLUMNWISE_ROWS:  # a few rows: the encoder is quicker row by row
+        return [encoder.encode(row) for row in rows]
+    keys = rows[0].keys()
+    if not keys or any(type(k) is not str for k in keys) or any(r.keys() != keys for r in rows):
+        return [encoder.encode(row) for row in rows]
+    names = sorted(keys)
+    template = "{" + ", ".join(_STRING(name).replace("%", "%%") + ": %s" for name in names) + "}"
+    columns = [_texts([row[name] for row in rows], encoder) for name in names]
+    return [template % values for values in zip(*columns, strict=True)]
+
+
+def _texts(values: list[Any], encoder: json.JSONEncoder) -> list[str]:
+    """Each value as ``encoder.encode`` writes it: a column of strings by the encoder's own
+    string function, one of numbers and bools by one encoding of the whole list (their texts
+    hold no comma), None allowed in both, each distinct value once when a column of one kind
+    repeats its values; anything else value by value."""
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if kinds == {str}:
+        distinct = list(dict.fromkeys(values))
+        texts = [_STRING(value) if value is not None else "null" for value in distinct]
+    elif not kinds <= _NUMBERS or not kinds:
+        return [encoder.encode(value) for value in values]
+    elif len(kinds) > 1:  # 1, 1.0 and True are one key of a dict: not looked up
+        return encoder.encode(values)[1:-1].split(", ")
+    else:
+        distinct = list(dict.fromkeys(values))  # NaNs by identity; 0.0 and -0.0 fall together
+        if 2 * len(distinct) > len(values) or (kinds == {float} and 0.0 in distinct):
+            return encoder.encode(values)[1:-1].split(", ")  # mostly distinct, or a zero
+        texts = encoder.encode(distinct)[1:-1].split(", ")
+    return list(map(dict(zip(distinct, texts, strict=True)).__getitem__, values))
+
+
+_NUMBERS = frozenset({float, int, bool})
+_COLUMNWISE_ROWS = 64
 _ANSWER_ROLES = "('champion', 'canary')"  # roles whose prediction the caller got (ANSWERS)
 _IDS_PER_QUERY = 500  # request ids per ``answers`` query (SQLite's bound parameters: 32,766)
 
