@@ -213,7 +213,8 @@ def baseline_from_log(
     if len(frame) < spec.min_rows:
         raise NoDataError(
             f"the staging replay logged {len(frame)} predictions of v{version}; a baseline needs "
-            f"at least one window of {spec.min_rows}; choose a longer period"
+            f"at least one window of {spec.min_rows}; choose a longer period or lower "
+            "monitoring.window.min_rows to your traffic"
         )
     scores = score_reference(frame["probability"].to_numpy("float64"), settings.monitoring.bins)
     staging_stats = reference_stats(_served_features(frame, reference))
