@@ -179,7 +179,10 @@ def _label(values: pd.Series, model: ModelSettings) -> pd.Series:
 
 
 class JoinKeyed(Protocol):
-    join_keys: Sequence[str]
+    """A feature view, as far as the check needs it."""
+
+    @property
+    def join_keys(self) -> Sequence[str]: ...
 
 
 def check_model_source(settings: Settings, views: Iterable[JoinKeyed]) -> None:
