@@ -99,3 +99,13 @@ def test_a_replay_refuses_wrong_model_settings_before_it_serves(
     ingest(settings, COLUMNS)
     with pytest.raises(ConfigError, match=names):
         replay_predictor(with_model(settings, **{setting: value}), VIEWS, log=None)  # type: ignore[arg-type]
+
+
+def test_serve_refuses_an_entity_key_that_is_no_column(settings: Any) -> None:
+    from prodguard import app
+
+    ingest(settings, COLUMNS)
+    app.serve_command(settings, "127.0.0.1", 3000)
+    wrong = with_model(settings, entity_keys=["origin", "carrier", "winery"])
+    with pytest.raises(ConfigError, match=r"model.entity_keys \['winery'\]"):
+        app.serve_command(wrong, "127.0.0.1", 3000)
