@@ -36,6 +36,7 @@ from prodguard.rollout.triggers import describe as describe_triggers
 from prodguard.serving.aggregate_store import summarise_log
 from prodguard.serving.log_retention import PruneResult, RetainedLog, cutoff, prune
 from prodguard.serving.prediction_log import ANSWERS
+from prodguard.training.dataset import check_model_source
 from prodguard.wiring import (
     aggregate_store,
     alert_record,
@@ -308,6 +309,9 @@ def serve_command(settings: Settings, host: str, port: int) -> tuple[list[str], 
     if not 0 < port < 65536:
         raise InputError("--port must be between 1 and 65535")
     load_request_model(settings)  # a wrong serving.request_model: one line here, not a traceback
+    # model.entity_keys / label / source keys against the ingested columns, when there are any
+    # here (the feature service's join keys are not read: Feast would add seconds to a start)
+    check_model_source(settings, [])
     bentoml = Path(sys.executable).with_name("bentoml")
     env = {
         **os.environ,

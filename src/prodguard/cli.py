@@ -37,6 +37,7 @@ from prodguard.telemetry import disable_telemetry
 from prodguard.timewindows import both_or_neither, ordered, parse_time
 
 QUARANTINED_EXIT = 3
+DRILL_FAILED_EXIT = 6  # docs/cli.md: exit codes
 
 cli = typer.Typer(
     name="prodguard",
@@ -901,7 +902,7 @@ def drill(
             highlight=False,
         )
     if not result.passed:
-        raise typer.Exit(5)
+        raise typer.Exit(DRILL_FAILED_EXIT)
 
 
 @cli.command()

@@ -66,33 +66,36 @@ def test_predictions_feedback_and_service_endpoints(service: str) -> None:
     second = body["results"][1]["prediction"]
     assert second["degraded"] and "seats:missing" in second["flags"]
 
-    assert post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 4}}) == (
+    # an outcome the KPI cannot use (no monitoring.kpi.outcome key): 422, nothing recorded
+    status, body = post(service, "/feedback", {"request_id": "http-1", "outcome": {"late": 4}})
+    assert status == 422 and "monitoring.kpi.outcome names ('delayed')" in body["error"], body
+    assert "late" not in json.dumps(body)
+    assert post(service, "/feedback", {"request_id": "http-1", "outcome": {"delayed": 0}}) == (
         200,
         {"request_id": "http-1", "status": "recorded"},
     )
     assert (
-        post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 4}})[1][
-            "status"
-        ]
+        post(service, "/feedback", {"request_id": "http-1", "outcome": {"delayed": 0}})[1]["status"]
         == "duplicate"
     )
-    assert (
-        post(service, "/feedback", {"request_id": "http-1", "outcome": {"arr_delay": 9}})[0] == 409
-    )
-    assert post(service, "/feedback", {"request_id": "nobody", "outcome": {"x": 1}})[0] == 404
+    assert post(service, "/feedback", {"request_id": "http-1", "outcome": {"delayed": 1}})[0] == 409
+    assert post(service, "/feedback", {"request_id": "nobody", "outcome": {"delayed": 1}})[0] == 404
     status, body = post(
         service,
         "/feedback_batch",
         {
             "items": [
-                {"request_id": "http-1", "outcome": {"arr_delay": 4}},
-                {"request_id": "http-1", "outcome": {"arr_delay": 5}},
-                {"request_id": "nobody", "outcome": {"arr_delay": 4}},
+                {"request_id": "http-1", "outcome": {"delayed": 0}},
+                {"request_id": "http-1", "outcome": {"delayed": 1}},
+                {"request_id": "nobody", "outcome": {"delayed": 0}},
+                {"request_id": "http-1", "outcome": {"late": 4}},
             ]
         },
     )
     assert status == 200, body
-    assert [r["status"] for r in body["results"]] == ["duplicate", "conflict", "unknown"]
+    statuses = [r["status"] for r in body["results"]]
+    assert statuses == ["duplicate", "conflict", "unknown", "invalid"], body
+    assert "monitoring.kpi.outcome" in body["results"][3]["error"], body
     assert post(service, "/feedback_batch", {"items": []})[0] == 400
 
     with urllib.request.urlopen(f"{service}/metrics", timeout=10) as response:
@@ -222,11 +225,11 @@ def test_a_reused_request_id_is_409_unless_the_request_is_the_same(service: str)
     assert answer["results"][0]["problems"][0]["field"] == "request_id"
     status, answer = post(service, "/predict", {**other, "request_id": "reuse-2"})
     assert status == 409  # the batch logged reuse-2 with the first payload
-    outcome = {"request_id": "reuse-1", "outcome": {"arr_delay": 3}}
+    outcome = {"request_id": "reuse-1", "outcome": {"delayed": 0}}
     assert post(service, "/feedback", outcome)[1]["status"] == "recorded"
-    status, answer = post(service, "/feedback", {**outcome, "outcome": {"arr_delay": 77}})
+    status, answer = post(service, "/feedback", {**outcome, "outcome": {"delayed": "late-77"}})
     assert status == 409 and answer["problems"][0]["field"] == "request_id", answer
-    assert "77" not in json.dumps(answer)
+    assert "late-77" not in json.dumps(answer)
 
 
 def test_champion_moved_in_mlflow_is_followed_with_no_failed_request(

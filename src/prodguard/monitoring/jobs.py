@@ -51,7 +51,7 @@ from prodguard.serving.fast_path import load_verified
 from prodguard.serving.models import ServingState
 from prodguard.serving.prediction_log import ANSWERS, PredictionLog, SqlitePredictionLog
 from prodguard.tasks import ModelScorer, normalise, spec_from_tags
-from prodguard.training.dataset import build_frame, is_categorical
+from prodguard.training.dataset import build_frame, check_model_source, is_categorical
 from prodguard.training.reference import reference_stats
 
 _log = logging.getLogger("prodguard.monitoring")
@@ -134,8 +134,10 @@ def replay_predictor(
     log: PredictionLog,
     wrap_store: Callable[[OnlineFeatures, Clock], OnlineFeatures] | None = None,
 ) -> Callable[[Callable[[], ServingState], Clock], Predictor]:
-    """Builds the real request path over the as-of feature store for a replay's clock."""
+    """Builds the real request path over the as-of feature store for a replay's clock (the
+    model settings checked against the source's columns first: a replay reads its rows)."""
 
+    check_model_source(settings, views)
     offline = OfflineStore(settings.paths.offline_dir)
     timestamps = {name: s.timestamp for name, s in settings.sources.items()}
 
@@ -213,7 +215,8 @@ def baseline_from_log(
     if len(frame) < spec.min_rows:
         raise NoDataError(
             f"the staging replay logged {len(frame)} predictions of v{version}; a baseline needs "
-            f"at least one window of {spec.min_rows}; choose a longer period"
+            f"at least one window of {spec.min_rows}; choose a longer period or lower "
+            "monitoring.window.min_rows to your traffic"
         )
     scores = score_reference(frame["probability"].to_numpy("float64"), settings.monitoring.bins)
     staging_stats = reference_stats(_served_features(frame, reference))

@@ -159,7 +159,7 @@ def run_drill(
     if not 0 < abs(shift) < 1:
         raise InputError(
             "--shift must be between -1 and 1 (a share of probability; for a regressor, "
-            "baseline standard deviations), not 0"
+            f"baseline standard deviations), not {shift:g}"
         )
     production = wiring.registry_operations(settings)
     version = resolve_version(production, version, ("candidate", "champion"))

@@ -40,6 +40,7 @@ from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.serving.engine import Prediction
 from prodguard.serving.limits import Boundary, Limits, check_token
 from prodguard.serving.models import ServingState
+from prodguard.serving.outcomes import UnusableOutcome, check_outcome
 from prodguard.telemetry import disable_telemetry
 
 disable_telemetry()
@@ -128,8 +129,15 @@ class FeedbackItem(BaseModel):
     outcome: Outcome
 
 
+class FeedbackItemOut(FeedbackOut):
+    """One item of a batch: ``status`` as /feedback answers it, or ``invalid`` (an outcome
+    the KPI cannot use, nothing recorded) with its ``error``."""
+
+    error: str | None = None
+
+
 class FeedbackBatchOut(BaseModel):
-    results: list[FeedbackOut]
+    results: list[FeedbackItemOut]
 
 
 # ---- admin (promotion, rollback, traffic policy): the CLI's use cases over HTTP -------------
@@ -407,6 +415,12 @@ class PredictionService:
             [(field, f"more than {MAX_BATCH} {what}")],
         )
 
+    def _check_outcome(self, outcome: dict[str, Any]) -> None:
+        """UnusableOutcome unless a served version's KPI can use the outcome."""
+        state = self.serving.follower.state
+        loaded = (state.champion, state.standby, state.rollout)
+        check_outcome(outcome, _settings.monitoring.kpi, [m.spec for m in loaded if m is not None])
+
     def __is_ready__(self) -> bool:
         return self.serving.ready()
 
@@ -494,8 +508,11 @@ class PredictionService:
 
     @bentoml.api(route="/feedback")
     def feedback(self, request_id: RequestId, outcome: Outcome) -> FeedbackOut:
-        """Record the observed outcome of a logged prediction (idempotent; 404 if unknown)."""
+        """Record the observed outcome of a logged prediction (idempotent; 404 if unknown; 422
+        if the KPI cannot use it: no monitoring.kpi.outcome key, not a number for a regression,
+        not one of a classifier's classes)."""
         try:
+            self._check_outcome(outcome)
             status = self.serving.log.record_feedback(request_id, outcome, self.serving.clock.now())
         except ProdguardError as exc:
             return error_response(exc)  # type: ignore[return-value]
@@ -509,7 +526,8 @@ class PredictionService:
     ) -> FeedbackBatchOut:
         """Record many outcomes (a label backfill): each item is recorded on its own, so a retry
         after a failure is safe; per item ``recorded``, ``duplicate``, ``unknown`` (no such
-        prediction) or ``conflict`` (a different outcome was recorded)."""
+        prediction), ``conflict`` (a different outcome was recorded) or ``invalid`` (the KPI
+        cannot use the outcome, as /feedback's 422; ``error`` says why)."""
         if len(items) > MAX_BATCH:
             return error_response(self._too_many(len(items), "items", "items"), ctx)  # type: ignore[return-value]
         results = []
@@ -517,13 +535,19 @@ class PredictionService:
         try:
             for item in items:
                 status: str
+                error: str | None = None
                 try:
+                    self._check_outcome(item.outcome)
                     status = self.serving.log.record_feedback(item.request_id, item.outcome, now)
+                except UnusableOutcome as exc:
+                    status, error = "invalid", str(exc)
                 except UnknownRequest:
                     status = "unknown"
                 except FeedbackConflict:
                     status = "conflict"
-                results.append(FeedbackOut(request_id=item.request_id, status=status))
+                results.append(
+                    FeedbackItemOut(request_id=item.request_id, status=status, error=error)
+                )
         except ProdguardError as exc:
             return error_response(exc, ctx)  # type: ignore[return-value]
         return FeedbackBatchOut(results=results)

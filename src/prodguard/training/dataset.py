@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from prodguard.config import ModelSettings, Settings
-from prodguard.errors import ConfigError, NoDataError, TrainingError
+from prodguard.errors import ConfigError, NoDataError, StorageError, TrainingError
 from prodguard.features.request_columns import SAMPLE_ROWS, RequestColumns, check_request_columns
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import import_object
-from prodguard.training.settings_checks import check_entity_keys, check_label
+from prodguard.training.settings_checks import SHOWN, check_entity_keys, check_label
 
 RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
 ROW_ID = "__prodguard_row"
@@ -105,10 +106,9 @@ def build_frame(
         raise TrainingError(
             f"no ingested '{model.source}' rows; run `prodguard ingest` for the window first"
         )
-    check_label(model, list(rows.columns))
     versions = getattr(store, "versions", None)  # the feature service's views, when known
     join_keys = [k for v in versions() for k in v.join_keys] if versions else []
-    check_entity_keys(model, list(rows.columns), join_keys)
+    check_model_data(settings, list(rows.columns), join_keys)
     window = rows[(rows[timestamp] >= start) & (rows[timestamp] < end)]
     if window.empty:
         raise NoDataError(
@@ -176,6 +176,54 @@ def _label(values: pd.Series, model: ModelSettings) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values) and (values == values.round()).all():
         return values.astype("int64")
     return values.reset_index(drop=True)
+
+
+class JoinKeyed(Protocol):
+    """A feature view, as far as the check needs it."""
+
+    @property
+    def join_keys(self) -> Sequence[str]: ...
+
+
+def check_model_source(settings: Settings, views: Iterable[JoinKeyed]) -> None:
+    """``check_model_data`` on the model source's ingested columns (read from the offline
+    store's schema, not its rows) and the feature service's views: where the settings meet the
+    data before a replay (baseline, drill) or a service starts."""
+    model = _model(settings)
+    path = OfflineStore(settings.paths.offline_dir).path(model.source)
+    columns: list[str] | None = None
+    if path.exists():
+        try:
+            columns = list(pq.read_schema(path).names)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
+    check_model_data(settings, columns, [k for v in views for k in v.join_keys])
+
+
+def check_model_data(
+    settings: Settings, columns: Sequence[str] | None, join_keys: Iterable[str] = ()
+) -> None:
+    """The model settings against the data, the same check for train, adopt, baseline, drill
+    and serve: ``model.label``, ``model.entity_keys`` and ``sources.<model.source>.keys`` are
+    columns of the model's source (``columns``; None when nothing is ingested yet: then only
+    the next check) and the entity keys hold the feature service's ``join_keys``. A mistake
+    is one ConfigError naming the setting, the missing names and what is there."""
+    model = _model(settings)
+    if columns is None:  # no columns to check: only the join keys, against the entity keys
+        check_entity_keys(model, list(model.entity_keys), join_keys)
+        return
+    check_label(model, columns)
+    check_entity_keys(model, columns, join_keys)
+    source = settings.sources[model.source]
+    times = ("event_timestamp", source.timestamp)
+    absent = [k for k in source.keys if k not in times and k not in columns]
+    if absent:
+        shown = ", ".join(map(str, list(columns)[:SHOWN]))
+        more = f", ... ({len(columns)} in all)" if len(columns) > SHOWN else ""
+        raise ConfigError(
+            f"sources.{model.source}.keys {absent} are not columns of source '{model.source}' "
+            f"(its columns: {shown}{more}); list the columns that identify a row"
+        )
 
 
 def _model(settings: Settings) -> ModelSettings:
