@@ -54,7 +54,7 @@ class TaskSpec:
     @property
     def positive(self) -> Any:
         if self.positive_class is not None:
-            return _same_label(self.positive_class, self.classes)
+            return same_label(self.positive_class, self.classes)
         return self.classes[1] if len(self.classes) == 2 else 1
 
     @property
@@ -311,7 +311,7 @@ def _multiclass_metrics(y: np.ndarray, outputs: Outputs) -> dict[str, float]:
 
     assert outputs.probabilities is not None
     labels = [_plain(c) for c in outputs.classes]
-    y = np.array([_same_label(_plain(v), outputs.classes) for v in y], dtype=object)
+    y = np.array([same_label(_plain(v), outputs.classes) for v in y], dtype=object)
     predicted = np.array(outputs.predicted, dtype=object)
     index = {c: j for j, c in enumerate(labels)}
     truth_p = np.array(  # a label the model does not know gets probability ~0
@@ -432,7 +432,7 @@ def kpi_costs(
     if spec.task is Task.REGRESSION:
         actual = pd.to_numeric(pd.Series(list(outcomes)), errors="coerce").to_numpy("float64")
         return np.abs(actual - outputs.score)
-    actual_labels = [_same_label(v, spec.classes) for v in outcomes]
+    actual_labels = [same_label(v, spec.classes) for v in outcomes]
     if cost_matrix is None:
         pairs = zip(actual_labels, outputs.predicted, strict=True)
         return np.array([float(a != p) for a, p in pairs], dtype="float64")
@@ -457,7 +457,7 @@ def _truthy(value: Any, positive: Any) -> bool:
     return bool(value)
 
 
-def _same_label(value: Any, classes: tuple[Any, ...]) -> Any:
+def same_label(value: Any, classes: tuple[Any, ...]) -> Any:
     """The class label a fed-back outcome stands for (feedback JSON turns 2 into "2" or 2.0)."""
     for c in classes:
         if value == c or str(value) == str(c):

@@ -42,6 +42,19 @@ class OfflineStore:
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
             raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
 
+    def columns(self, source: str) -> list[str] | None:
+        """The source's column names, from the file's schema (no rows read); None when nothing
+        was ingested."""
+        path = self.path(source)
+        if not path.exists():
+            return None
+        try:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
+
     def sample(self, source: str, rows: int) -> pd.DataFrame | None:
         """At least ``rows`` rows (all when fewer) from row groups spread over the source,
         reading only those groups: memory bounded by the groups read, whatever the source's

@@ -11,7 +11,7 @@ from typing import Any
 
 from prodguard.config import KpiSettings
 from prodguard.errors import RequestRejected
-from prodguard.tasks import Task, TaskSpec, _same_label
+from prodguard.tasks import Task, TaskSpec, same_label
 
 SHOWN = 20  # classes named in a message
 
@@ -53,7 +53,7 @@ def _problem(value: Any, spec: TaskSpec) -> str:
             "" if _number(value) else f"must be a number for a regression model, not {_kind(value)}"
         )
     if spec.task is Task.MULTICLASS and spec.classes:
-        if _same_label(value, spec.classes) in spec.classes:
+        if same_label(value, spec.classes) in spec.classes:
             return ""
         shown = ", ".join(map(str, spec.classes[:SHOWN]))
         more = f", ... ({len(spec.classes)} in all)" if len(spec.classes) > SHOWN else ""

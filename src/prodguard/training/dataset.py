@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from prodguard.config import ModelSettings, Settings
-from prodguard.errors import ConfigError, NoDataError, StorageError, TrainingError
+from prodguard.errors import ConfigError, NoDataError, TrainingError
 from prodguard.features.request_columns import SAMPLE_ROWS, RequestColumns, check_request_columns
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import import_object
@@ -190,13 +189,7 @@ def check_model_source(settings: Settings, views: Iterable[JoinKeyed]) -> None:
     store's schema, not its rows) and the feature service's views: where the settings meet the
     data before a replay (baseline, drill) or a service starts."""
     model = _model(settings)
-    path = OfflineStore(settings.paths.offline_dir).path(model.source)
-    columns: list[str] | None = None
-    if path.exists():
-        try:
-            columns = list(pq.read_schema(path).names)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
-            raise StorageError(f"offline store file {path} is unreadable: {exc}") from None
+    columns = OfflineStore(settings.paths.offline_dir).columns(model.source)
     check_model_data(settings, columns, [k for v in views for k in v.join_keys])
 
 
