@@ -262,3 +262,50 @@ def test_fired_first_reads_an_interval_beyond_the_null_but_within_the_minimum_as
         "clean",
         "continue",
     ]
+
+
+def test_clustered_state_is_additive_and_reads_the_clusters_spread() -> None:
+    rng = np.random.default_rng(30)
+    # independent observations cut into hours: the clustered sd is about the plain one
+    hours = [MeanState.of(rng.normal(0, 1, 20)) for _ in range(200)]
+    plain = MeanState.of_clusters(hours)
+    assert plain.n == 4000 and plain.clusters == 200
+    assert plain.clustered_sd == pytest.approx(plain.sd, rel=0.15)
+    # merging clustered halves equals clustering the whole (the sums are additive)
+    halves = MeanState.of_clusters(hours[:90]) + MeanState.of_clusters(hours[90:])
+    assert halves.clustered_sd == pytest.approx(plain.clustered_sd)
+    assert MeanState.from_json(json.loads(json.dumps(halves.to_json()))) == halves
+    assert MeanState.from_json({"n": 3, "total": 1.0, "squares": 1.0}).clusters == 0
+    # each hour sharing a cause (an offset of sd 0.5): the spread of the mean grows with it
+    shared = [MeanState.of(rng.normal(0, 1, 20) + rng.normal(0, 0.5)) for _ in range(200)]
+    together = MeanState.of_clusters(shared)
+    assert together.clustered_sd > 2 * together.sd  # sqrt(1 + 19 x 0.25 / 1.25) ~ 2.2 x
+    assert together.test_squares > together.squares
+    assert math.isnan(MeanState.of_clusters(shared[:1]).clustered_sd)  # one cluster: unknown
+    assert MeanState.of_clusters(shared[:1]).test_squares == shared[0].squares
+
+
+def test_a_mean_test_on_clustered_observations_keeps_its_error_rate() -> None:
+    """Observations that share an hourly cause (an offset of sd 0.5 over noise of sd 1, 10 per
+    hour), checked every hour for 48 hours, true effect 0: read as independent the test fires
+    far more often than alpha; clustered by hour it stays within the tolerance."""
+    rng = np.random.default_rng(31)
+    runs, hours, per_hour = 400, 48, 10
+    test = MeanTest(0.3, side="greater", min_n=100)
+    looks = []  # (n, total, squares as independent, squares as the test reads them)
+    for _ in range(runs):
+        merged = MeanState()
+        for _ in range(hours):
+            hour = MeanState.of(rng.normal(0, 1, per_hour) + rng.normal(0, 0.5))
+            merged = merged + MeanState.of_clusters([hour])
+            looks.append((merged.n, merged.total, merged.squares, merged.test_squares))
+    n, total, plain, clustered = np.asarray(looks).reshape(runs, hours, 4).transpose(2, 0, 1)
+    fired = {
+        name: int((test.verdicts(n, total, squares) == "fired").any(axis=1).sum())
+        for name, squares in (("independent", plain), ("clustered", clustered))
+    }
+    tolerance = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / runs)
+    assert fired["independent"] / runs > 2 * tolerance, fired  # the dependence matters here
+    assert fired["clustered"] / runs <= tolerance, fired
+    # decide reads the same squares as verdicts
+    assert test.decide(merged).high == pytest.approx(test.bounds(*looks[-1][:2], looks[-1][3])[2])

@@ -470,15 +470,20 @@ class Monitor:
                     features=False,
                 )
                 parts.append(Part(a, int(version), str(role), summary))
+            # pairs summarised per hour: the clusters of the KPI's test (see _by_hour)
+            hours = pd.to_datetime(frame["time"], utc=True).dt.floor("h") if len(frame) else []
             pairs = summarise_all_pairs(
-                frame,
-                ["version", "role"],
+                frame.assign(hour=hours),
+                ["version", "role", "hour"],
                 lambda v: self.reference(v).spec,
                 kpi=self._settings.kpi,
                 cost=self._cost,
                 latency_budget_ms=budget_ms,
             )
-            parts += [Part(a, int(v), str(r), summary) for (v, r), summary in pairs.items()]
+            parts += [
+                Part(max(a, hour.to_pydatetime()), int(v), str(r), summary)
+                for (v, r, hour), summary in pairs.items()
+            ]
             for version in versions:
                 assert version is not None
                 failed = self._log.errors(a, b, version)
@@ -763,7 +768,7 @@ def fold_states(
         own,
         reference=reference,
         score=pairs,
-        cost=_mean_state(p.summary.pair_costs.get(reference, Moments()) for p in mine),
+        cost=_by_hour((p.time, p.summary.pair_costs.get(reference, Moments())) for p in mine),
         slow_pairs=(
             (RateState(slow.timed, slow.mine), RateState(slow.timed, slow.other))
             if slow.timed
@@ -781,6 +786,17 @@ def _failed(parts: Sequence[Part], version: int, since: datetime | None) -> int:
         for p in parts
         if p.version == version and p.role == ERRORS_ROLE and (since is None or p.time >= since)
     )
+
+
+def _by_hour(parts: Iterable[tuple[datetime, Moments]]) -> MeanState:
+    """The parts' observations as one state clustered by the hour each part began in (the
+    requests of an hour share its conditions, its traffic, its incidents: a mean test then reads
+    their cluster-robust spread, see ``MeanState.clustered_sd``)."""
+    hours: dict[datetime, MeanState] = {}
+    for began, moments in parts:
+        hour = began.replace(minute=0, second=0, microsecond=0)
+        hours[hour] = hours.get(hour, MeanState()) + MeanState(*moments.sums())
+    return MeanState.of_clusters(hours.values())
 
 
 def _mean_state(moments: Iterable[Moments]) -> MeanState:

@@ -84,6 +84,24 @@ class MeanState:
     n: int = 0
     total: float = 0.0
     squares: float = 0.0
+    # when the observations come in clusters that share a cause (the requests of one hour
+    # share its conditions): the number of clusters and, over them, the sums of S_c^2, n_c S_c and
+    # n_c^2 (n_c, S_c: a cluster's count and sum), additive like the rest (see of_clusters)
+    clusters: int = 0
+    cluster_squares: float = 0.0
+    cluster_cross: float = 0.0
+    cluster_sizes: float = 0.0
+
+    @classmethod
+    def of_clusters(cls, states: Iterable[MeanState]) -> MeanState:
+        """The states merged, each one a cluster (its own cluster sums are replaced)."""
+        merged = cls()
+        for s in states:
+            if s.n:
+                merged = merged + cls(
+                    s.n, s.total, s.squares, 1, s.total * s.total, s.n * s.total, float(s.n * s.n)
+                )
+        return merged
 
     @classmethod
     def of(cls, values: Iterable[float] | np.ndarray) -> MeanState:
@@ -92,7 +110,15 @@ class MeanState:
         return cls(int(array.size), float(array.sum()), float(np.square(array).sum()))
 
     def merge(self, other: MeanState) -> MeanState:
-        return MeanState(self.n + other.n, self.total + other.total, self.squares + other.squares)
+        return MeanState(
+            self.n + other.n,
+            self.total + other.total,
+            self.squares + other.squares,
+            self.clusters + other.clusters,
+            self.cluster_squares + other.cluster_squares,
+            self.cluster_cross + other.cluster_cross,
+            self.cluster_sizes + other.cluster_sizes,
+        )
 
     def __add__(self, other: MeanState) -> MeanState:
         return self.merge(other)
@@ -109,12 +135,50 @@ class MeanState:
         variance = (self.squares - self.total * self.total / self.n) / (self.n - 1)
         return math.sqrt(max(variance, 0.0))
 
+    @property
+    def clustered_sd(self) -> float:
+        """The standard deviation that counts the clusters' dependence: sqrt(n) x the
+        cluster-robust standard error of the mean (with the G / (G - 1) correction); NaN
+        without at least 2 clusters."""
+        if self.clusters < 2 or not self.n:
+            return math.nan
+        mean = self.total / self.n
+        spread = self.cluster_squares - 2 * mean * self.cluster_cross
+        spread += mean * mean * self.cluster_sizes
+        correction = self.clusters / (self.clusters - 1)
+        return math.sqrt(max(spread, 0.0) / self.n * correction)
+
+    @property
+    def test_squares(self) -> float:
+        """The sum of squares a mean test reads: the sample's own, raised so that its standard
+        deviation is at least ``clustered_sd`` (observations that share a cause carry less
+        evidence than their number)."""
+        sd = self.clustered_sd
+        if self.n < 2 or not math.isfinite(sd):
+            return self.squares
+        return max(self.squares, self.total * self.total / self.n + (self.n - 1) * sd * sd)
+
     def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "total": self.total, "squares": self.squares}
+        document: dict[str, Any] = {"n": self.n, "total": self.total, "squares": self.squares}
+        if self.clusters:
+            document["clusters"] = [
+                self.clusters,
+                self.cluster_squares,
+                self.cluster_cross,
+                self.cluster_sizes,
+            ]
+        return document
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> MeanState:
-        return cls(int(document["n"]), float(document["total"]), float(document["squares"]))
+        clusters = document.get("clusters") or (0, 0.0, 0.0, 0.0)
+        return cls(
+            int(document["n"]),
+            float(document["total"]),
+            float(document["squares"]),
+            int(clusters[0]),
+            *(float(v) for v in clusters[1:]),
+        )
 
 
 @dataclass(frozen=True)
@@ -293,8 +357,8 @@ class MeanTest:
     def _scale(self, state: MeanState) -> float:
         if self.scale is not None:
             return self.scale
-        sd = state.sd
-        return max(sd if math.isfinite(sd) else 0.0, self.min_sd)
+        sd = max((v for v in (state.sd, state.clustered_sd) if math.isfinite(v)), default=0.0)
+        return max(sd, self.min_sd)
 
     def needed(self, state: MeanState) -> int:
         """The sample size at which the interval is narrow enough to decide whatever the true
@@ -313,7 +377,8 @@ class MeanTest:
         return max(math.ceil(brentq(too_wide, 1, MAX_N, xtol=0.5)), self.min_n)
 
     def decide(self, state: MeanState) -> Decision:
-        estimate, low, high = (float(v) for v in self.bounds(state.n, state.total, state.squares))
+        found = self.bounds(state.n, state.total, state.test_squares)
+        estimate, low, high = (float(v) for v in found)
         verdict = str(
             verdicts(low, high, self.side, self.null_effect, self.min_effect, self.fired_first)
         )
