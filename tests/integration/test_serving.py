@@ -284,8 +284,9 @@ def test_last_good_never_returns_null(serving) -> None:
 
 
 def test_per_feature_last_good_fallback(serving) -> None:
-    ask(serving, "lg-1")  # remembers EWR's weather
+    # temp falls back to its last good value (memory is kept only while a feature reads it)
     serving.predictor.features._fallback_overrides = {"temp": "last_good"}
+    ask(serving, "lg-1")  # remembers EWR's weather
     remembered = serving.log.get("lg-1").features["temp"]
     answer = ask(serving, "lg-2", scheduled_departure="2013-06-15T12:00:00Z")
     logged = serving.log.get("lg-2").features

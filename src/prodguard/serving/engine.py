@@ -234,10 +234,6 @@ class FeatureLookup:
         self._critical = frozenset(critical)
         self._clock = clock or SystemClock()
         self._last_good = LastGood()
-        self._remembers = any(  # a feature reads the memory of last good values
-            self._fallback_overrides.get(f.name, self._fallback) == "last_good"
-            for f in self._features
-        )
         self._lookups = ThreadPoolExecutor(
             max_workers=LOOKUP_WORKERS, thread_name_prefix="prodguard-lookup"
         )
@@ -314,8 +310,8 @@ class FeatureLookup:
         (or fallbacks), each row's flags and critical problems (in feature order, as
         ``assemble``). The stamps' verdicts (missing, future, stale) are worked out once for
         the features that share their stamps (a view's), a batch's distinct values of a
-        feature are checked once, and valid values are remembered only when a feature falls
-        back to its last good value (nothing else reads the memory)."""
+        feature are checked once, and valid values are remembered only when a feature's
+        fallback is its last good value (nothing else reads the memory)."""
         records = fetched if fetched is not None else [{}] * len(rows)
         seconds = self._request_seconds(rows)
         out = StoreColumns(
@@ -334,6 +330,10 @@ class FeatureLookup:
 
         stamped: list[tuple[float, list[Any], list[str | None]]] = []  # the stamps' verdicts
         good: list[tuple[str, list[str], list[Any], list[str | None] | None]] = []
+        remembers = any(  # a feature reads the memory of last good values (as configured now)
+            self._fallback_overrides.get(f.name, self._fallback) == "last_good"
+            for f in self._features
+        )
         for feature in self._features:
             name = feature.name
             values = [record.get(name) for record in records]
@@ -343,11 +343,11 @@ class FeatureLookup:
                 else self._problems(feature, values, records, seconds, stamped)
             )
             if not any(reasons):
-                if self._remembers:
+                if remembers:
                     good.append((name, entity_keys(feature), values, None))
                 out.columns.append(values)
                 continue
-            if self._remembers:
+            if remembers:
                 good.append((name, entity_keys(feature), values, reasons))
             critical = name in self._critical
             fallback = champion.fallbacks.get(name)
