@@ -192,7 +192,9 @@ def test_parallel_promotions_exactly_one_wins(settings) -> None:
     operations = wiring.registry_operations(settings)
     operations.promote("setup", "start", version=1)
     operations.set_candidate(2, "setup", "contender")
-    context = multiprocessing.get_context("fork")
+    # spawned, not forked: a fork of a test process whose other threads hold locks (logging,
+    # MLflow's, an earlier test's pools) can hang in the child
+    context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(10), context.Queue()
     workers = [context.Process(target=_race, args=(settings, barrier, results)) for _ in range(10)]
     for worker in workers:
