@@ -15,7 +15,7 @@ from prodguard.errors import ConfigError, NoDataError, TrainingError
 from prodguard.features.request_columns import SAMPLE_ROWS, RequestColumns, check_request_columns
 from prodguard.ingestion.offline import OfflineStore
 from prodguard.project import import_object
-from prodguard.training.settings_checks import SHOWN, check_entity_keys, check_label
+from prodguard.training.settings_checks import check_entity_keys, check_label, check_source_keys
 
 RequestFeatures = Callable[[pd.DataFrame], pd.DataFrame]
 ROW_ID = "__prodguard_row"
@@ -207,16 +207,7 @@ def check_model_data(
         return
     check_label(model, columns)
     check_entity_keys(model, columns, join_keys)
-    source = settings.sources[model.source]
-    times = ("event_timestamp", source.timestamp)
-    absent = [k for k in source.keys if k not in times and k not in columns]
-    if absent:
-        shown = ", ".join(map(str, list(columns)[:SHOWN]))
-        more = f", ... ({len(columns)} in all)" if len(columns) > SHOWN else ""
-        raise ConfigError(
-            f"sources.{model.source}.keys {absent} are not columns of source '{model.source}' "
-            f"(its columns: {shown}{more}); list the columns that identify a row"
-        )
+    check_source_keys(model, settings.sources[model.source], columns)
 
 
 def _model(settings: Settings) -> ModelSettings:

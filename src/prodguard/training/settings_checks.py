@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from prodguard.config import ModelSettings
+from prodguard.config import ModelSettings, SourceSettings
 from prodguard.errors import ConfigError
 
 SHOWN = 12  # columns named in a message
@@ -35,6 +35,17 @@ def check_entity_keys(
         raise ConfigError(
             f"model.entity_keys {list(model.entity_keys)} lack the feature service's join keys "
             f"{needed}; add them (the feature views' entities join on them)"
+        )
+
+
+def check_source_keys(model: ModelSettings, source: SourceSettings, columns: Sequence[str]) -> None:
+    """The source's row keys (its time columns aside) are columns of the model's source."""
+    times = ("event_timestamp", source.timestamp)
+    absent = [k for k in source.keys if k not in times and k not in columns]
+    if absent:
+        raise ConfigError(
+            f"sources.{model.source}.keys {absent} are not columns of source '{model.source}' "
+            f"(its columns: {_some(columns)}); list the columns that identify a row"
         )
 
 
