@@ -130,9 +130,18 @@ class MeanState:
     @property
     def sd(self) -> float:
         """Sample standard deviation (``n - 1`` in the denominator)."""
+        return self._sd_of(self.squares)
+
+    @property
+    def test_sd(self) -> float:
+        """The standard deviation a mean test reads: the larger of ``sd`` and ``clustered_sd``
+        (the one ``test_squares`` carries)."""
+        return self._sd_of(self.test_squares)
+
+    def _sd_of(self, squares: float) -> float:
         if self.n < 2:
             return math.nan
-        variance = (self.squares - self.total * self.total / self.n) / (self.n - 1)
+        variance = (squares - self.total * self.total / self.n) / (self.n - 1)
         return math.sqrt(max(variance, 0.0))
 
     @property
@@ -357,8 +366,8 @@ class MeanTest:
     def _scale(self, state: MeanState) -> float:
         if self.scale is not None:
             return self.scale
-        sd = max((v for v in (state.sd, state.clustered_sd) if math.isfinite(v)), default=0.0)
-        return max(sd, self.min_sd)
+        sd = state.test_sd
+        return max(sd if math.isfinite(sd) else 0.0, self.min_sd)
 
     def needed(self, state: MeanState) -> int:
         """The sample size at which the interval is narrow enough to decide whatever the true
