@@ -8,6 +8,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.cli import run
 
@@ -31,6 +32,11 @@ def test_init_drafts_a_project_that_ingests_and_materializes(tmp_path: Path) -> 
         if e["kwargs"].get("column") == "wind_gust" and "mostly" in e["kwargs"]
     )
     assert 0 < gust["kwargs"]["mostly"] < 1  # wind_gust is often missing: a drafted null rate
+    drafted = (project / "prodguard.yaml").read_text()
+    assert "fitted to ~71.8 requests a day (the\n# rate of weather.csv's rows)" in drafted
+    settings = yaml.safe_load(drafted)  # 3 days hold a guard check's 200; 5 % of 72 a canary's 20
+    assert settings["rollout"]["guard_minutes"] == 4320
+    assert settings["rollout"]["bake_min_requests"] == 20
 
     report = json.loads(
         run(project, "ingest", "--start", "2013-01-01", "--end", "2013-03-01", "--json").stdout

@@ -93,3 +93,22 @@ def test_the_drafts_suggested_columns_form_gives_the_frame_forms_values(
     )
     assert len(rows) > 6000
     assert first_difference(module.request_features, module.request_features_columns, rows) is None
+
+
+def test_the_sizes_are_drafted_for_the_labelled_rows_rate(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"day": pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True)})
+    source = drafts.Source("rides", tmp_path / "rides.csv", "day", profile(frame), timedelta(1), 2)
+
+    def drafted(per_day: float | None) -> dict:
+        plan = drafts.Plan("p", "p_project", "regression", "station", "rides", [source], per_day)
+        return drafts.settings(plan)
+
+    few = drafted(1.0)  # a request a day: every count at its fewest, periods to hold them
+    assert few["rollout"]["triggers"] == {"min_requests": 20}
+    assert few["rollout"]["guard_minutes"] == 28800
+    assert few["monitoring"]["window"] == {"min_rows": 20, "minutes": 28800}
+    assert few["monitoring"]["kpi"]["min_labelled"] == 20  # a window's labels fit in its rows
+    for plenty in (None, 1e6):  # no rate known, or the defaults fit: nothing but the KPI
+        document = drafted(plenty)
+        assert "rollout" not in document and set(document["monitoring"]) == {"kpi"}
+        assert document["monitoring"]["kpi"]["min_labelled"] == 50

@@ -10,7 +10,7 @@ from prodguard.config import (
     WindowSettings,
 )
 from prodguard.rollout.drill import inconclusive_note
-from prodguard.rollout.traffic_fit import misfits
+from prodguard.rollout.traffic_fit import FEWEST, fitted, misfits
 from prodguard.rollout.triggers import TriggerResult
 
 pytestmark = pytest.mark.unit
@@ -43,3 +43,51 @@ def test_the_drill_says_which_triggers_were_inconclusive_and_why() -> None:
     assert "prediction_shift, kpi (12 requests, 200 needed)" in note
     assert "rollout.triggers.min_requests" in note
     assert inconclusive_note([TriggerResult("kpi", "clean", 1.0, 5.0)]) == ""
+
+
+def _applied(changes: dict[str, int]) -> tuple[RolloutSettings, MonitoringSettings]:
+    document = {
+        "rollout": RolloutSettings().model_dump(),
+        "monitoring": MonitoringSettings(kpi=KPI).model_dump(),
+    }
+    for dotted, value in changes.items():
+        *path, key = dotted.split(".")
+        section = document
+        for part in path:
+            section = section[part]
+        section[key] = value
+    return (
+        RolloutSettings.model_validate(document["rollout"]),
+        MonitoringSettings.model_validate(document["monitoring"]),
+    )
+
+
+@pytest.mark.parametrize("rate", [0.2, 1, 3, 35, 72, 300, 1000, 4000, 20000, 1e6])
+def test_fitted_sizes_fill_at_the_rate_and_never_go_below_the_fewest(rate: float) -> None:
+    defaults = RolloutSettings(), MonitoringSettings(kpi=KPI)
+    changes = fitted(rate, *defaults)
+    rollout, monitoring = _applied(changes)
+    assert misfits(rate, rollout, monitoring) == []
+    for name, value in changes.items():
+        if not name.endswith("minutes"):
+            assert value >= FEWEST, (name, value)
+    if not misfits(rate, *defaults):
+        assert changes == {}
+
+
+def test_a_few_requests_a_day_lowers_counts_after_lengthening_periods() -> None:
+    defaults = RolloutSettings(), MonitoringSettings(kpi=KPI)
+    assert fitted(72, *defaults) == {  # 3 days hold 200 guard requests; 5 % of 72 is 3.6 a day
+        "rollout.guard_minutes": 4320,
+        "rollout.bake_min_requests": 20,
+        "rollout.bake_minutes": 8640,
+    }
+    assert fitted(1, *defaults) == {  # a week holds 7: 20 requests need 20 days
+        "rollout.triggers.min_requests": 20,
+        "rollout.guard_minutes": 28800,
+        "rollout.bake_min_requests": 20,
+        "rollout.bake_minutes": 576000,
+        "monitoring.window.min_rows": 20,
+        "monitoring.window.minutes": 28800,
+    }
+    assert fitted(0, *defaults) == {}

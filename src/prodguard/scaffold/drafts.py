@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+from prodguard.config import KpiSettings, MonitoringSettings, RolloutSettings
+from prodguard.rollout.traffic_fit import fitted
 from prodguard.scaffold.profile import ColumnProfile
 
 TIMESTAMP = "event_timestamp"  # every source's time column, as prodguard and Feast expect it
@@ -42,6 +44,7 @@ class Plan:
     entity: str
     label: str
     sources: list[Source]  # the first holds the labelled rows
+    per_day: float | None = None  # the labelled rows' rate: the requests a day to size for
 
     @property
     def model_source(self) -> Source:
@@ -314,8 +317,16 @@ class Request(BaseModel):
 
 
 def settings(plan: Plan) -> dict[str, Any]:
-    kpi: dict[str, Any] = {**TASK_KPI[plan.task], "outcome": plan.label, "min_labelled": 50}
-    return {
+    """prodguard.yaml, with the guard's and monitors' sizes fitted to ``plan.per_day`` where the
+    defaults (made for thousands of requests a day) would leave their checks inconclusive."""
+    sizes = _fitted_sizes(plan.per_day)
+    min_labelled = min(50, sizes.get("monitoring.window.min_rows", 50))
+    kpi: dict[str, Any] = {
+        **TASK_KPI[plan.task],
+        "outcome": plan.label,
+        "min_labelled": min_labelled,
+    }
+    drafted: dict[str, Any] = {
         "project": {"name": plan.name, "loader": f"{plan.package}.loader:Loader"},
         "paths": {"data_dir": ".prodguard", "feature_repo": "feature_repo"},
         "feature_store": {
@@ -339,3 +350,17 @@ def settings(plan: Plan) -> dict[str, Any]:
         "serving": {"request_model": f"{plan.package}.features:Request"},
         "monitoring": {"kpi": kpi},
     }
+    for dotted, value in sizes.items():
+        section = drafted
+        *path, key = dotted.split(".")
+        for part in path:
+            section = section.setdefault(part, {})
+        section[key] = value
+    return drafted
+
+
+def _fitted_sizes(per_day: float | None) -> dict[str, int]:
+    if per_day is None:
+        return {}
+    monitoring = MonitoringSettings(kpi=KpiSettings(name="kpi", outcome="outcome"))
+    return fitted(per_day, RolloutSettings(), monitoring)

@@ -59,6 +59,8 @@ def init_project(
             raise InputError(
                 f"--timestamp column '{timestamp}' of {path.name} is not a time"
             ) from None
+        if index == 0:
+            labelled = frame[timestamp]
         sources.append(
             drafts.Source(
                 name=_identifier(path.stem),
@@ -71,9 +73,17 @@ def init_project(
         )
     if len({s.name for s in sources}) < len(sources):
         raise InputError("two --data files have the same name; rename one")
-    plan = drafts.Plan(project, f"{project}_project", task, entity, label, sources)
+    per_day = _rows_per_day(labelled)
+    plan = drafts.Plan(project, f"{project}_project", task, entity, label, sources, per_day)
+    sized = (
+        f"# Sizes of the guard and the monitors fitted to ~{per_day:.3g} requests a day (the\n"
+        f"# rate of {data[0].name}'s rows); `prodguard status` says when they miss your traffic\n"
+        if per_day is not None
+        else ""
+    )
     texts = {
         "prodguard.yaml": "# Drafted by `prodguard init`; see docs/guard-your-own-model.md\n"
+        + sized
         + yaml.safe_dump(drafts.settings(plan), sort_keys=False),
         "feature_repo/feature_store.yaml": drafts.FEATURE_STORE_YAML.format(name=project),
         "feature_repo/definitions.py": drafts.definitions(plan),
@@ -94,6 +104,13 @@ def init_project(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
     return InitResult(root, {p: t.count("\n") for p, t in texts.items()})
+
+
+def _rows_per_day(stamps: pd.Series) -> float | None:
+    """The labelled rows' rate over the period they span (None when they span no time)."""
+    present = stamps.dropna()
+    days = (present.max() - present.min()).total_seconds() / 86400 if len(present) else 0.0
+    return len(present) / days if days > 0 else None
 
 
 def _read(path: Path) -> pd.DataFrame:
