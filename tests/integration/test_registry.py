@@ -17,6 +17,7 @@ from prodguard.errors import (
     RegistryError,
 )
 from prodguard.ingestion.offline import OfflineStore
+from prodguard.registry.audit import move_line
 from prodguard.registry.operations import AliasState
 from tests.conftest import utc
 
@@ -133,6 +134,13 @@ def test_promote_rollback_promote_round_trip(settings) -> None:
         assert earlier.to_state == later.from_state  # the audit log is a consistent chain
     assert history[-1].to_state == operations.state().as_dict()
     assert record.evidence == {"trigger": "manual"} and record.actor == "bob"
+    assert move_line(history[3]) == (
+        f"promote: champion v1 -> v2, standby unset -> v1, candidate v2 -> unset "
+        f"(audit #{history[3].id}, by alice)"
+    )
+    assert move_line(record) == (
+        f"rollback: champion v2 -> v1, standby v1 -> unset (audit #{record.id}, by bob)"
+    )
 
 
 def test_refusals_move_nothing(settings) -> None:
