@@ -27,7 +27,7 @@ from prodguard.errors import InputError, ProdguardError, first_line
 from prodguard.ingestion.pipeline import BatchResult
 from prodguard.monitoring.baseline import thresholds
 from prodguard.monitoring.jobs import drift_report, record_baseline, watch
-from prodguard.registry.audit import AuditRecord
+from prodguard.registry.audit import AuditRecord, move_line
 from prodguard.registry.operations import default_actor
 from prodguard.render import ingest_table, monitor_table, views_table
 from prodguard.rollout.drill import run_drill
@@ -407,11 +407,7 @@ def adopt(
 
 
 def _record_line(record: AuditRecord) -> None:
-    out.print(
-        f"{record.action}: {record.from_state} -> {record.to_state} "
-        f"(audit #{record.id}, by {record.actor})",
-        highlight=False,
-    )
+    out.print(escape(move_line(record)), highlight=False, soft_wrap=True)
     compared = record.evidence.get("eval")
     if compared:
         verdict = "better" if compared["better"] else "[yellow]not better[/]"

@@ -14,11 +14,13 @@ out of files; a credential written into the file itself is refused.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -599,13 +601,21 @@ def _resolve(settings: Settings, base: Path) -> Settings:
     )
 
 
-def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    for key, value in sorted(environ.items()):
+def _overrides(environ: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """The ``PRODGUARD_SECTION__KEY`` variables, each with the settings path it sets."""
+    found = {}
+    for key in sorted(environ):
         if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS:
             continue
         if _is_variable(key):
             continue  # PRODGUARD_DATABASE_URL & co: ${VARIABLES} of the files, not settings
-        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        found[key] = tuple(p.lower() for p in key[len(ENV_PREFIX) :].split("__"))
+    return found
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for key, parts in _overrides(environ).items():
+        value = environ[key]
         if not all(parts):
             raise ConfigError(f"{key}: empty key segment; use PRODGUARD_SECTION__KEY=value")
         node = raw
@@ -628,18 +638,63 @@ def _is_variable(key: str) -> bool:
     return "__" not in key and key[len(ENV_PREFIX) :].lower() not in Settings.model_fields
 
 
-def _format_validation(error: ValidationError, origin: str) -> str:
+def _format_validation(
+    error: ValidationError, origin: str, overrides: dict[str, tuple[str, ...]]
+) -> str:
+    """One line for the first problem, naming the ``PRODGUARD_*`` variable when the setting
+    came from the environment (``overrides``) rather than from the file ``origin``."""
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = tuple(str(p) for p in first["loc"])
+    where = ".".join(loc) or "(top level)"
     kind = first["type"]
+    more = f" (and {len(error.errors()) - 1} more problem(s))" if len(error.errors()) > 1 else ""
+    for key, path in overrides.items():
+        if kind == "extra_forbidden" and path[: len(loc)] == loc:
+            wrong = ".".join(path)
+            hint = _did_you_mean(path, len(loc) - 1)
+            return f"{key}: unknown setting {wrong} (from the environment); {hint}{more}"
+        if kind != "extra_forbidden" and loc[: len(path)] == path:
+            return f"{key}: {where}: {first['msg']} (from the environment){more}"
     if kind == "extra_forbidden":
         hint = "unknown key; remove it or check its spelling"
     elif kind == "missing":
         hint = "required key is missing; add it"
     else:
         hint = first["msg"]
-    more = f" (and {len(error.errors()) - 1} more problem(s))" if len(error.errors()) > 1 else ""
+    below = [key for key, path in overrides.items() if loc and path[: len(loc)] == loc]
+    if below:  # e.g. a section's check on a file's value and an overridden one
+        origin = f"{origin} with {', '.join(below)} from the environment"
     return f"{origin}: {where}: {hint}{more}"
+
+
+def _did_you_mean(path: tuple[str, ...], wrong: int) -> str:
+    """The hint for ``path`` whose part ``wrong`` is not a setting: the closest known key."""
+    section: Any = Settings
+    for part in path[:wrong]:
+        section = _section(section, part)
+    known = (
+        [name for name, field in section.model_fields.items() if not field.exclude]
+        if isinstance(section, type) and issubclass(section, BaseModel)
+        else []
+    )
+    close = difflib.get_close_matches(path[wrong], known, n=1)
+    if not close:
+        return "remove the variable or check its spelling"
+    return f"did you mean {'.'.join((*path[:wrong], close[0], *path[wrong + 1 :]))}?"
+
+
+def _section(section: Any, part: str) -> Any:
+    """The type of ``section``'s key ``part``: a settings model, a mapping of them, or None."""
+    if get_origin(section) is dict:
+        kind = get_args(section)[1]  # sources: {name: SourceSettings}
+    elif isinstance(section, type) and issubclass(section, BaseModel):
+        field = section.model_fields.get(part)
+        kind = field.annotation if field is not None else None
+    else:
+        return None
+    if isinstance(kind, UnionType) or get_origin(kind) is Union:  # ServingSettings | None
+        kind = next((a for a in get_args(kind) if a is not type(None)), None)
+    return kind
 
 
 def find_config(explicit: Path | str | None = None, environ: dict[str, str] | None = None) -> Path:
@@ -682,7 +737,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, config_path.name)) from None
+        raise ConfigError(_format_validation(exc, config_path.name, _overrides(env))) from None
     variables = {
         k: v
         for k, v in env.items()

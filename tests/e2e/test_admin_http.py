@@ -152,6 +152,8 @@ def test_promotion_rollback_and_rollout_over_http(service: str, project: Path) -
         service, "/admin/rollout/start", {"mode": "canary", "steps": [50, 100], "version": 2}
     )
     assert status == 200 and answer["action"] == "traffic", answer
+    status, answer, _ = call(service, "/admin/rollout/start", {"mode": "shadow", "version": 2})
+    assert status == 409 and "a canary rollout of v2 is running" in answer["error"], answer
     status, answer, _ = call(service, "/admin/rollout/abort", {"reason": "enough"})
     assert status == 200 and answer["actor"] == "http:admin", answer
     status, answer, _ = call(service, "/admin/rollout/abort", {"reason": "again"})

@@ -130,6 +130,8 @@ def test_bad_input_is_4xx_without_echo(service: str, body) -> None:
     status, answer = post(service, "/predict", body)
     assert 400 <= status < 500, (status, answer)
     assert MARKER not in json.dumps(answer)
+    assert isinstance(answer, dict) and set(answer) == {"error", "problems"}, answer
+    assert answer["problems"] and "pydantic" not in json.dumps(answer), answer
 
 
 def test_batch_limits(service: str) -> None:
@@ -206,6 +208,9 @@ def test_a_refused_request_is_422_and_a_batch_answers_row_by_row(service: str) -
     assert [r["status"] for r in results] == [200, 422, 400, 200, 400]
     assert results[1]["problems"][0]["field"] == "dest" and results[1]["prediction"] is None
     assert results[2]["problems"][0]["field"] == "distance" and results[2]["error"]
+    status, alone = post(service, "/predict", malformed)  # as /predict answers the same row
+    assert status == 400 and alone["problems"] == results[2]["problems"], alone
+    assert alone["error"] == results[2]["error"].replace("malformed row", "malformed request")
     assert "carrier:unseen" in results[3]["prediction"]["flags"]
     assert MARKER not in json.dumps(answer)
 

@@ -3,11 +3,12 @@
 import json
 import multiprocessing
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from prodguard import app, wiring
+from prodguard import app, cli, wiring
 from prodguard.config import load_settings
 from prodguard.contracts.suites import read_suite
 from prodguard.errors import (
@@ -17,7 +18,9 @@ from prodguard.errors import (
     RegistryError,
 )
 from prodguard.ingestion.offline import OfflineStore
+from prodguard.registry.audit import move_line
 from prodguard.registry.operations import AliasState
+from prodguard.rollout.jobs import abort_rollout, start_rollout
 from tests.conftest import utc
 
 pytestmark = pytest.mark.integration
@@ -133,6 +136,13 @@ def test_promote_rollback_promote_round_trip(settings) -> None:
         assert earlier.to_state == later.from_state  # the audit log is a consistent chain
     assert history[-1].to_state == operations.state().as_dict()
     assert record.evidence == {"trigger": "manual"} and record.actor == "bob"
+    assert move_line(history[3]) == (
+        f"promote: champion v1 -> v2, standby unset -> v1, candidate v2 -> unset "
+        f"(audit #{history[3].id}, by alice)"
+    )
+    assert move_line(record) == (
+        f"rollback: champion v2 -> v1, standby v1 -> unset (audit #{record.id}, by bob)"
+    )
 
 
 def test_refusals_move_nothing(settings) -> None:
@@ -150,6 +160,40 @@ def test_refusals_move_nothing(settings) -> None:
         operations.promote("a", "why", version=2)
     assert operations.state() == AliasState(champion=2)
     assert len(operations.history()) == 3
+
+
+def test_a_second_rollout_start_is_refused_while_one_runs(settings, monkeypatch, capsys) -> None:
+    operations = wiring.registry_operations(settings, with_checks=True)
+    operations.promote("a", "first", version=1)
+    started = start_rollout(settings, "canary", "alice", "50,100", version=2)
+    running = operations.traffic()
+    assert (running.mode, running.version) == ("canary", 2)
+    since = running.step_started[:19]
+    with pytest.raises(PromotionRefused) as refused:
+        start_rollout(settings, "shadow", "bob", version=2)
+    assert str(refused.value) == (
+        f"a canary rollout of v2 is running (step 1 of 2: 50% of traffic, since {since}); "
+        "nothing changed — end it first with `prodguard rollout abort --reason ...`, then start "
+        "the new one"
+    )
+    # the command line: the same one line, exit code 1 (refused)
+    monkeypatch.setenv("PRODGUARD_REGISTRY__CONFIG", str(settings.registry.config))
+    config = str(settings.config_path)
+    monkeypatch.setattr(
+        sys, "argv", ["prodguard", "--config", config, "rollout", "start", "--mode", "shadow"]
+    )
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {refused.value}"]
+    assert operations.traffic() == running  # not replaced
+    assert operations.history(1)[0].id == started.id
+    abort_rollout(settings, "alice", "make way")
+    shadow = start_rollout(settings, "shadow", "bob", version=2)
+    assert operations.traffic().mode == "shadow" and shadow.reason == "shadow rollout of v2"
+    with pytest.raises(PromotionRefused, match=r"^a shadow rollout of v2 is running \(since "):
+        start_rollout(settings, "canary", "alice", "50,100", version=2)
 
 
 def test_stale_expectation_is_refused(settings) -> None:

@@ -73,6 +73,58 @@ def test_bad_env_value_is_named(project: Path) -> None:
         load_settings(project / "prodguard.yaml", environ={"PRODGUARD_PATHS__DATA_DIR__X": "1"})
 
 
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (
+            "PRODGUARD_SERVING__WORKRES",
+            "PRODGUARD_SERVING__WORKRES: unknown setting serving.workres (from the environment); "
+            "did you mean serving.workers?",
+        ),
+        (
+            "PRODGUARD_SERVNG__WORKERS",
+            "PRODGUARD_SERVNG__WORKERS: unknown setting servng.workers (from the environment); "
+            "did you mean serving.workers?",
+        ),
+        (
+            "PRODGUARD_SOURCES__PLANES__KEYZ",
+            "PRODGUARD_SOURCES__PLANES__KEYZ: unknown setting sources.planes.keyz (from the "
+            "environment); did you mean sources.planes.keys?",
+        ),
+        (
+            "PRODGUARD_ZZZ__QQQ",
+            "PRODGUARD_ZZZ__QQQ: unknown setting zzz.qqq (from the environment); remove the "
+            "variable or check its spelling",
+        ),
+    ],
+)
+def test_an_env_override_typo_names_the_variable_not_the_file(
+    project: Path, key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(project / "prodguard.yaml", environ={key: "2"})
+    assert str(caught.value) == message
+
+
+def test_an_env_override_value_names_the_variable(project: Path) -> None:
+    environ = {"PRODGUARD_SERVING__WORKERS": "many", "PRODGUARD_PATHS__DATA_DIR": "/srv/x"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(project / "prodguard.yaml", environ=environ)
+    assert str(caught.value) == (
+        "PRODGUARD_SERVING__WORKERS: serving.workers: Input should be a valid integer, unable to "
+        "parse string as an integer (from the environment)"
+    )
+    # a section's own check on the file's values and an overridden one names both
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            project / "prodguard.yaml", environ={"PRODGUARD_MONITORING__PSI__CRITICAL": "0.05"}
+        )
+    assert str(caught.value).startswith(
+        "prodguard.yaml with PRODGUARD_MONITORING__PSI__CRITICAL from the environment: "
+        "monitoring.psi: Value error, critical must be at least warning"
+    )
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found; run from the project folder"):
         load_settings(tmp_path / "absent.yaml", environ={})

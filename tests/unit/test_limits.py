@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse
 
 from prodguard.config import load_settings
 from prodguard.errors import ConfigError
@@ -20,6 +22,7 @@ from prodguard.serving.limits import (
 pytestmark = pytest.mark.unit
 
 TOKEN = "s3cret-token-0123456789"
+MARKER = "PAYLOADMARKER"
 
 
 # ---- pure decisions ---------------------------------------------------------------------------
@@ -204,6 +207,75 @@ def test_a_burst_is_refused_at_once_and_overruns_keep_their_place() -> None:
         await asyncio.gather(*held)
 
     asyncio.run(scenario())
+
+
+class _Request(BaseModel):
+    request_id: str
+    distance: float
+    carrier: str
+
+
+class _Bento:
+    """Answers a body that does not fit ``_Request`` as BentoML 1.4 does (its
+    ``api_endpoint_wrapper``), any other with ``answer``."""
+
+    def __init__(self, answer: JSONResponse | None = None) -> None:
+        self.answer = answer
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = (await receive())["body"]
+        try:
+            _Request.model_validate_json(body)
+            response = self.answer or JSONResponse({"ok": True})
+        except ValidationError as exc:
+            detail = exc.errors(include_context=False, include_input=False)
+            response = JSONResponse(
+                {"error": f"{exc.error_count()} validation error for Input", "detail": detail},
+                status_code=400,
+            )
+        await response(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    ("body", "problems"),
+    [
+        (
+            {"request_id": "r1", "distance": MARKER, "carrier": "UA"},
+            [("distance", "Input should be a valid number, unable to parse string as a number")],
+        ),
+        (
+            {"request_id": "r1", "distance": MARKER},
+            [
+                ("distance", "Input should be a valid number, unable to parse string as a number"),
+                ("carrier", "Field required"),
+            ],
+        ),
+        ([MARKER], [("body", "Input should be an object")]),
+        (
+            '{"not json ' + MARKER,
+            [("body", "Invalid JSON: EOF while parsing a string at line 1 column 24")],
+        ),
+    ],
+)
+def test_a_body_that_does_not_fit_is_one_problem_per_mistake_without_links(body, problems) -> None:
+    boundary, _, _ = _boundary(_Bento(), max_body=4096)
+    data = (body if isinstance(body, str) else json.dumps(body)).encode()
+    status, headers, answer = asyncio.run(_request(boundary, body=data))
+    assert status == 400 and int(headers[b"content-length"]) == len(json.dumps(answer))
+    assert answer == {
+        "error": "malformed request: " + "; ".join(f"{f}: {p}" for f, p in problems),
+        "problems": [{"field": f, "problem": p} for f, p in problems],
+    }
+    assert MARKER not in json.dumps(answer) and "pydantic" not in json.dumps(answer)
+
+
+def test_answers_of_prodguard_pass_unchanged() -> None:
+    own = {"error": "malformed row: x: y", "problems": [{"field": "x", "problem": "y"}]}
+    boundary, _, _ = _boundary(_Bento(JSONResponse(own, status_code=400)), max_body=4096)
+    valid = json.dumps({"request_id": "r1", "distance": 1.0, "carrier": "UA"}).encode()
+    assert asyncio.run(_request(boundary, body=valid))[::2] == (400, own)
+    boundary, _, _ = _boundary(_Bento(), max_body=4096)
+    assert asyncio.run(_request(boundary, body=valid))[::2] == (200, {"ok": True})
 
 
 # ---- the token in the settings ------------------------------------------------------------

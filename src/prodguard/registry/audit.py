@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from prodguard.errors import RegistryUnavailable, first_line
-from prodguard.registry.mlflow_adapter import registry_error
+from prodguard.registry.mlflow_adapter import ALIASES, registry_error
 
 _metadata = sa.MetaData()
 _lock = sa.Table(
@@ -59,6 +59,24 @@ class AuditRecord:
         record = asdict(self)
         record["time"] = self.time.isoformat()
         return record
+
+
+def move_line(record: AuditRecord) -> str:
+    """One readable line of an alias move, e.g. ``promote: champion v1 -> v2, standby unset ->
+    v1, candidate v2 -> unset (audit #12, by alice@host)``: only the aliases that moved."""
+
+    def name(version: int | None) -> str:
+        return "unset" if version is None else f"v{version}"
+
+    moved = [
+        f"{alias} {name(record.from_state.get(alias))} -> {name(record.to_state.get(alias))}"
+        for alias in ALIASES
+        if record.from_state.get(alias) != record.to_state.get(alias)
+    ]
+    return (
+        f"{record.action}: {', '.join(moved) or 'aliases unchanged'} "
+        f"(audit #{record.id}, by {record.actor})"
+    )
 
 
 class AuditLog:

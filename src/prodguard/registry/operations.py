@@ -437,7 +437,14 @@ class RegistryOperations:
         steps: tuple[float, ...] = (),
         version: int | None = None,
     ) -> AuditRecord:
-        """Put ``version`` (default: the candidate) in canary or shadow traffic."""
+        """Put ``version`` (default: the candidate) in canary or shadow traffic; refused while
+        a rollout runs (it would be replaced silently)."""
+        running = self.traffic()
+        if running.active:
+            raise PromotionRefused(
+                f"{running.running()}; nothing changed — end it first with `prodguard rollout "
+                "abort --reason ...`, then start the new one"
+            )
         state = self.state()
         target = version if version is not None else state.candidate
         if target is None:
@@ -456,7 +463,7 @@ class RegistryOperations:
             step=0,
             step_started=self.clock.now().isoformat(),
         )
-        return self.set_traffic(policy, actor, f"{mode} rollout of v{target}")
+        return self.set_traffic(policy, actor, f"{mode} rollout of v{target}", expected=running)
 
     # ---- the one place aliases move ------------------------------------------------------
 

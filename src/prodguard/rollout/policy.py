@@ -60,6 +60,16 @@ class TrafficPolicy:
         steps = " -> ".join(f"{s:g}%" for s in self.steps)
         return f"canary: v{self.version} answers {self.percent:g}% (step {self.step + 1}: {steps})"
 
+    def running(self) -> str:
+        """The rollout in progress, for a refusal: mode, version, step and since when."""
+        since = f"since {self.step_started[:19]}" if self.step_started else "start time unknown"
+        if self.mode == "shadow":
+            return f"a shadow rollout of v{self.version} is running ({since})"
+        return (
+            f"a canary rollout of v{self.version} is running (step {self.step + 1} of "
+            f"{len(self.steps)}: {self.percent:g}% of traffic, {since})"
+        )
+
     def to_json(self) -> dict[str, Any]:
         document = dict(self.__dict__)
         document["steps"] = list(self.steps)

@@ -38,7 +38,13 @@ from prodguard.registry.operations import RegistryOperations
 from prodguard.rollout.guard import GuardDecision
 from prodguard.rollout.jobs import abort_rollout, guard_loop, start_rollout
 from prodguard.serving.engine import Prediction
-from prodguard.serving.limits import Boundary, Limits, check_token
+from prodguard.serving.limits import (
+    Boundary,
+    Limits,
+    check_token,
+    malformed,
+    validation_problems,
+)
 from prodguard.serving.models import ServingState
 from prodguard.serving.outcomes import UnusableOutcome, check_outcome
 from prodguard.telemetry import disable_telemetry
@@ -230,11 +236,8 @@ class MalformedRow(InputError):
     """A batch row that does not match the request model (400, as /predict answers it)."""
 
     def __init__(self, exc: ValidationError) -> None:
-        self.problems = [
-            (".".join(str(p) for p in e["loc"]) or "row", e["msg"]) for e in exc.errors()
-        ]  # where and what, never the value
-        shown = "; ".join(f"{f}: {p}" for f, p in self.problems[:5])
-        super().__init__(f"malformed row: {shown}")
+        self.problems = validation_problems(exc.errors(), "row")  # never the value
+        super().__init__(malformed("row", self.problems))
 
 
 def server_timing(stages: dict[str, float]) -> str:

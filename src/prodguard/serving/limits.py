@@ -14,6 +14,10 @@ values, and is counted through :attr:`Boundary.hooks`.
   the process (429 with ``Retry-After``, answered at once, never queued), each answered within
   ``timeout_s`` (504). A request that overran keeps its place among the running ones until its work
   really ends, so hung work cannot pile up behind the answers already given.
+- every POST: BentoML's own answer to a body that does not fit the API's input (a 400 listing
+  pydantic's errors, each with a link to pydantic's docs) is rewritten as ``{"error",
+  "problems": [{"field", "problem"}]}``, one problem per mistake, as a malformed row of
+  ``/predict_batch`` is answered (:func:`schema_refusal`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -56,6 +60,40 @@ class Refusal:
 
     def body(self) -> bytes:
         return json.dumps({"error": self.message, "problems": []}).encode()
+
+
+def validation_problems(errors: Iterable[Mapping[str, Any]], whole: str) -> list[tuple[str, str]]:
+    """(field, what is wrong) of each pydantic error: where and what, never the value nor
+    pydantic's link; ``whole`` names a mistake in the body as a whole (no field)."""
+    return [
+        (".".join(str(part) for part in e.get("loc", ())) or whole, str(e.get("msg", "invalid")))
+        for e in errors
+    ]
+
+
+def malformed(what: str, problems: list[tuple[str, str]]) -> str:
+    """The one-line message of a malformed body: its first five problems."""
+    return f"malformed {what}: " + "; ".join(f"{f}: {p}" for f, p in problems[:5])
+
+
+def schema_refusal(body: bytes) -> bytes | None:
+    """BentoML's 400 body for an input that does not fit the API (``{"error": "N validation
+    errors for Input", "detail": [pydantic errors]}``) as prodguard's ``{"error", "problems"}``;
+    None for any other body (an answer of prodguard's own is left as it is)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    detail = answer.get("detail") if isinstance(answer, dict) else None
+    if not isinstance(detail, list) or not all(isinstance(e, dict) for e in detail):
+        return None
+    problems = validation_problems(detail, "body")
+    return json.dumps(
+        {
+            "error": malformed("request", problems),
+            "problems": [{"field": f, "problem": p} for f, p in problems],
+        }
+    ).encode()
 
 
 def check_token(authorization: str | None, token: str | None) -> Refusal | None:
@@ -283,6 +321,8 @@ class Boundary:
                 if not message.get("more_body"):
                     break
             receive = _replay(b"".join(chunks), receive)
+        if scope.get("method") in BODY_METHODS:
+            send = _schema_refusals(send)
         await self.app(scope, receive, send)
 
     # ---- answers -----------------------------------------------------------------------------
@@ -324,6 +364,33 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def _schema_refusals(send: Send) -> Send:
+    """``send`` with a 400 held until its body is whole, then rewritten by
+    :func:`schema_refusal` (every other answer passes straight through)."""
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def clean(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and message.get("status") == 400:
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)
+        body = schema_refusal(body) or body
+        headers = [(k, v) for k, v in held.get("headers", ()) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**held, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return clean
 
 
 def _wake(future: asyncio.Future[None]) -> None:
