@@ -12,7 +12,7 @@ import pytest
 
 from prodguard.clock import FixedClock
 from prodguard.config import KpiSettings, MonitoringSettings, WindowSettings
-from prodguard.errors import RegistryError
+from prodguard.errors import ConfigError, RegistryError
 from prodguard.monitoring.baseline import Baseline, MetricBaseline
 from prodguard.monitoring.measures import feature_references
 from prodguard.monitoring.monitor import Monitor, VersionReference
@@ -260,3 +260,17 @@ def test_baseline_replays_staging_and_is_stored_with_the_version(
     assert [r.model_version for r in reports] == [2] * 7
     critical = [f.metric for r in reports for f in r.findings if f.status == "critical"]
     assert len(critical) <= 2, critical
+    logged = staging.count(utc("2013-04-01"), utc("2013-04-08"))
+    staging.close()
+
+    # a replay refused by its settings leaves the last staging log (and the baseline) as they were
+    wrong = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"label": "no_such_column"})}
+    )
+    with pytest.raises(ConfigError, match="model.label"):
+        record_baseline(wrong, utc("2013-04-01"), utc("2013-04-08"), version=2)
+    kept = SqlitePredictionLog(result.log_path, "NORMAL")
+    assert kept.count(utc("2013-04-01"), utc("2013-04-08")) == logged > 5000
+    kept.close()
+    assert not list(result.log_path.parent.glob("*.partial*"))
+    assert version_reference(registry, 2).baseline == b

@@ -110,16 +110,22 @@ def record_baseline(
     operations = wiring.registry_operations(settings)
     version = resolve_version(operations, version, ("candidate", "champion"))
     path = staging_log_path(settings, version)
-    _remove_log(path)
-    log = SqlitePredictionLog(path, "NORMAL")
+    partial = path.with_name(f"{path.name}.partial")  # the last log stays until this one is done
+    _remove_log(partial)
+    log = SqlitePredictionLog(partial, "NORMAL")
     try:
         replayed = replay_version(
             settings, operations.registry, version, start, end, log, keep=keep
         )
         reference = version_reference(operations.registry, version)
         baseline = baseline_from_log(settings, log, version, start, end, reference)
-    finally:
+    except BaseException:
         log.close()
+        _remove_log(partial)
+        raise
+    log.close()  # the last connection: SQLite folds the WAL into the file and removes it
+    _remove_log(path)
+    partial.replace(path)
     if store_baseline:
         operations.registry.log_json_artifact(version, lineage.BASELINE_JSON, baseline.to_json())
         operations.registry.set_version_tag(
