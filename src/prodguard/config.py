@@ -661,8 +661,14 @@ def _format_validation(
         hint = "required key is missing; add it"
     else:
         hint = first["msg"]
-    below = [key for key, path in overrides.items() if loc and path[: len(loc)] == loc]
-    if below:  # e.g. a section's check on a file's value and an overridden one
+    below = [
+        key
+        for key, path in overrides.items()
+        if loc
+        and (path[: len(loc)] == loc or (kind == "missing" and path[: len(loc) - 1] == loc[:-1]))
+    ]
+    if below:  # a section's check on a file's value and an overridden one, or a section (e.g.
+        # sources.<misspelt name>) that an override made and the file never completed
         origin = f"{origin} with {', '.join(below)} from the environment"
     return f"{origin}: {where}: {hint}{more}"
 

@@ -194,6 +194,10 @@ def test_a_second_rollout_start_is_refused_while_one_runs(settings, monkeypatch,
     assert operations.traffic().mode == "shadow" and shadow.reason == "shadow rollout of v2"
     with pytest.raises(PromotionRefused, match=r"^a shadow rollout of v2 is running \(since "):
         start_rollout(settings, "canary", "alice", "50,100", version=2)
+    # v2 promoted by hand before the guard ended its rollout: that rollout is over, not running
+    operations.promote("alice", "by hand", version=2)
+    again = start_rollout(settings, "canary", "bob", "50,100", version=1)
+    assert again.reason == "canary rollout of v1" and operations.traffic().version == 1
 
 
 def test_stale_expectation_is_refused(settings) -> None:

@@ -123,6 +123,13 @@ def test_an_env_override_value_names_the_variable(project: Path) -> None:
         "prodguard.yaml with PRODGUARD_MONITORING__PSI__CRITICAL from the environment: "
         "monitoring.psi: Value error, critical must be at least warning"
     )
+    # an override that makes a section the file never completes (a misspelt source name)
+    with pytest.raises(ConfigError) as caught:
+        environ = {"PRODGUARD_SOURCES__PLANEZ__KEYS": "[a]"}
+        load_settings(project / "prodguard.yaml", environ=environ)
+    assert str(caught.value).startswith(
+        "prodguard.yaml with PRODGUARD_SOURCES__PLANEZ__KEYS from the environment: sources.planez."
+    )
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

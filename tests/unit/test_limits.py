@@ -278,6 +278,37 @@ def test_answers_of_prodguard_pass_unchanged() -> None:
     assert asyncio.run(_request(boundary, body=valid))[::2] == (200, {"ok": True})
 
 
+class _InPieces:
+    """A 400 sent as a start and its body in two messages, as a streaming framework may."""
+
+    def __init__(self, answer: dict) -> None:
+        self.text = json.dumps(answer).encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        await receive()
+        length = str(len(self.text)).encode()
+        await send({"type": "http.response.start", "status": 400, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", length)
+        ]})  # fmt: skip
+        half = len(self.text) // 2
+        await send({"type": "http.response.body", "body": self.text[:half], "more_body": True})
+        await send({"type": "http.response.body", "body": self.text[half:]})
+
+
+def test_a_400_in_pieces_is_rewritten_whole_and_an_empty_detail_is_left_as_it_is() -> None:
+    detail = [{"type": "missing", "loc": ["carrier"], "msg": "Field required"}]
+    boundary, _, _ = _boundary(_InPieces({"error": "1 validation error", "detail": detail}))
+    status, headers, answer = asyncio.run(_request(boundary))
+    assert status == 400 and int(headers[b"content-length"]) == len(json.dumps(answer))
+    assert answer == {
+        "error": "malformed request: carrier: Field required",
+        "problems": [{"field": "carrier", "problem": "Field required"}],
+    }
+    bare = {"error": "something BentoML said", "detail": []}  # nothing to list: kept
+    boundary, _, _ = _boundary(_InPieces(bare))
+    assert asyncio.run(_request(boundary))[::2] == (400, bare)
+
+
 # ---- the token in the settings ------------------------------------------------------------
 
 

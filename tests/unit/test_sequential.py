@@ -281,6 +281,12 @@ def test_clustered_state_is_additive_and_reads_the_clusters_spread() -> None:
     together = MeanState.of_clusters(shared)
     assert together.clustered_sd > 2 * together.sd  # sqrt(1 + 19 x 0.25 / 1.25) ~ 2.2 x
     assert together.test_squares > together.squares
+    # the one spread a test reads (its interval and its needed size): the larger of the two
+    assert together.test_sd == pytest.approx(together.clustered_sd)
+    assert plain.test_sd == pytest.approx(max(plain.sd, plain.clustered_sd))
+    test = MeanTest(0.3, side="greater", min_n=100)
+    fixed = MeanTest(0.3, side="greater", scale=together.test_sd)
+    assert test.needed(together) == fixed.needed(together) > 1000  # sized at the clustered sd
     assert math.isnan(MeanState.of_clusters(shared[:1]).clustered_sd)  # one cluster: unknown
     assert MeanState.of_clusters(shared[:1]).test_squares == shared[0].squares
 

@@ -112,25 +112,30 @@ def record_baseline(
     path = staging_log_path(settings, version)
     partial = path.with_name(f"{path.name}.partial")  # the last log stays until this one is done
     _remove_log(partial)
-    log = SqlitePredictionLog(partial, "NORMAL")
     try:
-        replayed = replay_version(
-            settings, operations.registry, version, start, end, log, keep=keep
-        )
-        reference = version_reference(operations.registry, version)
-        baseline = baseline_from_log(settings, log, version, start, end, reference)
+        log = SqlitePredictionLog(partial, "NORMAL")
+        try:
+            replayed = replay_version(
+                settings, operations.registry, version, start, end, log, keep=keep
+            )
+            reference = version_reference(operations.registry, version)
+            baseline = baseline_from_log(settings, log, version, start, end, reference)
+        finally:
+            log.close()  # the last connection: SQLite folds the WAL into the file, removes it
+        if Path(f"{partial}-wal").exists():
+            raise StorageError(f"staging log {partial}: its WAL was left at close; run again")
+        if store_baseline:
+            operations.registry.log_json_artifact(
+                version, lineage.BASELINE_JSON, baseline.to_json()
+            )
+            operations.registry.set_version_tag(
+                version, lineage.BASELINE, f"{start.isoformat()}/{end.isoformat()}"
+            )
     except BaseException:
-        log.close()
         _remove_log(partial)
         raise
-    log.close()  # the last connection: SQLite folds the WAL into the file and removes it
     _remove_log(path)
     partial.replace(path)
-    if store_baseline:
-        operations.registry.log_json_artifact(version, lineage.BASELINE_JSON, baseline.to_json())
-        operations.registry.set_version_tag(
-            version, lineage.BASELINE, f"{start.isoformat()}/{end.isoformat()}"
-        )
     return BaselineResult(baseline, replayed, path, time.perf_counter() - began)
 
 

@@ -438,14 +438,15 @@ class RegistryOperations:
         version: int | None = None,
     ) -> AuditRecord:
         """Put ``version`` (default: the candidate) in canary or shadow traffic; refused while
-        a rollout runs (it would be replaced silently)."""
+        a rollout runs (it would be replaced silently). A policy whose version has become the
+        champion meanwhile (promoted by hand before the guard ended it) is over, not running."""
         running = self.traffic()
-        if running.active:
+        state = self.state()
+        if running.active and running.version != state.champion:
             raise PromotionRefused(
                 f"{running.running()}; nothing changed — end it first with `prodguard rollout "
                 "abort --reason ...`, then start the new one"
             )
-        state = self.state()
         target = version if version is not None else state.candidate
         if target is None:
             raise PromotionRefused("no candidate to roll out; train one or pass --version N")

@@ -20,7 +20,9 @@ FEWEST = 20  # a check on fewer requests decides on noise: sizes are never draft
 @dataclass(frozen=True)
 class _Size:
     """A check that needs ``count`` requests within ``minutes``; ``share`` of the traffic
-    reaches it; ``longest`` is the longest period drafted before the count is lowered."""
+    reaches it; ``longest`` is the longest period drafted before the count is lowered.
+    ``accumulates``: the check counts from its start until it has them (a canary step), so
+    ``minutes`` is only its least duration and ``longest`` how long it may reasonably wait."""
 
     count_name: str
     count: int
@@ -29,6 +31,7 @@ class _Size:
     what: str
     share: float
     longest: float
+    accumulates: bool = False
 
     def expected(self, requests_per_day: float, minutes: float | None = None) -> float:
         period = self.minutes if minutes is None else minutes
@@ -55,9 +58,10 @@ def _sizes(rollout: RolloutSettings, monitoring: MonitoringSettings) -> list[_Si
             rollout.bake_min_requests,
             "rollout.bake_minutes",
             rollout.bake_minutes,
-            f"every canary step (the first at {first:g} % of the traffic)",
+            f"the first canary step ({first:g} % of the traffic)",
             first / 100,
             DAY_MINUTES,
+            accumulates=True,
         ),
     ]
     window = monitoring.window.minutes
@@ -85,6 +89,17 @@ def misfits(
     rate = requests_per_day
     lines = []
     for size in _sizes(rollout, monitoring):
+        if size.accumulates:
+            period = max(size.minutes, size.longest)
+            if size.expected(rate, period) < size.count:
+                days = size.minutes_for(rate, size.count) / DAY_MINUTES
+                fits = max(1, math.floor(size.expected(rate, period)))
+                lines.append(
+                    f"at ~{rate:.3g} requests/day, {size.count_name} {size.count} keeps "
+                    f"{size.what} waiting ~{days:.3g} days for its requests: set "
+                    f"{size.count_name} <= {fits}"
+                )
+            continue
         expected = size.expected(rate)
         if expected >= size.count:
             continue
@@ -103,17 +118,23 @@ def fitted(
 ) -> dict[str, int]:
     """The settings (dotted names) that let every check fill at this rate; empty when the
     sizes fit already. A check's period is lengthened first (whole hours, whole days beyond
-    one), up to its longest (a week for the guard and the monitoring window, a day for a
-    canary step); beyond that its count is lowered to what the longest period holds, never
-    below ``FEWEST``, the period then long enough for ``FEWEST``."""
+    one), up to its longest (a week for the guard and the monitoring window); beyond that its
+    count is lowered to what the longest period holds, never below ``FEWEST``, the period then
+    long enough for ``FEWEST``. A canary step keeps its least duration and gets the count its
+    first step gathers in a day (never below ``FEWEST``: then it waits longer)."""
     if requests_per_day <= 0:
         return {}
     rate = requests_per_day
     changes: dict[str, int] = {}
     for size in _sizes(rollout, monitoring):
+        longest = max(size.longest, size.minutes)
+        if size.accumulates:
+            count = max(FEWEST, math.floor(size.expected(rate, longest)))
+            if count < size.count:
+                changes[size.count_name] = count
+            continue
         if size.expected(rate) >= size.count:
             continue
-        longest = max(size.longest, size.minutes)
         minutes = _rounded(size.minutes_for(rate, size.count))
         if minutes <= longest:
             changes[size.minutes_name] = minutes

@@ -319,7 +319,7 @@ class Request(BaseModel):
 def settings(plan: Plan) -> dict[str, Any]:
     """prodguard.yaml, with the guard's and monitors' sizes fitted to ``plan.per_day`` where the
     defaults (made for thousands of requests a day) would leave their checks inconclusive."""
-    sizes = _fitted_sizes(plan.per_day)
+    sizes = fitted_sizes(plan.per_day)
     min_labelled = min(50, sizes.get("monitoring.window.min_rows", 50))
     kpi: dict[str, Any] = {
         **TASK_KPI[plan.task],
@@ -359,7 +359,8 @@ def settings(plan: Plan) -> dict[str, Any]:
     return drafted
 
 
-def _fitted_sizes(per_day: float | None) -> dict[str, int]:
+def fitted_sizes(per_day: float | None) -> dict[str, int]:
+    """The sizes (dotted settings) that differ from the defaults at ``per_day`` requests."""
     if per_day is None:
         return {}
     monitoring = MonitoringSettings(kpi=KpiSettings(name="kpi", outcome="outcome"))

@@ -75,12 +75,14 @@ def init_project(
         raise InputError("two --data files have the same name; rename one")
     per_day = _rows_per_day(labelled)
     plan = drafts.Plan(project, f"{project}_project", task, entity, label, sources, per_day)
-    sized = (
-        f"# Sizes of the guard and the monitors fitted to ~{per_day:.3g} requests a day (the\n"
-        f"# rate of {data[0].name}'s rows); `prodguard status` says when they miss your traffic\n"
-        if per_day is not None
-        else ""
-    )
+    sized = ""
+    if per_day is not None:
+        verb = "fitted to" if drafts.fitted_sizes(per_day) else "(the defaults) fill at"
+        sized = (
+            f"# Sizes of the guard and the monitors {verb} ~{per_day:.3g} requests a day (the\n"
+            f"# rate of {data[0].name}'s rows); `prodguard status` says when they miss your "
+            "traffic\n"
+        )
     texts = {
         "prodguard.yaml": "# Drafted by `prodguard init`; see docs/guard-your-own-model.md\n"
         + sized
@@ -107,10 +109,11 @@ def init_project(
 
 
 def _rows_per_day(stamps: pd.Series) -> float | None:
-    """The labelled rows' rate over the period they span (None when they span no time)."""
+    """The labelled rows' rate: rows after the first per day of the period they span (None
+    when they span no time)."""
     present = stamps.dropna()
     days = (present.max() - present.min()).total_seconds() / 86400 if len(present) else 0.0
-    return len(present) / days if days > 0 else None
+    return (len(present) - 1) / days if days > 0 else None
 
 
 def _read(path: Path) -> pd.DataFrame:

@@ -85,8 +85,8 @@ def schema_refusal(body: bytes) -> bytes | None:
     except ValueError:
         return None
     detail = answer.get("detail") if isinstance(answer, dict) else None
-    if not isinstance(detail, list) or not all(isinstance(e, dict) for e in detail):
-        return None
+    if not isinstance(detail, list) or not detail or not all(isinstance(e, dict) for e in detail):
+        return None  # nothing to list: BentoML's own words stay
     problems = validation_problems(detail, "body")
     return json.dumps(
         {
