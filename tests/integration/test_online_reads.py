@@ -73,6 +73,13 @@ def test_direct_reads_equal_feasts_own_row_by_row(store, ingested) -> None:
     assert missing["temp"] is None and missing["temp__ts"] == 0
     assert batched[len(rows) - 2]["seats"] is None and batched[len(rows) - 2]["temp"] is not None
     assert compared > 150 * 30
+    # the scalars decoded by these reads were kept (keyed by their stored bytes) and read back
+    # by the one-by-one reads; a reader that kept none reads the same records
+    assert store._direct._scalars
+    fresh = FeastStore(load_settings(ingested / "prodguard.yaml", environ={})).online_records(rows)
+    for kept, anew in zip(batched, fresh, strict=True):
+        assert kept.keys() == anew.keys()
+        assert all(same(kept[name], anew[name]) for name in kept), (kept, anew)
 
 
 @pytest.fixture

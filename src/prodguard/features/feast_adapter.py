@@ -438,8 +438,10 @@ class _DirectReads:
     """Online reads of a feature service from Feast's online store, one read of the store per
     view (entity keys serialized by Feast, values decoded by Feast; on Redis the store's own
     ``online_read``, one pipelined HMGET per view; on SQLite ``online_read``'s query, each
-    distinct stored value of a call parsed and decoded once instead of once per row), each
-    distinct entity of a batch read and decoded once. The views are resolved in the registry
+    distinct stored value parsed and decoded once instead of once per row: a scalar's decoded
+    value is kept across calls, keyed by its stored bytes, so a value the store still holds is
+    not parsed again), each distinct entity of a batch read and decoded once. The views are
+    resolved in the registry
     once per
     ``refresh_s`` (Feast's registry cache TTL), not at every call; the output equals
     ``get_online_features(...).to_df(include_event_timestamps=True)`` row by row, without the
@@ -456,6 +458,8 @@ class _DirectReads:
         self._views: list[tuple[Any, tuple[str, ...], tuple[tuple[str, Any], ...]]] = []
         self._resolved_at = -float("inf")
         self._lock = threading.Lock()
+        # stored bytes -> decoded scalar, across calls (bytes decode to one value whenever read)
+        self._scalars: dict[bytes, Any] = {}
 
     def _resolved(self) -> list[tuple[Any, tuple[str, ...], tuple[tuple[str, Any], ...]]]:
         """(view, feature names of the service, (join key, value type)) per view."""
@@ -520,7 +524,8 @@ class _DirectReads:
         else:
             found = self._sqlite_read(view, entity_keys)
             decode = _decode_stored
-        values_of: dict[Any, Any] = {}  # stored value (bytes) -> its Python value
+        scalars = self._scalars
+        values_of: dict[Any, Any] = {}  # stored value (bytes) -> its Python value, this call
         seconds_of: dict[Any, int] = {}  # event time -> Unix seconds
         decoded = []
         for stamp, values in found:
@@ -535,9 +540,15 @@ class _DirectReads:
                 elif not self._sqlite:  # a ValueProto of its own
                     record[name] = decode(value)
                 else:
-                    known = values_of.get(value, _UNSEEN)
+                    known = scalars.get(value, _UNSEEN)
+                    if known is _UNSEEN:
+                        known = values_of.get(value, _UNSEEN)
                     if known is _UNSEEN:
                         known = values_of[value] = decode(value)
+                        if type(known) in _SCALARS:  # immutable: shared by later calls
+                            if len(scalars) >= SCALARS_KEPT:
+                                scalars.clear()
+                            scalars[value] = known
                     record[name] = known
                 record[f"{name}__ts"] = seconds
             decoded.append(record)
@@ -582,6 +593,8 @@ class _DirectReads:
 
 
 _UNSEEN = object()
+_SCALARS = (int, float, str, bool, bytes)
+SCALARS_KEPT = 100_000  # decoded scalars kept across calls (then forgotten at once, re-learnt)
 
 
 def _utc(stamp: datetime) -> datetime:
