@@ -43,6 +43,7 @@ from prodguard.serving.limits import (
     Limits,
     check_token,
     malformed,
+    refusal_document,
     validation_problems,
 )
 from prodguard.serving.models import ServingState
@@ -215,21 +216,19 @@ def _status(exc: ProdguardError) -> HTTPStatus:
     return HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def _problems(exc: ProdguardError) -> list[dict[str, str]]:
-    problems = getattr(exc, "problems", [])
+def _problems(exc: ProdguardError) -> list[tuple[str, str]]:
     if isinstance(exc, FeedbackConflict):  # the idempotency key reused for another outcome
-        problems = [("request_id", "a different outcome was already recorded for it")]
-    return [{"field": f, "problem": p} for f, p in problems]
+        return [("request_id", "a different outcome was already recorded for it")]
+    return list(getattr(exc, "problems", []))
 
 
 def error_response(exc: ProdguardError, ctx: bentoml.Context | None = None) -> JSONResponse:
     """``{"error": message, "problems": [{"field", "problem"}]}`` — never the payload. An API
     that takes the context must pass it: BentoML gives its responses the context's status."""
-    problems = _problems(exc)
     status = _status(exc)
     if ctx is not None:
         ctx.response.status_code = status
-    return JSONResponse({"error": str(exc), "problems": problems}, status_code=status)
+    return JSONResponse(refusal_document(str(exc), _problems(exc)), status_code=status)
 
 
 class MalformedRow(InputError):
@@ -292,7 +291,7 @@ def _row_error(exc: ProdguardError, request_id: str | None) -> BatchRowOut:
         status=_status(exc),
         request_id=request_id,
         error=str(exc),
-        problems=[Problem(**p) for p in _problems(exc)],
+        problems=[Problem(field=f, problem=p) for f, p in _problems(exc)],
     )
 
 

@@ -59,7 +59,13 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = ()
 
     def body(self) -> bytes:
-        return json.dumps({"error": self.message, "problems": []}).encode()
+        return json.dumps(refusal_document(self.message)).encode()
+
+
+def refusal_document(message: str, problems: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Every refusal's body: ``{"error": message, "problems": [{"field", "problem"}]}``, never
+    the payload."""
+    return {"error": message, "problems": [{"field": f, "problem": p} for f, p in problems]}
 
 
 def validation_problems(errors: Iterable[Mapping[str, Any]], whole: str) -> list[tuple[str, str]]:
@@ -88,12 +94,7 @@ def schema_refusal(body: bytes) -> bytes | None:
     if not isinstance(detail, list) or not detail or not all(isinstance(e, dict) for e in detail):
         return None  # nothing to list: BentoML's own words stay
     problems = validation_problems(detail, "body")
-    return json.dumps(
-        {
-            "error": malformed("request", problems),
-            "problems": [{"field": f, "problem": p} for f, p in problems],
-        }
-    ).encode()
+    return json.dumps(refusal_document(malformed("request", problems), problems)).encode()
 
 
 def check_token(authorization: str | None, token: str | None) -> Refusal | None:
