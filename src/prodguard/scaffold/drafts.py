@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from prodguard.config import KpiSettings, MonitoringSettings, RolloutSettings
 from prodguard.rollout.traffic_fit import fitted
@@ -316,10 +317,27 @@ class Request(BaseModel):
 '''
 
 
-def settings(plan: Plan) -> dict[str, Any]:
-    """prodguard.yaml, with the guard's and monitors' sizes fitted to ``plan.per_day`` where the
-    defaults (made for thousands of requests a day) would leave their checks inconclusive."""
+def settings_yaml(plan: Plan) -> str:
+    """prodguard.yaml's text: ``settings`` under a comment that says which rate its sizes are
+    for."""
     sizes = fitted_sizes(plan.per_day)
+    header = "# Drafted by `prodguard init`; see docs/guard-your-own-model.md\n"
+    if plan.per_day is not None:
+        verb = "fitted to" if sizes else "(the defaults) fill at"
+        header += (
+            f"# Sizes of the guard and the monitors {verb} ~{plan.per_day:.3g} requests a day "
+            f"(the\n# rate of {plan.model_source.path.name}'s rows); `prodguard status` says "
+            "when they miss your traffic\n"
+        )
+    return header + yaml.safe_dump(settings(plan, sizes), sort_keys=False)
+
+
+def settings(plan: Plan, sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """prodguard.yaml, with the guard's and monitors' sizes fitted to ``plan.per_day`` where the
+    defaults (made for thousands of requests a day) would leave their checks inconclusive
+    (``sizes``: those already fitted)."""
+    if sizes is None:
+        sizes = fitted_sizes(plan.per_day)
     min_labelled = min(50, sizes.get("monitoring.window.min_rows", 50))
     kpi: dict[str, Any] = {
         **TASK_KPI[plan.task],

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from prodguard.errors import InputError
 from prodguard.scaffold import drafts
@@ -75,18 +74,8 @@ def init_project(
         raise InputError("two --data files have the same name; rename one")
     per_day = _rows_per_day(labelled)
     plan = drafts.Plan(project, f"{project}_project", task, entity, label, sources, per_day)
-    sized = ""
-    if per_day is not None:
-        verb = "fitted to" if drafts.fitted_sizes(per_day) else "(the defaults) fill at"
-        sized = (
-            f"# Sizes of the guard and the monitors {verb} ~{per_day:.3g} requests a day (the\n"
-            f"# rate of {data[0].name}'s rows); `prodguard status` says when they miss your "
-            "traffic\n"
-        )
     texts = {
-        "prodguard.yaml": "# Drafted by `prodguard init`; see docs/guard-your-own-model.md\n"
-        + sized
-        + yaml.safe_dump(drafts.settings(plan), sort_keys=False),
+        "prodguard.yaml": drafts.settings_yaml(plan),
         "feature_repo/feature_store.yaml": drafts.FEATURE_STORE_YAML.format(name=project),
         "feature_repo/definitions.py": drafts.definitions(plan),
         "mlruns_config/local.yaml": drafts.REGISTRY_YAML,
