@@ -33,6 +33,11 @@ class _Size:
     longest: float
     accumulates: bool = False
 
+    @property
+    def reach(self) -> float:
+        """The longest period the check is given: ``longest``, or its own if set longer."""
+        return max(self.longest, self.minutes)
+
     def expected(self, requests_per_day: float, minutes: float | None = None) -> float:
         period = self.minutes if minutes is None else minutes
         return requests_per_day * self.share * period / DAY_MINUTES
@@ -90,10 +95,9 @@ def misfits(
     lines = []
     for size in _sizes(rollout, monitoring):
         if size.accumulates:
-            period = max(size.minutes, size.longest)
-            if size.expected(rate, period) < size.count:
+            if size.expected(rate, size.reach) < size.count:
                 days = size.minutes_for(rate, size.count) / DAY_MINUTES
-                fits = max(1, math.floor(size.expected(rate, period)))
+                fits = max(1, math.floor(size.expected(rate, size.reach)))
                 lines.append(
                     f"at ~{rate:.3g} requests/day, {size.count_name} {size.count} keeps "
                     f"{size.what} waiting ~{days:.3g} days for its requests: set "
@@ -127,7 +131,7 @@ def fitted(
     rate = requests_per_day
     changes: dict[str, int] = {}
     for size in _sizes(rollout, monitoring):
-        longest = max(size.longest, size.minutes)
+        longest = size.reach
         if size.accumulates:
             count = max(FEWEST, math.floor(size.expected(rate, longest)))
             if count < size.count:
