@@ -441,9 +441,8 @@ class _DirectReads:
     distinct stored value parsed and decoded once instead of once per row: a scalar's decoded
     value is kept across calls, keyed by its stored bytes, so a value the store still holds is
     not parsed again), each distinct entity of a batch read and decoded once. The views are
-    resolved in the registry
-    once per
-    ``refresh_s`` (Feast's registry cache TTL), not at every call; the output equals
+    resolved in the registry once per ``refresh_s`` (Feast's registry cache TTL), not at every
+    call; the output equals
     ``get_online_features(...).to_df(include_event_timestamps=True)`` row by row, without the
     entity columns."""
 
